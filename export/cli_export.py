@@ -1,0 +1,43 @@
+"""Re-export a bundle from its checkpoint: new ONNX and TorchScript files (for example at another opset),
+re-verified, written atomically to --out (or in place with --force).
+
+examples:
+  torchport export bundles/seed --out bundles/seed-opset20 --opset 20
+  torchport export bundles/seed --force
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from torchport.export.bundle_writer import DEFAULT_OPSET, load_module, write_bundle
+from torchport.export.cli_train import positive_float, positive_int
+from torchport.export.verify import training_rows, format_report
+from torchport.runtime.bundle import load_manifest
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("bundle", type=Path, help="bundle directory written by `torchport train`")
+    p.add_argument("--out", type=Path, metavar="DIR", help="where to write the new bundle (default: in place)")
+    p.add_argument("--force", action="store_true", help="replace the bundle at --out (or in place)")
+    p.add_argument("--opset", type=positive_int, default=DEFAULT_OPSET,
+                   help=f"ONNX opset to export (default: {DEFAULT_OPSET})")
+    p.add_argument("--atol", type=positive_float, default=1e-5, help="parity tolerance, absolute (default: 1e-5)")
+    p.add_argument("--rtol", type=positive_float, default=1e-4, help="parity tolerance, relative (default: 1e-4)")
+
+
+def run(args: argparse.Namespace) -> int:
+    manifest = load_manifest(args.bundle)
+    module = load_module(args.bundle)
+    out = args.out or args.bundle
+    X, _ = training_rows(manifest)
+    new = write_bundle(module, manifest["model"], manifest["features"], manifest["targets"], out,
+                       training=manifest.get("training"), opset=args.opset, force=args.force,
+                       verify_inputs=X, atol=args.atol, rtol=args.rtol)
+    print(format_report(new["parity"]))
+    print(f"bundle: {out}/ (opset {new['export']['opset']})")
+    if not new["parity"]["passed"]:
+        print("torchport export: parity FAILED (see above)", file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,38 @@
+"""Verify a bundle: run the training rows (when the data is still available unchanged) and random batches
+of 1, 7 and 4096 rows through the torch module (from the checkpoint), the TorchScript file and an ONNX
+Runtime session; print the max absolute and relative difference per pair and record them in the manifest.
+Exit status 1 when any pair differs by more than atol + rtol * |reference|.
+
+example:
+  torchport verify bundles/seed
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from torchport.export.cli_train import positive_float
+from torchport.export.verify import format_report, verify_bundle
+from torchport.runtime.bundle import MANIFEST, load_manifest, write_json_atomic
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("bundle", type=Path, help="bundle directory")
+    p.add_argument("--atol", type=positive_float, default=1e-5, help="absolute tolerance (default: 1e-5)")
+    p.add_argument("--rtol", type=positive_float, default=1e-4, help="relative tolerance (default: 1e-4)")
+    p.add_argument("--no-record", action="store_true", help="do not write the results into manifest.json")
+
+
+def run(args: argparse.Namespace) -> int:
+    report = verify_bundle(args.bundle, atol=args.atol, rtol=args.rtol)
+    print(format_report(report))
+    print(f"training rows: {report['training_rows']}")
+    if not args.no_record:
+        manifest = load_manifest(args.bundle)
+        manifest["parity"] = report
+        write_json_atomic(args.bundle / MANIFEST, manifest)
+    if not report["passed"]:
+        print(f"torchport verify: {args.bundle}: parity FAILED", file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,79 @@
+"""The `torchport` command: help, bad invocations (one line, exit 2), and the base install without torch."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT, run_cli
+
+
+def test_help_lists_the_commands():
+    proc = run_cli("--help")
+    assert proc.returncode == 0
+    for command in ("train", "export", "verify", "predict"):
+        assert command in proc.stdout
+    for command in ("train", "export", "verify", "predict"):
+        sub = run_cli(command, "--help")
+        assert sub.returncode == 0 and f"usage: torchport {command}" in sub.stdout
+
+
+@pytest.mark.parametrize("args, message", [
+    (["train", "--data", "nope"], "unknown dataset 'nope'"),
+    (["train", "--data", "missing.csv", "--target", "y"], "does not exist"),
+    (["train", "--lr", "abc"], "expected a positive number"),
+    (["train", "--epochs", "0"], "expected a whole number >= 1"),
+    (["train", "--data", "plant_richness_lr", "--features", "height"], "'height' not found"),
+    (["train", "--device", "tpu"], "invalid choice"),
+    (["verify", "no/such/bundle"], "not a bundle directory"),
+    (["export", "no/such/bundle"], "not a bundle directory"),
+    (["predict", "no/such/bundle", "-i", "x.csv", "-o", "y.csv"], "input file x.csv does not exist"),
+    (["frobnicate"], "invalid choice"),
+])
+def test_bad_invocations_exit_2_with_one_line(tmp_path, args, message):
+    proc = run_cli(*args, cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    assert message in proc.stderr and "Traceback" not in proc.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_unreadable_csv_is_one_line(tmp_path):
+    (tmp_path / "d.csv").write_bytes(b"\xff\xfe\x00garbage\x00")
+    proc = run_cli("train", "--data", "d.csv", "--target", "y", cwd=tmp_path)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.count("\n") == 1 and "d.csv" in proc.stderr
+
+
+@pytest.fixture(scope="module")
+def base_venv(tmp_path_factory) -> Path:
+    """A fresh venv with only the base install (`pip install .`): numpy and ONNX Runtime, no torch."""
+    venv = tmp_path_factory.mktemp("base") / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    proc = subprocess.run([str(venv / "bin" / "pip"), "install", "-q", "--disable-pip-version-check", str(ROOT)],
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return venv
+
+
+def test_base_install_runs_the_runtime_without_torch(base_venv, seed_bundle, tmp_path):
+    py = str(base_venv / "bin" / "python")
+    assert subprocess.run([py, "-c", "import torch"], capture_output=True).returncode != 0
+    check = subprocess.run([py, "-c", "import torchport.runtime, sys; assert 'torch' not in sys.modules"],
+                           capture_output=True, text=True, cwd=tmp_path)
+    assert check.returncode == 0, check.stderr
+    src = tmp_path / "in.csv"
+    src.write_text("area\n3\n0\n")
+    proc = run_cli("predict", str(seed_bundle), "-i", str(src), "-o", str(tmp_path / "o.csv"),
+                   exe=base_venv / "bin" / "torchport", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    lines = (tmp_path / "o.csv").read_text().splitlines()
+    assert lines[0] == "area,ntv_rich_pred" and abs(float(lines[1].split(",")[1]) - 2.403) < 0.01
+
+
+@pytest.mark.parametrize("command", ["train", "export", "verify"])
+def test_base_install_names_the_missing_extra(base_venv, tmp_path, command):
+    proc = run_cli(command, exe=base_venv / "bin" / "torchport", cwd=tmp_path,
+                   env={"PATH": f"{base_venv / 'bin'}{os.pathsep}{os.environ['PATH']}"})
+    assert proc.returncode == 2
+    assert "pip install 'torchport[train]'" in proc.stderr and "Traceback" not in proc.stderr
