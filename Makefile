@@ -10,9 +10,10 @@ TORCH  ?= torch==2.13.0
 setup:
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --disable-pip-version-check -q "$(TORCH)" -e '.[dev]'
+	cd examples/node && ONNXRUNTIME_NODE_INSTALL=skip npm ci --no-audit --no-fund --loglevel=error
 
 test:
 	$(VENV)/bin/python -m pytest -q
 
 clean:
-	rm -rf $(VENV) bundles .pytest_cache .hypothesis *.egg-info
+	rm -rf $(VENV) bundles .pytest_cache .hypothesis *.egg-info examples/node/node_modules

@@ -45,17 +45,19 @@ def training_record(reg: Regressor, data: Dataset) -> dict:
                     "features": data.feature_names, "targets": data.target_names,
                     "fingerprint_sha256": data.fingerprint},
         "model": reg.spec_,
-        "hyperparameters": reg.get_params(),
+        "hyperparameters": reg.hyperparameters_,
         "seed": reg.seed,
         "device": reg.device_,
         "epochs": reg.n_epochs_,
+        "best_epoch": reg.best_epoch_,
+        "val_loss": float(reg.val_loss_history_[-1]) if len(reg.val_loss_history_) else None,
         "final_loss": reg.final_loss_,
         "metrics": {"mse": float(np.mean((pred - data.y) ** 2)), "r2": r2_score(data.y, pred)},
         "exact_least_squares": exact_least_squares(data.X, data.y),
         "feature_stats": {"mean": data.X.mean(axis=0).tolist(), "std": data.X.std(axis=0).tolist(),
                           "min": data.X.min(axis=0).tolist(), "max": data.X.max(axis=0).tolist()},
     }
-    if reg.spec_["kind"] == "linear":
+    if reg.spec_["kind"] == "linear":  # coefficients in raw units, scaling folded in
         record["metrics"].update(weight=reg.coef_.tolist(), bias=reg.intercept_.tolist())
     return record
 

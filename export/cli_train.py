@@ -2,11 +2,17 @@
 parity between torch, TorchScript and ONNX Runtime. With no options it reproduces the tutorial: nn.Linear,
 MSE loss, full-batch SGD with lr 0.002 for 6000 epochs on log10 native richness against log10 island area.
 
+An MLP (--model mlp) defaults to Adam (lr 1e-3) with features and targets standardised; the scaling is
+learned from the training rows and baked into the exported graph, so every copy takes raw features and
+returns targets in their own units. The linear model is unscaled by default so its weight and bias keep
+the tutorial's meaning (--scale on changes that).
+
 examples:
   torchport train                                   # the tutorial on the bundled data -> bundles/plant_richness_lr
   torchport train --out bundles/seed
-  torchport train --data plant_richness_mlr --epochs 20000 --lr 0.0005
-  torchport train --data islands.csv --target ntv_rich --features area,latitude
+  torchport train --data plant_richness_mlr --model mlp --hidden 32,32 --out bundles/mlr
+  torchport train --data plant_richness_mlr --scale on --optimizer lbfgs --epochs 50
+  torchport train --data islands.csv --target ntv_rich --features area,latitude --val-fraction 0.2 --patience 100
 """
 from __future__ import annotations
 
@@ -21,7 +27,8 @@ from torchport.export.formats import check_opset
 from torchport.export.verify import format_report
 from torchport.runtime.predictor import Predictor
 from torchport.train.datasets import DATASETS, load_dataset
-from torchport.train.estimator import Regressor, TrainingDiverged
+from torchport.train.estimator import OPTIMIZERS, SCHEDULES, Regressor, TrainingDiverged
+from torchport.train.models import ACTIVATIONS, MODEL_KINDS
 
 # The tutorial's published figures (shared/data/README.md): SGD run and exact least squares.
 SEED_REFERENCE = {"weight": 0.35739, "bias": 1.33122, "r2": 0.82764, "pred3": 2.40344}
@@ -55,6 +62,27 @@ def positive_int(text: str) -> int:
     return value
 
 
+def widths(text: str) -> tuple[int, ...]:
+    """Comma-separated layer widths, each >= 1."""
+    try:
+        out = tuple(int(t) for t in text.split(",") if t.strip())
+    except ValueError:
+        out = ()
+    if not out or min(out) < 1:
+        raise argparse.ArgumentTypeError(f"expected widths >= 1 separated by commas (e.g. 32,32), got {text!r}")
+    return out
+
+
+def fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0.0 <= value < 1.0:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text!r}")
+    return value
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", default="plant_richness_lr", metavar="NAME|FILE",
                    help=f"bundled dataset ({', '.join(DATASETS)}) or a .csv/.tsv/.parquet file "
@@ -63,8 +91,25 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "(required for files; the bundled datasets default to ntv_rich)")
     p.add_argument("--features", type=names, metavar="COLS",
                    help="feature columns, comma-separated (default: the dataset's, or every other column)")
-    p.add_argument("--lr", type=positive_float, default=0.002, help="SGD learning rate (default: 0.002)")
-    p.add_argument("--epochs", type=positive_int, default=6000, help="full-batch epochs (default: 6000)")
+    p.add_argument("--model", default="linear", choices=MODEL_KINDS, help="linear (default) or mlp")
+    p.add_argument("--hidden", type=widths, default=(32, 32), metavar="W,W,...",
+                   help="mlp hidden layer widths (default: 32,32)")
+    p.add_argument("--activation", default="relu", choices=sorted(ACTIVATIONS), help="mlp activation (default: relu)")
+    p.add_argument("--dropout", type=fraction, default=0.0, help="mlp dropout while training, in [0, 1) "
+                   "(off at inference; default: 0)")
+    p.add_argument("--scale", default="auto", choices=["auto", "on", "off"],
+                   help="standardise features and targets inside the model (auto: on for mlp, off for linear)")
+    p.add_argument("--optimizer", choices=OPTIMIZERS, help="sgd, adam or lbfgs (default: sgd for linear, adam for mlp)")
+    p.add_argument("--lr", type=positive_float, help="learning rate (default: 0.002 sgd, 0.001 adam, 1 lbfgs)")
+    p.add_argument("--momentum", type=fraction, default=0.0, help="sgd momentum in [0, 1) (default: 0)")
+    p.add_argument("--epochs", type=positive_int, default=6000, help="epochs (default: 6000)")
+    p.add_argument("--batch-size", type=positive_int, help="mini-batch rows (default: the full batch)")
+    p.add_argument("--val-fraction", type=fraction, default=0.0,
+                   help="rows held out for validation, in [0, 1) (default: 0)")
+    p.add_argument("--patience", type=positive_int,
+                   help="early stopping: stop after this many epochs without a better validation loss and "
+                        "keep the best weights (needs --val-fraction)")
+    p.add_argument("--lr-schedule", default="none", choices=SCHEDULES, help="learning-rate schedule (default: none)")
     p.add_argument("--seed", type=int, default=0, help="random seed for the initial weights (default: 0)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
                    help="where to train: auto = CUDA when torch sees a GPU (default: auto)")
@@ -80,14 +125,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def _summary(reg: Regressor, data, manifest: dict, out: Path) -> str:
     t = manifest["training"]
     exact = t["exact_least_squares"]
-    lines = [f"trained {reg.spec_['kind']} on {data.source}: {len(data.X)} rows, "
-             f"{', '.join(data.target_names)} ~ {', '.join(data.feature_names)}; SGD lr {reg.lr:g}, "
-             f"{reg.n_epochs_} epochs, seed {reg.seed}, device {reg.device_}, final loss {reg.final_loss_:.6f}",
-             ""]
+    model = reg.spec_["kind"] if reg.spec_["kind"] == "linear" else \
+        f"mlp {','.join(map(str, reg.spec_['hidden']))} {reg.spec_['activation']}"
+    stopped = f" (early stop; best epoch {reg.best_epoch_})" if reg.n_epochs_ < reg.epochs else ""
+    lines = [f"trained {model}{' (standardised)' if reg.spec_['scale_features'] else ''} on {data.source}: "
+             f"{len(data.X)} rows, {', '.join(data.target_names)} ~ {', '.join(data.feature_names)}; "
+             f"{reg.optimizer_.upper()} lr {reg.lr_:g}, {reg.n_epochs_} epochs{stopped}, seed {reg.seed}, "
+             f"device {reg.device_}, final loss {reg.final_loss_:.6g}", ""]
     seed_like = data.feature_names == ["area"] and data.target_names == ["ntv_rich"] \
         and data.name == "plant_richness_lr"
     predictor = Predictor(out, providers="auto")
-    if len(data.feature_names) == 1 and len(data.target_names) == 1:
+    if len(data.feature_names) == 1 and len(data.target_names) == 1 and "weight" in t["metrics"]:
         lines.append(f"{'':<28}{'weight w':>10}{'bias b':>10}{'R^2':>10}{'MSE':>10}{'pred(' + data.feature_names[0] + '=3)':>14}")
         if seed_like:
             r = SEED_REFERENCE
@@ -95,7 +143,7 @@ def _summary(reg: Regressor, data, manifest: dict, out: Path) -> str:
                          f"{'':>10}{r['pred3']:>14.5f}")
         m = t["metrics"]
         ours = float(reg.predict(np.array([[3.0]]))[0, 0])
-        lines.append(f"{'torchport SGD':<28}{m['weight'][0][0]:>10.5f}{m['bias'][0]:>10.5f}{m['r2']:>10.5f}"
+        lines.append(f"{'torchport ' + reg.optimizer_.upper():<28}{m['weight'][0][0]:>10.5f}{m['bias'][0]:>10.5f}{m['r2']:>10.5f}"
                      f"{m['mse']:>10.6f}{ours:>14.5f}")
         ex3 = exact["weight"][0][0] * 3 + exact["bias"][0]
         lines.append(f"{'exact least squares (f64)':<28}{exact['weight'][0][0]:>10.5f}{exact['bias'][0]:>10.5f}"
@@ -104,7 +152,7 @@ def _summary(reg: Regressor, data, manifest: dict, out: Path) -> str:
         x_name = data.feature_names[0]
     else:
         m = t["metrics"]
-        lines.append(f"torchport SGD:             R^2 {m['r2']:.5f}   MSE {m['mse']:.6f}")
+        lines.append(f"torchport {model + ':':<16} R^2 {m['r2']:.5f}   MSE {m['mse']:.6f}")
         lines.append(f"exact least squares (f64): R^2 {exact['r2']:.5f}   MSE {exact['mse']:.6f}")
         if "weight" in m:
             for j, name in enumerate(data.target_names):
@@ -126,7 +174,10 @@ def run(args: argparse.Namespace) -> int:
     out = args.out or Path("bundles") / data.name
     if out.exists() and not args.force:
         raise BundleExistsError(f"{out} exists; pass --force to replace it, or --out another directory")
-    reg = Regressor(lr=args.lr, epochs=args.epochs, seed=args.seed, device=args.device,
+    reg = Regressor(model=args.model, hidden=args.hidden, activation=args.activation, dropout=args.dropout,
+                    scale=args.scale, optimizer=args.optimizer, lr=args.lr, momentum=args.momentum,
+                    epochs=args.epochs, batch_size=args.batch_size, val_fraction=args.val_fraction,
+                    patience=args.patience, lr_schedule=args.lr_schedule, seed=args.seed, device=args.device,
                     progress=not args.no_progress)
     try:
         reg.fit(data.X, data.y)

@@ -6,17 +6,19 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
 
 from torchport.export.formats import load_torchscript
 from torchport.runtime.bundle import TORCHSCRIPT_FILE, load_manifest, read_checked
 from torchport.runtime.predictor import Predictor
 
 RANDOM_BATCHES = (1, 7, 4096)
+BACKENDS = ("torch", "torchscript", "onnxruntime")
 PAIRS = (("torch", "torchscript"), ("torch", "onnxruntime"), ("torchscript", "onnxruntime"))
 
 
 class ParityError(AssertionError):
-    """Two backends disagree beyond the tolerance."""
+    """Backends disagree: in names, shapes, dtypes, or values beyond the tolerance."""
 
 
 def training_rows(manifest: dict) -> tuple[np.ndarray | None, str]:
@@ -36,32 +38,63 @@ def training_rows(manifest: dict) -> tuple[np.ndarray | None, str]:
     return None, f"training data {record.get('source')!r} not found unchanged; checked random rows only"
 
 
-def _random_rows(manifest: dict, rows: int, rng: np.random.Generator) -> np.ndarray:
+def random_rows(n_features: int, rows: int, rng: np.random.Generator, stats: dict | None = None) -> np.ndarray:
     """Rows spread around the training features (twice their spread), or standard normal without stats."""
-    n = len(manifest["features"])
-    stats = (manifest.get("training") or {}).get("feature_stats")
-    mean = np.asarray(stats["mean"]) if stats else np.zeros(n)
-    std = np.where(np.asarray(stats["std"]) > 0, np.asarray(stats["std"]), 1.0) if stats else np.ones(n)
-    return rng.normal(mean, 2 * std, size=(rows, n))
+    mean = np.asarray(stats["mean"]) if stats else np.zeros(n_features)
+    std = np.where(np.asarray(stats["std"]) > 0, np.asarray(stats["std"]), 1.0) if stats else np.ones(n_features)
+    return rng.normal(mean, 2 * std, size=(rows, n_features))
 
 
-def _compare(a: np.ndarray, b: np.ndarray, atol: float, rtol: float) -> dict:
-    """Max abs/rel difference of a against reference b, and where the worst element is."""
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    diff = np.abs(a - b)
-    rel = diff / np.maximum(np.abs(b), np.finfo(np.float32).tiny)
-    excess = diff - (atol + rtol * np.abs(b))
-    worst = np.unravel_index(int(np.argmax(excess)), excess.shape) if excess.size else ()
-    return {"max_abs": float(diff.max(initial=0.0)), "max_rel": float(rel.max(initial=0.0)),
+def _compare(a: np.ndarray, ref: np.ndarray, atol: float, rtol: float) -> dict:
+    """Max abs/rel difference of ``a`` against ``ref`` and the element that is furthest out of tolerance."""
+    a, ref = np.asarray(a, np.float64), np.asarray(ref, np.float64)
+    diff = np.abs(a - ref)
+    rel = diff / np.maximum(np.abs(ref), np.finfo(np.float32).tiny)
+    excess = diff - (atol + rtol * np.abs(ref))
+    worst = np.unravel_index(int(np.argmax(excess)), excess.shape)
+    return {"max_abs": float(diff.max()), "max_rel": float(rel.max()),
+            "max_scaled": float((diff / np.maximum(1.0, np.abs(ref))).max()),
             "passed": bool(np.all(excess <= 0)),
-            "worst": {"index": [int(i) for i in worst], "a": float(a[worst]), "b": float(b[worst])}
-            if excess.size else None}
+            "worst": {"row": int(worst[0]), "column": int(worst[1]), "a": float(a[worst]),
+                      "reference": float(ref[worst]), "abs": float(diff[worst]), "rel": float(rel[worst])}}
+
+
+def compare_backends(module: nn.Module, scripted: torch.jit.ScriptModule, predictor: Predictor,
+                     cases: list[tuple[str, np.ndarray]], n_targets: int, *, atol: float = 1e-5,
+                     rtol: float = 1e-4) -> dict:
+    """Run every case through the three backends; check shapes and dtypes, compare values per pair."""
+    outputs: dict[str, list[np.ndarray]] = {b: [] for b in BACKENDS}
+    problems, labels = [], []
+    for label, rows in cases:
+        x32 = np.ascontiguousarray(rows, dtype=np.float32)
+        with torch.no_grad():
+            got = {"torch": module(torch.from_numpy(x32)).numpy(),
+                   "torchscript": scripted(torch.from_numpy(x32)).numpy(),
+                   "onnxruntime": predictor.predict(x32)}
+        for backend, out in got.items():
+            if out.shape != (len(x32), n_targets) or out.dtype != np.float32:
+                problems.append(f"{label}: {backend} returned {out.dtype}{list(out.shape)}, expected "
+                                f"float32[{len(x32)}, {n_targets}]")
+            outputs[backend].append(out.reshape(len(x32), -1).astype(np.float32))
+        labels += [(label, i) for i in range(len(x32))]
+    stacked = {k: np.concatenate(v) for k, v in outputs.items()}
+    pairs = {}
+    for a, b in PAIRS:
+        if stacked[a].shape != stacked[b].shape:
+            continue
+        p = _compare(stacked[b], stacked[a], atol, rtol)
+        p["worst"]["case"], p["worst"]["row"] = labels[p["worst"]["row"]]
+        pairs[f"{a}~{b}"] = p
+    return {"passed": not problems and all(p["passed"] for p in pairs.values()), "problems": problems,
+            "atol": atol, "rtol": rtol, "dtype": "float32",
+            "cases": [{"name": label, "rows": int(len(rows))} for label, rows in cases],
+            "onnxruntime_providers": predictor.providers, "pairs": pairs}
 
 
 def verify_bundle(bundle: str | os.PathLike, X: np.ndarray | None = None, *, atol: float = 1e-5,
                   rtol: float = 1e-4, seed: int = 0) -> dict:
     """Run the training rows (``X`` or the manifest's dataset) and random batches of 1, 7 and 4096 rows
-    through torch, TorchScript and ONNX Runtime (CPU); report max abs/rel differences per pair."""
+    through torch (from the checkpoint), TorchScript and ONNX Runtime (CPU); report per-pair differences."""
     from torchport.export.bundle_writer import load_module
 
     bundle = Path(bundle)
@@ -70,31 +103,25 @@ def verify_bundle(bundle: str | os.PathLike, X: np.ndarray | None = None, *, ato
     read_checked(bundle, TORCHSCRIPT_FILE, manifest)
     scripted = load_torchscript(bundle / TORCHSCRIPT_FILE)
     predictor = Predictor(bundle, providers="cpu")
-
-    cases = []
+    described = f"training data ({len(X)} rows)" if X is not None else None
     if X is None:
         X, described = training_rows(manifest)
-    else:
-        described = f"training data ({len(X)} rows)"
     rng = np.random.default_rng(seed)
-    inputs = ([("training data", X)] if X is not None else []) + \
-        [(f"random {n} rows", _random_rows(manifest, n, rng)) for n in RANDOM_BATCHES]
-    outputs = {name: [] for name in ("torch", "torchscript", "onnxruntime")}
-    for label, rows in inputs:
-        x32 = np.ascontiguousarray(rows, dtype=np.float32)
-        with torch.no_grad():
-            outputs["torch"].append(module(torch.from_numpy(x32)).numpy())
-            outputs["torchscript"].append(scripted(torch.from_numpy(x32)).numpy())
-        outputs["onnxruntime"].append(predictor.predict(x32))
-        shapes = {k: v[-1].shape for k, v in outputs.items()}
-        if len(set(shapes.values())) != 1:
-            raise ParityError(f"{label}: output shapes differ: {shapes}")
-        cases.append({"name": label, "rows": int(len(x32))})
-    stacked = {k: np.concatenate(v) for k, v in outputs.items()}
-    pairs = {f"{a}~{b}": _compare(stacked[b], stacked[a], atol, rtol) for a, b in PAIRS}
-    return {"passed": all(p["passed"] for p in pairs.values()), "atol": atol, "rtol": rtol,
-            "dtype": "float32", "cases": cases, "training_rows": described,
-            "onnxruntime_providers": predictor.providers, "pairs": pairs}
+    stats = (manifest.get("training") or {}).get("feature_stats")
+    n = len(manifest["features"])
+    cases = ([("training data", X)] if X is not None else []) + \
+        [(f"random {k} rows", random_rows(n, k, rng, stats)) for k in RANDOM_BATCHES]
+    report = compare_backends(module, scripted, predictor, cases, len(manifest["targets"]), atol=atol, rtol=rtol)
+    report["training_rows"] = described
+    return report
+
+
+def describe_worst(name: str, p: dict) -> str:
+    """The worst element of one pair, in words."""
+    a, b = name.split("~")
+    w = p["worst"]
+    return (f"{a} vs {b}: worst element at row {w['row']}, column {w['column']} of {w['case']!r}: "
+            f"{a} {w['reference']:.9g}, {b} {w['a']:.9g}, abs error {w['abs']:.3g}, rel error {w['rel']:.3g}")
 
 
 def format_report(report: dict) -> str:
@@ -105,6 +132,7 @@ def format_report(report: dict) -> str:
     for name, p in report["pairs"].items():
         a, b = name.split("~")
         lines.append(f"  max |{a} - {b}| = {p['max_abs']:.3g}   max rel = {p['max_rel']:.3g}   "
-                     f"{'ok' if p['passed'] else 'FAIL at ' + str(p['worst'])}")
+                     f"{'ok' if p['passed'] else 'FAIL: ' + describe_worst(name, p)}")
+    lines += [f"  {problem}" for problem in report.get("problems", [])]
     lines.append("parity: " + ("PASSED" if report["passed"] else "FAILED"))
     return "\n".join(lines)

@@ -41,3 +41,13 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "slow" in item.keywords:
             item.add_marker(skip)
+
+
+PARITY_STATS = {"cases": 0, "worst": 0.0, "worst_case": None}
+
+
+def pytest_terminal_summary(terminalreporter):
+    if PARITY_STATS["cases"]:
+        terminalreporter.write_line(
+            f"property parity: {PARITY_STATS['cases']} cases, worst max|a - b| / max(1, |ref|) over the three "
+            f"pairs = {PARITY_STATS['worst']:.3g} ({PARITY_STATS['worst_case']})")

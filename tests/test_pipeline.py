@@ -82,7 +82,7 @@ def test_verify_fails_beyond_tolerance(seed_bundle, tmp_path):
     (tmp_path / "other" / "manifest.json").write_text(json.dumps(m))
     proc = run_cli("verify", str(tmp_path / "other"))
     assert proc.returncode == 1
-    assert "FAIL at" in proc.stdout and "parity: FAILED" in proc.stdout
+    assert "FAIL: torch vs onnxruntime: worst element at row" in proc.stdout and "parity: FAILED" in proc.stdout
     assert json.loads((tmp_path / "other" / "manifest.json").read_text())["parity"]["passed"] is False
 
 

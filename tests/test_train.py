@@ -16,10 +16,11 @@ def fitted(seed_data):
     return Regressor(device="cpu").fit(seed_data.X, seed_data.y)
 
 
-def test_defaults_are_the_tutorials():
-    p = Regressor().get_params()
-    assert (p["model"], p["optimizer"], p["lr"], p["epochs"], p["batch"], p["loss"]) == \
-        ("linear", "sgd", 0.002, 6000, "full", "mse")
+def test_defaults_are_the_tutorials(fitted):
+    p = fitted.hyperparameters_
+    assert (p["model"], p["optimizer"], p["lr"], p["momentum"], p["epochs"], p["batch_size"], p["loss"]) == \
+        ("linear", "sgd", 0.002, 0.0, 6000, "full", "mse")
+    assert p["scale"] is False and isinstance(fitted.module_, torch.nn.Linear)
 
 
 def test_exact_fit_matches_the_published_reference(seed_data):
@@ -67,7 +68,13 @@ def test_divergence_stops_with_advice(seed_data):
     ({"lr": float("nan")}, "lr must be a positive number"),
     ({"epochs": 0}, "epochs must be a whole number"),
     ({"model": "forest"}, "model must be one of linear"),
-    ({"optimizer": "adam"}, "optimizer must be 'sgd'"),
+    ({"optimizer": "rmsprop"}, "optimizer must be one of sgd, adam, lbfgs"),
+    ({"momentum": 0.9, "optimizer": "adam"}, "momentum must be in"),
+    ({"optimizer": "lbfgs", "batch_size": 4}, "lbfgs trains on the full batch"),
+    ({"patience": 5}, "patience .* needs a validation split"),
+    ({"val_fraction": 1.0}, "val_fraction must be in"),
+    ({"model": "mlp", "hidden": []}, "an mlp needs hidden layer widths"),
+    ({"model": "mlp", "activation": "swish"}, "activation must be one of"),
 ])
 def test_bad_settings_are_named(seed_data, kwargs, message):
     with pytest.raises(ValueError, match=message):

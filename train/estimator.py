@@ -1,14 +1,22 @@
-"""Regressor: the tutorial's training recipe (nn.Linear, MSE, full-batch SGD) as a fit/predict estimator."""
+"""Regressor: fit/predict for the tutorial's linear model and MLPs, with the tutorial's defaults."""
 from __future__ import annotations
 
+import copy
 import math
 import sys
+from typing import Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
-from torchport.train.models import MODEL_KINDS, build_model
+from torchport.train.models import (
+    ACTIVATIONS, MODEL_KINDS, build_model, core_and_scalers, linear_coefficients, normalize_spec, set_scaling,
+)
+
+OPTIMIZERS = ("sgd", "adam", "lbfgs")
+DEFAULT_LR = {"sgd": 0.002, "adam": 0.001, "lbfgs": 1.0}
+SCHEDULES = ("none", "cosine")
 
 
 class TrainingDiverged(RuntimeError):
@@ -30,36 +38,83 @@ def resolve_device(device: str) -> torch.device:
 
 
 class Regressor:
-    """Fits a torch regression model with MSE loss; ``module_`` is the fitted module on the CPU."""
+    """Fits a torch regression model with MSE loss; ``module_`` is the fitted module (raw features in,
+    targets in their own units out) on the CPU, in eval mode.
 
-    def __init__(self, model: str = "linear", optimizer: str = "sgd", lr: float = 0.002,
-                 epochs: int = 6000, seed: int = 0, device: str = "auto", progress: bool = False):
+    Defaults are the tutorial's: a linear model, full-batch SGD, lr 0.002, 6000 epochs. An MLP defaults
+    to Adam (lr 1e-3) with features and targets standardised inside the model."""
+
+    def __init__(self, model: str = "linear", hidden: Sequence[int] = (32, 32), activation: str = "relu",
+                 dropout: float = 0.0, scale: str = "auto", optimizer: str | None = None,
+                 lr: float | None = None, momentum: float = 0.0, epochs: int = 6000,
+                 batch_size: int | None = None, val_fraction: float = 0.0, patience: int | None = None,
+                 lr_schedule: str = "none", seed: int = 0, device: str = "auto", progress: bool = False):
         self.model = model
+        self.hidden = hidden
+        self.activation = activation
+        self.dropout = dropout
+        self.scale = scale
         self.optimizer = optimizer
         self.lr = lr
+        self.momentum = momentum
         self.epochs = epochs
+        self.batch_size = batch_size
+        self.val_fraction = val_fraction
+        self.patience = patience
+        self.lr_schedule = lr_schedule
         self.seed = seed
         self.device = device
         self.progress = progress
 
-    def _check_params(self) -> None:
+    def _resolved(self) -> tuple[str, float]:
         if self.model not in MODEL_KINDS:
             raise ValueError(f"model must be one of {', '.join(MODEL_KINDS)}; got {self.model!r}")
-        if self.optimizer != "sgd":
-            raise ValueError(f"optimizer must be 'sgd'; got {self.optimizer!r}")
-        if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
-            raise ValueError(f"lr must be a positive number; got {self.lr!r}")
+        opt = self.optimizer or ("sgd" if self.model == "linear" else "adam")
+        if opt not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}; got {opt!r}")
+        lr = DEFAULT_LR[opt] if self.lr is None else self.lr
+        if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
+            raise ValueError(f"lr must be a positive number; got {lr!r}")
         if not (isinstance(self.epochs, int) and self.epochs >= 1):
             raise ValueError(f"epochs must be a whole number >= 1; got {self.epochs!r}")
+        if not 0.0 <= self.momentum < 1.0 or (self.momentum and opt != "sgd"):
+            raise ValueError(f"momentum must be in [0, 1) and is for sgd only; got {self.momentum!r} with {opt}")
+        if self.batch_size is not None and (not isinstance(self.batch_size, int) or self.batch_size < 1):
+            raise ValueError(f"batch_size must be a whole number >= 1 or None (full batch); got {self.batch_size!r}")
+        if self.batch_size is not None and opt == "lbfgs":
+            raise ValueError("lbfgs trains on the full batch; leave batch_size unset")
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise ValueError(f"val_fraction must be in [0, 1); got {self.val_fraction!r}")
+        if self.patience is not None and (self.patience < 1 or not self.val_fraction):
+            raise ValueError("patience (early stopping) needs a validation split (val_fraction > 0) and "
+                             f"must be >= 1; got patience {self.patience!r}, val_fraction {self.val_fraction!r}")
+        if self.lr_schedule not in SCHEDULES:
+            raise ValueError(f"lr_schedule must be one of {', '.join(SCHEDULES)}; got {self.lr_schedule!r}")
+        if self.scale not in ("auto", "on", "off"):
+            raise ValueError(f"scale must be auto, on or off; got {self.scale!r}")
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(f"activation must be one of {', '.join(ACTIVATIONS)}; got {self.activation!r}")
+        return opt, float(lr)
 
     def get_params(self) -> dict:
         """The constructor settings, as recorded in a bundle's manifest."""
-        return {"model": self.model, "optimizer": self.optimizer, "lr": self.lr, "epochs": self.epochs,
-                "seed": self.seed, "device": self.device, "batch": "full", "loss": "mse"}
+        return {"model": self.model, "hidden": list(self.hidden) if self.model == "mlp" else None,
+                "activation": self.activation if self.model == "mlp" else None,
+                "dropout": self.dropout if self.model == "mlp" else None, "scale": self.scale,
+                "optimizer": self.optimizer, "lr": self.lr, "momentum": self.momentum, "epochs": self.epochs,
+                "batch_size": self.batch_size, "val_fraction": self.val_fraction, "patience": self.patience,
+                "lr_schedule": self.lr_schedule, "seed": self.seed, "device": self.device, "loss": "mse"}
+
+    def _make_optimizer(self, params, opt: str, lr: float) -> torch.optim.Optimizer:
+        if opt == "sgd":
+            return torch.optim.SGD(params, lr=lr, momentum=self.momentum)
+        if opt == "adam":
+            return torch.optim.Adam(params, lr=lr)
+        return torch.optim.LBFGS(params, lr=lr, max_iter=20, line_search_fn="strong_wolfe")
 
     def fit(self, X: np.ndarray, y: np.ndarray) -> "Regressor":
-        """Train on X (rows x features) and y (rows x targets) with full-batch gradient descent."""
-        self._check_params()
+        """Train on X (rows x features) and y (rows x targets)."""
+        opt_name, lr = self._resolved()
         X = np.asarray(X, dtype=np.float32)
         y = np.asarray(y, dtype=np.float32)
         if y.ndim == 1:
@@ -68,47 +123,122 @@ class Regressor:
             raise ValueError(f"expected X of shape (rows, features) and y of shape (rows, targets) with the "
                              f"same number of rows; got X {X.shape} and y {y.shape}")
         dev = resolve_device(self.device)
-        self.spec_ = {"kind": self.model, "n_features": X.shape[1], "n_targets": y.shape[1]}
+        scaled = {"auto": self.model == "mlp", "on": True, "off": False}[self.scale]
+        self.spec_ = normalize_spec({"kind": self.model, "n_features": X.shape[1], "n_targets": y.shape[1],
+                                     "hidden": list(self.hidden), "activation": self.activation,
+                                     "dropout": self.dropout, "scale_features": scaled, "scale_targets": scaled})
+        self.optimizer_, self.lr_ = opt_name, lr
+        self.hyperparameters_ = {**self.get_params(), "optimizer": opt_name, "lr": lr,
+                                 "batch_size": self.batch_size or "full", "scale": scaled}
+
+        train_idx, val_idx = np.arange(len(X)), np.arange(0)
+        if self.val_fraction:
+            n_val = max(1, int(round(len(X) * self.val_fraction)))
+            if n_val >= len(X):
+                raise ValueError(f"val_fraction {self.val_fraction} leaves no training rows out of {len(X)}")
+            perm = np.random.default_rng(self.seed).permutation(len(X))
+            val_idx, train_idx = np.sort(perm[:n_val]), np.sort(perm[n_val:])
+
         torch.manual_seed(self.seed)
         module = build_model(self.spec_).to(dev)
         Xt, yt = torch.from_numpy(X).to(dev), torch.from_numpy(y).to(dev)
-        opt = torch.optim.SGD(module.parameters(), lr=self.lr)
+        set_scaling(module, Xt[train_idx], yt[train_idx])
+        core, s_in, s_out = core_and_scalers(module)
+        # The core learns in the standardised space; the scalers are fixed data statistics.
+        with torch.no_grad():
+            Xs = s_in(Xt) if s_in is not None else Xt
+            ys = (yt - s_out.mean) / s_out.std if s_out is not None else yt
+        X_tr, y_tr = Xs[train_idx], ys[train_idx]
+        X_va, y_va = Xs[val_idx], ys[val_idx]
+
+        optimizer = self._make_optimizer(core.parameters(), opt_name, lr)
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, self.epochs) \
+            if self.lr_schedule == "cosine" else None
         loss_fn = nn.MSELoss()
+        shuffle = torch.Generator().manual_seed(self.seed)
         losses = torch.empty(self.epochs, device=dev)
-        # Reading the loss forces a host sync: do it ~100 times per run, not every epoch.
-        check_every = max(1, self.epochs // 100)
-        bar = None
-        if self.progress:
-            from tqdm import tqdm
-            bar = tqdm(total=self.epochs, desc="training", unit="epoch", file=sys.stderr,
-                       mininterval=0.25, leave=True, dynamic_ncols=True)
-        done = 0
+        val_losses: list[float] = []
+        best = (math.inf, -1, None)  # (val loss, epoch, state)
+        check_every = max(1, self.epochs // 100)  # reading the loss syncs the host: ~100 times a run
+        bar = self._progress_bar()
+        done, epochs_run = 0, 0
         try:
             for epoch in range(self.epochs):
-                loss = loss_fn(module(Xt), yt)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                losses[epoch] = loss.detach()
-                if (epoch + 1) % check_every == 0 or epoch + 1 == self.epochs:
+                core.train()
+                losses[epoch] = self._epoch(core, optimizer, loss_fn, X_tr, y_tr, shuffle)
+                if scheduler is not None:
+                    scheduler.step()
+                epochs_run = epoch + 1
+                stop = False
+                if len(val_idx):
+                    core.eval()
+                    with torch.no_grad():
+                        v = float(loss_fn(core(X_va), y_va))
+                    val_losses.append(v)
+                    if v < best[0]:
+                        best = (v, epoch, copy.deepcopy(core.state_dict()))
+                    elif self.patience is not None and epoch - best[1] >= self.patience:
+                        stop = True
+                if epochs_run % check_every == 0 or epochs_run == self.epochs or stop:
                     value = float(losses[epoch])
                     if not math.isfinite(value):
                         raise TrainingDiverged(
-                            f"training diverged at epoch {epoch + 1}: loss is {value}; "
-                            f"use a smaller learning rate than {self.lr} (for example {self.lr / 10:g})")
+                            f"training diverged at epoch {epochs_run}: loss is {value}; "
+                            f"use a smaller learning rate than {lr:g} (for example {lr / 10:g})")
                     if bar is not None:
-                        bar.update(epoch + 1 - done)
-                        bar.set_postfix_str(f"loss {value:.6f}", refresh=False)
-                    done = epoch + 1
+                        bar.update(epochs_run - done)
+                        bar.set_postfix_str(f"loss {value:.6g}" + (f" val {val_losses[-1]:.6g}" if val_losses else ""),
+                                            refresh=False)
+                    done = epochs_run
+                if stop:
+                    break
         finally:
             if bar is not None:
                 bar.close()
+        if self.patience is not None and best[2] is not None:
+            core.load_state_dict(best[2])
+        self.best_epoch_ = best[1] + 1 if best[2] is not None else None
         self.device_ = str(dev)
         self.module_ = module.to("cpu").eval()
-        self.loss_history_ = losses.cpu().numpy().astype(np.float64)
+        self.loss_history_ = losses[:epochs_run].cpu().numpy().astype(np.float64)
+        self.val_loss_history_ = np.asarray(val_losses, dtype=np.float64)
         self.final_loss_ = float(self.loss_history_[-1])
-        self.n_epochs_ = self.epochs
+        self.n_epochs_ = epochs_run
         return self
+
+    def _epoch(self, core: nn.Module, optimizer: torch.optim.Optimizer, loss_fn: nn.Module,
+               X: torch.Tensor, y: torch.Tensor, shuffle: torch.Generator) -> torch.Tensor:
+        """One pass over the training rows; returns the epoch's mean loss as a device tensor (no sync)."""
+        if isinstance(optimizer, torch.optim.LBFGS):
+            def closure() -> torch.Tensor:
+                optimizer.zero_grad(set_to_none=True)
+                loss = loss_fn(core(X), y)
+                loss.backward()
+                return loss
+            return optimizer.step(closure).detach()
+        if self.batch_size is None or self.batch_size >= len(X):
+            loss = loss_fn(core(X), y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            return loss.detach()
+        order = torch.randperm(len(X), generator=shuffle).to(X.device)
+        total = torch.zeros((), device=X.device)
+        for start in range(0, len(X), self.batch_size):
+            idx = order[start:start + self.batch_size]
+            loss = loss_fn(core(X[idx]), y[idx])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total += loss.detach() * len(idx)
+        return total / len(X)
+
+    def _progress_bar(self):
+        if not self.progress:
+            return None
+        from tqdm import tqdm
+        return tqdm(total=self.epochs, desc="training", unit="epoch", file=sys.stderr, mininterval=0.25,
+                    leave=True, dynamic_ncols=True)
 
     def predict(self, X: np.ndarray) -> np.ndarray:
         """Predictions of the fitted module, float32, shape (rows, targets)."""
@@ -119,10 +249,10 @@ class Regressor:
 
     @property
     def coef_(self) -> np.ndarray:
-        """Weights of a linear model, shape (targets, features)."""
-        return self.module_.weight.detach().numpy().astype(np.float64)
+        """Weights of a linear model in raw units, shape (targets, features)."""
+        return linear_coefficients(self.module_)[0].numpy()
 
     @property
     def intercept_(self) -> np.ndarray:
-        """Bias of a linear model, shape (targets,)."""
-        return self.module_.bias.detach().numpy().astype(np.float64)
+        """Bias of a linear model in raw units, shape (targets,)."""
+        return linear_coefficients(self.module_)[1].numpy()

@@ -1,0 +1,123 @@
+"""Parity as a product: assert_parity on bundles and modules, a broken export caught, and property-based
+parity over random architectures, feature/target counts, batch sizes, input scales and opsets."""
+import json
+import shutil
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from onnx import TensorProto, helper
+
+from conftest import PARITY_STATS
+from torchport.export.formats import MIN_OPSET, newest_opset
+from torchport.export.testing import assert_parity
+from torchport.export.verify import ParityError
+from torchport.runtime.bundle import sha256_file
+from torchport.train.models import ACTIVATIONS, build_model
+
+
+def test_assert_parity_passes_on_a_bundle(seed_bundle):
+    report = assert_parity(seed_bundle)
+    assert report["passed"] and report["pairs"]["torch~onnxruntime"]["max_abs"] <= 1e-5
+
+
+def test_assert_parity_on_a_module_with_names():
+    torch.manual_seed(0)
+    module = build_model({"kind": "mlp", "n_features": 3, "n_targets": 2, "hidden": [16], "activation": "tanh"})
+    report = assert_parity(module, np.random.default_rng(0).normal(size=(50, 3)),
+                           feature_names=["a", "b", "c"], target_names=["p", "q"])
+    assert report["cases"] == [{"name": "inputs", "rows": 50}]
+    assert report["pairs"]["torch~onnxruntime"]["max_abs"] < 1e-5
+
+
+def _add_to_output(path, delta):
+    """Edit an ONNX graph so that its output is the original output + delta."""
+    model = onnx.load(str(path))
+    out = model.graph.output[0]
+    inner = out.name + "_before_edit"
+    for node in model.graph.node:
+        node.output[:] = [inner if o == out.name else o for o in node.output]
+    model.graph.initializer.append(helper.make_tensor("edit_delta", TensorProto.FLOAT, [], [delta]))
+    model.graph.node.append(helper.make_node("Add", [inner, "edit_delta"], [out.name]))
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+
+
+def test_broken_export_names_the_worst_element(seed_bundle, tmp_path):
+    broken = tmp_path / "broken"
+    shutil.copytree(seed_bundle, broken)
+    _add_to_output(broken / "model.onnx", 1e-3)
+    manifest = json.loads((broken / "manifest.json").read_text())
+    manifest["files"]["model.onnx"]["sha256"] = sha256_file(broken / "model.onnx")
+    (broken / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ParityError) as caught:
+        assert_parity(broken)
+    message = str(caught.value)
+    assert "torch vs onnxruntime: worst element at row" in message
+    assert "abs error 0.001" in message and "column 0" in message
+    assert "torch vs torchscript" not in message  # those two still agree
+
+
+def test_wrong_names_in_metadata_are_reported(seed_bundle, tmp_path):
+    renamed = tmp_path / "renamed"
+    shutil.copytree(seed_bundle, renamed)
+    model = onnx.load(str(renamed / "model.onnx"))
+    for prop in model.metadata_props:
+        if prop.key == "torchport.features":
+            prop.value = json.dumps(["size"])
+    onnx.save(model, str(renamed / "model.onnx"))
+    manifest = json.loads((renamed / "manifest.json").read_text())
+    manifest["files"]["model.onnx"]["sha256"] = sha256_file(renamed / "model.onnx")
+    (renamed / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ParityError, match=r"torchport.features is \['size'\], expected \['area'\]"):
+        assert_parity(renamed)
+
+
+@st.composite
+def cases(draw):
+    depth = draw(st.integers(0, 4))
+    spec = {"kind": "mlp" if depth else "linear", "n_features": draw(st.integers(1, 32)),
+            "n_targets": draw(st.integers(1, 4)), "hidden": [draw(st.integers(1, 256)) for _ in range(depth)],
+            "activation": draw(st.sampled_from(sorted(ACTIVATIONS))),
+            "scale_features": True, "scale_targets": True}
+    return (spec, draw(st.integers(1, 10_000)), 10.0 ** draw(st.floats(-3, 6)), 10.0 ** draw(st.floats(-3, 6)),
+            draw(st.integers(max(17, MIN_OPSET), newest_opset())), draw(st.integers(0, 2**31 - 1)))
+
+
+SEEN = PARITY_STATS  # printed at the end of the run by conftest.pytest_terminal_summary
+
+
+def _run_case(case):
+    spec, batch, x_scale, y_scale, opset, seed = case
+    rng = np.random.default_rng(seed)
+    torch.manual_seed(seed)
+    module = build_model(spec)
+    x = rng.normal(0, x_scale, size=(batch, spec["n_features"])) + rng.normal(0, x_scale, size=spec["n_features"])
+    with torch.no_grad():
+        module.scale_in.mean.copy_(torch.tensor(x.mean(axis=0)))
+        module.scale_in.std.copy_(torch.tensor(np.maximum(x.std(axis=0), 1e-12)))
+        module.scale_out.mean.copy_(torch.tensor(rng.normal(0, y_scale, spec["n_targets"])))
+        module.scale_out.std.copy_(torch.tensor(np.full(spec["n_targets"], y_scale)))
+    report = assert_parity(module, x, atol=1e-5, rtol=1e-5, opset=opset)
+    worst = max(p["max_scaled"] for p in report["pairs"].values())
+    SEEN["cases"] += 1
+    if worst >= SEEN["worst"]:
+        SEEN["worst"], SEEN["worst_case"] = worst, f"{spec}, batch {batch}, x scale {x_scale:.3g}, opset {opset}"
+    assert worst <= 1e-5, (worst, case)
+
+
+@settings(max_examples=12, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(cases())
+def test_parity_property(case):
+    _run_case(case)
+
+
+@pytest.mark.slow
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(cases())
+def test_parity_property_slow(case):
+    _run_case(case)
