@@ -1,9 +1,12 @@
-"""Score a CSV or TSV file with a bundle through ONNX Runtime, in bounded-memory chunks. Columns are
-matched to the model's features by name (extra columns are kept, order does not matter); the output is
-the input with one `<target>_pred` column per target, written to a temp file and renamed into place.
+"""Score a CSV, TSV or Parquet file with a bundle through ONNX Runtime, in bounded-memory chunks.
+Columns are matched to the model's features by name (extra columns are kept, order does not matter); the
+output (CSV, TSV or Parquet, by its suffix) is the input with one `<target>_pred` column per target,
+written to a temp file and renamed into place. Streaming and Parquet use pyarrow (the `io` extra); without
+it, CSV/TSV still work through Python's csv module.
 
-example:
+examples:
   torchport predict bundles/seed --input islands.csv --output scored.csv
+  torchport predict bundles/seed -i big.parquet -o scored.parquet --chunk-rows 1000000
 """
 from __future__ import annotations
 
@@ -35,6 +38,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="auto (CUDA then CPU), cpu, cuda, or ONNX Runtime provider names, comma-separated")
     p.add_argument("--chunk-rows", type=_positive_int, default=65536, help="rows per chunk (default: 65536)")
     p.add_argument("--force", action="store_true", help="replace an existing output file")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def _delimiter(path: Path) -> str:
@@ -51,7 +55,7 @@ def _parse_chunk(rows: list[list[str]], columns: list[int], names: list[str], fi
             except (ValueError, IndexError):
                 got = repr(row[c]) if c < len(row) else "nothing (the row is too short)"
                 raise ValueError(f"{source}: row {first_row + i} (data row, 1-based), column {names[j]!r}: "
-                                 f"expected a number, got {got}") from None
+                                 f"expected a finite number, got {got}") from None
             if not math.isfinite(value):
                 raise ValueError(f"{source}: row {first_row + i}, column {names[j]!r}: {row[c]!r} is not "
                                  "a finite number")
@@ -103,6 +107,14 @@ def run(args: argparse.Namespace) -> int:
     if args.output.resolve() == args.input.resolve():
         raise ValueError("--output must differ from --input")
     predictor = Predictor(args.bundle, providers=args.providers)
-    n = score_file(predictor, args.input, args.output, args.chunk_rows)
+    try:
+        from torchport.runtime.streaming import score_stream
+        import pyarrow  # noqa: F401
+    except ImportError:
+        if ".parquet" in (args.input.suffix.lower(), args.output.suffix.lower()):
+            raise ValueError("Parquet needs pyarrow: pip install 'torchport[io]'") from None
+        n = score_file(predictor, args.input, args.output, args.chunk_rows)
+    else:
+        n = score_stream(predictor, args.input, args.output, args.chunk_rows, progress=not args.no_progress and sys.stderr.isatty())
     print(f"scored {n} rows with {', '.join(predictor.providers)} -> {args.output}", file=sys.stderr)
     return 0

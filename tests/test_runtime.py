@@ -128,6 +128,6 @@ def test_predict_command_errors_name_row_and_column(seed_bundle, tmp_path):
     dst = tmp_path / "out.tsv"
     proc = run_cli("predict", str(seed_bundle), "-i", str(src), "-o", str(dst))
     assert proc.returncode == 2
-    assert "row 2 (data row, 1-based), column 'area': expected a number, got 'big'" in proc.stderr
+    assert "row 2 (data row, 1-based), column 'area': expected a finite number, got 'big'" in proc.stderr
     assert "Traceback" not in proc.stderr and not dst.exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.tsv"]
