@@ -1,9 +1,12 @@
 """Re-export a bundle from its checkpoint: new ONNX and TorchScript files (for example at another opset),
-re-verified, written atomically to --out (or in place with --force).
+re-verified, written atomically to --out (or in place with --force). With --triton REPO, instead add the
+bundle to a Triton Inference Server model repository: REPO/<name>/config.pbtxt and REPO/<name>/1/model.onnx
+(onnxruntime backend, dynamic batching), and with --libtorch also REPO/<name>_libtorch (TorchScript).
 
 examples:
   torchport export bundles/seed --out bundles/seed-opset20 --opset 20
   torchport export bundles/seed --force
+  torchport export bundles/seed --triton model_repository --max-batch-size 4096 --libtorch
 """
 from __future__ import annotations
 
@@ -13,7 +16,8 @@ from pathlib import Path
 
 from torchport.export.bundle_writer import DEFAULT_OPSET, load_module, write_bundle
 from torchport.export.cli_train import positive_float, positive_int
-from torchport.export.verify import training_rows, format_report
+from torchport.export.triton import write_triton_repository
+from torchport.export.verify import format_report, training_rows
 from torchport.runtime.bundle import load_manifest
 
 
@@ -25,9 +29,22 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help=f"ONNX opset to export (default: {DEFAULT_OPSET})")
     p.add_argument("--atol", type=positive_float, default=1e-5, help="parity tolerance, absolute (default: 1e-5)")
     p.add_argument("--rtol", type=positive_float, default=1e-4, help="parity tolerance, relative (default: 1e-4)")
+    p.add_argument("--triton", type=Path, metavar="REPO", help="write a Triton model repository entry instead")
+    p.add_argument("--name", help="Triton model name (default: the bundle directory's name)")
+    p.add_argument("--max-batch-size", type=positive_int, default=4096, help="Triton max_batch_size (default: 4096)")
+    p.add_argument("--max-queue-delay-us", type=positive_int, default=100,
+                   help="Triton dynamic batching max queue delay in microseconds (default: 100)")
+    p.add_argument("--libtorch", action="store_true", help="with --triton: also the TorchScript model (libtorch backend)")
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.triton is not None:
+        for path in write_triton_repository(args.bundle, args.triton, name=args.name,
+                                            max_batch_size=args.max_batch_size,
+                                            max_queue_delay_us=args.max_queue_delay_us,
+                                            libtorch=args.libtorch, force=args.force):
+            print(f"wrote {path}/config.pbtxt and {path}/1/")
+        return 0
     manifest = load_manifest(args.bundle)
     module = load_module(args.bundle)
     out = args.out or args.bundle
