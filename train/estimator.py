@@ -8,6 +8,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from torchport.train.fast import fit_full_batch_sgd
 from torchport.train.models import MODEL_KINDS, build_model
 
 
@@ -83,23 +84,31 @@ class Regressor:
             bar = tqdm(total=self.epochs, desc="training", unit="epoch", file=sys.stderr,
                        mininterval=0.25, leave=True, dynamic_ncols=True)
         done = 0
+
+        def check(epochs_done: int, value: float) -> None:
+            nonlocal done
+            if not math.isfinite(value):
+                raise TrainingDiverged(
+                    f"training diverged at epoch {epochs_done}: loss is {value}; "
+                    f"use a smaller learning rate than {self.lr} (for example {self.lr / 10:g})")
+            if bar is not None:
+                bar.update(epochs_done - done)
+                bar.set_postfix_str(f"loss {value:.6f}", refresh=False)
+            done = epochs_done
+
         try:
-            for epoch in range(self.epochs):
-                loss = loss_fn(module(Xt), yt)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                losses[epoch] = loss.detach()
-                if (epoch + 1) % check_every == 0 or epoch + 1 == self.epochs:
-                    value = float(losses[epoch])
-                    if not math.isfinite(value):
-                        raise TrainingDiverged(
-                            f"training diverged at epoch {epoch + 1}: loss is {value}; "
-                            f"use a smaller learning rate than {self.lr} (for example {self.lr / 10:g})")
-                    if bar is not None:
-                        bar.update(epoch + 1 - done)
-                        bar.set_postfix_str(f"loss {value:.6f}", refresh=False)
-                    done = epoch + 1
+            if isinstance(module, nn.Linear) and self.optimizer == "sgd":  # closed-form step, train/fast.py
+                losses = fit_full_batch_sgd(module, Xt, yt, self.lr, self.epochs,
+                                            check_every=check_every, on_check=check)
+            else:
+                for epoch in range(self.epochs):
+                    loss = loss_fn(module(Xt), yt)
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    opt.step()
+                    losses[epoch] = loss.detach()
+                    if (epoch + 1) % check_every == 0 or epoch + 1 == self.epochs:
+                        check(epoch + 1, float(losses[epoch]))
         finally:
             if bar is not None:
                 bar.close()
