@@ -42,6 +42,8 @@ def ols_inference(X: np.ndarray, y: np.ndarray, feature_names: list[str], target
     alpha = 1.0 - confidence
     targets = []
     for j, target in enumerate(target_names):
+        if np.ptp(y[:, j]) == 0:
+            raise InferenceUnavailable(f"the target {target} is constant: R^2 and the F test are undefined")
         fit = sm.OLS(y[:, j], A).fit()
         ci = fit.conf_int(alpha=alpha)
         coefficients = [
@@ -78,12 +80,12 @@ def format_inference(record: dict) -> str:
     for t in record["targets"]:
         lines.append(f"least-squares inference for {t['target']} ~ {' + '.join(record['features'])} "
                      f"({record['library']}, n = {t['n']}):")
-        lines.append(f"{'':<{width}}{'estimate':>11}{'std error':>11}{'t':>9}{'p':>11}   {level} confidence interval")
+        lines.append(f"{'':<{width}}{'estimate':>12}{'std error':>12}{'t':>10}{'p':>11}   {level} confidence interval")
         for c in t["coefficients"]:
-            lines.append(f"{c['term']:<{width}}{_fmt(c['estimate'], '.5f'):>11}{_fmt(c['std_error'], '.5f'):>11}"
-                         f"{_fmt(c['t'], '.3f'):>9}{_p(c['p']):>11}   "
-                         f"[{_fmt(c['ci_low'], '.5f')}, {_fmt(c['ci_high'], '.5f')}]".rstrip())
-        lines.append(f"residual standard error {_fmt(t['residual_se'], '.5f')} on {t['df_resid']} degrees of freedom; "
+            lines.append(f"{c['term']:<{width}}{_fmt(c['estimate'], '.6g'):>12}{_fmt(c['std_error'], '.6g'):>12}"
+                         f"{_fmt(c['t'], '.4g'):>10}{_p(c['p']):>11}   "
+                         f"[{_fmt(c['ci_low'], '.6g')}, {_fmt(c['ci_high'], '.6g')}]")
+        lines.append(f"residual standard error {_fmt(t['residual_se'], '.6g')} on {t['df_resid']} degrees of freedom; "
                      f"R^2 {_fmt(t['r2'], '.5f')}, adjusted R^2 {_fmt(t['adj_r2'], '.5f')}")
-        lines.append(f"F {_fmt(t['f'], '.3f')} on {t['df_model']} and {t['df_resid']} DF, p {_p(t['f_p'])}")
+        lines.append(f"F {_fmt(t['f'], '.6g')} on {t['df_model']} and {t['df_resid']} DF, p {_p(t['f_p'])}")
     return "\n".join(lines)

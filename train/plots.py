@@ -48,7 +48,8 @@ def regression_plot(x: np.ndarray, y: np.ndarray, predict: Callable[[np.ndarray]
         color = COLORS[j % len(COLORS)]
         ax.scatter(x, y[:, j], s=28, color=color, alpha=0.8, label=f"{name} (observed)")
         ax.plot(grid, line[:, j], color="tab:red" if len(y_names) == 1 else color, linewidth=2,
-                label=f"fitted line, R$^2$ = {r2_score(y[:, j], fitted[:, j]):.4f}")
+                label=f"fitted line{'' if len(y_names) == 1 else f' ({name})'}, "
+                      f"R$^2$ = {r2_score(y[:, j], fitted[:, j]):.4f}")
     ax.set_xlabel(x_name)
     ax.set_ylabel(", ".join(y_names))
     ax.set_title(f"{', '.join(y_names)} ~ {x_name}")
