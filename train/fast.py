@@ -19,14 +19,30 @@ def _design(X: torch.Tensor, bias: bool) -> torch.Tensor:
     return torch.cat([A, torch.ones(len(A), 1, dtype=STATE_DTYPE, device=A.device)], dim=1) if bias else A
 
 
+def _capture(step: torch.Tensor, shift: torch.Tensor, states: torch.Tensor, m: int) -> "torch.cuda.CUDAGraph":
+    """A CUDA graph of m epochs (states[k + 1] = step @ states[k] + shift), warmed up on a side stream."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for k in range(m):
+            torch.addmm(shift, step, states[k], out=states[k + 1])
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for k in range(m):
+            torch.addmm(shift, step, states[k], out=states[k + 1])
+    return graph
+
+
 def fit_full_batch_sgd(module: nn.Linear, X: torch.Tensor, y: torch.Tensor, lr: float, epochs: int, *,
-                       check_every: int | None = None,
-                       on_check: Callable[[int, float], None] | None = None) -> torch.Tensor:
+                       check_every: int | None = None, on_check: Callable[[int, float], None] | None = None,
+                       cuda_graph: bool = False) -> torch.Tensor:
     """Train ``module`` in place exactly as ``epochs`` steps of torch.optim.SGD(lr) on nn.MSELoss over the
     full batch would; returns the per-epoch losses (float32, the loss before each step, as the seed logs it).
 
     Every ``check_every`` epochs and at the end, ``on_check(epochs_done, loss)`` gets the latest loss: the only
-    host syncs of the run (the caller's progress bar and divergence check go there)."""
+    host syncs of the run (the caller's progress bar and divergence check go there). On a CUDA device,
+    ``cuda_graph`` replays each interval's epochs as one captured CUDA graph (not yet run on a GPU)."""
     if not isinstance(module, nn.Linear):
         raise TypeError(f"fit_full_batch_sgd trains an nn.Linear; got {type(module).__name__}")
     if y.ndim != 2 or X.ndim != 2 or len(X) != len(y) or y.shape[1] != module.out_features \
@@ -50,11 +66,15 @@ def fit_full_batch_sgd(module: nn.Linear, X: torch.Tensor, y: torch.Tensor, lr: 
         states = torch.empty(chunk + 1, *theta.shape, dtype=STATE_DTYPE, device=dev)
         losses = torch.empty(epochs, dtype=module.weight.dtype, device=dev)
         states[0] = theta
+        graph = _capture(step, shift, states, chunk) if cuda_graph and dev.type == "cuda" else None
         done = 0
         while done < epochs:
             m = min(chunk, epochs - done)
-            for k in range(m):
-                torch.addmm(shift, step, states[k], out=states[k + 1])
+            if graph is not None and m == chunk:
+                graph.replay()
+            else:
+                for k in range(m):
+                    torch.addmm(shift, step, states[k], out=states[k + 1])
             seen = states[:m]
             quad = (seen * (gram @ seen)).sum(dim=(1, 2)) - 2.0 * (seen * cross).sum(dim=(1, 2))
             losses[done:done + m] = (quad + yy) / (n * t)

@@ -23,6 +23,25 @@ def _figure() -> tuple[Figure, object]:
     return fig, fig.add_subplot()
 
 
+def _columns(values, rows: int) -> np.ndarray:
+    """Values as a float64 (rows, targets) array."""
+    return np.asarray(values, np.float64).reshape(rows, -1)
+
+
+def _points(ax, x: np.ndarray, y: np.ndarray, j: int, label: str) -> None:
+    """Scatter one target's points in its colour (semi-transparent, so overlaps show)."""
+    ax.scatter(x, y, s=28, color=COLORS[j % len(COLORS)], alpha=0.8, label=label)
+
+
+def _finish(fig: Figure, ax, xlabel: str, ylabel: str, title: str, path: Path) -> Path:
+    """Label the axes, add the legend and save."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend(loc="best")
+    return _save(fig, path)
+
+
 def _save(fig: Figure, path: Path) -> Path:
     """Write the PNG through a temp file in the same folder, so a reader never sees half a file."""
     path = Path(path)
@@ -40,21 +59,16 @@ def regression_plot(x: np.ndarray, y: np.ndarray, predict: Callable[[np.ndarray]
     """Data points and the fitted curve over the data's range, R^2 in the legend (one feature)."""
     fig, ax = _figure()
     x = np.asarray(x, np.float64).ravel()
-    y = np.asarray(y, np.float64).reshape(len(x), -1)
+    y = _columns(y, len(x))
     grid = np.linspace(x.min(), x.max(), 200)
-    line = np.asarray(predict(grid.reshape(-1, 1)), np.float64).reshape(len(grid), -1)
-    fitted = np.asarray(predict(x.reshape(-1, 1)), np.float64).reshape(len(x), -1)
+    line = _columns(predict(grid.reshape(-1, 1)), len(grid))
+    fitted = _columns(predict(x.reshape(-1, 1)), len(x))
     for j, name in enumerate(y_names):
-        color = COLORS[j % len(COLORS)]
-        ax.scatter(x, y[:, j], s=28, color=color, alpha=0.8, label=f"{name} (observed)")
-        ax.plot(grid, line[:, j], color="tab:red" if len(y_names) == 1 else color, linewidth=2,
+        _points(ax, x, y[:, j], j, f"{name} (observed)")
+        ax.plot(grid, line[:, j], color="tab:red" if len(y_names) == 1 else COLORS[j % len(COLORS)], linewidth=2,
                 label=f"fitted line{'' if len(y_names) == 1 else f' ({name})'}, "
                       f"R$^2$ = {r2_score(y[:, j], fitted[:, j]):.4f}")
-    ax.set_xlabel(x_name)
-    ax.set_ylabel(", ".join(y_names))
-    ax.set_title(f"{', '.join(y_names)} ~ {x_name}")
-    ax.legend(loc="best")
-    return _save(fig, path)
+    return _finish(fig, ax, x_name, ", ".join(y_names), f"{', '.join(y_names)} ~ {x_name}", path)
 
 
 def loss_curve(losses: np.ndarray, path: Path) -> Path:
@@ -65,46 +79,33 @@ def loss_curve(losses: np.ndarray, path: Path) -> Path:
     ax.plot(np.arange(1, len(losses) + 1), shown, color="tab:blue", linewidth=1.5,
             label=f"MSE loss (final {losses[-1]:.6g})")
     ax.set_yscale("log")
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("training loss (MSE, log scale)")
-    ax.set_title("training loss")
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(loc="best")
-    return _save(fig, path)
+    return _finish(fig, ax, "epoch", "training loss (MSE, log scale)", "training loss", path)
 
 
 def residuals_plot(fitted: np.ndarray, observed: np.ndarray, y_names: list[str], path: Path) -> Path:
     """Residuals (observed - fitted) against fitted values, with the zero line."""
     fig, ax = _figure()
-    fitted = np.asarray(fitted, np.float64).reshape(len(fitted), -1)
-    observed = np.asarray(observed, np.float64).reshape(len(fitted), -1)
+    fitted, observed = _columns(fitted, len(fitted)), _columns(observed, len(fitted))
     for j, name in enumerate(y_names):
-        ax.scatter(fitted[:, j], observed[:, j] - fitted[:, j], s=28, color=COLORS[j % len(COLORS)], alpha=0.8,
-                   label=name)
+        _points(ax, fitted[:, j], observed[:, j] - fitted[:, j], j, name)
     ax.axhline(0.0, color="0.3", linewidth=1, linestyle="--")
-    ax.set_xlabel(f"fitted {', '.join(y_names)}")
-    ax.set_ylabel("residual (observed - fitted)")
-    ax.set_title("residuals against fitted values")
-    ax.legend(loc="best")
-    return _save(fig, path)
+    return _finish(fig, ax, f"fitted {', '.join(y_names)}", "residual (observed - fitted)",
+                   "residuals against fitted values", path)
 
 
 def predicted_vs_observed(observed: np.ndarray, predicted: np.ndarray, y_names: list[str], path: Path) -> Path:
     """Predictions against observations with the identity line, R^2 in the legend (several features)."""
     fig, ax = _figure()
-    observed = np.asarray(observed, np.float64).reshape(len(observed), -1)
-    predicted = np.asarray(predicted, np.float64).reshape(len(observed), -1)
+    observed, predicted = _columns(observed, len(observed)), _columns(predicted, len(observed))
     for j, name in enumerate(y_names):
-        ax.scatter(observed[:, j], predicted[:, j], s=28, color=COLORS[j % len(COLORS)], alpha=0.8,
-                   label=f"{name}, R$^2$ = {r2_score(observed[:, j], predicted[:, j]):.4f}")
+        _points(ax, observed[:, j], predicted[:, j], j,
+                f"{name}, R$^2$ = {r2_score(observed[:, j], predicted[:, j]):.4f}")
     lo = float(min(observed.min(), predicted.min()))
     hi = float(max(observed.max(), predicted.max()))
     ax.plot([lo, hi], [lo, hi], color="0.3", linewidth=1, linestyle="--", label="predicted = observed")
-    ax.set_xlabel(f"observed {', '.join(y_names)}")
-    ax.set_ylabel(f"predicted {', '.join(y_names)}")
-    ax.set_title("predicted against observed")
-    ax.legend(loc="best")
-    return _save(fig, path)
+    return _finish(fig, ax, f"observed {', '.join(y_names)}", f"predicted {', '.join(y_names)}",
+                   "predicted against observed", path)
 
 
 def write_plots(folder: Path, X: np.ndarray, y: np.ndarray, predict: Callable[[np.ndarray], np.ndarray],
@@ -114,8 +115,7 @@ def write_plots(folder: Path, X: np.ndarray, y: np.ndarray, predict: Callable[[n
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     X = np.asarray(X, np.float64)
-    y = np.asarray(y, np.float64).reshape(len(X), -1)
-    fitted = np.asarray(predict(X), np.float64).reshape(len(X), -1)
+    y, fitted = _columns(y, len(X)), _columns(predict(X), len(X))
     written = []
     if X.shape[1] == 1:
         written.append(regression_plot(X[:, 0], y, predict, feature_names[0], target_names, folder / "regression.png"))
