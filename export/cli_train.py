@@ -11,6 +11,7 @@ examples:
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import sys
 from pathlib import Path
 
@@ -19,6 +20,7 @@ import numpy as np
 from torchport.export.bundle_writer import DEFAULT_OPSET, BundleExistsError, write_from_regressor
 from torchport.export.formats import check_opset
 from torchport.export.verify import format_report
+from torchport.runtime.cli import UserError
 from torchport.runtime.predictor import Predictor
 from torchport.train.inference import format_inference
 from torchport.train.datasets import DATASETS, load_dataset
@@ -128,8 +130,17 @@ def _summary(reg: Regressor, data, manifest: dict, out: Path) -> str:
     return "\n".join(lines)
 
 
+def check_report_modules(plots: bool) -> None:
+    """statsmodels and matplotlib are imported late (they are slow to import): say before training if missing."""
+    needed = ["statsmodels", "matplotlib"] if plots else ["statsmodels"]
+    missing = [m for m in needed if importlib.util.find_spec(m) is None]
+    if missing:
+        raise UserError(f"needs {' and '.join(missing)} from the 'train' extra: pip install 'torchport[train]'")
+
+
 def run(args: argparse.Namespace) -> int:
     check_opset(args.opset)
+    check_report_modules(not args.no_plots)
     data = load_dataset(args.data, args.target, args.features)
     out = args.out or Path("bundles") / data.name
     if out.exists() and not args.force:

@@ -3,6 +3,7 @@ report/inference.txt, and the PNG plots (real matplotlib files, checked by their
 import json
 import re
 import shutil
+import sys
 
 import numpy as np
 import pytest
@@ -106,3 +107,21 @@ def test_reexport_carries_the_report_and_refuses_a_tampered_one(seed_bundle, tmp
     proc = run_cli("export", str(tmp_path / "bad"), "--out", str(tmp_path / "worse"))
     assert proc.returncode == 2 and "report/loss.png does not match the manifest" in proc.stderr
     assert not (tmp_path / "worse").exists()
+
+
+@pytest.mark.parametrize("blocked", ["statsmodels", "matplotlib"])
+def test_missing_report_library_is_named_before_training(monkeypatch, capsys, tmp_path, blocked):
+    from torchport.runtime.cli import main
+    monkeypatch.setitem(sys.modules, blocked, None)  # makes `import <blocked>` fail as if not installed
+    assert main(["train", "--out", str(tmp_path / "b"), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert f"needs {blocked} from the 'train' extra" in err and "pip install 'torchport[train]'" in err and "Traceback" not in err
+    assert not (tmp_path / "b").exists()
+
+
+def test_no_plots_does_not_need_matplotlib(monkeypatch):
+    from torchport.export.cli_train import check_report_modules
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    check_report_modules(plots=False)
+    with pytest.raises(Exception, match="needs matplotlib"):
+        check_report_modules(plots=True)
