@@ -8,12 +8,14 @@ import shutil
 import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import onnx
 import torch
 from torch import nn
 
+from torchport.export.report import report_writer
 from torchport.export.formats import INPUT_NAME, OUTPUT_NAME, export_onnx, export_torchscript
 from torchport.runtime.bundle import (
     CHECKPOINT_FILE, FORMAT, FORMAT_VERSION, MANIFEST, ONNX_FILE, TORCHSCRIPT_FILE, load_manifest,
@@ -21,6 +23,7 @@ from torchport.runtime.bundle import (
 )
 from torchport.train.datasets import Dataset
 from torchport.train.estimator import Regressor
+from torchport.train.inference import InferenceUnavailable, ols_inference
 from torchport.train.metrics import exact_least_squares, r2_score
 from torchport.train.models import build_model
 
@@ -59,6 +62,10 @@ def training_record(reg: Regressor, data: Dataset) -> dict:
     }
     if reg.spec_["kind"] == "linear":  # coefficients in raw units, scaling folded in
         record["metrics"].update(weight=reg.coef_.tolist(), bias=reg.intercept_.tolist())
+        try:
+            record["inference"] = ols_inference(data.X, data.y, data.feature_names, data.target_names)
+        except InferenceUnavailable as e:
+            record["inference"] = {"unavailable": str(e)}
     return record
 
 
@@ -78,10 +85,11 @@ def _publish(tmp: Path, out: Path, force: bool) -> None:
 def write_bundle(module: nn.Module, spec: dict, feature_names: list[str], target_names: list[str],
                  out: str | os.PathLike, *, training: dict | None = None, opset: int = DEFAULT_OPSET,
                  force: bool = False, verify_inputs: np.ndarray | None = None,
-                 atol: float = 1e-5, rtol: float = 1e-4) -> dict:
+                 atol: float = 1e-5, rtol: float = 1e-4, report: Callable[[Path], list[str]] | None = None) -> dict:
     """Export ``module`` into the bundle directory ``out`` and verify parity there; returns the manifest.
 
-    Nothing appears at ``out`` unless every file was written; with ``force`` an existing bundle is replaced."""
+    Nothing appears at ``out`` unless every file was written; with ``force`` an existing bundle is replaced.
+    ``report(dir)`` may add files (report/...) to the bundle; it returns their names for the manifest."""
     from torchport.export.verify import verify_bundle
 
     out = Path(out)
@@ -97,6 +105,7 @@ def write_bundle(module: nn.Module, spec: dict, feature_names: list[str], target
         (tmp / CHECKPOINT_FILE).write_bytes(buf.getvalue())
         onnx_info = export_onnx(module, len(feature_names), tmp / ONNX_FILE, opset, feature_names, target_names)
         export_torchscript(module, tmp / TORCHSCRIPT_FILE)
+        extra = report(tmp) if report is not None else []
         manifest = {
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
@@ -106,7 +115,7 @@ def write_bundle(module: nn.Module, spec: dict, feature_names: list[str], target
             "inputs": [{"name": INPUT_NAME, "dtype": "float32", "shape": ["batch", len(feature_names)]}],
             "outputs": [{"name": OUTPUT_NAME, "dtype": "float32", "shape": ["batch", len(target_names)]}],
             "files": {name: {"sha256": sha256_file(tmp / name), "bytes": (tmp / name).stat().st_size}
-                      for name in (ONNX_FILE, TORCHSCRIPT_FILE, CHECKPOINT_FILE)},
+                      for name in (ONNX_FILE, TORCHSCRIPT_FILE, CHECKPOINT_FILE, *extra)},
             "model": dict(spec),
             "training": training,
             "export": {**onnx_info, "versions": _versions()},
@@ -134,7 +143,10 @@ def load_module(bundle: str | os.PathLike) -> nn.Module:
     return module.eval()
 
 
-def write_from_regressor(reg: Regressor, data: Dataset, out: str | os.PathLike, **kwargs) -> dict:
-    """Bundle a fitted Regressor with its training record, verifying on the training rows too."""
-    return write_bundle(reg.module_, reg.spec_, data.feature_names, data.target_names, out,
-                        training=training_record(reg, data), verify_inputs=data.X, **kwargs)
+def write_from_regressor(reg: Regressor, data: Dataset, out: str | os.PathLike, plots: bool = True,
+                         **kwargs) -> dict:
+    """Bundle a fitted Regressor with its training record and report (inference table, plots unless
+    ``plots`` is False), verifying on the training rows too."""
+    training = training_record(reg, data)
+    return write_bundle(reg.module_, reg.spec_, data.feature_names, data.target_names, out, training=training,
+                        verify_inputs=data.X, report=report_writer(reg, data, training, plots), **kwargs)

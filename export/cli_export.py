@@ -16,6 +16,7 @@ from pathlib import Path
 
 from torchport.export.bundle_writer import DEFAULT_OPSET, load_module, write_bundle
 from torchport.export.cli_train import positive_float, positive_int
+from torchport.export.report import report_copier
 from torchport.export.triton import write_triton_repository
 from torchport.export.verify import format_report, training_rows
 from torchport.runtime.bundle import load_manifest
@@ -51,7 +52,8 @@ def run(args: argparse.Namespace) -> int:
     X, _ = training_rows(manifest)
     new = write_bundle(module, manifest["model"], manifest["features"], manifest["targets"], out,
                        training=manifest.get("training"), opset=args.opset, force=args.force,
-                       verify_inputs=X, atol=args.atol, rtol=args.rtol)
+                       verify_inputs=X, atol=args.atol, rtol=args.rtol,
+                       report=report_copier(args.bundle, manifest))
     print(format_report(new["parity"]))
     print(f"bundle: {out}/ (opset {new['export']['opset']})")
     if not new["parity"]["passed"]:

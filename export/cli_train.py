@@ -17,6 +17,7 @@ examples:
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import sys
 from pathlib import Path
 
@@ -25,7 +26,9 @@ import numpy as np
 from torchport.export.bundle_writer import DEFAULT_OPSET, BundleExistsError, write_from_regressor
 from torchport.export.formats import check_opset
 from torchport.export.verify import format_report
+from torchport.runtime.cli import UserError
 from torchport.runtime.predictor import Predictor
+from torchport.train.inference import format_inference
 from torchport.train.datasets import DATASETS, load_dataset
 from torchport.train.estimator import OPTIMIZERS, SCHEDULES, Regressor, TrainingDiverged
 from torchport.train.models import ACTIVATIONS, MODEL_KINDS
@@ -120,6 +123,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--atol", type=positive_float, default=1e-5, help="parity tolerance, absolute (default: 1e-5)")
     p.add_argument("--rtol", type=positive_float, default=1e-4, help="parity tolerance, relative (default: 1e-4)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--no-plots", action="store_true", help="no PNG plots in the bundle's report/ folder")
 
 
 def _summary(reg: Regressor, data, manifest: dict, out: Path) -> str:
@@ -160,16 +164,31 @@ def _summary(reg: Regressor, data, manifest: dict, out: Path) -> str:
                               zip(data.feature_names, m["weight"][j], exact["weight"][j]))
                 lines.append(f"  {name}: bias {m['bias'][j]:+.5f} (exact {exact['bias'][j]:+.5f}); {w}")
         onnx3 = None
+    inference = t.get("inference")
+    if inference is not None:
+        lines += ["", format_inference(inference) if "targets" in inference
+                  else f"no least-squares inference: {inference['unavailable']}"]
     lines += ["", format_report(manifest["parity"]), ""]
-    lines.append(f"bundle: {out}/ (model.onnx, model.torchscript.pt, checkpoint.pt, manifest.json)")
+    report = sorted(name.split("/", 1)[1] for name in manifest["files"] if name.startswith("report/"))
+    lines.append(f"bundle: {out}/ (model.onnx, model.torchscript.pt, checkpoint.pt, manifest.json"
+                 + (f"; report/: {', '.join(report)})" if report else ")"))
     if onnx3 is not None:
         lines.append(f"prediction at {x_name} = 3 through ONNX Runtime ({', '.join(predictor.providers)}): "
                      f"{onnx3:.5f}")
     return "\n".join(lines)
 
 
+def check_report_modules(plots: bool) -> None:
+    """statsmodels and matplotlib are imported late (they are slow to import): say before training if missing."""
+    needed = ["statsmodels", "matplotlib"] if plots else ["statsmodels"]
+    missing = [m for m in needed if importlib.util.find_spec(m) is None]
+    if missing:
+        raise UserError(f"needs {' and '.join(missing)} from the 'train' extra: pip install 'torchport[train]'")
+
+
 def run(args: argparse.Namespace) -> int:
     check_opset(args.opset)
+    check_report_modules(not args.no_plots)
     data = load_dataset(args.data, args.target, args.features)
     out = args.out or Path("bundles") / data.name
     if out.exists() and not args.force:
@@ -184,7 +203,7 @@ def run(args: argparse.Namespace) -> int:
     except TrainingDiverged as e:
         print(f"torchport train: {e}; no bundle was written", file=sys.stderr)
         return 1
-    manifest = write_from_regressor(reg, data, out, force=args.force, opset=args.opset,
+    manifest = write_from_regressor(reg, data, out, plots=not args.no_plots, force=args.force, opset=args.opset,
                                     atol=args.atol, rtol=args.rtol)
     print(_summary(reg, data, manifest, out))
     if not manifest["parity"]["passed"]:

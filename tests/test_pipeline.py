@@ -145,10 +145,10 @@ def test_failed_export_leaves_nothing(seed_bundle, tmp_path):
     assert list(tmp_path.iterdir()) == []
     # and an existing bundle survives a failed --force replacement untouched
     shutil.copytree(seed_bundle, tmp_path / "old")
-    before = {p.name: sha256_file(p) for p in (tmp_path / "old").iterdir()}
+    before = {p: sha256_file(p) for p in (tmp_path / "old").rglob("*") if p.is_file()}
     with pytest.raises(Exception):
         write_bundle(Unexportable(), spec, ["area"], ["ntv_rich"], tmp_path / "old", force=True)
-    assert {p.name: sha256_file(p) for p in (tmp_path / "old").iterdir()} == before
+    assert {p: sha256_file(p) for p in (tmp_path / "old").rglob("*") if p.is_file()} == before
     assert [p.name for p in tmp_path.iterdir()] == ["old"]
 
 

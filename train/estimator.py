@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from torchport.train.fast import fit_full_batch_sgd
 from torchport.train.models import (
     ACTIVATIONS, MODEL_KINDS, build_model, core_and_scalers, linear_coefficients, normalize_spec, set_scaling,
 )
@@ -162,8 +163,28 @@ class Regressor:
         check_every = max(1, self.epochs // 100)  # reading the loss syncs the host: ~100 times a run
         bar = self._progress_bar()
         done, epochs_run = 0, 0
+
+        def check(epochs_done: int, value: float) -> None:
+            """Divergence check and progress bar: the only host syncs of a run."""
+            nonlocal done
+            if not math.isfinite(value):
+                raise TrainingDiverged(
+                    f"training diverged at epoch {epochs_done}: loss is {value}; "
+                    f"use a smaller learning rate than {lr:g} (for example {lr / 10:g})")
+            if bar is not None:
+                bar.update(epochs_done - done)
+                bar.set_postfix_str(f"loss {value:.6g}" + (f" val {val_losses[-1]:.6g}" if val_losses else ""),
+                                    refresh=False)
+            done = epochs_done
+
+        fast = isinstance(core, nn.Linear) and opt_name == "sgd" and not self.momentum and \
+            self.batch_size is None and not len(val_idx) and scheduler is None
         try:
-            for epoch in range(self.epochs):
+            if fast:  # the tutorial's loop as a closed-form step: train/fast.py
+                losses = fit_full_batch_sgd(core, X_tr, y_tr, lr, self.epochs, check_every=check_every,
+                                            on_check=check)
+                epochs_run = self.epochs
+            for epoch in range(0 if fast else self.epochs):
                 core.train()
                 losses[epoch] = self._epoch(core, optimizer, loss_fn, X_tr, y_tr, shuffle)
                 if scheduler is not None:
@@ -180,16 +201,7 @@ class Regressor:
                     elif self.patience is not None and epoch - best[1] >= self.patience:
                         stop = True
                 if epochs_run % check_every == 0 or epochs_run == self.epochs or stop:
-                    value = float(losses[epoch])
-                    if not math.isfinite(value):
-                        raise TrainingDiverged(
-                            f"training diverged at epoch {epochs_run}: loss is {value}; "
-                            f"use a smaller learning rate than {lr:g} (for example {lr / 10:g})")
-                    if bar is not None:
-                        bar.update(epochs_run - done)
-                        bar.set_postfix_str(f"loss {value:.6g}" + (f" val {val_losses[-1]:.6g}" if val_losses else ""),
-                                            refresh=False)
-                    done = epochs_run
+                    check(epochs_run, float(losses[epoch]))
                 if stop:
                     break
         finally:

@@ -1,0 +1,136 @@
+"""train/inference.py: statsmodels' OLS table checked against an independent closed form to 1e-6.
+
+The reference below shares no code with statsmodels' path: the coefficients come from a QR factorisation
+(statsmodels uses a pseudo-inverse), the covariance from the inverse of R, and the p-values and t quantiles
+from the regularised incomplete beta function and a root finder (statsmodels uses scipy.stats' t and F)."""
+import json
+import math
+
+import numpy as np
+import pytest
+from scipy.optimize import brentq
+from scipy.special import betainc
+
+from torchport.train import load_dataset
+from torchport.train.inference import InferenceUnavailable, format_inference, ols_inference
+
+
+def t_two_sided_p(t: float, df: int) -> float:
+    return float(betainc(df / 2, 0.5, df / (df + t * t)))
+
+
+def f_upper_p(f: float, d1: int, d2: int) -> float:
+    return float(betainc(d2 / 2, d1 / 2, d2 / (d2 + d1 * f)))
+
+
+def t_quantile(level: float, df: int) -> float:
+    """The t value with two-sided tail 1 - level, by root finding on the incomplete beta function."""
+    return brentq(lambda t: t_two_sided_p(t, df) - (1 - level), 0.0, 1e3, xtol=1e-14)
+
+
+def closed_form(X: np.ndarray, y: np.ndarray, level: float = 0.95, df_shift: int = 0) -> dict:
+    """OLS with intercept for one target, from the textbook formulas (df_shift plants a known mistake)."""
+    n, p = X.shape
+    A = np.column_stack([np.ones(n), X])
+    Q, R = np.linalg.qr(A)
+    beta = np.linalg.solve(R, Q.T @ y)
+    resid = y - A @ beta
+    df = n - p - 1 + df_shift
+    sigma2 = resid @ resid / df
+    Rinv = np.linalg.inv(R)
+    se = np.sqrt(sigma2 * np.sum(Rinv * Rinv, axis=1))
+    t = beta / se
+    q = t_quantile(level, df)
+    ss_tot = np.sum((y - y.mean()) ** 2)
+    r2 = 1 - resid @ resid / ss_tot
+    f = (r2 / p) / ((1 - r2) / df)
+    return {"estimate": beta, "std_error": se, "t": t, "p": np.array([t_two_sided_p(v, df) for v in t]),
+            "ci_low": beta - q * se, "ci_high": beta + q * se, "r2": r2, "adj_r2": 1 - (1 - r2) * (n - 1) / df,
+            "f": f, "f_p": f_upper_p(f, p, df), "residual_se": math.sqrt(sigma2), "n": n, "df_resid": df}
+
+
+def assert_matches(table: dict, ref: dict, rtol: float = 1e-6) -> None:
+    for key in ("estimate", "std_error", "t", "p", "ci_low", "ci_high"):
+        np.testing.assert_allclose([c[key] for c in table["coefficients"]], ref[key], rtol=rtol, atol=0, err_msg=key)
+    for key in ("r2", "adj_r2", "f", "f_p", "residual_se"):
+        np.testing.assert_allclose(table[key], ref[key], rtol=rtol, atol=0, err_msg=key)
+    assert (table["n"], table["df_resid"]) == (ref["n"], ref["df_resid"])
+
+
+def synthetic():
+    rng = np.random.default_rng(7)
+    X = rng.normal(size=(60, 4)) * [1.0, 10.0, 0.1, 3.0] + [0.0, 100.0, 0.0, -5.0]
+    y = np.column_stack([X @ [0.5, 0.02, 3.0, 0.0] + rng.normal(scale=0.8, size=60),
+                         X @ [-1.0, 0.0, 0.0, 0.2] + 4 + rng.normal(scale=2.0, size=60)])
+    return X, y, ["a", "b", "c", "d"], ["y1", "y2"]
+
+
+@pytest.mark.parametrize("case", ["plant_richness_lr", "plant_richness_mlr", "synthetic"])
+def test_statsmodels_table_matches_the_closed_form_to_1e_6(case):
+    if case == "synthetic":
+        X, y, features, targets = synthetic()
+    else:
+        d = load_dataset(case)
+        X, y, features, targets = d.X, d.y, d.feature_names, d.target_names
+    record = ols_inference(X, y, features, targets)
+    assert record["features"] == features and record["confidence"] == 0.95
+    assert [t["target"] for t in record["targets"]] == targets
+    for j, table in enumerate(record["targets"]):
+        assert [c["term"] for c in table["coefficients"]] == ["(intercept)", *features]
+        assert_matches(table, closed_form(X, y[:, j]))
+
+
+def test_seed_table_is_the_published_exact_fit_and_significant():
+    d = load_dataset("plant_richness_lr")
+    table = ols_inference(d.X, d.y, d.feature_names, d.target_names)["targets"][0]
+    intercept, area = table["coefficients"]
+    assert area["estimate"] == pytest.approx(0.355739, abs=1e-6)       # shared/data/README.md
+    assert intercept["estimate"] == pytest.approx(1.336048, abs=1e-6)
+    assert table["r2"] == pytest.approx(0.827786, abs=1e-6)
+    assert area["p"] < 1e-8 and area["ci_low"] > 0 and table["f_p"] == pytest.approx(area["p"], rel=1e-9)
+    assert table["f"] == pytest.approx(area["t"] ** 2, rel=1e-12)       # one feature: F = t^2
+
+
+def test_the_cross_check_catches_a_planted_mistake():
+    """An off-by-one in the residual degrees of freedom, or a 90% interval, is far outside 1e-6."""
+    d = load_dataset("plant_richness_lr")
+    table = ols_inference(d.X, d.y, d.feature_names, d.target_names)["targets"][0]
+    with pytest.raises(AssertionError):
+        assert_matches(table, closed_form(d.X, d.y[:, 0], df_shift=1))
+    with pytest.raises(AssertionError):
+        assert_matches(table, closed_form(d.X, d.y[:, 0], level=0.90))
+    wider = ols_inference(d.X, d.y, d.feature_names, d.target_names, confidence=0.99)["targets"][0]
+    assert_matches(wider, closed_form(d.X, d.y[:, 0], level=0.99))
+
+
+def test_record_is_strict_json_even_for_a_perfect_fit():
+    X = np.arange(10, dtype=float).reshape(-1, 1)
+    record = ols_inference(X, 2 * X + 1, ["x"], ["y"])
+    json.dumps(record, allow_nan=False)
+    table = record["targets"][0]
+    assert table["coefficients"][1]["estimate"] == pytest.approx(2.0)
+    assert table["r2"] == pytest.approx(1.0) and table["residual_se"] == pytest.approx(0.0, abs=1e-12)
+
+
+@pytest.mark.parametrize("X, message", [
+    (np.arange(2.0).reshape(2, 1), "2 rows cannot give standard errors for 2 coefficients"),
+    (np.column_stack([np.arange(8.0), 2 * np.arange(8.0)]), r"collinear \(rank 2 of 3\)"),
+])
+def test_unsupported_data_is_explained(X, message):
+    with pytest.raises(InferenceUnavailable, match=message):
+        ols_inference(X, np.arange(len(X), dtype=float) ** 2, [f"x{i}" for i in range(X.shape[1])], ["y"])
+
+
+def test_a_constant_target_is_explained():
+    with pytest.raises(InferenceUnavailable, match="the target y is constant"):
+        ols_inference(np.arange(10.0).reshape(-1, 1), np.full(10, 3.0), ["x"], ["y"])
+
+
+def test_format_shows_the_figures():
+    d = load_dataset("plant_richness_lr")
+    text = format_inference(ols_inference(d.X, d.y, d.feature_names, d.target_names))
+    lines = text.splitlines()
+    assert lines[0].startswith("least-squares inference for ntv_rich ~ area (statsmodels")
+    assert "95% confidence interval" in lines[1]
+    assert lines[3].split() == ["area", "0.355739", "0.0362821", "9.805", "4.403e-09", "[0.280056,", "0.431422]"]
+    assert "on 20 degrees of freedom" in text and "F 96.1346 on 1 and 20 DF, p 4.403e-09" in text

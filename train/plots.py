@@ -1,0 +1,126 @@
+"""Report plots as PNG files: the seed's regression plot, the training loss curve, residuals against fitted
+values and, for several features, predicted against observed. Drawn on matplotlib's Agg canvas (no display,
+no pyplot global state), so they work on servers and in threads."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from torchport.train.metrics import r2_score
+
+DPI = 120
+COLORS = ("tab:blue", "tab:orange", "tab:green", "tab:purple", "tab:brown", "tab:pink")
+
+
+def _figure() -> tuple[Figure, object]:
+    fig = Figure(figsize=(6.4, 4.8), dpi=DPI, layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig, fig.add_subplot()
+
+
+def _columns(values, rows: int) -> np.ndarray:
+    """Values as a float64 (rows, targets) array."""
+    return np.asarray(values, np.float64).reshape(rows, -1)
+
+
+def _points(ax, x: np.ndarray, y: np.ndarray, j: int, label: str) -> None:
+    """Scatter one target's points in its colour (semi-transparent, so overlaps show)."""
+    ax.scatter(x, y, s=28, color=COLORS[j % len(COLORS)], alpha=0.8, label=label)
+
+
+def _finish(fig: Figure, ax, xlabel: str, ylabel: str, title: str, path: Path) -> Path:
+    """Label the axes, add the legend and save."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend(loc="best")
+    return _save(fig, path)
+
+
+def _save(fig: Figure, path: Path) -> Path:
+    """Write the PNG through a temp file in the same folder, so a reader never sees half a file."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        fig.savefig(tmp, format="png")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def regression_plot(x: np.ndarray, y: np.ndarray, predict: Callable[[np.ndarray], np.ndarray], x_name: str,
+                    y_names: list[str], path: Path) -> Path:
+    """Data points and the fitted curve over the data's range, R^2 in the legend (one feature)."""
+    fig, ax = _figure()
+    x = np.asarray(x, np.float64).ravel()
+    y = _columns(y, len(x))
+    grid = np.linspace(x.min(), x.max(), 200)
+    line = _columns(predict(grid.reshape(-1, 1)), len(grid))
+    fitted = _columns(predict(x.reshape(-1, 1)), len(x))
+    for j, name in enumerate(y_names):
+        _points(ax, x, y[:, j], j, f"{name} (observed)")
+        ax.plot(grid, line[:, j], color="tab:red" if len(y_names) == 1 else COLORS[j % len(COLORS)], linewidth=2,
+                label=f"fitted line{'' if len(y_names) == 1 else f' ({name})'}, "
+                      f"R$^2$ = {r2_score(y[:, j], fitted[:, j]):.4f}")
+    return _finish(fig, ax, x_name, ", ".join(y_names), f"{', '.join(y_names)} ~ {x_name}", path)
+
+
+def loss_curve(losses: np.ndarray, path: Path) -> Path:
+    """Training loss per epoch on a log scale."""
+    fig, ax = _figure()
+    losses = np.asarray(losses, np.float64)
+    shown = np.clip(losses, np.finfo(np.float64).tiny, None)
+    ax.plot(np.arange(1, len(losses) + 1), shown, color="tab:blue", linewidth=1.5,
+            label=f"MSE loss (final {losses[-1]:.6g})")
+    ax.set_yscale("log")
+    ax.grid(True, which="both", alpha=0.3)
+    return _finish(fig, ax, "epoch", "training loss (MSE, log scale)", "training loss", path)
+
+
+def residuals_plot(fitted: np.ndarray, observed: np.ndarray, y_names: list[str], path: Path) -> Path:
+    """Residuals (observed - fitted) against fitted values, with the zero line."""
+    fig, ax = _figure()
+    fitted, observed = _columns(fitted, len(fitted)), _columns(observed, len(fitted))
+    for j, name in enumerate(y_names):
+        _points(ax, fitted[:, j], observed[:, j] - fitted[:, j], j, name)
+    ax.axhline(0.0, color="0.3", linewidth=1, linestyle="--")
+    return _finish(fig, ax, f"fitted {', '.join(y_names)}", "residual (observed - fitted)",
+                   "residuals against fitted values", path)
+
+
+def predicted_vs_observed(observed: np.ndarray, predicted: np.ndarray, y_names: list[str], path: Path) -> Path:
+    """Predictions against observations with the identity line, R^2 in the legend (several features)."""
+    fig, ax = _figure()
+    observed, predicted = _columns(observed, len(observed)), _columns(predicted, len(observed))
+    for j, name in enumerate(y_names):
+        _points(ax, observed[:, j], predicted[:, j], j,
+                f"{name}, R$^2$ = {r2_score(observed[:, j], predicted[:, j]):.4f}")
+    lo = float(min(observed.min(), predicted.min()))
+    hi = float(max(observed.max(), predicted.max()))
+    ax.plot([lo, hi], [lo, hi], color="0.3", linewidth=1, linestyle="--", label="predicted = observed")
+    return _finish(fig, ax, f"observed {', '.join(y_names)}", f"predicted {', '.join(y_names)}",
+                   "predicted against observed", path)
+
+
+def write_plots(folder: Path, X: np.ndarray, y: np.ndarray, predict: Callable[[np.ndarray], np.ndarray],
+                losses: np.ndarray, feature_names: list[str], target_names: list[str]) -> list[Path]:
+    """Every plot that fits the data into ``folder``: regression.png (one feature) or predicted_vs_observed.png
+    (several), loss.png and residuals.png; returns the paths written."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    X = np.asarray(X, np.float64)
+    y, fitted = _columns(y, len(X)), _columns(predict(X), len(X))
+    written = []
+    if X.shape[1] == 1:
+        written.append(regression_plot(X[:, 0], y, predict, feature_names[0], target_names, folder / "regression.png"))
+    else:
+        written.append(predicted_vs_observed(y, fitted, target_names, folder / "predicted_vs_observed.png"))
+    written.append(loss_curve(losses, folder / "loss.png"))
+    written.append(residuals_plot(fitted, y, target_names, folder / "residuals.png"))
+    return written
