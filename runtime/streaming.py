@@ -51,9 +51,11 @@ def _batches(src: Path, chunk_rows: int) -> tuple[list[str], Iterator, int | Non
     header = _csv_header(src)
     if len(set(header)) != len(header):
         raise ValueError(f"{src}: the header repeats a column name: {header}")
+    # 1 MiB blocks, parsed on this thread, from a plain (not memory-mapped) file: pyarrow reads ahead a
+    # fixed number of blocks, so block size bounds the reader's memory.
     reader = pacsv.open_csv(
-        src,
-        read_options=pacsv.ReadOptions(block_size=1 << 20),
+        pa.OSFile(str(src)),
+        read_options=pacsv.ReadOptions(block_size=1 << 20, use_threads=False),
         parse_options=pacsv.ParseOptions(delimiter=CSV_SUFFIXES[src.suffix.lower()]),
         convert_options=pacsv.ConvertOptions(column_types={c: pa.string() for c in header},
                                              strings_can_be_null=False, quoted_strings_can_be_null=False))
