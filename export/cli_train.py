@@ -123,6 +123,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--atol", type=positive_float, default=1e-5, help="parity tolerance, absolute (default: 1e-5)")
     p.add_argument("--rtol", type=positive_float, default=1e-4, help="parity tolerance, relative (default: 1e-4)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--resume", action="store_true",
+                   help="continue an interrupted run from <out>.train-state.pt (same command and data); it ends "
+                        "with the same weights as an uninterrupted run")
     p.add_argument("--no-plots", action="store_true", help="no PNG plots in the bundle's report/ folder")
 
 
@@ -193,18 +196,30 @@ def run(args: argparse.Namespace) -> int:
     out = args.out or Path("bundles") / data.name
     if out.exists() and not args.force:
         raise BundleExistsError(f"{out} exists; pass --force to replace it, or --out another directory")
+    state = out.parent / f"{out.name}.train-state.pt"
+    if state.exists() and not (args.resume or args.force):
+        raise FileExistsError(f"an interrupted run left {state}; pass --resume to continue it, or --force to "
+                              "start over")
+    out.parent.mkdir(parents=True, exist_ok=True)
     reg = Regressor(model=args.model, hidden=args.hidden, activation=args.activation, dropout=args.dropout,
                     scale=args.scale, optimizer=args.optimizer, lr=args.lr, momentum=args.momentum,
                     epochs=args.epochs, batch_size=args.batch_size, val_fraction=args.val_fraction,
                     patience=args.patience, lr_schedule=args.lr_schedule, seed=args.seed, device=args.device,
-                    progress=not args.no_progress)
+                    progress=not args.no_progress, checkpoint=state)
     try:
-        reg.fit(data.X, data.y)
+        reg.fit(data.X, data.y, resume=args.resume)
     except TrainingDiverged as e:
+        state.unlink(missing_ok=True)
         print(f"torchport train: {e}; no bundle was written", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        kept = f"; {state} holds the last checkpoint: run the same command with --resume to continue" \
+            if state.exists() else ""
+        print(f"torchport train: interrupted, no bundle was written{kept}", file=sys.stderr)
+        return 130
     manifest = write_from_regressor(reg, data, out, plots=not args.no_plots, force=args.force, opset=args.opset,
                                     atol=args.atol, rtol=args.rtol)
+    state.unlink(missing_ok=True)
     print(_summary(reg, data, manifest, out))
     if not manifest["parity"]["passed"]:
         print("torchport train: parity FAILED: the exported copies disagree with the torch model "

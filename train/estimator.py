@@ -2,7 +2,10 @@
 from __future__ import annotations
 
 import copy
+import hashlib
+import json
 import math
+import os
 import sys
 from typing import Sequence
 
@@ -49,7 +52,8 @@ class Regressor:
                  dropout: float = 0.0, scale: str = "auto", optimizer: str | None = None,
                  lr: float | None = None, momentum: float = 0.0, epochs: int = 6000,
                  batch_size: int | None = None, val_fraction: float = 0.0, patience: int | None = None,
-                 lr_schedule: str = "none", seed: int = 0, device: str = "auto", progress: bool = False):
+                 lr_schedule: str = "none", seed: int = 0, device: str = "auto", progress: bool = False,
+                 checkpoint: str | os.PathLike | None = None):
         self.model = model
         self.hidden = hidden
         self.activation = activation
@@ -66,6 +70,7 @@ class Regressor:
         self.seed = seed
         self.device = device
         self.progress = progress
+        self.checkpoint = checkpoint
 
     def _resolved(self) -> tuple[str, float]:
         if self.model not in MODEL_KINDS:
@@ -113,8 +118,12 @@ class Regressor:
             return torch.optim.Adam(params, lr=lr)
         return torch.optim.LBFGS(params, lr=lr, max_iter=20, line_search_fn="strong_wolfe")
 
-    def fit(self, X: np.ndarray, y: np.ndarray) -> "Regressor":
-        """Train on X (rows x features) and y (rows x targets)."""
+    def fit(self, X: np.ndarray, y: np.ndarray, resume: bool = False) -> "Regressor":
+        """Train on X (rows x features) and y (rows x targets).
+
+        With ``checkpoint`` set, the training state is saved there (atomically) at every check, about 100
+        times a run, so an interrupted or crashed run can go on with ``fit(X, y, resume=True)`` and reach
+        the same final weights as an uninterrupted run."""
         opt_name, lr = self._resolved()
         X = np.asarray(X, dtype=np.float32)
         y = np.asarray(y, dtype=np.float32)
@@ -162,7 +171,42 @@ class Regressor:
         best = (math.inf, -1, None)  # (val loss, epoch, state)
         check_every = max(1, self.epochs // 100)  # reading the loss syncs the host: ~100 times a run
         bar = self._progress_bar()
-        done, epochs_run = 0, 0
+        done, epochs_run, start, theta0 = 0, 0, 0, None
+        key = self._state_key(X, y)
+        if resume:
+            state = self._load_state(key)
+            start = epochs_run = done = int(state["epoch"])
+            core.load_state_dict(state["core"])
+            optimizer.load_state_dict(state["optimizer"])
+            if scheduler is not None:
+                scheduler.load_state_dict(state["scheduler"])
+            shuffle.set_state(state["shuffle"])
+            torch.set_rng_state(state["rng"])
+            losses[:start] = state["losses"].to(dev)
+            val_losses = state["val_losses"].tolist()
+            best = (float(state["best_val"]), int(state["best_epoch"]), state["best_state"] or None)
+            theta0 = state["theta"]
+            if bar is not None:
+                bar.update(start)
+        latest_theta: list = [theta0]
+
+        def keep_fast_state(epochs_done: int, theta: torch.Tensor, seen: torch.Tensor) -> None:
+            latest_theta[0] = theta.cpu()
+            losses[start:epochs_done] = seen
+
+        def save(epochs_done: int) -> None:
+            if self.checkpoint is None:
+                return
+            payload = {"key": key, "epoch": epochs_done, "core": core.state_dict(),
+                       "optimizer": optimizer.state_dict(),
+                       "scheduler": scheduler.state_dict() if scheduler is not None else None,
+                       "shuffle": shuffle.get_state(), "rng": torch.get_rng_state(),
+                       "losses": losses[:epochs_done].cpu(), "val_losses": torch.tensor(val_losses),
+                       "best_val": best[0], "best_epoch": best[1], "best_state": best[2] or {},
+                       "theta": latest_theta[0]}
+            tmp = f"{self.checkpoint}.tmp"
+            torch.save(payload, tmp)
+            os.replace(tmp, self.checkpoint)
 
         def check(epochs_done: int, value: float) -> None:
             """Divergence check and progress bar: the only host syncs of a run."""
@@ -176,15 +220,19 @@ class Regressor:
                 bar.set_postfix_str(f"loss {value:.6g}" + (f" val {val_losses[-1]:.6g}" if val_losses else ""),
                                     refresh=False)
             done = epochs_done
+            if epochs_done < self.epochs:
+                save(epochs_done)
 
         fast = isinstance(core, nn.Linear) and opt_name == "sgd" and not self.momentum and \
             self.batch_size is None and not len(val_idx) and scheduler is None
         try:
-            if fast:  # the tutorial's loop as a closed-form step: train/fast.py
-                losses = fit_full_batch_sgd(core, X_tr, y_tr, lr, self.epochs, check_every=check_every,
-                                            on_check=check)
+            if fast and start < self.epochs:  # the tutorial's loop as a closed-form step: train/fast.py
+                rest = fit_full_batch_sgd(core, X_tr, y_tr, lr, self.epochs - start, check_every=check_every,
+                                          on_check=lambda d, v: check(start + d, v), theta0=theta0,
+                                          on_state=lambda d, theta, seen: keep_fast_state(start + d, theta, seen))
+                losses = torch.cat([losses[:start], rest])
                 epochs_run = self.epochs
-            for epoch in range(0 if fast else self.epochs):
+            for epoch in range(self.epochs if fast else start, self.epochs):
                 core.train()
                 losses[epoch] = self._epoch(core, optimizer, loss_fn, X_tr, y_tr, shuffle)
                 if scheduler is not None:
@@ -217,6 +265,29 @@ class Regressor:
         self.final_loss_ = float(self.loss_history_[-1])
         self.n_epochs_ = epochs_run
         return self
+
+    def _state_key(self, X: np.ndarray, y: np.ndarray) -> str:
+        """Identifies the settings and data a training state belongs to (resuming needs the same)."""
+        settings = {k: v for k, v in self.hyperparameters_.items() if k not in ("device",)}
+        h = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode())
+        h.update(X.tobytes())
+        h.update(y.tobytes())
+        return h.hexdigest()
+
+    def _load_state(self, key: str) -> dict:
+        if self.checkpoint is None:
+            raise ValueError("resume needs the checkpoint path the interrupted run was given")
+        try:
+            state = torch.load(self.checkpoint, map_location="cpu", weights_only=True)
+        except FileNotFoundError:
+            raise FileNotFoundError(f"no training checkpoint at {self.checkpoint} to resume from; "
+                                    "run without resume to start from the beginning") from None
+        except Exception as e:  # a truncated or foreign file: torch raises several types
+            raise ValueError(f"{self.checkpoint} is not a torchport training checkpoint ({e})") from None
+        if not isinstance(state, dict) or state.get("key") != key:
+            raise ValueError(f"{self.checkpoint} was written by a run with other settings or data; resume with "
+                             "the same command and data, or start over without resume")
+        return state
 
     def _epoch(self, core: nn.Module, optimizer: torch.optim.Optimizer, loss_fn: nn.Module,
                X: torch.Tensor, y: torch.Tensor, shuffle: torch.Generator) -> torch.Tensor:

@@ -36,13 +36,17 @@ def _capture(step: torch.Tensor, shift: torch.Tensor, states: torch.Tensor, m: i
 
 def fit_full_batch_sgd(module: nn.Linear, X: torch.Tensor, y: torch.Tensor, lr: float, epochs: int, *,
                        check_every: int | None = None, on_check: Callable[[int, float], None] | None = None,
-                       cuda_graph: bool = False) -> torch.Tensor:
+                       cuda_graph: bool = False, theta0: torch.Tensor | None = None,
+                       on_state: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None) -> torch.Tensor:
     """Train ``module`` in place exactly as ``epochs`` steps of torch.optim.SGD(lr) on nn.MSELoss over the
     full batch would; returns the per-epoch losses (float32, the loss before each step, as the seed logs it).
 
     Every ``check_every`` epochs and at the end, ``on_check(epochs_done, loss)`` gets the latest loss: the only
     host syncs of the run (the caller's progress bar and divergence check go there). On a CUDA device,
-    ``cuda_graph`` replays each interval's epochs as one captured CUDA graph (not yet run on a GPU)."""
+    ``cuda_graph`` replays each interval's epochs as one captured CUDA graph (not yet run on a GPU).
+    For checkpoints, ``on_state(epochs_done, theta, losses)`` gets the exact float64 state ([W^T; b]) and the
+    losses so far at each check,
+    and ``theta0`` resumes from such a state instead of the module's float32 weights."""
     if not isinstance(module, nn.Linear):
         raise TypeError(f"fit_full_batch_sgd trains an nn.Linear; got {type(module).__name__}")
     if y.ndim != 2 or X.ndim != 2 or len(X) != len(y) or y.shape[1] != module.out_features \
@@ -62,6 +66,8 @@ def fit_full_batch_sgd(module: nn.Linear, X: torch.Tensor, y: torch.Tensor, lr: 
         theta = module.weight.detach().T.to(STATE_DTYPE)
         if has_bias:
             theta = torch.cat([theta, module.bias.detach().to(STATE_DTYPE)[None]], dim=0)
+        if theta0 is not None:
+            theta = theta0.to(dev, STATE_DTYPE).reshape(theta.shape)
         chunk = max(1, min(check_every or 1024, epochs))
         states = torch.empty(chunk + 1, *theta.shape, dtype=STATE_DTYPE, device=dev)
         losses = torch.empty(epochs, dtype=module.weight.dtype, device=dev)
@@ -80,6 +86,8 @@ def fit_full_batch_sgd(module: nn.Linear, X: torch.Tensor, y: torch.Tensor, lr: 
             losses[done:done + m] = (quad + yy) / (n * t)
             done += m
             states[0] = states[m]
+            if on_state is not None:
+                on_state(done, states[0].clone(), losses[:done])
             if on_check is not None:
                 on_check(done, float(losses[done - 1]))
         theta = states[0]

@@ -1,0 +1,73 @@
+"""Interrupted training: SIGINT leaves a checkpoint, --resume ends with the uninterrupted run's weights."""
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from conftest import BIN, run_cli
+
+
+def train_state(path):
+    return torch.load(path, weights_only=True)
+
+
+def interrupted_then_resumed(tmp_path, args, min_epoch):
+    out = tmp_path / "resumed"
+    state = tmp_path / "resumed.train-state.pt"
+    proc = subprocess.Popen([str(BIN / "torchport"), "train", "--out", str(out), "--no-progress", *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            if train_state(state)["epoch"] >= min_epoch:
+                break
+        except Exception:  # not written yet, or being replaced
+            pass
+        time.sleep(0.05)
+    assert proc.poll() is None, "training finished before it could be interrupted"
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "interrupted, no bundle was written" in err and "--resume" in err and "Traceback" not in err
+    assert state.exists() and not out.exists()
+    stopped_at = train_state(state)["epoch"]
+    again = run_cli("train", "--out", str(out), "--no-progress", *args)
+    assert again.returncode == 2 and "pass --resume to continue it" in again.stderr
+    resumed = run_cli("train", "--out", str(out), "--no-progress", "--resume", *args)
+    assert resumed.returncode == 0, resumed.stderr
+    assert not state.exists()
+    return out, stopped_at
+
+
+@pytest.mark.parametrize("args, min_epoch", [
+    (["--data", "plant_richness_mlr", "--model", "mlp", "--hidden", "16", "--dropout", "0.1", "--batch-size", "4",
+      "--epochs", "3000", "--lr-schedule", "cosine"], 300),
+    (["--epochs", "3000000"], 300000),  # the tutorial's model on the fast closed-form path
+])
+def test_resume_reaches_the_uninterrupted_weights(tmp_path, args, min_epoch):
+    out, stopped_at = interrupted_then_resumed(tmp_path, args, min_epoch)
+    epochs = int(args[args.index("--epochs") + 1])
+    assert 0 < stopped_at < epochs
+    straight = tmp_path / "straight"
+    proc = run_cli("train", "--out", str(straight), "--no-progress", *args)
+    assert proc.returncode == 0, proc.stderr
+    a = torch.load(out / "checkpoint.pt", weights_only=True)["state_dict"]
+    b = torch.load(straight / "checkpoint.pt", weights_only=True)["state_dict"]
+    assert a.keys() == b.keys()
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+
+
+def test_resume_with_other_settings_is_refused(tmp_path):
+    state = tmp_path / "b.train-state.pt"
+    from torchport.train import Regressor, load_dataset
+    d = load_dataset("plant_richness_lr")
+    Regressor(epochs=300, checkpoint=state).fit(d.X, d.y)
+    proc = run_cli("train", "--out", str(tmp_path / "b"), "--epochs", "400", "--resume", "--no-progress")
+    assert proc.returncode == 2 and "other settings or data" in proc.stderr
+    missing = run_cli("train", "--out", str(tmp_path / "c"), "--resume", "--no-progress")
+    assert missing.returncode == 2 and "no training checkpoint" in missing.stderr
