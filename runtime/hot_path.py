@@ -60,10 +60,14 @@ class Runner:
         self._options = ort.RunOptions()
         self._feed_names, self._fetch_names, self._devices = [input_name], [output_name], [CPU_DEVICE]
 
-    def run(self, matrix: np.ndarray, out: np.ndarray) -> None:
-        """Write the model's answer for ``matrix`` into ``out`` (both float32, C-contiguous)."""
-        self._run(self._options, self._feed_names, ortvalue_vector(matrix), self._fetch_names,
-                  ortvalue_vector(out), self._devices)
+    def run(self, matrix: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """The model's answer for ``matrix`` (float32, C-contiguous), written into ``out`` when given, else
+        into memory from ONNX Runtime's arena that the returned array owns until it is freed (as a plain
+        ``run`` does): reused across calls, so large answers cost no fresh page faults."""
+        fetches = ortvalue_vector() if out is None else ortvalue_vector(out)
+        self._run(self._options, self._feed_names, ortvalue_vector(matrix), self._fetch_names, fetches,
+                  self._devices)
+        return fetches[0].numpy() if out is None else out
 
     def bound(self, inp: np.ndarray, out: np.ndarray):
         """A no-argument callable that runs on ``inp`` into ``out``, with both bound once."""

@@ -153,13 +153,11 @@ class Predictor:
                 return result.copy()  # the slot is reused by this thread's next call: never hand it out
             out[...] = result
             return out
+        if rows == 0:
+            return np.empty((0, self.n_targets), dtype=np.float32) if out is None else out
         matrix = np.ascontiguousarray(x, dtype=np.float32)  # no copy when already float32 C-contiguous
-        if out is None:
-            out = np.empty((rows, self.n_targets), dtype=np.float32)
-        if rows:
-            runner = self._small if rows < self.large_batch_rows else (self._large or self._large_runner())
-            runner.run(matrix, out)
-        return out
+        runner = self._small if rows < self.large_batch_rows else (self._large or self._large_runner())
+        return runner.run(matrix, out)
 
     def predict(self, x: Any, out: np.ndarray | None = None) -> Any:
         """Predict targets for rows of raw features; returns the same kind as given (array, DataFrame, list).
