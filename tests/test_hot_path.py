@@ -129,3 +129,14 @@ def test_benchmark_quick_run_writes_complete_json(seed_bundle, tmp_path):
     assert cold["predictor_s"] > 0 and cold["ort_s"] > 0 and cold["torchscript_s"] > 0
     assert cold["ratio_to_ort"] > 0 and cold["torchscript_over_predictor"] > 0
     assert "single row" in proc.stdout and "cold start" in proc.stdout
+
+
+def test_graph_variants_script_runs(seed_bundle, tmp_path):
+    """The investigation script rebuilds the seed's affine map as other graphs; each must answer like Gemm."""
+    out = tmp_path / "variants.json"
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "graph_variants.py"), "--bundle", str(seed_bundle),
+                           "--rows", "20000", "--rounds", "1", "--json", str(out)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    figures = json.loads(out.read_text())["of_floor"]
+    assert {"Gemm (as exported)", "Mul+Add, [1,1] constants", "Mul+Add, rank-0 constants"} <= set(figures)
