@@ -104,7 +104,7 @@ def throughput(predictor: Predictor, plain: ort.InferenceSession, rows: int, qui
         "predictor_out": lambda: predictor.predict(x, out=out),
     }
     interleaved(candidates, 2, 1)  # warm-up
-    s = interleaved(candidates, 3 if quick else (21 if rows <= 1_000_000 else 11), 1)
+    s = interleaved(candidates, 3 if quick else (41 if rows <= 1_000_000 else 15), 1)
     rate = {k: rows / float(np.median(v)) for k, v in s.items()}
     return {"rows": rows, "rows_per_s": rate, "ratio_to_plain": rate["predictor"] / rate["plain"],
             "predictor_to_floor": rate["predictor"] / rate["floor"], "plain_to_floor": rate["plain"] / rate["floor"],
