@@ -25,7 +25,7 @@ import numpy as np
 import onnxruntime as ort
 
 from torchport.runtime import Predictor
-from torchport.runtime.hot_path import Runner, physical_cores
+from torchport.runtime.hot_path import Runner, usable_cpus
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -181,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
     report = {
         "benchmark": "hot_path", "quick": args.quick, "when": dt.datetime.now(dt.timezone.utc).isoformat(),
         "bundle": str(args.bundle), "versions": versions(),
-        "machine": {"cpu_model": cpu_model(), "logical_cpus": os.cpu_count(), "usable_cpus": physical_cores(),
+        "machine": {"cpu_model": cpu_model(), "logical_cpus": os.cpu_count(), "usable_cpus": usable_cpus(),
                     "platform": platform.platform()},
         "threads": {"predictor_small": 1, "predictor_large": predictor.intra_op_threads,
                     "predictor_large_from_rows": predictor.large_batch_rows,

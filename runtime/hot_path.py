@@ -21,8 +21,8 @@ SLOT_ROWS = 64
 LARGE_ROWS = 32768
 
 
-def physical_cores() -> int:
-    """CPU cores this process may use (ONNX Runtime's own default for intra-op threads is similar)."""
+def usable_cpus() -> int:
+    """CPUs this process may run on (ONNX Runtime's default intra-op thread count is the physical cores)."""
     try:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:
@@ -51,7 +51,8 @@ def ortvalue_vector(*arrays: np.ndarray) -> _C.OrtValueVector:
 
 
 class Runner:
-    """Runs one session on numpy arrays: rows in (float32, C-contiguous), rows out into a given array."""
+    """Runs one session on numpy arrays: rows in (float32, C-contiguous), answers into a given array or
+    into memory from ONNX Runtime's arena. Safe to share between threads: each run builds its own vectors."""
 
     def __init__(self, session: ort.InferenceSession, input_name: str, output_name: str):
         self.session = session

@@ -53,9 +53,9 @@ class Predictor:
             raise ValueError(f"intra_op_threads must be a whole number >= 1; got {intra_op_threads!r}")
         if not isinstance(large_batch_rows, int) or large_batch_rows < 1:
             raise ValueError(f"large_batch_rows must be a whole number >= 1; got {large_batch_rows!r}")
-        self.intra_op_threads = intra_op_threads or hot_path.physical_cores()
+        self.intra_op_threads = intra_op_threads or hot_path.usable_cpus()
         self.large_batch_rows = large_batch_rows
-        self._model_bytes, self._source, self._user_options = model_bytes, source, sess_options
+        self._model_bytes, self._source = model_bytes, source
         self._requested, notes = resolve_providers(providers)
         self._session = self._new_session(sess_options or hot_path.session_options(1))
         self.providers = self._session.get_providers()
