@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
 
 FORMAT = "torchport.bundle"
@@ -85,6 +84,8 @@ def umask_mode(base: int) -> int:
 
 def write_json_atomic(path: Path, obj: dict) -> None:
     """Write JSON to a temp file in the same directory, then rename it into place."""
+    import tempfile  # here, not at the top: keeps `import torchport.runtime` quick for cold starts
+
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:

@@ -1,8 +1,9 @@
-"""Predictor: one object that scores rows with an ONNX Runtime session over a bundle or an .onnx file."""
+"""Predictor: one object that scores rows with ONNX Runtime sessions over a bundle or an .onnx file."""
 from __future__ import annotations
 
 import json
 import os
+import threading
 import warnings
 from pathlib import Path
 from typing import Any
@@ -10,8 +11,10 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
+from torchport.runtime import hot_path
 from torchport.runtime.bundle import MANIFEST, ONNX_FILE, BundleError, load_manifest, read_checked
-from torchport.runtime.providers import ProviderFallbackWarning, resolve_providers
+from torchport.runtime.device import DLPACK_CUDA, dlpack_device, run_on_device
+from torchport.runtime.providers import CUDA, ProviderFallbackWarning, resolve_providers
 
 
 def _is_dataframe(x: Any) -> bool:
@@ -22,10 +25,14 @@ class Predictor:
     """Loads ``model.onnx`` (checked against the bundle's manifest) and answers ``predict``.
 
     ``providers``: "auto" (CUDA then CPU), "cpu", "cuda", or ONNX Runtime provider names in order.
-    After construction ``providers`` lists what the session really uses."""
+    After construction ``providers`` lists what the session really uses. Batches up to
+    ``large_batch_rows - 1`` rows run on a one-thread session; larger ones on a session using
+    ``intra_op_threads`` (default: every core), made on first use. ``sess_options`` replaces both
+    with one session built from the caller's options. One Predictor may serve many threads at once."""
 
     def __init__(self, path: str | os.PathLike, providers: str | list[str] = "auto",
-                 sess_options: ort.SessionOptions | None = None):
+                 sess_options: ort.SessionOptions | None = None, intra_op_threads: int | None = None,
+                 large_batch_rows: int = hot_path.LARGE_ROWS):
         path = Path(path)
         if path.is_dir():
             self.manifest = load_manifest(path)
@@ -42,19 +49,43 @@ class Predictor:
         else:
             raise BundleError(f"{path} does not exist; give a bundle directory (with {MANIFEST}) "
                               "or an .onnx file")
-        requested, notes = resolve_providers(providers)
-        try:
-            self._session = ort.InferenceSession(model_bytes, sess_options=sess_options, providers=requested)
-        except Exception as e:  # onnxruntime raises its own exception types for invalid models
-            raise BundleError(f"{source} is not a model ONNX Runtime can load: {e}") from None
+        if intra_op_threads is not None and (not isinstance(intra_op_threads, int) or intra_op_threads < 1):
+            raise ValueError(f"intra_op_threads must be a whole number >= 1; got {intra_op_threads!r}")
+        if not isinstance(large_batch_rows, int) or large_batch_rows < 1:
+            raise ValueError(f"large_batch_rows must be a whole number >= 1; got {large_batch_rows!r}")
+        self.intra_op_threads = intra_op_threads or hot_path.usable_cpus()
+        self.large_batch_rows = large_batch_rows
+        self._model_bytes, self._source = model_bytes, source
+        self._requested, notes = resolve_providers(providers)
+        self._session = self._new_session(sess_options or hot_path.session_options(1))
         self.providers = self._session.get_providers()
-        lost = [p for p in requested if p not in self.providers]
+        lost = [p for p in self._requested if p not in self.providers]
         notes += [f"{p} could not be initialised by onnxruntime {ort.__version__} (CUDA 13 / cuDNN 9 "
                   "libraries missing?)" for p in lost]
         if notes:
             warnings.warn("; ".join(notes) + f". Running on {', '.join(self.providers)}.",
                           ProviderFallbackWarning, stacklevel=2)
         self._check_graph(source)
+        self._small = hot_path.Runner(self._session, self.input_name, self.output_name)
+        self._large: hot_path.Runner | None = None
+        if sess_options is not None or self.intra_op_threads == 1:
+            self._large = self._small
+        self._large_lock = threading.Lock()
+        self._slots = hot_path.Slots(self._small, self.n_features, self.n_targets)
+
+    def _new_session(self, options: ort.SessionOptions) -> ort.InferenceSession:
+        try:
+            return ort.InferenceSession(self._model_bytes, sess_options=options, providers=self._requested)
+        except Exception as e:  # onnxruntime raises its own exception types for invalid models
+            raise BundleError(f"{self._source} is not a model ONNX Runtime can load: {e}") from None
+
+    def _large_runner(self) -> hot_path.Runner:
+        """The multi-threaded session for large batches, made once on first use."""
+        with self._large_lock:
+            if self._large is None:
+                session = self._new_session(hot_path.session_options(self.intra_op_threads))
+                self._large = hot_path.Runner(session, self.input_name, self.output_name)
+        return self._large
 
     def _check_graph(self, source: Path) -> None:
         inputs, outputs = self._session.get_inputs(), self._session.get_outputs()
@@ -77,7 +108,12 @@ class Predictor:
     def n_features(self) -> int:
         return len(self.feature_names)
 
-    def _as_matrix(self, x: Any) -> np.ndarray:
+    @property
+    def n_targets(self) -> int:
+        return len(self.target_names)
+
+    def _as_array(self, x: Any) -> np.ndarray:
+        """The input as a 2-D numeric numpy array of the right width (not yet float32)."""
         if _is_dataframe(x):
             missing = [c for c in self.feature_names if c not in x.columns]
             if missing:
@@ -95,18 +131,65 @@ class Predictor:
         if x.ndim != 2 or x.shape[1] != self.n_features:
             raise ValueError(f"expected a 2-D input of shape (rows, {self.n_features}) with columns "
                              f"{self.feature_names}; got shape {x.shape}")
-        return np.ascontiguousarray(x, dtype=np.float32)
+        return x
 
-    def predict(self, x: Any) -> Any:
-        """Predict targets for rows of raw features; returns the same kind as given (array, DataFrame, list)."""
-        matrix = self._as_matrix(x)
-        out = self._session.run([self.output_name], {self.input_name: matrix})[0]
+    def _check_out(self, out: np.ndarray, rows: int) -> None:
+        if not (isinstance(out, np.ndarray) and out.dtype == np.float32 and out.shape == (rows, self.n_targets)
+                and out.flags.c_contiguous and out.flags.writeable):
+            got = f"{type(out).__name__} {getattr(out, 'dtype', '')} {getattr(out, 'shape', '')}"
+            raise ValueError(f"out must be a writeable C-contiguous float32 array of shape ({rows}, "
+                             f"{self.n_targets}); got {got.strip()}")
+
+    def _predict_array(self, x: np.ndarray, out: np.ndarray | None) -> np.ndarray:
+        """The numpy hot path: small batches through this thread's bound buffers, others zero-copy."""
+        rows = x.shape[0]
+        if out is not None:
+            self._check_out(out, rows)
+        if 0 < rows <= hot_path.SLOT_ROWS:
+            inp, result, run = self._slots.get(rows)
+            inp[...] = x  # the one copy a small call makes on the way in; converts dtype and layout too
+            run()
+            if out is None:
+                return result.copy()  # the slot is reused by this thread's next call: never hand it out
+            out[...] = result
+            return out
+        if rows == 0:
+            return np.empty((0, self.n_targets), dtype=np.float32) if out is None else out
+        matrix = np.ascontiguousarray(x, dtype=np.float32)  # no copy when already float32 C-contiguous
+        runner = self._small if rows < self.large_batch_rows else (self._large or self._large_runner())
+        return runner.run(matrix, out)
+
+    def predict(self, x: Any, out: np.ndarray | None = None) -> Any:
+        """Predict targets for rows of raw features; returns the same kind as given (array, DataFrame, list).
+
+        Every call returns a new array unless ``out`` (float32, shape (rows, n_targets)) is given for numpy
+        input, which is then filled and returned. A CUDA array (DLPack) on a CUDA session is run where it
+        lies and answered with an OrtValue on the GPU."""
+        if type(x) is np.ndarray:
+            slot = self._slots.by_shape.get(x.shape)  # a hit means 2-D, right width, few rows
+            if slot is not None and out is None and x.dtype.kind in "fiu":
+                inp, result, run = slot  # the small-batch fast path, as in _predict_array
+                inp[...] = x
+                run()
+                return result.copy()
+            if x.ndim == 2 and x.shape[1] == self.n_features and x.dtype.kind in "fiu":
+                return self._predict_array(x, out)
+        device = dlpack_device(x)
+        if device is not None and device[0] == DLPACK_CUDA:
+            if CUDA not in self.providers:
+                raise ValueError(f"the input is a CUDA array but this Predictor runs on {self.providers}; "
+                                 "create it with providers='cuda' or pass a numpy array")
+            return run_on_device(self._session, self.input_name, self.output_name, x, self.n_features,
+                                 device[1])
+        if out is not None and not isinstance(x, np.ndarray):
+            raise ValueError("out is only accepted with numpy input")
+        result = self._predict_array(self._as_array(x), out)
         if _is_dataframe(x):
             import pandas as pd
-            return pd.DataFrame(out, index=x.index, columns=self.target_names)
+            return pd.DataFrame(result, index=x.index, columns=self.target_names)
         if isinstance(x, np.ndarray):
-            return out
-        return out.tolist()
+            return result
+        return result.tolist()
 
     def __repr__(self) -> str:
         return (f"Predictor(features={self.feature_names}, targets={self.target_names}, "

@@ -1,0 +1,206 @@
+"""The runtime's hot path against a plain ONNX Runtime session, the numpy copy floor and TorchScript.
+
+One run, interleaved, after warm-up: single-row latency, rows/s at 1M and 16M rows (one feature), and cold
+start in fresh processes. Prints a table with ratios and saves JSON (versions, CPU model, thread counts).
+
+  .venv/bin/torchport train --out bundles/seed
+  .venv/bin/python benchmarks/hot_path.py --bundle bundles/seed          # full run, about two minutes
+  .venv/bin/python benchmarks/hot_path.py --bundle bundles/seed --quick  # smoke run, seconds
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import gc
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from torchport.runtime import Predictor
+from torchport.runtime.hot_path import Runner, usable_cpus
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+COLD = {
+    "predictor": "import torchport.runtime as rt\np = rt.Predictor(B, providers='cpu')\np.predict([[3.0]])",
+    "ort": ("import numpy as np, onnxruntime as ort\n"
+            "s = ort.InferenceSession(B + '/model.onnx', providers=['CPUExecutionProvider'])\n"
+            "s.run(None, {'features': np.array([[3.0]], dtype=np.float32)})"),
+    "torchscript": ("import torch\nm = torch.jit.load(B + '/model.torchscript.pt', map_location='cpu')\n"
+                    "m(torch.tensor([[3.0]]))"),
+}
+# Each child times its own work (imports included) from its first line; interpreter start-up is excluded.
+CHILD = "import time\nt0 = time.perf_counter()\nB = {bundle!r}\n{body}\nprint(time.perf_counter() - t0)\n"
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def interleaved(candidates: dict, rounds: int, calls: int) -> dict[str, list[float]]:
+    """Seconds of each call of every candidate: ``rounds`` rounds of ``calls`` calls each, the candidates'
+    order reversed every other round so that drift in the machine's load falls on all of them alike."""
+    samples: dict[str, list[float]] = {k: [] for k in candidates}
+    names = list(candidates)
+    clock = time.perf_counter_ns
+    gc.disable()
+    try:
+        for r in range(rounds):
+            for name in (names if r % 2 == 0 else names[::-1]):
+                fn, out = candidates[name], samples[name]
+                for _ in range(calls):
+                    t0 = clock()
+                    fn()
+                    out.append((clock() - t0) / 1e9)
+    finally:
+        gc.enable()
+    return samples
+
+
+def stats_us(seconds: list[float]) -> dict:
+    a = np.asarray(seconds) * 1e6
+    return {"median": float(np.median(a)), "p99": float(np.percentile(a, 99)), "n": int(a.size)}
+
+
+def single_row(predictor: Predictor, plain: ort.InferenceSession, quick: bool) -> dict:
+    x = np.array([[3.0]], dtype=np.float32)
+    assert np.array_equal(predictor.predict(x), plain.run(["targets"], {"features": x})[0])
+    # ONNX Runtime's own floor: the one-thread session with input and output bound once, nothing copied
+    bound = Runner(predictor._small.session, predictor.input_name, predictor.output_name).bound(
+        x.copy(), np.empty((1, predictor.n_targets), dtype=np.float32))
+    candidates = {"predictor": lambda: predictor.predict(x), "plain": lambda: plain.run(["targets"], {"features": x}),
+                  "bound": bound}
+    interleaved(candidates, 2, 2000)  # warm-up
+    s = interleaved(candidates, 6 if quick else 100, 200 if quick else 500)
+    pred, base, floor = stats_us(s["predictor"]), stats_us(s["plain"]), stats_us(s["bound"])
+    return {"predictor_us": pred, "plain_us": base, "ratio": pred["median"] / base["median"],
+            "bound_run_us": floor, "bound_run_ratio": floor["median"] / base["median"],
+            "note": "each call timed alone (perf_counter_ns around it, the same clock cost in all); bound_run is "
+                    "ONNX Runtime with input and output bound once and nothing copied, the floor for any wrapper"}
+
+
+def throughput(predictor: Predictor, plain: ort.InferenceSession, rows: int, quick: bool) -> dict:
+    x = np.random.default_rng(0).uniform(0, 5, size=(rows, 1)).astype(np.float32)
+    dst, out = np.empty_like(x), np.empty((rows, 1), dtype=np.float32)
+    assert np.array_equal(predictor.predict(x), plain.run(["targets"], {"features": x})[0])
+    candidates = {
+        "floor": lambda: np.copyto(dst, x),  # read 4 bytes and write 4 per row into a reused buffer
+        "plain": lambda: plain.run(["targets"], {"features": x}),
+        "predictor": lambda: predictor.predict(x),
+        "predictor_out": lambda: predictor.predict(x, out=out),
+    }
+    interleaved(candidates, 2, 1)  # warm-up
+    s = interleaved(candidates, 3 if quick else (41 if rows <= 1_000_000 else 15), 1)
+    rate = {k: rows / float(np.median(v)) for k, v in s.items()}
+    return {"rows": rows, "rows_per_s": rate, "ratio_to_plain": rate["predictor"] / rate["plain"],
+            "predictor_to_floor": rate["predictor"] / rate["floor"], "plain_to_floor": rate["plain"] / rate["floor"],
+            "predictor_out_to_floor": rate["predictor_out"] / rate["floor"]}
+
+
+def cold_start(bundle: Path, repeats: int) -> dict:
+    times: dict[str, list[float]] = {k: [] for k in COLD}
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    with tempfile.TemporaryDirectory() as tmp:
+        for _ in range(repeats):
+            for name, body in COLD.items():
+                script = Path(tmp) / f"{name}.py"
+                script.write_text(CHILD.format(bundle=str(bundle.resolve()), body=body))
+                proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env,
+                                      timeout=300)
+                if proc.returncode != 0:
+                    raise RuntimeError(f"cold start {name} failed: {proc.stderr.strip()}")
+                times[name].append(float(proc.stdout.strip().splitlines()[-1]))
+    med = {k: float(np.median(v)) for k, v in times.items()}
+    return {"predictor_s": med["predictor"], "ort_s": med["ort"], "torchscript_s": med["torchscript"],
+            "ratio_to_ort": med["predictor"] / med["ort"],
+            "torchscript_over_predictor": med["torchscript"] / med["predictor"], "runs": repeats, "samples_s": times}
+
+
+def versions() -> dict:
+    out = {"python": platform.python_version(), "numpy": np.__version__, "onnxruntime": ort.__version__}
+    proc = subprocess.run([sys.executable, "-c", "import torch; print(torch.__version__)"], capture_output=True,
+                          text=True)
+    out["torch"] = proc.stdout.strip() or "not installed"
+    return out
+
+
+def table(report: dict) -> str:
+    s, c = report["single_row"], report["cold_start"]
+    lines = [f"torchport hot path, {report['machine']['cpu_model']}, {report['machine']['logical_cpus']} CPUs, "
+             f"onnxruntime {report['versions']['onnxruntime']}{' (quick run)' if report['quick'] else ''}", "",
+             f"{'single row (numpy)':34s} {'predictor':>12s} {'plain run':>12s} {'ratio':>8s} {'target':>8s}",
+             f"{'  median latency, us':34s} {s['predictor_us']['median']:12.2f} {s['plain_us']['median']:12.2f} "
+             f"{s['ratio']:8.2f} {'<= 0.5':>8s}",
+             f"{'  p99 latency, us':34s} {s['predictor_us']['p99']:12.2f} {s['plain_us']['p99']:12.2f}",
+             f"{'  ORT bound once, no copies, us':34s} {s['bound_run_us']['median']:12.2f} {'':12s} "
+             f"{s['bound_run_ratio']:8.2f} {'(floor)':>8s}", "",
+             f"{'throughput (1 feature), Mrows/s':34s} {'predictor':>12s} {'plain run':>12s} {'ratio':>8s} "
+             f"{'target':>8s} {'floor':>10s} {'pred/floor':>10s} {'plain/floor':>11s} {'out=/floor':>10s}"]
+    for row in report["throughput"]:
+        r = row["rows_per_s"]
+        lines.append(f"{'  ' + format(row['rows'], ',') + ' rows':34s} {r['predictor'] / 1e6:12.1f} "
+                     f"{r['plain'] / 1e6:12.1f} {row['ratio_to_plain']:8.2f} {'>= 1.0':>8s} {r['floor'] / 1e6:10.1f} "
+                     f"{row['predictor_to_floor']:10.2f} {row['plain_to_floor']:11.2f} "
+                     f"{row['predictor_out_to_floor']:10.2f}")
+    lines += ["", f"{'cold start (fresh process), s':34s} {'predictor':>12s} {'ort':>12s} {'ratio':>8s} {'target':>8s}",
+              f"{'  import + load + first run':34s} {c['predictor_s']:12.3f} {c['ort_s']:12.3f} "
+              f"{c['ratio_to_ort']:8.2f} {'<= 1.3':>8s}",
+              f"{'  TorchScript (torch) / predictor':34s} {c['torchscript_s']:12.3f} {'':12s} "
+              f"{c['torchscript_over_predictor']:8.1f}x {'>= 5x':>8s}"]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--bundle", type=Path, default=Path("bundles/seed"),
+                        help="bundle of the seed model (`torchport train --out bundles/seed`)")
+    parser.add_argument("--quick", action="store_true", help="small sizes and few repeats: a smoke run")
+    parser.add_argument("--json", type=Path, help="where to save the JSON (default: benchmarks/results/)")
+    args = parser.parse_args(argv)
+    if not (args.bundle / "model.onnx").is_file():
+        print(f"hot_path: error: {args.bundle} is not a bundle; make one with "
+              f"`torchport train --out {args.bundle}`", file=sys.stderr)
+        return 2
+    predictor = Predictor(args.bundle, providers="cpu")
+    plain = ort.InferenceSession(str(args.bundle / "model.onnx"), providers=["CPUExecutionProvider"])
+    sizes = [65_536, 262_144] if args.quick else [1_000_000, 16_000_000]
+    report = {
+        "benchmark": "hot_path", "quick": args.quick, "when": dt.datetime.now(dt.timezone.utc).isoformat(),
+        "bundle": str(args.bundle), "versions": versions(),
+        "machine": {"cpu_model": cpu_model(), "logical_cpus": os.cpu_count(), "usable_cpus": usable_cpus(),
+                    "platform": platform.platform()},
+        "threads": {"predictor_small": 1, "predictor_large": predictor.intra_op_threads,
+                    "predictor_large_from_rows": predictor.large_batch_rows,
+                    "plain_session": "onnxruntime default (one per physical core)"},
+        "providers": {"predictor": predictor.providers, "plain_session": plain.get_providers()},
+        "method": "one process; every figure interleaved with its baselines, after warm-up; medians",
+    }
+    report["single_row"] = single_row(predictor, plain, args.quick)
+    report["throughput"] = [throughput(predictor, plain, n, args.quick) for n in sizes]
+    report["cold_start"] = cold_start(args.bundle, 2 if args.quick else 7)
+    target = args.json or RESULTS / f"hot_path-{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%SZ}.json"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.tmp")
+    tmp.write_text(json.dumps(report, indent=2) + "\n")
+    os.replace(tmp, target)
+    print(table(report))
+    print(f"\nsaved {target}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,142 @@
+"""The Predictor's hot path with real ONNX Runtime sessions: answers, buffer ownership, threads, cold start."""
+import json
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from torchport.runtime import Predictor
+from torchport.runtime.hot_path import SLOT_ROWS
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def reference(seed_bundle):
+    """A plain ONNX Runtime session on the same model: the answers the Predictor must give."""
+    session = ort.InferenceSession(str(seed_bundle / "model.onnx"), providers=["CPUExecutionProvider"])
+    return lambda x: session.run(None, {"features": np.asarray(x, dtype=np.float32)})[0]
+
+
+@pytest.mark.parametrize("rows", [0, 1, 2, SLOT_ROWS, SLOT_ROWS + 1, 1000, 40000])
+def test_every_batch_size_and_layout_answers_like_a_plain_session(seed_bundle, reference, rows):
+    p = Predictor(seed_bundle, providers="cpu", large_batch_rows=32768)
+    x = np.random.default_rng(rows).uniform(-2, 5, size=(rows, 1)).astype(np.float32)
+    expected = reference(x)
+    for variant in (x, x.astype(np.float64), np.asfortranarray(x), np.repeat(x, 2, axis=0)[::2],
+                    x.astype(np.float16).astype(np.float32)):
+        got = p.predict(variant)
+        assert got.dtype == np.float32 and got.shape == (rows, 1)
+        np.testing.assert_array_equal(got, reference(variant))
+    np.testing.assert_array_equal(p.predict(x), expected)
+
+
+def test_results_are_never_overwritten_by_later_calls(seed_bundle, reference):
+    """Small batches run through reused per-thread buffers; what a caller holds must not change."""
+    p = Predictor(seed_bundle, providers="cpu")
+    first = p.predict(np.array([[1.0]], dtype=np.float32))
+    second = p.predict(np.array([[2.0]], dtype=np.float32))
+    listed = p.predict([[3.0]])
+    assert first[0, 0] == reference([[1.0]])[0, 0] and second[0, 0] == reference([[2.0]])[0, 0]
+    assert listed == reference([[3.0]]).tolist()
+    assert not np.shares_memory(first, second)
+
+
+def test_out_is_filled_and_returned(seed_bundle, reference):
+    p = Predictor(seed_bundle, providers="cpu")
+    for rows in (1, 5, 40000):
+        x = np.linspace(0, 4, rows, dtype=np.float32).reshape(rows, 1)
+        out = np.full((rows, 1), np.nan, dtype=np.float32)
+        assert p.predict(x, out=out) is out
+        np.testing.assert_array_equal(out, reference(x))
+    with pytest.raises(ValueError, match=r"out must be a writeable C-contiguous float32 array of shape \(2, 1\)"):
+        p.predict(np.zeros((2, 1)), out=np.zeros((2, 1)))
+    with pytest.raises(ValueError, match="out is only accepted with numpy input"):
+        p.predict([[1.0]], out=np.zeros((1, 1), dtype=np.float32))
+
+
+def test_bad_input_still_explained_on_the_fast_path(seed_bundle):
+    p = Predictor(seed_bundle, providers="cpu")
+    p.predict(np.zeros((1, 1)))  # makes the one-row slot
+    with pytest.raises(TypeError, match="numeric"):
+        p.predict(np.array([["1.5"]]))
+    with pytest.raises(ValueError, match=r"got shape \(1, 2\)"):
+        p.predict(np.zeros((1, 2)))
+    with pytest.raises(ValueError, match="intra_op_threads must be a whole number"):
+        Predictor(seed_bundle, intra_op_threads=0)
+
+
+def test_eight_threads_share_one_predictor(seed_bundle, reference):
+    """8 threads x 10,000 calls on one Predictor, batches of 1 to 3 rows: every answer is checked."""
+    p = Predictor(seed_bundle, providers="cpu")
+    calls, n_threads = 10_000, 8
+    inputs = [np.random.default_rng(t).uniform(-3, 8, size=(calls, 3)).astype(np.float32) for t in range(n_threads)]
+    wrong: list[tuple[int, int]] = []
+    done = [0] * n_threads
+    start = threading.Barrier(n_threads)
+
+    def worker(t: int) -> None:
+        start.wait()
+        rows = inputs[t]
+        for i in range(calls):
+            x = rows[i, : 1 + i % 3].reshape(-1, 1)
+            got = p.predict(x)
+            if not np.array_equal(got, expected[t][i]):
+                wrong.append((t, i))
+            done[t] += 1
+
+    expected = [[reference(inputs[t][i, : 1 + i % 3].reshape(-1, 1)) for i in range(calls)] for t in range(n_threads)]
+    threads = [threading.Thread(target=worker, args=(t,)) for t in range(n_threads)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join(timeout=300)
+    assert done == [calls] * n_threads
+    assert wrong == []
+
+
+def test_cold_start_needs_no_torch(seed_bundle):
+    code = ("import sys, json, torchport.runtime as rt; p = rt.Predictor(sys.argv[1]); y = p.predict([[3.0]]); "
+            "print(json.dumps({'y': y, 'mods': sorted(m for m in sys.modules if m.split('.')[0] in "
+            "('torch', 'pandas', 'onnx'))}))")
+    proc = subprocess.run([sys.executable, "-c", code, str(seed_bundle)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    assert result["mods"] == [] and abs(result["y"][0][0] - 2.40342) < 1e-4
+
+
+def test_benchmark_quick_run_writes_complete_json(seed_bundle, tmp_path):
+    """The benchmark script's smoke run: it completes and records every figure (no timing is asserted)."""
+    out = tmp_path / "hot_path.json"
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "hot_path.py"), "--bundle", str(seed_bundle),
+                           "--quick", "--json", str(out)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(out.read_text())
+    assert report["quick"] is True
+    assert {"python", "numpy", "onnxruntime", "torch"} <= set(report["versions"])
+    assert report["machine"]["cpu_model"] and report["machine"]["logical_cpus"] >= 1
+    assert {"predictor_small", "predictor_large", "plain_session"} <= set(report["threads"])
+    single = report["single_row"]
+    assert single["predictor_us"]["median"] > 0 and single["plain_us"]["median"] > 0 and single["ratio"] > 0
+    assert len(report["throughput"]) == 2
+    for row in report["throughput"]:
+        assert row["rows"] > 0 and row["ratio_to_plain"] > 0 and row["predictor_to_floor"] > 0
+    cold = report["cold_start"]
+    assert cold["predictor_s"] > 0 and cold["ort_s"] > 0 and cold["torchscript_s"] > 0
+    assert cold["ratio_to_ort"] > 0 and cold["torchscript_over_predictor"] > 0
+    assert "single row" in proc.stdout and "cold start" in proc.stdout
+
+
+def test_graph_variants_script_runs(seed_bundle, tmp_path):
+    """The investigation script rebuilds the seed's affine map as other graphs; each must answer like Gemm."""
+    out = tmp_path / "variants.json"
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "graph_variants.py"), "--bundle", str(seed_bundle),
+                           "--rows", "20000", "--rounds", "1", "--json", str(out)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    figures = json.loads(out.read_text())["of_floor"]
+    assert {"Gemm (as exported)", "Mul+Add, [1,1] constants", "Mul+Add, rank-0 constants"} <= set(figures)
