@@ -99,7 +99,7 @@ def summary_markdown(report: dict) -> str:
     out = []
     for m in report["models"]:
         rows = [r for r in report["results"] if r["model"] == m["name"]]
-        out += [f"**{describe_model(m)}**: rows/s (time per call relative to plain ORT `session.run`)", "",
+        out += [f"**{describe_model(m)}**: rows/s (in brackets: time per call over plain ORT `session.run`'s; below 1 is faster)", "",
                 "| backend | device | " + " | ".join(f"{n:,}" for n in sizes) + " |",
                 "| --- | --- |" + " ---: |" * len(sizes)]
         for b in m["backends"]:

@@ -70,9 +70,20 @@ def _devices(choice: str) -> list[str]:
 
 
 def _progress(cell: list[dict]) -> None:
-    best = min(cell, key=lambda r: r["median_s"])
+    best = min((r for r in cell if r["agrees_with_torch"] is not None), key=lambda r: r["median_s"])
     print(f"  {cell[0]['model']}, batch {cell[0]['batch_size']}: fastest {best['label']} ({best['device']}) "
           f"{fmt_seconds(best['median_s'])}/call, {fmt_rate(best['rows_per_s'])} rows/s", file=sys.stderr)
+
+
+def _command(args: argparse.Namespace) -> str:
+    """The command line that reproduces this run."""
+    words = ["torchport", "bench", *map(str, args.bundles), "--out", str(args.out)]
+    words += ["--quick"] * args.quick + ["--devices", args.devices]
+    if args.batch_sizes:
+        words += ["--batch-sizes", ",".join(map(str, args.batch_sizes))]
+    for flag, value in (("--threads", args.threads), ("--seconds-per-cell", args.seconds_per_cell)):
+        words += [flag, str(value)] if value is not None else []
+    return shlex.join(words)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -89,8 +100,7 @@ def run(args: argparse.Namespace) -> int:
           f"{plan.seconds_per_cell:g} s per cell, {threads} threads", file=sys.stderr)
     report = run_benchmark(args.bundles, sizes, devices, threads,
                            pin_predictor=args.threads is not None, plan=plan, progress=_progress)
-    report["command"] = shlex.join(["torchport", "bench", *sys.argv[2:]]) if sys.argv[1:2] == ["bench"] \
-        else "torchport bench"
+    report["command"] = _command(args)
     report["settings"]["quick"] = args.quick
     print(format_table(report))
     paths = write_outputs(report, args.out)
