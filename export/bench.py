@@ -8,7 +8,7 @@ import platform
 import shutil
 import subprocess
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -214,7 +214,7 @@ def run_benchmark(bundles: list[Path], batch_sizes: list[int], devices: list[str
                            "onnxruntime_default_intra_op_threads": physical_cores()}
         report = {"format": "torchport.bench", "format_version": 1,
                   "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                  "settings": {"batch_sizes": batch_sizes, "devices": devices, "plan": plan.__dict__,
+                  "settings": {"batch_sizes": batch_sizes, "devices": devices, "plan": asdict(plan),
                                "timing": "per-call wall time (time.perf_counter_ns) of host numpy in -> host "
                                          "numpy out, GC off while timing; rows/s = batch size / median"},
                   "environment": environment(thread_settings),
