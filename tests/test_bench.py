@@ -120,3 +120,19 @@ def test_cuda_without_a_gpu_is_a_user_error(seed_bundle, tmp_path):
     proc = run_cli("bench", str(seed_bundle), "--devices", "cuda", cwd=tmp_path)
     assert proc.returncode == 2 and "no GPU is usable here" in proc.stderr and "Traceback" not in proc.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+def test_cuda_backends_are_skipped_with_a_reason_where_no_gpu_is_usable(seed_bundle):
+    import torch
+    from torchport.export.bench_backends import build_backends, cuda_status
+    status = cuda_status()
+    if torch.cuda.is_available() and status["onnxruntime"]:
+        pytest.skip("a GPU is usable here: the CUDA rows are measured instead")
+    built = build_backends(seed_bundle, ["cpu", "cuda"], threads=1, pin_predictor=False)
+    assert {(b.id, b.device) for b in built.backends} == {(b, "cpu") for b in CPU_BACKENDS}
+    skipped = {(s["backend"], s["device"]): s["reason"] for s in built.skipped}
+    if not torch.cuda.is_available():
+        assert "torch.cuda.is_available() is False" in skipped["torch_eager", "cuda"]
+        assert "torch.cuda.is_available() is False" in skipped["torchscript", "cuda"]
+    if not status["onnxruntime"]:
+        assert skipped["ort_plain", "cuda"] == skipped["predictor", "cuda"] == status["onnxruntime_reason"]
