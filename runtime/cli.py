@@ -14,6 +14,8 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
                "re-export a bundle's checkpoint to ONNX and TorchScript (another opset, another place)"),
     "verify": ("torchport.export.cli_verify", "train",
                "check that torch, TorchScript and ONNX Runtime answer alike for a bundle"),
+    "bench": ("torchport.export.cli_bench", "train",
+              "compare throughput and latency of numpy, torch, TorchScript, ONNX Runtime and the Predictor"),
     "predict": ("torchport.runtime.cli_predict", "",
                 "score a CSV/TSV file with a bundle through ONNX Runtime (no torch needed)"),
 }

@@ -12,9 +12,9 @@ from conftest import ROOT, run_cli
 def test_help_lists_the_commands():
     proc = run_cli("--help")
     assert proc.returncode == 0
-    for command in ("train", "export", "verify", "predict"):
+    for command in ("train", "export", "verify", "predict", "bench"):
         assert command in proc.stdout
-    for command in ("train", "export", "verify", "predict"):
+    for command in ("train", "export", "verify", "predict", "bench"):
         sub = run_cli(command, "--help")
         assert sub.returncode == 0 and f"usage: torchport {command}" in sub.stdout
 

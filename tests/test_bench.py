@@ -1,0 +1,138 @@
+"""`torchport bench`: the quick run completes and writes a complete JSON, a Markdown table and a PNG
+(smoke test: no timing is asserted), MLPs have no numpy floor, and bad invocations exit 2."""
+import json
+import struct
+
+import pytest
+
+from conftest import run_cli
+
+DEFAULT_SIZES = [1, 8, 64, 512, 4096, 65536, 1 << 20]
+CPU_BACKENDS = {"numpy_copy", "numpy_matmul", "torch_eager", "torchscript", "ort_plain", "predictor"}
+FIGURES = ("calls", "rounds", "median_s", "p99_s", "mean_s", "min_s", "rows_per_s", "x_fastest", "x_ort_plain")
+
+
+def _png_size(path) -> tuple[int, int]:
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR"
+    return struct.unpack(">II", data[16:24])
+
+
+@pytest.fixture(scope="module")
+def quick_run(seed_bundle, tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench") / "out"
+    proc = run_cli("bench", str(seed_bundle), "--quick", "--out", str(out), timeout=240)
+    return proc, out
+
+
+def test_quick_run_prints_the_table_and_exits_0(quick_run):
+    proc, _ = quick_run
+    assert proc.returncode == 0, proc.stderr
+    for label in ("numpy copy (floor)", "numpy X@W.T+b", "torch eager", "TorchScript", "ORT session.run",
+                  "torchport Predictor", "x fastest", "rows/s", "threads: torch"):
+        assert label in proc.stdout
+    assert "Traceback" not in proc.stderr
+
+
+def test_quick_run_json_has_every_backend_and_batch_size(quick_run, seed_bundle):
+    proc, out = quick_run
+    report = json.loads((out / "bench.json").read_text())
+    assert report["settings"]["batch_sizes"] == DEFAULT_SIZES and report["settings"]["quick"] is True
+    cells = {(r["backend"], r["device"], r["batch_size"]) for r in report["results"]}
+    expected = {(b, "cpu", n) for b in CPU_BACKENDS for n in DEFAULT_SIZES}
+    assert expected <= cells
+    assert len(report["results"]) == len(cells)  # one row per cell
+    for r in report["results"]:
+        assert r["model"] == "seed" and r["calls"] >= 1 and all(r[k] is not None for k in FIGURES if k != "x_ort_plain")
+        assert 0 < r["min_s"] <= r["median_s"] <= r["p99_s"]
+        assert r["rows_per_s"] == pytest.approx(r["batch_size"] / r["median_s"])
+        assert r["agrees_with_torch"] is (None if r["backend"] == "numpy_copy" else True)
+        if r["device"] == "cpu":
+            assert r["x_ort_plain"] is not None
+    for n in DEFAULT_SIZES:
+        model_rows = [r for r in report["results"] if r["batch_size"] == n and r["backend"] != "numpy_copy"]
+        assert min(r["x_fastest"] for r in model_rows) == pytest.approx(1.0)
+        assert next(r for r in model_rows if r["backend"] == "ort_plain")["x_ort_plain"] == pytest.approx(1.0)
+    env = report["environment"]
+    assert all(env["versions"][k] for k in ("torch", "onnxruntime", "numpy"))
+    assert env["cpu"]["model"] and env["cpu"]["physical_cores"] >= 1 and env["cpu"]["usable_cpus"] >= 1
+    assert isinstance(env["gpus"], list) and {"torch", "onnxruntime"} <= set(env["cuda"])
+    threads = env["threads"]
+    assert threads["torch_num_threads"] == threads["ort_plain_intra_op_num_threads"] == threads["threads"] >= 1
+    assert threads["predictor"]
+    assert report["models"][0]["bundle"] == str(seed_bundle) and report["models"][0]["model"]["kind"] == "linear"
+
+
+def test_quick_run_writes_the_markdown_and_the_plot(quick_run):
+    _, out = quick_run
+    markdown = (out / "bench.md").read_text()
+    assert "| torchport Predictor | cpu |" in markdown and "![rows/s against batch size](bench.png)" in markdown
+    width, height = _png_size(out / "bench.png")
+    assert width >= 400 and height >= 300
+    assert sorted(p.name for p in out.iterdir()) == ["bench.json", "bench.md", "bench.png"]
+
+
+def test_mlp_has_no_numpy_floor_and_takes_chosen_batch_sizes(tmp_path):
+    bundle = tmp_path / "mlp"
+    proc = run_cli("train", "--data", "plant_richness_mlr", "--model", "mlp", "--hidden", "8", "--epochs", "20",
+                   "--out", str(bundle), "--no-progress")
+    assert proc.returncode == 0, proc.stderr
+    proc = run_cli("bench", str(bundle), "--quick", "--batch-sizes", "64,1,1k", "--seconds-per-cell", "0.05",
+                   "--threads", "1", "--out", str(tmp_path / "out"))
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads((tmp_path / "out" / "bench.json").read_text())
+    assert report["settings"]["batch_sizes"] == [1, 64, 1024]
+    assert {r["backend"] for r in report["results"]} == CPU_BACKENDS - {"numpy_matmul"}
+    assert report["models"][0]["skipped"] == [{"backend": "numpy_matmul", "device": "cpu",
+                                               "reason": "the model is mlp, not linear"}]
+    assert report["environment"]["threads"]["torch_num_threads"] == 1
+    assert report["environment"]["threads"]["predictor"] == "intra_op_num_threads=1"
+    assert "not run: numpy_matmul on cpu for mlp" in proc.stdout
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--batch-sizes", "0,8"], "expected batch sizes >= 1"),
+    (["--batch-sizes", "1,x"], "expected batch sizes >= 1"),
+    (["--threads", "0"], "expected a whole number >= 1"),
+    (["--devices", "tpu"], "invalid choice"),
+    (["--out", "taken.txt"], "is not a directory"),
+])
+def test_bad_invocations_exit_2_with_one_line(seed_bundle, tmp_path, extra, message):
+    (tmp_path / "taken.txt").write_text("x")
+    proc = run_cli("bench", str(seed_bundle), *extra, cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("torchport bench: error:") and message in last and "Traceback" not in proc.stderr
+    assert [p.name for p in tmp_path.iterdir()] == ["taken.txt"]
+
+
+def test_missing_bundle_is_a_user_error(tmp_path):
+    proc = run_cli("bench", "no/such/bundle", cwd=tmp_path)
+    assert proc.returncode == 2 and "not a bundle directory" in proc.stderr and "Traceback" not in proc.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_cuda_without_a_gpu_is_a_user_error(seed_bundle, tmp_path):
+    import torch
+    from torchport.export.bench_backends import cuda_status
+    if torch.cuda.is_available() or cuda_status()["onnxruntime"]:
+        pytest.skip("a GPU is usable here")
+    proc = run_cli("bench", str(seed_bundle), "--devices", "cuda", cwd=tmp_path)
+    assert proc.returncode == 2 and "no GPU is usable here" in proc.stderr and "Traceback" not in proc.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_cuda_backends_are_skipped_with_a_reason_where_no_gpu_is_usable(seed_bundle):
+    import torch
+    from torchport.export.bench_backends import build_backends, cuda_status
+    status = cuda_status()
+    if torch.cuda.is_available() and status["onnxruntime"]:
+        pytest.skip("a GPU is usable here: the CUDA rows are measured instead")
+    built = build_backends(seed_bundle, ["cpu", "cuda"], threads=1, pin_predictor=False)
+    assert {(b.id, b.device) for b in built.backends} == {(b, "cpu") for b in CPU_BACKENDS}
+    skipped = {(s["backend"], s["device"]): s["reason"] for s in built.skipped}
+    if not torch.cuda.is_available():
+        assert "torch.cuda.is_available() is False" in skipped["torch_eager", "cuda"]
+        assert "torch.cuda.is_available() is False" in skipped["torchscript", "cuda"]
+    if not status["onnxruntime"]:
+        assert skipped["ort_plain", "cuda"] == skipped["predictor", "cuda"] == status["onnxruntime_reason"]
