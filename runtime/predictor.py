@@ -49,6 +49,12 @@ class Predictor:
         else:
             raise BundleError(f"{path} does not exist; give a bundle directory (with {MANIFEST}) "
                               "or an .onnx file")
+        self._open(model_bytes, source, providers, sess_options, intra_op_threads, large_batch_rows)
+
+    def _open(self, model_bytes: bytes, source: Path, providers: str | list[str],
+              sess_options: ort.SessionOptions | None, intra_op_threads: int | None, large_batch_rows: int) -> None:
+        """Create the sessions and hot-path state from the model's bytes (also used when unpickling)."""
+        self._init_args = (providers, intra_op_threads, large_batch_rows, sess_options is not None)
         if intra_op_threads is not None and (not isinstance(intra_op_threads, int) or intra_op_threads < 1):
             raise ValueError(f"intra_op_threads must be a whole number >= 1; got {intra_op_threads!r}")
         if not isinstance(large_batch_rows, int) or large_batch_rows < 1:
@@ -72,6 +78,16 @@ class Predictor:
             self._large = self._small
         self._large_lock = threading.Lock()
         self._slots = hot_path.Slots(self._small, self.n_features, self.n_targets)
+
+    def __reduce__(self):
+        """Pickle as the model's bytes and names; the receiving process (a Dask worker, say) builds its own
+        ONNX Runtime sessions, resolving ``providers`` ("auto" included) on its own machine."""
+        providers, threads, large_rows, custom_options = self._init_args
+        if custom_options:
+            raise TypeError("a Predictor made with sess_options cannot be pickled (SessionOptions do not "
+                            "pickle); use intra_op_threads instead")
+        names = (self.manifest, self.feature_names, self.target_names, self.input_name, self.output_name)
+        return _unpickle, (self._model_bytes, str(self._source), names, providers, threads, large_rows)
 
     def _new_session(self, options: ort.SessionOptions) -> ort.InferenceSession:
         try:
@@ -194,3 +210,11 @@ class Predictor:
     def __repr__(self) -> str:
         return (f"Predictor(features={self.feature_names}, targets={self.target_names}, "
                 f"providers={self.providers})")
+
+
+def _unpickle(model_bytes: bytes, source: str, names: tuple, providers, threads, large_rows) -> Predictor:
+    predictor = Predictor.__new__(Predictor)
+    (predictor.manifest, predictor.feature_names, predictor.target_names, predictor.input_name,
+     predictor.output_name) = names
+    predictor._open(model_bytes, Path(source), providers, None, threads, large_rows)
+    return predictor
