@@ -1,0 +1,171 @@
+"""The Open Inference Protocol (KServe V2) inference request and response, in JSON and in Triton's binary
+tensor data extension (JSON header of ``Inference-Header-Content-Length`` bytes, then raw little-endian
+tensors, sized by each tensor's ``binary_data_size`` parameter)."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+import numpy as np
+
+# V2 datatypes accepted for the features tensor, with their little-endian numpy types.
+INPUT_DTYPES = {"FP32": np.dtype("<f4"), "FP64": np.dtype("<f8")}
+MODEL_VERSION = "1"
+
+
+class ProtocolError(Exception):
+    """A request the server answers with an error status and ``{"error": message}``."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What the protocol needs to know about the served model: names, tensors and sizes."""
+    name: str
+    input_name: str
+    output_name: str
+    feature_names: tuple[str, ...]
+    target_names: tuple[str, ...]
+    platform: str = "onnxruntime_onnx"
+
+    def metadata(self) -> dict:
+        """The V2 model metadata response."""
+        return {"name": self.name, "versions": [MODEL_VERSION], "platform": self.platform,
+                "inputs": [{"name": self.input_name, "datatype": "FP32", "shape": [-1, len(self.feature_names)]}],
+                "outputs": [{"name": self.output_name, "datatype": "FP32", "shape": [-1, len(self.target_names)]}],
+                "parameters": {"features": list(self.feature_names), "targets": list(self.target_names)}}
+
+
+@dataclass
+class InferRequest:
+    """A parsed inference request: the rows to score and how to answer."""
+    rows: np.ndarray
+    request_id: str | None
+    binary_output: bool
+
+
+def _bad(message: str) -> ProtocolError:
+    return ProtocolError(400, message)
+
+
+def _parameters(obj: dict, where: str) -> dict:
+    params = obj.get("parameters")
+    if params is None:
+        return {}
+    if not isinstance(params, dict):
+        raise _bad(f"{where}: 'parameters' must be a JSON object, got {type(params).__name__}")
+    return params
+
+
+def _flag(params: dict, key: str, where: str) -> bool | None:
+    value = params.get(key)
+    if value is not None and not isinstance(value, bool):
+        raise _bad(f"{where}: parameter '{key}' must be true or false, got {value!r}")
+    return value
+
+
+def _input_rows(tensor: object, info: ModelInfo, binary: memoryview) -> tuple[np.ndarray, int]:
+    """The (rows, n_features) float32 matrix of one request input, and the binary bytes it used."""
+    if not isinstance(tensor, dict):
+        raise _bad("each entry of 'inputs' must be a JSON object with name, shape, datatype and data")
+    name = tensor.get("name")
+    where = f"input {name!r}"
+    if name != info.input_name:
+        raise _bad(f"unknown input {name!r}; the model {info.name!r} takes one input named {info.input_name!r}")
+    n_features = len(info.feature_names)
+    shape = tensor.get("shape")
+    if (not isinstance(shape, list) or len(shape) != 2 or not all(type(d) is int for d in shape)
+            or shape[0] < 1 or shape[1] != n_features):
+        raise _bad(f"{where}: shape {shape!r} does not fit the model; expected [rows, {n_features}] with rows >= 1 "
+                   f"(features {list(info.feature_names)})")
+    datatype = tensor.get("datatype")
+    dtype = INPUT_DTYPES.get(datatype)  # type: ignore[arg-type]
+    if dtype is None:
+        raise _bad(f"{where}: datatype {datatype!r} is not supported; send FP32 or FP64")
+    count = shape[0] * n_features
+    size = _parameters(tensor, where).get("binary_data_size")
+    if size is not None:
+        expected = count * dtype.itemsize
+        if type(size) is not int or size != expected:
+            raise _bad(f"{where}: binary_data_size {size!r} does not match shape {shape} of {datatype} "
+                       f"({expected} bytes)")
+        if len(binary) < size:
+            raise _bad(f"{where}: binary_data_size is {size} but the body has only {len(binary)} bytes after "
+                       "the JSON header (check Inference-Header-Content-Length)")
+        rows = np.frombuffer(binary[:size], dtype=dtype).reshape(shape[0], n_features)
+        return rows.astype(np.float32), size
+    if "data" not in tensor:
+        raise _bad(f"{where}: no 'data' and no 'binary_data_size' parameter; send the tensor's values in one of them")
+    try:
+        values = np.asarray(tensor["data"])
+    except ValueError as e:
+        raise _bad(f"{where}: 'data' is not a regular array of numbers ({e})") from None
+    if values.dtype.kind not in "fi":
+        raise _bad(f"{where}: 'data' must hold numbers only, got values of type {values.dtype}")
+    if values.size != count:
+        raise _bad(f"{where}: 'data' has {values.size} values but shape {shape} needs {count}")
+    return values.reshape(shape[0], n_features).astype(np.float32), 0
+
+
+def parse_infer_request(body: bytes, header_length: int | None, info: ModelInfo) -> InferRequest:
+    """Parse a V2 inference request body; ``header_length`` is the Inference-Header-Content-Length, if sent."""
+    if header_length is None:
+        header, binary = body, memoryview(b"")
+    else:
+        if not 0 < header_length <= len(body):
+            raise _bad(f"Inference-Header-Content-Length is {header_length} but the body has {len(body)} bytes")
+        view = memoryview(body)
+        header, binary = view[:header_length], view[header_length:]
+    try:
+        request = json.loads(bytes(header) if isinstance(header, memoryview) else header)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise _bad(f"the request's JSON is malformed ({e}); send a V2 inference request object") from None
+    if not isinstance(request, dict):
+        raise _bad("the request must be a JSON object with an 'inputs' list")
+    inputs = request.get("inputs")
+    if not isinstance(inputs, list) or len(inputs) != 1:
+        raise _bad(f"'inputs' must be a list with exactly one tensor (the model's input {info.input_name!r})")
+    rows, used = _input_rows(inputs[0], info, binary)
+    if used != len(binary):
+        raise _bad(f"the body has {len(binary) - used} bytes after the JSON header that no input's "
+                   "binary_data_size accounts for")
+    binary_output = bool(_flag(_parameters(request, "the request"), "binary_data_output", "the request"))
+    outputs = request.get("outputs")
+    if outputs is not None:
+        if not isinstance(outputs, list):
+            raise _bad("'outputs' must be a list of requested outputs")
+        for out in outputs:
+            name = out.get("name") if isinstance(out, dict) else None
+            if name != info.output_name:
+                raise _bad(f"unknown output {name!r}; the model {info.name!r} has one output named "
+                           f"{info.output_name!r}")
+            flag = _flag(_parameters(out, f"output {name!r}"), "binary_data", f"output {name!r}")
+            if flag is not None:
+                binary_output = flag
+    request_id = request.get("id")
+    return InferRequest(rows, request_id if isinstance(request_id, str) else None, binary_output)
+
+
+def encode_infer_response(info: ModelInfo, request_id: str | None, out: np.ndarray,
+                          binary: bool) -> tuple[bytes, int | None]:
+    """The response body and, for binary output, the length of its JSON header."""
+    head = {"model_name": info.name, "model_version": MODEL_VERSION}
+    if request_id is not None:
+        head["id"] = request_id
+    tensor = {"name": info.output_name, "datatype": "FP32", "shape": list(out.shape)}
+    head["outputs"] = [tensor]
+    if binary:
+        raw = np.ascontiguousarray(out, dtype="<f4").tobytes()
+        tensor["parameters"] = {"binary_data_size": len(raw)}
+        header = json.dumps(head, separators=(",", ":")).encode()
+        return header + raw, len(header)
+    tensor["data"] = out.ravel().tolist()
+    return json.dumps(head, separators=(",", ":")).encode(), None
+
+
+def error_body(message: str) -> bytes:
+    """The protocol's error response: ``{"error": message}``."""
+    return json.dumps({"error": message}).encode()
