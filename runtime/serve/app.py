@@ -12,8 +12,8 @@ import numpy as np
 
 from torchport.runtime.serve.batching import Batcher
 from torchport.runtime.serve.metrics import ServerMetrics
-from torchport.runtime.serve.protocol import (MODEL_VERSION, ModelInfo, ProtocolError, encode_infer_response,
-                                              error_body, parse_infer_request)
+from torchport.runtime.serve.protocol import (MODEL_VERSION, ModelInfo, ProtocolError, ResponseEncoder, error_body,
+                                              parse_infer_request)
 
 SERVER_NAME = "torchport"
 DEFAULT_MAX_BODY_BYTES = 16 * 1024 * 1024
@@ -41,6 +41,7 @@ class InferenceApp:
         self.providers = providers
         self.max_body_bytes = max_body_bytes
         self.metrics = ServerMetrics(info.name, max_batch_size)
+        self.encoder = ResponseEncoder(info)
         self.batcher = Batcher(predict, max_batch_size, max_queue_delay_us / 1e6, self.metrics)
         self._infer_path = f"/v2/models/{info.name}/infer"
         self._server_metadata = json.dumps({"name": SERVER_NAME, "version": _version(),
@@ -102,12 +103,13 @@ class InferenceApp:
         started = time.perf_counter()
         try:
             header_length, encoding = self._read_headers(scope["headers"])
-            body = await self._read_body(receive)
+            message = await receive()
+            body = message["body"] if not message.get("more_body") else await self._read_rest(message, receive)
             if encoding:
                 body = self._decompress(body, encoding)
             request = parse_infer_request(body, header_length, self.info)
             out = await self.batcher.submit(request.rows)
-            payload, json_length = encode_infer_response(self.info, request.request_id, out, request.binary_output)
+            payload, json_length = self.encoder.encode(request.request_id, out, request.binary_output)
         except ProtocolError as e:
             return await self._error(send, e.status, str(e), infer=True, started=started)
         except Exception as e:  # a failure of the model itself, not of the request
@@ -136,11 +138,8 @@ class InferenceApp:
                 encoding = value.strip().lower()
         return header_length, encoding
 
-    async def _read_body(self, receive: Callable) -> bytes:
-        message = await receive()
+    async def _read_rest(self, message: dict, receive: Callable) -> bytes:
         body = message.get("body", b"")
-        if not message.get("more_body", False):
-            return body
         chunks, size = [body], len(body)
         while message.get("more_body", False):
             message = await receive()

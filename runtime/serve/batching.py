@@ -42,6 +42,8 @@ class Batcher:
             self.flush()
         self._pending.append((rows, future, time.perf_counter()))
         self._pending_rows += n
+        if self.metrics is not None:
+            self.metrics.queued += 1
         if self._pending_rows >= self.max_batch_size:
             self.flush()
         elif self._timer is None:
@@ -58,6 +60,8 @@ class Batcher:
         pending, self._pending, self._pending_rows = self._pending, [], 0
         if not pending:
             return
+        if self.metrics is not None:
+            self.metrics.queued -= len(pending)
         started = time.perf_counter()
         batch = pending[0][0] if len(pending) == 1 else np.concatenate([p[0] for p in pending])
         try:

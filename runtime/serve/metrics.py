@@ -40,6 +40,7 @@ class ServerMetrics:
     def __init__(self, model_name: str, max_batch_size: int):
         self.labels = f'model="{model_name}"'
         self.requests = dict.fromkeys(OUTCOMES, 0)
+        self.queued = 0
         self.latency = Histogram("torchport_request_duration_seconds",
                                  "Time from a request's headers to its response, inference requests only.",
                                  _LATENCY_BUCKETS)
@@ -58,6 +59,8 @@ class ServerMetrics:
         lines = ["# HELP torchport_requests_total Inference requests by outcome.",
                  "# TYPE torchport_requests_total counter"]
         lines += [f'torchport_requests_total{{{self.labels},outcome="{k}"}} {v}' for k, v in self.requests.items()]
+        lines += ["# HELP torchport_queued_requests Requests waiting in the batcher now.",
+                  "# TYPE torchport_queued_requests gauge", f"torchport_queued_requests{{{self.labels}}} {self.queued}"]
         for h in (self.latency, self.queue, self.batch_size, self.batch_requests):
             lines += h.render(self.labels)
         return "\n".join(lines) + "\n"
