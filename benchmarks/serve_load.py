@@ -5,7 +5,8 @@ concurrencies, bounded in count and time, against
   peer             KServe's Python ModelServer (V2 REST) over an ONNX Runtime session of the same model.onnx,
                    in its own venv under benchmarks/.venvs/ (made on first use), so its pins never touch ours
   noop             a no-op V2 endpoint on exactly torchport's HTTP stack: the floor
-Targets run interleaved (every target once per round, the order rotating), after warm-up. Every answer of
+Targets run interleaved (every target once per round; torchport, torchport-nobatch and noop back to back
+in a rotating order, then the peer), after warm-up. Every answer of
 the model servers is checked against the in-process Predictor. Prints a table; saves JSON and Markdown.
 
 usage: .venv/bin/python benchmarks/serve_load.py [--bundle bundles/seed] [--rounds 3] [--no-peer]
@@ -27,6 +28,7 @@ import urllib.request
 from pathlib import Path
 
 import numpy as np
+import orjson
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -42,6 +44,7 @@ except ImportError:
     _run = asyncio.run
 
 PEER_VENV = HERE / ".venvs" / "kserve"
+LOGS = HERE / ".work"  # the servers' output, ignored by git
 PEER_PINS = ["kserve==0.21.0", "onnxruntime"]
 LEVELS = (1, 8, 32, 128)
 COUNTS = {1: 3000, 8: 10000, 32: 20000, 128: 20000}
@@ -78,7 +81,7 @@ class Target:
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> None:
-        self.log = open(HERE / ".venvs" / f"{self.name}.log", "w")
+        self.log = open(LOGS / f"{self.name}.log", "w")
         self.proc = subprocess.Popen(self.command, stdout=self.log, stderr=subprocess.STDOUT, cwd=ROOT)
         deadline = time.monotonic() + 120
         while True:
@@ -125,13 +128,12 @@ def _requests(model: str, areas: np.ndarray) -> list[bytes]:
 
 
 def _checker(expected: np.ndarray, checked: bool):
-    if not checked:
-        return lambda i, status, body: True
-
+    """Every answer is parsed (the same client work for every server); the model servers' values are
+    compared with the in-process Predictor's, the no-op's (a fixed answer) only for its form."""
     def check(i: int, status: int, body: bytes) -> bool:
-        got = json.loads(body)["outputs"][0]["data"][0]
+        got = orjson.loads(body)["outputs"][0]["data"][0]
         want = float(expected[i % len(expected)])
-        return abs(got - want) <= 1e-5 * (1 + abs(want))
+        return abs(got - want) <= 1e-5 * (1 + abs(want)) if checked else isinstance(got, float)
     return check
 
 
@@ -160,16 +162,16 @@ def _median(runs: list[dict], key: str) -> float | None:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--bundle", type=Path, default=ROOT / "bundles" / "seed")
-    ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds per concurrency (default 3)")
+    ap.add_argument("--rounds", type=int, default=5, help="interleaved rounds per concurrency (default 5)")
     ap.add_argument("--levels", default=",".join(map(str, LEVELS)))
     ap.add_argument("--scale", type=float, default=1.0, help="multiply the request counts (e.g. 0.1 for a smoke run)")
-    ap.add_argument("--time-limit", type=float, default=30.0, help="seconds at most per measured run")
+    ap.add_argument("--time-limit", type=float, default=12.0, help="seconds at most per measured run")
     ap.add_argument("--no-peer", action="store_true", help="skip the KServe peer")
     ap.add_argument("--no-nobatch", action="store_true", help="skip torchport with batching off")
     ap.add_argument("--out", type=Path, default=HERE / "results")
     args = ap.parse_args()
     levels = [int(x) for x in args.levels.split(",")]
-    (HERE / ".venvs").mkdir(exist_ok=True)
+    LOGS.mkdir(exist_ok=True)
     if not (args.bundle / "manifest.json").exists():
         subprocess.run([str(Path(sys.executable).parent / "torchport"), "train", "--out", str(args.bundle),
                         "--no-progress"], check=True)
@@ -192,6 +194,7 @@ def main() -> int:
                                        str(args.bundle / "model.onnx"), "seed", "--http_port", "{port}"],
                               "seed", True))
         versions["peer"] = {p: _pip_version(peer_python, p) for p in ("kserve", "onnxruntime", "fastapi", "uvicorn")}
+        versions["peer"]["setup"] = "kserve.ModelServer(workers=1, enable_grpc=False), per-request logging off"
     runs: dict[str, dict[int, list[dict]]] = {t.name: {c: [] for c in levels} for t in targets}
     try:
         for t in targets:
@@ -200,8 +203,11 @@ def main() -> int:
             _measure(t, areas, expected, 32, max(200, int(2000 * args.scale)), args.time_limit)
         for c in levels:
             count = max(100, int(COUNTS.get(c, 10000) * args.scale))
+            fast = [t for t in targets if t.name != "peer"]
             for r in range(args.rounds):
-                order = targets[r % len(targets):] + targets[:r % len(targets)]
+                # the fast servers back to back in a rotating order, so that their ratios compare runs made
+                # under the same conditions; the slow peer after them
+                order = fast[r % len(fast):] + fast[:r % len(fast)] + [t for t in targets if t.name == "peer"]
                 for t in order:
                     s = _measure(t, areas, expected, c, count, args.time_limit)
                     s["round"] = r
@@ -271,7 +277,8 @@ def _markdown(report: dict, levels: list[int]) -> str:
         lines.append(f"| {row['concurrency']} | {row['target']} | {row['req_per_s']:.0f} | {row['p50_ms']:.2f} | "
                      f"{row['p99_ms']:.2f} | {row['errors']} | {row['wrong']} | {row['requests']} | "
                      f"{row['server_cpu_us_per_req']} | {row['mean_batch_rows'] if row['mean_batch_rows'] else ''} |")
-    lines += ["", "Ratios of req/s, per round (runs next to each other), and their median:", ""]
+    lines += ["", "Ratios of req/s per round (torchport, torchport-nobatch and noop ran back to back; the peer "
+              "right after them), and their median:", ""]
     for c, ratios in report["ratios_per_round"].items():
         for k, v in ratios.items():
             lines.append(f"- c={c} {k}: {v} (median {statistics.median(v):.2f})" if v else f"- c={c} {k}: n/a")

@@ -47,8 +47,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-batch-size", type=_int_at_least(1), default=64,
                    help="most rows merged into one ONNX Runtime call; 1 turns batching off (default: 64)")
     p.add_argument("--max-queue-delay-us", type=_int_at_least(0), default=0,
-                   help="longest a request waits for others to batch with, in microseconds; 0 batches only "
-                        "what arrives together (default: 0)")
+                   help="longest a request waits for others to batch with, in microseconds (uvloop's timer "
+                        "rounds it to milliseconds); 0 batches only what arrives together (default: 0)")
     p.add_argument("--workers", type=_int_at_least(1), default=1,
                    help="server processes sharing the port, each with its own model and batcher (default: 1)")
     p.add_argument("--max-body-bytes", type=_int_at_least(1), default=DEFAULT_MAX_BODY_BYTES,
