@@ -194,6 +194,17 @@ def test_malformed_json_and_binary_framing(server):
     assert status == 400 and "2 bytes after the JSON header" in json.loads(body)["error"]
 
 
+def test_several_rows_flat_or_nested_come_back_in_order(server, seed_bundle):
+    rows = [[3.0], [1.0], [250.0]]
+    want = Predictor(seed_bundle).predict(np.array(rows, dtype=np.float32))[:, 0].tolist()
+    for data in (rows, [3.0, 1.0, 250.0]):
+        status, answer = _infer_json(server, rows, data=data)
+        assert status == 200 and answer["outputs"][0]["shape"] == [3, 1]
+        assert answer["outputs"][0]["data"] == pytest.approx(want, rel=1e-6)
+    status, answer = _infer_json(server, rows, data=[3.0, 1.0, True])
+    assert status == 400 and "numbers only" in answer["error"]
+
+
 def test_body_over_the_limit_gets_413(server):
     rows = [[1.0]] * 20000  # about 120 kB of JSON, over the fixture's 64 KiB limit
     status, answer = _infer_json(server, rows)

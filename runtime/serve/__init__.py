@@ -1,2 +1,3 @@
-"""torchport serve: the Open Inference Protocol (KServe V2) over HTTP with dynamic batching. The protocol,
-batching and metrics modules need only numpy; `app` is a plain ASGI application; `server` runs it on uvicorn."""
+"""torchport serve: the Open Inference Protocol (KServe V2) over HTTP with dynamic batching. `protocol`,
+`batching` and `metrics` are plain Python (numpy, orjson); `app` is a plain ASGI application; `server` runs
+it on uvicorn."""

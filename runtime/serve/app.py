@@ -6,10 +6,13 @@ import json
 import os
 import time
 import zlib
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 
+from torchport.runtime.predictor import Predictor
 from torchport.runtime.serve.batching import Batcher
 from torchport.runtime.serve.metrics import ServerMetrics
 from torchport.runtime.serve.protocol import (MODEL_VERSION, ModelInfo, ProtocolError, ResponseEncoder, error_body,
@@ -25,9 +28,8 @@ _OUTCOME = {400: "bad_request", 404: "not_found", 405: "bad_request", 413: "too_
 
 def _version() -> str:
     try:
-        from importlib.metadata import version
         return version("torchport")
-    except Exception:  # not installed as a distribution (e.g. run from a source tree)
+    except PackageNotFoundError:  # run from a source tree without installing
         return "unknown"
 
 
@@ -183,10 +185,6 @@ def build_app(bundle: str | os.PathLike, model_name: str | None = None, provider
               max_batch_size: int = 64, max_queue_delay_us: int = 0,
               max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -> InferenceApp:
     """Load a bundle (or an .onnx file) into a Predictor and wrap it as the V2 model ``model_name``."""
-    from pathlib import Path
-
-    from torchport.runtime.predictor import Predictor
-
     predictor = Predictor(bundle, providers=providers)
     info = ModelInfo(name=model_name or Path(bundle).resolve().name.removesuffix(".onnx"),
                      input_name=predictor.input_name, output_name=predictor.output_name,

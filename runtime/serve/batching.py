@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from itertools import chain
 from typing import Callable
 
 import numpy as np
@@ -34,8 +35,9 @@ class Batcher:
         self._pending_rows = 0
         self._timer: asyncio.Handle | None = None
 
-    def submit(self, rows: np.ndarray) -> asyncio.Future:
-        """Queue ``rows`` (a 2-D float32 array); the future resolves to the model's output for them."""
+    def submit(self, rows: np.ndarray | list) -> asyncio.Future:
+        """Queue ``rows`` (a 2-D float32 array, or a list of equal-length rows of numbers); the future
+        resolves to the model's output for them."""
         future = asyncio.get_running_loop().create_future()
         n = len(rows)
         if self._pending_rows + n > self.max_batch_size:
@@ -63,8 +65,8 @@ class Batcher:
         if self.metrics is not None:
             self.metrics.queued -= len(pending)
         started = time.perf_counter()
-        batch = pending[0][0] if len(pending) == 1 else np.concatenate([p[0] for p in pending])
         try:
+            batch = _stack([p[0] for p in pending])
             out = self.predict(batch)
         except Exception as e:  # the model failed for the whole batch: every caller gets the error
             for _, future, _ in pending:
@@ -82,3 +84,13 @@ class Batcher:
             self.metrics.batch_requests.observe(len(pending))
             for _, _, queued in pending:
                 self.metrics.queue.observe(started - queued)
+
+
+def _stack(parts: list) -> np.ndarray:
+    """One float32 matrix of the parts' rows, in order; lists of rows become one array in a single step."""
+    if all(type(p) is list for p in parts):
+        values = list(chain.from_iterable(chain.from_iterable(parts)))
+        return np.array(values, dtype=np.float32).reshape(-1, len(parts[0][0]))
+    if len(parts) == 1:
+        return parts[0]
+    return np.concatenate([np.asarray(p, dtype=np.float32) for p in parts])

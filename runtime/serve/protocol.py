@@ -41,8 +41,9 @@ class ModelInfo:
 
 @dataclass(slots=True)
 class InferRequest:
-    """A parsed inference request: the rows to score and how to answer."""
-    rows: np.ndarray
+    """A parsed inference request: the rows to score (a 2-D float32 array, or a list of rows of numbers)
+    and how to answer."""
+    rows: np.ndarray | list
     request_id: str | None
     binary_output: bool
 
@@ -65,6 +66,18 @@ def _flag(params: dict, key: str, where: str) -> bool | None:
     if value is not None and not isinstance(value, bool):
         raise _bad(f"{where}: parameter '{key}' must be true or false, got {value!r}")
     return value
+
+
+def _first_non_number(data: object) -> object:
+    """The first value in (nested lists of) ``data`` that is not an int or a float (booleans included), or None."""
+    stack = [data]
+    while stack:
+        item = stack.pop()
+        if type(item) is list:
+            stack.extend(reversed(item))
+        elif type(item) is not float and type(item) is not int:
+            return item
+    return None
 
 
 def _input_rows(tensor: object, info: ModelInfo, binary: memoryview) -> tuple[np.ndarray, int]:
@@ -99,37 +112,41 @@ def _input_rows(tensor: object, info: ModelInfo, binary: memoryview) -> tuple[np
         return rows.astype(np.float32), size
     if "data" not in tensor:
         raise _bad(f"{where}: no 'data' and no 'binary_data_size' parameter; send the tensor's values in one of them")
+    bad = _first_non_number(tensor["data"])
+    if bad is not None:
+        raise _bad(f"{where}: 'data' must hold numbers only, got {bad!r}")
     try:
-        values = np.asarray(tensor["data"])
+        values = np.asarray(tensor["data"], dtype=np.float64)
     except ValueError as e:
         raise _bad(f"{where}: 'data' is not a regular array of numbers ({e})") from None
-    if values.dtype.kind not in "fi":
-        raise _bad(f"{where}: 'data' must hold numbers only, got values of type {values.dtype}")
     if values.size != count:
         raise _bad(f"{where}: 'data' has {values.size} values but shape {shape} needs {count}")
     return values.reshape(shape[0], n_features).astype(np.float32), 0
 
 
-def _plain_rows(request: object, info: ModelInfo) -> np.ndarray | None:
-    """The rows of the commonest request (one JSON tensor of flat numbers, perhaps an id, nothing else) in
-    few steps; None sends the request through the full checks, which also say what is wrong."""
+def _plain_rows(request: object, info: ModelInfo) -> list | None:
+    """The rows of the commonest request (one JSON tensor of flat numbers, perhaps an id, nothing else) as
+    lists, in few steps (the batcher makes one array of many requests' rows); None sends the request
+    through the full checks, which also say what is wrong."""
     if type(request) is not dict or len(request) > 2 or (len(request) == 2 and type(request.get("id")) is not str):
         return None
     inputs = request.get("inputs")
-    if type(inputs) is not list or len(inputs) != 1:
+    if type(inputs) is not list or len(inputs) != 1 or type(inputs[0]) is not dict or len(inputs[0]) != 4:
         return None
-    tensor = inputs[0]
-    if type(tensor) is not dict or len(tensor) != 4 or tensor.get("name") != info.input_name \
-            or tensor.get("datatype") not in INPUT_DTYPES:
+    try:
+        tensor = inputs[0]
+        name, datatype, shape, data = tensor["name"], tensor["datatype"], tensor["shape"], tensor["data"]
+    except KeyError:
         return None
-    shape, data, n_features = tensor.get("shape"), tensor.get("data"), len(info.feature_names)
-    if type(shape) is not list or len(shape) != 2 or type(shape[0]) is not int or type(shape[1]) is not int \
-            or shape[0] < 1 or shape[1] != n_features or type(data) is not list or len(data) != shape[0] * n_features:
+    n_features = len(info.feature_names)
+    if name != info.input_name or datatype not in INPUT_DTYPES or type(shape) is not list or len(shape) != 2 \
+            or type(shape[0]) is not int or type(shape[1]) is not int or shape[0] < 1 or shape[1] != n_features \
+            or type(data) is not list or len(data) != shape[0] * n_features:
         return None
     for value in data:
         if type(value) is not float and type(value) is not int:
             return None
-    return np.array(data, dtype=np.float32).reshape(shape[0], n_features)
+    return [data] if shape[0] == 1 else [data[i:i + n_features] for i in range(0, len(data), n_features)]
 
 
 def parse_infer_request(body: bytes, header_length: int | None, info: ModelInfo) -> InferRequest:
@@ -194,8 +211,7 @@ class ResponseEncoder:
             header = b"".join(parts)
             return header + raw, len(header)
         # orjson writes float32 in its shortest exact form
-        parts += [b',"data":', orjson.dumps(np.ascontiguousarray(out).ravel(), option=orjson.OPT_SERIALIZE_NUMPY),
-                  b"}]}"]
+        parts += [b',"data":', orjson.dumps(out.ravel(), option=orjson.OPT_SERIALIZE_NUMPY), b"}]}"]
         return b"".join(parts), None
 
 
