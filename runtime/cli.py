@@ -18,6 +18,8 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
               "compare throughput and latency of numpy, torch, TorchScript, ONNX Runtime and the Predictor"),
     "predict": ("torchport.runtime.cli_predict", "",
                 "score a CSV/TSV file with a bundle through ONNX Runtime (no torch needed)"),
+    "serve": ("torchport.runtime.cli_serve", "serve",
+              "serve a bundle over HTTP: Open Inference Protocol (KServe V2), dynamic batching, /metrics"),
 }
 EPILOG = "Run `torchport COMMAND --help` for a command's options. With no options, `torchport train` " \
          "reproduces the tutorial's linear regression on the bundled island data."

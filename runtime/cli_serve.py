@@ -1,0 +1,80 @@
+"""Serve a bundle over HTTP with the Open Inference Protocol (KServe V2 REST, plus Triton's binary tensor
+extension), so stock clients such as tritonclient.http work unchanged. Requests that arrive together are
+merged into one ONNX Runtime call (dynamic batching). SIGTERM or Ctrl+C stops accepting, finishes the
+requests in flight and exits 0.
+
+endpoints:
+  GET  /v2/health/live, /v2/health/ready, /v2, /v2/models/NAME, /v2/models/NAME/ready, /metrics
+  POST /v2/models/NAME/infer
+
+example:
+  torchport serve bundles/seed --port 8000
+  curl -s localhost:8000/v2/models/seed/infer -d '{"inputs":[{"name":"features","shape":[1,1],"datatype":"FP32","data":[3.0]}]}'
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+import uvicorn  # noqa: F401  (imported first so that a missing 'serve' extra is reported as such)
+
+from torchport.runtime.serve.app import CONFIG_ENV, DEFAULT_MAX_BODY_BYTES, build_app
+from torchport.runtime.serve.server import run_server
+
+
+def _int_at_least(low: int):
+    def parse(text: str) -> int:
+        if not text.isdigit() or int(text) < low:
+            raise argparse.ArgumentTypeError(f"expected a whole number >= {low}, got {text!r}")
+        return int(text)
+    return parse
+
+
+def _port(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= 65535:
+        raise argparse.ArgumentTypeError(f"expected a port number from 1 to 65535, got {text!r}")
+    return int(text)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("bundle", type=Path, help="bundle directory (or an .onnx file written by torchport)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1; 0.0.0.0 for all)")
+    p.add_argument("--port", type=_port, default=8000, help="TCP port (default: 8000)")
+    p.add_argument("--model-name", help="the model's name in the URLs (default: the bundle directory's name)")
+    p.add_argument("--max-batch-size", type=_int_at_least(1), default=64,
+                   help="most rows merged into one ONNX Runtime call; 1 turns batching off (default: 64)")
+    p.add_argument("--max-queue-delay-us", type=_int_at_least(0), default=0,
+                   help="longest a request waits for others to batch with, in microseconds (uvloop's timer "
+                        "rounds it to milliseconds); 0 batches only what arrives together (default: 0)")
+    p.add_argument("--workers", type=_int_at_least(1), default=1,
+                   help="server processes sharing the port, each with its own model and batcher (default: 1)")
+    p.add_argument("--max-body-bytes", type=_int_at_least(1), default=DEFAULT_MAX_BODY_BYTES,
+                   help=f"larger request bodies get 413 (default: {DEFAULT_MAX_BODY_BYTES})")
+    p.add_argument("--providers", default="auto",
+                   help="auto (CUDA then CPU), cpu, cuda, or ONNX Runtime provider names, comma-separated")
+
+
+def run(args: argparse.Namespace) -> int:
+    settings = {"bundle": str(args.bundle), "model_name": args.model_name, "providers": args.providers,
+                "max_batch_size": args.max_batch_size, "max_queue_delay_us": args.max_queue_delay_us,
+                "max_body_bytes": args.max_body_bytes}
+    if args.model_name is not None and (not args.model_name or "/" in args.model_name):
+        raise ValueError(f"--model-name {args.model_name!r} must be a non-empty name without '/'")
+    app = build_app(**settings)  # fails here, before listening, on a bad bundle
+    info = app.info
+    batching = "off" if args.max_batch_size == 1 else \
+        f"up to {args.max_batch_size} rows, waiting at most {args.max_queue_delay_us} us"
+    print(f"torchport serve: model {info.name!r} ({', '.join(info.feature_names)} -> "
+          f"{', '.join(info.target_names)}) on {', '.join(app.providers)}; batching {batching}; "
+          f"{args.workers} worker(s)\n  POST http://{args.host}:{args.port}/v2/models/{info.name}/infer",
+          file=sys.stderr, flush=True)
+    if args.workers > 1:
+        os.environ[CONFIG_ENV] = json.dumps(settings)
+        run_server("torchport.runtime.serve.app:app_from_env", args.host, args.port, args.workers, factory=True)
+    else:
+        run_server(app, args.host, args.port)
+    print("torchport serve: stopped after finishing the requests in flight", file=sys.stderr)
+    return 0
