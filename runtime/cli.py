@@ -25,6 +25,13 @@ EPILOG = "Run `torchport COMMAND --help` for a command's options. With no option
          "reproduces the tutorial's linear regression on the bundled island data."
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: `torchport CMD: error: ... (see torchport CMD --help)`, exit 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
 class UserError(Exception):
     """A mistake in the command line or its inputs: printed as one line, exit code 2."""
 
@@ -37,7 +44,7 @@ def _error(command: str, message: str, code: int) -> int:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `torchport` console script; returns the exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    top = argparse.ArgumentParser(prog="torchport", epilog=EPILOG,
+    top = Parser(prog="torchport", epilog=EPILOG,
                                   description="torchport: train a small PyTorch regression model, export it to "
                                               "TorchScript and ONNX, verify parity, and serve it with ONNX Runtime.")
     sub = top.add_subparsers(dest="command", metavar="COMMAND")
@@ -56,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
             raise
         return _error(command, f"needs the '{extra}' extra (module {e.name!r} is not installed): "
                                f"pip install 'torchport[{extra}]'", 2)
-    parser = argparse.ArgumentParser(prog=f"torchport {command}", description=module.__doc__,
+    parser = Parser(prog=f"torchport {command}", description=module.__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     module.add_arguments(parser)
     args = parser.parse_args(argv[1:])

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import threading
 import warnings
@@ -28,11 +29,14 @@ class Predictor:
     After construction ``providers`` lists what the session really uses. Batches up to
     ``large_batch_rows - 1`` rows run on a one-thread session; larger ones on a session using
     ``intra_op_threads`` (default: every core), made on first use. ``sess_options`` replaces both
-    with one session built from the caller's options. One Predictor may serve many threads at once."""
+    with one session built from the caller's options. One Predictor may serve many threads at once.
+    NaN and infinite inputs are refused (the error names the first bad row and column) unless
+    ``allow_nonfinite``."""
 
     def __init__(self, path: str | os.PathLike, providers: str | list[str] = "auto",
                  sess_options: ort.SessionOptions | None = None, intra_op_threads: int | None = None,
-                 large_batch_rows: int = hot_path.LARGE_ROWS):
+                 large_batch_rows: int = hot_path.LARGE_ROWS, allow_nonfinite: bool = False):
+        self.allow_nonfinite = allow_nonfinite
         path = Path(path)
         if path.is_dir():
             self.manifest = load_manifest(path)
@@ -143,11 +147,31 @@ class Predictor:
                 raise ValueError(f"cannot turn the input into a (rows, {self.n_features}) float array: "
                                  f"{e}; give a 2-D array, a DataFrame or a list of equal-length rows") from None
         if x.dtype.kind not in "fiu":
-            raise TypeError(f"expected numeric input; got dtype {x.dtype}")
+            raise TypeError(f"expected numbers (float or int); got dtype {x.dtype}: convert the input, "
+                            "e.g. x.astype('float32'), after checking it holds numbers")
         if x.ndim != 2 or x.shape[1] != self.n_features:
+            hint = "; for one row use x.reshape(1, -1)" if x.ndim == 1 and x.shape[0] == self.n_features else ""
             raise ValueError(f"expected a 2-D input of shape (rows, {self.n_features}) with columns "
-                             f"{self.feature_names}; got shape {x.shape}")
+                             f"{self.feature_names}; got shape {x.shape}{hint}")
         return x
+
+    def _refuse_nonfinite(self, a: np.ndarray) -> None:
+        """Raise naming the first NaN/inf cell of ``a`` (called only once a cheap check found one)."""
+        bad = ~np.isfinite(a)
+        if not bad.any():
+            return
+        row, col = (int(i) for i in np.argwhere(bad)[0])
+        raise ValueError(f"row {row} (0-based), column {self.feature_names[col]!r} holds {a[row, col]}: NaN and "
+                         "infinite inputs are refused; clean the data or create the Predictor with "
+                         "allow_nonfinite=True")
+
+    def _check_finite(self, a: np.ndarray) -> None:
+        """One pass: a sum is finite only if every element is (an overflowing sum is checked exactly)."""
+        if self.allow_nonfinite or a.size == 0:
+            return
+        total = a.item() if a.size == 1 else np.add.reduce(a, axis=None, dtype=np.float64)
+        if not math.isfinite(total):
+            self._refuse_nonfinite(a)
 
     def _check_out(self, out: np.ndarray, rows: int) -> None:
         if not (isinstance(out, np.ndarray) and out.dtype == np.float32 and out.shape == (rows, self.n_targets)
@@ -164,6 +188,7 @@ class Predictor:
         if 0 < rows <= hot_path.SLOT_ROWS:
             inp, result, run = self._slots.get(rows)
             inp[...] = x  # the one copy a small call makes on the way in; converts dtype and layout too
+            self._check_finite(inp)
             run()
             if out is None:
                 return result.copy()  # the slot is reused by this thread's next call: never hand it out
@@ -172,6 +197,7 @@ class Predictor:
         if rows == 0:
             return np.empty((0, self.n_targets), dtype=np.float32) if out is None else out
         matrix = np.ascontiguousarray(x, dtype=np.float32)  # no copy when already float32 C-contiguous
+        self._check_finite(matrix)
         runner = self._small if rows < self.large_batch_rows else (self._large or self._large_runner())
         return runner.run(matrix, out)
 
@@ -186,6 +212,9 @@ class Predictor:
             if slot is not None and out is None and x.dtype.kind in "fiu":
                 inp, result, run = slot  # the small-batch fast path, as in _predict_array
                 inp[...] = x
+                if not self.allow_nonfinite and not math.isfinite(inp.item() if inp.size == 1 else
+                                                                  np.add.reduce(inp, axis=None, dtype=np.float64)):
+                    self._refuse_nonfinite(inp)
                 run()
                 return result.copy()
             if x.ndim == 2 and x.shape[1] == self.n_features and x.dtype.kind in "fiu":
@@ -199,6 +228,8 @@ class Predictor:
                                  device[1])
         if out is not None and not isinstance(x, np.ndarray):
             raise ValueError("out is only accepted with numpy input")
+        if isinstance(x, (list, tuple)) and len(x) == 0:
+            return []
         result = self._predict_array(self._as_array(x), out)
         if _is_dataframe(x):
             import pandas as pd
