@@ -200,12 +200,13 @@ def run(args: argparse.Namespace) -> int:
     if state.exists() and not (args.resume or args.force):
         raise FileExistsError(f"an interrupted run left {state}; pass --resume to continue it, or --force to "
                               "start over")
-    out.parent.mkdir(parents=True, exist_ok=True)
     reg = Regressor(model=args.model, hidden=args.hidden, activation=args.activation, dropout=args.dropout,
                     scale=args.scale, optimizer=args.optimizer, lr=args.lr, momentum=args.momentum,
                     epochs=args.epochs, batch_size=args.batch_size, val_fraction=args.val_fraction,
                     patience=args.patience, lr_schedule=args.lr_schedule, seed=args.seed, device=args.device,
                     progress=not args.no_progress, checkpoint=state)
+    reg.check_params()
+    out.parent.mkdir(parents=True, exist_ok=True)
     try:
         reg.fit(data.X, data.y, resume=args.resume)
     except TrainingDiverged as e:

@@ -62,17 +62,18 @@ def write_triton_repository(bundle: str | os.PathLike, repo: str | os.PathLike, 
         raise ValueError(f"Triton model name {name!r} may only use letters, digits, '_', '.' and '-'")
     if max_batch_size < 1:
         raise ValueError(f"max_batch_size must be >= 1; got {max_batch_size}")
+    onnx_bytes = read_checked(bundle, ONNX_FILE, manifest)  # checked before anything is written
+    script_bytes = read_checked(bundle, TORCHSCRIPT_FILE, manifest) if libtorch else b""
     repo.mkdir(parents=True, exist_ok=True)
     n_in, n_out = len(manifest["features"]), len(manifest["targets"])
     inp, out = manifest["inputs"][0]["name"], manifest["outputs"][0]["name"]
     written = [_write_model(repo, name, model_config(name, "onnxruntime", [(inp, n_in)], [(out, n_out)],
                                                      max_batch_size, max_queue_delay_us),
-                            "model.onnx", read_checked(bundle, ONNX_FILE, manifest), force)]
+                            "model.onnx", onnx_bytes, force)]
     if libtorch:
         # libtorch models name their tensors by position: INPUT__0 is forward's first argument.
         ts_name = f"{name}_libtorch"
         config = model_config(ts_name, "pytorch", [("INPUT__0", n_in)], [("OUTPUT__0", n_out)],
                               max_batch_size, max_queue_delay_us)
-        written.append(_write_model(repo, ts_name, config, "model.pt",
-                                    read_checked(bundle, TORCHSCRIPT_FILE, manifest), force))
+        written.append(_write_model(repo, ts_name, config, "model.pt", script_bytes, force))
     return written

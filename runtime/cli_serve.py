@@ -22,7 +22,7 @@ from pathlib import Path
 import uvicorn  # noqa: F401  (imported first so that a missing 'serve' extra is reported as such)
 
 from torchport.runtime.serve.app import CONFIG_ENV, DEFAULT_MAX_BODY_BYTES, build_app
-from torchport.runtime.serve.server import run_server
+from torchport.runtime.serve.server import bind, run_server
 
 
 def _int_at_least(low: int):
@@ -65,6 +65,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--model-name {args.model_name!r} must be a non-empty name without '/'")
     app = build_app(**settings)  # fails here, before listening, on a bad bundle
     info = app.info
+    sock = bind(args.host, args.port)  # a port in use is a one-line error before anything is announced
     batching = "off" if args.max_batch_size == 1 else \
         f"up to {args.max_batch_size} rows, waiting at most {args.max_queue_delay_us} us"
     print(f"torchport serve: model {info.name!r} ({', '.join(info.feature_names)} -> "
@@ -73,8 +74,9 @@ def run(args: argparse.Namespace) -> int:
           file=sys.stderr, flush=True)
     if args.workers > 1:
         os.environ[CONFIG_ENV] = json.dumps(settings)
-        run_server("torchport.runtime.serve.app:app_from_env", args.host, args.port, args.workers, factory=True)
+        run_server("torchport.runtime.serve.app:app_from_env", args.host, args.port, args.workers, factory=True,
+                   sock=sock)
     else:
-        run_server(app, args.host, args.port)
+        run_server(app, args.host, args.port, sock=sock)
     print("torchport serve: stopped after finishing the requests in flight", file=sys.stderr)
     return 0

@@ -90,7 +90,8 @@ class Predictor:
         if custom_options:
             raise TypeError("a Predictor made with sess_options cannot be pickled (SessionOptions do not "
                             "pickle); use intra_op_threads instead")
-        names = (self.manifest, self.feature_names, self.target_names, self.input_name, self.output_name)
+        names = (self.manifest, self.feature_names, self.target_names, self.input_name, self.output_name,
+                 self.allow_nonfinite)
         return _unpickle, (self._model_bytes, str(self._source), names, providers, threads, large_rows)
 
     def _new_session(self, options: ort.SessionOptions) -> ort.InferenceSession:
@@ -246,6 +247,6 @@ class Predictor:
 def _unpickle(model_bytes: bytes, source: str, names: tuple, providers, threads, large_rows) -> Predictor:
     predictor = Predictor.__new__(Predictor)
     (predictor.manifest, predictor.feature_names, predictor.target_names, predictor.input_name,
-     predictor.output_name) = names
+     predictor.output_name, predictor.allow_nonfinite) = names
     predictor._open(model_bytes, Path(source), providers, None, threads, large_rows)
     return predictor

@@ -11,9 +11,11 @@ import pytest
 from conftest import run_cli
 from torchport.runtime import Predictor
 
-PEAK_RSS = ("import resource, sys; from torchport.runtime.cli import main; rc = main(sys.argv[1:]); "
-            "print('peak_rss_kb', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr); "
-            "sys.exit(rc)")
+# VmHWM is this process's own peak RSS. (ru_maxrss is not: Linux carries the parent's RSS across fork+exec,
+# so a child of a large pytest process would report the parent's size.)
+PEAK_RSS = ("import re, sys; from torchport.runtime.cli import main; rc = main(sys.argv[1:]); "
+            "hwm = re.search(r'VmHWM:\\s+(\\d+) kB', open('/proc/self/status').read()).group(1); "
+            "print('peak_rss_kb', hwm, file=sys.stderr); sys.exit(rc)")
 
 
 def test_ten_million_rows_in_bounded_memory(seed_bundle, tmp_path):

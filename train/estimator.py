@@ -102,6 +102,10 @@ class Regressor:
             raise ValueError(f"activation must be one of {', '.join(ACTIVATIONS)}; got {self.activation!r}")
         return opt, float(lr)
 
+    def check_params(self) -> None:
+        """Raise ValueError naming the first bad setting, before any work is done."""
+        self._resolved()
+
     def get_params(self) -> dict:
         """The constructor settings, as recorded in a bundle's manifest."""
         return {"model": self.model, "hidden": list(self.hidden) if self.model == "mlp" else None,

@@ -95,7 +95,7 @@ def _input_rows(tensor: object, info: ModelInfo, binary: memoryview) -> tuple[np
         raise _bad(f"{where}: shape {shape!r} does not fit the model; expected [rows, {n_features}] with rows >= 1 "
                    f"(features {list(info.feature_names)})")
     datatype = tensor.get("datatype")
-    dtype = INPUT_DTYPES.get(datatype)  # type: ignore[arg-type]
+    dtype = INPUT_DTYPES.get(datatype) if isinstance(datatype, str) else None
     if dtype is None:
         raise _bad(f"{where}: datatype {datatype!r} is not supported; send FP32 or FP64")
     count = shape[0] * n_features
@@ -139,7 +139,8 @@ def _plain_rows(request: object, info: ModelInfo) -> list | None:
     except KeyError:
         return None
     n_features = len(info.feature_names)
-    if name != info.input_name or datatype not in INPUT_DTYPES or type(shape) is not list or len(shape) != 2 \
+    if name != info.input_name or type(datatype) is not str or datatype not in INPUT_DTYPES \
+            or type(shape) is not list or len(shape) != 2 \
             or type(shape[0]) is not int or type(shape[1]) is not int or shape[0] < 1 or shape[1] != n_features \
             or type(data) is not list or len(data) != shape[0] * n_features:
         return None

@@ -35,13 +35,13 @@ def bind(host: str, port: int) -> socket.socket:
 
 
 def run_server(app: Any, host: str, port: int, workers: int = 1, factory: bool = False,
-               log_level: str = "warning") -> None:
+               log_level: str = "warning", sock: Any = None) -> None:
     """Serve ``app`` (an ASGI app, or with ``workers`` > 1 an import string of an app factory) until a signal."""
     config = uvicorn.Config(app, host=host, port=port, workers=workers, factory=factory, loop=_loop(),
                             http="httptools", lifespan="on", access_log=False, log_level=log_level,
                             backlog=4096, timeout_graceful_shutdown=GRACEFUL_TIMEOUT_S, server_header=False,
                             proxy_headers=False)
-    sock = bind(host, port)
+    sock = sock or bind(host, port)  # a caller may bind first, to fail before announcing anything
     if workers > 1:
         from uvicorn.supervisors import Multiprocess
         Multiprocess(config, sockets=[sock]).run()
