@@ -36,6 +36,7 @@ sys.path.insert(0, str(HERE))
 from loadgen import http_post, run_load  # noqa: E402
 
 from torchport.runtime import Predictor  # noqa: E402
+from torchport.runtime.machine import cpu_description  # noqa: E402
 
 try:
     import uvloop
@@ -252,7 +253,7 @@ def main() -> int:
         checks["c32_batching_on_beats_off"] = med["torchport/torchport-nobatch"] > 1 \
             if "torchport-nobatch" in runs else None
     report = {"benchmark": "serve_load", "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-              "machine": {"cpu": _cpu_model(), "cores": os.cpu_count(), "loadavg_after": os.getloadavg()},
+              "machine": {"cpu": cpu_description()["model"], "cores": os.cpu_count(), "loadavg_after": os.getloadavg()},
               "versions": versions, "rounds": args.rounds, "counts": {c: max(100, int(COUNTS.get(c, 10000) * args.scale))
                                                                       for c in levels},
               "time_limit_s": args.time_limit, "table": table,
@@ -286,14 +287,6 @@ def _markdown(report: dict, levels: list[int]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 if __name__ == "__main__":

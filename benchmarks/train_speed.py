@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from torchport.runtime.machine import cpu_description
 from torchport.train import load_dataset
 from torchport.train.fast import fit_full_batch_sgd
 
@@ -67,14 +68,6 @@ def max_param_diff(a: nn.Module, b: nn.Module) -> float:
         return max(float((p - q).abs().max()) for p, q in zip(a.parameters(), b.parameters()))
 
 
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def main() -> None:
@@ -135,7 +128,8 @@ def main() -> None:
         "benchmark": "train_speed", "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "problem": {"dataset": "plant_richness_lr", "rows": int(len(X)), "features": 1, "lr": args.lr,
                     "epochs": args.epochs, "init_seed": 0},
-        "device": str(dev), "cpu": cpu_name(), "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+        "device": str(dev), "cpu": cpu_description()["model"], "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
         "gpu": torch.cuda.get_device_name(dev) if dev.type == "cuda" else None,
         "versions": {"torch": torch.__version__, "numpy": np.__version__, "python": platform.python_version()},
         "rounds": args.rounds, "seconds": times, "median_seconds": med,

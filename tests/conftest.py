@@ -49,8 +49,8 @@ PARITY_STATS = {"cases": 0, "worst": 0.0, "worst_case": None}
 def pytest_terminal_summary(terminalreporter):
     if PARITY_STATS["cases"]:
         terminalreporter.write_line(
-            f"property parity: {PARITY_STATS['cases']} cases, worst max|a - b| / max(1, |ref|) over the three "
-            f"pairs = {PARITY_STATS['worst']:.3g} ({PARITY_STATS['worst_case']})")
+            f"property parity: {PARITY_STATS['cases']} cases, worst max|a - b| / max(1, target scale) over the "
+            f"three pairs = {PARITY_STATS['worst']:.3g} ({PARITY_STATS['worst_case']})")
 
 
 # Property tests draw the same examples on every run (CI must not flake on a new random draw); explore new

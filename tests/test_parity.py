@@ -101,12 +101,16 @@ def _run_case(case):
         module.scale_in.std.copy_(torch.tensor(np.maximum(x.std(axis=0), 1e-12)))
         module.scale_out.mean.copy_(torch.tensor(rng.normal(0, y_scale, spec["n_targets"])))
         module.scale_out.std.copy_(torch.tensor(np.full(spec["n_targets"], y_scale)))
-    report = assert_parity(module, x, atol=1e-5, rtol=1e-5, opset=opset)
-    worst = max(p["max_scaled"] for p in report["pairs"].values())
+    # Tolerance: 1e-5 x max(1, |y|), where the absolute part is in the target's own scale. A float32 core
+    # rounds at ~1e-7 of its output, and unstandardising multiplies that by the target scale, so near y = 0
+    # a plain 1e-5 x max(1, |y|) is below float32 resolution when the target scale is in the hundreds
+    # (found by the --slow run: 2.7e-5 at |y| = 0.45 with target scale 396).
+    report = assert_parity(module, x, atol=1e-5 * max(1.0, y_scale), rtol=1e-5, opset=opset)
+    worst = max(p["max_abs"] / max(1.0, y_scale) for p in report["pairs"].values())
     SEEN["cases"] += 1
     if worst >= SEEN["worst"]:
-        SEEN["worst"], SEEN["worst_case"] = worst, f"{spec}, batch {batch}, x scale {x_scale:.3g}, opset {opset}"
-    assert worst <= 1e-5, (worst, case)
+        SEEN["worst"], SEEN["worst_case"] = worst, f"{spec}, batch {batch}, x scale {x_scale:.3g}, " \
+            f"y scale {y_scale:.3g}, opset {opset}"
 
 
 @settings(max_examples=12, deadline=None, derandomize=True,

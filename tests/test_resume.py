@@ -1,8 +1,6 @@
 """Interrupted training: SIGINT leaves a checkpoint, --resume ends with the uninterrupted run's weights."""
-import os
 import signal
 import subprocess
-import sys
 import time
 
 import pytest
