@@ -54,7 +54,7 @@ def test_wrong_shapes_are_explained(seed_bundle):
         p.predict(np.zeros(3))
     with pytest.raises(ValueError, match=r"got shape \(2, 2\)"):
         p.predict(np.zeros((2, 2)))
-    with pytest.raises(TypeError, match="numeric"):
+    with pytest.raises(TypeError, match="expected numbers"):
         p.predict(np.array([["a"]]))
 
 
