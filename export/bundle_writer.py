@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import io
+import pickle
 import os
 import platform
 import shutil
@@ -18,7 +19,7 @@ from torch import nn
 from torchport.export.report import report_writer
 from torchport.export.formats import INPUT_NAME, OUTPUT_NAME, export_onnx, export_torchscript
 from torchport.runtime.bundle import (
-    CHECKPOINT_FILE, FORMAT, FORMAT_VERSION, MANIFEST, ONNX_FILE, TORCHSCRIPT_FILE, load_manifest,
+    CHECKPOINT_FILE, FORMAT, FORMAT_VERSION, BundleError, MANIFEST, ONNX_FILE, TORCHSCRIPT_FILE, load_manifest,
     read_checked, sha256_file, umask_mode, write_json_atomic,
 )
 from torchport.train.datasets import Dataset
@@ -137,7 +138,11 @@ def load_module(bundle: str | os.PathLike) -> nn.Module:
     The checkpoint's sha256 is checked and it is loaded with ``weights_only=True``: no pickled code runs."""
     manifest = load_manifest(bundle)
     data = read_checked(bundle, CHECKPOINT_FILE, manifest)
-    state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    try:
+        state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise BundleError(f"{Path(bundle) / CHECKPOINT_FILE} holds more than weights and was refused without "
+                          f"running it ({str(e).splitlines()[0]})") from None
     module = build_model(state["spec"])
     module.load_state_dict(state["state_dict"])
     return module.eval()

@@ -226,3 +226,55 @@ def test_kserve_manifest_has_what_kserve_requires_and_runs_a_real_command():
     cli_serve.add_arguments(parser)
     args = parser.parse_args(container["args"][1:])
     assert str(args.bundle) == "/mnt/models" and args.port == 8080 and args.host == "0.0.0.0"
+
+
+# ---- tampered bundles ----------------------------------------------------------------------------------
+
+class Evil:
+    """Pickles into a call of os.system: what a hostile checkpoint would hold."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+        return os.system, (f"touch {self.marker}",)
+
+
+def _rehash(bundle, name):
+    from torchport.runtime.bundle import sha256_file
+    m = json.loads((bundle / "manifest.json").read_text())
+    m["files"][name]["sha256"] = sha256_file(bundle / name)
+    (bundle / "manifest.json").write_text(json.dumps(m))
+
+
+def test_a_pickle_in_the_checkpoint_is_never_run(seed_bundle, tmp_path):
+    import torch
+
+    from torchport.export import load_module
+    from torchport.runtime import BundleError
+    evil = tmp_path / "evil"
+    shutil.copytree(seed_bundle, evil)
+    marker = tmp_path / "pwned"
+    torch.save({"spec": {"kind": "linear", "n_features": 1, "n_targets": 1}, "state_dict": Evil(marker)},
+               evil / "checkpoint.pt")
+    _rehash(evil, "checkpoint.pt")  # even with a matching hash (a tampered manifest), nothing runs
+    with pytest.raises(BundleError, match="holds more than weights and was refused without running it"):
+        load_module(evil)
+    proc = run_cli("verify", str(evil))
+    assert proc.returncode == 2 and "refused without running it" in proc.stderr and "Traceback" not in proc.stderr
+    assert not marker.exists()
+
+
+def test_onnx_inputs_that_disagree_with_the_manifest_are_refused(seed_bundle, tmp_path):
+    from torchport.export import write_bundle
+    from torchport.runtime import BundleError
+    from torchport.train.models import build_model
+    spec = {"kind": "linear", "n_features": 3, "n_targets": 1}
+    write_bundle(build_model(spec), spec, ["a", "b", "c"], ["y"], tmp_path / "three")
+    swapped = tmp_path / "swapped"
+    shutil.copytree(seed_bundle, swapped)
+    shutil.copy(tmp_path / "three" / "model.onnx", swapped / "model.onnx")
+    _rehash(swapped, "model.onnx")
+    with pytest.raises(BundleError, match=r"model\.onnx: the graph's inputs .* disagree with the manifest"):
+        Predictor(swapped)
