@@ -25,7 +25,7 @@ import numpy as np
 import onnxruntime as ort
 
 from torchport.runtime import Predictor
-from torchport.runtime.hot_path import Runner, usable_cpus
+from torchport.runtime.hot_path import bound_run, usable_cpus
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -80,8 +80,8 @@ def single_row(predictor: Predictor, plain: ort.InferenceSession, quick: bool) -
     x = np.array([[3.0]], dtype=np.float32)
     assert np.array_equal(predictor.predict(x), plain.run(["targets"], {"features": x})[0])
     # ONNX Runtime's own floor: the one-thread session with input and output bound once, nothing copied
-    bound = Runner(predictor._small.session, predictor.input_name, predictor.output_name).bound(
-        x.copy(), np.empty((1, predictor.n_targets), dtype=np.float32))
+    bound = bound_run(predictor._session, predictor.input_name, predictor.output_name, x.copy(),
+                      np.empty((1, predictor.n_targets), dtype=np.float32))
     candidates = {"predictor": lambda: predictor.predict(x), "plain": lambda: plain.run(["targets"], {"features": x}),
                   "bound": bound}
     interleaved(candidates, 2, 2000)  # warm-up

@@ -1,21 +1,20 @@
-"""The numpy hot path of Predictor.predict: session options per batch size and per-thread reused buffers.
+"""The numpy hot path of Predictor.predict: session options per batch size, pooled bound buffers for small
+batches and zero-copy runs for large ones.
 
-ONNX Runtime sessions may be run from many threads at once, but buffers bound to a run may not be shared,
-so each thread keeps its own small-batch buffers (``threading.local``). Runs go through
-``run_with_ortvaluevector`` with pre-built OrtValues that wrap numpy memory: no per-call binding, no
-output allocation inside ONNX Runtime, no copy of a float32 C-contiguous input."""
+ONNX Runtime sessions may be run from many threads at once, but an IOBinding and the buffers bound to it
+may not be shared by two runs at once, so small batches take a slot (buffers plus their binding) from a
+pool, run, and put it back: a pool holds as many slots as calls ever ran at once, whatever the threads."""
 from __future__ import annotations
 
 import functools
 import os
-import threading
 
 import numpy as np
 import onnxruntime as ort
 from onnxruntime.capi import _pybind_state as _C
 
 CPU_DEVICE = _C.OrtDevice(_C.OrtDevice.cpu(), _C.OrtDevice.default_memory(), 0)
-# Row counts up to this get per-thread buffers bound once (one slot per distinct row count).
+# Row counts up to this get pooled slots bound once (one pool per distinct row count).
 SLOT_ROWS = 64
 # From this many rows on, the multi-threaded session runs the batch.
 LARGE_ROWS = 32768
@@ -50,9 +49,24 @@ def ortvalue_vector(*arrays: np.ndarray) -> _C.OrtValueVector:
     return vector
 
 
+def bound_run(session: ort.InferenceSession, input_name: str, output_name: str, inp: np.ndarray,
+              out: np.ndarray):
+    """A no-argument callable that runs ``session`` on ``inp`` into ``out`` (float32, C-contiguous, both
+    bound once through an IOBinding; not for two runs at once). It calls the C session directly, which
+    skips the Python wrapper's per-call checks (WebGPU graph capture only); public API where that is absent."""
+    binding = session.io_binding()
+    binding.bind_ortvalue_input(input_name, ort.OrtValue.ortvalue_from_numpy(inp))
+    binding.bind_ortvalue_output(output_name, ort.OrtValue.ortvalue_from_numpy(out))
+    options = ort.RunOptions()
+    c_session, c_binding = getattr(session, "_sess", None), getattr(binding, "_iobinding", None)
+    if c_session is not None and c_binding is not None and hasattr(c_session, "run_with_iobinding"):
+        return functools.partial(c_session.run_with_iobinding, c_binding, options)
+    return functools.partial(session.run_with_iobinding, binding, options)
+
+
 class Runner:
-    """Runs one session on numpy arrays: rows in (float32, C-contiguous), answers into a given array or
-    into memory from ONNX Runtime's arena. Safe to share between threads: each run builds its own vectors."""
+    """Runs one session on numpy arrays of any row count: rows in (float32, C-contiguous), answers into a
+    given array or into memory from ONNX Runtime's arena. Safe to share between threads."""
 
     def __init__(self, session: ort.InferenceSession, input_name: str, output_name: str):
         self.session = session
@@ -70,25 +84,27 @@ class Runner:
                   self._devices)
         return fetches[0].numpy() if out is None else out
 
-    def bound(self, inp: np.ndarray, out: np.ndarray):
-        """A no-argument callable that runs on ``inp`` into ``out``, with both bound once."""
-        return functools.partial(self._run, self._options, self._feed_names, ortvalue_vector(inp),
-                                 self._fetch_names, ortvalue_vector(out), self._devices)
 
+class Slots:
+    """Pools of slots for batches of up to SLOT_ROWS rows, keyed by input shape (rows, n_features), so
+    that finding a pool stands for the shape check. A slot is ``(inp, cell, run, result, copy_out)``: the
+    input buffer, a float memoryview of it when it holds one value (else None), its bound run, the output
+    buffer and its ``copy`` method. Take one with ``pool.pop()`` and give it back with ``pool.append(slot)``: both are
+    atomic, so no two runs ever share a slot, and no lock or thread-local lookup is paid per call."""
 
-class Slots(threading.local):
-    """Per-thread buffers for small batches, keyed by input shape (rows, n_features):
-    (input buffer, output buffer, bound run). Keying by shape lets a hit stand for the shape check."""
+    def __init__(self, session: ort.InferenceSession, input_name: str, output_name: str, n_features: int,
+                 n_targets: int):
+        self.session, self.input_name, self.output_name = session, input_name, output_name
+        self.n_features, self.n_targets = n_features, n_targets
+        self.pools: dict[tuple[int, int], list[tuple]] = {}
 
-    def __init__(self, runner: Runner, n_features: int, n_targets: int):
-        self.runner, self.n_features, self.n_targets = runner, n_features, n_targets
-        self.by_shape: dict[tuple[int, int], tuple[np.ndarray, np.ndarray, functools.partial]] = {}
+    def pool(self, rows: int) -> list[tuple]:
+        """The pool for ``rows`` rows, made (empty) on first use."""
+        return self.pools.setdefault((rows, self.n_features), [])
 
-    def get(self, rows: int) -> tuple[np.ndarray, np.ndarray, functools.partial]:
-        """The slot for ``rows`` rows, made on first use in this thread."""
-        slot = self.by_shape.get((rows, self.n_features))
-        if slot is None:
-            inp = np.zeros((rows, self.n_features), dtype=np.float32)
-            out = np.zeros((rows, self.n_targets), dtype=np.float32)
-            slot = self.by_shape[(rows, self.n_features)] = (inp, out, self.runner.bound(inp, out))
-        return slot
+    def new(self, rows: int) -> tuple:
+        """A fresh slot for ``rows`` rows, for a caller that found its pool empty."""
+        inp = np.zeros((rows, self.n_features), dtype=np.float32)
+        out = np.zeros((rows, self.n_targets), dtype=np.float32)
+        cell = memoryview(inp).cast("B").cast("f") if inp.size == 1 else None
+        return inp, cell, bound_run(self.session, self.input_name, self.output_name, inp, out), out, out.copy

@@ -18,6 +18,15 @@ from torchport.runtime.device import DLPACK_CUDA, dlpack_device, run_on_device
 from torchport.runtime.providers import CUDA, ProviderFallbackWarning, resolve_providers
 
 
+_ndarray, _isfinite = np.ndarray, math.isfinite
+_FLOAT32, _FLOAT64 = np.dtype(np.float32), np.dtype(np.float64)
+
+
+def _total(a: np.ndarray) -> float:
+    """The sum of ``a`` in float64: finite only if every element is (an overflowing sum is checked exactly)."""
+    return a.item() if a.size == 1 else np.add.reduce(a, axis=None, dtype=np.float64)
+
+
 def _is_dataframe(x: Any) -> bool:
     return type(x).__module__.split(".")[0] == "pandas" and hasattr(x, "columns")
 
@@ -81,7 +90,9 @@ class Predictor:
         if sess_options is not None or self.intra_op_threads == 1:
             self._large = self._small
         self._large_lock = threading.Lock()
-        self._slots = hot_path.Slots(self._small, self.n_features, self.n_targets)
+        self._slots = hot_path.Slots(self._session, self.input_name, self.output_name, self.n_features,
+                                     self.n_targets)
+        self._pools = self._slots.pools
 
     def __reduce__(self):
         """Pickle as the model's bytes and names; the receiving process (a Dask worker, say) builds its own
@@ -168,10 +179,7 @@ class Predictor:
 
     def _check_finite(self, a: np.ndarray) -> None:
         """One pass: a sum is finite only if every element is (an overflowing sum is checked exactly)."""
-        if self.allow_nonfinite or a.size == 0:
-            return
-        total = a.item() if a.size == 1 else np.add.reduce(a, axis=None, dtype=np.float64)
-        if not math.isfinite(total):
+        if not self.allow_nonfinite and a.size and not _isfinite(_total(a)):
             self._refuse_nonfinite(a)
 
     def _check_out(self, out: np.ndarray, rows: int) -> None:
@@ -187,14 +195,22 @@ class Predictor:
         if out is not None:
             self._check_out(out, rows)
         if 0 < rows <= hot_path.SLOT_ROWS:
-            inp, result, run = self._slots.get(rows)
-            inp[...] = x  # the one copy a small call makes on the way in; converts dtype and layout too
-            self._check_finite(inp)
-            run()
-            if out is None:
-                return result.copy()  # the slot is reused by this thread's next call: never hand it out
-            out[...] = result
-            return out
+            pool = self._slots.pool(rows)
+            try:
+                slot = pool.pop()
+            except IndexError:
+                slot = self._slots.new(rows)
+            inp, _, run, result, copy_out = slot
+            try:
+                inp[...] = x  # the one copy a small call makes on the way in; converts dtype and layout too
+                self._check_finite(inp)
+                run()
+                if out is None:
+                    return copy_out()  # the slot serves later calls: never hand it out
+                out[...] = result
+                return out
+            finally:
+                pool.append(slot)
         if rows == 0:
             return np.empty((0, self.n_targets), dtype=np.float32) if out is None else out
         matrix = np.ascontiguousarray(x, dtype=np.float32)  # no copy when already float32 C-contiguous
@@ -208,18 +224,31 @@ class Predictor:
         Every call returns a new array unless ``out`` (float32, shape (rows, n_targets)) is given for numpy
         input, which is then filled and returned. A CUDA array (DLPack) on a CUDA session is run where it
         lies and answered with an OrtValue on the GPU."""
-        if type(x) is np.ndarray:
-            slot = self._slots.by_shape.get(x.shape)  # a hit means 2-D, right width, few rows
-            if slot is not None and out is None and x.dtype.kind in "fiu":
-                inp, result, run = slot  # the small-batch fast path, as in _predict_array
-                inp[...] = x
-                if not self.allow_nonfinite and not math.isfinite(inp.item() if inp.size == 1 else
-                                                                  np.add.reduce(inp, axis=None, dtype=np.float64)):
-                    self._refuse_nonfinite(inp)
-                run()
-                return result.copy()
-            if x.ndim == 2 and x.shape[1] == self.n_features and x.dtype.kind in "fiu":
-                return self._predict_array(x, out)
+        if type(x) is _ndarray and out is None:
+            pool = self._pools.get(x.shape)  # found only for 2-D shapes of the model's width, <= SLOT_ROWS rows
+            if pool is not None:
+                dtype = x.dtype
+                if dtype is _FLOAT32 or dtype is _FLOAT64:  # the small-batch fast path, as in _predict_array
+                    try:
+                        slot = pool.pop()
+                    except IndexError:
+                        slot = self._slots.new(x.shape[0])
+                    inp, cell, run, _, copy_out = slot
+                    try:
+                        if cell is None:
+                            inp[...] = x
+                            finite = _isfinite(_total(inp))
+                        else:  # one value, through a C double: rounded once, as numpy's cast rounds it
+                            cell[0] = x.item()
+                            finite = _isfinite(cell[0])
+                        if not finite and not self.allow_nonfinite:
+                            self._refuse_nonfinite(inp)
+                        run()
+                        return copy_out()
+                    finally:
+                        pool.append(slot)
+        if type(x) is np.ndarray and x.ndim == 2 and x.shape[1] == self.n_features and x.dtype.kind in "fiu":
+            return self._predict_array(x, out)
         device = dlpack_device(x)
         if device is not None and device[0] == DLPACK_CUDA:
             if CUDA not in self.providers:
