@@ -62,12 +62,29 @@ def test_out_is_filled_and_returned(seed_bundle, reference):
 def test_bad_input_still_explained_on_the_fast_path(seed_bundle):
     p = Predictor(seed_bundle, providers="cpu")
     p.predict(np.zeros((1, 1)))  # makes the one-row slot
-    with pytest.raises(TypeError, match=r"expected numbers \(float or int\); got dtype <U3"):
+    with pytest.raises(TypeError, match=r"expected numeric input \(float or int\); got dtype <U3"):
         p.predict(np.array([["1.5"]]))
     with pytest.raises(ValueError, match=r"got shape \(1, 2\)"):
         p.predict(np.zeros((1, 2)))
     with pytest.raises(ValueError, match="intra_op_threads must be a whole number"):
         Predictor(seed_bundle, intra_op_threads=0)
+
+
+def test_nonfinite_refused_on_every_path_and_overflowing_sums_are_not(seed_bundle, reference):
+    """NaN/inf (also float64 values that overflow float32) are refused on first and pooled calls, small and
+    large; finite values whose float32 sum overflows are answered; refusals leave the pools usable."""
+    p = Predictor(seed_bundle, providers="cpu", large_batch_rows=32768)
+    large = np.ones((40000, 1), dtype=np.float32)
+    large[12345, 0] = np.inf
+    for bad in (np.array([[np.nan]], dtype=np.float32), np.array([[1e300]]), np.array([[1.0], [-np.inf]]), large):
+        for _ in range(2):  # the first call makes the slot, the second takes the fast path
+            with pytest.raises(ValueError, match=r"row \d+ \(0-based\), column 'area' .*NaN and infinite inputs"):
+                p.predict(bad)
+    for big in (np.full((3, 1), 3e38, dtype=np.float32), np.full((40000, 1), 3e38, dtype=np.float32)):
+        np.testing.assert_array_equal(p.predict(big), reference(big))
+    np.testing.assert_array_equal(p.predict(np.array([[3.0]])), reference([[3.0]]))
+    assert np.isnan(Predictor(seed_bundle, providers="cpu", allow_nonfinite=True).predict(
+        np.array([[np.nan]], dtype=np.float32))[0, 0])
 
 
 def test_eight_threads_share_one_predictor(seed_bundle, reference):
