@@ -191,7 +191,7 @@ class Predictor:
                              f"{self.n_targets}); got {got.strip()}")
 
     def _predict_array(self, x: np.ndarray, out: np.ndarray | None) -> np.ndarray:
-        """The numpy hot path: small batches through this thread's bound buffers, others zero-copy."""
+        """The numpy hot path: small batches through a pooled slot's bound buffers, others zero-copy."""
         rows = x.shape[0]
         if out is not None:
             self._check_out(out, rows)
