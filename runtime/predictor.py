@@ -160,7 +160,7 @@ class Predictor:
                 raise ValueError(f"cannot turn the input into a (rows, {self.n_features}) float array: "
                                  f"{e}; give a 2-D array, a DataFrame or a list of equal-length rows") from None
         if x.dtype.kind not in "fiu":
-            raise TypeError(f"expected numeric input (float or int); got dtype {x.dtype}: convert the input, "
+            raise TypeError(f"expected numbers (float or int); got dtype {x.dtype}: convert the input, "
                             "e.g. x.astype('float32'), after checking it holds numbers")
         if x.ndim != 2 or x.shape[1] != self.n_features:
             hint = "; for one row use x.reshape(1, -1)" if x.ndim == 1 and x.shape[0] == self.n_features else ""

@@ -62,7 +62,7 @@ def test_out_is_filled_and_returned(seed_bundle, reference):
 def test_bad_input_still_explained_on_the_fast_path(seed_bundle):
     p = Predictor(seed_bundle, providers="cpu")
     p.predict(np.zeros((1, 1)))  # makes the one-row slot
-    with pytest.raises(TypeError, match=r"expected numeric input \(float or int\); got dtype <U3"):
+    with pytest.raises(TypeError, match="expected numbers"):
         p.predict(np.array([["1.5"]]))
     with pytest.raises(ValueError, match=r"got shape \(1, 2\)"):
         p.predict(np.zeros((1, 2)))
