@@ -26,6 +26,7 @@ import onnxruntime as ort
 
 from torchport.runtime import Predictor
 from torchport.runtime.hot_path import bound_run, usable_cpus
+from torchport.runtime.machine import cpu_description
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -39,16 +40,6 @@ COLD = {
 }
 # Each child times its own work (imports included) from its first line; interpreter start-up is excluded.
 CHILD = "import time\nt0 = time.perf_counter()\nB = {bundle!r}\n{body}\nprint(time.perf_counter() - t0)\n"
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def interleaved(candidates: dict, rounds: int, calls: int) -> dict[str, list[float]]:
@@ -181,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     report = {
         "benchmark": "hot_path", "quick": args.quick, "when": dt.datetime.now(dt.timezone.utc).isoformat(),
         "bundle": str(args.bundle), "versions": versions(),
-        "machine": {"cpu_model": cpu_model(), "logical_cpus": os.cpu_count(), "usable_cpus": usable_cpus(),
+        "machine": {"cpu_model": cpu_description()["model"], "logical_cpus": os.cpu_count(), "usable_cpus": usable_cpus(),
                     "platform": platform.platform()},
         "threads": {"predictor_small": 1, "predictor_large": predictor.intra_op_threads,
                     "predictor_large_from_rows": predictor.large_batch_rows,
