@@ -23,9 +23,15 @@ _FLOAT32, _FLOAT64 = np.dtype(np.float32), np.dtype(np.float64)
 
 
 def _total(a: np.ndarray) -> float:
-    """The sum of ``a`` (float32, one SIMD pass): finite only if every element is; a sum that overflows
-    is a false alarm that ``_refuse_nonfinite`` clears by checking each element."""
-    return a.item() if a.size == 1 else np.add.reduce(a, axis=None)
+    """The sum of ``a``: finite only if every element is. Small inputs sum in float64 (cannot overflow);
+    large ones in float32 (one SIMD pass), where an overflowing sum of finite values is a false alarm that
+    ``_refuse_nonfinite`` clears by checking each element (so numpy's overflow warning is silenced)."""
+    if a.size == 1:
+        return a.item()
+    if a.size <= 65536:
+        return np.add.reduce(a, axis=None, dtype=_FLOAT64)
+    with np.errstate(over="ignore", invalid="ignore"):
+        return np.add.reduce(a, axis=None)
 
 
 def _is_dataframe(x: Any) -> bool:
