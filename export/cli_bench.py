@@ -20,8 +20,8 @@ from pathlib import Path
 from torchport.export.bench import DEFAULT_BATCH_SIZES, QUICK, Plan, physical_cores, run_benchmark
 from torchport.export.bench_backends import cuda_status
 from torchport.export.bench_report import disagreements, fmt_rate, fmt_seconds, format_table, write_outputs
-from torchport.export.cli_train import positive_float, positive_int
 from torchport.runtime.bundle import load_manifest
+from torchport.runtime.cli import positive_float, positive_int
 
 SUFFIXES = {"k": 1 << 10, "m": 1 << 20}
 

@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 from torchport.export.bundle_writer import DEFAULT_OPSET, load_module, write_bundle
-from torchport.export.cli_train import positive_float, positive_int
+from torchport.runtime.cli import positive_float, positive_int
 from torchport.export.report import report_copier
 from torchport.export.triton import write_triton_repository
 from torchport.export.verify import format_report, training_rows

@@ -26,7 +26,7 @@ import numpy as np
 from torchport.export.bundle_writer import DEFAULT_OPSET, BundleExistsError, write_from_regressor
 from torchport.export.formats import check_opset
 from torchport.export.verify import format_report
-from torchport.runtime.cli import UserError
+from torchport.runtime.cli import UserError, fraction, positive_float, positive_int
 from torchport.runtime.predictor import Predictor
 from torchport.train.inference import format_inference
 from torchport.train.datasets import DATASETS, load_dataset
@@ -45,26 +45,6 @@ def names(text: str) -> list[str]:
     return out
 
 
-def positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
-    return value
-
-
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
-    return value
-
-
 def widths(text: str) -> tuple[int, ...]:
     """Comma-separated layer widths, each >= 1."""
     try:
@@ -74,16 +54,6 @@ def widths(text: str) -> tuple[int, ...]:
     if not out or min(out) < 1:
         raise argparse.ArgumentTypeError(f"expected widths >= 1 separated by commas (e.g. 32,32), got {text!r}")
     return out
-
-
-def fraction(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not 0.0 <= value < 1.0:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text!r}")
-    return value
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

@@ -12,7 +12,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from torchport.export.cli_train import positive_float
+from torchport.runtime.cli import positive_float
 from torchport.export.verify import format_report, verify_bundle
 from torchport.runtime.bundle import MANIFEST, load_manifest, write_json_atomic
 

@@ -1,6 +1,7 @@
 """Parity: the torch module, the TorchScript file and ONNX Runtime must answer alike on the same rows."""
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -59,12 +60,24 @@ def _compare(a: np.ndarray, ref: np.ndarray, atol: float, rtol: float) -> dict:
                       "reference": float(ref[worst]), "abs": float(diff[worst]), "rel": float(rel[worst])}}
 
 
+def check_names(predictor: Predictor, features: list[str], targets: list[str]) -> list[str]:
+    """Problems with the feature/target names the ONNX graph carries in its metadata (none: an empty list)."""
+    meta = predictor._session.get_modelmeta().custom_metadata_map
+    problems = []
+    for key, expected in (("torchport.features", list(features)), ("torchport.targets", list(targets))):
+        found = json.loads(meta[key]) if key in meta else None
+        if found != expected:
+            problems.append(f"ONNX metadata {key} is {found}, expected {expected}")
+    return problems
+
+
 def compare_backends(module: nn.Module, scripted: torch.jit.ScriptModule, predictor: Predictor,
-                     cases: list[tuple[str, np.ndarray]], n_targets: int, *, atol: float = 1e-5,
-                     rtol: float = 1e-4) -> dict:
-    """Run every case through the three backends; check shapes and dtypes, compare values per pair."""
+                     cases: list[tuple[str, np.ndarray]], features: list[str], targets: list[str], *,
+                     atol: float = 1e-5, rtol: float = 1e-4) -> dict:
+    """Run every case through the three backends; check names, shapes and dtypes, compare values per pair."""
+    n_targets = len(targets)
     outputs: dict[str, list[np.ndarray]] = {b: [] for b in BACKENDS}
-    problems, labels = [], []
+    problems, labels = check_names(predictor, features, targets), []
     for label, rows in cases:
         x32 = np.ascontiguousarray(rows, dtype=np.float32)
         with torch.no_grad():
@@ -111,7 +124,8 @@ def verify_bundle(bundle: str | os.PathLike, X: np.ndarray | None = None, *, ato
     n = len(manifest["features"])
     cases = ([("training data", X)] if X is not None else []) + \
         [(f"random {k} rows", random_rows(n, k, rng, stats)) for k in RANDOM_BATCHES]
-    report = compare_backends(module, scripted, predictor, cases, len(manifest["targets"]), atol=atol, rtol=rtol)
+    report = compare_backends(module, scripted, predictor, cases, manifest["features"], manifest["targets"],
+                              atol=atol, rtol=rtol)
     report["training_rows"] = described
     return report
 

@@ -21,13 +21,8 @@ from pathlib import Path
 import numpy as np
 
 from torchport.runtime.bundle import umask_mode
+from torchport.runtime.cli import positive_int
 from torchport.runtime.predictor import Predictor
-
-
-def _positive_int(text: str) -> int:
-    if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
-    return int(text)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -36,7 +31,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--output", "-o", type=Path, required=True, help="where to write the scored CSV/TSV")
     p.add_argument("--providers", default="auto",
                    help="auto (CUDA then CPU), cpu, cuda, or ONNX Runtime provider names, comma-separated")
-    p.add_argument("--chunk-rows", type=_positive_int, default=65536, help="rows per chunk (default: 65536)")
+    p.add_argument("--chunk-rows", type=positive_int, default=65536, help="rows per chunk (default: 65536)")
     p.add_argument("--force", action="store_true", help="replace an existing output file")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 

@@ -21,16 +21,9 @@ from pathlib import Path
 
 import uvicorn  # noqa: F401  (imported first so that a missing 'serve' extra is reported as such)
 
+from torchport.runtime.cli import int_at_least
 from torchport.runtime.serve.app import CONFIG_ENV, DEFAULT_MAX_BODY_BYTES, build_app
 from torchport.runtime.serve.server import bind, run_server
-
-
-def _int_at_least(low: int):
-    def parse(text: str) -> int:
-        if not text.isdigit() or int(text) < low:
-            raise argparse.ArgumentTypeError(f"expected a whole number >= {low}, got {text!r}")
-        return int(text)
-    return parse
 
 
 def _port(text: str) -> int:
@@ -44,14 +37,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1; 0.0.0.0 for all)")
     p.add_argument("--port", type=_port, default=8000, help="TCP port (default: 8000)")
     p.add_argument("--model-name", help="the model's name in the URLs (default: the bundle directory's name)")
-    p.add_argument("--max-batch-size", type=_int_at_least(1), default=64,
+    p.add_argument("--max-batch-size", type=int_at_least(1), default=64,
                    help="most rows merged into one ONNX Runtime call; 1 turns batching off (default: 64)")
-    p.add_argument("--max-queue-delay-us", type=_int_at_least(0), default=0,
+    p.add_argument("--max-queue-delay-us", type=int_at_least(0), default=0,
                    help="longest a request waits for others to batch with, in microseconds (uvloop's timer "
                         "rounds it to milliseconds); 0 batches only what arrives together (default: 0)")
-    p.add_argument("--workers", type=_int_at_least(1), default=1,
+    p.add_argument("--workers", type=int_at_least(1), default=1,
                    help="server processes sharing the port, each with its own model and batcher (default: 1)")
-    p.add_argument("--max-body-bytes", type=_int_at_least(1), default=DEFAULT_MAX_BODY_BYTES,
+    p.add_argument("--max-body-bytes", type=int_at_least(1), default=DEFAULT_MAX_BODY_BYTES,
                    help=f"larger request bodies get 413 (default: {DEFAULT_MAX_BODY_BYTES})")
     p.add_argument("--providers", default="auto",
                    help="auto (CUDA then CPU), cpu, cuda, or ONNX Runtime provider names, comma-separated")
