@@ -34,15 +34,22 @@ def affine_graph(nodes: list, constants: dict[str, np.ndarray]) -> bytes:
 def variants(bundle: Path) -> tuple[dict[str, bytes], float, float]:
     """The bundle's own graph and rewrites of it; also its weight and bias."""
     model = onnx.load(str(bundle / "model.onnx"))
-    if [n.op_type for n in model.graph.node] != ["Gemm"]:
-        raise SystemExit(f"{bundle}: expected a single Gemm node (the seed's one-feature linear model)")
+    ops = [n.op_type for n in model.graph.node]
+    if ops not in (["Gemm"], ["Mul", "Add"]):
+        raise SystemExit(f"{bundle}: expected the seed's one-feature linear model (one Gemm, or Mul+Add "
+                         f"from --large-batch-graph); got {ops}")
     inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
-    w, b = float(inits["weight"].ravel()[0]), float(inits["bias"].ravel()[0])
+    nodes = model.graph.node
+    names = nodes[0].input[1:3] if ops == ["Gemm"] else (nodes[0].input[1], nodes[1].input[1])
+    w, b = (float(inits[n].ravel()[0]) for n in names)
     f32 = lambda v, shape: np.full(shape, v, dtype=np.float32)  # noqa: E731
     node = helper.make_node
     flat, col = np.array([-1], np.int64), np.array([-1, 1], np.int64)
+    gemm = affine_graph([node("Gemm", ["features", "w", "b"], ["targets"], transB=1)],
+                        {"w": f32(w, (1, 1)), "b": f32(b, (1,))})
     return {
-        "Gemm (as exported)": model.SerializeToString(),
+        f"{'+'.join(ops)} (as exported)": model.SerializeToString(),
+        "Gemm": gemm,
         "Mul+Add, [1,1] constants": affine_graph(
             [node("Mul", ["features", "w"], ["t"]), node("Add", ["t", "b"], ["targets"])],
             {"w": f32(w, (1, 1)), "b": f32(b, (1, 1))}),

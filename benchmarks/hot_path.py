@@ -4,7 +4,9 @@ One run, interleaved, after warm-up: single-row latency, rows/s at 1M and 16M ro
 start in fresh processes. Prints a table with ratios and saves JSON (versions, CPU model, thread counts).
 
   .venv/bin/torchport train --out bundles/seed
-  .venv/bin/python benchmarks/hot_path.py --bundle bundles/seed          # full run, about two minutes
+  .venv/bin/python benchmarks/hot_path.py --bundle bundles/seed          # full run, under a minute
+  .venv/bin/torchport export bundles/seed --out bundles/seed-lb --large-batch-graph  # Mul+Add graph
+  .venv/bin/python benchmarks/hot_path.py --bundle bundles/seed-lb
   .venv/bin/python benchmarks/hot_path.py --bundle bundles/seed --quick  # smoke run, seconds
 """
 from __future__ import annotations
@@ -84,7 +86,8 @@ def single_row(predictor: Predictor, plain: ort.InferenceSession, quick: bool) -
                     "ONNX Runtime with input and output bound once and nothing copied, the floor for any wrapper"}
 
 
-def throughput(predictor: Predictor, plain: ort.InferenceSession, rows: int, quick: bool) -> dict:
+def throughput(predictor: Predictor, unchecked: Predictor, plain: ort.InferenceSession, rows: int,
+               quick: bool) -> dict:
     x = np.random.default_rng(0).uniform(0, 5, size=(rows, 1)).astype(np.float32)
     dst, out = np.empty_like(x), np.empty((rows, 1), dtype=np.float32)
     assert np.array_equal(predictor.predict(x), plain.run(["targets"], {"features": x})[0])
@@ -93,13 +96,15 @@ def throughput(predictor: Predictor, plain: ort.InferenceSession, rows: int, qui
         "plain": lambda: plain.run(["targets"], {"features": x}),
         "predictor": lambda: predictor.predict(x),
         "predictor_out": lambda: predictor.predict(x, out=out),
+        "predictor_unchecked": lambda: unchecked.predict(x),  # allow_nonfinite=True: no NaN/inf pass
     }
     interleaved(candidates, 2, 1)  # warm-up
     s = interleaved(candidates, 3 if quick else (41 if rows <= 1_000_000 else 15), 1)
     rate = {k: rows / float(np.median(v)) for k, v in s.items()}
     return {"rows": rows, "rows_per_s": rate, "ratio_to_plain": rate["predictor"] / rate["plain"],
             "predictor_to_floor": rate["predictor"] / rate["floor"], "plain_to_floor": rate["plain"] / rate["floor"],
-            "predictor_out_to_floor": rate["predictor_out"] / rate["floor"]}
+            "predictor_out_to_floor": rate["predictor_out"] / rate["floor"],
+            "unchecked_ratio_to_plain": rate["predictor_unchecked"] / rate["plain"]}
 
 
 def cold_start(bundle: Path, repeats: int) -> dict:
@@ -121,6 +126,10 @@ def cold_start(bundle: Path, repeats: int) -> dict:
             "torchscript_over_predictor": med["torchscript"] / med["predictor"], "runs": repeats, "samples_s": times}
 
 
+def _graph_ops(bundle: Path) -> list[str]:
+    return json.loads((bundle / "manifest.json").read_text())["export"]["ops"]
+
+
 def versions() -> dict:
     out = {"python": platform.python_version(), "numpy": np.__version__, "onnxruntime": ort.__version__}
     proc = subprocess.run([sys.executable, "-c", "import torch; print(torch.__version__)"], capture_output=True,
@@ -132,7 +141,8 @@ def versions() -> dict:
 def table(report: dict) -> str:
     s, c = report["single_row"], report["cold_start"]
     lines = [f"torchport hot path, {report['machine']['cpu_model']}, {report['machine']['logical_cpus']} CPUs, "
-             f"onnxruntime {report['versions']['onnxruntime']}{' (quick run)' if report['quick'] else ''}", "",
+             f"onnxruntime {report['versions']['onnxruntime']}, graph {'+'.join(report['graph_ops'])}"
+             f"{' (quick run)' if report['quick'] else ''}", "",
              f"{'single row (numpy)':34s} {'predictor':>12s} {'plain run':>12s} {'ratio':>8s} {'target':>8s}",
              f"{'  median latency, us':34s} {s['predictor_us']['median']:12.2f} {s['plain_us']['median']:12.2f} "
              f"{s['ratio']:8.2f} {'<= 0.5':>8s}",
@@ -140,13 +150,14 @@ def table(report: dict) -> str:
              f"{'  ORT bound once, no copies, us':34s} {s['bound_run_us']['median']:12.2f} {'':12s} "
              f"{s['bound_run_ratio']:8.2f} {'(floor)':>8s}", "",
              f"{'throughput (1 feature), Mrows/s':34s} {'predictor':>12s} {'plain run':>12s} {'ratio':>8s} "
-             f"{'target':>8s} {'floor':>10s} {'pred/floor':>10s} {'plain/floor':>11s} {'out=/floor':>10s}"]
+             f"{'target':>8s} {'floor':>10s} {'pred/floor':>10s} {'plain/floor':>11s} {'out=/floor':>10s} "
+             f"{'unchecked/plain':>15s}"]
     for row in report["throughput"]:
         r = row["rows_per_s"]
         lines.append(f"{'  ' + format(row['rows'], ',') + ' rows':34s} {r['predictor'] / 1e6:12.1f} "
                      f"{r['plain'] / 1e6:12.1f} {row['ratio_to_plain']:8.2f} {'>= 1.0':>8s} {r['floor'] / 1e6:10.1f} "
                      f"{row['predictor_to_floor']:10.2f} {row['plain_to_floor']:11.2f} "
-                     f"{row['predictor_out_to_floor']:10.2f}")
+                     f"{row['predictor_out_to_floor']:10.2f} {row['unchecked_ratio_to_plain']:15.2f}")
     lines += ["", f"{'cold start (fresh process), s':34s} {'predictor':>12s} {'ort':>12s} {'ratio':>8s} {'target':>8s}",
               f"{'  import + load + first run':34s} {c['predictor_s']:12.3f} {c['ort_s']:12.3f} "
               f"{c['ratio_to_ort']:8.2f} {'<= 1.3':>8s}",
@@ -171,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     sizes = [65_536, 262_144] if args.quick else [1_000_000, 16_000_000]
     report = {
         "benchmark": "hot_path", "quick": args.quick, "when": dt.datetime.now(dt.timezone.utc).isoformat(),
-        "bundle": str(args.bundle), "versions": versions(),
+        "bundle": str(args.bundle), "graph_ops": [n for n in _graph_ops(args.bundle)], "versions": versions(),
         "machine": {"cpu_model": cpu_description()["model"], "logical_cpus": os.cpu_count(), "usable_cpus": usable_cpus(),
                     "platform": platform.platform()},
         "threads": {"predictor_small": 1, "predictor_large": predictor.intra_op_threads,
@@ -181,7 +192,8 @@ def main(argv: list[str] | None = None) -> int:
         "method": "one process; every figure interleaved with its baselines, after warm-up; medians",
     }
     report["single_row"] = single_row(predictor, plain, args.quick)
-    report["throughput"] = [throughput(predictor, plain, n, args.quick) for n in sizes]
+    unchecked = Predictor(args.bundle, providers="cpu", allow_nonfinite=True)
+    report["throughput"] = [throughput(predictor, unchecked, plain, n, args.quick) for n in sizes]
     report["cold_start"] = cold_start(args.bundle, 2 if args.quick else 7)
     target = args.json or RESULTS / f"hot_path-{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%SZ}.json"
     target.parent.mkdir(parents=True, exist_ok=True)

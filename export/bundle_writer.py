@@ -85,7 +85,7 @@ def _publish(tmp: Path, out: Path, force: bool) -> None:
 
 def write_bundle(module: nn.Module, spec: dict, feature_names: list[str], target_names: list[str],
                  out: str | os.PathLike, *, training: dict | None = None, opset: int = DEFAULT_OPSET,
-                 force: bool = False, verify_inputs: np.ndarray | None = None,
+                 force: bool = False, verify_inputs: np.ndarray | None = None, large_batch_graph: bool = False,
                  atol: float = 1e-5, rtol: float = 1e-4, report: Callable[[Path], list[str]] | None = None) -> dict:
     """Export ``module`` into the bundle directory ``out`` and verify parity there; returns the manifest.
 
@@ -104,7 +104,8 @@ def write_bundle(module: nn.Module, spec: dict, feature_names: list[str], target
         buf = io.BytesIO()
         torch.save({"spec": dict(spec), "state_dict": module.state_dict()}, buf)
         (tmp / CHECKPOINT_FILE).write_bytes(buf.getvalue())
-        onnx_info = export_onnx(module, len(feature_names), tmp / ONNX_FILE, opset, feature_names, target_names)
+        onnx_info = export_onnx(module, len(feature_names), tmp / ONNX_FILE, opset, feature_names, target_names,
+                                large_batch_graph=large_batch_graph)
         export_torchscript(module, tmp / TORCHSCRIPT_FILE)
         extra = report(tmp) if report is not None else []
         manifest = {

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from torchport.export.bundle_writer import DEFAULT_OPSET, BundleExistsError, write_from_regressor
-from torchport.export.formats import check_opset
+from torchport.export.formats import LARGE_BATCH_GRAPH_HELP, check_opset
 from torchport.export.verify import format_report
 from torchport.runtime.cli import UserError, fraction, positive_float, positive_int
 from torchport.runtime.predictor import Predictor
@@ -90,6 +90,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--force", action="store_true", help="replace an existing bundle directory")
     p.add_argument("--opset", type=positive_int, default=DEFAULT_OPSET,
                    help=f"ONNX opset to export (default: {DEFAULT_OPSET})")
+    p.add_argument("--large-batch-graph", action="store_true", help=LARGE_BATCH_GRAPH_HELP)
     p.add_argument("--atol", type=positive_float, default=1e-5, help="parity tolerance, absolute (default: 1e-5)")
     p.add_argument("--rtol", type=positive_float, default=1e-4, help="parity tolerance, relative (default: 1e-4)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -189,7 +190,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"torchport train: interrupted, no bundle was written{kept}", file=sys.stderr)
         return 130
     manifest = write_from_regressor(reg, data, out, plots=not args.no_plots, force=args.force, opset=args.opset,
-                                    atol=args.atol, rtol=args.rtol)
+                                    atol=args.atol, rtol=args.rtol, large_batch_graph=args.large_batch_graph)
     state.unlink(missing_ok=True)
     print(_summary(reg, data, manifest, out))
     if not manifest["parity"]["passed"]:

@@ -11,6 +11,8 @@ import onnx
 import torch
 from torch import nn
 
+from torchport.export.optimize import gemm_k1_to_mul_add
+
 INPUT_NAME = "features"
 OUTPUT_NAME = "targets"
 
@@ -34,6 +36,9 @@ def _quiet_torch():
 
 
 MIN_OPSET = 13
+LARGE_BATCH_GRAPH_HELP = ("write a linear layer over one input feature as Mul+Add instead of Gemm: exact, 2-4x "
+                          "faster from about 10K rows on, about 0.6 us slower per one-row call (ONNX Runtime's "
+                          "Gemm is compute-bound when the inner dimension is 1)")
 
 
 class ExportError(RuntimeError):
@@ -54,9 +59,11 @@ def check_opset(opset: int) -> None:
 
 
 def export_onnx(module: nn.Module, n_features: int, path: Path, opset: int,
-                feature_names: list[str], target_names: list[str]) -> dict:
+                feature_names: list[str], target_names: list[str], large_batch_graph: bool = False) -> dict:
     """Export ``module`` (rows x features -> rows x targets) to ``path`` with a dynamic batch dimension;
-    returns what the manifest records about the export. Runs onnx.checker with shape inference."""
+    returns what the manifest records about the export. With ``large_batch_graph`` a Gemm over one input
+    feature becomes Mul+Add (``optimize``: exact, faster for large batches, slower for one row). Runs
+    onnx.checker with shape inference."""
     check_opset(opset)
     module = module.eval()
     example = (torch.zeros(3, n_features, dtype=torch.float32),)
@@ -73,6 +80,7 @@ def export_onnx(module: nn.Module, n_features: int, path: Path, opset: int,
         entry = model.metadata_props.add()
         entry.key, entry.value = key, value
     model.producer_name = "torchport"
+    rewrites = {"gemm_k1_to_mul_add": gemm_k1_to_mul_add(model)} if large_batch_graph else {}
     onnx.checker.check_model(model, full_check=True)
     onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True)
     path.write_bytes(model.SerializeToString())
@@ -81,7 +89,8 @@ def export_onnx(module: nn.Module, n_features: int, path: Path, opset: int,
         raise ExportError(f"torch {torch.__version__} could not write opset {opset} (it wrote "
                           f"{opsets.get('ai.onnx')}); choose an opset from 18 to {newest_opset()}")
     return {"opset": opsets.get("ai.onnx", opset), "opset_imports": opsets,
-            "exporter": "torch.onnx.export(dynamo=True)", "ops": sorted({n.op_type for n in model.graph.node})}
+            "exporter": "torch.onnx.export(dynamo=True)", "ops": sorted({n.op_type for n in model.graph.node}),
+            "rewrites": {k: v for k, v in rewrites.items() if v}}
 
 
 def export_torchscript(module: nn.Module, path: Path) -> None:

@@ -7,6 +7,7 @@ pool, run, and put it back: a pool holds as many slots as calls ever ran at once
 from __future__ import annotations
 
 import functools
+import math
 import os
 
 import numpy as np
@@ -31,7 +32,9 @@ def usable_cpus() -> int:
 def session_options(intra_op_threads: int) -> ort.SessionOptions:
     """Options for one session: ``intra_op_threads`` 1 for small batches (no thread pool to wake, no
     spinning threads left burning CPU, no memory-pattern lookup per run: about 5% of a one-row run), all
-    cores for large ones; sequential, full graph optimisation."""
+    cores for large ones; sequential, full graph optimisation. The one-thread session allocates without
+    ONNX Runtime's arena: its allocations are small, and malloc serves them faster (0.2 us of a one-row run
+    of a two-node graph); the large-batch session keeps the arena, which reuses big answers' pages."""
     so = ort.SessionOptions()
     so.intra_op_num_threads = intra_op_threads
     so.inter_op_num_threads = 1
@@ -40,7 +43,17 @@ def session_options(intra_op_threads: int) -> ort.SessionOptions:
     if intra_op_threads == 1:
         so.add_session_config_entry("session.intra_op.allow_spinning", "0")
         so.enable_mem_pattern = False
+        so.enable_cpu_mem_arena = False
     return so
+
+
+def all_finite(a: np.ndarray) -> bool:
+    """True if no element of the C-contiguous float32 array ``a`` is NaN or infinite, in one BLAS pass (1.5-3x
+    faster than a float32 sum): a sum of squares is finite only if every element is. False can be a false
+    alarm (squares of finite values above 1.8e19 overflow): the caller then checks each element."""
+    v = a.reshape(-1)
+    with np.errstate(over="ignore", invalid="ignore"):  # overflow and NaN are the answers looked for
+        return math.isfinite(np.dot(v, v))
 
 
 def ortvalue_vector(*arrays: np.ndarray) -> _C.OrtValueVector:

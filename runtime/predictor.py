@@ -22,16 +22,15 @@ _ndarray, _isfinite = np.ndarray, math.isfinite
 _FLOAT32, _FLOAT64 = np.dtype(np.float32), np.dtype(np.float64)
 
 
-def _total(a: np.ndarray) -> float:
-    """The sum of ``a``: finite only if every element is. Small inputs sum in float64 (cannot overflow);
-    large ones in float32 (one SIMD pass), where an overflowing sum of finite values is a false alarm that
-    ``_refuse_nonfinite`` clears by checking each element (so numpy's overflow warning is silenced)."""
+def _finite(a: np.ndarray) -> bool:
+    """False if ``a`` (float32, C-contiguous) may hold NaN/inf, in one pass. Small inputs sum in float64
+    (exact: cannot overflow); large ones take one BLAS pass (``hot_path.all_finite``), whose rare false
+    alarm ``_refuse_nonfinite`` clears by checking each element."""
     if a.size == 1:
-        return a.item()
+        return _isfinite(a.item())
     if a.size <= 65536:
-        return np.add.reduce(a, axis=None, dtype=_FLOAT64)
-    with np.errstate(over="ignore", invalid="ignore"):
-        return np.add.reduce(a, axis=None)
+        return _isfinite(np.add.reduce(a, axis=None, dtype=_FLOAT64))
+    return hot_path.all_finite(a)
 
 
 def _is_dataframe(x: Any) -> bool:
@@ -185,8 +184,8 @@ class Predictor:
                          "allow_nonfinite=True")
 
     def _check_finite(self, a: np.ndarray) -> None:
-        """One pass: a sum is finite only if every element is (an overflowing sum is checked exactly)."""
-        if not self.allow_nonfinite and a.size and not _isfinite(_total(a)):
+        """One pass over ``a`` (float32, C-contiguous); a false alarm is cleared by checking each element."""
+        if not self.allow_nonfinite and a.size and not _finite(a):
             self._refuse_nonfinite(a)
 
     def _check_out(self, out: np.ndarray, rows: int) -> None:
@@ -244,7 +243,7 @@ class Predictor:
                     try:
                         if cell is None:
                             inp[...] = x
-                            finite = _isfinite(_total(inp))
+                            finite = _finite(inp)
                         else:  # one value, through a C double: rounded once, as numpy's cast rounds it
                             cell[0] = x.item()
                             finite = _isfinite(cell[0])

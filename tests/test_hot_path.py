@@ -68,19 +68,23 @@ def test_bad_input_still_explained_on_the_fast_path(seed_bundle):
         p.predict(np.zeros((1, 2)))
     with pytest.raises(ValueError, match="intra_op_threads must be a whole number"):
         Predictor(seed_bundle, intra_op_threads=0)
+    with pytest.raises(ValueError, match="large_batch_rows must be a whole number"):
+        Predictor(seed_bundle, large_batch_rows=0)
 
 
 def test_nonfinite_refused_on_every_path_and_overflowing_sums_are_not(seed_bundle, reference):
     """NaN/inf (also float64 values that overflow float32) are refused on first and pooled calls, small and
-    large; finite values whose float32 sum overflows are answered; refusals leave the pools usable."""
+    large; finite values whose one-pass check overflows are answered; refusals leave the pools usable."""
     p = Predictor(seed_bundle, providers="cpu", large_batch_rows=32768)
-    large = np.ones((40000, 1), dtype=np.float32)
-    large[12345, 0] = np.inf
-    for bad in (np.array([[np.nan]], dtype=np.float32), np.array([[1e300]]), np.array([[1.0], [-np.inf]]), large):
+    large, larger = np.ones((40000, 1), dtype=np.float32), np.ones((100000, 1), dtype=np.float32)
+    large[12345, 0], larger[99999, 0] = np.inf, np.nan
+    for bad in (np.array([[np.nan]], dtype=np.float32), np.array([[1e300]]), np.array([[1.0], [-np.inf]]), large,
+                larger):
         for _ in range(2):  # the first call makes the slot, the second takes the fast path
             with pytest.raises(ValueError, match=r"row \d+ \(0-based\), column 'area' .*NaN and infinite inputs"):
                 p.predict(bad)
-    for big in (np.full((3, 1), 3e38, dtype=np.float32), np.full((40000, 1), 3e38, dtype=np.float32)):
+    for big in (np.full((3, 1), 3e38, dtype=np.float32), np.full((40000, 1), 3e38, dtype=np.float32),
+                np.full((100000, 1), 2e19, dtype=np.float32)):  # float64 sum, then a sum of squares overflows
         np.testing.assert_array_equal(p.predict(big), reference(big))
     np.testing.assert_array_equal(p.predict(np.array([[3.0]])), reference([[3.0]]))
     assert np.isnan(Predictor(seed_bundle, providers="cpu", allow_nonfinite=True).predict(
