@@ -45,15 +45,18 @@ CHILD = "import time\nt0 = time.perf_counter()\nB = {bundle!r}\n{body}\nprint(ti
 
 
 def interleaved(candidates: dict, rounds: int, calls: int) -> dict[str, list[float]]:
-    """Seconds of each call of every candidate: ``rounds`` rounds of ``calls`` calls each, the candidates'
-    order reversed every other round so that drift in the machine's load falls on all of them alike."""
+    """Seconds of each call of every candidate: ``rounds`` rounds of ``calls`` calls each, the candidates in
+    a new (seeded) random order every round, so that drift in the machine's load falls on all of them alike
+    and none always runs right after the same other one (a session's thread pool still spins for a while
+    after its run and slows whatever comes next on a small machine)."""
     samples: dict[str, list[float]] = {k: [] for k in candidates}
     names = list(candidates)
+    order = np.random.default_rng(0)
     clock = time.perf_counter_ns
     gc.disable()
     try:
-        for r in range(rounds):
-            for name in (names if r % 2 == 0 else names[::-1]):
+        for _ in range(rounds):
+            for name in order.permutation(names):
                 fn, out = candidates[name], samples[name]
                 for _ in range(calls):
                     t0 = clock()
@@ -86,17 +89,25 @@ def single_row(predictor: Predictor, plain: ort.InferenceSession, quick: bool) -
                     "ONNX Runtime with input and output bound once and nothing copied, the floor for any wrapper"}
 
 
-def throughput(predictor: Predictor, unchecked: Predictor, plain: ort.InferenceSession, rows: int,
-               quick: bool) -> dict:
+def throughput(predictor: Predictor, plain: ort.InferenceSession, rows: int, quick: bool) -> dict:
     x = np.random.default_rng(0).uniform(0, 5, size=(rows, 1)).astype(np.float32)
     dst, out = np.empty_like(x), np.empty((rows, 1), dtype=np.float32)
     assert np.array_equal(predictor.predict(x), plain.run(["targets"], {"features": x})[0])
+
+    def unchecked() -> np.ndarray:
+        """The same Predictor (same sessions) with the NaN/inf check off: what the check costs."""
+        predictor.allow_nonfinite = True
+        try:
+            return predictor.predict(x)
+        finally:
+            predictor.allow_nonfinite = False
+
     candidates = {
         "floor": lambda: np.copyto(dst, x),  # read 4 bytes and write 4 per row into a reused buffer
         "plain": lambda: plain.run(["targets"], {"features": x}),
         "predictor": lambda: predictor.predict(x),
         "predictor_out": lambda: predictor.predict(x, out=out),
-        "predictor_unchecked": lambda: unchecked.predict(x),  # allow_nonfinite=True: no NaN/inf pass
+        "predictor_unchecked": unchecked,
     }
     interleaved(candidates, 2, 1)  # warm-up
     s = interleaved(candidates, 3 if quick else (41 if rows <= 1_000_000 else 15), 1)
@@ -127,7 +138,9 @@ def cold_start(bundle: Path, repeats: int) -> dict:
 
 
 def _graph_ops(bundle: Path) -> list[str]:
-    return json.loads((bundle / "manifest.json").read_text())["export"]["ops"]
+    """The exported graph's op types, as the bundle's manifest records them (empty if it does not)."""
+    manifest = bundle / "manifest.json"
+    return json.loads(manifest.read_text()).get("export", {}).get("ops", []) if manifest.is_file() else []
 
 
 def versions() -> dict:
@@ -182,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
     sizes = [65_536, 262_144] if args.quick else [1_000_000, 16_000_000]
     report = {
         "benchmark": "hot_path", "quick": args.quick, "when": dt.datetime.now(dt.timezone.utc).isoformat(),
-        "bundle": str(args.bundle), "graph_ops": [n for n in _graph_ops(args.bundle)], "versions": versions(),
+        "bundle": str(args.bundle), "graph_ops": _graph_ops(args.bundle), "versions": versions(),
         "machine": {"cpu_model": cpu_description()["model"], "logical_cpus": os.cpu_count(), "usable_cpus": usable_cpus(),
                     "platform": platform.platform()},
         "threads": {"predictor_small": 1, "predictor_large": predictor.intra_op_threads,
@@ -192,8 +205,7 @@ def main(argv: list[str] | None = None) -> int:
         "method": "one process; every figure interleaved with its baselines, after warm-up; medians",
     }
     report["single_row"] = single_row(predictor, plain, args.quick)
-    unchecked = Predictor(args.bundle, providers="cpu", allow_nonfinite=True)
-    report["throughput"] = [throughput(predictor, unchecked, plain, n, args.quick) for n in sizes]
+    report["throughput"] = [throughput(predictor, plain, n, args.quick) for n in sizes]
     report["cold_start"] = cold_start(args.bundle, 2 if args.quick else 7)
     target = args.json or RESULTS / f"hot_path-{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%SZ}.json"
     target.parent.mkdir(parents=True, exist_ok=True)

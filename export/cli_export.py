@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 from torchport.export.bundle_writer import DEFAULT_OPSET, load_module, write_bundle
-from torchport.export.formats import LARGE_BATCH_GRAPH_HELP
+from torchport.export.formats import LARGE_BATCH_GRAPH_HELP, LARGE_BATCH_GRAPH_UNUSED
 from torchport.runtime.cli import positive_float, positive_int
 from torchport.export.report import report_copier
 from torchport.export.triton import write_triton_repository
@@ -57,6 +57,8 @@ def run(args: argparse.Namespace) -> int:
                        verify_inputs=X, atol=args.atol, rtol=args.rtol, large_batch_graph=args.large_batch_graph,
                        report=report_copier(args.bundle, manifest))
     print(format_report(new["parity"]))
+    if args.large_batch_graph and not new["export"]["rewrites"]:
+        print(f"torchport export: {LARGE_BATCH_GRAPH_UNUSED}", file=sys.stderr)
     print(f"bundle: {out}/ (opset {new['export']['opset']})")
     if not new["parity"]["passed"]:
         print("torchport export: parity FAILED (see above)", file=sys.stderr)

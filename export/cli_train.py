@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from torchport.export.bundle_writer import DEFAULT_OPSET, BundleExistsError, write_from_regressor
-from torchport.export.formats import LARGE_BATCH_GRAPH_HELP, check_opset
+from torchport.export.formats import LARGE_BATCH_GRAPH_HELP, LARGE_BATCH_GRAPH_UNUSED, check_opset
 from torchport.export.verify import format_report
 from torchport.runtime.cli import UserError, fraction, positive_float, positive_int
 from torchport.runtime.predictor import Predictor
@@ -193,6 +193,8 @@ def run(args: argparse.Namespace) -> int:
                                     atol=args.atol, rtol=args.rtol, large_batch_graph=args.large_batch_graph)
     state.unlink(missing_ok=True)
     print(_summary(reg, data, manifest, out))
+    if args.large_batch_graph and not manifest["export"]["rewrites"]:
+        print(f"torchport train: {LARGE_BATCH_GRAPH_UNUSED}", file=sys.stderr)
     if not manifest["parity"]["passed"]:
         print("torchport train: parity FAILED: the exported copies disagree with the torch model "
               "beyond the tolerance (see above)", file=sys.stderr)

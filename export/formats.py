@@ -39,6 +39,8 @@ MIN_OPSET = 13
 LARGE_BATCH_GRAPH_HELP = ("write a linear layer over one input feature as Mul+Add instead of Gemm: exact, 2-5x "
                           "faster from about 10K rows on, about 0.5 us slower per one-row call (ONNX Runtime's "
                           "Gemm is compute-bound when the inner dimension is 1)")
+LARGE_BATCH_GRAPH_UNUSED = ("note: --large-batch-graph changed nothing: the model has no linear layer over one "
+                            "input feature (the graph is as torch exported it)")
 
 
 class ExportError(RuntimeError):

@@ -26,7 +26,7 @@ def gemm_k1_to_mul_add(model: onnx.ModelProto) -> int:
     inits = {i.name: i for i in graph.initializer}
     rewritten, nodes = 0, []
     for node in graph.node:
-        weight = inits.get(node.input[1]) if node.op_type == "Gemm" and len(node.input) >= 2 else None
+        weight = inits.get(node.input[1]) if node.op_type == "Gemm" else None
         bias = inits.get(node.input[2]) if weight is not None and len(node.input) == 3 else None
         plain = (_attr(node, "alpha", 1.0) == 1.0 and _attr(node, "beta", 1.0) == 1.0
                  and _attr(node, "transA", 0) == 0)
@@ -38,7 +38,8 @@ def gemm_k1_to_mul_add(model: onnx.ModelProto) -> int:
             w = w.T  # now (K, N)
         b = numpy_helper.to_array(bias)
         n = w.shape[1]
-        if w.shape[0] != 1 or b.size not in (1, n) or w.dtype != np.float32 or b.dtype != np.float32:
+        if w.shape[0] != 1 or b.shape not in ((), (1,), (n,), (1, 1), (1, n)) or w.dtype != np.float32 \
+                or b.dtype != np.float32:
             nodes.append(node)
             continue
         out = node.output[0]

@@ -14,8 +14,9 @@ from torchport.export.formats import export_onnx
 
 def _export(module: nn.Module, n_features: int, tmp_path, large: bool) -> tuple[list[str], dict, np.ndarray]:
     path = tmp_path / f"m{int(large)}.onnx"
+    n_targets = module(torch.zeros(1, n_features)).shape[1]
     info = export_onnx(module, n_features, path, 18, [f"x{i}" for i in range(n_features)],
-                       ["y"] * 1, large_batch_graph=large)
+                       [f"y{i}" for i in range(n_targets)], large_batch_graph=large)
     x = np.random.default_rng(1).normal(0, 3, size=(5000, n_features)).astype(np.float32)
     got = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"features": x})[0]
     with torch.no_grad():
@@ -55,3 +56,14 @@ def test_export_cli_writes_the_large_batch_graph_and_verifies_it(seed_bundle, tm
     run = lambda b: ort.InferenceSession(str(b / "model.onnx"), providers=["CPUExecutionProvider"]).run(
         None, {"features": x})[0]
     np.testing.assert_array_equal(run(out), run(seed_bundle))
+
+
+def test_cli_says_when_the_large_batch_graph_changes_nothing(tmp_path):
+    """A model without a one-feature linear layer keeps its graph, and the user is told so."""
+    out = tmp_path / "mlr"
+    proc = run_cli("train", "--data", "plant_richness_mlr", "--model", "mlp", "--hidden", "4", "--epochs", "50",
+                   "--no-progress", "--no-plots",
+                   "--out", str(out), "--large-batch-graph")
+    assert proc.returncode == 0, proc.stderr
+    assert "--large-batch-graph changed nothing" in proc.stderr
+    assert json.loads((out / "manifest.json").read_text())["export"]["rewrites"] == {}
