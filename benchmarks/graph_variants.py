@@ -36,8 +36,8 @@ def variants(bundle: Path) -> tuple[dict[str, bytes], float, float]:
     model = onnx.load(str(bundle / "model.onnx"))
     ops = [n.op_type for n in model.graph.node]
     if ops not in (["Gemm"], ["Mul", "Add"]):
-        raise SystemExit(f"{bundle}: expected the seed's one-feature linear model (one Gemm, or Mul+Add "
-                         f"from --large-batch-graph); got {ops}")
+        raise SystemExit(f"{bundle}: expected the seed's one-feature linear model (model.onnx as one Gemm, "
+                         f"or as Mul+Add in bundles from an earlier torchport); got {ops}")
     inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
     nodes = model.graph.node
     names = nodes[0].input[1:3] if ops == ["Gemm"] else (nodes[0].input[1], nodes[1].input[1])

@@ -3,10 +3,15 @@
 One run, interleaved, after warm-up: single-row latency, rows/s at 1M and 16M rows (one feature), and cold
 start in fresh processes. Prints a table with ratios and saves JSON (versions, CPU model, thread counts).
 
+"plain" is a default InferenceSession on the bundle's model.onnx (what an app that loads the file itself
+runs). When the bundle has model.large_batch.onnx (which the Predictor runs for batches of more than 64
+rows), a default session on that graph is timed too ("plain lb"): the stricter reference, the same graph
+run without the Predictor's hot path.
+
   .venv/bin/torchport train --out bundles/seed
-  .venv/bin/python benchmarks/hot_path.py --bundle bundles/seed          # full run, under a minute
-  .venv/bin/torchport export bundles/seed --out bundles/seed-lb --large-batch-graph  # Mul+Add graph
-  .venv/bin/python benchmarks/hot_path.py --bundle bundles/seed-lb
+  .venv/bin/python benchmarks/hot_path.py --bundle bundles/seed          # full run, about a minute
+  .venv/bin/torchport export bundles/seed --out bundles/seed-gemm --no-large-batch-graph  # model.onnx only
+  .venv/bin/python benchmarks/hot_path.py --bundle bundles/seed-gemm
   .venv/bin/python benchmarks/hot_path.py --bundle bundles/seed --quick  # smoke run, seconds
 """
 from __future__ import annotations
@@ -27,7 +32,8 @@ import numpy as np
 import onnxruntime as ort
 
 from torchport.runtime import Predictor
-from torchport.runtime.hot_path import bound_run, usable_cpus
+from torchport.runtime.bundle import LARGE_BATCH_FILE
+from torchport.runtime.hot_path import CHUNK_BYTES, bound_run, usable_cpus
 from torchport.runtime.machine import cpu_description
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -89,10 +95,14 @@ def single_row(predictor: Predictor, plain: ort.InferenceSession, quick: bool) -
                     "ONNX Runtime with input and output bound once and nothing copied, the floor for any wrapper"}
 
 
-def throughput(predictor: Predictor, plain: ort.InferenceSession, rows: int, quick: bool) -> dict:
+def throughput(predictor: Predictor, plain: ort.InferenceSession, plain_lb: ort.InferenceSession | None, rows: int,
+               quick: bool) -> dict:
     x = np.random.default_rng(0).uniform(0, 5, size=(rows, 1)).astype(np.float32)
     dst, out = np.empty_like(x), np.empty((rows, 1), dtype=np.float32)
-    assert np.array_equal(predictor.predict(x), plain.run(["targets"], {"features": x})[0])
+    expected = plain.run(["targets"], {"features": x})[0]
+    assert np.array_equal(predictor.predict(x), expected)
+    if plain_lb is not None:
+        assert np.array_equal(plain_lb.run(["targets"], {"features": x})[0], expected)
 
     def unchecked() -> np.ndarray:
         """The same Predictor (same sessions) with the NaN/inf check off: what the check costs."""
@@ -109,10 +119,14 @@ def throughput(predictor: Predictor, plain: ort.InferenceSession, rows: int, qui
         "predictor_out": lambda: predictor.predict(x, out=out),
         "predictor_unchecked": unchecked,
     }
+    if plain_lb is not None:
+        candidates["plain_lb"] = lambda: plain_lb.run(["targets"], {"features": x})
     interleaved(candidates, 2, 1)  # warm-up
     s = interleaved(candidates, 3 if quick else (41 if rows <= 1_000_000 else 15), 1)
     rate = {k: rows / float(np.median(v)) for k, v in s.items()}
-    return {"rows": rows, "rows_per_s": rate, "ratio_to_plain": rate["predictor"] / rate["plain"],
+    lb = {"ratio_to_plain_lb": rate["predictor"] / rate["plain_lb"],
+          "plain_lb_to_floor": rate["plain_lb"] / rate["floor"]} if plain_lb is not None else {}
+    return {"rows": rows, "rows_per_s": rate, "ratio_to_plain": rate["predictor"] / rate["plain"], **lb,
             "predictor_to_floor": rate["predictor"] / rate["floor"], "plain_to_floor": rate["plain"] / rate["floor"],
             "predictor_out_to_floor": rate["predictor_out"] / rate["floor"],
             "unchecked_ratio_to_plain": rate["predictor_unchecked"] / rate["plain"]}
@@ -137,10 +151,10 @@ def cold_start(bundle: Path, repeats: int) -> dict:
             "torchscript_over_predictor": med["torchscript"] / med["predictor"], "runs": repeats, "samples_s": times}
 
 
-def _graph_ops(bundle: Path) -> list[str]:
-    """The exported graph's op types, as the bundle's manifest records them (empty if it does not)."""
-    manifest = bundle / "manifest.json"
-    return json.loads(manifest.read_text()).get("export", {}).get("ops", []) if manifest.is_file() else []
+def _graph_ops(bundle: Path) -> dict[str, list[str]]:
+    """The op types of model.onnx and of the large-batch graph (empty: none), as the manifest records them."""
+    export = json.loads((bundle / "manifest.json").read_text()).get("export", {})
+    return {"model.onnx": export.get("ops", []), LARGE_BATCH_FILE: (export.get("large_batch_graph") or {}).get("ops", [])}
 
 
 def versions() -> dict:
@@ -153,9 +167,13 @@ def versions() -> dict:
 
 def table(report: dict) -> str:
     s, c = report["single_row"], report["cold_start"]
+    ops = report["graph_ops"]
+    lb = bool(ops[LARGE_BATCH_FILE])
+    graphs = f"model.onnx {'+'.join(ops['model.onnx'])}" + \
+        (f", large-batch graph {'+'.join(ops[LARGE_BATCH_FILE])} (\"plain lb\")" if lb else ", no large-batch graph")
     lines = [f"torchport hot path, {report['machine']['cpu_model']}, {report['machine']['logical_cpus']} CPUs, "
-             f"onnxruntime {report['versions']['onnxruntime']}, graph {'+'.join(report['graph_ops'])}"
-             f"{' (quick run)' if report['quick'] else ''}", "",
+             f"onnxruntime {report['versions']['onnxruntime']}{' (quick run)' if report['quick'] else ''}",
+             graphs, "",
              f"{'single row (numpy)':34s} {'predictor':>12s} {'plain run':>12s} {'ratio':>8s} {'target':>8s}",
              f"{'  median latency, us':34s} {s['predictor_us']['median']:12.2f} {s['plain_us']['median']:12.2f} "
              f"{s['ratio']:8.2f} {'<= 0.5':>8s}",
@@ -163,13 +181,14 @@ def table(report: dict) -> str:
              f"{'  ORT bound once, no copies, us':34s} {s['bound_run_us']['median']:12.2f} {'':12s} "
              f"{s['bound_run_ratio']:8.2f} {'(floor)':>8s}", "",
              f"{'throughput (1 feature), Mrows/s':34s} {'predictor':>12s} {'plain run':>12s} {'ratio':>8s} "
-             f"{'target':>8s} {'floor':>10s} {'pred/floor':>10s} {'plain/floor':>11s} {'out=/floor':>10s} "
-             f"{'unchecked/plain':>15s}"]
+             f"{'target':>8s}" + (f" {'plain lb':>10s} {'ratio lb':>8s}" if lb else "") +
+             f" {'floor':>10s} {'pred/floor':>10s} {'plain/floor':>11s} {'out=/floor':>10s} {'unchecked/plain':>15s}"]
     for row in report["throughput"]:
         r = row["rows_per_s"]
         lines.append(f"{'  ' + format(row['rows'], ',') + ' rows':34s} {r['predictor'] / 1e6:12.1f} "
-                     f"{r['plain'] / 1e6:12.1f} {row['ratio_to_plain']:8.2f} {'>= 1.0':>8s} {r['floor'] / 1e6:10.1f} "
-                     f"{row['predictor_to_floor']:10.2f} {row['plain_to_floor']:11.2f} "
+                     f"{r['plain'] / 1e6:12.1f} {row['ratio_to_plain']:8.2f} {'>= 1.0':>8s}" +
+                     (f" {r['plain_lb'] / 1e6:10.1f} {row['ratio_to_plain_lb']:8.2f}" if lb else "") +
+                     f" {r['floor'] / 1e6:10.1f} {row['predictor_to_floor']:10.2f} {row['plain_to_floor']:11.2f} "
                      f"{row['predictor_out_to_floor']:10.2f} {row['unchecked_ratio_to_plain']:15.2f}")
     lines += ["", f"{'cold start (fresh process), s':34s} {'predictor':>12s} {'ort':>12s} {'ratio':>8s} {'target':>8s}",
               f"{'  import + load + first run':34s} {c['predictor_s']:12.3f} {c['ort_s']:12.3f} "
@@ -186,13 +205,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="small sizes and few repeats: a smoke run")
     parser.add_argument("--json", type=Path, help="where to save the JSON (default: benchmarks/results/)")
     args = parser.parse_args(argv)
-    if not (args.bundle / "model.onnx").is_file():
+    if not (args.bundle / "model.onnx").is_file() or not (args.bundle / "manifest.json").is_file():
         print(f"hot_path: error: {args.bundle} is not a bundle; make one with "
               f"`torchport train --out {args.bundle}`", file=sys.stderr)
         return 2
     predictor = Predictor(args.bundle, providers="cpu")
     plain = ort.InferenceSession(str(args.bundle / "model.onnx"), providers=["CPUExecutionProvider"])
-    sizes = [65_536, 262_144] if args.quick else [1_000_000, 16_000_000]
+    plain_lb = ort.InferenceSession(str(args.bundle / LARGE_BATCH_FILE), providers=["CPUExecutionProvider"]) \
+        if predictor.large_batch_graph else None
+    sizes = [65_536, 300_000] if args.quick else [1_000_000, 16_000_000]
     report = {
         "benchmark": "hot_path", "quick": args.quick, "when": dt.datetime.now(dt.timezone.utc).isoformat(),
         "bundle": str(args.bundle), "graph_ops": _graph_ops(args.bundle), "versions": versions(),
@@ -200,12 +221,13 @@ def main(argv: list[str] | None = None) -> int:
                     "platform": platform.platform()},
         "threads": {"predictor_small": 1, "predictor_large": predictor.intra_op_threads,
                     "predictor_large_from_rows": predictor.large_batch_rows,
+                    "predictor_large_chunk_bytes": CHUNK_BYTES if predictor.large_batch_graph else None,
                     "plain_session": "onnxruntime default (one per physical core)"},
         "providers": {"predictor": predictor.providers, "plain_session": plain.get_providers()},
         "method": "one process; every figure interleaved with its baselines, after warm-up; medians",
     }
     report["single_row"] = single_row(predictor, plain, args.quick)
-    report["throughput"] = [throughput(predictor, plain, n, args.quick) for n in sizes]
+    report["throughput"] = [throughput(predictor, plain, plain_lb, n, args.quick) for n in sizes]
     report["cold_start"] = cold_start(args.bundle, 2 if args.quick else 7)
     target = args.json or RESULTS / f"hot_path-{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%SZ}.json"
     target.parent.mkdir(parents=True, exist_ok=True)

@@ -19,7 +19,8 @@ from torch import nn
 from torchport.export.report import report_writer
 from torchport.export.formats import INPUT_NAME, OUTPUT_NAME, export_onnx, export_torchscript
 from torchport.runtime.bundle import (
-    CHECKPOINT_FILE, FORMAT, FORMAT_VERSION, BundleError, MANIFEST, ONNX_FILE, TORCHSCRIPT_FILE, load_manifest,
+    CHECKPOINT_FILE, FORMAT, FORMAT_VERSION, LARGE_BATCH_FILE, BundleError, MANIFEST, ONNX_FILE, TORCHSCRIPT_FILE,
+    load_manifest,
     read_checked, sha256_file, umask_mode, write_json_atomic,
 )
 from torchport.train.datasets import Dataset
@@ -85,11 +86,12 @@ def _publish(tmp: Path, out: Path, force: bool) -> None:
 
 def write_bundle(module: nn.Module, spec: dict, feature_names: list[str], target_names: list[str],
                  out: str | os.PathLike, *, training: dict | None = None, opset: int = DEFAULT_OPSET,
-                 force: bool = False, verify_inputs: np.ndarray | None = None, large_batch_graph: bool = False,
+                 force: bool = False, verify_inputs: np.ndarray | None = None, large_batch_graph: bool = True,
                  atol: float = 1e-5, rtol: float = 1e-4, report: Callable[[Path], list[str]] | None = None) -> dict:
     """Export ``module`` into the bundle directory ``out`` and verify parity there; returns the manifest.
 
     Nothing appears at ``out`` unless every file was written; with ``force`` an existing bundle is replaced.
+    ``large_batch_graph``: also write model.large_batch.onnx when the model has a Gemm over one feature.
     ``report(dir)`` may add files (report/...) to the bundle; it returns their names for the manifest."""
     from torchport.export.verify import verify_bundle
 
@@ -105,7 +107,8 @@ def write_bundle(module: nn.Module, spec: dict, feature_names: list[str], target
         torch.save({"spec": dict(spec), "state_dict": module.state_dict()}, buf)
         (tmp / CHECKPOINT_FILE).write_bytes(buf.getvalue())
         onnx_info = export_onnx(module, len(feature_names), tmp / ONNX_FILE, opset, feature_names, target_names,
-                                large_batch_graph=large_batch_graph)
+                                large_batch_path=tmp / LARGE_BATCH_FILE if large_batch_graph else None)
+        graphs = (ONNX_FILE, LARGE_BATCH_FILE) if onnx_info["large_batch_graph"] else (ONNX_FILE,)
         export_torchscript(module, tmp / TORCHSCRIPT_FILE)
         extra = report(tmp) if report is not None else []
         manifest = {
@@ -117,7 +120,7 @@ def write_bundle(module: nn.Module, spec: dict, feature_names: list[str], target
             "inputs": [{"name": INPUT_NAME, "dtype": "float32", "shape": ["batch", len(feature_names)]}],
             "outputs": [{"name": OUTPUT_NAME, "dtype": "float32", "shape": ["batch", len(target_names)]}],
             "files": {name: {"sha256": sha256_file(tmp / name), "bytes": (tmp / name).stat().st_size}
-                      for name in (ONNX_FILE, TORCHSCRIPT_FILE, CHECKPOINT_FILE, *extra)},
+                      for name in (*graphs, TORCHSCRIPT_FILE, CHECKPOINT_FILE, *extra)},
             "model": dict(spec),
             "training": training,
             "export": {**onnx_info, "versions": _versions()},

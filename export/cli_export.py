@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 from torchport.export.bundle_writer import DEFAULT_OPSET, load_module, write_bundle
-from torchport.export.formats import LARGE_BATCH_GRAPH_HELP, LARGE_BATCH_GRAPH_UNUSED
+from torchport.export.formats import NO_LARGE_BATCH_GRAPH_HELP, large_batch_line
 from torchport.runtime.cli import positive_float, positive_int
 from torchport.export.report import report_copier
 from torchport.export.triton import write_triton_repository
@@ -29,7 +29,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--force", action="store_true", help="replace the bundle at --out (or in place)")
     p.add_argument("--opset", type=positive_int, default=DEFAULT_OPSET,
                    help=f"ONNX opset to export (default: {DEFAULT_OPSET})")
-    p.add_argument("--large-batch-graph", action="store_true", help=LARGE_BATCH_GRAPH_HELP)
+    p.add_argument("--no-large-batch-graph", action="store_true", help=NO_LARGE_BATCH_GRAPH_HELP)
     p.add_argument("--atol", type=positive_float, default=1e-5, help="parity tolerance, absolute (default: 1e-5)")
     p.add_argument("--rtol", type=positive_float, default=1e-4, help="parity tolerance, relative (default: 1e-4)")
     p.add_argument("--triton", type=Path, metavar="REPO", help="write a Triton model repository entry instead")
@@ -54,12 +54,11 @@ def run(args: argparse.Namespace) -> int:
     X, _ = training_rows(manifest)
     new = write_bundle(module, manifest["model"], manifest["features"], manifest["targets"], out,
                        training=manifest.get("training"), opset=args.opset, force=args.force,
-                       verify_inputs=X, atol=args.atol, rtol=args.rtol, large_batch_graph=args.large_batch_graph,
+                       verify_inputs=X, atol=args.atol, rtol=args.rtol, large_batch_graph=not args.no_large_batch_graph,
                        report=report_copier(args.bundle, manifest))
     print(format_report(new["parity"]))
-    if args.large_batch_graph and not new["export"]["rewrites"]:
-        print(f"torchport export: {LARGE_BATCH_GRAPH_UNUSED}", file=sys.stderr)
     print(f"bundle: {out}/ (opset {new['export']['opset']})")
+    print(large_batch_line(new, not args.no_large_batch_graph))
     if not new["parity"]["passed"]:
         print("torchport export: parity FAILED (see above)", file=sys.stderr)
         return 1

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from torchport.export.bundle_writer import DEFAULT_OPSET, BundleExistsError, write_from_regressor
-from torchport.export.formats import LARGE_BATCH_GRAPH_HELP, LARGE_BATCH_GRAPH_UNUSED, check_opset
+from torchport.export.formats import NO_LARGE_BATCH_GRAPH_HELP, check_opset, large_batch_line
 from torchport.export.verify import format_report
 from torchport.runtime.cli import UserError, fraction, positive_float, positive_int
 from torchport.runtime.predictor import Predictor
@@ -90,7 +90,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--force", action="store_true", help="replace an existing bundle directory")
     p.add_argument("--opset", type=positive_int, default=DEFAULT_OPSET,
                    help=f"ONNX opset to export (default: {DEFAULT_OPSET})")
-    p.add_argument("--large-batch-graph", action="store_true", help=LARGE_BATCH_GRAPH_HELP)
+    p.add_argument("--no-large-batch-graph", action="store_true", help=NO_LARGE_BATCH_GRAPH_HELP)
     p.add_argument("--atol", type=positive_float, default=1e-5, help="parity tolerance, absolute (default: 1e-5)")
     p.add_argument("--rtol", type=positive_float, default=1e-4, help="parity tolerance, relative (default: 1e-4)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -100,7 +100,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-plots", action="store_true", help="no PNG plots in the bundle's report/ folder")
 
 
-def _summary(reg: Regressor, data, manifest: dict, out: Path) -> str:
+def _summary(reg: Regressor, data, manifest: dict, out: Path, args: argparse.Namespace) -> str:
     t = manifest["training"]
     exact = t["exact_least_squares"]
     model = reg.spec_["kind"] if reg.spec_["kind"] == "linear" else \
@@ -144,8 +144,9 @@ def _summary(reg: Regressor, data, manifest: dict, out: Path) -> str:
                   else f"no least-squares inference: {inference['unavailable']}"]
     lines += ["", format_report(manifest["parity"]), ""]
     report = sorted(name.split("/", 1)[1] for name in manifest["files"] if name.startswith("report/"))
-    lines.append(f"bundle: {out}/ (model.onnx, model.torchscript.pt, checkpoint.pt, manifest.json"
-                 + (f"; report/: {', '.join(report)})" if report else ")"))
+    files = [n for n in manifest["files"] if "/" not in n] + ["manifest.json"]
+    lines.append(f"bundle: {out}/ ({', '.join(files)}" + (f"; report/: {', '.join(report)})" if report else ")"))
+    lines.append(large_batch_line(manifest, not args.no_large_batch_graph))
     if onnx3 is not None:
         lines.append(f"prediction at {x_name} = 3 through ONNX Runtime ({', '.join(predictor.providers)}): "
                      f"{onnx3:.5f}")
@@ -190,11 +191,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"torchport train: interrupted, no bundle was written{kept}", file=sys.stderr)
         return 130
     manifest = write_from_regressor(reg, data, out, plots=not args.no_plots, force=args.force, opset=args.opset,
-                                    atol=args.atol, rtol=args.rtol, large_batch_graph=args.large_batch_graph)
+                                    atol=args.atol, rtol=args.rtol, large_batch_graph=not args.no_large_batch_graph)
     state.unlink(missing_ok=True)
-    print(_summary(reg, data, manifest, out))
-    if args.large_batch_graph and not manifest["export"]["rewrites"]:
-        print(f"torchport train: {LARGE_BATCH_GRAPH_UNUSED}", file=sys.stderr)
+    print(_summary(reg, data, manifest, out, args))
     if not manifest["parity"]["passed"]:
         print("torchport train: parity FAILED: the exported copies disagree with the torch model "
               "beyond the tolerance (see above)", file=sys.stderr)

@@ -16,8 +16,9 @@ from torch import nn
 
 from torchport.export.bundle_writer import DEFAULT_OPSET
 from torchport.export.formats import export_onnx, export_torchscript, load_torchscript
-from torchport.export.verify import ParityError, compare_backends, describe_worst, random_rows, verify_bundle
-from torchport.runtime.bundle import ONNX_FILE
+from torchport.export.verify import (ParityError, compare_backends, describe_worst, large_batch_session, random_rows,
+                                     verify_bundle)
+from torchport.runtime.bundle import LARGE_BATCH_FILE, ONNX_FILE
 from torchport.runtime.predictor import Predictor
 
 
@@ -33,9 +34,9 @@ def _raise_if_failed(report: dict) -> dict:
 def assert_parity(bundle_or_module: str | os.PathLike | nn.Module, inputs: np.ndarray | None = None, *,
                   feature_names: Sequence[str] | None = None, target_names: Sequence[str] | None = None,
                   atol: float = 1e-5, rtol: float = 1e-4, opset: int = DEFAULT_OPSET) -> dict:
-    """Raise ParityError unless torch, TorchScript and ONNX Runtime agree in names, shapes, dtypes and
-    values (|a - ref| <= atol + rtol * |ref| everywhere); the message names the worst element. Returns the
-    report. ``inputs`` default to the bundle's verification cases, or 256 standard-normal rows for a module."""
+    """Raise ParityError unless torch, TorchScript and ONNX Runtime (model.onnx, and the large-batch graph
+    where the exporter writes one) agree in names, shapes, dtypes and values (|a - ref| <= atol + rtol *
+    |ref| everywhere); the message names the worst element. Returns the report. ``inputs`` default to the bundle's verification cases, or 256 standard-normal rows for a module."""
     if isinstance(bundle_or_module, nn.Module):
         return _module_parity(bundle_or_module, inputs, feature_names, target_names, atol, rtol, opset)
     # verify_bundle checks the metadata names; the Predictor it uses refuses a graph whose input/output
@@ -60,10 +61,12 @@ def _module_parity(module: nn.Module, inputs: np.ndarray | None, feature_names, 
         n_targets = module(torch.from_numpy(inputs[:2])).reshape(min(2, len(inputs)), -1).shape[1]
     targets = list(target_names or [f"y{i}" for i in range(n_targets)])
     with tempfile.TemporaryDirectory(prefix="torchport-parity-") as tmp:
-        export_onnx(module, n, Path(tmp) / ONNX_FILE, opset, features, targets)
+        info = export_onnx(module, n, Path(tmp) / ONNX_FILE, opset, features, targets,
+                           large_batch_path=Path(tmp) / LARGE_BATCH_FILE)
+        graph = (Path(tmp) / LARGE_BATCH_FILE).read_bytes() if info["large_batch_graph"] else None
         export_torchscript(module, Path(tmp) / "model.pt")
         predictor = Predictor(Path(tmp) / ONNX_FILE, providers="cpu")
         scripted = load_torchscript(Path(tmp) / "model.pt")
         report = compare_backends(module, scripted, predictor, [("inputs", inputs)], features, targets,
-                                  atol=atol, rtol=rtol)
+                                  atol=atol, rtol=rtol, large=large_batch_session(graph))
     return _raise_if_failed(report)

@@ -6,16 +6,20 @@ import os
 from pathlib import Path
 
 import numpy as np
+import onnxruntime as ort
 import torch
 from torch import nn
 
 from torchport.export.formats import load_torchscript
-from torchport.runtime.bundle import TORCHSCRIPT_FILE, load_manifest, read_checked
+from torchport.runtime.bundle import LARGE_BATCH_FILE, TORCHSCRIPT_FILE, load_manifest, read_checked
 from torchport.runtime.predictor import Predictor
 
-RANDOM_BATCHES = (1, 7, 4096)
+# 40000 rows take the Predictor's large-batch path (large_batch_rows is 32768 by default).
+RANDOM_BATCHES = (1, 7, 4096, 40000)
 BACKENDS = ("torch", "torchscript", "onnxruntime")
 PAIRS = (("torch", "torchscript"), ("torch", "onnxruntime"), ("torchscript", "onnxruntime"))
+# The large-batch graph on its own (a plain session), every case through it, against torch.
+LARGE = "onnxruntime_large_batch"
 
 
 class ParityError(AssertionError):
@@ -71,12 +75,25 @@ def check_names(predictor: Predictor, features: list[str], targets: list[str]) -
     return problems
 
 
+def large_batch_session(graph: bytes | None) -> ort.InferenceSession | None:
+    """A plain one-thread CPU session over the large-batch graph's bytes, or None without one."""
+    if graph is None:
+        return None
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    return ort.InferenceSession(graph, options, providers=["CPUExecutionProvider"])
+
+
 def compare_backends(module: nn.Module, scripted: torch.jit.ScriptModule, predictor: Predictor,
                      cases: list[tuple[str, np.ndarray]], features: list[str], targets: list[str], *,
-                     atol: float = 1e-5, rtol: float = 1e-4) -> dict:
-    """Run every case through the three backends; check names, shapes and dtypes, compare values per pair."""
+                     atol: float = 1e-5, rtol: float = 1e-4, large: ort.InferenceSession | None = None) -> dict:
+    """Run every case through the three backends (and the large-batch graph's session ``large``, when
+    given); check names, shapes and dtypes, compare values per pair."""
     n_targets = len(targets)
-    outputs: dict[str, list[np.ndarray]] = {b: [] for b in BACKENDS}
+    backends, pairs_checked = BACKENDS, PAIRS
+    if large is not None:
+        backends, pairs_checked = BACKENDS + (LARGE,), PAIRS + (("torch", LARGE),)
+    outputs: dict[str, list[np.ndarray]] = {b: [] for b in backends}
     problems, labels = check_names(predictor, features, targets), []
     for label, rows in cases:
         x32 = np.ascontiguousarray(rows, dtype=np.float32)
@@ -84,6 +101,8 @@ def compare_backends(module: nn.Module, scripted: torch.jit.ScriptModule, predic
             got = {"torch": module(torch.from_numpy(x32)).numpy(),
                    "torchscript": scripted(torch.from_numpy(x32)).numpy(),
                    "onnxruntime": predictor.predict(x32)}
+        if large is not None:
+            got[LARGE] = large.run(None, {predictor.input_name: x32})[0]
         for backend, out in got.items():
             if out.shape != (len(x32), n_targets) or out.dtype != np.float32:
                 problems.append(f"{label}: {backend} returned {out.dtype}{list(out.shape)}, expected "
@@ -92,7 +111,7 @@ def compare_backends(module: nn.Module, scripted: torch.jit.ScriptModule, predic
         labels += [(label, i) for i in range(len(x32))]
     stacked = {k: np.concatenate(v) for k, v in outputs.items()}
     pairs = {}
-    for a, b in PAIRS:
+    for a, b in pairs_checked:
         if stacked[a].shape != stacked[b].shape:
             continue
         p = _compare(stacked[b], stacked[a], atol, rtol)
@@ -106,8 +125,9 @@ def compare_backends(module: nn.Module, scripted: torch.jit.ScriptModule, predic
 
 def verify_bundle(bundle: str | os.PathLike, X: np.ndarray | None = None, *, atol: float = 1e-5,
                   rtol: float = 1e-4, seed: int = 0) -> dict:
-    """Run the training rows (``X`` or the manifest's dataset) and random batches of 1, 7 and 4096 rows
-    through torch (from the checkpoint), TorchScript and ONNX Runtime (CPU); report per-pair differences."""
+    """Run the training rows (``X`` or the manifest's dataset) and random batches of 1, 7, 4096 and 40000
+    rows through torch (from the checkpoint), TorchScript and ONNX Runtime (CPU: the Predictor, and the
+    large-batch graph on its own when the bundle has one); report per-pair differences."""
     from torchport.export.bundle_writer import load_module
 
     bundle = Path(bundle)
@@ -116,6 +136,9 @@ def verify_bundle(bundle: str | os.PathLike, X: np.ndarray | None = None, *, ato
     read_checked(bundle, TORCHSCRIPT_FILE, manifest)
     scripted = load_torchscript(bundle / TORCHSCRIPT_FILE)
     predictor = Predictor(bundle, providers="cpu")
+    large = None
+    if LARGE_BATCH_FILE in manifest["files"]:
+        large = large_batch_session(read_checked(bundle, LARGE_BATCH_FILE, manifest))
     described = f"training data ({len(X)} rows)" if X is not None else None
     if X is None:
         X, described = training_rows(manifest)
@@ -125,7 +148,7 @@ def verify_bundle(bundle: str | os.PathLike, X: np.ndarray | None = None, *, ato
     cases = ([("training data", X)] if X is not None else []) + \
         [(f"random {k} rows", random_rows(n, k, rng, stats)) for k in RANDOM_BATCHES]
     report = compare_backends(module, scripted, predictor, cases, manifest["features"], manifest["targets"],
-                              atol=atol, rtol=rtol)
+                              atol=atol, rtol=rtol, large=large)
     report["training_rows"] = described
     return report
 

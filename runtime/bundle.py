@@ -1,5 +1,6 @@
 """The bundle format, owned by the runtime: a directory with model.onnx, model.torchscript.pt,
-checkpoint.pt and manifest.json. Reading it needs no torch and never unpickles anything."""
+checkpoint.pt and manifest.json, and model.large_batch.onnx when the exporter could write a graph that is
+faster for batches of more than a few dozen rows. Reading it needs no torch and never unpickles anything."""
 from __future__ import annotations
 
 import hashlib
@@ -11,6 +12,7 @@ FORMAT = "torchport.bundle"
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 ONNX_FILE = "model.onnx"
+LARGE_BATCH_FILE = "model.large_batch.onnx"
 TORCHSCRIPT_FILE = "model.torchscript.pt"
 CHECKPOINT_FILE = "checkpoint.pt"
 REQUIRED_KEYS = ("format", "format_version", "features", "targets", "inputs", "outputs", "files")

@@ -13,24 +13,14 @@ import numpy as np
 import onnxruntime as ort
 
 from torchport.runtime import hot_path
-from torchport.runtime.bundle import MANIFEST, ONNX_FILE, BundleError, load_manifest, read_checked
+from torchport.runtime.bundle import LARGE_BATCH_FILE, MANIFEST, ONNX_FILE, BundleError, load_manifest, read_checked
 from torchport.runtime.device import DLPACK_CUDA, dlpack_device, run_on_device
 from torchport.runtime.providers import CUDA, ProviderFallbackWarning, resolve_providers
 
 
-_ndarray, _isfinite = np.ndarray, math.isfinite
+_ndarray, _isfinite, _finite = np.ndarray, math.isfinite, hot_path.finite
 _FLOAT32, _FLOAT64 = np.dtype(np.float32), np.dtype(np.float64)
-
-
-def _finite(a: np.ndarray) -> bool:
-    """False if ``a`` (float32, C-contiguous) may hold NaN/inf, in one pass. Small inputs sum in float64
-    (exact: cannot overflow); large ones take one BLAS pass (``hot_path.all_finite``), whose rare false
-    alarm ``_refuse_nonfinite`` clears by checking each element."""
-    if a.size == 1:
-        return _isfinite(a.item())
-    if a.size <= 65536:
-        return _isfinite(np.add.reduce(a, axis=None, dtype=_FLOAT64))
-    return hot_path.all_finite(a)
+_CPU = "CPUExecutionProvider"
 
 
 def _is_dataframe(x: Any) -> bool:
@@ -42,20 +32,25 @@ class Predictor:
 
     ``providers``: "auto" (CUDA then CPU), "cpu", "cuda", or ONNX Runtime provider names in order.
     After construction ``providers`` lists what the session really uses. Batches up to
-    ``large_batch_rows - 1`` rows run on a one-thread session; larger ones on a session using
-    ``intra_op_threads`` (default: every core), made on first use. ``sess_options`` replaces both
-    with one session built from the caller's options. One Predictor may serve many threads at once.
-    NaN and infinite inputs are refused (the error names the first bad row and column) unless
-    ``allow_nonfinite``."""
+    ``large_batch_rows - 1`` rows run on one-thread sessions; larger ones on a session using
+    ``intra_op_threads`` (default: every core). When the bundle has ``model.large_batch.onnx`` (the same
+    function as an elementwise graph: ``large_batch_graph`` is then True), it runs every batch of more
+    than 64 rows, and on the CPU large batches run in cache-sized chunks. Sessions other than the first
+    are made on first use. ``sess_options`` replaces them all with one session on ``model.onnx`` built
+    from the caller's options. One Predictor may serve many threads at once. NaN and infinite inputs are
+    refused (the error names the first bad row and column) unless ``allow_nonfinite``."""
 
     def __init__(self, path: str | os.PathLike, providers: str | list[str] = "auto",
                  sess_options: ort.SessionOptions | None = None, intra_op_threads: int | None = None,
                  large_batch_rows: int = hot_path.LARGE_ROWS, allow_nonfinite: bool = False):
         self.allow_nonfinite = allow_nonfinite
         path = Path(path)
+        large_bytes = None
         if path.is_dir():
             self.manifest = load_manifest(path)
             model_bytes = read_checked(path, ONNX_FILE, self.manifest)
+            if LARGE_BATCH_FILE in self.manifest["files"]:
+                large_bytes = read_checked(path, LARGE_BATCH_FILE, self.manifest)
             self.feature_names = list(self.manifest["features"])
             self.target_names = list(self.manifest["targets"])
             self.input_name = self.manifest["inputs"][0]["name"]
@@ -68,11 +63,11 @@ class Predictor:
         else:
             raise BundleError(f"{path} does not exist; give a bundle directory (with {MANIFEST}) "
                               "or an .onnx file")
-        self._open(model_bytes, source, providers, sess_options, intra_op_threads, large_batch_rows)
+        self._open(model_bytes, large_bytes, source, providers, sess_options, intra_op_threads, large_batch_rows)
 
-    def _open(self, model_bytes: bytes, source: Path, providers: str | list[str],
+    def _open(self, model_bytes: bytes, large_bytes: bytes | None, source: Path, providers: str | list[str],
               sess_options: ort.SessionOptions | None, intra_op_threads: int | None, large_batch_rows: int) -> None:
-        """Create the sessions and hot-path state from the model's bytes (also used when unpickling)."""
+        """Create the first session and hot-path state from the graphs' bytes (also used when unpickling)."""
         self._init_args = (providers, intra_op_threads, large_batch_rows, sess_options is not None)
         if intra_op_threads is not None and (not isinstance(intra_op_threads, int) or intra_op_threads < 1):
             raise ValueError(f"intra_op_threads must be a whole number >= 1; got {intra_op_threads!r}")
@@ -81,8 +76,10 @@ class Predictor:
         self.intra_op_threads = intra_op_threads or hot_path.usable_cpus()
         self.large_batch_rows = large_batch_rows
         self._model_bytes, self._source = model_bytes, source
+        self._large_bytes = None if sess_options is not None else large_bytes
+        self.large_batch_graph = self._large_bytes is not None
         self._requested, notes = resolve_providers(providers)
-        self._session = self._new_session(sess_options or hot_path.session_options(1))
+        self._session = self._new_session(sess_options or hot_path.session_options(1), model_bytes)
         self.providers = self._session.get_providers()
         lost = [p for p in self._requested if p not in self.providers]
         notes += [f"{p} could not be initialised by onnxruntime {ort.__version__} (CUDA 13 / cuDNN 9 "
@@ -90,12 +87,17 @@ class Predictor:
         if notes:
             warnings.warn("; ".join(notes) + f". Running on {', '.join(self.providers)}.",
                           ProviderFallbackWarning, stacklevel=2)
-        self._check_graph(source)
-        self._small = hot_path.Runner(self._session, self.input_name, self.output_name)
+        if self.manifest is None:
+            self._names_from_graph()
+        self._check_io(self._session, source)
+        self._small = hot_path.Runner(self._session, self.input_name, self.output_name, self.n_targets)
+        # _mid: one thread, for 65 to large_batch_rows - 1 rows; _large: the rest. Made on first use.
+        self._mid: hot_path.Runner | None = None
         self._large: hot_path.Runner | None = None
-        if sess_options is not None or self.intra_op_threads == 1:
-            self._large = self._small
-        self._large_lock = threading.Lock()
+        if sess_options is not None:
+            self._mid = self._large = self._small
+        self._runners: dict[int, hot_path.Runner] = {}  # by thread count
+        self._runner_lock = threading.Lock()
         self._slots = hot_path.Slots(self._session, self.input_name, self.output_name, self.n_features,
                                      self.n_targets)
         self._pools = self._slots.pools
@@ -109,32 +111,56 @@ class Predictor:
                             "pickle); use intra_op_threads instead")
         names = (self.manifest, self.feature_names, self.target_names, self.input_name, self.output_name,
                  self.allow_nonfinite)
-        return _unpickle, (self._model_bytes, str(self._source), names, providers, threads, large_rows)
+        return _unpickle, (self._model_bytes, str(self._source), names, providers, threads, large_rows,
+                           self._large_bytes)
 
-    def _new_session(self, options: ort.SessionOptions) -> ort.InferenceSession:
+    def _new_session(self, options: ort.SessionOptions, graph: bytes) -> ort.InferenceSession:
         try:
-            return ort.InferenceSession(self._model_bytes, sess_options=options, providers=self._requested)
+            return ort.InferenceSession(graph, sess_options=options, providers=self._requested)
         except Exception as e:  # onnxruntime raises its own exception types for invalid models
-            raise BundleError(f"{self._source} is not a model ONNX Runtime can load: {e}") from None
+            name = self._source if graph is self._model_bytes else self._source.parent / LARGE_BATCH_FILE
+            raise BundleError(f"{name} is not a model ONNX Runtime can load: {e}") from None
 
-    def _large_runner(self) -> hot_path.Runner:
-        """The multi-threaded session for large batches, made once on first use."""
-        with self._large_lock:
-            if self._large is None:
-                session = self._new_session(hot_path.session_options(self.intra_op_threads))
-                self._large = hot_path.Runner(session, self.input_name, self.output_name)
-        return self._large
+    def _runner(self, large: bool) -> hot_path.Runner:
+        """The runner for batches of more than 64 rows below ``large_batch_rows`` (one thread) or from it
+        on (``intra_op_threads``), made once on first use: on the large-batch graph when there is one
+        (chunked on the CPU), else on model.onnx (the first session, when one thread is asked for)."""
+        threads = self.intra_op_threads if large else 1
+        with self._runner_lock:
+            runner = self._runners.get(threads)
+            if runner is None and self._large_bytes is None and threads == 1:
+                runner = self._small
+            if runner is None:
+                graph = self._large_bytes or self._model_bytes
+                session = self._new_session(hot_path.session_options(threads), graph)
+                chunk = None
+                if graph is self._large_bytes:
+                    self._check_io(session, self._source.parent / LARGE_BATCH_FILE)
+                    if session.get_providers()[0] == _CPU:
+                        chunk = max(1, hot_path.CHUNK_BYTES // (4 * self.n_features))
+                runner = hot_path.Runner(session, self.input_name, self.output_name, self.n_targets, chunk,
+                                         hot_path.CHUNK_FROM_BYTES // (4 * self.n_features))
+            self._runners[threads] = runner
+            if large:
+                self._large = runner
+            else:
+                self._mid = runner
+        return runner
 
-    def _check_graph(self, source: Path) -> None:
+    def _names_from_graph(self) -> None:
+        """Input/output and column names of a bare .onnx file: from torchport's metadata, else x0.., y0.."""
         inputs, outputs = self._session.get_inputs(), self._session.get_outputs()
         meta = self._session.get_modelmeta().custom_metadata_map
-        if self.manifest is None:
-            self.input_name, self.output_name = inputs[0].name, outputs[0].name
-            n_in, n_out = inputs[0].shape[-1], outputs[0].shape[-1]
-            self.feature_names = json.loads(meta["torchport.features"]) if "torchport.features" in meta \
-                else [f"x{i}" for i in range(n_in if isinstance(n_in, int) else 1)]
-            self.target_names = json.loads(meta["torchport.targets"]) if "torchport.targets" in meta \
-                else [f"y{i}" for i in range(n_out if isinstance(n_out, int) else 1)]
+        self.input_name, self.output_name = inputs[0].name, outputs[0].name
+        n_in, n_out = inputs[0].shape[-1], outputs[0].shape[-1]
+        self.feature_names = json.loads(meta["torchport.features"]) if "torchport.features" in meta \
+            else [f"x{i}" for i in range(n_in if isinstance(n_in, int) else 1)]
+        self.target_names = json.loads(meta["torchport.targets"]) if "torchport.targets" in meta \
+            else [f"y{i}" for i in range(n_out if isinstance(n_out, int) else 1)]
+
+    def _check_io(self, session: ort.InferenceSession, source: Path) -> None:
+        """Refuse a graph whose input and output names and widths disagree with the manifest's."""
+        inputs, outputs = session.get_inputs(), session.get_outputs()
         if len(inputs) != 1 or inputs[0].name != self.input_name or inputs[0].shape[-1] != len(self.feature_names):
             raise BundleError(f"{source}: the graph's inputs {[(i.name, i.shape) for i in inputs]} disagree "
                               f"with the manifest ({self.input_name!r}, {len(self.feature_names)} features)")
@@ -173,20 +199,21 @@ class Predictor:
                              f"{self.feature_names}; got shape {x.shape}{hint}")
         return x
 
-    def _refuse_nonfinite(self, a: np.ndarray) -> None:
-        """Raise naming the first NaN/inf cell of ``a`` (called only once a cheap check found one)."""
+    def _refuse_nonfinite(self, a: np.ndarray, first_row: int = 0) -> None:
+        """Raise naming the first NaN/inf cell of ``a``, rows counted from ``first_row`` (called only once a
+        cheap check found one)."""
         bad = ~np.isfinite(a)
         if not bad.any():
             return
         row, col = (int(i) for i in np.argwhere(bad)[0])
-        raise ValueError(f"row {row} (0-based), column {self.feature_names[col]!r} holds {a[row, col]}: NaN and "
-                         "infinite inputs are refused; clean the data or create the Predictor with "
-                         "allow_nonfinite=True")
+        raise ValueError(f"row {row + first_row} (0-based), column {self.feature_names[col]!r} holds "
+                         f"{a[row, col]}: NaN and infinite inputs are refused; clean the data or create the "
+                         "Predictor with allow_nonfinite=True")
 
-    def _check_finite(self, a: np.ndarray) -> None:
+    def _check_rows(self, a: np.ndarray, first_row: int = 0) -> None:
         """One pass over ``a`` (float32, C-contiguous); a false alarm is cleared by checking each element."""
-        if not self.allow_nonfinite and a.size and not _finite(a):
-            self._refuse_nonfinite(a)
+        if a.size and not _finite(a):
+            self._refuse_nonfinite(a, first_row)
 
     def _check_out(self, out: np.ndarray, rows: int) -> None:
         if not (isinstance(out, np.ndarray) and out.dtype == np.float32 and out.shape == (rows, self.n_targets)
@@ -209,7 +236,8 @@ class Predictor:
             inp, _, run, result, copy_out = slot
             try:
                 inp[...] = x  # the one copy a small call makes on the way in; converts dtype and layout too
-                self._check_finite(inp)
+                if not self.allow_nonfinite:
+                    self._check_rows(inp)
                 run()
                 if out is None:
                     return copy_out()  # the slot serves later calls: never hand it out
@@ -220,15 +248,16 @@ class Predictor:
         if rows == 0:
             return np.empty((0, self.n_targets), dtype=np.float32) if out is None else out
         matrix = np.ascontiguousarray(x, dtype=np.float32)  # no copy when already float32 C-contiguous
-        self._check_finite(matrix)
-        runner = self._small if rows < self.large_batch_rows else (self._large or self._large_runner())
-        return runner.run(matrix, out)
+        large = rows >= self.large_batch_rows
+        runner = (self._large if large else self._mid) or self._runner(large)
+        return runner.run(matrix, out, None if self.allow_nonfinite else self._check_rows)
 
     def predict(self, x: Any, out: np.ndarray | None = None) -> Any:
         """Predict targets for rows of raw features; returns the same kind as given (array, DataFrame, list).
 
         Every call returns a new array unless ``out`` (float32, shape (rows, n_targets)) is given for numpy
-        input, which is then filled and returned. A CUDA array (DLPack) on a CUDA session is run where it
+        input, which is then filled and returned (when a NaN/inf row is refused, rows before it may already
+        be written there). A CUDA array (DLPack) on a CUDA session is run where it
         lies and answered with an OrtValue on the GPU."""
         if type(x) is _ndarray and out is None:
             pool = self._pools.get(x.shape)  # found only for 2-D shapes of the model's width, <= SLOT_ROWS rows
@@ -279,9 +308,10 @@ class Predictor:
                 f"providers={self.providers})")
 
 
-def _unpickle(model_bytes: bytes, source: str, names: tuple, providers, threads, large_rows) -> Predictor:
+def _unpickle(model_bytes: bytes, source: str, names: tuple, providers, threads, large_rows,
+              large_bytes: bytes | None = None) -> Predictor:
     predictor = Predictor.__new__(Predictor)
     (predictor.manifest, predictor.feature_names, predictor.target_names, predictor.input_name,
      predictor.output_name, predictor.allow_nonfinite) = names
-    predictor._open(model_bytes, Path(source), providers, None, threads, large_rows)
+    predictor._open(model_bytes, large_bytes, Path(source), providers, None, threads, large_rows)
     return predictor

@@ -1,5 +1,7 @@
 """The Predictor's hot path with real ONNX Runtime sessions: answers, buffer ownership, threads, cold start."""
 import json
+import pickle
+import shutil
 import subprocess
 import sys
 import threading
@@ -9,8 +11,11 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from torchport.runtime import Predictor
-from torchport.runtime.hot_path import SLOT_ROWS
+from torchport.runtime import BundleError, Predictor
+from torchport.runtime.hot_path import CHUNK_BYTES, CHUNK_FROM_BYTES, SLOT_ROWS, Answers
+
+# One feature: more rows than run whole, ending in a partial chunk.
+CHUNKED_ROWS = CHUNK_FROM_BYTES // 4 + CHUNK_BYTES // 4 + 3
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -89,6 +94,88 @@ def test_nonfinite_refused_on_every_path_and_overflowing_sums_are_not(seed_bundl
     np.testing.assert_array_equal(p.predict(np.array([[3.0]])), reference([[3.0]]))
     assert np.isnan(Predictor(seed_bundle, providers="cpu", allow_nonfinite=True).predict(
         np.array([[np.nan]], dtype=np.float32))[0, 0])
+
+
+def _address(a: np.ndarray) -> int:
+    return a.__array_interface__["data"][0]
+
+
+def test_chunked_large_batches_answer_like_a_plain_session(seed_bundle, reference):
+    """Above CHUNK_FROM_BYTES the large-batch graph runs chunk by chunk: same answers, into out= too, and a
+    NaN/inf in any chunk is named by its row in the whole batch."""
+    p = Predictor(seed_bundle, providers="cpu")
+    assert p.large_batch_graph
+    x = np.random.default_rng(5).uniform(-2, 5, size=(CHUNKED_ROWS, 1)).astype(np.float32)
+    expected = reference(x)
+    got = p.predict(x)
+    assert got.shape == (CHUNKED_ROWS, 1) and got.flags.c_contiguous and got.flags.writeable
+    np.testing.assert_array_equal(got, expected)
+    assert p._large.chunk_rows == CHUNK_BYTES // 4  # this batch really ran in chunks
+    out = np.full_like(x, np.nan)
+    assert p.predict(x, out=out) is out
+    np.testing.assert_array_equal(out, expected)
+    for row in (0, CHUNK_BYTES // 4 + 1, CHUNKED_ROWS - 1):
+        bad = x.copy()
+        bad[row, 0] = np.nan if row else -np.inf
+        with pytest.raises(ValueError, match=rf"row {row} \(0-based\), column 'area'"):
+            p.predict(bad)
+    huge = np.full((CHUNKED_ROWS, 1), 2e19, dtype=np.float32)  # finite: every chunk's sum of squares overflows
+    np.testing.assert_array_equal(p.predict(huge), reference(huge))
+
+
+def test_large_answers_reuse_memory_only_once_nothing_refers_to_it(seed_bundle, reference):
+    """A chunked answer's memory is reused for a later answer only when no array, view, slice or memoryview
+    of it is alive: what a caller holds never changes."""
+    p = Predictor(seed_bundle, providers="cpu")
+    x = np.random.default_rng(6).uniform(0, 5, size=(CHUNKED_ROWS, 1)).astype(np.float32)
+    first = p.predict(x)
+    address = _address(first)
+    tail, window = first[-10:], memoryview(first[5:8])
+    kept_tail, kept_window = tail.copy(), bytes(window)
+    del first
+    second = p.predict(x + 1)
+    assert _address(second) != address
+    del second, tail
+    third = p.predict(x + 2)  # the memoryview still holds the first block
+    assert _address(third) != address
+    assert bytes(window) == kept_window and kept_tail[0, 0] == reference(x[-10:-9])[0, 0]
+    del window
+    fourth = p.predict(x + 3)
+    assert _address(fourth) == address  # now free: reused
+    np.testing.assert_array_equal(fourth, reference(x + 3))
+    np.testing.assert_array_equal(third, reference(x + 2))
+
+
+def test_answers_pool_rules():
+    answers = Answers(keep=2)
+    a = answers.new(1000, 2)
+    address = _address(a)
+    assert a.shape == (1000, 2) and a.dtype == np.float32 and a.flags.writeable
+    view = a[::3].T
+    del a
+    other = answers.new(1000, 2)
+    other_address = _address(other)
+    assert other_address != address  # a view of a view still holds the first block
+    del other, view
+    b = answers.new(600, 2)  # both blocks free: the first that fits is reused
+    assert _address(b) == address and b.shape == (600, 2)
+    small = answers.new(250, 1)  # under half of any block: new memory, and a free block makes room
+    assert _address(small) not in (address, other_address)
+    assert len(answers._blocks) == 2
+
+
+def test_large_batch_graph_is_checked_pickled_and_optional(seed_bundle, reference, tmp_path):
+    p = Predictor(seed_bundle, providers="cpu")
+    q = pickle.loads(pickle.dumps(p))
+    x = np.linspace(0, 5, 5000, dtype=np.float32).reshape(-1, 1)
+    assert q.large_batch_graph and np.array_equal(q.predict(x), reference(x))
+    tampered = tmp_path / "tampered"
+    shutil.copytree(seed_bundle, tampered)
+    graph = tampered / "model.large_batch.onnx"
+    graph.write_bytes(graph.read_bytes() + b"\0")
+    with pytest.raises(BundleError, match="model.large_batch.onnx does not match the manifest"):
+        Predictor(tampered)
+    assert not Predictor(seed_bundle / "model.onnx").large_batch_graph  # a bare .onnx file: one graph
 
 
 def test_eight_threads_share_one_predictor(seed_bundle, reference):

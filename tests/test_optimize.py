@@ -1,4 +1,4 @@
-"""--large-batch-graph: a Gemm over one input feature becomes Mul+Add, with the same answers as torch."""
+"""The large-batch graph: a Gemm over one input feature becomes Mul+Add, with the same answers as torch."""
 import json
 
 import numpy as np
@@ -13,16 +13,21 @@ from torchport.export.formats import export_onnx
 
 
 def _export(module: nn.Module, n_features: int, tmp_path, large: bool) -> tuple[list[str], dict, np.ndarray]:
-    path = tmp_path / f"m{int(large)}.onnx"
+    """Export ``module``; return the op types, export info and answers of model.onnx, or (``large``) of the
+    large-batch graph, which must then have been written."""
+    path, large_path = tmp_path / "model.onnx", tmp_path / "model.large_batch.onnx"
+    large_path.unlink(missing_ok=True)
     n_targets = module(torch.zeros(1, n_features)).shape[1]
     info = export_onnx(module, n_features, path, 18, [f"x{i}" for i in range(n_features)],
-                       [f"y{i}" for i in range(n_targets)], large_batch_graph=large)
+                       [f"y{i}" for i in range(n_targets)], large_batch_path=large_path if large else None)
+    assert large_path.is_file() == bool(info["large_batch_graph"])
+    chosen = large_path if large else path
     x = np.random.default_rng(1).normal(0, 3, size=(5000, n_features)).astype(np.float32)
-    got = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"features": x})[0]
+    got = ort.InferenceSession(str(chosen), providers=["CPUExecutionProvider"]).run(None, {"features": x})[0]
     with torch.no_grad():
         expected = module(torch.from_numpy(x)).numpy()
     np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-6)
-    return [n.op_type for n in onnx.load(str(path)).graph.node], info, got
+    return [n.op_type for n in onnx.load(str(chosen)).graph.node], info, got
 
 
 @pytest.mark.parametrize("targets", [1, 3])
@@ -31,8 +36,10 @@ def test_one_feature_linear_becomes_mul_add_with_torchs_answers(tmp_path, target
     module = nn.Linear(1, targets)
     ops_default, info_default, y_gemm = _export(module, 1, tmp_path, large=False)
     ops, info, y = _export(module, 1, tmp_path, large=True)
-    assert ops_default == ["Gemm"] and info_default["rewrites"] == {}
-    assert ops == ["Mul", "Add"] and info["rewrites"] == {"gemm_k1_to_mul_add": 1}
+    assert ops_default == ["Gemm"] and info_default["large_batch_graph"] is None
+    assert info["ops"] == ["Gemm"]  # model.onnx stays as torch exported it
+    assert ops == ["Mul", "Add"] and info["large_batch_graph"] == {
+        "file": "model.large_batch.onnx", "rewrites": {"gemm_k1_to_mul_add": 1}, "ops": ["Add", "Mul"]}
     np.testing.assert_array_equal(y, y_gemm)  # one multiply and one add per element either way
 
 
@@ -40,30 +47,66 @@ def test_only_inner_dimension_one_is_rewritten(tmp_path):
     torch.manual_seed(0)
     mlp = nn.Sequential(nn.Linear(1, 16), nn.Tanh(), nn.Linear(16, 1))
     ops, info, _ = _export(mlp, 1, tmp_path, large=True)
-    assert ops == ["Mul", "Add", "Tanh", "Gemm"] and info["rewrites"] == {"gemm_k1_to_mul_add": 1}
-    ops, info, _ = _export(nn.Linear(3, 1), 3, tmp_path, large=True)
-    assert ops == ["Gemm"] and info["rewrites"] == {}
+    assert ops == ["Mul", "Add", "Tanh", "Gemm"] and info["large_batch_graph"]["rewrites"] == {"gemm_k1_to_mul_add": 1}
+    info = export_onnx(nn.Linear(3, 1), 3, tmp_path / "k3.onnx", 18, ["a", "b", "c"], ["y"],
+                       large_batch_path=tmp_path / "k3.large.onnx")
+    assert info["ops"] == ["Gemm"] and info["large_batch_graph"] is None
+    assert not (tmp_path / "k3.large.onnx").exists()
 
 
-def test_export_cli_writes_the_large_batch_graph_and_verifies_it(seed_bundle, tmp_path):
-    out = tmp_path / "seed-lb"
-    proc = run_cli("export", str(seed_bundle), "--out", str(out), "--large-batch-graph")
-    assert proc.returncode == 0, proc.stderr
-    assert "parity: PASSED" in proc.stdout
-    manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["export"]["ops"] == ["Add", "Mul"] and manifest["parity"]["passed"]
+def test_bundle_holds_both_graphs_and_verify_checks_both(seed_bundle, tmp_path):
+    """`torchport train` writes model.large_batch.onnx by default; verify runs it against torch."""
+    manifest = json.loads((seed_bundle / "manifest.json").read_text())
+    assert manifest["export"]["ops"] == ["Gemm"]
+    assert manifest["export"]["large_batch_graph"]["ops"] == ["Add", "Mul"]
+    assert "model.large_batch.onnx" in manifest["files"]
+    assert manifest["parity"]["pairs"]["torch~onnxruntime_large_batch"]["passed"]
+    assert "large-batch graph: model.large_batch.onnx (ops Add, Mul)" in \
+        (seed_bundle.parent / "train_stdout.txt").read_text()
     x = np.linspace(-2, 6, 1001, dtype=np.float32).reshape(-1, 1)
-    run = lambda b: ort.InferenceSession(str(b / "model.onnx"), providers=["CPUExecutionProvider"]).run(
+    run = lambda f: ort.InferenceSession(str(seed_bundle / f), providers=["CPUExecutionProvider"]).run(
         None, {"features": x})[0]
-    np.testing.assert_array_equal(run(out), run(seed_bundle))
+    np.testing.assert_array_equal(run("model.large_batch.onnx"), run("model.onnx"))
+    proc = run_cli("verify", str(seed_bundle), "--no-record")
+    assert proc.returncode == 0, proc.stderr
+    assert "max |torch - onnxruntime_large_batch| = 0" in proc.stdout
 
 
-def test_cli_says_when_the_large_batch_graph_changes_nothing(tmp_path):
-    """A model without a one-feature linear layer keeps its graph, and the user is told so."""
+def test_export_without_the_large_batch_graph(seed_bundle, tmp_path):
+    out = tmp_path / "seed-gemm"
+    proc = run_cli("export", str(seed_bundle), "--out", str(out), "--no-large-batch-graph")
+    assert proc.returncode == 0, proc.stderr
+    assert "large-batch graph: none (--no-large-batch-graph)" in proc.stdout
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["export"]["large_batch_graph"] is None and "model.large_batch.onnx" not in manifest["files"]
+    assert not (out / "model.large_batch.onnx").exists() and manifest["parity"]["passed"]
+    assert "torch~onnxruntime_large_batch" not in manifest["parity"]["pairs"]
+
+
+def test_cli_says_when_there_is_no_large_batch_graph(tmp_path):
+    """A model without a one-feature linear layer gets no large-batch graph, and the user is told why."""
     out = tmp_path / "mlr"
     proc = run_cli("train", "--data", "plant_richness_mlr", "--model", "mlp", "--hidden", "4", "--epochs", "50",
-                   "--no-progress", "--no-plots",
-                   "--out", str(out), "--large-batch-graph")
+                   "--no-progress", "--no-plots", "--out", str(out))
     assert proc.returncode == 0, proc.stderr
-    assert "--large-batch-graph changed nothing" in proc.stderr
-    assert json.loads((out / "manifest.json").read_text())["export"]["rewrites"] == {}
+    assert "large-batch graph: none (the model has no linear layer over one input feature)" in proc.stdout
+    assert json.loads((out / "manifest.json").read_text())["export"]["large_batch_graph"] is None
+
+
+def test_one_feature_mlp_runs_its_large_batch_graph_in_chunks(tmp_path):
+    """An MLP over one feature gets a large-batch graph (first layer Mul+Add); the Predictor's chunked runs of
+    it answer like a plain session on model.onnx."""
+    from torchport.runtime import Predictor
+    from torchport.runtime.hot_path import CHUNK_BYTES, CHUNK_FROM_BYTES
+
+    out = tmp_path / "mlp1"
+    proc = run_cli("train", "--model", "mlp", "--hidden", "8,4", "--epochs", "50", "--no-progress", "--no-plots",
+                   "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    graph = json.loads((out / "manifest.json").read_text())["export"]["large_batch_graph"]
+    assert graph["rewrites"] == {"gemm_k1_to_mul_add": 1} and "Gemm" in graph["ops"] and "Mul" in graph["ops"]
+    p = Predictor(out, providers="cpu")
+    x = np.random.default_rng(2).uniform(-1, 4, size=(CHUNK_FROM_BYTES // 4 + CHUNK_BYTES // 3, 1)).astype(np.float32)
+    plain = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
+    np.testing.assert_allclose(p.predict(x), plain.run(None, {"features": x})[0], rtol=1e-6, atol=1e-6)
+    assert p._large.chunk_rows == CHUNK_BYTES // 4  # it ran in chunks

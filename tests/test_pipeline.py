@@ -35,7 +35,7 @@ def test_manifest_records_everything(seed_bundle):
     m = json.loads((seed_bundle / "manifest.json").read_text())
     assert m["format_version"] == 1 and m["features"] == ["area"] and m["targets"] == ["ntv_rich"]
     assert m["inputs"][0] == {"name": "features", "dtype": "float32", "shape": ["batch", 1]}
-    for name in ("model.onnx", "model.torchscript.pt", "checkpoint.pt"):
+    for name in ("model.onnx", "model.large_batch.onnx", "model.torchscript.pt", "checkpoint.pt"):
         assert m["files"][name]["sha256"] == sha256_file(seed_bundle / name)
     t = m["training"]
     assert t["hyperparameters"]["lr"] == 0.002 and t["epochs"] == 6000 and t["seed"] == 0
@@ -43,7 +43,7 @@ def test_manifest_records_everything(seed_bundle):
     assert 0.04 < t["final_loss"] < 0.041 and t["metrics"]["r2"] >= 0.82
     assert m["export"]["opset"] == 18 and m["export"]["versions"]["torch"]
     assert m["parity"]["passed"] and m["parity"]["cases"][0] == {"name": "training data", "rows": 22}
-    assert [c["rows"] for c in m["parity"]["cases"][1:]] == [1, 7, 4096]
+    assert [c["rows"] for c in m["parity"]["cases"][1:]] == [1, 7, 4096, 40000]
 
 
 def test_onnx_has_dynamic_batch_and_names(seed_bundle):
@@ -61,7 +61,7 @@ def test_verify_command(seed_bundle):
     assert proc.returncode == 0, proc.stderr
     diffs = {m.group(1): float(m.group(2))
              for m in re.finditer(r"max \|torch - (\w+)\| = (\S+)", proc.stdout)}
-    assert set(diffs) == {"torchscript", "onnxruntime"}
+    assert set(diffs) == {"torchscript", "onnxruntime", "onnxruntime_large_batch"}
     assert all(v <= 1e-5 for v in diffs.values())
     assert "training rows: bundled dataset plant_richness_lr (22 rows)" in proc.stdout
 
