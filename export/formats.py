@@ -37,7 +37,8 @@ def _quiet_torch():
 
 MIN_OPSET = 13
 NO_LARGE_BATCH_GRAPH_HELP = ("do not write model.large_batch.onnx. By default, when the model has a linear layer "
-                             "over one input feature, the bundle also holds the same model with that layer as "
+                             "with a single input (as the one-feature linear model's), the bundle also holds "
+                             "the same model with that layer as "
                              "Mul+Add instead of Gemm: the same answers, and 4-8x the rows/s from about 1,000 rows "
                              "on; the Predictor runs it for batches of more than 64 rows and model.onnx for "
                              "smaller ones")
@@ -49,7 +50,7 @@ def large_batch_line(manifest: dict, asked: bool) -> str:
     if graph:
         return (f"large-batch graph: {graph['file']} (ops {', '.join(graph['ops'])}), run by the Predictor for "
                 "batches of more than 64 rows")
-    why = "the model has no linear layer over one input feature" if asked else "--no-large-batch-graph"
+    why = "the model has no linear layer with a single input" if asked else "--no-large-batch-graph"
     return f"large-batch graph: none ({why}); every batch runs model.onnx"
 
 
@@ -81,7 +82,7 @@ def export_onnx(module: nn.Module, n_features: int, path: Path, opset: int, feat
                 target_names: list[str], large_batch_path: Path | None = None) -> dict:
     """Export ``module`` (rows x features -> rows x targets) to ``path`` with a dynamic batch dimension;
     returns what the manifest records about the export. With ``large_batch_path``, a copy in which every
-    Gemm over one input feature is Mul+Add (``optimize``: exact, faster from about 1,000 rows on) is
+    Gemm with inner dimension 1 is Mul+Add (``optimize``: exact, faster from about 1,000 rows on) is
     written there too, when there is such a Gemm. Both are checked by onnx.checker with shape inference."""
     check_opset(opset)
     module = module.eval()

@@ -16,8 +16,7 @@ from torch import nn
 
 from torchport.export.bundle_writer import DEFAULT_OPSET
 from torchport.export.formats import export_onnx, export_torchscript, load_torchscript
-from torchport.export.verify import (ParityError, compare_backends, describe_worst, large_batch_session, random_rows,
-                                     verify_bundle)
+from torchport.export.verify import ParityError, compare_backends, describe_worst, graph_session, random_rows, verify_bundle
 from torchport.runtime.bundle import LARGE_BATCH_FILE, ONNX_FILE
 from torchport.runtime.predictor import Predictor
 
@@ -63,10 +62,11 @@ def _module_parity(module: nn.Module, inputs: np.ndarray | None, feature_names, 
     with tempfile.TemporaryDirectory(prefix="torchport-parity-") as tmp:
         info = export_onnx(module, n, Path(tmp) / ONNX_FILE, opset, features, targets,
                            large_batch_path=Path(tmp) / LARGE_BATCH_FILE)
-        graph = (Path(tmp) / LARGE_BATCH_FILE).read_bytes() if info["large_batch_graph"] else None
+        large = Path(tmp) / LARGE_BATCH_FILE
+        graphs = {LARGE_BATCH_FILE: graph_session(large.read_bytes(), str(large))} if info["large_batch_graph"] else {}
         export_torchscript(module, Path(tmp) / "model.pt")
         predictor = Predictor(Path(tmp) / ONNX_FILE, providers="cpu")
         scripted = load_torchscript(Path(tmp) / "model.pt")
         report = compare_backends(module, scripted, predictor, [("inputs", inputs)], features, targets,
-                                  atol=atol, rtol=rtol, large=large_batch_session(graph))
+                                  atol=atol, rtol=rtol, graphs=graphs)
     return _raise_if_failed(report)

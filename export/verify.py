@@ -11,15 +11,18 @@ import torch
 from torch import nn
 
 from torchport.export.formats import load_torchscript
-from torchport.runtime.bundle import LARGE_BATCH_FILE, TORCHSCRIPT_FILE, load_manifest, read_checked
+from torchport.runtime.bundle import (LARGE_BATCH_FILE, ONNX_FILE, TORCHSCRIPT_FILE, BundleError, load_manifest,
+                                      read_checked)
 from torchport.runtime.predictor import Predictor
 
-# 40000 rows take the Predictor's large-batch path (large_batch_rows is 32768 by default).
+# 40000 rows take the Predictor's multi-threaded session (large_batch_rows is 32768 by default); its chunked
+# runs (from 2M rows of one feature) are left to the tests, to keep verify quick for wide models.
 RANDOM_BATCHES = (1, 7, 4096, 40000)
 BACKENDS = ("torch", "torchscript", "onnxruntime")
 PAIRS = (("torch", "torchscript"), ("torch", "onnxruntime"), ("torchscript", "onnxruntime"))
-# The large-batch graph on its own (a plain session), every case through it, against torch.
-LARGE = "onnxruntime_large_batch"
+# In a bundle with two graphs the Predictor ("onnxruntime") runs model.onnx only up to 64 rows, so each
+# graph also runs every case on its own (a plain session), against torch.
+GRAPH_BACKENDS = {ONNX_FILE: "onnxruntime_model", LARGE_BATCH_FILE: "onnxruntime_large_batch"}
 
 
 class ParityError(AssertionError):
@@ -64,45 +67,59 @@ def _compare(a: np.ndarray, ref: np.ndarray, atol: float, rtol: float) -> dict:
                       "reference": float(ref[worst]), "abs": float(diff[worst]), "rel": float(rel[worst])}}
 
 
-def check_names(predictor: Predictor, features: list[str], targets: list[str]) -> list[str]:
-    """Problems with the feature/target names the ONNX graph carries in its metadata (none: an empty list)."""
-    meta = predictor._session.get_modelmeta().custom_metadata_map
+def check_names(session: ort.InferenceSession, features: list[str], targets: list[str],
+                input_name: str, output_name: str, graph: str = ONNX_FILE) -> list[str]:
+    """Problems with a graph's input/output names and the feature/target names it carries in its metadata
+    (none: an empty list)."""
+    meta = session.get_modelmeta().custom_metadata_map
     problems = []
     for key, expected in (("torchport.features", list(features)), ("torchport.targets", list(targets))):
         found = json.loads(meta[key]) if key in meta else None
         if found != expected:
-            problems.append(f"ONNX metadata {key} is {found}, expected {expected}")
+            problems.append(f"{graph}: ONNX metadata {key} is {found}, expected {expected}")
+    inputs, outputs = [i.name for i in session.get_inputs()], [o.name for o in session.get_outputs()]
+    if inputs != [input_name] or outputs[:1] != [output_name]:
+        problems.append(f"{graph}: inputs {inputs} and outputs {outputs}, expected [{input_name!r}] and "
+                        f"[{output_name!r}]")
     return problems
 
 
-def large_batch_session(graph: bytes | None) -> ort.InferenceSession | None:
-    """A plain one-thread CPU session over the large-batch graph's bytes, or None without one."""
-    if graph is None:
-        return None
+def graph_session(graph: bytes, name: str) -> ort.InferenceSession:
+    """A plain one-thread CPU session over one graph's bytes; a graph ONNX Runtime refuses is a BundleError."""
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
-    return ort.InferenceSession(graph, options, providers=["CPUExecutionProvider"])
+    try:
+        return ort.InferenceSession(graph, options, providers=["CPUExecutionProvider"])
+    except Exception as e:  # onnxruntime raises its own exception types for invalid models
+        raise BundleError(f"{name} is not a model ONNX Runtime can load: {e}") from None
 
 
 def compare_backends(module: nn.Module, scripted: torch.jit.ScriptModule, predictor: Predictor,
                      cases: list[tuple[str, np.ndarray]], features: list[str], targets: list[str], *,
-                     atol: float = 1e-5, rtol: float = 1e-4, large: ort.InferenceSession | None = None) -> dict:
-    """Run every case through the three backends (and the large-batch graph's session ``large``, when
-    given); check names, shapes and dtypes, compare values per pair."""
+                     atol: float = 1e-5, rtol: float = 1e-4,
+                     graphs: dict[str, ort.InferenceSession] | None = None) -> dict:
+    """Run every case through the three backends and through each of ``graphs`` (file name -> plain
+    session, run on its own as GRAPH_BACKENDS names it); check names, shapes and dtypes, compare values
+    per pair (every graph against torch)."""
     n_targets = len(targets)
-    backends, pairs_checked = BACKENDS, PAIRS
-    if large is not None:
-        backends, pairs_checked = BACKENDS + (LARGE,), PAIRS + (("torch", LARGE),)
+    graphs = graphs or {}
+    problems = check_names(predictor._session, features, targets, predictor.input_name, predictor.output_name)
+    for name, session in graphs.items():
+        if name != ONNX_FILE:
+            problems += check_names(session, features, targets, predictor.input_name, predictor.output_name, name)
+    # a graph with other input/output names cannot be run by name: reported above, not run
+    extra = {} if problems else {GRAPH_BACKENDS[name]: session for name, session in graphs.items()}
+    backends, pairs_checked = BACKENDS + tuple(extra), PAIRS + tuple(("torch", b) for b in extra)
     outputs: dict[str, list[np.ndarray]] = {b: [] for b in backends}
-    problems, labels = check_names(predictor, features, targets), []
+    labels = []
     for label, rows in cases:
         x32 = np.ascontiguousarray(rows, dtype=np.float32)
         with torch.no_grad():
             got = {"torch": module(torch.from_numpy(x32)).numpy(),
                    "torchscript": scripted(torch.from_numpy(x32)).numpy(),
                    "onnxruntime": predictor.predict(x32)}
-        if large is not None:
-            got[LARGE] = large.run(None, {predictor.input_name: x32})[0]
+        for backend, session in extra.items():
+            got[backend] = session.run([predictor.output_name], {predictor.input_name: x32})[0]
         for backend, out in got.items():
             if out.shape != (len(x32), n_targets) or out.dtype != np.float32:
                 problems.append(f"{label}: {backend} returned {out.dtype}{list(out.shape)}, expected "
@@ -126,8 +143,8 @@ def compare_backends(module: nn.Module, scripted: torch.jit.ScriptModule, predic
 def verify_bundle(bundle: str | os.PathLike, X: np.ndarray | None = None, *, atol: float = 1e-5,
                   rtol: float = 1e-4, seed: int = 0) -> dict:
     """Run the training rows (``X`` or the manifest's dataset) and random batches of 1, 7, 4096 and 40000
-    rows through torch (from the checkpoint), TorchScript and ONNX Runtime (CPU: the Predictor, and the
-    large-batch graph on its own when the bundle has one); report per-pair differences."""
+    rows through torch (from the checkpoint), TorchScript and ONNX Runtime (CPU: the Predictor, and, when
+    the bundle has two graphs, each graph on its own); report per-pair differences."""
     from torchport.export.bundle_writer import load_module
 
     bundle = Path(bundle)
@@ -136,9 +153,10 @@ def verify_bundle(bundle: str | os.PathLike, X: np.ndarray | None = None, *, ato
     read_checked(bundle, TORCHSCRIPT_FILE, manifest)
     scripted = load_torchscript(bundle / TORCHSCRIPT_FILE)
     predictor = Predictor(bundle, providers="cpu")
-    large = None
+    graphs = {}
     if LARGE_BATCH_FILE in manifest["files"]:
-        large = large_batch_session(read_checked(bundle, LARGE_BATCH_FILE, manifest))
+        graphs = {name: graph_session(read_checked(bundle, name, manifest), str(bundle / name))
+                  for name in (ONNX_FILE, LARGE_BATCH_FILE)}
     described = f"training data ({len(X)} rows)" if X is not None else None
     if X is None:
         X, described = training_rows(manifest)
@@ -148,7 +166,7 @@ def verify_bundle(bundle: str | os.PathLike, X: np.ndarray | None = None, *, ato
     cases = ([("training data", X)] if X is not None else []) + \
         [(f"random {k} rows", random_rows(n, k, rng, stats)) for k in RANDOM_BATCHES]
     report = compare_backends(module, scripted, predictor, cases, manifest["features"], manifest["targets"],
-                              atol=atol, rtol=rtol, large=large)
+                              atol=atol, rtol=rtol, graphs=graphs)
     report["training_rows"] = described
     return report
 

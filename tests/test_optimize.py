@@ -1,4 +1,4 @@
-"""The large-batch graph: a Gemm over one input feature becomes Mul+Add, with the same answers as torch."""
+"""The large-batch graph: a Gemm with inner dimension 1 becomes Mul+Add, with the same answers as torch."""
 import json
 
 import numpy as np
@@ -84,12 +84,12 @@ def test_export_without_the_large_batch_graph(seed_bundle, tmp_path):
 
 
 def test_cli_says_when_there_is_no_large_batch_graph(tmp_path):
-    """A model without a one-feature linear layer gets no large-batch graph, and the user is told why."""
+    """A model without a single-input linear layer gets no large-batch graph, and the user is told why."""
     out = tmp_path / "mlr"
     proc = run_cli("train", "--data", "plant_richness_mlr", "--model", "mlp", "--hidden", "4", "--epochs", "50",
                    "--no-progress", "--no-plots", "--out", str(out))
     assert proc.returncode == 0, proc.stderr
-    assert "large-batch graph: none (the model has no linear layer over one input feature)" in proc.stdout
+    assert "large-batch graph: none (the model has no linear layer with a single input)" in proc.stdout
     assert json.loads((out / "manifest.json").read_text())["export"]["large_batch_graph"] is None
 
 

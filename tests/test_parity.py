@@ -11,11 +11,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from onnx import TensorProto, helper
 
-from conftest import PARITY_STATS
+from conftest import PARITY_STATS, run_cli
 from torchport.export.formats import MIN_OPSET, newest_opset
 from torchport.export.testing import assert_parity
 from torchport.export.verify import ParityError
-from torchport.runtime.bundle import sha256_file
+from torchport.runtime.bundle import BundleError, sha256_file
 from torchport.train.models import ACTIVATIONS, build_model
 
 
@@ -74,6 +74,65 @@ def test_wrong_names_in_metadata_are_reported(seed_bundle, tmp_path):
     (renamed / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(ParityError, match=r"torchport.features is \['size'\], expected \['area'\]"):
         assert_parity(renamed)
+
+
+def _add_above_64_rows(path, delta):
+    """Edit an ONNX graph so that it adds delta to every answer of batches of more than 64 rows only."""
+    model = onnx.load(str(path))
+    out = model.graph.output[0].name
+    inner = out + "_before_edit"
+    for node in model.graph.node:
+        node.output[:] = [inner if o == out else o for o in node.output]
+    model.graph.initializer.extend([helper.make_tensor("edit_zero", TensorProto.INT64, [], [0]),
+                                    helper.make_tensor("edit_64", TensorProto.INT64, [], [64]),
+                                    helper.make_tensor("edit_delta", TensorProto.FLOAT, [], [delta])])
+    model.graph.node.extend([
+        helper.make_node("Shape", ["features"], ["edit_shape"]),
+        helper.make_node("Gather", ["edit_shape", "edit_zero"], ["edit_rows"], axis=0),
+        helper.make_node("Greater", ["edit_rows", "edit_64"], ["edit_big"]),
+        helper.make_node("Cast", ["edit_big"], ["edit_on"], to=TensorProto.FLOAT),
+        helper.make_node("Mul", ["edit_on", "edit_delta"], ["edit_add"]),
+        helper.make_node("Add", [inner, "edit_add"], [out])])
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+
+
+def test_verify_checks_each_graph_at_every_batch_size(seed_bundle, tmp_path):
+    """The Predictor runs model.onnx only up to 64 rows in a two-graph bundle, so verify runs each graph
+    on its own too: a model.onnx that is wrong only for larger batches is caught."""
+    from torchport.export.verify import verify_bundle
+
+    broken = tmp_path / "wrong-when-large"
+    shutil.copytree(seed_bundle, broken)
+    _add_above_64_rows(broken / "model.onnx", 0.5)
+    manifest = json.loads((broken / "manifest.json").read_text())
+    manifest["files"]["model.onnx"]["sha256"] = sha256_file(broken / "model.onnx")
+    (broken / "manifest.json").write_text(json.dumps(manifest))
+    report = verify_bundle(broken)
+    pairs = report["pairs"]
+    assert not report["passed"] and not pairs["torch~onnxruntime_model"]["passed"]
+    assert pairs["torch~onnxruntime_model"]["worst"]["case"] in ("random 4096 rows", "random 40000 rows")
+    assert pairs["torch~onnxruntime"]["passed"] and pairs["torch~onnxruntime_large_batch"]["passed"]
+
+
+def test_verify_refuses_a_large_batch_graph_with_other_names(seed_bundle, tmp_path):
+    from torchport.export.verify import verify_bundle
+
+    renamed = tmp_path / "renamed-output"
+    shutil.copytree(seed_bundle, renamed)
+    model = onnx.load(str(renamed / "model.large_batch.onnx"))
+    old = model.graph.output[0].name
+    model.graph.output[0].name = "answers"
+    for node in model.graph.node:
+        node.output[:] = ["answers" if o == old else o for o in node.output]
+    onnx.save(model, str(renamed / "model.large_batch.onnx"))
+    manifest = json.loads((renamed / "manifest.json").read_text())
+    manifest["files"]["model.large_batch.onnx"]["sha256"] = sha256_file(renamed / "model.large_batch.onnx")
+    (renamed / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match=r"model.large_batch.onnx: the graph's outputs \[\('answers'"):
+        verify_bundle(renamed)  # the Predictor refuses it on its first batch of more than 64 rows
+    proc = run_cli("verify", str(renamed))
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr and "model.large_batch.onnx" in proc.stderr
 
 
 @st.composite

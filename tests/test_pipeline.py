@@ -61,7 +61,7 @@ def test_verify_command(seed_bundle):
     assert proc.returncode == 0, proc.stderr
     diffs = {m.group(1): float(m.group(2))
              for m in re.finditer(r"max \|torch - (\w+)\| = (\S+)", proc.stdout)}
-    assert set(diffs) == {"torchscript", "onnxruntime", "onnxruntime_large_batch"}
+    assert set(diffs) == {"torchscript", "onnxruntime", "onnxruntime_model", "onnxruntime_large_batch"}
     assert all(v <= 1e-5 for v in diffs.values())
     assert "training rows: bundled dataset plant_richness_lr (22 rows)" in proc.stdout
 
