@@ -154,7 +154,8 @@ def cold_start(bundle: Path, repeats: int) -> dict:
 def _graph_ops(bundle: Path) -> dict[str, list[str]]:
     """The op types of model.onnx and of the large-batch graph (empty: none), as the manifest records them."""
     export = json.loads((bundle / "manifest.json").read_text()).get("export", {})
-    return {"model.onnx": export.get("ops", []), LARGE_BATCH_FILE: (export.get("large_batch_graph") or {}).get("ops", [])}
+    large = export.get("large_batch_graph") or {}
+    return {"model.onnx": export.get("ops", []), LARGE_BATCH_FILE: large.get("ops", [])}
 
 
 def versions() -> dict:

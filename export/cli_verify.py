@@ -1,6 +1,7 @@
 """Verify a bundle: run the training rows (when the data is still available unchanged) and random batches
 of 1, 7, 4096 and 40000 rows through the torch module (from the checkpoint), the TorchScript file and ONNX
-Runtime (the Predictor, and model.large_batch.onnx on its own when the bundle has it); print the max absolute and relative difference per pair and record them in the manifest.
+Runtime (the Predictor, and in a two-graph bundle model.onnx and model.large_batch.onnx each on its own);
+print the max absolute and relative difference per pair and record them in the manifest.
 Exit status 1 when any pair differs by more than atol + rtol * |reference|.
 
 example:

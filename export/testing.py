@@ -16,7 +16,8 @@ from torch import nn
 
 from torchport.export.bundle_writer import DEFAULT_OPSET
 from torchport.export.formats import export_onnx, export_torchscript, load_torchscript
-from torchport.export.verify import ParityError, compare_backends, describe_worst, graph_session, random_rows, verify_bundle
+from torchport.export.verify import (ParityError, compare_backends, describe_worst, graph_session, random_rows,
+                                     verify_bundle)
 from torchport.runtime.bundle import LARGE_BATCH_FILE, ONNX_FILE
 from torchport.runtime.predictor import Predictor
 
@@ -35,7 +36,8 @@ def assert_parity(bundle_or_module: str | os.PathLike | nn.Module, inputs: np.nd
                   atol: float = 1e-5, rtol: float = 1e-4, opset: int = DEFAULT_OPSET) -> dict:
     """Raise ParityError unless torch, TorchScript and ONNX Runtime (model.onnx, and the large-batch graph
     where the exporter writes one) agree in names, shapes, dtypes and values (|a - ref| <= atol + rtol *
-    |ref| everywhere); the message names the worst element. Returns the report. ``inputs`` default to the bundle's verification cases, or 256 standard-normal rows for a module."""
+    |ref| everywhere); the message names the worst element. Returns the report. ``inputs`` default to the
+    bundle's verification cases, or 256 standard-normal rows for a module."""
     if isinstance(bundle_or_module, nn.Module):
         return _module_parity(bundle_or_module, inputs, feature_names, target_names, atol, rtol, opset)
     # verify_bundle checks the metadata names; the Predictor it uses refuses a graph whose input/output

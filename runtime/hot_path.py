@@ -58,8 +58,9 @@ def session_options(intra_op_threads: int) -> ort.SessionOptions:
 
 def all_finite(a: np.ndarray) -> bool:
     """True if no element of the C-contiguous float32 array ``a`` is NaN or infinite, in one BLAS pass (1.5-3x
-    faster than numpy's float32 sum, 4-5x than a float64 sum): a sum of squares is finite only if every element is. False can be a false
-    alarm (squares of finite values above 1.8e19 overflow): the caller then checks each element."""
+    faster than numpy's float32 sum, 4-5x than a float64 sum): a sum of squares is finite only if every
+    element is. False can be a false alarm (squares of finite values above 1.8e19 overflow): the caller
+    then checks each element."""
     v = a.reshape(-1)
     with np.errstate(over="ignore", invalid="ignore"):  # overflow and NaN are the answers looked for
         return math.isfinite(np.dot(v, v))

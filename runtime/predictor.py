@@ -36,9 +36,9 @@ class Predictor:
     ``intra_op_threads`` (default: every core). When the bundle has ``model.large_batch.onnx`` (the same
     function with its single-input linear layers as Mul+Add: ``large_batch_graph`` is then True), it runs
     every numpy batch of more than 64 rows, and on the CPU inputs over 8 MiB run in 1 MiB chunks. Sessions
-    other than the first are made on first use. ``sess_options`` replaces them all with one session on ``model.onnx`` built
-    from the caller's options. One Predictor may serve many threads at once. NaN and infinite inputs are
-    refused (the error names the first bad row and column) unless ``allow_nonfinite``."""
+    other than the first are made on first use. ``sess_options`` replaces them all with one session on
+    ``model.onnx`` built from the caller's options. One Predictor may serve many threads at once. NaN and
+    infinite inputs are refused (the error names the first bad row and column) unless ``allow_nonfinite``."""
 
     def __init__(self, path: str | os.PathLike, providers: str | list[str] = "auto",
                  sess_options: ort.SessionOptions | None = None, intra_op_threads: int | None = None,

@@ -231,8 +231,10 @@ def test_benchmark_quick_run_writes_complete_json(seed_bundle, tmp_path):
     single = report["single_row"]
     assert single["predictor_us"]["median"] > 0 and single["plain_us"]["median"] > 0 and single["ratio"] > 0
     assert len(report["throughput"]) == 2
+    assert report["graph_ops"] == {"model.onnx": ["Gemm"], "model.large_batch.onnx": ["Add", "Mul"]}
     for row in report["throughput"]:
         assert row["rows"] > 0 and row["ratio_to_plain"] > 0 and row["predictor_to_floor"] > 0
+        assert row["ratio_to_plain_lb"] > 0 and row["plain_lb_to_floor"] > 0  # the same-graph reference
     cold = report["cold_start"]
     assert cold["predictor_s"] > 0 and cold["ort_s"] > 0 and cold["torchscript_s"] > 0
     assert cold["ratio_to_ort"] > 0 and cold["torchscript_over_predictor"] > 0
