@@ -1,52 +1,68 @@
-"""Reference benchmark: train the seed's linear bundle and a 3-feature MLP bundle (if not there yet), then
-run `torchport bench` on both into benchmarks/results/<machine>/ (bench.json, bench.md, bench.png).
+"""The reference run of `torchport bench`: train the seed's linear bundle and a 3-feature MLP bundle where
+they are missing, then benchmark both into a folder named after this machine, so that runs on different
+machines sit side by side. Other options are passed on to `torchport bench` (see `torchport bench --help`);
+--quick and --threads N also add -quick and -threadsN to the folder's name.
 
-usage: .venv/bin/python benchmarks/compare_backends.py [--quick] [--threads N] [other `torchport bench` options]
-(--quick and --threads N add -quick and -threadsN to the folder's name)
+Paths are relative to the current directory: the bundles under bundles/ (bundles/seed, bundles/mlr-mlp),
+the results in benchmarks/results/<machine>/ (bench.json, bench.md, bench.png).
+
+examples:
+  python -m torchport.benchmarks.compare_backends                 # threads = physical cores
+  python -m torchport.benchmarks.compare_backends --threads 1     # -> benchmarks/results/<machine>-threads1/
+  python -m torchport.benchmarks.compare_backends --quick
 """
 from __future__ import annotations
 
-import os
+import argparse
 import re
 import subprocess
 import sys
 from pathlib import Path
 
-from torchport.export.bench import cpu_description, gpu_description
+from torchport.benchmarks.machine import cpu_description, gpu_description
+from torchport.benchmarks.timing import RESULTS_DIR
 from torchport.runtime.cli import main as torchport
+from torchport.runtime.options import positive_int
 
-ROOT = Path(__file__).resolve().parent.parent
+BUNDLES_DIR = Path("bundles")
 BUNDLES = {
     "seed": [],
     "mlr-mlp": ["--data", "plant_richness_mlr", "--model", "mlp", "--hidden", "32,32"],
 }
 
 
+def _slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
+
+
 def machine_name() -> str:
     """A folder name for this machine: CPU model, family/model, usable CPUs, and the GPU if any."""
     cpu = cpu_description()
-    name = re.sub(r"\(r\)|\(tm\)|processor|cpu", "", cpu["model"].lower())
-    parts = [re.sub(r"[^a-z0-9]+", "-", name).strip("-"), f"f{cpu.get('cpu_family')}m{cpu.get('cpuid_model')}",
-             f"{cpu['usable_cpus']}cpu"]
-    parts += [re.sub(r"[^a-z0-9]+", "-", g["name"].lower()).strip("-") for g in gpu_description()[:1]]
-    return "-".join(parts)
+    parts = [_slug(re.sub(r"\(r\)|\(tm\)|processor|cpu", "", cpu.model.lower())),
+             f"f{cpu.cpu_family}m{cpu.cpuid_model}", f"{cpu.usable_cpus}cpu"]
+    return "-".join(parts + [_slug(g.name) for g in gpu_description()[:1]])
 
 
-def main(argv: list[str]) -> int:
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m torchport.benchmarks.compare_backends", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="passed on to `torchport bench`: a short run")
+    parser.add_argument("--threads", type=positive_int, help="passed on to `torchport bench`")
+    args, bench_options = parser.parse_known_args(argv)
     bundles = []
     for name, options in BUNDLES.items():
-        path = ROOT / "bundles" / name
+        path = BUNDLES_DIR / name
         if not (path / "manifest.json").exists():
-            subprocess.run([str(Path(sys.executable).parent / "torchport"), "train", *options, "--out", str(path),
-                            "--no-progress"], check=True)
-        bundles.append(str(path.relative_to(ROOT)))
-    suffix = "-quick" * ("--quick" in argv)
-    if "--threads" in argv[:-1]:
-        suffix += f"-threads{argv[argv.index('--threads') + 1]}"
-    out = Path("benchmarks/results") / (machine_name() + suffix)
-    return torchport(["bench", *bundles, "--out", str(out), *argv])
+            trained = subprocess.run([sys.executable, "-m", "torchport.runtime.cli", "train", *options, "--out",
+                                      str(path), "--no-progress"])
+            if trained.returncode:
+                return trained.returncode
+        bundles.append(str(path))
+    suffix = "-quick" * args.quick + (f"-threads{args.threads}" if args.threads else "")
+    bench_options += ["--quick"] * args.quick + (["--threads", str(args.threads)] if args.threads else [])
+    out = RESULTS_DIR / (machine_name() + suffix)
+    return torchport(["bench", *bundles, "--out", str(out), *bench_options])
 
 
 if __name__ == "__main__":
-    os.chdir(ROOT)
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(main())

@@ -1,42 +1,44 @@
-"""The runtime's hot path against a plain ONNX Runtime session, the numpy copy floor and TorchScript.
-
-One run, interleaved, after warm-up: single-row latency, rows/s at 1M and 16M rows (one feature), and cold
-start in fresh processes. Prints a table with ratios and saves JSON (versions, CPU model, thread counts).
+"""The runtime's hot path against a plain ONNX Runtime session, the numpy copy floor and TorchScript, on
+the seed's one-feature model: single-row latency, rows/s at large batches, and cold start in fresh
+processes. Every figure is measured in the same run as its baselines, interleaved after warm-up, so the
+ratios hold even on a loaded machine. Prints a table with the ratios and saves the figures, with the
+machine and thread settings, as JSON.
 
 "plain" is a default InferenceSession on the bundle's model.onnx (what an app that loads the file itself
 runs). When the bundle has model.large_batch.onnx (which the Predictor runs for batches of more than 64
 rows), a default session on that graph is timed too ("plain lb"): the stricter reference, the same graph
-run without the Predictor's hot path.
+run without the Predictor's hot path. docs/benchmarks.md describes the method and the saved runs.
 
-  .venv/bin/torchport train --out bundles/seed
-  .venv/bin/python benchmarks/hot_path.py --bundle bundles/seed          # full run, about a minute
-  .venv/bin/torchport export bundles/seed --out bundles/seed-gemm --no-large-batch-graph  # model.onnx only
-  .venv/bin/python benchmarks/hot_path.py --bundle bundles/seed-gemm
-  .venv/bin/python benchmarks/hot_path.py --bundle bundles/seed --quick  # smoke run, seconds
+examples:
+  torchport train --out bundles/seed
+  python -m torchport.benchmarks.hot_path --bundle bundles/seed
+  python -m torchport.benchmarks.hot_path --bundle bundles/seed --quick       # a smoke run
+  torchport export bundles/seed --out bundles/seed-gemm --no-large-batch-graph  # model.onnx only
+  python -m torchport.benchmarks.hot_path --bundle bundles/seed-gemm
 """
 from __future__ import annotations
 
 import argparse
 import datetime as dt
-import gc
-import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 
+from torchport.benchmarks.machine import environment
+from torchport.benchmarks.timing import RESULTS_DIR, interleaved, rates
 from torchport.runtime import Predictor
-from torchport.runtime.bundle import LARGE_BATCH_FILE
-from torchport.runtime.hot_path import CHUNK_BYTES, bound_run, usable_cpus
-from torchport.runtime.machine import cpu_description
-
-RESULTS = Path(__file__).resolve().parent / "results"
+from torchport.runtime.bundle import LARGE_BATCH_FILE, ONNX_FILE, Bundle
+from torchport.runtime.errors import BundleError
+from torchport.runtime.files import write_json
+from torchport.runtime.hot_path import CHUNK_BYTES
+from torchport.runtime.ort_api import bound_run
+from torchport.runtime.providers import CPU
+from torchport.runtime.sessions import session_options
 
 COLD = {
     "predictor": "import torchport.runtime as rt\np = rt.Predictor(B, providers='cpu')\np.predict([[3.0]])",
@@ -50,41 +52,25 @@ COLD = {
 CHILD = "import time\nt0 = time.perf_counter()\nB = {bundle!r}\n{body}\nprint(time.perf_counter() - t0)\n"
 
 
-def interleaved(candidates: dict, rounds: int, calls: int) -> dict[str, list[float]]:
-    """Seconds of each call of every candidate: ``rounds`` rounds of ``calls`` calls each, the candidates in
-    a new (seeded) random order every round, so that drift in the machine's load falls on all of them alike
-    and none always runs right after the same other one (a session's thread pool still spins for a while
-    after its run and slows whatever comes next on a small machine)."""
-    samples: dict[str, list[float]] = {k: [] for k in candidates}
-    names = list(candidates)
-    order = np.random.default_rng(0)
-    clock = time.perf_counter_ns
-    gc.disable()
-    try:
-        for _ in range(rounds):
-            for name in order.permutation(names):
-                fn, out = candidates[name], samples[name]
-                for _ in range(calls):
-                    t0 = clock()
-                    fn()
-                    out.append((clock() - t0) / 1e9)
-    finally:
-        gc.enable()
-    return samples
-
-
 def stats_us(seconds: list[float]) -> dict:
     a = np.asarray(seconds) * 1e6
     return {"median": float(np.median(a)), "p99": float(np.percentile(a, 99)), "n": int(a.size)}
 
 
+def plain_session(bundle: Bundle, graph: str) -> ort.InferenceSession:
+    """A default ONNX Runtime session on one of the bundle's graphs (its checked bytes): what an app that
+    loads the file itself runs."""
+    return ort.InferenceSession(bundle.read(graph), sess_options=session_options(tuned=False), providers=[CPU])
+
+
 def single_row(predictor: Predictor, plain: ort.InferenceSession, quick: bool) -> dict:
     x = np.array([[3.0]], dtype=np.float32)
-    assert np.array_equal(predictor.predict(x), plain.run(["targets"], {"features": x})[0])
+    fetches, feed = [predictor.output_name], predictor.input_name
+    assert np.array_equal(predictor.predict(x), plain.run(fetches, {feed: x})[0])
     # ONNX Runtime's own floor: the one-thread session with input and output bound once, nothing copied
     bound = bound_run(predictor._session, predictor.input_name, predictor.output_name, x.copy(),
                       np.empty((1, predictor.n_targets), dtype=np.float32))
-    candidates = {"predictor": lambda: predictor.predict(x), "plain": lambda: plain.run(["targets"], {"features": x}),
+    candidates = {"predictor": lambda: predictor.predict(x), "plain": lambda: plain.run(fetches, {feed: x}),
                   "bound": bound}
     interleaved(candidates, 2, 2000)  # warm-up
     s = interleaved(candidates, 6 if quick else 100, 200 if quick else 500)
@@ -99,10 +85,11 @@ def throughput(predictor: Predictor, plain: ort.InferenceSession, plain_lb: ort.
                quick: bool) -> dict:
     x = np.random.default_rng(0).uniform(0, 5, size=(rows, 1)).astype(np.float32)
     dst, out = np.empty_like(x), np.empty((rows, 1), dtype=np.float32)
-    expected = plain.run(["targets"], {"features": x})[0]
+    fetches, feed = [predictor.output_name], predictor.input_name
+    expected = plain.run(fetches, {feed: x})[0]
     assert np.array_equal(predictor.predict(x), expected)
     if plain_lb is not None:
-        assert np.array_equal(plain_lb.run(["targets"], {"features": x})[0], expected)
+        assert np.array_equal(plain_lb.run(fetches, {feed: x})[0], expected)
 
     def unchecked() -> np.ndarray:
         """The same Predictor (same sessions) with the NaN/inf check off: what the check costs."""
@@ -114,16 +101,15 @@ def throughput(predictor: Predictor, plain: ort.InferenceSession, plain_lb: ort.
 
     candidates = {
         "floor": lambda: np.copyto(dst, x),  # read 4 bytes and write 4 per row into a reused buffer
-        "plain": lambda: plain.run(["targets"], {"features": x}),
+        "plain": lambda: plain.run(fetches, {feed: x}),
         "predictor": lambda: predictor.predict(x),
         "predictor_out": lambda: predictor.predict(x, out=out),
         "predictor_unchecked": unchecked,
     }
     if plain_lb is not None:
-        candidates["plain_lb"] = lambda: plain_lb.run(["targets"], {"features": x})
+        candidates["plain_lb"] = lambda: plain_lb.run(fetches, {feed: x})
     interleaved(candidates, 2, 1)  # warm-up
-    s = interleaved(candidates, 3 if quick else (41 if rows <= 1_000_000 else 15), 1)
-    rate = {k: rows / float(np.median(v)) for k, v in s.items()}
+    rate = rates(interleaved(candidates, 3 if quick else (41 if rows <= 1_000_000 else 15), 1), rows)
     lb = {"ratio_to_plain_lb": rate["predictor"] / rate["plain_lb"],
           "plain_lb_to_floor": rate["plain_lb"] / rate["floor"]} if plain_lb is not None else {}
     return {"rows": rows, "rows_per_s": rate, "ratio_to_plain": rate["predictor"] / rate["plain"], **lb,
@@ -151,29 +137,22 @@ def cold_start(bundle: Path, repeats: int) -> dict:
             "torchscript_over_predictor": med["torchscript"] / med["predictor"], "runs": repeats, "samples_s": times}
 
 
-def _graph_ops(bundle: Path) -> dict[str, list[str]]:
+def graph_ops(bundle: Bundle) -> dict[str, list[str]]:
     """The op types of model.onnx and of the large-batch graph (empty: none), as the manifest records them."""
-    export = json.loads((bundle / "manifest.json").read_text()).get("export", {})
-    large = export.get("large_batch_graph") or {}
-    return {"model.onnx": export.get("ops", []), LARGE_BATCH_FILE: large.get("ops", [])}
-
-
-def versions() -> dict:
-    out = {"python": platform.python_version(), "numpy": np.__version__, "onnxruntime": ort.__version__}
-    proc = subprocess.run([sys.executable, "-c", "import torch; print(torch.__version__)"], capture_output=True,
-                          text=True)
-    out["torch"] = proc.stdout.strip() or "not installed"
-    return out
+    export = bundle.manifest.export
+    large = export.large_batch_graph
+    return {ONNX_FILE: list(export.ops), LARGE_BATCH_FILE: list(large.ops) if large else []}
 
 
 def table(report: dict) -> str:
     s, c = report["single_row"], report["cold_start"]
     ops = report["graph_ops"]
     lb = bool(ops[LARGE_BATCH_FILE])
-    graphs = f"model.onnx {'+'.join(ops['model.onnx'])}" + \
+    graphs = f"model.onnx {'+'.join(ops[ONNX_FILE])}" + \
         (f", large-batch graph {'+'.join(ops[LARGE_BATCH_FILE])} (\"plain lb\")" if lb else ", no large-batch graph")
-    lines = [f"torchport hot path, {report['machine']['cpu_model']}, {report['machine']['logical_cpus']} CPUs, "
-             f"onnxruntime {report['versions']['onnxruntime']}{' (quick run)' if report['quick'] else ''}",
+    env = report["environment"]
+    lines = [f"torchport hot path, {env['cpu']['model']}, {env['cpu']['usable_cpus']} usable CPUs, "
+             f"onnxruntime {env['versions']['onnxruntime']}{' (quick run)' if report['quick'] else ''}",
              graphs, "",
              f"{'single row (numpy)':34s} {'predictor':>12s} {'plain run':>12s} {'ratio':>8s} {'target':>8s}",
              f"{'  median latency, us':34s} {s['predictor_us']['median']:12.2f} {s['plain_us']['median']:12.2f} "
@@ -200,41 +179,41 @@ def table(report: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog="python -m torchport.benchmarks.hot_path", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--bundle", type=Path, default=Path("bundles/seed"),
-                        help="bundle of the seed model (`torchport train --out bundles/seed`)")
+                        help="bundle of the seed model, made by `torchport train --out bundles/seed` "
+                             "(default: bundles/seed)")
     parser.add_argument("--quick", action="store_true", help="small sizes and few repeats: a smoke run")
-    parser.add_argument("--json", type=Path, help="where to save the JSON (default: benchmarks/results/)")
+    parser.add_argument("--json", type=Path, metavar="FILE",
+                        help=f"where to save the JSON (default: {RESULTS_DIR}/hot_path-<UTC time>.json, relative "
+                             "to the current directory)")
     args = parser.parse_args(argv)
-    if not (args.bundle / "model.onnx").is_file() or not (args.bundle / "manifest.json").is_file():
-        print(f"hot_path: error: {args.bundle} is not a bundle; make one with "
-              f"`torchport train --out {args.bundle}`", file=sys.stderr)
+    try:
+        bundle = Bundle.open(args.bundle)
+    except BundleError as e:
+        print(f"hot_path: error: {e}; make one with `torchport train --out {args.bundle}`", file=sys.stderr)
         return 2
-    predictor = Predictor(args.bundle, providers="cpu")
-    plain = ort.InferenceSession(str(args.bundle / "model.onnx"), providers=["CPUExecutionProvider"])
-    plain_lb = ort.InferenceSession(str(args.bundle / LARGE_BATCH_FILE), providers=["CPUExecutionProvider"]) \
-        if predictor.large_batch_graph else None
+    predictor = Predictor(bundle, providers="cpu")
+    plain = plain_session(bundle, ONNX_FILE)
+    plain_lb = plain_session(bundle, LARGE_BATCH_FILE) if predictor.large_batch_graph else None
     sizes = [65_536, 300_000] if args.quick else [1_000_000, 16_000_000]
+    threads = {"predictor_small": 1, "predictor_large": predictor.intra_op_threads,
+               "predictor_large_from_rows": predictor.large_batch_rows,
+               "predictor_large_chunk_bytes": CHUNK_BYTES if predictor.large_batch_graph else None,
+               "plain_session": "onnxruntime default (one per physical core)"}
     report = {
         "benchmark": "hot_path", "quick": args.quick, "when": dt.datetime.now(dt.timezone.utc).isoformat(),
-        "bundle": str(args.bundle), "graph_ops": _graph_ops(args.bundle), "versions": versions(),
-        "machine": {"cpu_model": cpu_description()["model"], "logical_cpus": os.cpu_count(), "usable_cpus": usable_cpus(),
-                    "platform": platform.platform()},
-        "threads": {"predictor_small": 1, "predictor_large": predictor.intra_op_threads,
-                    "predictor_large_from_rows": predictor.large_batch_rows,
-                    "predictor_large_chunk_bytes": CHUNK_BYTES if predictor.large_batch_graph else None,
-                    "plain_session": "onnxruntime default (one per physical core)"},
+        "bundle": str(args.bundle), "graph_ops": graph_ops(bundle), "environment": environment(threads).to_json(),
         "providers": {"predictor": predictor.providers, "plain_session": plain.get_providers()},
         "method": "one process; every figure interleaved with its baselines, after warm-up; medians",
     }
     report["single_row"] = single_row(predictor, plain, args.quick)
     report["throughput"] = [throughput(predictor, plain, plain_lb, n, args.quick) for n in sizes]
     report["cold_start"] = cold_start(args.bundle, 2 if args.quick else 7)
-    target = args.json or RESULTS / f"hot_path-{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%SZ}.json"
+    target = args.json or RESULTS_DIR / f"hot_path-{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%SZ}.json"
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.tmp")
-    tmp.write_text(json.dumps(report, indent=2) + "\n")
-    os.replace(tmp, target)
+    write_json(target, report)
     print(table(report))
     print(f"\nsaved {target}")
     return 0

@@ -1,13 +1,17 @@
-"""The floor for benchmarks/serve_load.py: a no-op V2 infer endpoint on exactly torchport serve's HTTP stack
-(the same uvicorn settings, through torchport.runtime.serve.server.run_server). It reads the request body
-and answers a fixed response: no JSON parsing, no model.
+"""The floor for serve_load: a no-op V2 infer endpoint on exactly torchport serve's HTTP stack (the same
+uvicorn settings, through torchport.runtime.serve.server.run_server). It reads the request body and
+answers a fixed response: no JSON parsing, no model. Whatever serve_load measures on it is the cost of the
+HTTP stack and the client alone.
 
-usage: python benchmarks/noop_server.py PORT
+example:
+  python -m torchport.benchmarks.noop_server 8001
 """
 from __future__ import annotations
 
+import argparse
 import sys
 
+from torchport.runtime.options import port
 from torchport.runtime.serve.server import run_server
 
 RESPONSE = (b'{"model_name":"noop","model_version":"1","outputs":[{"name":"targets","datatype":"FP32",'
@@ -29,5 +33,14 @@ async def app(scope: dict, receive, send) -> None:
     await send({"type": "http.response.body", "body": RESPONSE})
 
 
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m torchport.benchmarks.noop_server", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("port", type=port, help="TCP port to listen on (on 127.0.0.1)")
+    args = parser.parse_args(argv)
+    run_server(app, "127.0.0.1", args.port)
+    return 0
+
+
 if __name__ == "__main__":
-    run_server(app, "127.0.0.1", int(sys.argv[1]))
+    sys.exit(main())

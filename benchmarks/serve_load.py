@@ -1,15 +1,21 @@
 """Load benchmark of `torchport serve` over loopback: one-row V2 JSON inference requests at several
 concurrencies, bounded in count and time, against
-  torchport        torchport serve, dynamic batching on (the defaults)
-  torchport-nobatch torchport serve --max-batch-size 1
-  peer             KServe's Python ModelServer (V2 REST) over an ONNX Runtime session of the same model.onnx,
-                   in its own venv under benchmarks/.venvs/ (made on first use), so its pins never touch ours
-  noop             a no-op V2 endpoint on exactly torchport's HTTP stack: the floor
+  torchport          torchport serve, dynamic batching on (the defaults)
+  torchport-nobatch  torchport serve --max-batch-size 1
+  peer               KServe's Python ModelServer (V2 REST) over an ONNX Runtime session of the same
+                     model.onnx, in its own venv (made on first use), so that its pins never touch ours
+  noop               a no-op V2 endpoint on exactly torchport's HTTP stack: the floor
 Targets run interleaved (every target once per round; torchport, torchport-nobatch and noop back to back
-in a rotating order, then the peer), after warm-up. Every answer of
-the model servers is checked against the in-process Predictor. Prints a table; saves JSON and Markdown.
+in a rotating order, then the peer), after warm-up, so that the ratios between them compare runs made
+under the same conditions. Every answer of the model servers is checked against the in-process
+Predictor. The client is torchport.benchmarks.loadgen. Prints a table; saves JSON and Markdown.
 
-usage: .venv/bin/python benchmarks/serve_load.py [--bundle bundles/seed] [--rounds 3] [--no-peer]
+Paths are relative to the current directory: the bundle (trained when missing), the peer's venv
+(benchmarks/.venvs/kserve), the servers' logs (benchmarks/.work) and the results (benchmarks/results).
+
+examples:
+  python -m torchport.benchmarks.serve_load
+  python -m torchport.benchmarks.serve_load --no-peer --rounds 1 --scale 0.1     # a smoke run
 """
 from __future__ import annotations
 
@@ -17,7 +23,6 @@ import argparse
 import asyncio
 import json
 import os
-import platform
 import signal
 import socket
 import statistics
@@ -30,13 +35,12 @@ from pathlib import Path
 import numpy as np
 import orjson
 
-HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
-sys.path.insert(0, str(HERE))
-from loadgen import http_post, run_load  # noqa: E402
-
-from torchport.runtime import Predictor  # noqa: E402
-from torchport.runtime.machine import cpu_description  # noqa: E402
+from torchport.benchmarks.loadgen import http_post, run_load
+from torchport.benchmarks.machine import environment
+from torchport.benchmarks.timing import RESULTS_DIR
+from torchport.runtime import Predictor
+from torchport.runtime.files import write_json, write_text
+from torchport.runtime.options import positive_float, positive_int, sizes
 
 try:
     import uvloop
@@ -44,8 +48,10 @@ try:
 except ImportError:
     _run = asyncio.run
 
-PEER_VENV = HERE / ".venvs" / "kserve"
-LOGS = HERE / ".work"  # the servers' output, ignored by git
+PEER_SCRIPT = Path(__file__).resolve().parent / "peers" / "kserve_onnx.py"  # runs in the peer's venv: by path
+PEER_VENV = Path("benchmarks", ".venvs", "kserve")
+LOGS = Path("benchmarks", ".work")  # the servers' output (both folders are ignored by git)
+TORCHPORT = [sys.executable, "-m", "torchport.runtime.cli"]
 PEER_PINS = ["kserve==0.21.0", "onnxruntime"]
 LEVELS = (1, 8, 32, 128)
 COUNTS = {1: 3000, 8: 10000, 32: 20000, 128: 20000}
@@ -83,7 +89,7 @@ class Target:
 
     def start(self) -> None:
         self.log = open(LOGS / f"{self.name}.log", "w")
-        self.proc = subprocess.Popen(self.command, stdout=self.log, stderr=subprocess.STDOUT, cwd=ROOT)
+        self.proc = subprocess.Popen(self.command, stdout=self.log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 120
         while True:
             if self.proc.poll() is not None:
@@ -160,38 +166,45 @@ def _median(runs: list[dict], key: str) -> float | None:
     return round(statistics.median(values), 3) if values else None
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--bundle", type=Path, default=ROOT / "bundles" / "seed")
-    ap.add_argument("--rounds", type=int, default=5, help="interleaved rounds per concurrency (default 5)")
-    ap.add_argument("--levels", default=",".join(map(str, LEVELS)))
-    ap.add_argument("--scale", type=float, default=1.0, help="multiply the request counts (e.g. 0.1 for a smoke run)")
-    ap.add_argument("--time-limit", type=float, default=12.0, help="seconds at most per measured run")
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m torchport.benchmarks.serve_load", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--bundle", type=Path, default=Path("bundles", "seed"),
+                    help="the seed's bundle, trained there when missing (default: bundles/seed)")
+    ap.add_argument("--rounds", type=positive_int, default=5, help="interleaved rounds per concurrency (default: 5)")
+    ap.add_argument("--levels", type=sizes, default=list(LEVELS), metavar="N,N,...",
+                    help=f"concurrencies (default: {','.join(map(str, LEVELS))})")
+    ap.add_argument("--scale", type=positive_float, default=1.0,
+                    help="multiply the request counts (default: 1; 0.1 for a smoke run)")
+    ap.add_argument("--time-limit", type=positive_float, default=12.0, metavar="S",
+                    help="seconds at most per measured run (default: 12)")
     ap.add_argument("--no-peer", action="store_true", help="skip the KServe peer")
     ap.add_argument("--no-nobatch", action="store_true", help="skip torchport with batching off")
-    ap.add_argument("--out", type=Path, default=HERE / "results")
-    args = ap.parse_args()
-    levels = [int(x) for x in args.levels.split(",")]
-    LOGS.mkdir(exist_ok=True)
+    ap.add_argument("--out", type=Path, default=RESULTS_DIR, metavar="DIR",
+                    help=f"folder for serve_load.json and serve_load.md (default: {RESULTS_DIR}, relative to the "
+                         "current directory)")
+    args = ap.parse_args(argv)
+    levels = args.levels
+    LOGS.mkdir(parents=True, exist_ok=True)
     if not (args.bundle / "manifest.json").exists():
-        subprocess.run([str(Path(sys.executable).parent / "torchport"), "train", "--out", str(args.bundle),
-                        "--no-progress"], check=True)
+        trained = subprocess.run([*TORCHPORT, "train", "--out", str(args.bundle), "--no-progress"])
+        if trained.returncode:
+            return trained.returncode
     predictor = Predictor(args.bundle, providers="cpu")
     areas = np.round(10 ** np.random.default_rng(0).uniform(-2, 4, 257), 4).astype(np.float32)
     expected = predictor.predict(areas.reshape(-1, 1))[:, 0]
-    serve = [str(Path(sys.executable).parent / "torchport"), "serve", str(args.bundle), "--port", "{port}",
-             "--model-name", "seed"]
+    serve = [*TORCHPORT, "serve", str(args.bundle), "--port", "{port}", "--model-name", "seed"]
     targets = [Target("torchport", serve, "seed", True),
                Target("torchport-nobatch", serve + ["--max-batch-size", "1"], "seed", True),
-               Target("noop", [sys.executable, str(HERE / "noop_server.py"), "{port}"], "noop", False)]
+               Target("noop", [sys.executable, "-m", "torchport.benchmarks.noop_server", "{port}"], "noop", False)]
     if args.no_nobatch:
         targets = [t for t in targets if t.name != "torchport-nobatch"]
-    versions = {"python": platform.python_version(), "numpy": np.__version__}
-    for package in ("onnxruntime-gpu", "uvicorn", "uvloop", "httptools", "torchport"):
+    versions = {}
+    for package in ("onnxruntime-gpu", "onnxruntime", "uvicorn", "uvloop", "httptools", "orjson", "torchport"):
         versions[package] = _pip_version(Path(sys.executable), package)
     if not args.no_peer:
         peer_python = _ensure_peer_venv()
-        targets.append(Target("peer", [str(peer_python), str(HERE / "peers" / "kserve_onnx.py"),
+        targets.append(Target("peer", [str(peer_python), str(PEER_SCRIPT),
                                        str(args.bundle / "model.onnx"), "seed", "--http_port", "{port}"],
                               "seed", True))
         versions["peer"] = {p: _pip_version(peer_python, p) for p in ("kserve", "onnxruntime", "fastapi", "uvicorn")}
@@ -253,25 +266,26 @@ def main() -> int:
         checks["c32_batching_on_beats_off"] = med["torchport/torchport-nobatch"] > 1 \
             if "torchport-nobatch" in runs else None
     report = {"benchmark": "serve_load", "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-              "machine": {"cpu": cpu_description()["model"], "cores": os.cpu_count(), "loadavg_after": os.getloadavg()},
-              "versions": versions, "rounds": args.rounds, "counts": {c: max(100, int(COUNTS.get(c, 10000) * args.scale))
+              "environment": environment({"server_workers": 1, "client": "one asyncio process"}).to_json(),
+              "loadavg_after": os.getloadavg(), "versions": versions, "rounds": args.rounds, "counts": {c: max(100, int(COUNTS.get(c, 10000) * args.scale))
                                                                       for c in levels},
               "time_limit_s": args.time_limit, "table": table,
               "ratios_per_round": {str(c): {k: [round(x, 3) for x in v] for k, v in a.items()} for c, a in acceptance.items()},
               "acceptance": checks, "server_exit_codes_after_sigterm": exit_codes, "runs": runs}
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "serve_load.json").write_text(json.dumps(report, indent=1) + "\n")
+    write_json(args.out / "serve_load.json", report)
     md = _markdown(report, levels)
-    (args.out / "serve_load.md").write_text(md)
+    write_text(args.out / "serve_load.md", md)
     print(md)
     return 0
 
 
 def _markdown(report: dict, levels: list[int]) -> str:
+    cpu = report["environment"]["cpu"]
     lines = [f"# torchport serve load benchmark ({report['when']})", "",
-             f"{report['machine']['cpu']}, {report['machine']['cores']} cores shared with other work; "
+             f"{cpu['model']}, {cpu['usable_cpus']} usable CPUs (the machine's load is not controlled); "
              f"loopback; one-row V2 JSON requests; median of {report['rounds']} interleaved rounds. "
-             "Client: benchmarks/loadgen.py (asyncio, uvloop).", "",
+             "Client: torchport.benchmarks.loadgen (asyncio, uvloop).", "",
              "| concurrency | server | req/s | p50 ms | p99 ms | errors | wrong | requests | server CPU us/req | mean batch rows |",
              "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for row in report["table"]:
@@ -285,8 +299,6 @@ def _markdown(report: dict, levels: list[int]) -> str:
             lines.append(f"- c={c} {k}: {v} (median {statistics.median(v):.2f})" if v else f"- c={c} {k}: n/a")
     lines += ["", "Acceptance at concurrency 32: " + json.dumps(report["acceptance"]), ""]
     return "\n".join(lines) + "\n"
-
-
 
 
 if __name__ == "__main__":

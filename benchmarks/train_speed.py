@@ -1,18 +1,20 @@
 """Training speed on the seed's problem (22 rows, nn.Linear, MSE, full-batch SGD lr 0.002, 6000 epochs): the
 seed's eager loop (forward, loss, zero_grad, backward, step, loss.item() every epoch) against torchport's
-fit_full_batch_sgd, from the same initial weights, interleaved after warm-up, in one run.
+fit_full_batch_sgd, from the same initial weights, interleaved after warm-up, in one run. On CUDA a third
+variant captures each interval's epochs in a CUDA graph. Prints the median times, their ratios and the
+largest weight difference from the eager loop (the fast path must reach the same weights); saves the
+figures, with the machine and thread settings, as JSON.
 
-  .venv/bin/python benchmarks/train_speed.py [--rounds 7] [--device cpu|cuda] [--out benchmarks/results]
-
-Prints the median times, their ratio and the largest weight difference; saves JSON to --out."""
+examples:
+  python -m torchport.benchmarks.train_speed
+  python -m torchport.benchmarks.train_speed --rounds 3 --device cuda
+"""
 from __future__ import annotations
 
 import argparse
 import copy
-import json
-import os
-import platform
 import statistics
+import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -21,7 +23,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from torchport.runtime.machine import cpu_description
+from torchport.benchmarks.machine import environment
+from torchport.benchmarks.timing import RESULTS_DIR
+from torchport.runtime.files import write_json
+from torchport.runtime.options import positive_float, positive_int
 from torchport.train import load_dataset
 from torchport.train.fast import fit_full_batch_sgd
 
@@ -68,18 +73,20 @@ def max_param_diff(a: nn.Module, b: nn.Module) -> float:
         return max(float((p - q).abs().max()) for p, q in zip(a.parameters(), b.parameters()))
 
 
-
-
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--rounds", type=int, default=7)
-    ap.add_argument("--epochs", type=int, default=6000)
-    ap.add_argument("--lr", type=float, default=0.002)
-    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
-    args = ap.parse_args()
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m torchport.benchmarks.train_speed", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rounds", type=positive_int, default=7, help="interleaved rounds (default: 7)")
+    ap.add_argument("--epochs", type=positive_int, default=6000, help="epochs per run (default: 6000, the seed's)")
+    ap.add_argument("--lr", type=positive_float, default=0.002, help="learning rate (default: 0.002, the seed's)")
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where to train (default: cpu)")
+    ap.add_argument("--out", type=Path, default=RESULTS_DIR, metavar="DIR",
+                    help=f"folder for train_speed_<device>.json (default: {RESULTS_DIR}, relative to the current "
+                         "directory)")
+    args = ap.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("train_speed: --device cuda asked for but torch sees no CUDA GPU")
+        print("train_speed: error: --device cuda, but torch sees no CUDA GPU", file=sys.stderr)
+        return 2
     dev = torch.device(args.device)
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
 
@@ -124,24 +131,20 @@ def main() -> None:
     print(f"final weights: eager w {eager.weight.item():.7f} b {eager.bias.item():.7f}; "
           f"torchport w {fast.weight.item():.7f} b {fast.bias.item():.7f}")
 
+    threads = {"torch_num_threads": torch.get_num_threads(), "torch_interop_threads": torch.get_num_interop_threads()}
     result = {
         "benchmark": "train_speed", "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "problem": {"dataset": "plant_richness_lr", "rows": int(len(X)), "features": 1, "lr": args.lr,
                     "epochs": args.epochs, "init_seed": 0},
-        "device": str(dev), "cpu": cpu_description()["model"], "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "gpu": torch.cuda.get_device_name(dev) if dev.type == "cuda" else None,
-        "versions": {"torch": torch.__version__, "numpy": np.__version__, "python": platform.python_version()},
+        "device": str(dev), "environment": environment(threads).to_json(),
         "rounds": args.rounds, "seconds": times, "median_seconds": med,
         "speedup": ratio, "speedups": ratios, "max_weight_diff": weight_diff, "max_rel_loss_diff": loss_rel,
     }
     args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / f"train_speed_{dev.type}.json"
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(result, indent=2) + "\n")
-    os.replace(tmp, path)
+    path = write_json(args.out / f"train_speed_{dev.type}.json", result)
     print(f"saved {path}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

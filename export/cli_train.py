@@ -23,37 +23,24 @@ from pathlib import Path
 
 import numpy as np
 
-from torchport.export.bundle_writer import DEFAULT_OPSET, BundleExistsError, write_from_regressor
-from torchport.export.formats import NO_LARGE_BATCH_GRAPH_HELP, check_opset, large_batch_line
-from torchport.export.verify import format_report
-from torchport.runtime.cli import UserError, fraction, positive_float, positive_int
+from torchport.export.bundle_writer import BundleExistsError, write_from_regressor
+from torchport.export.cli_options import add_export_options, large_batch_line, tolerance
+from torchport.export.formats import check_opset
+from torchport.export.parity import format_report
+from torchport.runtime.bundle import Manifest
+from torchport.runtime.errors import InputError
+from torchport.runtime.options import names, number, whole_number, widths
 from torchport.runtime.predictor import Predictor
+from torchport.train.datasets import DATASETS, Dataset, load_dataset
+from torchport.train.errors import TrainError, TrainingDiverged
+from torchport.train.estimator import OPTIMIZERS, SCHEDULES, Regressor
 from torchport.train.inference import format_inference
-from torchport.train.datasets import DATASETS, load_dataset
-from torchport.train.estimator import OPTIMIZERS, SCHEDULES, Regressor, TrainingDiverged
 from torchport.train.models import ACTIVATIONS, MODEL_KINDS
+from torchport.train.record import TrainingRecord
 
-# The tutorial's published figures (shared/data/README.md): SGD run and exact least squares.
+USER_ERRORS = (TrainError,)
+# The tutorial's published figures (shared/data/README.md).
 SEED_REFERENCE = {"weight": 0.35739, "bias": 1.33122, "r2": 0.82764, "pred3": 2.40344}
-
-
-def names(text: str) -> list[str]:
-    """A comma-separated list of column names."""
-    out = [t.strip() for t in text.split(",") if t.strip()]
-    if not out:
-        raise argparse.ArgumentTypeError("expected one or more column names separated by commas")
-    return out
-
-
-def widths(text: str) -> tuple[int, ...]:
-    """Comma-separated layer widths, each >= 1."""
-    try:
-        out = tuple(int(t) for t in text.split(",") if t.strip())
-    except ValueError:
-        out = ()
-    if not out or min(out) < 1:
-        raise argparse.ArgumentTypeError(f"expected widths >= 1 separated by commas (e.g. 32,32), got {text!r}")
-    return out
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -68,31 +55,29 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--hidden", type=widths, default=(32, 32), metavar="W,W,...",
                    help="mlp hidden layer widths (default: 32,32)")
     p.add_argument("--activation", default="relu", choices=sorted(ACTIVATIONS), help="mlp activation (default: relu)")
-    p.add_argument("--dropout", type=fraction, default=0.0, help="mlp dropout while training, in [0, 1) "
+    p.add_argument("--dropout", type=number, default=0.0, help="mlp dropout while training, in [0, 1) "
                    "(off at inference; default: 0)")
     p.add_argument("--scale", default="auto", choices=["auto", "on", "off"],
                    help="standardise features and targets inside the model (auto: on for mlp, off for linear)")
-    p.add_argument("--optimizer", choices=OPTIMIZERS, help="sgd, adam or lbfgs (default: sgd for linear, adam for mlp)")
-    p.add_argument("--lr", type=positive_float, help="learning rate (default: 0.002 sgd, 0.001 adam, 1 lbfgs)")
-    p.add_argument("--momentum", type=fraction, default=0.0, help="sgd momentum in [0, 1) (default: 0)")
-    p.add_argument("--epochs", type=positive_int, default=6000, help="epochs (default: 6000)")
-    p.add_argument("--batch-size", type=positive_int, help="mini-batch rows (default: the full batch)")
-    p.add_argument("--val-fraction", type=fraction, default=0.0,
+    p.add_argument("--optimizer", choices=OPTIMIZERS,
+                   help="sgd, adam or lbfgs (default: sgd for linear, adam for mlp)")
+    p.add_argument("--lr", type=number, help="learning rate (default: 0.002 sgd, 0.001 adam, 1 lbfgs)")
+    p.add_argument("--momentum", type=number, default=0.0, help="sgd momentum in [0, 1) (default: 0)")
+    p.add_argument("--epochs", type=whole_number, default=6000, help="epochs (default: 6000)")
+    p.add_argument("--batch-size", type=whole_number, help="mini-batch rows (default: the full batch)")
+    p.add_argument("--val-fraction", type=number, default=0.0,
                    help="rows held out for validation, in [0, 1) (default: 0)")
-    p.add_argument("--patience", type=positive_int,
+    p.add_argument("--patience", type=whole_number,
                    help="early stopping: stop after this many epochs without a better validation loss and "
                         "keep the best weights (needs --val-fraction)")
-    p.add_argument("--lr-schedule", default="none", choices=SCHEDULES, help="learning-rate schedule (default: none)")
-    p.add_argument("--seed", type=int, default=0, help="random seed for the initial weights (default: 0)")
+    p.add_argument("--lr-schedule", default="none", choices=SCHEDULES,
+                   help="learning-rate schedule (default: none)")
+    p.add_argument("--seed", type=whole_number, default=0, help="random seed for the initial weights (default: 0)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
                    help="where to train: auto = CUDA when torch sees a GPU (default: auto)")
     p.add_argument("--out", type=Path, metavar="DIR", help="bundle directory (default: bundles/<data name>)")
     p.add_argument("--force", action="store_true", help="replace an existing bundle directory")
-    p.add_argument("--opset", type=positive_int, default=DEFAULT_OPSET,
-                   help=f"ONNX opset to export (default: {DEFAULT_OPSET})")
-    p.add_argument("--no-large-batch-graph", action="store_true", help=NO_LARGE_BATCH_GRAPH_HELP)
-    p.add_argument("--atol", type=positive_float, default=1e-5, help="parity tolerance, absolute (default: 1e-5)")
-    p.add_argument("--rtol", type=positive_float, default=1e-4, help="parity tolerance, relative (default: 1e-4)")
+    add_export_options(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--resume", action="store_true",
                    help="continue an interrupted run from <out>.train-state.pt (same command and data); it ends "
@@ -100,56 +85,63 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-plots", action="store_true", help="no PNG plots in the bundle's report/ folder")
 
 
-def _summary(reg: Regressor, data, manifest: dict, out: Path, args: argparse.Namespace) -> str:
-    t = manifest["training"]
-    exact = t["exact_least_squares"]
-    model = reg.spec_["kind"] if reg.spec_["kind"] == "linear" else \
-        f"mlp {','.join(map(str, reg.spec_['hidden']))} {reg.spec_['activation']}"
+def _fit_table(reg: Regressor, data: Dataset, record: TrainingRecord, predictor: Predictor) -> list[str]:
+    """The one-feature, one-target linear fit beside the exact optimum (and the tutorial, on its data)."""
+    m, exact, x_name = record.metrics, record.exact_least_squares, data.feature_names[0]
+    lines = [f"{'':<28}{'weight w':>10}{'bias b':>10}{'R^2':>10}{'MSE':>10}{'pred(' + x_name + '=3)':>14}"]
+    if data.name == "plant_richness_lr" and data.feature_names == ["area"] and data.target_names == ["ntv_rich"]:
+        r = SEED_REFERENCE
+        lines.append(f"{'tutorial (published)':<28}{r['weight']:>10.5f}{r['bias']:>10.5f}{r['r2']:>10.5f}"
+                     f"{'':>10}{r['pred3']:>14.5f}")
+    ours = float(np.asarray(reg.predict(np.array([[3.0]]))).reshape(-1)[0])
+    lines.append(f"{'torchport ' + reg.optimizer_.upper():<28}{m.weight[0][0]:>10.5f}{m.bias[0]:>10.5f}"
+                 f"{_f(m.r2, '>10.5f')}{m.mse:>10.6f}{ours:>14.5f}")
+    ex3 = exact.weight[0][0] * 3 + exact.bias[0]
+    lines.append(f"{'exact least squares (f64)':<28}{exact.weight[0][0]:>10.5f}{exact.bias[0]:>10.5f}"
+                 f"{_f(exact.r2, '>10.5f')}{exact.mse:>10.6f}{ex3:>14.5f}")
+    return lines
+
+
+def _f(value: float | None, spec: str) -> str:
+    """``value`` in ``spec``, or n/a in the same width where it is undefined."""
+    return format("n/a", spec.split(".")[0]) if value is None else format(value, spec)
+
+
+def _summary(reg: Regressor, data: Dataset, manifest: Manifest, out: Path, asked_large_batch: bool) -> str:
+    record = TrainingRecord.from_json(manifest.training)
+    spec, m, exact = reg.spec_, record.metrics, record.exact_least_squares
+    model = spec.kind if spec.kind == "linear" else f"mlp {','.join(map(str, spec.hidden))} {spec.activation}"
     stopped = f" (early stop; best epoch {reg.best_epoch_})" if reg.n_epochs_ < reg.epochs else ""
-    lines = [f"trained {model}{' (standardised)' if reg.spec_['scale_features'] else ''} on {data.source}: "
+    lines = [f"trained {model}{' (standardised)' if spec.scale_features else ''} on {data.source}: "
              f"{len(data.X)} rows, {', '.join(data.target_names)} ~ {', '.join(data.feature_names)}; "
              f"{reg.optimizer_.upper()} lr {reg.lr_:g}, {reg.n_epochs_} epochs{stopped}, seed {reg.seed}, "
              f"device {reg.device_}, final loss {reg.final_loss_:.6g}", ""]
-    seed_like = data.feature_names == ["area"] and data.target_names == ["ntv_rich"] \
-        and data.name == "plant_richness_lr"
     predictor = Predictor(out, providers="auto")
-    if len(data.feature_names) == 1 and len(data.target_names) == 1 and "weight" in t["metrics"]:
-        lines.append(f"{'':<28}{'weight w':>10}{'bias b':>10}{'R^2':>10}{'MSE':>10}{'pred(' + data.feature_names[0] + '=3)':>14}")
-        if seed_like:
-            r = SEED_REFERENCE
-            lines.append(f"{'tutorial (published)':<28}{r['weight']:>10.5f}{r['bias']:>10.5f}{r['r2']:>10.5f}"
-                         f"{'':>10}{r['pred3']:>14.5f}")
-        m = t["metrics"]
-        ours = float(reg.predict(np.array([[3.0]]))[0, 0])
-        lines.append(f"{'torchport ' + reg.optimizer_.upper():<28}{m['weight'][0][0]:>10.5f}{m['bias'][0]:>10.5f}{m['r2']:>10.5f}"
-                     f"{m['mse']:>10.6f}{ours:>14.5f}")
-        ex3 = exact["weight"][0][0] * 3 + exact["bias"][0]
-        lines.append(f"{'exact least squares (f64)':<28}{exact['weight'][0][0]:>10.5f}{exact['bias'][0]:>10.5f}"
-                     f"{exact['r2']:>10.5f}{exact['mse']:>10.6f}{ex3:>14.5f}")
-        onnx3 = float(predictor.predict(np.array([[3.0]], dtype=np.float32))[0, 0])
-        x_name = data.feature_names[0]
+    one_feature = len(data.feature_names) == 1 and len(data.target_names) == 1 and m.weight is not None
+    if one_feature:
+        lines += _fit_table(reg, data, record, predictor)
     else:
-        m = t["metrics"]
-        lines.append(f"torchport {model + ':':<16} R^2 {m['r2']:.5f}   MSE {m['mse']:.6f}")
-        lines.append(f"exact least squares (f64): R^2 {exact['r2']:.5f}   MSE {exact['mse']:.6f}")
-        if "weight" in m:
+        lines.append(f"torchport {model + ':':<16} R^2 {_f(m.r2, '.5f')}   MSE {m.mse:.6f}")
+        lines.append(f"exact least squares (f64): R^2 {_f(exact.r2, '.5f')}   MSE {exact.mse:.6f}")
+        if m.weight is not None:
             for j, name in enumerate(data.target_names):
                 w = ", ".join(f"{f} {a:+.5f} (exact {b:+.5f})" for f, a, b in
-                              zip(data.feature_names, m["weight"][j], exact["weight"][j]))
-                lines.append(f"  {name}: bias {m['bias'][j]:+.5f} (exact {exact['bias'][j]:+.5f}); {w}")
-        onnx3 = None
-    inference = t.get("inference")
-    if inference is not None:
-        lines += ["", format_inference(inference) if "targets" in inference
-                  else f"no least-squares inference: {inference['unavailable']}"]
-    lines += ["", format_report(manifest["parity"]), ""]
-    report = sorted(name.split("/", 1)[1] for name in manifest["files"] if name.startswith("report/"))
-    files = [n for n in manifest["files"] if "/" not in n] + ["manifest.json"]
+                              zip(data.feature_names, m.weight[j], exact.weight[j]))
+                lines.append(f"  {name}: bias {m.bias[j]:+.5f} (exact {exact.bias[j]:+.5f}); {w}")
+    lines += [f"  {name}: {why}" for name, why in {**m.undefined, **exact.undefined}.items()]
+    if record.inference is not None:
+        lines += ["", format_inference(record.inference)]
+    elif record.inference_unavailable:
+        lines += ["", f"no least-squares inference: {record.inference_unavailable}"]
+    lines += ["", format_report(manifest.parity), ""]
+    report = sorted(name.split("/", 1)[1] for name in manifest.files if "/" in name)
+    files = [n for n in manifest.files if "/" not in n] + ["manifest.json"]
     lines.append(f"bundle: {out}/ ({', '.join(files)}" + (f"; report/: {', '.join(report)})" if report else ")"))
-    lines.append(large_batch_line(manifest, not args.no_large_batch_graph))
-    if onnx3 is not None:
-        lines.append(f"prediction at {x_name} = 3 through ONNX Runtime ({', '.join(predictor.providers)}): "
-                     f"{onnx3:.5f}")
+    lines.append(large_batch_line(manifest, asked_large_batch))
+    if one_feature:
+        onnx3 = float(predictor.predict(np.array([[3.0]], dtype=np.float32))[0, 0])
+        lines.append(f"prediction at {data.feature_names[0]} = 3 through ONNX Runtime "
+                     f"({', '.join(predictor.providers)}): {onnx3:.5f}")
     return "\n".join(lines)
 
 
@@ -158,26 +150,27 @@ def check_report_modules(plots: bool) -> None:
     needed = ["statsmodels", "matplotlib"] if plots else ["statsmodels"]
     missing = [m for m in needed if importlib.util.find_spec(m) is None]
     if missing:
-        raise UserError(f"needs {' and '.join(missing)} from the 'train' extra: pip install 'torchport[train]'")
+        raise InputError(f"needs {' and '.join(missing)} from the 'train' extra: pip install 'torchport[train]'")
 
 
 def run(args: argparse.Namespace) -> int:
     check_opset(args.opset)
     check_report_modules(not args.no_plots)
-    data = load_dataset(args.data, args.target, args.features)
-    out = args.out or Path("bundles") / data.name
-    if out.exists() and not args.force:
-        raise BundleExistsError(f"{out} exists; pass --force to replace it, or --out another directory")
-    state = out.parent / f"{out.name}.train-state.pt"
-    if state.exists() and not (args.resume or args.force):
-        raise FileExistsError(f"an interrupted run left {state}; pass --resume to continue it, or --force to "
-                              "start over")
     reg = Regressor(model=args.model, hidden=args.hidden, activation=args.activation, dropout=args.dropout,
                     scale=args.scale, optimizer=args.optimizer, lr=args.lr, momentum=args.momentum,
                     epochs=args.epochs, batch_size=args.batch_size, val_fraction=args.val_fraction,
                     patience=args.patience, lr_schedule=args.lr_schedule, seed=args.seed, device=args.device,
-                    progress=not args.no_progress, checkpoint=state)
+                    progress=not args.no_progress)
     reg.check_params()
+    data = load_dataset(args.data, args.target, args.features)
+    out = args.out or Path("bundles") / data.name
+    if out.exists() and not args.force:
+        raise BundleExistsError(out)
+    state = out.parent / f"{out.name}.train-state.pt"
+    if state.exists() and not (args.resume or args.force):
+        raise InputError(f"an interrupted run left {state}; pass --resume to continue it, or --force to "
+                         "start over")
+    reg.set_params(checkpoint=state)
     out.parent.mkdir(parents=True, exist_ok=True)
     try:
         reg.fit(data.X, data.y, resume=args.resume)
@@ -191,10 +184,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"torchport train: interrupted, no bundle was written{kept}", file=sys.stderr)
         return 130
     manifest = write_from_regressor(reg, data, out, plots=not args.no_plots, force=args.force, opset=args.opset,
-                                    atol=args.atol, rtol=args.rtol, large_batch_graph=not args.no_large_batch_graph)
+                                    tolerance=tolerance(args), large_batch_graph=not args.no_large_batch_graph)
     state.unlink(missing_ok=True)
-    print(_summary(reg, data, manifest, out, args))
-    if not manifest["parity"]["passed"]:
+    print(_summary(reg, data, manifest, out, not args.no_large_batch_graph))
+    if not manifest.parity.passed:
         print("torchport train: parity FAILED: the exported copies disagree with the torch model "
               "beyond the tolerance (see above)", file=sys.stderr)
         return 1

@@ -13,27 +13,33 @@ import argparse
 import sys
 from pathlib import Path
 
-from torchport.runtime.cli import positive_float
-from torchport.export.verify import format_report, verify_bundle
-from torchport.runtime.bundle import MANIFEST, load_manifest, write_json_atomic
+from torchport.export.parity import Tolerance, format_report
+from torchport.export.verify import verify_bundle
+from torchport.runtime.bundle import MANIFEST, Bundle
+from torchport.runtime.files import write_json
+from torchport.runtime.options import positive_float
+from torchport.train.errors import TrainError
+
+USER_ERRORS = (TrainError,)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("bundle", type=Path, help="bundle directory")
-    p.add_argument("--atol", type=positive_float, default=1e-5, help="absolute tolerance (default: 1e-5)")
-    p.add_argument("--rtol", type=positive_float, default=1e-4, help="relative tolerance (default: 1e-4)")
+    p.add_argument("--atol", type=positive_float, default=Tolerance.atol,
+                   help=f"absolute tolerance (default: {Tolerance.atol:g})")
+    p.add_argument("--rtol", type=positive_float, default=Tolerance.rtol,
+                   help=f"relative tolerance (default: {Tolerance.rtol:g})")
     p.add_argument("--no-record", action="store_true", help="do not write the results into manifest.json")
 
 
 def run(args: argparse.Namespace) -> int:
-    report = verify_bundle(args.bundle, atol=args.atol, rtol=args.rtol)
+    bundle = Bundle.open(args.bundle)
+    report = verify_bundle(bundle, tolerance=Tolerance(args.atol, args.rtol))
     print(format_report(report))
-    print(f"training rows: {report['training_rows']}")
+    print(f"training rows: {report.training_rows}")
     if not args.no_record:
-        manifest = load_manifest(args.bundle)
-        manifest["parity"] = report
-        write_json_atomic(args.bundle / MANIFEST, manifest)
-    if not report["passed"]:
+        write_json(args.bundle / MANIFEST, bundle.manifest.with_parity(report).to_json())
+    if not report.passed:
         print(f"torchport verify: {args.bundle}: parity FAILED", file=sys.stderr)
         return 1
     return 0

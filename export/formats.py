@@ -1,25 +1,43 @@
-"""The two exported copies of a module: ONNX (torch.export-based exporter) and TorchScript."""
+"""The files a bundle holds for a torch module, written and read back: the checkpoint (weights), ONNX
+(torch's torch.export-based exporter) and TorchScript. Readers take the bytes a Bundle checked."""
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import logging
+import pickle
+import platform
 import warnings
 from pathlib import Path
 
+import numpy as np
 import onnx
 import torch
 from torch import nn
 
 from torchport.export.optimize import gemm_k1_to_mul_add
+from torchport.runtime.bundle import CHECKPOINT_FILE, ExportRecord, GraphRewrite, Bundle
+from torchport.runtime.errors import BundleError, InputError, TorchportError
+from torchport.train.errors import SettingsError
+from torchport.train.models import ModelSpec, build_model
 
 INPUT_NAME = "features"
 OUTPUT_NAME = "targets"
+MIN_OPSET = 13
+DEFAULT_OPSET = 18
+EXPORTER = "torch.onnx.export(dynamo=True)"
+
+
+class ExportError(TorchportError):
+    """The exporter could not write what was asked for."""
+    exit_code = 1
 
 
 @contextlib.contextmanager
-def _quiet_torch():
-    """Keep the exporters' deprecation notices and registry chatter out of users' terminals."""
+def quiet_torch():
+    """Keep the exporters' deprecation notices and registry chatter out of users' terminals: they are about
+    torch's API (TorchScript is deprecated upstream), not about the files torchport writes."""
     loggers = [logging.getLogger(n) for n in ("torch.onnx", "torch.export", "torch._export", "onnxscript")]
     levels = [lg.level for lg in loggers]
     for lg in loggers:
@@ -35,27 +53,11 @@ def _quiet_torch():
             lg.setLevel(level)
 
 
-MIN_OPSET = 13
-NO_LARGE_BATCH_GRAPH_HELP = ("do not write model.large_batch.onnx. By default, when the model has a linear layer "
-                             "with a single input (as the one-feature linear model's), the bundle also holds "
-                             "the same model with that layer as "
-                             "Mul+Add instead of Gemm: the same answers, and 4-8x the rows/s from about 1,000 rows "
-                             "on; the Predictor runs it for batches of more than 64 rows and model.onnx for "
-                             "smaller ones")
-
-
-def large_batch_line(manifest: dict, asked: bool) -> str:
-    """One line for the CLI: whether the bundle holds the large-batch graph, and why not."""
-    graph = manifest["export"].get("large_batch_graph")
-    if graph:
-        return (f"large-batch graph: {graph['file']} (ops {', '.join(graph['ops'])}), run by the Predictor for "
-                "batches of more than 64 rows")
-    why = "the model has no linear layer with a single input" if asked else "--no-large-batch-graph"
-    return f"large-batch graph: none ({why}); every batch runs model.onnx"
-
-
-class ExportError(RuntimeError):
-    """The exporter could not write what was asked for."""
+def versions() -> dict[str, str]:
+    """The versions of the tools that write a bundle."""
+    import onnxscript
+    return {"torch": torch.__version__, "onnx": onnx.__version__, "onnxscript": onnxscript.__version__,
+            "numpy": np.__version__, "python": platform.python_version()}
 
 
 def newest_opset() -> int:
@@ -66,9 +68,9 @@ def newest_opset() -> int:
 
 def check_opset(opset: int) -> None:
     """Refuse opsets the installed exporter cannot write, before any work is done."""
-    if not MIN_OPSET <= opset <= newest_opset():
-        raise ValueError(f"opset {opset} is out of range: torch {torch.__version__} exports opsets "
-                         f"{MIN_OPSET} to {newest_opset()}")
+    if not isinstance(opset, int) or not MIN_OPSET <= opset <= newest_opset():
+        raise InputError(f"opset {opset} is out of range: torch {torch.__version__} exports opsets "
+                         f"{MIN_OPSET} to {newest_opset()}", parameter="opset")
 
 
 def _write_checked(model: onnx.ModelProto, path: Path) -> None:
@@ -79,19 +81,22 @@ def _write_checked(model: onnx.ModelProto, path: Path) -> None:
 
 
 def export_onnx(module: nn.Module, n_features: int, path: Path, opset: int, feature_names: list[str],
-                target_names: list[str], large_batch_path: Path | None = None) -> dict:
-    """Export ``module`` (rows x features -> rows x targets) to ``path`` with a dynamic batch dimension;
-    returns what the manifest records about the export. With ``large_batch_path``, a copy in which every
-    Gemm with inner dimension 1 is Mul+Add (``optimize``: exact, faster from about 1,000 rows on) is
-    written there too, when there is such a Gemm. Both are checked by onnx.checker with shape inference."""
+                target_names: list[str], large_batch_path: Path | None = None) -> ExportRecord:
+    """Export ``module`` (rows x features -> rows x targets) to ``path`` with a dynamic batch dimension. With
+    ``large_batch_path``, a copy in which every Gemm with inner dimension 1 is Mul+Add (optimize.py) is
+    written there too, when there is such a Gemm. Both pass onnx.checker with strict shape inference."""
     check_opset(opset)
     module = module.eval()
     example = (torch.zeros(3, n_features, dtype=torch.float32),)
     batch = torch.export.Dim("batch", min=1)
-    with _quiet_torch():
-        program = torch.onnx.export(module, example, dynamo=True, opset_version=opset,
-                                    input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-                                    dynamic_shapes=({0: batch},), verbose=False)
+    try:
+        with quiet_torch():
+            program = torch.onnx.export(module, example, dynamo=True, opset_version=opset,
+                                        input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                                        dynamic_shapes=({0: batch},), verbose=False)
+    except Exception as e:  # the exporter raises many types for modules it cannot trace
+        raise ExportError(f"torch {torch.__version__} could not export the module to ONNX: "
+                          f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from e
     model = program.model_proto
     model.graph.input[0].type.tensor_type.shape.dim[0].dim_param = "batch"
     model.graph.output[0].type.tensor_type.shape.dim[0].dim_param = "batch"
@@ -105,29 +110,62 @@ def export_onnx(module: nn.Module, n_features: int, path: Path, opset: int, feat
     if opsets.get("ai.onnx") != opset:
         raise ExportError(f"torch {torch.__version__} could not write opset {opset} (it wrote "
                           f"{opsets.get('ai.onnx')}); choose an opset from 18 to {newest_opset()}")
-    info = {"opset": opsets.get("ai.onnx", opset), "opset_imports": opsets,
-            "exporter": "torch.onnx.export(dynamo=True)", "ops": sorted({n.op_type for n in model.graph.node}),
-            "large_batch_graph": None}
+    large = None
     if large_batch_path is not None:
-        large = onnx.ModelProto()
-        large.CopyFrom(model)
-        rewritten = gemm_k1_to_mul_add(large)
+        rewritten_model = onnx.ModelProto()
+        rewritten_model.CopyFrom(model)
+        rewritten = gemm_k1_to_mul_add(rewritten_model)
         if rewritten:
-            _write_checked(large, large_batch_path)
-            info["large_batch_graph"] = {"file": large_batch_path.name,
-                                         "rewrites": {"gemm_k1_to_mul_add": rewritten},
-                                         "ops": sorted({n.op_type for n in large.graph.node})}
-    return info
+            _write_checked(rewritten_model, large_batch_path)
+            large = GraphRewrite(large_batch_path.name, {"gemm_k1_to_mul_add": rewritten},
+                                 tuple(sorted({n.op_type for n in rewritten_model.graph.node})))
+    return ExportRecord(opset, opsets, EXPORTER, tuple(sorted({n.op_type for n in model.graph.node})), large,
+                        versions())
 
 
 def export_torchscript(module: nn.Module, path: Path) -> None:
-    """Script ``module`` and save it. TorchScript is deprecated upstream but users ask for it."""
-    with _quiet_torch():
+    """Script ``module`` and save it (TorchScript: deprecated upstream, asked for by users)."""
+    with quiet_torch():
         scripted = torch.jit.script(module.eval())
         torch.jit.save(scripted, str(path))
 
 
-def load_torchscript(path: Path) -> torch.jit.ScriptModule:
-    """Load a TorchScript file on the CPU (TorchScript's own loader: no arbitrary pickle classes)."""
-    with _quiet_torch():
-        return torch.jit.load(str(path), map_location="cpu").eval()
+def load_torchscript(data: bytes) -> torch.jit.ScriptModule:
+    """A TorchScript file's module on the CPU (TorchScript's own loader: no arbitrary pickle classes)."""
+    with quiet_torch():
+        return torch.jit.load(io.BytesIO(data), map_location="cpu").eval()
+
+
+def save_checkpoint(module: nn.Module, path: Path) -> None:
+    """The module's weights (its state dict, nothing else) for the bundle's checkpoint.pt."""
+    torch.save({"state_dict": module.state_dict()}, path)
+
+
+def model_spec(bundle: Bundle) -> ModelSpec:
+    """The bundle's model spec; a spec torchport cannot build is a BundleError naming the manifest."""
+    try:
+        return ModelSpec.from_json(bundle.manifest.model)
+    except SettingsError as e:
+        raise BundleError(f"{bundle.path / 'manifest.json'}: its model spec cannot be built: {e}") from None
+
+
+def load_module(bundle: Bundle | str | Path) -> nn.Module:
+    """The bundle's torch module, rebuilt from its model spec and the checkpoint's weights. The checkpoint is
+    read with ``weights_only=True`` from the bytes its sha256 was checked on: no pickled code runs."""
+    bundle = bundle if isinstance(bundle, Bundle) else Bundle.open(bundle)
+    spec = model_spec(bundle)
+    data = bundle.read(CHECKPOINT_FILE)
+    try:
+        state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise BundleError(f"{bundle.path / CHECKPOINT_FILE} holds more than weights and was refused without "
+                          f"running it ({str(e).splitlines()[0]})") from None
+    if not isinstance(state, dict) or not isinstance(state.get("state_dict"), dict):
+        raise BundleError(f"{bundle.path / CHECKPOINT_FILE} holds no state_dict; re-export the bundle")
+    module = build_model(spec)
+    try:
+        module.load_state_dict(state["state_dict"])
+    except RuntimeError as e:
+        raise BundleError(f"{bundle.path / CHECKPOINT_FILE} does not fit the manifest's model spec: "
+                          f"{str(e).splitlines()[0]}") from None
+    return module.eval()

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
-import tempfile
 from pathlib import Path
 
-from torchport.runtime.bundle import ONNX_FILE, TORCHSCRIPT_FILE, load_manifest, read_checked, umask_mode
+from torchport.runtime.bundle import ONNX_FILE, TORCHSCRIPT_FILE, Bundle
+from torchport.runtime.errors import Fix, InputError
+from torchport.runtime.files import staged_dir
 
 NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 
@@ -31,42 +31,31 @@ def _write_model(repo: Path, name: str, config: str, file_name: str, data: bytes
     """REPO/name/{config.pbtxt, 1/file_name}, built in a temp dir and renamed into place."""
     target = repo / name
     if target.exists() and not force:
-        raise FileExistsError(f"{target} exists; pass --force to replace it")
-    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=repo))
-    try:
-        os.chmod(tmp, umask_mode(0o777))
-        (tmp / "1").mkdir()
-        (tmp / "1" / file_name).write_bytes(data)
-        (tmp / "config.pbtxt").write_text(config)
-        if target.exists():
-            old = repo / f".{name}.old-{os.getpid()}"
-            os.replace(target, old)
-            os.replace(tmp, target)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        raise InputError(f"{target} exists", parameter="force", fix=Fix("force", True, "to replace it"))
+    with staged_dir(target, replace=force) as stage:
+        (stage / "1").mkdir()
+        (stage / "1" / file_name).write_bytes(data)
+        (stage / "config.pbtxt").write_text(config)
     return target
 
 
-def write_triton_repository(bundle: str | os.PathLike, repo: str | os.PathLike, *, name: str | None = None,
+def write_triton_repository(bundle: Bundle | str | os.PathLike, repo: str | os.PathLike, *, name: str | None = None,
                             max_batch_size: int = 4096, max_queue_delay_us: int = 100,
                             libtorch: bool = False, force: bool = False) -> list[Path]:
     """Add the bundle to a Triton model repository; returns the model directories written."""
-    bundle, repo = Path(bundle), Path(repo)
-    manifest = load_manifest(bundle)
-    name = name or bundle.resolve().name
+    bundle, repo = bundle if isinstance(bundle, Bundle) else Bundle.open(bundle), Path(repo)
+    manifest = bundle.manifest
+    name = name or bundle.path.resolve().name
     if not NAME.match(name):
-        raise ValueError(f"Triton model name {name!r} may only use letters, digits, '_', '.' and '-'")
+        raise InputError(f"Triton model name {name!r} may only use letters, digits, '_', '.' and '-'",
+                         parameter="name")
     if max_batch_size < 1:
-        raise ValueError(f"max_batch_size must be >= 1; got {max_batch_size}")
-    onnx_bytes = read_checked(bundle, ONNX_FILE, manifest)  # checked before anything is written
-    script_bytes = read_checked(bundle, TORCHSCRIPT_FILE, manifest) if libtorch else b""
+        raise InputError(f"max_batch_size must be >= 1; got {max_batch_size}", parameter="max_batch_size")
+    onnx_bytes = bundle.read(ONNX_FILE)  # checked before anything is written
+    script_bytes = bundle.read(TORCHSCRIPT_FILE) if libtorch else b""
     repo.mkdir(parents=True, exist_ok=True)
-    n_in, n_out = len(manifest["features"]), len(manifest["targets"])
-    inp, out = manifest["inputs"][0]["name"], manifest["outputs"][0]["name"]
+    n_in, n_out = len(manifest.features), len(manifest.targets)
+    inp, out = manifest.input.name, manifest.output.name
     written = [_write_model(repo, name, model_config(name, "onnxruntime", [(inp, n_in)], [(out, n_out)],
                                                      max_batch_size, max_queue_delay_us),
                             "model.onnx", onnx_bytes, force)]

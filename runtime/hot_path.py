@@ -1,103 +1,49 @@
-"""The numpy hot path of Predictor.predict: session options per batch size, pooled bound buffers for small
-batches, zero-copy runs for larger ones, and for the large-batch graph chunked runs into recycled memory.
+"""The numpy hot path of Predictor.predict: pooled bound buffers for small batches, zero-copy runs for
+larger ones, and for the large-batch graph chunked runs into recycled memory (docs/hot-path.md says why).
 
 ONNX Runtime sessions may be run from many threads at once, but an IOBinding and the buffers bound to it
 may not be shared by two runs at once, so small batches take a slot (buffers plus their binding) from a
 pool, run, and put it back: a pool holds as many slots as calls ever ran at once, whatever the threads."""
 from __future__ import annotations
 
-import functools
 import math
-import os
 import threading
 import weakref
 from typing import Callable
 
 import numpy as np
 import onnxruntime as ort
-from onnxruntime.capi import _pybind_state as _C
 
-CPU_DEVICE = _C.OrtDevice(_C.OrtDevice.cpu(), _C.OrtDevice.default_memory(), 0)
+from torchport.runtime.ort_api import array_runner, bound_run
+
 # Row counts up to this get pooled slots bound once (one pool per distinct row count).
 SLOT_ROWS = 64
 # From this many rows on, the multi-threaded session runs the batch.
 LARGE_ROWS = 32768
 # The large-batch graph runs inputs of more than CHUNK_FROM_BYTES in chunks of CHUNK_BYTES: each chunk is
-# checked for NaN/inf and run while it is in cache, and its intermediates stay there (about 2x at 16M rows
-# here). Smaller inputs fit in the last-level cache whole, and the per-chunk cost (about 10 us) is then a
-# loss (1.4x slower at 1M rows, measured back to back).
+# checked for NaN/inf and run while it is in cache, and its intermediates stay there. Smaller inputs fit in
+# the last-level cache whole, and the per-chunk cost is then a loss.
 CHUNK_BYTES = 1 << 20
 CHUNK_FROM_BYTES = 8 << 20
 
 
-def usable_cpus() -> int:
-    """CPUs this process may run on (ONNX Runtime's default intra-op thread count is the physical cores)."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:
-        return max(1, os.cpu_count() or 1)
-
-
-def session_options(intra_op_threads: int) -> ort.SessionOptions:
-    """Options for one session: ``intra_op_threads`` 1 for small batches (no thread pool to wake, no
-    spinning threads left burning CPU, no memory-pattern lookup per run: about 5% of a one-row run), all
-    cores for large ones; sequential, full graph optimisation. The one-thread session allocates without
-    ONNX Runtime's arena: its allocations are small, and malloc serves them faster (0.2 us of a one-row run
-    of a two-node graph); the large-batch session keeps the arena, which reuses big answers' pages."""
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = intra_op_threads
-    so.inter_op_num_threads = 1
-    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    if intra_op_threads == 1:
-        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        so.enable_mem_pattern = False
-        so.enable_cpu_mem_arena = False
-    return so
-
-
 def all_finite(a: np.ndarray) -> bool:
-    """True if no element of the C-contiguous float32 array ``a`` is NaN or infinite, in one BLAS pass (1.5-3x
-    faster than numpy's float32 sum, 4-5x than a float64 sum): a sum of squares is finite only if every
-    element is. False can be a false alarm (squares of finite values above 1.8e19 overflow): the caller
-    then checks each element."""
+    """True if no element of the C-contiguous float32 array ``a`` is NaN or infinite, in one BLAS pass: a
+    sum of squares is finite only if every element is. False can be a false alarm (squares of finite values
+    above 1.8e19 overflow): the caller then checks each element."""
     v = a.reshape(-1)
     with np.errstate(over="ignore", invalid="ignore"):  # overflow and NaN are the answers looked for
         return math.isfinite(np.dot(v, v))
 
 
 def finite(a: np.ndarray) -> bool:
-    """False if ``a`` (float32, C-contiguous) may hold NaN/inf, in one pass. Up to 2048 values a float64 sum
-    (cannot overflow; the quickest there); above, one BLAS pass (``all_finite``: 4-5x faster than the float64
-    sum at 65,536 values), whose rare false alarm the caller clears by checking each element."""
+    """False if ``a`` (float32, C-contiguous) may hold NaN/inf, in one pass: a float64 sum up to 2048 values
+    (it cannot overflow, and is the quickest there), the BLAS pass of ``all_finite`` above."""
     if a.size == 1:
         return math.isfinite(a.item())
     if a.size <= 2048:
         return math.isfinite(np.add.reduce(a, axis=None, dtype=np.float64))
     return all_finite(a)
-
-
-def ortvalue_vector(*arrays: np.ndarray) -> _C.OrtValueVector:
-    """OrtValues wrapping (not copying) C-contiguous float32 numpy arrays; the arrays must outlive them."""
-    vector = _C.OrtValueVector()
-    for a in arrays:
-        vector.push_back(_C.OrtValue.ortvalue_from_numpy(a, CPU_DEVICE))
-    return vector
-
-
-def bound_run(session: ort.InferenceSession, input_name: str, output_name: str, inp: np.ndarray,
-              out: np.ndarray):
-    """A no-argument callable that runs ``session`` on ``inp`` into ``out`` (float32, C-contiguous, both
-    bound once through an IOBinding; not for two runs at once). It calls the C session directly, which
-    skips the Python wrapper's per-call checks (WebGPU graph capture only); public API where that is absent."""
-    binding = session.io_binding()
-    binding.bind_ortvalue_input(input_name, ort.OrtValue.ortvalue_from_numpy(inp))
-    binding.bind_ortvalue_output(output_name, ort.OrtValue.ortvalue_from_numpy(out))
-    options = ort.RunOptions()
-    c_session, c_binding = getattr(session, "_sess", None), getattr(binding, "_iobinding", None)
-    if c_session is not None and c_binding is not None and hasattr(c_session, "run_with_iobinding"):
-        return functools.partial(c_session.run_with_iobinding, c_binding, options)
-    return functools.partial(session.run_with_iobinding, binding, options)
 
 
 class _Lease:
@@ -150,16 +96,7 @@ class Runner:
         self.session, self.n_targets = session, n_targets
         self.chunk_rows, self.chunk_from = chunk_rows, max(chunk_from, chunk_rows or 0)
         self.answers = Answers() if chunk_rows else None
-        # The C session skips the Python wrapper's per-call checks (WebGPU graph capture only).
-        self._run = getattr(session, "_sess", session).run_with_ortvaluevector
-        self._options = ort.RunOptions()
-        self._feed_names, self._fetch_names, self._devices = [input_name], [output_name], [CPU_DEVICE]
-
-    def _run_whole(self, matrix: np.ndarray, out: np.ndarray | None) -> np.ndarray:
-        fetches = ortvalue_vector() if out is None else ortvalue_vector(out)
-        self._run(self._options, self._feed_names, ortvalue_vector(matrix), self._fetch_names, fetches,
-                  self._devices)
-        return fetches[0].numpy() if out is None else out
+        self._run_whole = array_runner(session, input_name, output_name)
 
     def run(self, matrix: np.ndarray, out: np.ndarray | None = None,
             check: Callable[[np.ndarray, int], None] | None = None) -> np.ndarray:

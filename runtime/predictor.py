@@ -13,9 +13,12 @@ import numpy as np
 import onnxruntime as ort
 
 from torchport.runtime import hot_path
-from torchport.runtime.bundle import LARGE_BATCH_FILE, MANIFEST, ONNX_FILE, BundleError, load_manifest, read_checked
+from torchport.runtime.bundle import LARGE_BATCH_FILE, MANIFEST, ONNX_FILE, Bundle, Manifest
+from torchport.runtime.cpus import usable_cpus
 from torchport.runtime.device import DLPACK_CUDA, dlpack_device, run_on_device
+from torchport.runtime.errors import BundleError, InputError, InputTypeError
 from torchport.runtime.providers import CUDA, ProviderFallbackWarning, resolve_providers
+from torchport.runtime.sessions import session_options
 
 
 _ndarray, _isfinite, _finite = np.ndarray, math.isfinite, hot_path.finite
@@ -40,26 +43,25 @@ class Predictor:
     ``model.onnx`` built from the caller's options. One Predictor may serve many threads at once. NaN and
     infinite inputs are refused (the error names the first bad row and column) unless ``allow_nonfinite``."""
 
-    def __init__(self, path: str | os.PathLike, providers: str | list[str] = "auto",
+    def __init__(self, path: str | os.PathLike | Bundle, providers: str | list[str] = "auto",
                  sess_options: ort.SessionOptions | None = None, intra_op_threads: int | None = None,
                  large_batch_rows: int = hot_path.LARGE_ROWS, allow_nonfinite: bool = False):
         self.allow_nonfinite = allow_nonfinite
-        path = Path(path)
         large_bytes = None
-        if path.is_dir():
-            self.manifest = load_manifest(path)
-            model_bytes = read_checked(path, ONNX_FILE, self.manifest)
-            if LARGE_BATCH_FILE in self.manifest["files"]:
-                large_bytes = read_checked(path, LARGE_BATCH_FILE, self.manifest)
-            self.feature_names = list(self.manifest["features"])
-            self.target_names = list(self.manifest["targets"])
-            self.input_name = self.manifest["inputs"][0]["name"]
-            self.output_name = self.manifest["outputs"][0]["name"]
-            source = path / ONNX_FILE
-        elif path.is_file():
+        if isinstance(path, Bundle) or Path(path).is_dir():
+            bundle = path if isinstance(path, Bundle) else Bundle.open(path)
+            self.manifest: Manifest | None = bundle.manifest
+            model_bytes = bundle.read(ONNX_FILE)
+            if bundle.has(LARGE_BATCH_FILE):
+                large_bytes = bundle.read(LARGE_BATCH_FILE)
+            self.feature_names = list(self.manifest.features)
+            self.target_names = list(self.manifest.targets)
+            self.input_name, self.output_name = self.manifest.input.name, self.manifest.output.name
+            source = bundle.path / ONNX_FILE
+        elif Path(path).is_file():
             self.manifest = None
-            model_bytes = path.read_bytes()
-            source = path
+            source = Path(path)
+            model_bytes = source.read_bytes()
         else:
             raise BundleError(f"{path} does not exist; give a bundle directory (with {MANIFEST}) "
                               "or an .onnx file")
@@ -70,16 +72,18 @@ class Predictor:
         """Create the first session and hot-path state from the graphs' bytes (also used when unpickling)."""
         self._init_args = (providers, intra_op_threads, large_batch_rows, sess_options is not None)
         if intra_op_threads is not None and (not isinstance(intra_op_threads, int) or intra_op_threads < 1):
-            raise ValueError(f"intra_op_threads must be a whole number >= 1; got {intra_op_threads!r}")
+            raise InputError(f"intra_op_threads must be a whole number >= 1; got {intra_op_threads!r}",
+                             parameter="intra_op_threads")
         if not isinstance(large_batch_rows, int) or large_batch_rows < 1:
-            raise ValueError(f"large_batch_rows must be a whole number >= 1; got {large_batch_rows!r}")
-        self.intra_op_threads = intra_op_threads or hot_path.usable_cpus()
+            raise InputError(f"large_batch_rows must be a whole number >= 1; got {large_batch_rows!r}",
+                             parameter="large_batch_rows")
+        self.intra_op_threads = intra_op_threads or usable_cpus()
         self.large_batch_rows = large_batch_rows
         self._model_bytes, self._source = model_bytes, source
         self._large_bytes = None if sess_options is not None else large_bytes
         self.large_batch_graph = self._large_bytes is not None
         self._requested, notes = resolve_providers(providers)
-        self._session = self._new_session(sess_options or hot_path.session_options(1), model_bytes)
+        self._session = self._new_session(sess_options or session_options(1), model_bytes)
         self.providers = self._session.get_providers()
         lost = [p for p in self._requested if p not in self.providers]
         notes += [f"{p} could not be initialised by onnxruntime {ort.__version__} (CUDA 13 / cuDNN 9 "
@@ -107,7 +111,7 @@ class Predictor:
         ONNX Runtime sessions, resolving ``providers`` ("auto" included) on its own machine."""
         providers, threads, large_rows, custom_options = self._init_args
         if custom_options:
-            raise TypeError("a Predictor made with sess_options cannot be pickled (SessionOptions do not "
+            raise InputTypeError("a Predictor made with sess_options cannot be pickled (SessionOptions do not "
                             "pickle); use intra_op_threads instead")
         names = (self.manifest, self.feature_names, self.target_names, self.input_name, self.output_name,
                  self.allow_nonfinite)
@@ -132,7 +136,7 @@ class Predictor:
                 runner = self._small
             if runner is None:
                 graph = self._large_bytes or self._model_bytes
-                session = self._new_session(hot_path.session_options(threads), graph)
+                session = self._new_session(session_options(threads), graph)
                 chunk = None
                 if graph is self._large_bytes:
                     self._check_io(session, self._source.parent / LARGE_BATCH_FILE)
@@ -181,21 +185,21 @@ class Predictor:
         if _is_dataframe(x):
             missing = [c for c in self.feature_names if c not in x.columns]
             if missing:
-                raise ValueError(f"the DataFrame lacks the feature column(s) {', '.join(map(repr, missing))}; "
+                raise InputError(f"the DataFrame lacks the feature column(s) {', '.join(map(repr, missing))}; "
                                  f"the model expects {self.feature_names}")
             x = x[self.feature_names].to_numpy()
         elif not isinstance(x, np.ndarray):
             try:
                 x = np.asarray(x, dtype=np.float32)
             except (ValueError, TypeError) as e:
-                raise ValueError(f"cannot turn the input into a (rows, {self.n_features}) float array: "
+                raise InputError(f"cannot turn the input into a (rows, {self.n_features}) float array: "
                                  f"{e}; give a 2-D array, a DataFrame or a list of equal-length rows") from None
         if x.dtype.kind not in "fiu":
-            raise TypeError(f"expected numbers (float or int); got dtype {x.dtype}: convert the input, "
+            raise InputTypeError(f"expected numbers (float or int); got dtype {x.dtype}: convert the input, "
                             "e.g. x.astype('float32'), after checking it holds numbers")
         if x.ndim != 2 or x.shape[1] != self.n_features:
             hint = "; for one row use x.reshape(1, -1)" if x.ndim == 1 and x.shape[0] == self.n_features else ""
-            raise ValueError(f"expected a 2-D input of shape (rows, {self.n_features}) with columns "
+            raise InputError(f"expected a 2-D input of shape (rows, {self.n_features}) with columns "
                              f"{self.feature_names}; got shape {x.shape}{hint}")
         return x
 
@@ -206,7 +210,7 @@ class Predictor:
         if not bad.any():
             return
         row, col = (int(i) for i in np.argwhere(bad)[0])
-        raise ValueError(f"row {row + first_row} (0-based), column {self.feature_names[col]!r} holds "
+        raise InputError(f"row {row + first_row} (0-based), column {self.feature_names[col]!r} holds "
                          f"{a[row, col]}: NaN and infinite inputs are refused; clean the data or create the "
                          "Predictor with allow_nonfinite=True")
 
@@ -219,7 +223,7 @@ class Predictor:
         if not (isinstance(out, np.ndarray) and out.dtype == np.float32 and out.shape == (rows, self.n_targets)
                 and out.flags.c_contiguous and out.flags.writeable):
             got = f"{type(out).__name__} {getattr(out, 'dtype', '')} {getattr(out, 'shape', '')}"
-            raise ValueError(f"out must be a writeable C-contiguous float32 array of shape ({rows}, "
+            raise InputError(f"out must be a writeable C-contiguous float32 array of shape ({rows}, "
                              f"{self.n_targets}); got {got.strip()}")
 
     def _predict_array(self, x: np.ndarray, out: np.ndarray | None) -> np.ndarray:
@@ -287,12 +291,12 @@ class Predictor:
         device = dlpack_device(x)
         if device is not None and device[0] == DLPACK_CUDA:
             if CUDA not in self.providers:
-                raise ValueError(f"the input is a CUDA array but this Predictor runs on {self.providers}; "
+                raise InputError(f"the input is a CUDA array but this Predictor runs on {self.providers}; "
                                  "create it with providers='cuda' or pass a numpy array")
             return run_on_device(self._session, self.input_name, self.output_name, x, self.n_features,
                                  device[1])
         if out is not None and not isinstance(x, np.ndarray):
-            raise ValueError("out is only accepted with numpy input")
+            raise InputError("out is only accepted with numpy input", parameter="out")
         if isinstance(x, (list, tuple)) and len(x) == 0:
             return []
         result = self._predict_array(self._as_array(x), out)

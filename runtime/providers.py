@@ -7,6 +7,8 @@ from functools import lru_cache
 
 import onnxruntime as ort
 
+from torchport.runtime.errors import InputError
+
 CPU = "CPUExecutionProvider"
 CUDA = "CUDAExecutionProvider"
 SHORT_NAMES = {"cpu": [CPU], "cuda": [CUDA, CPU]}
@@ -43,12 +45,13 @@ def resolve_providers(providers: str | list[str] | tuple[str, ...]) -> tuple[lis
     else:
         names = list(providers)
     if not names:
-        raise ValueError("providers is empty; give 'auto', 'cpu', 'cuda' or ONNX Runtime provider names")
+        raise InputError("providers is empty; give 'auto', 'cpu', 'cuda' or ONNX Runtime provider names",
+                         parameter="providers")
     known = set(ort.get_all_providers())
     for name in names:
         if name not in known:
-            raise ValueError(f"unknown execution provider {name!r}; this onnxruntime "
-                             f"{ort.__version__} offers: {', '.join(available)}")
+            raise InputError(f"unknown execution provider {name!r}; this onnxruntime "
+                             f"{ort.__version__} offers: {', '.join(available)}", parameter="providers")
     notes = []
     wanted = []
     for name in names:

@@ -30,6 +30,17 @@ def seed_bundle(tmp_path_factory) -> Path:
     return out
 
 
+def pair(report, reference: str, candidate: str):
+    """The result for one pair of backends in a ParityReport."""
+    return next(p for p in report.pairs if (p.reference, p.candidate) == (reference, candidate))
+
+
+def manifest_pair(manifest: dict, reference: str, candidate: str) -> dict | None:
+    """The JSON of one pair's result in a manifest's parity record, or None."""
+    return next((p for p in manifest["parity"]["pairs"]
+                 if (p["reference"], p["candidate"]) == (reference, candidate)), None)
+
+
 def pytest_addoption(parser):
     parser.addoption("--slow", action="store_true", default=False, help="also run tests marked slow")
 
@@ -60,3 +71,70 @@ from hypothesis import settings as _hypothesis_settings  # noqa: E402
 _hypothesis_settings.register_profile("default", derandomize=True)
 _hypothesis_settings.register_profile("explore", derandomize=False)
 _hypothesis_settings.load_profile("default")
+
+
+STRICT_JSON = """
+const fs = require('fs');
+const bad = [];
+for (const f of JSON.parse(fs.readFileSync(0, 'utf8'))) {
+  try { JSON.parse(fs.readFileSync(f, 'utf8')); } catch (e) { bad.push(f + ': ' + e.message); }
+}
+process.stdout.write(JSON.stringify(bad));
+"""
+
+
+def _lenient_json(path: Path) -> bool:
+    import json
+    try:
+        json.loads(path.read_text(encoding="utf-8"))
+        return True
+    except (ValueError, UnicodeDecodeError):
+        return False
+
+
+def _refuse_constant(name):
+    raise ValueError(f"{name} is not JSON")
+
+
+def strict_json_problems(paths: list[Path]) -> list[str]:
+    """Files among ``paths`` that a strict JSON parser refuses: Python's with NaN/Infinity refused, and
+    Node's JSON.parse (where Node is installed). Files that are not JSON even to a lenient parser are left
+    out: tests damage manifests on purpose, and torchport never writes one."""
+    import json
+    import shutil
+    problems = []
+    paths = [p for p in paths if _lenient_json(p)]
+    for path in paths:
+        try:
+            json.loads(path.read_text(encoding="utf-8"), parse_constant=_refuse_constant)
+        except ValueError as e:
+            problems.append(f"{path}: {e}")
+    node = shutil.which("node")
+    if node and paths:
+        proc = subprocess.run([node, "-e", STRICT_JSON], input=json.dumps([str(p) for p in paths]),
+                              capture_output=True, text=True, timeout=120)
+        problems += json.loads(proc.stdout) if proc.returncode == 0 else [f"node failed: {proc.stderr}"]
+    return problems
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """Every manifest.json the tests wrote must be strict JSON (Python and Node's JSON.parse)."""
+    factory = getattr(session.config, "_tmp_path_factory", None)
+    if factory is None or getattr(session.config, "workerinput", None) is not None:
+        return
+    manifests = sorted(factory.getbasetemp().rglob("manifest.json"))
+    problems = strict_json_problems(manifests)
+    STRICT_STATS.update(manifests=len(manifests), problems=problems)
+    if problems:
+        session.exitstatus = 1
+
+
+STRICT_STATS: dict = {}
+
+
+def pytest_unconfigure(config):
+    if STRICT_STATS.get("problems"):
+        print("\nmanifests that are not strict JSON:\n  " + "\n  ".join(STRICT_STATS["problems"]), file=sys.stderr)
+    elif STRICT_STATS.get("manifests"):
+        print(f"\nstrict JSON: all {STRICT_STATS['manifests']} manifest.json files the tests wrote parse with "
+              "Python (NaN/Infinity refused) and Node's JSON.parse", file=sys.stderr)

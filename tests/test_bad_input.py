@@ -48,11 +48,11 @@ BAD_INVOCATIONS = [
     (["train", "--data", "ok.csv", "--target", "z"], "'z' not found"),
     (["train", "--data", "letters.csv", "--target", "y"], "column 'a', row 2"),
     (["train", "--data", "nan.csv", "--target", "y"], "column 'y', row 2"),
-    (["train", "--lr", "abc"], "expected a positive number"),
-    (["train", "--lr", "-1"], "expected a positive number"),
-    (["train", "--epochs", "1.5"], "expected a whole number >= 1"),
+    (["train", "--lr", "abc"], "argument --lr: expected a number, got 'abc'"),
+    (["train", "--lr", "-1"], "lr must be a positive number; got -1.0 (--lr)"),
+    (["train", "--epochs", "1.5"], "argument --epochs: expected a whole number, got '1.5'"),
     (["train", "--hidden", "32,x", "--model", "mlp"], "expected widths"),
-    (["train", "--val-fraction", "1.5"], "expected a number in [0, 1)"),
+    (["train", "--val-fraction", "1.5"], "val_fraction must be a number in [0, 1); got 1.5 (--val-fraction)"),
     (["train", "--patience", "5"], "needs a validation split"),
     (["train", "--opset", "99"], "opset 99 is out of range"),
     (["train", "--device", "tpu"], "invalid choice"),
@@ -269,8 +269,8 @@ def test_a_pickle_in_the_checkpoint_is_never_run(seed_bundle, tmp_path):
 def test_onnx_inputs_that_disagree_with_the_manifest_are_refused(seed_bundle, tmp_path):
     from torchport.export import write_bundle
     from torchport.runtime import BundleError
-    from torchport.train.models import build_model
-    spec = {"kind": "linear", "n_features": 3, "n_targets": 1}
+    from torchport.train.models import ModelSpec, build_model
+    spec = ModelSpec("linear", 3, 1)
     write_bundle(build_model(spec), spec, ["a", "b", "c"], ["y"], tmp_path / "three")
     swapped = tmp_path / "swapped"
     shutil.copytree(seed_bundle, swapped)

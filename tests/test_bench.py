@@ -1,11 +1,14 @@
 """`torchport bench`: the quick run completes and writes a complete JSON, a Markdown table and a PNG
-(smoke test: no timing is asserted), MLPs have no numpy floor, and bad invocations exit 2."""
+(smoke test: no timing is asserted), bench.json reads back into the same BenchReport (and a malformed one
+is refused), MLPs have no numpy floor, and bad invocations exit 2."""
+import copy
 import json
+import re
 import struct
 
 import pytest
 
-from conftest import run_cli
+from conftest import ROOT, run_cli
 
 DEFAULT_SIZES = [1, 8, 64, 512, 4096, 65536, 1 << 20]
 CPU_BACKENDS = {"numpy_copy", "numpy_matmul", "torch_eager", "torchscript", "ort_plain", "predictor"}
@@ -72,6 +75,56 @@ def test_quick_run_writes_the_markdown_and_the_plot(quick_run):
     assert sorted(p.name for p in out.iterdir()) == ["bench.json", "bench.md", "bench.png"]
 
 
+def _strict(text: str):
+    """Parse JSON refusing NaN and Infinity, as strict parsers do."""
+    def refuse(name):
+        raise ValueError(f"not strict JSON: {name}")
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_bench_json_reads_back_into_the_same_report(quick_run):
+    from torchport.benchmarks.records import BenchReport, ResultRow
+    _, out = quick_run
+    written = _strict((out / "bench.json").read_text())
+    report = BenchReport.from_json(written, str(out / "bench.json"))
+    assert report.to_json() == written
+    assert BenchReport.from_json(report.to_json()) == report
+    assert all(isinstance(r, ResultRow) for r in report.results) and report.models[0].model.kind == "linear"
+    assert report.environment.threads.threads == report.environment.threads.torch_num_threads >= 1
+
+
+@pytest.mark.parametrize("folder", ["intel-xeon-f6m207-2cpu", "intel-xeon-f6m207-2cpu-threads1"])
+def test_reference_runs_read_back(folder):
+    """bench.json files written by earlier torchport releases (the saved reference runs) still read."""
+    from torchport.benchmarks.records import BenchReport
+    path = ROOT / "benchmarks" / "results" / folder / "bench.json"
+    report = BenchReport.from_json(_strict(path.read_text()), str(path))
+    assert {m.name for m in report.models} == {"seed", "mlr-mlp"} and report.results
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda r: r.update(format="something.else"), "is not a torchport bench report"),
+    (lambda r: r.update(format_version=99), "format version 99"),
+    (lambda r: r["results"][3].pop("median_s"), "bench.json.results[3] lacks 'median_s'"),
+    (lambda r: r["results"][0].update(calls="many"), "bench.json.results[0].calls must be int, got 'many'"),
+    (lambda r: r["results"][0].update(agrees_with_torch=1), "agrees_with_torch must be bool or null"),
+    (lambda r: r["results"][0].update(model="other"), "of model 'other', which bench.json.models does not list"),
+    (lambda r: r["environment"]["cpu"].update(physical_cores=True), "physical_cores must be int, got True"),
+    (lambda r: r["environment"]["threads"].pop("predictor"), "bench.json.environment.threads lacks 'predictor'"),
+    (lambda r: r["models"][0]["model"].update(kind="forest"), "bench.json.models[0].model is not a model spec"),
+    (lambda r: r.update(settings=[]), "bench.json.settings must be dict, got []"),
+])
+def test_malformed_bench_json_is_refused_naming_the_key(quick_run, change, message):
+    from torchport.benchmarks.records import BenchReport
+    from torchport.runtime.errors import DataError
+    _, out = quick_run
+    report = json.loads((out / "bench.json").read_text())
+    broken = copy.deepcopy(report)
+    change(broken)
+    with pytest.raises(DataError, match=re.escape(message)):
+        BenchReport.from_json(broken)
+
+
 def test_mlp_has_no_numpy_floor_and_takes_chosen_batch_sizes(tmp_path):
     bundle = tmp_path / "mlp"
     proc = run_cli("train", "--data", "plant_richness_mlr", "--model", "mlp", "--hidden", "8", "--epochs", "20",
@@ -91,8 +144,8 @@ def test_mlp_has_no_numpy_floor_and_takes_chosen_batch_sizes(tmp_path):
 
 
 @pytest.mark.parametrize("extra, message", [
-    (["--batch-sizes", "0,8"], "expected batch sizes >= 1"),
-    (["--batch-sizes", "1,x"], "expected batch sizes >= 1"),
+    (["--batch-sizes", "0,8"], "expected sizes >= 1"),
+    (["--batch-sizes", "1,x"], "expected sizes >= 1"),
     (["--threads", "0"], "expected a whole number >= 1"),
     (["--devices", "tpu"], "invalid choice"),
     (["--out", "taken.txt"], "is not a directory"),
@@ -114,8 +167,8 @@ def test_missing_bundle_is_a_user_error(tmp_path):
 
 def test_cuda_without_a_gpu_is_a_user_error(seed_bundle, tmp_path):
     import torch
-    from torchport.export.bench_backends import cuda_status
-    if torch.cuda.is_available() or cuda_status()["onnxruntime"]:
+    from torchport.benchmarks.machine import cuda_status
+    if torch.cuda.is_available() or cuda_status().onnxruntime:
         pytest.skip("a GPU is usable here")
     proc = run_cli("bench", str(seed_bundle), "--devices", "cuda", cwd=tmp_path)
     assert proc.returncode == 2 and "no GPU is usable here" in proc.stderr and "Traceback" not in proc.stderr
@@ -124,15 +177,16 @@ def test_cuda_without_a_gpu_is_a_user_error(seed_bundle, tmp_path):
 
 def test_cuda_backends_are_skipped_with_a_reason_where_no_gpu_is_usable(seed_bundle):
     import torch
-    from torchport.export.bench_backends import build_backends, cuda_status
+    from torchport.benchmarks.backends import build_backends
+    from torchport.benchmarks.machine import cuda_status
     status = cuda_status()
-    if torch.cuda.is_available() and status["onnxruntime"]:
+    if torch.cuda.is_available() and status.onnxruntime:
         pytest.skip("a GPU is usable here: the CUDA rows are measured instead")
     built = build_backends(seed_bundle, ["cpu", "cuda"], threads=1, pin_predictor=False)
     assert {(b.id, b.device) for b in built.backends} == {(b, "cpu") for b in CPU_BACKENDS}
-    skipped = {(s["backend"], s["device"]): s["reason"] for s in built.skipped}
+    skipped = {(s.backend, s.device): s.reason for s in built.skipped}
     if not torch.cuda.is_available():
         assert "torch.cuda.is_available() is False" in skipped["torch_eager", "cuda"]
         assert "torch.cuda.is_available() is False" in skipped["torchscript", "cuda"]
-    if not status["onnxruntime"]:
-        assert skipped["ort_plain", "cuda"] == skipped["predictor", "cuda"] == status["onnxruntime_reason"]
+    if not status.onnxruntime:
+        assert skipped["ort_plain", "cuda"] == skipped["predictor", "cuda"] == status.onnxruntime_reason

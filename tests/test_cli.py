@@ -22,8 +22,8 @@ def test_help_lists_the_commands():
 @pytest.mark.parametrize("args, message", [
     (["train", "--data", "nope"], "unknown dataset 'nope'"),
     (["train", "--data", "missing.csv", "--target", "y"], "does not exist"),
-    (["train", "--lr", "abc"], "expected a positive number"),
-    (["train", "--epochs", "0"], "expected a whole number >= 1"),
+    (["train", "--lr", "abc"], "expected a number, got 'abc'"),
+    (["train", "--epochs", "0"], "epochs must be a whole number >= 1; got 0 (--epochs)"),
     (["train", "--data", "plant_richness_lr", "--features", "height"], "'height' not found"),
     (["train", "--device", "tpu"], "invalid choice"),
     (["verify", "no/such/bundle"], "not a bundle directory"),
@@ -77,3 +77,50 @@ def test_base_install_names_the_missing_extra(base_venv, tmp_path, command):
                    env={"PATH": f"{base_venv / 'bin'}{os.pathsep}{os.environ['PATH']}"})
     assert proc.returncode == 2
     assert "pip install 'torchport[train]'" in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.fixture()
+def command(monkeypatch):
+    """A throwaway `torchport` command (a real module run by the real dispatcher) whose run() raises what
+    the test puts in ``raises``."""
+    import types
+
+    from torchport.runtime import cli
+    module = types.ModuleType("torchport_test_command")
+    module.raises = None
+
+    def add_arguments(p):
+        p.add_argument("--force", action="store_true")
+        p.add_argument("--learning-rate", dest="lr", type=float)
+
+    def run(args):
+        raise module.raises
+    module.add_arguments, module.run = add_arguments, run
+    monkeypatch.setitem(sys.modules, "torchport_test_command", module)
+    monkeypatch.setitem(cli.COMMANDS, "probe", ("torchport_test_command", "", "a probe"))
+    return module
+
+
+def test_torchport_errors_are_one_line_in_the_commands_terms(command, capsys):
+    from torchport.runtime.cli import main
+    from torchport.runtime.errors import Fix, InputError, ParityError
+    command.raises = InputError("b exists", parameter="out", fix=Fix("force", True, "to replace it"))
+    assert main(["probe"]) == 2
+    assert capsys.readouterr().err == "torchport probe: error: b exists; pass --force to replace it\n"
+    assert str(command.raises) == "b exists; give force=True to replace it"  # what Python callers read
+    command.raises = InputError("lr must be positive; got -1", parameter="lr")
+    assert main(["probe"]) == 2
+    assert capsys.readouterr().err == "torchport probe: error: lr must be positive; got -1 (--learning-rate)\n"
+    command.raises = ParityError("the copies disagree")
+    assert main(["probe"]) == 1 and "error: the copies disagree" in capsys.readouterr().err
+
+
+def test_an_unexpected_exception_is_reported_as_a_bug(command, capsys):
+    from torchport.runtime.cli import BUG, main
+    command.raises = ValueError("a plain ValueError is not a user error")
+    assert main(["probe"]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" in err and "ValueError: a plain ValueError" in err and err.rstrip().endswith(BUG)
+    command.raises = FileNotFoundError(2, "No such file or directory", "given.csv")
+    assert main(["probe"]) == 2
+    assert capsys.readouterr().err == "torchport probe: error: No such file or directory: given.csv\n"

@@ -3,7 +3,8 @@ import pandas as pd
 import pytest
 
 from conftest import DATA
-from torchport.train.datasets import CITATION, DataError, load_dataset, load_islands
+from torchport.train import DataError, TrainError
+from torchport.train.datasets import CITATION, load_dataset, load_islands
 
 
 def test_islands_table_ships_with_the_package():
@@ -47,8 +48,12 @@ def test_files_by_column_name(tmp_path, suffix):
 def test_missing_column_names_it_and_lists_the_others(tmp_path):
     path = tmp_path / "d.csv"
     path.write_text("y,a\n1,2\n")
-    with pytest.raises(DataError, match=r"'b' not found; available columns: y, a"):
+    with pytest.raises(DataError, match=r"'b' not found; available columns: y, a") as e:
         load_dataset(str(path), ["y"], ["a", "b"])
+    assert e.value.parameter == "features"
+    with pytest.raises(DataError, match=r"'z' not found") as e:
+        load_dataset(str(path), ["z"], ["a"])
+    assert e.value.parameter == "target"
 
 
 def test_non_numeric_value_names_column_and_row(tmp_path):
@@ -66,8 +71,9 @@ def test_nan_names_column_and_row(tmp_path):
 
 
 def test_unknown_dataset_and_missing_file():
-    with pytest.raises(DataError, match="unknown dataset 'nope'.*plant_richness_lr"):
+    with pytest.raises(DataError, match="unknown dataset 'nope'.*plant_richness_lr") as e:
         load_dataset("nope")
+    assert e.value.parameter == "name_or_path" and isinstance(e.value, (TrainError, ValueError))
     with pytest.raises(DataError, match="does not exist"):
         load_dataset("no/such/file.csv", ["y"])
 
@@ -75,5 +81,14 @@ def test_unknown_dataset_and_missing_file():
 def test_file_needs_a_target(tmp_path):
     path = tmp_path / "d.csv"
     path.write_text("y,a\n1,2\n")
-    with pytest.raises(DataError, match="no target column given; pass --target with one of: y, a"):
+    with pytest.raises(DataError, match=r"no target column given; give target=\[\.\.\.\] with one or more of: y, a") as e:
         load_dataset(str(path))
+    assert e.value.parameter == "target" and "--" not in str(e.value)
+
+
+def test_every_column_a_target_leaves_no_features(tmp_path):
+    path = tmp_path / "d.csv"
+    path.write_text("y,a\n1,2\n")
+    with pytest.raises(DataError, match=r"no feature columns left; give features=\[\.\.\.\]") as e:
+        load_dataset(str(path), ["y", "a"])
+    assert e.value.parameter == "features"

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from torchport.train import Regressor, load_dataset
-from torchport.train.estimator import TrainingDiverged
+from torchport.train import TrainingDiverged
 from torchport.train.fast import fit_full_batch_sgd
 
 
@@ -93,7 +93,7 @@ def test_divergence_is_reported_through_the_regressor(seed_tensors):
     losses = fit_full_batch_sgd(nn.Linear(1, 1), X, y, 5.0, 300, check_every=50,
                                 on_check=lambda done, loss: seen.append(loss))
     assert not np.isfinite(seen[-1]) and not torch.isfinite(losses[-1])
-    with pytest.raises(TrainingDiverged, match=r"diverged at epoch \d+: loss is (inf|nan); use a smaller"):
+    with pytest.raises(TrainingDiverged, match=r"diverged at epoch \d+: loss is (inf|nan); lr 5 is too large"):
         Regressor(device="cpu", lr=5.0).fit(X.numpy(), y.numpy())
 
 

@@ -5,7 +5,6 @@ import shutil
 import subprocess
 import sys
 import threading
-from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
@@ -16,8 +15,6 @@ from torchport.runtime.hot_path import CHUNK_BYTES, CHUNK_FROM_BYTES, SLOT_ROWS,
 
 # One feature: more rows than run whole, ending in a partial chunk.
 CHUNKED_ROWS = CHUNK_FROM_BYTES // 4 + CHUNK_BYTES // 4 + 3
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module")
@@ -218,16 +215,18 @@ def test_cold_start_needs_no_torch(seed_bundle):
 
 
 def test_benchmark_quick_run_writes_complete_json(seed_bundle, tmp_path):
-    """The benchmark script's smoke run: it completes and records every figure (no timing is asserted)."""
+    """The benchmark's smoke run: it completes and records every figure (no timing is asserted)."""
     out = tmp_path / "hot_path.json"
-    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "hot_path.py"), "--bundle", str(seed_bundle),
-                           "--quick", "--json", str(out)], capture_output=True, text=True, timeout=300)
+    proc = subprocess.run([sys.executable, "-m", "torchport.benchmarks.hot_path", "--bundle", str(seed_bundle),
+                           "--quick", "--json", str(out)], capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
-    report = json.loads(out.read_text())
+    report = json.loads(out.read_text(), parse_constant=lambda name: pytest.fail(f"not strict JSON: {name}"))
     assert report["quick"] is True
-    assert {"python", "numpy", "onnxruntime", "torch"} <= set(report["versions"])
-    assert report["machine"]["cpu_model"] and report["machine"]["logical_cpus"] >= 1
-    assert {"predictor_small", "predictor_large", "plain_session"} <= set(report["threads"])
+    env = report["environment"]
+    assert env["versions"]["onnxruntime"] and env["versions"]["numpy"] and "torch" in env["versions"]
+    assert env["cpu"]["model"] and env["cpu"]["usable_cpus"] >= 1
+    assert env["cuda"]["torch"] is None  # the benchmark does not load torch beside what it measures
+    assert {"predictor_small", "predictor_large", "plain_session"} <= set(env["threads"])
     single = report["single_row"]
     assert single["predictor_us"]["median"] > 0 and single["plain_us"]["median"] > 0 and single["ratio"] > 0
     assert len(report["throughput"]) == 2
@@ -239,14 +238,22 @@ def test_benchmark_quick_run_writes_complete_json(seed_bundle, tmp_path):
     assert cold["predictor_s"] > 0 and cold["ort_s"] > 0 and cold["torchscript_s"] > 0
     assert cold["ratio_to_ort"] > 0 and cold["torchscript_over_predictor"] > 0
     assert "single row" in proc.stdout and "cold start" in proc.stdout
+    assert list(tmp_path.iterdir()) == [out]  # nothing written beside the file asked for
+
+
+def test_benchmark_refuses_a_missing_bundle_in_one_line(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "torchport.benchmarks.hot_path", "--bundle", str(tmp_path / "none")],
+                          capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith("hot_path: error:") and "torchport train" in proc.stderr
 
 
 def test_graph_variants_script_runs(seed_bundle, tmp_path):
     """The investigation script rebuilds the seed's affine map as other graphs; each must answer like Gemm."""
     out = tmp_path / "variants.json"
-    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "graph_variants.py"), "--bundle", str(seed_bundle),
+    proc = subprocess.run([sys.executable, "-m", "torchport.benchmarks.graph_variants", "--bundle", str(seed_bundle),
                            "--rows", "20000", "--rounds", "1", "--json", str(out)],
-                          capture_output=True, text=True, timeout=120)
+                          capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     figures = json.loads(out.read_text())["of_floor"]
     assert {"Gemm (as exported)", "Mul+Add, [1,1] constants", "Mul+Add, rank-0 constants"} <= set(figures)

@@ -11,8 +11,10 @@ import pytest
 from scipy.optimize import brentq
 from scipy.special import betainc
 
-from torchport.train import load_dataset
-from torchport.train.inference import InferenceUnavailable, format_inference, ols_inference
+from torchport.train import DataError, load_dataset
+from torchport.train.inference import (
+    Coefficient, Inference, InferenceUnavailable, TargetInference, format_inference, ols_inference,
+)
 
 
 def t_two_sided_p(t: float, df: int) -> float:
@@ -49,12 +51,13 @@ def closed_form(X: np.ndarray, y: np.ndarray, level: float = 0.95, df_shift: int
             "f": f, "f_p": f_upper_p(f, p, df), "residual_se": math.sqrt(sigma2), "n": n, "df_resid": df}
 
 
-def assert_matches(table: dict, ref: dict, rtol: float = 1e-6) -> None:
-    for key in ("estimate", "std_error", "t", "p", "ci_low", "ci_high"):
-        np.testing.assert_allclose([c[key] for c in table["coefficients"]], ref[key], rtol=rtol, atol=0, err_msg=key)
-    for key in ("r2", "adj_r2", "f", "f_p", "residual_se"):
-        np.testing.assert_allclose(table[key], ref[key], rtol=rtol, atol=0, err_msg=key)
-    assert (table["n"], table["df_resid"]) == (ref["n"], ref["df_resid"])
+def assert_matches(table: TargetInference, ref: dict, rtol: float = 1e-6) -> None:
+    for key in Coefficient.NUMBERS:
+        np.testing.assert_allclose([getattr(c, key) for c in table.coefficients], ref[key], rtol=rtol, atol=0,
+                                   err_msg=key)
+    for key in TargetInference.NUMBERS:
+        np.testing.assert_allclose(getattr(table, key), ref[key], rtol=rtol, atol=0, err_msg=key)
+    assert (table.n, table.df_resid) == (ref["n"], ref["df_resid"])
 
 
 def synthetic():
@@ -73,43 +76,80 @@ def test_statsmodels_table_matches_the_closed_form_to_1e_6(case):
         d = load_dataset(case)
         X, y, features, targets = d.X, d.y, d.feature_names, d.target_names
     record = ols_inference(X, y, features, targets)
-    assert record["features"] == features and record["confidence"] == 0.95
-    assert [t["target"] for t in record["targets"]] == targets
-    for j, table in enumerate(record["targets"]):
-        assert [c["term"] for c in table["coefficients"]] == ["(intercept)", *features]
+    assert record.features == tuple(features) and record.confidence == 0.95
+    assert [t.target for t in record.targets] == targets
+    for j, table in enumerate(record.targets):
+        assert [c.term for c in table.coefficients] == ["(intercept)", *features]
         assert_matches(table, closed_form(X, y[:, j]))
 
 
 def test_seed_table_is_the_published_exact_fit_and_significant():
     d = load_dataset("plant_richness_lr")
-    table = ols_inference(d.X, d.y, d.feature_names, d.target_names)["targets"][0]
-    intercept, area = table["coefficients"]
-    assert area["estimate"] == pytest.approx(0.355739, abs=1e-6)       # shared/data/README.md
-    assert intercept["estimate"] == pytest.approx(1.336048, abs=1e-6)
-    assert table["r2"] == pytest.approx(0.827786, abs=1e-6)
-    assert area["p"] < 1e-8 and area["ci_low"] > 0 and table["f_p"] == pytest.approx(area["p"], rel=1e-9)
-    assert table["f"] == pytest.approx(area["t"] ** 2, rel=1e-12)       # one feature: F = t^2
+    table = ols_inference(d.X, d.y, d.feature_names, d.target_names).targets[0]
+    intercept, area = table.coefficients
+    assert area.estimate == pytest.approx(0.355739, abs=1e-6)       # shared/data/README.md
+    assert intercept.estimate == pytest.approx(1.336048, abs=1e-6)
+    assert table.r2 == pytest.approx(0.827786, abs=1e-6)
+    assert area.p < 1e-8 and area.ci_low > 0 and table.f_p == pytest.approx(area.p, rel=1e-9)
+    assert table.f == pytest.approx(area.t ** 2, rel=1e-12)       # one feature: F = t^2
 
 
 def test_the_cross_check_catches_a_planted_mistake():
     """An off-by-one in the residual degrees of freedom, or a 90% interval, is far outside 1e-6."""
     d = load_dataset("plant_richness_lr")
-    table = ols_inference(d.X, d.y, d.feature_names, d.target_names)["targets"][0]
+    table = ols_inference(d.X, d.y, d.feature_names, d.target_names).targets[0]
     with pytest.raises(AssertionError):
         assert_matches(table, closed_form(d.X, d.y[:, 0], df_shift=1))
     with pytest.raises(AssertionError):
         assert_matches(table, closed_form(d.X, d.y[:, 0], level=0.90))
-    wider = ols_inference(d.X, d.y, d.feature_names, d.target_names, confidence=0.99)["targets"][0]
+    wider = ols_inference(d.X, d.y, d.feature_names, d.target_names, confidence=0.99).targets[0]
     assert_matches(wider, closed_form(d.X, d.y[:, 0], level=0.99))
 
 
 def test_record_is_strict_json_even_for_a_perfect_fit():
     X = np.arange(10, dtype=float).reshape(-1, 1)
     record = ols_inference(X, 2 * X + 1, ["x"], ["y"])
-    json.dumps(record, allow_nan=False)
-    table = record["targets"][0]
-    assert table["coefficients"][1]["estimate"] == pytest.approx(2.0)
-    assert table["r2"] == pytest.approx(1.0) and table["residual_se"] == pytest.approx(0.0, abs=1e-12)
+    json.dumps(record.to_json(), allow_nan=False)
+    table = record.targets[0]
+    assert table.coefficients[1].estimate == pytest.approx(2.0)
+    assert table.r2 == pytest.approx(1.0) and table.residual_se == pytest.approx(0.0, abs=1e-12)
+
+
+def test_json_has_todays_layout_and_reads_back():
+    d = load_dataset("plant_richness_mlr")
+    record = ols_inference(d.X, d.y, d.feature_names, d.target_names)
+    obj = json.loads(json.dumps(record.to_json(), allow_nan=False))
+    assert list(obj) == ["method", "library", "confidence", "features", "targets"]
+    assert obj["features"] == d.feature_names and obj["library"].startswith("statsmodels ")
+    table = obj["targets"][0]
+    assert list(table) == ["target", "n", "df_model", "df_resid", "coefficients", "r2", "adj_r2", "f", "f_p",
+                           "residual_se"]
+    assert list(table["coefficients"][0]) == ["term", "estimate", "std_error", "t", "p", "ci_low", "ci_high"]
+    assert Inference.from_json(obj) == record
+    assert format_inference(Inference.from_json(obj)) == format_inference(record)
+
+
+def test_a_missing_number_is_null_and_reads_back_as_none():
+    record = ols_inference(np.arange(10.0).reshape(-1, 1), np.arange(10.0) ** 2, ["x"], ["y"])
+    obj = record.to_json()
+    obj["targets"][0]["f_p"] = None
+    assert Inference.from_json(obj).targets[0].f_p is None
+    assert "p n/a" in format_inference(Inference.from_json(obj))
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda o: o.pop("library"), r"inference lacks 'library'"),
+    (lambda o: o.update(features="area"), r"inference\.features must be list"),
+    (lambda o: o["targets"][0].update(n="22"), r"inference\.targets\[0\]\.n must be int, got '22'"),
+    (lambda o: o["targets"][0]["coefficients"][1].update(t=True),
+     r"inference\.targets\[0\]\.coefficients\[1\]\.t must be float"),
+])
+def test_bad_json_is_refused_naming_the_key(change, message):
+    d = load_dataset("plant_richness_lr")
+    obj = ols_inference(d.X, d.y, d.feature_names, d.target_names).to_json()
+    change(obj)
+    with pytest.raises(DataError, match=message):
+        Inference.from_json(obj)
 
 
 @pytest.mark.parametrize("X, message", [
@@ -122,8 +162,9 @@ def test_unsupported_data_is_explained(X, message):
 
 
 def test_a_constant_target_is_explained():
-    with pytest.raises(InferenceUnavailable, match="the target y is constant"):
+    with pytest.raises(InferenceUnavailable, match="the target y is constant") as e:
         ols_inference(np.arange(10.0).reshape(-1, 1), np.full(10, 3.0), ["x"], ["y"])
+    assert isinstance(e.value, DataError)
 
 
 def test_format_shows_the_figures():

@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import run_cli
+from conftest import DATA, run_cli
 from torchport.export import load_module
 from torchport.runtime import Predictor
-from torchport.train import Regressor, exact_least_squares, load_dataset, r2_score
+from torchport.train import ModelSpec, Regressor, SettingsError, exact_least_squares, load_dataset, r2_score
 from torchport.train.models import build_model
 
 
@@ -25,10 +25,10 @@ def test_mlp_acceptance_command(tmp_path, mlr):
     assert "trained mlp 32,32 relu (standardised)" in proc.stdout and "parity: PASSED" in proc.stdout
     assert run_cli("verify", str(out)).returncode == 0
     r2_mlp = r2_score(mlr.y, Predictor(out).predict(mlr.X))
-    r2_linear_best = exact_least_squares(mlr.X, mlr.y)["r2"]  # no linear model can do better on these rows
+    r2_linear_best = exact_least_squares(mlr.X, mlr.y).r2  # no linear model can do better on these rows
     assert r2_mlp > r2_linear_best
     m = json.loads((out / "manifest.json").read_text())
-    assert m["model"]["hidden"] == [32, 32] and m["training"]["hyperparameters"]["optimizer"] == "adam"
+    assert m["model"]["hidden"] == [32, 32] and m["training"]["optimizer"] == "adam"
     assert m["model"]["scale_features"] and m["model"]["scale_targets"]
 
 
@@ -47,8 +47,8 @@ def test_scaling_is_inside_the_exported_graph(tmp_path, mlr):
     # a standardised linear model fitted by L-BFGS lands on the exact least-squares fit, in raw units
     ex = exact_least_squares(mlr.X, mlr.y)
     m = json.loads((out / "manifest.json").read_text())["training"]["metrics"]
-    np.testing.assert_allclose(m["weight"], ex["weight"], rtol=1e-3)
-    np.testing.assert_allclose(m["bias"], ex["bias"], rtol=1e-3)
+    np.testing.assert_allclose(m["weight"], ex.weight, rtol=1e-3)
+    np.testing.assert_allclose(m["bias"], ex.bias, rtol=1e-3)
 
 
 def test_several_targets(tmp_path):
@@ -99,6 +99,82 @@ def test_dropout_is_off_at_inference(mlr):
 
 
 def test_unscaled_linear_is_the_tutorials_bare_module():
-    assert isinstance(build_model({"kind": "linear", "n_features": 1, "n_targets": 1}), torch.nn.Linear)
-    scaled = build_model({"kind": "linear", "n_features": 1, "n_targets": 1, "scale_features": True})
+    assert isinstance(build_model(ModelSpec("linear", 1, 1)), torch.nn.Linear)
+    scaled = build_model(ModelSpec("linear", 1, 1, scale_features=True))
     assert [name for name, _ in scaled.named_children()] == ["scale_in", "core"]
+
+
+def test_module_structure_and_state_dict_keys_are_unchanged():
+    """Checkpoints written before ModelSpec must load: the same modules, the same state_dict keys."""
+    mlp = build_model(ModelSpec("mlp", 3, 2, hidden=[16, 8], activation="tanh", dropout=0.1,
+                                scale_features=True, scale_targets=True))
+    assert list(mlp.state_dict()) == [
+        "scale_in.mean", "scale_in.std", "core.0.weight", "core.0.bias", "core.3.weight", "core.3.bias",
+        "core.6.weight", "core.6.bias", "scale_out.mean", "scale_out.std"]
+    assert [type(m).__name__ for m in mlp.core] == ["Linear", "Tanh", "Dropout"] * 2 + ["Linear"]
+    plain = build_model(ModelSpec("mlp", 1, 1, hidden=(4,), scale_features=False, scale_targets=False))
+    assert list(plain.state_dict()) == ["core.0.weight", "core.0.bias", "core.2.weight", "core.2.bias"]
+    assert list(build_model(ModelSpec("linear", 2, 1)).state_dict()) == ["weight", "bias"]
+
+
+@pytest.mark.parametrize("bundle", ["seed", "mlp"])
+def test_checkpoints_of_format_1_bundles_load(bundle):
+    state = torch.load(DATA / "v1" / bundle / "checkpoint.pt", weights_only=True)
+    module = build_model(ModelSpec.from_json(state["spec"]))
+    module.load_state_dict(state["state_dict"])  # strict: every key, every shape
+    assert ModelSpec.from_json(state["spec"]).to_json() == state["spec"]
+
+
+def test_spec_json_has_exact_keys_and_round_trips():
+    linear = ModelSpec("linear", 1, 1)
+    assert linear.to_json() == {"kind": "linear", "n_features": 1, "n_targets": 1, "scale_features": False,
+                                "scale_targets": False}
+    mlp = ModelSpec("mlp", 3, 2, hidden=[32, 32], scale_features=True, scale_targets=True)
+    assert mlp.hidden == (32, 32)
+    assert mlp.to_json() == {"kind": "mlp", "n_features": 3, "n_targets": 2, "scale_features": True,
+                             "scale_targets": True, "hidden": [32, 32], "activation": "relu", "dropout": 0.0}
+    for spec in (linear, mlp):
+        assert ModelSpec.from_json(json.loads(json.dumps(spec.to_json()))) == spec
+    # missing scale_* keys: on for an mlp, off for linear
+    assert ModelSpec.from_json({"kind": "mlp", "n_features": 1, "n_targets": 1, "hidden": [4]}).scale_targets
+    assert not ModelSpec.from_json({"kind": "linear", "n_features": 1, "n_targets": 1}).scale_features
+
+
+@pytest.mark.parametrize("kwargs, parameter", [
+    ({"kind": "forest"}, "kind"),
+    ({"n_features": 0}, "n_features"),
+    ({"n_targets": 1.0}, "n_targets"),
+    ({"kind": "mlp", "hidden": ()}, "hidden"),
+    ({"kind": "mlp", "hidden": (4, True)}, "hidden"),
+    ({"kind": "mlp", "hidden": (4,), "activation": "swish"}, "activation"),
+    ({"kind": "mlp", "hidden": (4,), "dropout": -0.1}, "dropout"),
+    ({"activation": "swish"}, "activation"),
+    ({"scale_features": 1}, "scale_features"),
+])
+def test_a_bad_spec_cannot_be_made(kwargs, parameter):
+    with pytest.raises(SettingsError) as e:
+        ModelSpec(**{"kind": "linear", "n_features": 1, "n_targets": 1, **kwargs})
+    assert e.value.parameter == parameter and parameter in str(e.value)
+
+
+@pytest.mark.parametrize("obj, parameter", [
+    ([1, 2], None),
+    ({"n_features": 1, "n_targets": 1}, "kind"),
+    ({"kind": "linear", "n_features": "1", "n_targets": 1}, "n_features"),
+    ({"kind": "mlp", "n_features": 1, "n_targets": 1}, "hidden"),
+    ({"kind": "linear", "n_features": 1, "n_targets": 1, "scale_targets": "yes"}, "scale_targets"),
+])
+def test_bad_spec_json_is_refused_naming_the_key(obj, parameter):
+    with pytest.raises(SettingsError) as e:
+        ModelSpec.from_json(obj)
+    assert e.value.parameter == parameter
+
+
+def test_a_linear_spec_ignores_the_mlp_only_fields():
+    spec = ModelSpec("linear", 2, 1, hidden=[4], activation="tanh", dropout=0.5)
+    assert spec == ModelSpec("linear", 2, 1) and (spec.hidden, spec.activation, spec.dropout) == ((), "relu", 0.0)
+
+
+def test_build_model_takes_a_spec():
+    with pytest.raises(TypeError, match="build_model takes a ModelSpec"):
+        build_model({"kind": "linear", "n_features": 1, "n_targets": 1})

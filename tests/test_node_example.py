@@ -10,7 +10,7 @@ import torch
 from conftest import ROOT
 from torchport.export import write_bundle
 from torchport.runtime import Predictor
-from torchport.train.models import build_model
+from torchport.train.models import ModelSpec, build_model
 
 APP = ROOT / "examples" / "node"
 
@@ -34,8 +34,7 @@ def test_node_matches_python_on_the_seed(seed_bundle):
 
 def test_node_matches_python_on_an_mlp_with_names(tmp_path):
     torch.manual_seed(3)
-    spec = {"kind": "mlp", "n_features": 3, "n_targets": 2, "hidden": [16, 8], "activation": "gelu",
-            "scale_features": True, "scale_targets": True}
+    spec = ModelSpec("mlp", 3, 2, hidden=(16, 8), activation="gelu", scale_features=True, scale_targets=True)
     module = build_model(spec)
     write_bundle(module, spec, ["a", "b", "c"], ["p", "q"], tmp_path / "mlp")
     x = np.random.default_rng(1).normal(size=(64, 3))

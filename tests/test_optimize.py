@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import run_cli
+from conftest import manifest_pair, run_cli
 from torchport.export.formats import export_onnx
 
 
@@ -20,7 +20,7 @@ def _export(module: nn.Module, n_features: int, tmp_path, large: bool) -> tuple[
     n_targets = module(torch.zeros(1, n_features)).shape[1]
     info = export_onnx(module, n_features, path, 18, [f"x{i}" for i in range(n_features)],
                        [f"y{i}" for i in range(n_targets)], large_batch_path=large_path if large else None)
-    assert large_path.is_file() == bool(info["large_batch_graph"])
+    assert large_path.is_file() == bool(info.large_batch_graph)
     chosen = large_path if large else path
     x = np.random.default_rng(1).normal(0, 3, size=(5000, n_features)).astype(np.float32)
     got = ort.InferenceSession(str(chosen), providers=["CPUExecutionProvider"]).run(None, {"features": x})[0]
@@ -36,9 +36,9 @@ def test_one_feature_linear_becomes_mul_add_with_torchs_answers(tmp_path, target
     module = nn.Linear(1, targets)
     ops_default, info_default, y_gemm = _export(module, 1, tmp_path, large=False)
     ops, info, y = _export(module, 1, tmp_path, large=True)
-    assert ops_default == ["Gemm"] and info_default["large_batch_graph"] is None
-    assert info["ops"] == ["Gemm"]  # model.onnx stays as torch exported it
-    assert ops == ["Mul", "Add"] and info["large_batch_graph"] == {
+    assert ops_default == ["Gemm"] and info_default.large_batch_graph is None
+    assert info.ops == ("Gemm",)  # model.onnx stays as torch exported it
+    assert ops == ["Mul", "Add"] and info.large_batch_graph.to_json() == {
         "file": "model.large_batch.onnx", "rewrites": {"gemm_k1_to_mul_add": 1}, "ops": ["Add", "Mul"]}
     np.testing.assert_array_equal(y, y_gemm)  # one multiply and one add per element either way
 
@@ -47,10 +47,10 @@ def test_only_inner_dimension_one_is_rewritten(tmp_path):
     torch.manual_seed(0)
     mlp = nn.Sequential(nn.Linear(1, 16), nn.Tanh(), nn.Linear(16, 1))
     ops, info, _ = _export(mlp, 1, tmp_path, large=True)
-    assert ops == ["Mul", "Add", "Tanh", "Gemm"] and info["large_batch_graph"]["rewrites"] == {"gemm_k1_to_mul_add": 1}
+    assert ops == ["Mul", "Add", "Tanh", "Gemm"] and info.large_batch_graph.rewrites == {"gemm_k1_to_mul_add": 1}
     info = export_onnx(nn.Linear(3, 1), 3, tmp_path / "k3.onnx", 18, ["a", "b", "c"], ["y"],
                        large_batch_path=tmp_path / "k3.large.onnx")
-    assert info["ops"] == ["Gemm"] and info["large_batch_graph"] is None
+    assert info.ops == ("Gemm",) and info.large_batch_graph is None
     assert not (tmp_path / "k3.large.onnx").exists()
 
 
@@ -60,7 +60,7 @@ def test_bundle_holds_both_graphs_and_verify_checks_both(seed_bundle, tmp_path):
     assert manifest["export"]["ops"] == ["Gemm"]
     assert manifest["export"]["large_batch_graph"]["ops"] == ["Add", "Mul"]
     assert "model.large_batch.onnx" in manifest["files"]
-    assert manifest["parity"]["pairs"]["torch~onnxruntime_large_batch"]["passed"]
+    assert manifest_pair(manifest, "torch", "onnxruntime_large_batch")["passed"]
     assert "large-batch graph: model.large_batch.onnx (ops Add, Mul)" in \
         (seed_bundle.parent / "train_stdout.txt").read_text()
     x = np.linspace(-2, 6, 1001, dtype=np.float32).reshape(-1, 1)
@@ -80,7 +80,7 @@ def test_export_without_the_large_batch_graph(seed_bundle, tmp_path):
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["export"]["large_batch_graph"] is None and "model.large_batch.onnx" not in manifest["files"]
     assert not (out / "model.large_batch.onnx").exists() and manifest["parity"]["passed"]
-    assert "torch~onnxruntime_large_batch" not in manifest["parity"]["pairs"]
+    assert manifest_pair(manifest, "torch", "onnxruntime_large_batch") is None
 
 
 def test_cli_says_when_there_is_no_large_batch_graph(tmp_path):

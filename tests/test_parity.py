@@ -11,26 +11,27 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from onnx import TensorProto, helper
 
-from conftest import PARITY_STATS, run_cli
+from conftest import PARITY_STATS, pair, run_cli
 from torchport.export.formats import MIN_OPSET, newest_opset
 from torchport.export.testing import assert_parity
-from torchport.export.verify import ParityError
-from torchport.runtime.bundle import BundleError, sha256_file
-from torchport.train.models import ACTIVATIONS, build_model
+from torchport.runtime import BundleError, ParityError
+from torchport.runtime.bundle import sha256_file
+from torchport.train.models import ACTIVATIONS, ModelSpec, build_model
 
 
 def test_assert_parity_passes_on_a_bundle(seed_bundle):
     report = assert_parity(seed_bundle)
-    assert report["passed"] and report["pairs"]["torch~onnxruntime"]["max_abs"] <= 1e-5
+    assert report.passed and pair(report, "torch", "onnxruntime").max_abs <= 1e-5
 
 
 def test_assert_parity_on_a_module_with_names():
     torch.manual_seed(0)
-    module = build_model({"kind": "mlp", "n_features": 3, "n_targets": 2, "hidden": [16], "activation": "tanh"})
+    module = build_model(ModelSpec("mlp", 3, 2, hidden=(16,), activation="tanh", scale_features=True,
+                                   scale_targets=True))
     report = assert_parity(module, np.random.default_rng(0).normal(size=(50, 3)),
                            feature_names=["a", "b", "c"], target_names=["p", "q"])
-    assert report["cases"] == [{"name": "inputs", "rows": 50}]
-    assert report["pairs"]["torch~onnxruntime"]["max_abs"] < 1e-5
+    assert [(c.name, c.rows) for c in report.cases] == [("inputs", 50)]
+    assert pair(report, "torch", "onnxruntime").max_abs < 1e-5
 
 
 def _add_to_output(path, delta):
@@ -109,10 +110,10 @@ def test_verify_checks_each_graph_at_every_batch_size(seed_bundle, tmp_path):
     manifest["files"]["model.onnx"]["sha256"] = sha256_file(broken / "model.onnx")
     (broken / "manifest.json").write_text(json.dumps(manifest))
     report = verify_bundle(broken)
-    pairs = report["pairs"]
-    assert not report["passed"] and not pairs["torch~onnxruntime_model"]["passed"]
-    assert pairs["torch~onnxruntime_model"]["worst"]["case"] in ("random 4096 rows", "random 40000 rows")
-    assert pairs["torch~onnxruntime"]["passed"] and pairs["torch~onnxruntime_large_batch"]["passed"]
+    model = pair(report, "torch", "onnxruntime_model")
+    assert not report.passed and not model.passed
+    assert model.worst.case in ("random 4096 rows", "random 40000 rows")
+    assert pair(report, "torch", "onnxruntime").passed and pair(report, "torch", "onnxruntime_large_batch").passed
 
 
 def test_verify_refuses_a_large_batch_graph_with_other_names(seed_bundle, tmp_path):
@@ -138,10 +139,9 @@ def test_verify_refuses_a_large_batch_graph_with_other_names(seed_bundle, tmp_pa
 @st.composite
 def cases(draw):
     depth = draw(st.integers(0, 4))
-    spec = {"kind": "mlp" if depth else "linear", "n_features": draw(st.integers(1, 32)),
-            "n_targets": draw(st.integers(1, 4)), "hidden": [draw(st.integers(1, 256)) for _ in range(depth)],
-            "activation": draw(st.sampled_from(sorted(ACTIVATIONS))),
-            "scale_features": True, "scale_targets": True}
+    spec = ModelSpec("mlp" if depth else "linear", draw(st.integers(1, 32)), draw(st.integers(1, 4)),
+                     hidden=tuple(draw(st.integers(1, 256)) for _ in range(depth)),
+                     activation=draw(st.sampled_from(sorted(ACTIVATIONS))), scale_features=True, scale_targets=True)
     return (spec, draw(st.integers(1, 10_000)), 10.0 ** draw(st.floats(-3, 6)), 10.0 ** draw(st.floats(-3, 6)),
             draw(st.integers(max(17, MIN_OPSET), newest_opset())), draw(st.integers(0, 2**31 - 1)))
 
@@ -154,18 +154,18 @@ def _run_case(case):
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
     module = build_model(spec)
-    x = rng.normal(0, x_scale, size=(batch, spec["n_features"])) + rng.normal(0, x_scale, size=spec["n_features"])
+    x = rng.normal(0, x_scale, size=(batch, spec.n_features)) + rng.normal(0, x_scale, size=spec.n_features)
     with torch.no_grad():
         module.scale_in.mean.copy_(torch.tensor(x.mean(axis=0)))
         module.scale_in.std.copy_(torch.tensor(np.maximum(x.std(axis=0), 1e-12)))
-        module.scale_out.mean.copy_(torch.tensor(rng.normal(0, y_scale, spec["n_targets"])))
-        module.scale_out.std.copy_(torch.tensor(np.full(spec["n_targets"], y_scale)))
+        module.scale_out.mean.copy_(torch.tensor(rng.normal(0, y_scale, spec.n_targets)))
+        module.scale_out.std.copy_(torch.tensor(np.full(spec.n_targets, y_scale)))
     # Tolerance: 1e-5 x max(1, |y|), where the absolute part is in the target's own scale. A float32 core
     # rounds at ~1e-7 of its output, and unstandardising multiplies that by the target scale, so near y = 0
     # a plain 1e-5 x max(1, |y|) is below float32 resolution when the target scale is in the hundreds
     # (found by the --slow run: 2.7e-5 at |y| = 0.45 with target scale 396).
     report = assert_parity(module, x, atol=1e-5 * max(1.0, y_scale), rtol=1e-5, opset=opset)
-    worst = max(p["max_abs"] / max(1.0, y_scale) for p in report["pairs"].values())
+    worst = max(p.max_abs / max(1.0, y_scale) for p in report.pairs)
     SEEN["cases"] += 1
     if worst >= SEEN["worst"]:
         SEEN["worst"], SEEN["worst_case"] = worst, f"{spec}, batch {batch}, x scale {x_scale:.3g}, " \

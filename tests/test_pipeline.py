@@ -33,12 +33,14 @@ def test_acceptance_through_the_runtime(seed_bundle):
 
 def test_manifest_records_everything(seed_bundle):
     m = json.loads((seed_bundle / "manifest.json").read_text())
-    assert m["format_version"] == 1 and m["features"] == ["area"] and m["targets"] == ["ntv_rich"]
+    assert m["format_version"] == 2 and m["features"] == ["area"] and m["targets"] == ["ntv_rich"]
     assert m["inputs"][0] == {"name": "features", "dtype": "float32", "shape": ["batch", 1]}
     for name in ("model.onnx", "model.large_batch.onnx", "model.torchscript.pt", "checkpoint.pt"):
         assert m["files"][name]["sha256"] == sha256_file(seed_bundle / name)
     t = m["training"]
-    assert t["hyperparameters"]["lr"] == 0.002 and t["epochs"] == 6000 and t["seed"] == 0
+    assert t["lr"] == 0.002 and t["optimizer"] == "sgd" and t["epochs_run"] == 6000 and t["settings"]["seed"] == 0
+    assert "model" not in t and m["model"] == {"kind": "linear", "n_features": 1, "n_targets": 1,
+                                                "scale_features": False, "scale_targets": False}
     assert t["device"] == "cpu" and len(t["dataset"]["fingerprint_sha256"]) == 64
     assert 0.04 < t["final_loss"] < 0.041 and t["metrics"]["r2"] >= 0.82
     assert m["export"]["opset"] == 18 and m["export"]["versions"]["torch"]
@@ -69,12 +71,11 @@ def test_verify_command(seed_bundle):
 def test_verify_fails_beyond_tolerance(seed_bundle, tmp_path):
     """A bundle whose ONNX file answers differently from its checkpoint must fail verification (exit 1)."""
     from torchport.export import write_bundle
-    from torchport.train.models import build_model
+    from torchport.train.models import ModelSpec, build_model
     torch.manual_seed(1)
-    other = build_model({"kind": "linear", "n_features": 1, "n_targets": 1})
-    b = write_bundle(other, {"kind": "linear", "n_features": 1, "n_targets": 1}, ["area"], ["ntv_rich"],
-                     tmp_path / "other")
-    assert b["parity"]["passed"]
+    spec = ModelSpec("linear", 1, 1)
+    b = write_bundle(build_model(spec), spec, ["area"], ["ntv_rich"], tmp_path / "other")
+    assert b.parity.passed
     # Swap in the seed bundle's checkpoint (and its hash), so torch now disagrees with the ONNX graph.
     shutil.copy(seed_bundle / "checkpoint.pt", tmp_path / "other" / "checkpoint.pt")
     m = json.loads((tmp_path / "other" / "manifest.json").read_text())
@@ -112,7 +113,7 @@ def test_force_replaces_atomically(tmp_path):
     first = json.loads((out / "manifest.json").read_text())["created"]
     proc = run_cli("train", "--out", str(out), "--epochs", "7", "--no-progress", "--force")
     assert proc.returncode == 0, proc.stderr
-    assert json.loads((out / "manifest.json").read_text())["training"]["epochs"] == 7
+    assert json.loads((out / "manifest.json").read_text())["training"]["epochs_run"] == 7
     assert first
     assert sorted(p.name for p in tmp_path.iterdir()) == ["b"]
 
@@ -139,14 +140,16 @@ class Unexportable(torch.nn.Module):
 
 def test_failed_export_leaves_nothing(seed_bundle, tmp_path):
     from torchport.export import write_bundle
-    spec = {"kind": "linear", "n_features": 1, "n_targets": 1}
-    with pytest.raises(Exception):
+    from torchport.export.formats import ExportError
+    from torchport.train.models import ModelSpec
+    spec = ModelSpec("linear", 1, 1)
+    with pytest.raises(ExportError, match="could not export the module to ONNX"):
         write_bundle(Unexportable(), spec, ["area"], ["ntv_rich"], tmp_path / "new")
     assert list(tmp_path.iterdir()) == []
     # and an existing bundle survives a failed --force replacement untouched
     shutil.copytree(seed_bundle, tmp_path / "old")
     before = {p: sha256_file(p) for p in (tmp_path / "old").rglob("*") if p.is_file()}
-    with pytest.raises(Exception):
+    with pytest.raises(ExportError):
         write_bundle(Unexportable(), spec, ["area"], ["ntv_rich"], tmp_path / "old", force=True)
     assert {p: sha256_file(p) for p in (tmp_path / "old").rglob("*") if p.is_file()} == before
     assert [p.name for p in tmp_path.iterdir()] == ["old"]

@@ -12,9 +12,12 @@ from matplotlib.image import imread
 from conftest import run_cli
 from test_inference import assert_matches, closed_form
 from torchport.runtime.bundle import sha256_file
-from torchport.train import Regressor, load_dataset
-from torchport.train.inference import format_inference, ols_inference
+from torchport.train import DataError, Regressor, load_dataset
+from torchport.train.datasets import Dataset
+from torchport.train.inference import Inference, TargetInference, format_inference, ols_inference
 from torchport.train.plots import write_plots
+from torchport.train.record import TrainingRecord
+from torchport.train.report import INFERENCE_FILE, REPORT_DIR, write_report
 
 TAB_RED, TAB_BLUE, TAB_ORANGE = (214, 39, 40), (31, 119, 180), (255, 127, 14)
 MARKER_PIXELS = 25  # solid core of one data point (s=28 at 120 dpi); 22 islands draw well over 22 times that
@@ -37,20 +40,20 @@ def test_train_prints_the_statsmodels_table(seed_bundle):
     record = ols_inference(d.X, d.y, d.feature_names, d.target_names)
     assert format_inference(record) in out
     row = re.search(r"^area\s+(\S+)\s+(\S+)\s+(\S+)\s+(\S+)\s+\[(\S+), (\S+)\]$", out, re.M)
-    area = record["targets"][0]["coefficients"][1]
+    area = record.targets[0].coefficients[1]
     printed = [float(v) for v in row.groups()]
-    np.testing.assert_allclose(printed, [area[k] for k in ("estimate", "std_error", "t", "p", "ci_low", "ci_high")],
-                               rtol=1e-3)
+    np.testing.assert_allclose(printed, [getattr(area, k) for k in ("estimate", "std_error", "t", "p", "ci_low",
+                                                                    "ci_high")], rtol=1e-3)
 
 
 def test_manifest_inference_matches_the_closed_form(seed_bundle):
     m = json.loads((seed_bundle / "manifest.json").read_text())
     d = load_dataset("plant_richness_lr")
     stored = m["training"]["inference"]
-    assert stored == json.loads(json.dumps(ols_inference(d.X, d.y, d.feature_names, d.target_names)))
-    assert_matches(stored["targets"][0], closed_form(d.X, d.y[:, 0]))
+    assert stored == json.loads(json.dumps(ols_inference(d.X, d.y, d.feature_names, d.target_names).to_json()))
+    assert_matches(TargetInference.from_json(stored["targets"][0], "targets[0]"), closed_form(d.X, d.y[:, 0]))
     text = (seed_bundle / "report" / "inference.txt").read_text()
-    assert text == format_inference(stored) + "\n"
+    assert text == format_inference(Inference.from_json(stored)) + "\n"
 
 
 def test_report_files_are_listed_with_their_sha256(seed_bundle):
@@ -125,3 +128,135 @@ def test_no_plots_does_not_need_matplotlib(monkeypatch):
     check_report_modules(plots=False)
     with pytest.raises(Exception, match="needs matplotlib"):
         check_report_modules(plots=True)
+
+
+def strict_loads(text: str):
+    """json.loads that refuses NaN and Infinity, as a strict parser (Node's JSON.parse) does."""
+    def refuse(name):
+        raise ValueError(f"{name} is not JSON")
+    return json.loads(text, parse_constant=refuse)
+
+
+@pytest.fixture(scope="module")
+def seed_fit():
+    d = load_dataset("plant_richness_lr")
+    return Regressor(device="cpu").fit(d.X, d.y), d
+
+
+def test_training_record_of_the_tutorials_run(seed_fit):
+    reg, d = seed_fit
+    record = TrainingRecord.from_fit(reg, d)
+    assert record.dataset.fingerprint_sha256 == d.fingerprint and record.dataset.rows == 22
+    assert record.dataset.features == ("area",) and record.dataset.targets == ("ntv_rich",)
+    assert (record.optimizer, record.lr, record.device, record.epochs_run) == ("sgd", 0.002, "cpu", 6000)
+    assert record.best_epoch is None and record.val_loss is None and record.final_loss == reg.final_loss_
+    assert record.settings["epochs"] == 6000 and record.settings["hidden"] == [32, 32]
+    assert "checkpoint" not in record.settings and "progress" not in record.settings
+    assert Regressor(**record.settings).get_params()["lr"] is None  # the settings rebuild the estimator
+    assert round(record.metrics.weight[0][0], 5) == 0.35761 and round(record.metrics.bias[0], 5) == 1.33058
+    assert record.metrics.r2 == pytest.approx(0.82776, abs=1e-5) and record.metrics.undefined == {}
+    assert record.exact_least_squares.weight[0][0] == pytest.approx(0.355739, abs=1e-6)
+    assert record.inference == ols_inference(d.X, d.y, d.feature_names, d.target_names)
+    assert record.inference_unavailable is None
+    np.testing.assert_allclose(record.feature_stats.mean, d.X.mean(axis=0))
+    np.testing.assert_allclose(record.feature_stats.max, d.X.max(axis=0))
+
+
+def test_training_record_json_layout_and_round_trip(seed_fit):
+    record = TrainingRecord.from_fit(*seed_fit)
+    obj = strict_loads(json.dumps(record.to_json()))
+    assert list(obj) == ["dataset", "settings", "optimizer", "lr", "device", "epochs_run", "best_epoch", "final_loss",
+                         "val_loss", "metrics", "exact_least_squares", "inference", "inference_unavailable",
+                         "feature_stats"]
+    assert list(obj["dataset"]) == ["name", "source", "rows", "features", "targets", "fingerprint_sha256"]
+    assert list(obj["metrics"]) == ["mse", "r2", "weight", "bias", "undefined"]
+    assert list(obj["exact_least_squares"]) == ["weight", "bias", "mse", "r2", "undefined"]
+    assert list(obj["feature_stats"]) == ["mean", "std", "min", "max"]
+    assert obj["metrics"]["weight"] == [[record.metrics.weight[0][0]]] and obj["best_epoch"] is None
+    assert TrainingRecord.from_json(obj) == record
+
+
+def test_training_record_of_a_constant_target_is_strict_json():
+    X = np.arange(12.0).reshape(-1, 1)
+    d = Dataset("flat", "test data", X, np.full((12, 1), 3.0), ["x"], ["y"])
+    reg = Regressor(device="cpu", epochs=50, lr=0.01).fit(d.X, d.y)
+    record = TrainingRecord.from_fit(reg, d)
+    obj = strict_loads(json.dumps(record.to_json(), allow_nan=False))
+    assert obj["metrics"]["r2"] is None and obj["exact_least_squares"]["r2"] is None
+    assert obj["metrics"]["undefined"] == {"r2": "the target is constant, so R^2 is undefined"}
+    assert obj["exact_least_squares"]["mse"] == pytest.approx(0.0, abs=1e-20)
+    assert obj["inference"] is None and "the target y is constant" in obj["inference_unavailable"]
+    assert TrainingRecord.from_json(obj) == record
+
+
+def test_training_record_of_an_mlp_with_early_stopping():
+    d = load_dataset("plant_richness_mlr")
+    reg = Regressor(model="mlp", hidden=(8,), epochs=400, lr=0.01, val_fraction=0.25, patience=20,
+                    device="cpu").fit(d.X, d.y)
+    record = TrainingRecord.from_fit(reg, d)
+    assert record.metrics.weight is None and record.metrics.bias is None and record.metrics.undefined == {}
+    assert record.inference is None and record.inference_unavailable is None
+    assert record.best_epoch == reg.best_epoch_ and record.val_loss == reg.val_loss_history_[-1]
+    assert record.settings["hidden"] == [8] and record.optimizer == "adam"
+    assert TrainingRecord.from_json(strict_loads(json.dumps(record.to_json()))) == record
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda o: o.pop("dataset"), r"training lacks 'dataset'"),
+    (lambda o: o["dataset"].update(rows="22"), r"training\.dataset\.rows must be int"),
+    (lambda o: o.update(settings=[]), r"training\.settings must be dict"),
+    (lambda o: o.update(epochs_run=6000.0), r"training\.epochs_run must be int"),
+    (lambda o: o["metrics"].update(weight=[["0.3"]]), r"training\.metrics\.weight must be a list of a list"),
+    (lambda o: o["metrics"].update(undefined={"r2": 1}), r"training\.metrics\.undefined must be an object"),
+    (lambda o: o["exact_least_squares"].pop("r2"), r"training\.exact_least_squares lacks 'r2'"),
+    (lambda o: o["inference"].update(targets={}), r"training\.inference\.targets must be list"),
+    (lambda o: o["feature_stats"].update(std=None), r"training\.feature_stats lacks 'std'|std must be list"),
+])
+def test_bad_training_record_is_refused_naming_the_key(seed_fit, change, message):
+    obj = TrainingRecord.from_fit(*seed_fit).to_json()
+    change(obj)
+    with pytest.raises(DataError, match=message):
+        TrainingRecord.from_json(obj)
+
+
+def test_missing_optional_keys_read_as_none(seed_fit):
+    obj = TrainingRecord.from_fit(*seed_fit).to_json()
+    for key in ("best_epoch", "val_loss", "inference", "inference_unavailable"):
+        del obj[key]
+    del obj["metrics"]["undefined"], obj["metrics"]["weight"]
+    record = TrainingRecord.from_json(obj)
+    assert record.inference is None and record.val_loss is None and record.metrics.weight is None
+    assert record.metrics.undefined == {}
+
+
+def test_write_report_writes_the_table_and_plots(seed_fit, tmp_path):
+    reg, d = seed_fit
+    record = TrainingRecord.from_fit(reg, d)
+    names = write_report(tmp_path, reg, d, record)
+    assert names == [INFERENCE_FILE, f"{REPORT_DIR}/regression.png", f"{REPORT_DIR}/loss.png",
+                     f"{REPORT_DIR}/residuals.png"]
+    assert (tmp_path / INFERENCE_FILE).read_text() == format_inference(record.inference) + "\n"
+    assert sorted(p.name for p in (tmp_path / REPORT_DIR).iterdir()) == \
+        ["inference.txt", "loss.png", "regression.png", "residuals.png"]
+    assert pixels_like(tmp_path / REPORT_DIR / "regression.png", TAB_RED) > 1000
+
+
+def test_write_report_without_table_or_plots_leaves_no_folder(tmp_path):
+    d = load_dataset("plant_richness_mlr")
+    reg = Regressor(model="mlp", hidden=(4,), epochs=20, device="cpu").fit(d.X, d.y)
+    assert write_report(tmp_path, reg, d, TrainingRecord.from_fit(reg, d), plots=False) == []
+    assert not (tmp_path / REPORT_DIR).exists()
+    linear = Regressor(device="cpu", lr=1e-5, epochs=20).fit(d.X, d.y)
+    assert write_report(tmp_path, linear, d, TrainingRecord.from_fit(linear, d), plots=False) == [INFERENCE_FILE]
+
+
+@pytest.mark.filterwarnings("error")  # no division by a zero total sum of squares
+def test_plots_of_a_constant_target_say_r2_is_undefined(tmp_path):
+    from torchport.train.plots import _r2_label
+    X = np.arange(12.0).reshape(-1, 1)
+    y = np.full((12, 1), 3.0)
+    reg = Regressor(device="cpu", epochs=50, lr=0.01).fit(X, y)
+    assert _r2_label(y, reg.predict(X)) == "n/a" and _r2_label(X, X + 0.5) == "0.9790"
+    paths = write_plots(tmp_path, X, y, reg.predict, reg.loss_history_, ["x"], ["y"])
+    assert [p.name for p in paths] == ["regression.png", "loss.png", "residuals.png"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["loss.png", "regression.png", "residuals.png"]

@@ -88,7 +88,7 @@ def test_bare_onnx_file_reads_names_from_metadata(seed_bundle):
     (lambda b: (b / "manifest.json").unlink(), r"manifest\.json is missing"),
     (lambda b: (b / "manifest.json").write_text("{not json"), r"manifest\.json is not valid JSON"),
     (lambda b: (b / "manifest.json").write_text(
-        (b / "manifest.json").read_text().replace('"format_version": 1', '"format_version": 99')),
+        (b / "manifest.json").read_text().replace('"format_version": 2', '"format_version": 99')),
      "format version 99, newer than this torchport reads"),
 ])
 def test_damaged_bundles_are_refused(seed_bundle, tmp_path, damage, message):

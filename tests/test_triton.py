@@ -9,7 +9,7 @@ from tritonclient.grpc import model_config_pb2
 from conftest import run_cli
 from torchport.export import write_bundle
 from torchport.runtime.bundle import sha256_file
-from torchport.train.models import build_model
+from torchport.train.models import ModelSpec, build_model
 
 
 def parse(path):
@@ -44,8 +44,7 @@ def test_seed_model(seed_bundle, tmp_path):
 
 
 def test_mlp_with_several_features_and_targets(tmp_path):
-    spec = {"kind": "mlp", "n_features": 3, "n_targets": 2, "hidden": [8], "scale_features": True,
-            "scale_targets": True}
+    spec = ModelSpec("mlp", 3, 2, hidden=(8,), scale_features=True, scale_targets=True)
     bundle = tmp_path / "mlp"
     write_bundle(build_model(spec), spec, ["area", "latitude", "dist_mainland"], ["ntv_rich", "tot_rich"], bundle)
     repo = tmp_path / "repo"

@@ -10,14 +10,12 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
+from torchport.train.errors import DataError
+
 CITATION = (
     "McMaster RT (2005). Factors influencing vascular plant diversity on 22 islands off the coast of "
     "eastern North America. Journal of Biogeography 32(3):475-492."
 )
-
-
-class DataError(ValueError):
-    """Input data that cannot be used: the message names the file, column and row, and the fix."""
 
 
 @dataclass(frozen=True)
@@ -75,7 +73,7 @@ DATASETS: dict[str, tuple] = {
 def _read_file(path: Path) -> pd.DataFrame:
     if not path.exists():
         raise DataError(f"data file {path} does not exist; give the path to a CSV, TSV or Parquet file "
-                        f"or one of the bundled datasets: {', '.join(DATASETS)}")
+                        f"or one of the bundled datasets: {', '.join(DATASETS)}", parameter="name_or_path")
     suffix = path.suffix.lower()
     try:
         if suffix == ".parquet":
@@ -85,8 +83,9 @@ def _read_file(path: Path) -> pd.DataFrame:
         if suffix in (".csv", ".txt"):
             return pd.read_csv(path, sep=None, engine="python")
     except Exception as e:  # pandas/pyarrow raise many types for unreadable files
-        raise DataError(f"cannot read {path}: {e}") from None
-    raise DataError(f"cannot read {path}: unknown file type {suffix!r}; use .csv, .tsv or .parquet")
+        raise DataError(f"cannot read {path}: {e}", parameter="name_or_path") from None
+    raise DataError(f"cannot read {path}: unknown file type {suffix!r}; use .csv, .tsv or .parquet",
+                    parameter="name_or_path")
 
 
 def _numeric_column(frame: pd.DataFrame, column: str, source: str) -> np.ndarray:
@@ -106,19 +105,23 @@ def from_frame(frame: pd.DataFrame, target: Sequence[str], features: Sequence[st
     """Pick the target and feature columns by name and check they are finite numbers."""
     target = list(target)
     if not target:
-        raise DataError(f"{source}: no target column given; pass --target with a column name")
+        raise DataError(f"{source}: no target column given; give target=[...] with a column name",
+                        parameter="target")
     if features is None:
         features = [c for c in frame.columns if c not in target]
     features = list(features)
     if not features:
-        raise DataError(f"{source}: no feature columns left; pass --features with column names")
+        raise DataError(f"{source}: no feature columns left; give features=[...] with column names",
+                        parameter="features")
     missing = [c for c in target + features if c not in frame.columns]
     if missing:
         raise DataError(f"{source}: column(s) {', '.join(map(repr, missing))} not found; "
-                        f"available columns: {', '.join(map(str, frame.columns))}")
+                        f"available columns: {', '.join(map(str, frame.columns))}",
+                        parameter="target" if set(missing) & set(target) else "features")
     overlap = set(target) & set(features)
     if overlap:
-        raise DataError(f"{source}: column(s) {', '.join(sorted(overlap))} given both as target and feature")
+        raise DataError(f"{source}: column(s) {', '.join(sorted(overlap))} given both as target and feature",
+                        parameter="features")
     if len(frame) == 0:
         raise DataError(f"{source}: no data rows")
     X = np.column_stack([_numeric_column(frame, c, source) for c in features])
@@ -137,9 +140,9 @@ def load_dataset(name_or_path: str, target: Sequence[str] | None = None,
     path = Path(name_or_path)
     if path.suffix == "" and not path.exists():
         raise DataError(f"unknown dataset {name_or_path!r}; bundled datasets: {', '.join(DATASETS)}, "
-                        "or give the path to a CSV, TSV or Parquet file")
+                        "or give the path to a CSV, TSV or Parquet file", parameter="name_or_path")
     frame = _read_file(path)
     if not target:
-        raise DataError(f"{path}: no target column given; pass --target with one of: "
-                        f"{', '.join(map(str, frame.columns))}")
+        raise DataError(f"{path}: no target column given; give target=[...] with one or more of: "
+                        f"{', '.join(map(str, frame.columns))}", parameter="target")
     return from_frame(frame, target, features, path.stem, str(path))

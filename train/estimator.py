@@ -1,44 +1,104 @@
-"""Regressor: fit/predict for the tutorial's linear model and MLPs, with the tutorial's defaults."""
+"""Regressor: fit/predict for the tutorial's linear model and MLPs, with the tutorial's defaults. It follows
+scikit-learn's estimator contract (get_params/set_params, clone, Pipeline, GridSearchCV) without importing
+scikit-learn, which only the tests need."""
 from __future__ import annotations
 
 import copy
 import hashlib
+import inspect
 import json
 import math
+import numbers
 import os
 import sys
-from typing import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
+from torchport.train.errors import DataError, SettingsError, TrainingDiverged
 from torchport.train.fast import fit_full_batch_sgd
+from torchport.train.metrics import r2_score
 from torchport.train.models import (
-    ACTIVATIONS, MODEL_KINDS, build_model, core_and_scalers, linear_coefficients, normalize_spec, set_scaling,
+    MODEL_KINDS, ModelSpec, build_model, check_activation, core_and_scalers, linear_coefficients, number_in,
+    set_scaling, whole_number,
 )
 
 OPTIMIZERS = ("sgd", "adam", "lbfgs")
 DEFAULT_LR = {"sgd": 0.002, "adam": 0.001, "lbfgs": 1.0}
 SCHEDULES = ("none", "cosine")
-
-
-class TrainingDiverged(RuntimeError):
-    """The loss became NaN or infinite: the learning rate is too large for this data."""
+SCALES = ("auto", "on", "off")
+CHECKS_PER_RUN = 100  # reading the loss syncs the host: the divergence check and progress bar do it this often
 
 
 def resolve_device(device: str) -> torch.device:
-    """'auto' is CUDA when torch sees a GPU, else the CPU; 'cuda' without a GPU is an error."""
+    """'auto' is CUDA when torch sees a GPU, else the CPU; 'cuda' without a GPU is a SettingsError."""
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device == "cpu":
         return torch.device("cpu")
-    if device.startswith("cuda"):
+    if isinstance(device, str) and device.startswith("cuda"):
         if not torch.cuda.is_available():
-            raise ValueError(f"device {device!r} was asked for but torch sees no CUDA GPU "
-                             f"(torch {torch.__version__}); use --device cpu or --device auto")
-        return torch.device(device)
-    raise ValueError(f"unknown device {device!r}; expected auto, cpu or cuda")
+            raise SettingsError(f"device {device!r} was asked for but torch sees no CUDA GPU "
+                                f"(torch {torch.__version__}); use device='cpu' or device='auto'", parameter="device")
+        try:
+            return torch.device(device)
+        except RuntimeError as e:
+            raise SettingsError(f"device {device!r} is not a CUDA device name ({e})", parameter="device") from None
+    raise SettingsError(f"unknown device {device!r}; expected auto, cpu or cuda", parameter="device")
+
+
+@dataclass(frozen=True)
+class _Settings:
+    """The constructor's arguments, checked and with the defaults filled in: what fit trains with."""
+
+    model: str
+    optimizer: str
+    lr: float
+    momentum: float
+    epochs: int
+    batch_size: int | None
+    val_fraction: float
+    patience: int | None
+    lr_schedule: str
+    scaled: bool
+    seed: int
+    device: torch.device
+
+    @property
+    def check_every(self) -> int:
+        return max(1, self.epochs // CHECKS_PER_RUN)
+
+
+@dataclass
+class _Run:
+    """One fit in progress: the module and its training rows on the device, the optimizer, and the progress
+    so far (what a training checkpoint holds)."""
+
+    key: str
+    spec: ModelSpec
+    module: nn.Module
+    core: nn.Module
+    X_tr: torch.Tensor
+    y_tr: torch.Tensor
+    X_va: torch.Tensor
+    y_va: torch.Tensor
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    shuffle: torch.Generator
+    losses: torch.Tensor
+    loss_fn: nn.Module = field(default_factory=nn.MSELoss)
+    val_losses: list[float] = field(default_factory=list)
+    best_val: float = math.inf
+    best_epoch: int = -1
+    best_state: dict | None = None
+    start: int = 0             # epochs done before this fit (resumed from a checkpoint)
+    epochs_run: int = 0        # epochs done
+    reported: int = 0          # epochs shown on the progress bar
+    theta: torch.Tensor | None = None  # the fast path's exact float64 state ([W^T; b]) at the last check
+    bar: Any = None
 
 
 class Regressor:
@@ -46,7 +106,9 @@ class Regressor:
     targets in their own units out) on the CPU, in eval mode.
 
     Defaults are the tutorial's: a linear model, full-batch SGD, lr 0.002, 6000 epochs. An MLP defaults
-    to Adam (lr 1e-3) with features and targets standardised inside the model."""
+    to Adam (lr 1e-3) with features and targets standardised inside the model. ``hidden``, ``activation``
+    and ``dropout`` shape an MLP only. Settings are kept as given and checked when ``fit`` starts
+    (``check_params`` checks them earlier), as scikit-learn's estimators do."""
 
     def __init__(self, model: str = "linear", hidden: Sequence[int] = (32, 32), activation: str = "relu",
                  dropout: float = 0.0, scale: str = "auto", optimizer: str | None = None,
@@ -72,230 +134,199 @@ class Regressor:
         self.progress = progress
         self.checkpoint = checkpoint
 
-    def _resolved(self) -> tuple[str, float]:
-        if self.model not in MODEL_KINDS:
-            raise ValueError(f"model must be one of {', '.join(MODEL_KINDS)}; got {self.model!r}")
-        opt = self.optimizer or ("sgd" if self.model == "linear" else "adam")
-        if opt not in OPTIMIZERS:
-            raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}; got {opt!r}")
-        lr = DEFAULT_LR[opt] if self.lr is None else self.lr
-        if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
-            raise ValueError(f"lr must be a positive number; got {lr!r}")
-        if not (isinstance(self.epochs, int) and self.epochs >= 1):
-            raise ValueError(f"epochs must be a whole number >= 1; got {self.epochs!r}")
-        if not 0.0 <= self.momentum < 1.0 or (self.momentum and opt != "sgd"):
-            raise ValueError(f"momentum must be in [0, 1) and is for sgd only; got {self.momentum!r} with {opt}")
-        if self.batch_size is not None and (not isinstance(self.batch_size, int) or self.batch_size < 1):
-            raise ValueError(f"batch_size must be a whole number >= 1 or None (full batch); got {self.batch_size!r}")
-        if self.batch_size is not None and opt == "lbfgs":
-            raise ValueError("lbfgs trains on the full batch; leave batch_size unset")
-        if not 0.0 <= self.val_fraction < 1.0:
-            raise ValueError(f"val_fraction must be in [0, 1); got {self.val_fraction!r}")
-        if self.patience is not None and (self.patience < 1 or not self.val_fraction):
-            raise ValueError("patience (early stopping) needs a validation split (val_fraction > 0) and "
-                             f"must be >= 1; got patience {self.patience!r}, val_fraction {self.val_fraction!r}")
-        if self.lr_schedule not in SCHEDULES:
-            raise ValueError(f"lr_schedule must be one of {', '.join(SCHEDULES)}; got {self.lr_schedule!r}")
-        if self.scale not in ("auto", "on", "off"):
-            raise ValueError(f"scale must be auto, on or off; got {self.scale!r}")
-        if self.activation not in ACTIVATIONS:
-            raise ValueError(f"activation must be one of {', '.join(ACTIVATIONS)}; got {self.activation!r}")
-        return opt, float(lr)
+    # --- scikit-learn's estimator contract ---
+
+    @classmethod
+    def _param_names(cls) -> list[str]:
+        """The constructor's argument names, in order: the estimator's parameters."""
+        return [p.name for p in inspect.signature(cls.__init__).parameters.values()
+                if p.name != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+
+    def get_params(self, deep: bool = True) -> dict:
+        """The constructor's arguments as they were given (``Regressor(**r.get_params())`` is a copy)."""
+        return {name: getattr(self, name) for name in self._param_names()}
+
+    def set_params(self, **params: Any) -> "Regressor":
+        """Set constructor arguments by name (checked when fit starts); returns self."""
+        names = self._param_names()
+        for name in params:
+            if name not in names:
+                raise SettingsError(f"Regressor has no parameter {name!r}; its parameters are {', '.join(names)}",
+                                    parameter=name)
+        for name, value in params.items():
+            setattr(self, name, value)
+        return self
+
+    def __repr__(self) -> str:
+        defaults = {p.name: p.default for p in inspect.signature(type(self).__init__).parameters.values()}
+        changed = [f"{k}={v!r}" for k, v in self.get_params().items() if not _same(v, defaults[k])]
+        return f"{type(self).__name__}({', '.join(changed)})"
+
+    def __sklearn_tags__(self) -> Any:
+        """scikit-learn's tags: a regressor of one or several targets (scikit-learn is imported only here,
+        when it asks)."""
+        from sklearn.utils import RegressorTags, Tags, TargetTags
+        return Tags(estimator_type="regressor", regressor_tags=RegressorTags(),
+                    target_tags=TargetTags(required=True, single_output=True, multi_output=True))
+
+    def __sklearn_is_fitted__(self) -> bool:
+        return hasattr(self, "module_")
+
+    # --- settings ---
 
     def check_params(self) -> None:
-        """Raise ValueError naming the first bad setting, before any work is done."""
-        self._resolved()
+        """Raise SettingsError naming the first bad setting, before any work is done."""
+        self._settings()
 
-    def get_params(self) -> dict:
-        """The constructor settings, as recorded in a bundle's manifest."""
-        return {"model": self.model, "hidden": list(self.hidden) if self.model == "mlp" else None,
-                "activation": self.activation if self.model == "mlp" else None,
-                "dropout": self.dropout if self.model == "mlp" else None, "scale": self.scale,
-                "optimizer": self.optimizer, "lr": self.lr, "momentum": self.momentum, "epochs": self.epochs,
-                "batch_size": self.batch_size, "val_fraction": self.val_fraction, "patience": self.patience,
-                "lr_schedule": self.lr_schedule, "seed": self.seed, "device": self.device, "loss": "mse"}
+    def _settings(self) -> _Settings:
+        """The one check of the settings (SettingsError with ``parameter``), defaults filled in."""
+        if self.model not in MODEL_KINDS:
+            raise SettingsError(f"model must be one of {', '.join(MODEL_KINDS)}; got {self.model!r}", parameter="model")
+        opt = self.optimizer or ("sgd" if self.model == "linear" else "adam")
+        if opt not in OPTIMIZERS:
+            raise SettingsError(f"optimizer must be one of {', '.join(OPTIMIZERS)}; got {opt!r}",
+                                parameter="optimizer")
+        lr = DEFAULT_LR[opt] if self.lr is None else self.lr
+        if not (isinstance(lr, numbers.Real) and not isinstance(lr, bool) and math.isfinite(lr) and lr > 0):
+            raise SettingsError(f"lr must be a positive number; got {lr!r}", parameter="lr")
+        epochs = whole_number(self.epochs, "epochs", 1)
+        momentum = number_in(self.momentum, "momentum", 0.0, 1.0)
+        if momentum and opt != "sgd":
+            raise SettingsError(f"momentum is for optimizer='sgd' only; got momentum={momentum!r} with optimizer "
+                                f"{opt!r}", parameter="momentum")
+        batch_size = None if self.batch_size is None else whole_number(self.batch_size, "batch_size", 1)
+        if batch_size is not None and opt == "lbfgs":
+            raise SettingsError("lbfgs trains on the full batch; leave batch_size=None", parameter="batch_size")
+        val_fraction = number_in(self.val_fraction, "val_fraction", 0.0, 1.0)
+        patience = None if self.patience is None else whole_number(self.patience, "patience", 1)
+        if patience is not None and not val_fraction:
+            raise SettingsError("patience (early stopping) needs a validation split (val_fraction > 0); got "
+                                f"patience={patience!r}, val_fraction={self.val_fraction!r}", parameter="patience")
+        if self.lr_schedule not in SCHEDULES:
+            raise SettingsError(f"lr_schedule must be one of {', '.join(SCHEDULES)}; got {self.lr_schedule!r}",
+                                parameter="lr_schedule")
+        if self.scale not in SCALES:
+            raise SettingsError(f"scale must be one of {', '.join(SCALES)}; got {self.scale!r}", parameter="scale")
+        check_activation(self.activation)
+        if self.model == "mlp":  # the spec checks hidden and dropout; the data's widths come in fit
+            self._spec(1, 1, scaled=True)
+        if self.checkpoint is not None and not isinstance(self.checkpoint, (str, os.PathLike)):
+            raise SettingsError(f"checkpoint must be a file path or None; got {self.checkpoint!r}",
+                                parameter="checkpoint")
+        return _Settings(self.model, opt, float(lr), momentum, epochs, batch_size, val_fraction, patience,
+                         self.lr_schedule, {"auto": self.model == "mlp", "on": True, "off": False}[self.scale],
+                         whole_number(self.seed, "seed", 0), resolve_device(self.device))
 
-    def _make_optimizer(self, params, opt: str, lr: float) -> torch.optim.Optimizer:
-        if opt == "sgd":
-            return torch.optim.SGD(params, lr=lr, momentum=self.momentum)
-        if opt == "adam":
-            return torch.optim.Adam(params, lr=lr)
-        return torch.optim.LBFGS(params, lr=lr, max_iter=20, line_search_fn="strong_wolfe")
+    def _spec(self, n_features: int, n_targets: int, scaled: bool) -> ModelSpec:
+        mlp = dict(hidden=self.hidden, activation=self.activation, dropout=self.dropout) if self.model == "mlp" else {}
+        return ModelSpec(self.model, n_features, n_targets, **mlp, scale_features=scaled, scale_targets=scaled)
+
+    # --- fitting ---
 
     def fit(self, X: np.ndarray, y: np.ndarray, resume: bool = False) -> "Regressor":
-        """Train on X (rows x features) and y (rows x targets).
+        """Train on X (rows x features) and y (rows, or rows x targets).
 
         With ``checkpoint`` set, the training state is saved there (atomically) at every check, about 100
         times a run, so an interrupted or crashed run can go on with ``fit(X, y, resume=True)`` and reach
         the same final weights as an uninterrupted run."""
-        opt_name, lr = self._resolved()
-        X = np.asarray(X, dtype=np.float32)
-        y = np.asarray(y, dtype=np.float32)
-        if y.ndim == 1:
-            y = y.reshape(-1, 1)
-        if X.ndim != 2 or y.ndim != 2 or len(X) != len(y) or len(X) == 0:
-            raise ValueError(f"expected X of shape (rows, features) and y of shape (rows, targets) with the "
-                             f"same number of rows; got X {X.shape} and y {y.shape}")
-        dev = resolve_device(self.device)
-        scaled = {"auto": self.model == "mlp", "on": True, "off": False}[self.scale]
-        self.spec_ = normalize_spec({"kind": self.model, "n_features": X.shape[1], "n_targets": y.shape[1],
-                                     "hidden": list(self.hidden), "activation": self.activation,
-                                     "dropout": self.dropout, "scale_features": scaled, "scale_targets": scaled})
-        self.optimizer_, self.lr_ = opt_name, lr
-        self.hyperparameters_ = {**self.get_params(), "optimizer": opt_name, "lr": lr,
-                                 "batch_size": self.batch_size or "full", "scale": scaled}
+        s = self._settings()
+        if resume and self.checkpoint is None:
+            raise SettingsError("resume=True needs checkpoint=, the path the interrupted run was given",
+                                parameter="checkpoint")
+        X, y, one_d = _arrays(X, y)
+        run = self._start(X, y, s)
+        if resume:
+            self._restore(run)
+        run.bar = self._progress_bar(s.epochs, run.start)
+        try:
+            if self._closed_form_applies(run, s):
+                if run.start < s.epochs:
+                    self._fit_closed_form(run, s)
+            else:
+                self._epoch_loop(run, s)
+        finally:
+            if run.bar is not None:
+                run.bar.close()
+        self._finish(run, s, X.shape[1], one_d)
+        return self
 
-        train_idx, val_idx = np.arange(len(X)), np.arange(0)
-        if self.val_fraction:
-            n_val = max(1, int(round(len(X) * self.val_fraction)))
-            if n_val >= len(X):
-                raise ValueError(f"val_fraction {self.val_fraction} leaves no training rows out of {len(X)}")
-            perm = np.random.default_rng(self.seed).permutation(len(X))
-            val_idx, train_idx = np.sort(perm[:n_val]), np.sort(perm[n_val:])
+    @staticmethod
+    def _split_rows(n: int, s: _Settings) -> tuple[np.ndarray, np.ndarray]:
+        """(training rows, validation rows): a seeded random ``val_fraction`` of the rows is held out."""
+        if not s.val_fraction:
+            return np.arange(n), np.arange(0)
+        n_val = max(1, int(round(n * s.val_fraction)))
+        if n_val >= n:
+            raise SettingsError(f"val_fraction {s.val_fraction} leaves no training rows out of {n}",
+                                parameter="val_fraction")
+        perm = np.random.default_rng(s.seed).permutation(n)
+        return np.sort(perm[n_val:]), np.sort(perm[:n_val])
 
-        torch.manual_seed(self.seed)
-        module = build_model(self.spec_).to(dev)
-        Xt, yt = torch.from_numpy(X).to(dev), torch.from_numpy(y).to(dev)
+    def _start(self, X: np.ndarray, y: np.ndarray, s: _Settings) -> _Run:
+        """Build the seeded module on the device, learn its scaling from the training rows and set up the
+        optimizer; the core then learns in the standardised space, the scalers are fixed data statistics."""
+        train_idx, val_idx = self._split_rows(len(X), s)
+        spec = self._spec(X.shape[1], y.shape[1], s.scaled)
+        torch.manual_seed(s.seed)
+        module = build_model(spec).to(s.device)
+        Xt, yt = torch.from_numpy(X).to(s.device), torch.from_numpy(y).to(s.device)
         set_scaling(module, Xt[train_idx], yt[train_idx])
         core, s_in, s_out = core_and_scalers(module)
-        # The core learns in the standardised space; the scalers are fixed data statistics.
         with torch.no_grad():
             Xs = s_in(Xt) if s_in is not None else Xt
             ys = (yt - s_out.mean) / s_out.std if s_out is not None else yt
-        X_tr, y_tr = Xs[train_idx], ys[train_idx]
-        X_va, y_va = Xs[val_idx], ys[val_idx]
+        optimizer = self._make_optimizer(core.parameters(), s)
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, s.epochs) \
+            if s.lr_schedule == "cosine" else None
+        return _Run(_state_key(s, spec, X, y), spec, module, core, Xs[train_idx], ys[train_idx], Xs[val_idx],
+                    ys[val_idx], optimizer, scheduler, torch.Generator().manual_seed(s.seed),
+                    torch.empty(s.epochs, device=s.device))
 
-        optimizer = self._make_optimizer(core.parameters(), opt_name, lr)
-        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, self.epochs) \
-            if self.lr_schedule == "cosine" else None
-        loss_fn = nn.MSELoss()
-        shuffle = torch.Generator().manual_seed(self.seed)
-        losses = torch.empty(self.epochs, device=dev)
-        val_losses: list[float] = []
-        best = (math.inf, -1, None)  # (val loss, epoch, state)
-        check_every = max(1, self.epochs // 100)  # reading the loss syncs the host: ~100 times a run
-        bar = self._progress_bar()
-        done, epochs_run, start, theta0 = 0, 0, 0, None
-        key = self._state_key(X, y)
-        if resume:
-            state = self._load_state(key)
-            start = epochs_run = done = int(state["epoch"])
-            core.load_state_dict(state["core"])
-            optimizer.load_state_dict(state["optimizer"])
-            if scheduler is not None:
-                scheduler.load_state_dict(state["scheduler"])
-            shuffle.set_state(state["shuffle"])
-            torch.set_rng_state(state["rng"])
-            losses[:start] = state["losses"].to(dev)
-            val_losses = state["val_losses"].tolist()
-            best = (float(state["best_val"]), int(state["best_epoch"]), state["best_state"] or None)
-            theta0 = state["theta"]
-            if bar is not None:
-                bar.update(start)
-        latest_theta: list = [theta0]
+    def _make_optimizer(self, params, s: _Settings) -> torch.optim.Optimizer:
+        if s.optimizer == "sgd":
+            return torch.optim.SGD(params, lr=s.lr, momentum=s.momentum)
+        if s.optimizer == "adam":
+            return torch.optim.Adam(params, lr=s.lr)
+        return torch.optim.LBFGS(params, lr=s.lr, max_iter=20, line_search_fn="strong_wolfe")
 
-        def keep_fast_state(epochs_done: int, theta: torch.Tensor, seen: torch.Tensor) -> None:
-            latest_theta[0] = theta.cpu()
-            losses[start:epochs_done] = seen
+    @staticmethod
+    def _closed_form_applies(run: _Run, s: _Settings) -> bool:
+        """Whether the run is the tutorial's loop (full-batch plain SGD on a linear layer, no validation
+        split or schedule), which train/fast.py runs as one closed-form matrix step per epoch."""
+        return isinstance(run.core, nn.Linear) and s.optimizer == "sgd" and not s.momentum and \
+            s.batch_size is None and not len(run.X_va) and run.scheduler is None
 
-        def save(epochs_done: int) -> None:
-            if self.checkpoint is None:
-                return
-            payload = {"key": key, "epoch": epochs_done, "core": core.state_dict(),
-                       "optimizer": optimizer.state_dict(),
-                       "scheduler": scheduler.state_dict() if scheduler is not None else None,
-                       "shuffle": shuffle.get_state(), "rng": torch.get_rng_state(),
-                       "losses": losses[:epochs_done].cpu(), "val_losses": torch.tensor(val_losses),
-                       "best_val": best[0], "best_epoch": best[1], "best_state": best[2] or {},
-                       "theta": latest_theta[0]}
-            tmp = f"{self.checkpoint}.tmp"
-            torch.save(payload, tmp)
-            os.replace(tmp, self.checkpoint)
+    def _fit_closed_form(self, run: _Run, s: _Settings) -> None:
+        start = run.start
 
-        def check(epochs_done: int, value: float) -> None:
-            """Divergence check and progress bar: the only host syncs of a run."""
-            nonlocal done
-            if not math.isfinite(value):
-                raise TrainingDiverged(
-                    f"training diverged at epoch {epochs_done}: loss is {value}; "
-                    f"use a smaller learning rate than {lr:g} (for example {lr / 10:g})")
-            if bar is not None:
-                bar.update(epochs_done - done)
-                bar.set_postfix_str(f"loss {value:.6g}" + (f" val {val_losses[-1]:.6g}" if val_losses else ""),
-                                    refresh=False)
-            done = epochs_done
-            if epochs_done < self.epochs:
-                save(epochs_done)
+        def keep_state(done: int, theta: torch.Tensor, seen: torch.Tensor) -> None:
+            run.theta = theta.cpu()
+            run.losses[start:start + done] = seen
 
-        fast = isinstance(core, nn.Linear) and opt_name == "sgd" and not self.momentum and \
-            self.batch_size is None and not len(val_idx) and scheduler is None
-        try:
-            if fast and start < self.epochs:  # the tutorial's loop as a closed-form step: train/fast.py
-                rest = fit_full_batch_sgd(core, X_tr, y_tr, lr, self.epochs - start, check_every=check_every,
-                                          on_check=lambda d, v: check(start + d, v), theta0=theta0,
-                                          on_state=lambda d, theta, seen: keep_fast_state(start + d, theta, seen))
-                losses = torch.cat([losses[:start], rest])
-                epochs_run = self.epochs
-            for epoch in range(self.epochs if fast else start, self.epochs):
-                core.train()
-                losses[epoch] = self._epoch(core, optimizer, loss_fn, X_tr, y_tr, shuffle)
-                if scheduler is not None:
-                    scheduler.step()
-                epochs_run = epoch + 1
-                stop = False
-                if len(val_idx):
-                    core.eval()
-                    with torch.no_grad():
-                        v = float(loss_fn(core(X_va), y_va))
-                    val_losses.append(v)
-                    if v < best[0]:
-                        best = (v, epoch, copy.deepcopy(core.state_dict()))
-                    elif self.patience is not None and epoch - best[1] >= self.patience:
-                        stop = True
-                if epochs_run % check_every == 0 or epochs_run == self.epochs or stop:
-                    check(epochs_run, float(losses[epoch]))
-                if stop:
-                    break
-        finally:
-            if bar is not None:
-                bar.close()
-        if self.patience is not None and best[2] is not None:
-            core.load_state_dict(best[2])
-        self.best_epoch_ = best[1] + 1 if best[2] is not None else None
-        self.device_ = str(dev)
-        self.module_ = module.to("cpu").eval()
-        self.loss_history_ = losses[:epochs_run].cpu().numpy().astype(np.float64)
-        self.val_loss_history_ = np.asarray(val_losses, dtype=np.float64)
-        self.final_loss_ = float(self.loss_history_[-1])
-        self.n_epochs_ = epochs_run
-        return self
+        rest = fit_full_batch_sgd(run.core, run.X_tr, run.y_tr, s.lr, s.epochs - start,
+                                  check_every=s.check_every, on_check=lambda d, v: self._check(run, s, start + d, v),
+                                  theta0=run.theta, on_state=keep_state)
+        run.losses = torch.cat([run.losses[:start], rest])
+        run.epochs_run = s.epochs
 
-    def _state_key(self, X: np.ndarray, y: np.ndarray) -> str:
-        """Identifies the settings and data a training state belongs to (resuming needs the same)."""
-        settings = {k: v for k, v in self.hyperparameters_.items() if k not in ("device",)}
-        h = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode())
-        h.update(X.tobytes())
-        h.update(y.tobytes())
-        return h.hexdigest()
+    def _epoch_loop(self, run: _Run, s: _Settings) -> None:
+        """Train epoch by epoch (any model and optimizer), with early stopping on the validation loss."""
+        for epoch in range(run.start, s.epochs):
+            run.core.train()
+            run.losses[epoch] = self._epoch(run, s.batch_size)
+            if run.scheduler is not None:
+                run.scheduler.step()
+            run.epochs_run = epoch + 1
+            stop = self._validation_stops(run, s, epoch) if len(run.X_va) else False
+            if run.epochs_run % s.check_every == 0 or run.epochs_run == s.epochs or stop:
+                self._check(run, s, run.epochs_run, float(run.losses[epoch]))
+            if stop:
+                break
 
-    def _load_state(self, key: str) -> dict:
-        if self.checkpoint is None:
-            raise ValueError("resume needs the checkpoint path the interrupted run was given")
-        try:
-            state = torch.load(self.checkpoint, map_location="cpu", weights_only=True)
-        except FileNotFoundError:
-            raise FileNotFoundError(f"no training checkpoint at {self.checkpoint} to resume from; "
-                                    "run without resume to start from the beginning") from None
-        except Exception as e:  # a truncated or foreign file: torch raises several types
-            raise ValueError(f"{self.checkpoint} is not a torchport training checkpoint ({e})") from None
-        if not isinstance(state, dict) or state.get("key") != key:
-            raise ValueError(f"{self.checkpoint} was written by a run with other settings or data; resume with "
-                             "the same command and data, or start over without resume")
-        return state
-
-    def _epoch(self, core: nn.Module, optimizer: torch.optim.Optimizer, loss_fn: nn.Module,
-               X: torch.Tensor, y: torch.Tensor, shuffle: torch.Generator) -> torch.Tensor:
+    @staticmethod
+    def _epoch(run: _Run, batch_size: int | None) -> torch.Tensor:
         """One pass over the training rows; returns the epoch's mean loss as a device tensor (no sync)."""
+        core, optimizer, loss_fn, X, y = run.core, run.optimizer, run.loss_fn, run.X_tr, run.y_tr
         if isinstance(optimizer, torch.optim.LBFGS):
             def closure() -> torch.Tensor:
                 optimizer.zero_grad(set_to_none=True)
@@ -303,16 +334,16 @@ class Regressor:
                 loss.backward()
                 return loss
             return optimizer.step(closure).detach()
-        if self.batch_size is None or self.batch_size >= len(X):
+        if batch_size is None or batch_size >= len(X):
             loss = loss_fn(core(X), y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             return loss.detach()
-        order = torch.randperm(len(X), generator=shuffle).to(X.device)
+        order = torch.randperm(len(X), generator=run.shuffle).to(X.device)
         total = torch.zeros((), device=X.device)
-        for start in range(0, len(X), self.batch_size):
-            idx = order[start:start + self.batch_size]
+        for start in range(0, len(X), batch_size):
+            idx = order[start:start + batch_size]
             loss = loss_fn(core(X[idx]), y[idx])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -320,19 +351,123 @@ class Regressor:
             total += loss.detach() * len(idx)
         return total / len(X)
 
-    def _progress_bar(self):
+    @staticmethod
+    def _validation_stops(run: _Run, s: _Settings, epoch: int) -> bool:
+        """Record the validation loss and keep the best weights; True when ``patience`` epochs went by
+        without a better one."""
+        run.core.eval()
+        with torch.no_grad():
+            v = float(run.loss_fn(run.core(run.X_va), run.y_va))
+        run.val_losses.append(v)
+        if v < run.best_val:
+            run.best_val, run.best_epoch, run.best_state = v, epoch, copy.deepcopy(run.core.state_dict())
+            return False
+        return s.patience is not None and epoch - run.best_epoch >= s.patience
+
+    def _check(self, run: _Run, s: _Settings, epochs_done: int, value: float) -> None:
+        """Divergence check, progress bar and checkpoint: the only host syncs of a run."""
+        if not math.isfinite(value):
+            raise TrainingDiverged(f"training diverged at epoch {epochs_done}: loss is {value}; lr {s.lr:g} is too "
+                                   f"large for this data: use a smaller learning rate, for example lr={s.lr / 10:g}")
+        if run.bar is not None:
+            run.bar.update(epochs_done - run.reported)
+            run.bar.set_postfix_str(f"loss {value:.6g}" + (f" val {run.val_losses[-1]:.6g}" if run.val_losses else ""),
+                                    refresh=False)
+        run.reported = epochs_done
+        if epochs_done < s.epochs:
+            self._save_state(run, epochs_done)
+
+    def _finish(self, run: _Run, s: _Settings, n_features: int, one_d: bool) -> None:
+        """Keep the best weights when early stopping asked for them; set the learned attributes."""
+        if s.patience is not None and run.best_state is not None:
+            run.core.load_state_dict(run.best_state)
+        self.spec_ = run.spec
+        self.optimizer_, self.lr_, self.device_ = s.optimizer, s.lr, str(s.device)
+        self.best_epoch_ = run.best_epoch + 1 if run.best_state is not None else None
+        self.module_ = run.module.to("cpu").eval()
+        self.loss_history_ = run.losses[:run.epochs_run].cpu().numpy().astype(np.float64)
+        self.val_loss_history_ = np.asarray(run.val_losses, dtype=np.float64)
+        self.final_loss_ = float(self.loss_history_[-1])
+        self.n_epochs_ = run.epochs_run
+        self.n_features_in_ = n_features
+        self._predicts_1d = one_d
+
+    # --- training checkpoints ---
+
+    def _save_state(self, run: _Run, epochs_done: int) -> None:
+        """Write the whole training state to ``checkpoint`` through a temp file, so it is never half written."""
+        if self.checkpoint is None:
+            return
+        payload = {"key": run.key, "epoch": epochs_done, "core": run.core.state_dict(),
+                   "optimizer": run.optimizer.state_dict(),
+                   "scheduler": run.scheduler.state_dict() if run.scheduler is not None else None,
+                   "shuffle": run.shuffle.get_state(), "rng": torch.get_rng_state(),
+                   "losses": run.losses[:epochs_done].cpu(), "val_losses": torch.tensor(run.val_losses),
+                   "best_val": run.best_val, "best_epoch": run.best_epoch, "best_state": run.best_state or {},
+                   "theta": run.theta}
+        tmp = f"{os.fspath(self.checkpoint)}.tmp"
+        torch.save(payload, tmp)
+        os.replace(tmp, self.checkpoint)
+
+    def _restore(self, run: _Run) -> None:
+        """Continue from the training state in ``checkpoint``, written by a run with the same settings and data."""
+        state = self._load_state(run.key)
+        run.start = run.epochs_run = run.reported = int(state["epoch"])
+        run.core.load_state_dict(state["core"])
+        run.optimizer.load_state_dict(state["optimizer"])
+        if run.scheduler is not None:
+            run.scheduler.load_state_dict(state["scheduler"])
+        run.shuffle.set_state(state["shuffle"])
+        torch.set_rng_state(state["rng"])
+        run.losses[:run.start] = state["losses"].to(run.losses.device)
+        run.val_losses = state["val_losses"].tolist()
+        run.best_val, run.best_epoch = float(state["best_val"]), int(state["best_epoch"])
+        run.best_state = state["best_state"] or None
+        run.theta = state["theta"]
+
+    def _load_state(self, key: str) -> dict:
+        try:
+            state = torch.load(self.checkpoint, map_location="cpu", weights_only=True)
+        except FileNotFoundError:
+            raise DataError(f"no training checkpoint at {self.checkpoint} to resume from; start from the "
+                            "beginning with resume=False", parameter="resume") from None
+        except Exception as e:  # a truncated or foreign file: torch raises several types
+            raise DataError(f"{self.checkpoint} is not a torchport training checkpoint ({e})",
+                            parameter="checkpoint") from None
+        if not isinstance(state, dict) or state.get("key") != key:
+            raise DataError(f"{self.checkpoint} was written by a run with other settings or data; resume with the "
+                            "same settings and data, or start over with resume=False", parameter="resume")
+        return state
+
+    def _progress_bar(self, epochs: int, start: int):
         if not self.progress:
             return None
         from tqdm import tqdm
-        return tqdm(total=self.epochs, desc="training", unit="epoch", file=sys.stderr, mininterval=0.25,
-                    leave=True, dynamic_ncols=True)
+        bar = tqdm(total=epochs, desc="training", unit="epoch", file=sys.stderr, mininterval=0.25,
+                   leave=True, dynamic_ncols=True)
+        if start:
+            bar.update(start)
+        return bar
+
+    # --- using the fitted model ---
 
     def predict(self, X: np.ndarray) -> np.ndarray:
-        """Predictions of the fitted module, float32, shape (rows, targets)."""
+        """Predictions of the fitted module, float32: shape (rows,) when fit was given a 1-D y, else
+        (rows, targets)."""
         if not hasattr(self, "module_"):
             raise RuntimeError("this Regressor is not fitted yet; call fit(X, y) first")
+        X = _features(X)
+        if X.shape[1] != self.n_features_in_:
+            raise DataError(f"X has {X.shape[1]} feature column(s); this Regressor was fitted on "
+                            f"{self.n_features_in_}", parameter="X")
         with torch.no_grad():
-            return self.module_(torch.as_tensor(np.asarray(X, dtype=np.float32))).numpy()
+            pred = self.module_(torch.from_numpy(X)).numpy()
+        return pred[:, 0] if self._predicts_1d else pred
+
+    def score(self, X: np.ndarray, y: np.ndarray) -> float:
+        """R^2 of the predictions for X against y, averaged over targets (scikit-learn's score for
+        regressors); NaN when a target is constant."""
+        return r2_score(y, self.predict(X))
 
     @property
     def coef_(self) -> np.ndarray:
@@ -343,3 +478,54 @@ class Regressor:
     def intercept_(self) -> np.ndarray:
         """Bias of a linear model in raw units, shape (targets,)."""
         return linear_coefficients(self.module_)[1].numpy()
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Whether a parameter still has its default (for the repr)."""
+    try:
+        return a is b or bool(a == b)
+    except Exception:  # arrays and other values without a plain truth value
+        return False
+
+
+def _features(X: Any) -> np.ndarray:
+    """X as a C-contiguous float32 (rows, features) array of finite numbers; DataError otherwise."""
+    return _matrix(X, "X", "(rows, features)")
+
+
+def _matrix(values: Any, name: str, shape: str) -> np.ndarray:
+    try:
+        with np.errstate(over="ignore"):  # a value beyond float32 becomes inf and is named below
+            a = np.ascontiguousarray(values, dtype=np.float32)
+    except (TypeError, ValueError) as e:
+        raise DataError(f"{name} must be numbers of shape {shape} ({e})", parameter=name) from None
+    if a.ndim != 2:
+        raise DataError(f"{name} must have shape {shape}; got shape {a.shape}", parameter=name)
+    bad = ~np.isfinite(a)
+    if bad.any():
+        row, column = (int(i) for i in np.argwhere(bad)[0])
+        raise DataError(f"{name}[{row}, {column}] is {a[row, column]}, not a finite float32 number; clean or drop "
+                        "that row", parameter=name)
+    return a
+
+
+def _arrays(X: Any, y: Any) -> tuple[np.ndarray, np.ndarray, bool]:
+    """X (rows, features) and y (rows, targets) as float32 training arrays, and whether y was 1-D."""
+    y_array = np.asarray(y)
+    one_d = y_array.ndim == 1
+    X = _features(X)
+    y = _matrix(y_array.reshape(-1, 1) if one_d else y_array, "y", "(rows,) or (rows, targets)")
+    if len(X) != len(y) or len(X) == 0:
+        raise DataError(f"expected X of shape (rows, features) and y of shape (rows, targets) with the same number "
+                        f"of rows; got X {X.shape} and y {y.shape}", parameter="y")
+    return X, y, one_d
+
+
+def _state_key(s: _Settings, spec: ModelSpec, X: np.ndarray, y: np.ndarray) -> str:
+    """Identifies the settings and data a training state belongs to (resuming needs the same; the device may
+    differ)."""
+    settings = {k: v for k, v in asdict(s).items() if k != "device"}
+    h = hashlib.sha256(json.dumps({"settings": settings, "spec": spec.to_json()}, sort_keys=True).encode())
+    h.update(X.tobytes())
+    h.update(y.tobytes())
+    return h.hexdigest()

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 # The state and the loss are kept in float64: the iterates then differ from the seed's float32 loop only by
-# that loop's own rounding (about 1e-6 on the seed's problem), and the loss formula below does not cancel.
+# that loop's own rounding, and the loss formula below does not cancel.
 STATE_DTYPE = torch.float64
 
 
@@ -43,7 +43,7 @@ def fit_full_batch_sgd(module: nn.Linear, X: torch.Tensor, y: torch.Tensor, lr: 
 
     Every ``check_every`` epochs and at the end, ``on_check(epochs_done, loss)`` gets the latest loss: the only
     host syncs of the run (the caller's progress bar and divergence check go there). On a CUDA device,
-    ``cuda_graph`` replays each interval's epochs as one captured CUDA graph (not yet run on a GPU).
+    ``cuda_graph`` replays each interval's epochs as one captured CUDA graph.
     For checkpoints, ``on_state(epochs_done, theta, losses)`` gets the exact float64 state ([W^T; b]) and the
     losses so far at each check,
     and ``theta0`` resumes from such a state instead of the module's float32 weights."""

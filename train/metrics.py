@@ -1,35 +1,111 @@
 """Regression metrics and the exact least-squares fit that SGD is compared against."""
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Sequence
+
 import numpy as np
+
+from torchport.train.jsonfields import Fields, as_lists, finite, finite_array, has_none
+
+
+def _columns(values: Any) -> np.ndarray:
+    """Values as a float64 (rows, targets) array."""
+    a = np.asarray(values, np.float64)
+    return a.reshape(len(a), -1)
 
 
 def mse(y_true: np.ndarray, y_pred: np.ndarray) -> float:
     """Mean squared error over every element, in float64."""
-    d = np.asarray(y_true, np.float64) - np.asarray(y_pred, np.float64)
+    d = _columns(y_true) - _columns(y_pred)
     return float(np.mean(d * d))
 
 
+def r2_undefined(y_true: np.ndarray, target_names: Sequence[str] | None = None) -> str | None:
+    """Why R^2 is undefined for these targets (fewer than two rows, or a target that does not vary), or None."""
+    yt = _columns(y_true)
+    if len(yt) < 2:
+        return f"R^2 needs at least two rows; there {'is' if len(yt) == 1 else 'are'} {len(yt)}"
+    constant = [j for j in range(yt.shape[1]) if np.ptp(yt[:, j]) == 0]
+    if not constant:
+        return None
+    if yt.shape[1] == 1:
+        return "the target is constant, so R^2 is undefined"
+    names = ", ".join(target_names[j] if target_names else f"#{j + 1}" for j in constant)
+    return f"the target(s) {names} are constant, so R^2 is undefined"
+
+
 def r2_score(y_true: np.ndarray, y_pred: np.ndarray) -> float:
-    """Coefficient of determination, averaged uniformly over targets (as scikit-learn does)."""
-    yt = np.asarray(y_true, np.float64).reshape(len(y_true), -1)
-    yp = np.asarray(y_pred, np.float64).reshape(len(y_pred), -1)
+    """Coefficient of determination, averaged uniformly over targets (as scikit-learn does); NaN where
+    ``r2_undefined`` gives a reason (a constant target, fewer than two rows)."""
+    yt, yp = _columns(y_true), _columns(y_pred)
+    if r2_undefined(yt) is not None:
+        return float("nan")
     ss_res = ((yt - yp) ** 2).sum(axis=0)
     ss_tot = ((yt - yt.mean(axis=0)) ** 2).sum(axis=0)
     return float(np.mean(1.0 - ss_res / ss_tot))
 
 
-def exact_least_squares(X: np.ndarray, y: np.ndarray) -> dict:
-    """Closed-form ordinary least squares with an intercept, in float64: weight (targets x features),
-    bias (targets), MSE and R^2. This is the optimum that full-batch SGD on MSE converges to."""
+@dataclass(frozen=True)
+class FitMetrics:
+    """How well a fit answers on its data: MSE and R^2, and for a linear fit its weight (targets x features)
+    and bias (targets) in raw units. A value that does not exist is None, with the reason in ``undefined``."""
+
+    mse: float | None
+    r2: float | None
+    weight: tuple[tuple[float | None, ...], ...] | None = None
+    bias: tuple[float | None, ...] | None = None
+    undefined: dict[str, str] = field(default_factory=dict)
+
+    KEYS: ClassVar[tuple[str, ...]] = ("mse", "r2", "weight", "bias")  # the JSON object's order
+
+    @classmethod
+    def of(cls, y: np.ndarray, pred: np.ndarray, weight: np.ndarray | None = None, bias: np.ndarray | None = None,
+           target_names: Sequence[str] | None = None) -> "FitMetrics":
+        """The metrics of predictions ``pred`` for ``y``, with the fit's coefficients if it is linear."""
+        undefined: dict[str, str] = {}
+        w = None if weight is None else finite_array(np.asarray(weight).reshape(np.shape(weight)[0], -1))
+        b = None if bias is None else finite_array(np.asarray(bias).reshape(-1))
+        if (w is not None and has_none(w)) or (b is not None and has_none(b)):
+            undefined["weight"] = undefined["bias"] = "the coefficients are not finite in float64"
+            w = b = None
+        reason = r2_undefined(y, target_names)
+        if reason:
+            undefined["r2"] = reason
+        values = {"mse": finite(mse(y, pred)), "r2": None if reason else finite(r2_score(y, pred))}
+        for name, value in values.items():
+            if value is None:
+                undefined.setdefault(name, "not a finite number in float64")
+        return cls(values["mse"], values["r2"], w, b, undefined)
+
+    def to_json(self) -> dict:
+        values = {"mse": finite(self.mse), "r2": finite(self.r2), "weight": as_lists(self.weight),
+                  "bias": as_lists(self.bias)}
+        return {**{key: values[key] for key in self.KEYS}, "undefined": dict(self.undefined)}
+
+    @classmethod
+    def from_json(cls, obj: Any, where: str = "metrics") -> "FitMetrics":
+        f = Fields(obj, where)
+        return cls(f.number("mse"), f.number("r2"), f.numbers("weight", 2, optional=True),
+                   f.numbers("bias", optional=True), f.reasons())
+
+
+@dataclass(frozen=True)
+class LeastSquares(FitMetrics):
+    """The closed-form ordinary least-squares fit with an intercept, in float64 (``exact_least_squares``)."""
+
+    KEYS: ClassVar[tuple[str, ...]] = ("weight", "bias", "mse", "r2")
+
+    @classmethod
+    def from_json(cls, obj: Any, where: str = "exact_least_squares") -> "LeastSquares":
+        return super().from_json(obj, where)
+
+
+def exact_least_squares(X: np.ndarray, y: np.ndarray, target_names: Sequence[str] | None = None) -> LeastSquares:
+    """Closed-form ordinary least squares with an intercept, in float64: the optimum that full-batch SGD on
+    MSE converges to."""
     X = np.asarray(X, np.float64)
     y = np.asarray(y, np.float64).reshape(len(X), -1)
     A = np.column_stack([X, np.ones(len(X))])
     coef, *_ = np.linalg.lstsq(A, y, rcond=None)
-    pred = A @ coef
-    return {
-        "weight": coef[:-1].T.tolist(),
-        "bias": coef[-1].tolist(),
-        "mse": mse(y, pred),
-        "r2": r2_score(y, pred),
-    }
+    return LeastSquares.of(y, A @ coef, coef[:-1].T, coef[-1], target_names)

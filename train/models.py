@@ -1,13 +1,21 @@
-"""Model builders: a model is rebuilt from a JSON-able spec plus a state dict, never from a pickle.
+"""Model builders: a model is rebuilt from its ModelSpec plus a state dict, never from a pickle.
 
 A model maps raw features to targets in their own units. Standardisation learned from the training
 data lives inside the module (as buffers), so every exported copy takes raw features too."""
 from __future__ import annotations
 
+import numbers
 from collections import OrderedDict
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
+
+from torchport.train.errors import SettingsError
+from torchport.train.jsonfields import Fields, settings_error
 
 MODEL_KINDS = ("linear", "mlp")
 ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "gelu": nn.GELU, "silu": nn.SiLU}
@@ -37,55 +45,118 @@ class Unstandardize(nn.Module):
         return y * self.std + self.mean
 
 
-def normalize_spec(spec: dict) -> dict:
-    """Fill defaults and check a spec: kind, n_features, n_targets, hidden, activation, dropout, scaling."""
-    kind = spec.get("kind")
-    if kind not in MODEL_KINDS:
-        raise ValueError(f"unknown model kind {kind!r}; expected one of {', '.join(MODEL_KINDS)}")
-    hidden = [int(h) for h in spec.get("hidden", [])] if kind == "mlp" else []
-    if kind == "mlp" and (not hidden or min(hidden) < 1):
-        raise ValueError(f"an mlp needs hidden layer widths >= 1 (for example 32,32); got {spec.get('hidden')!r}")
-    activation = spec.get("activation", "relu")
-    if activation not in ACTIVATIONS:
-        raise ValueError(f"unknown activation {activation!r}; expected one of {', '.join(ACTIVATIONS)}")
-    dropout = float(spec.get("dropout", 0.0))
-    if not 0.0 <= dropout < 1.0:
-        raise ValueError(f"dropout must be in [0, 1); got {dropout!r}")
-    default_scale = kind == "mlp"
-    out = {"kind": kind, "n_features": int(spec["n_features"]), "n_targets": int(spec["n_targets"]),
-           "scale_features": bool(spec.get("scale_features", default_scale)),
-           "scale_targets": bool(spec.get("scale_targets", default_scale))}
-    if kind == "mlp":
-        out.update(hidden=hidden, activation=activation, dropout=dropout)
-    return out
+def check_activation(activation: object) -> str:
+    """``activation`` if it names one of ACTIVATIONS; SettingsError otherwise."""
+    if not isinstance(activation, str) or activation not in ACTIVATIONS:
+        raise SettingsError(f"activation must be one of {', '.join(ACTIVATIONS)}; got {activation!r}",
+                            parameter="activation")
+    return activation
 
 
-def build_model(spec: dict) -> nn.Module:
+def whole_number(value: object, name: str, low: int) -> int:
+    """``value`` as an int if it is a whole number >= low (numpy integers too, never a bool or a float);
+    SettingsError naming ``name`` otherwise."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
+        raise SettingsError(f"{name} must be a whole number >= {low}; got {value!r}", parameter=name)
+    return int(value)
+
+
+def number_in(value: object, name: str, low: float, high: float) -> float:
+    """``value`` as a float if it is a real number in [low, high) (never a bool); SettingsError naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not low <= value < high:
+        raise SettingsError(f"{name} must be a number in [{low:g}, {high:g}); got {value!r}", parameter=name)
+    return float(value)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What a model is, stored once in a bundle: with a state dict it rebuilds the module (no pickle).
+    Checked when it is made, so every ModelSpec builds; ``hidden`` is kept as a tuple of ints, and a linear
+    spec ignores the mlp-only fields (they keep their defaults)."""
+
+    kind: str                       # "linear" or "mlp"
+    n_features: int
+    n_targets: int
+    hidden: tuple[int, ...] = ()    # mlp only: hidden layer widths; () for linear
+    activation: str = "relu"        # mlp only
+    dropout: float = 0.0            # mlp only: while training, off at inference
+    scale_features: bool = False
+    scale_targets: bool = False
+
+    def __post_init__(self) -> None:
+        if self.kind not in MODEL_KINDS:
+            raise SettingsError(f"kind must be one of {', '.join(MODEL_KINDS)}; got {self.kind!r}", parameter="kind")
+        object.__setattr__(self, "n_features", whole_number(self.n_features, "n_features", 1))
+        object.__setattr__(self, "n_targets", whole_number(self.n_targets, "n_targets", 1))
+        if isinstance(self.hidden, (str, bytes)) or not isinstance(self.hidden, Iterable):
+            raise SettingsError(f"hidden must be a sequence of layer widths; got {self.hidden!r}", parameter="hidden")
+        hidden = tuple(self.hidden)
+        if self.kind == "mlp" and (not hidden or any(isinstance(h, bool) or not isinstance(h, numbers.Integral)
+                                                     or h < 1 for h in hidden)):
+            raise SettingsError(f"an mlp needs hidden layer widths >= 1 (for example hidden=(32, 32)); got "
+                                f"{self.hidden!r}", parameter="hidden")
+        object.__setattr__(self, "hidden", tuple(int(h) for h in hidden))
+        check_activation(self.activation)
+        object.__setattr__(self, "dropout", number_in(self.dropout, "dropout", 0.0, 1.0))
+        if self.kind == "linear":  # the mlp-only fields do not apply: a linear spec keeps their defaults
+            for name, default in (("hidden", ()), ("activation", "relu"), ("dropout", 0.0)):
+                object.__setattr__(self, name, default)
+        for name in ("scale_features", "scale_targets"):
+            if not isinstance(getattr(self, name), (bool, np.bool_)):
+                raise SettingsError(f"{name} must be True or False; got {getattr(self, name)!r}", parameter=name)
+            object.__setattr__(self, name, bool(getattr(self, name)))
+
+    def to_json(self) -> dict:
+        """The spec as a JSON object; hidden, activation and dropout only for an mlp."""
+        out = {"kind": self.kind, "n_features": self.n_features, "n_targets": self.n_targets,
+               "scale_features": self.scale_features, "scale_targets": self.scale_targets}
+        if self.kind == "mlp":
+            out.update(hidden=list(self.hidden), activation=self.activation, dropout=self.dropout)
+        return out
+
+    @classmethod
+    def from_json(cls, obj: Any) -> "ModelSpec":
+        """The spec from ``to_json``'s object; missing scale_* default to True for an mlp, False for linear.
+        SettingsError (naming the key) for anything else."""
+        f = Fields(obj, "model spec", settings_error)
+        kind = f.get("kind", str)
+        scaled = kind == "mlp"
+        mlp: dict = {}
+        if kind == "mlp":
+            mlp = {"hidden": f.get("hidden", list), "activation": f.get("activation", str, optional=True) or "relu",
+                   "dropout": f.get("dropout", float, optional=True) or 0.0}
+        scaling = {name: f.get(name, bool) if name in obj else scaled for name in ("scale_features", "scale_targets")}
+        return cls(kind, f.get("n_features", int), f.get("n_targets", int), **mlp, **scaling)
+
+
+def build_model(spec: ModelSpec) -> nn.Module:
     """The torch module described by ``spec``, freshly initialised (scaling buffers at identity).
 
     An unscaled linear model is a bare ``nn.Linear`` (the tutorial's model; its graph is one Gemm)."""
-    spec = normalize_spec(spec)
-    f, t = spec["n_features"], spec["n_targets"]
-    if spec["kind"] == "linear":
+    if not isinstance(spec, ModelSpec):
+        raise TypeError(f"build_model takes a ModelSpec (ModelSpec.from_json reads a JSON object); "
+                        f"got {type(spec).__name__}")
+    f, t = spec.n_features, spec.n_targets
+    if spec.kind == "linear":
         core: nn.Module = nn.Linear(f, t)
     else:
         layers: list[nn.Module] = []
         width = f
-        for h in spec["hidden"]:
+        for h in spec.hidden:
             layers.append(nn.Linear(width, h))
-            layers.append(ACTIVATIONS[spec["activation"]]())
-            if spec["dropout"] > 0:
-                layers.append(nn.Dropout(spec["dropout"]))
+            layers.append(ACTIVATIONS[spec.activation]())
+            if spec.dropout > 0:
+                layers.append(nn.Dropout(spec.dropout))
             width = h
         layers.append(nn.Linear(width, t))
         core = nn.Sequential(*layers)
-    if not spec["scale_features"] and not spec["scale_targets"] and spec["kind"] == "linear":
+    if not spec.scale_features and not spec.scale_targets and spec.kind == "linear":
         return core
     parts: list[tuple[str, nn.Module]] = []
-    if spec["scale_features"]:
+    if spec.scale_features:
         parts.append(("scale_in", Standardize(f)))
     parts.append(("core", core))
-    if spec["scale_targets"]:
+    if spec.scale_targets:
         parts.append(("scale_out", Unstandardize(t)))
     return nn.Sequential(OrderedDict(parts))
 

@@ -3,7 +3,6 @@ values and, for several features, predicted against observed. Drawn on matplotli
 no pyplot global state), so they work on servers and in threads."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Callable
 
@@ -43,15 +42,16 @@ def _finish(fig: Figure, ax, xlabel: str, ylabel: str, title: str, path: Path) -
 
 
 def _save(fig: Figure, path: Path) -> Path:
-    """Write the PNG through a temp file in the same folder, so a reader never sees half a file."""
+    """Write the PNG (into the bundle's staging directory, which is published whole)."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        fig.savefig(tmp, format="png")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    fig.savefig(path, format="png")
     return path
+
+
+def _r2_label(observed: np.ndarray, predicted: np.ndarray) -> str:
+    """R^2 for a legend; n/a where it is undefined (a constant target)."""
+    r2 = r2_score(observed, predicted)
+    return "n/a" if np.isnan(r2) else f"{r2:.4f}"
 
 
 def regression_plot(x: np.ndarray, y: np.ndarray, predict: Callable[[np.ndarray], np.ndarray], x_name: str,
@@ -67,7 +67,7 @@ def regression_plot(x: np.ndarray, y: np.ndarray, predict: Callable[[np.ndarray]
         _points(ax, x, y[:, j], j, f"{name} (observed)")
         ax.plot(grid, line[:, j], color="tab:red" if len(y_names) == 1 else COLORS[j % len(COLORS)], linewidth=2,
                 label=f"fitted line{'' if len(y_names) == 1 else f' ({name})'}, "
-                      f"R$^2$ = {r2_score(y[:, j], fitted[:, j]):.4f}")
+                      f"R$^2$ = {_r2_label(y[:, j], fitted[:, j])}")
     return _finish(fig, ax, x_name, ", ".join(y_names), f"{', '.join(y_names)} ~ {x_name}", path)
 
 
@@ -100,7 +100,7 @@ def predicted_vs_observed(observed: np.ndarray, predicted: np.ndarray, y_names: 
     observed, predicted = _columns(observed, len(observed)), _columns(predicted, len(observed))
     for j, name in enumerate(y_names):
         _points(ax, observed[:, j], predicted[:, j], j,
-                f"{name}, R$^2$ = {r2_score(observed[:, j], predicted[:, j]):.4f}")
+                f"{name}, R$^2$ = {_r2_label(observed[:, j], predicted[:, j])}")
     lo = float(min(observed.min(), predicted.min()))
     hi = float(max(observed.max(), predicted.max()))
     ax.plot([lo, hi], [lo, hi], color="0.3", linewidth=1, linestyle="--", label="predicted = observed")

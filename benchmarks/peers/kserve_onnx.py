@@ -1,5 +1,6 @@
-"""Peer server for benchmarks/serve_load.py: KServe's Python ModelServer (V2 REST) answering with an ONNX
-Runtime session over the same model.onnx. Runs in its own venv (made by serve_load.py), never torchport's.
+"""Peer server for torchport.benchmarks.serve_load: KServe's Python ModelServer (V2 REST) answering with an
+ONNX Runtime session over the same model.onnx. Runs in its own venv (made by serve_load), never torchport's,
+so it imports nothing of torchport and serve_load launches it by its file path.
 
 usage: python kserve_onnx.py MODEL.onnx NAME --http_port PORT
 """

@@ -13,6 +13,7 @@ from typing import Callable
 
 import numpy as np
 
+from torchport.runtime.errors import InputError
 from torchport.runtime.serve.metrics import ServerMetrics
 
 
@@ -24,9 +25,9 @@ class Batcher:
     def __init__(self, predict: Callable[[np.ndarray], np.ndarray], max_batch_size: int = 64,
                  max_queue_delay: float = 0.0, metrics: ServerMetrics | None = None):
         if max_batch_size < 1:
-            raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
+            raise InputError(f"max_batch_size must be >= 1, got {max_batch_size}", parameter="max_batch_size")
         if max_queue_delay < 0:
-            raise ValueError(f"max_queue_delay must be >= 0, got {max_queue_delay}")
+            raise InputError(f"max_queue_delay must be >= 0, got {max_queue_delay}", parameter="max_queue_delay")
         self.predict = predict
         self.max_batch_size = max_batch_size
         self.max_queue_delay = max_queue_delay

@@ -9,6 +9,8 @@ from typing import Any
 
 import uvicorn
 
+from torchport.runtime.errors import InputError
+
 GRACEFUL_TIMEOUT_S = 30
 
 
@@ -17,19 +19,20 @@ def _loop() -> str:
 
 
 def bind(host: str, port: int) -> socket.socket:
-    """A listening-ready TCP socket on ``host:port``; a clear ValueError when that address cannot be had."""
+    """A listening-ready TCP socket on ``host:port``; an InputError naming the address when it cannot be had."""
     try:
         family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
         sock = socket.socket(family, kind, proto)
     except (OSError, UnicodeError) as e:
-        raise ValueError(f"cannot resolve --host {host!r} ({e}); give an IP address or a host name") from None
+        raise InputError(f"cannot resolve host {host!r} ({e}); give an IP address or a host name",
+                         parameter="host") from None
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(address)
     except OSError as e:
         sock.close()
-        raise ValueError(f"cannot listen on {host}:{port}: {e.strerror}; pick another --port or stop what "
-                         "holds it") from None
+        raise InputError(f"cannot listen on {host}:{port}: {e.strerror}; pick another port or stop what "
+                         "holds it", parameter="port") from None
     sock.set_inheritable(True)
     return sock
 

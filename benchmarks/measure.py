@@ -1,0 +1,152 @@
+"""Measure every backend of a bundle at each batch size: each backend first answers the rows once (checked
+against torch eager), warms up, then runs interleaved rounds (the backends' order rotates each round) of
+individually timed calls, so that load on the machine hits every backend alike."""
+from __future__ import annotations
+
+import gc
+import time
+from datetime import datetime, timezone
+from typing import Callable
+
+import numpy as np
+import torch
+
+from torchport.benchmarks.backends import Backend, BundleBackends, build_backends
+from torchport.benchmarks.machine import environment
+from torchport.benchmarks.records import BenchReport, BenchSettings, BenchThreads, ModelEntry, Plan, ResultRow
+from torchport.export.formats import model_spec
+from torchport.export.verify import random_rows, training_record
+from torchport.runtime.bundle import Bundle
+from torchport.runtime.cpus import physical_cores
+from torchport.train.jsonfields import finite
+
+DEFAULT_BATCH_SIZES = (1, 8, 64, 512, 4096, 65536, 1 << 20)
+QUICK = Plan(seconds_per_cell=0.15, warmup_s=0.01, min_rounds=2, target_rounds=3)
+AGREE_ATOL, AGREE_RTOL = 1e-4, 1e-3
+GPU_TOLERANCE_FACTOR = 10  # onnxruntime's CUDA provider may use TF32 matmuls (10 mantissa bits)
+
+
+def _one_call_seconds(backend: Backend, x: np.ndarray) -> float:
+    t0 = time.perf_counter_ns()
+    backend.call(x)
+    return (time.perf_counter_ns() - t0) * 1e-9
+
+
+def measure_cell(backends: list[Backend], x: np.ndarray, plan: Plan) -> tuple[list[np.ndarray], int]:
+    """Per-call seconds of each backend on batch ``x`` and the number of rounds: warm-up, then interleaved
+    rounds in which every backend makes about the same number of seconds of calls."""
+    typical = []
+    for b in backends:
+        start, times = time.perf_counter(), []
+        while len(times) < 3 or (time.perf_counter() - start < plan.warmup_s and len(times) < 10_000):
+            times.append(_one_call_seconds(b, x))
+        typical.append(float(np.median(times[len(times) // 2:])))  # the later, warm half
+    visit_s = plan.seconds_per_cell / (plan.target_rounds * len(backends))
+    per_visit = [int(min(20_000, max(1, visit_s / max(t, 1e-9)))) for t in typical]
+    samples: list[list[float]] = [[] for _ in backends]
+    gc.collect()
+    gc.disable()
+    try:
+        start, rounds = time.perf_counter(), 0
+        while rounds < plan.min_rounds or time.perf_counter() - start < plan.seconds_per_cell:
+            shift = rounds % len(backends)
+            for i in list(range(shift, len(backends))) + list(range(shift)):
+                call, out = backends[i].call, samples[i]
+                for _ in range(per_visit[i]):
+                    t0 = time.perf_counter_ns()
+                    call(x)
+                    out.append(time.perf_counter_ns() - t0)
+            rounds += 1
+    finally:
+        gc.enable()
+    return [np.asarray(s, dtype=np.float64) * 1e-9 for s in samples], rounds
+
+
+def _agreement(backends: list[Backend], x: np.ndarray) -> list[tuple[float | None, bool | None]]:
+    """(max |output - torch eager on the CPU|, within tolerance) per backend on ``x``: the figures of a
+    backend that answers wrongly are void. (None, None) for the copy floor, which is not the model."""
+    reference = next(b for b in backends if b.id == "torch_eager" and b.device == "cpu").call(x).astype(np.float64)
+    out: list[tuple[float | None, bool | None]] = []
+    for b in backends:
+        if not b.computes_model:
+            out.append((None, None))
+            continue
+        diff = np.abs(np.asarray(b.call(x), np.float64).reshape(reference.shape) - reference)
+        factor = 1 if b.device == "cpu" else GPU_TOLERANCE_FACTOR
+        out.append((finite(diff.max()), bool(np.all(diff <= factor * (AGREE_ATOL + AGREE_RTOL * np.abs(reference))))))
+    return out
+
+
+def _cell_rows(built: BundleBackends, model_name: str, x: np.ndarray, plan: Plan) -> list[ResultRow]:
+    """One result row per backend at the batch ``x``, with ratios to the others at the same batch size."""
+    diffs = _agreement(built.backends, x)
+    samples, rounds = measure_cell(built.backends, x, plan)
+    medians = [float(np.median(s)) for s in samples]
+    best = min(m for m, b in zip(medians, built.backends) if b.computes_model)
+    plain = {b.device: m for m, b in zip(medians, built.backends) if b.id == "ort_plain"}
+    rows = []
+    for b, s, median, (diff, agrees) in zip(built.backends, samples, medians, diffs):
+        reference = plain.get(b.device, next(iter(plain.values()), None))
+        rows.append(ResultRow(
+            model=model_name, backend=b.id, label=b.label, device=b.device, batch_size=len(x), calls=int(s.size),
+            rounds=rounds, median_s=median, p99_s=float(np.percentile(s, 99)), mean_s=float(s.mean()),
+            min_s=float(s.min()), rows_per_s=len(x) / median, threads=b.threads, max_abs_diff_vs_torch=diff,
+            agrees_with_torch=agrees, x_fastest=median / best,
+            x_ort_plain=median / reference if reference else None))
+    return rows
+
+
+def bench_bundle(built: BundleBackends, batch_sizes: tuple[int, ...], plan: Plan, model_name: str,
+                 progress: Callable[[list[ResultRow]], None] | None = None) -> list[ResultRow]:
+    """Result rows for one bundle: one per backend and batch size, on rows spread around its training data."""
+    manifest = built.bundle.manifest
+    record = training_record(manifest)
+    rows_all = random_rows(len(manifest.features), max(batch_sizes), np.random.default_rng(0),
+                           record.feature_stats if record else None)
+    rows_all = np.ascontiguousarray(rows_all, dtype=np.float32)
+    results = []
+    for n in batch_sizes:
+        cell = _cell_rows(built, model_name, rows_all[:n], plan)
+        results += cell
+        if progress:
+            progress(cell)
+    return results
+
+
+def model_entry(built: BundleBackends, name: str) -> ModelEntry:
+    """What the report says about one bundle's model and the backends it was run on."""
+    m = built.bundle.manifest
+    return ModelEntry(name, str(built.bundle.path), model_spec(built.bundle), m.features, m.targets, m.export.opset,
+                      tuple(b.entry() for b in built.backends), tuple(built.skipped))
+
+
+def run_benchmark(bundles: list[Bundle], settings: BenchSettings, threads: int, pin_predictor: bool, command: str,
+                  progress: Callable[[list[ResultRow]], None] | None = None) -> BenchReport:
+    """Benchmark each bundle with ``threads`` threads for torch, numpy's BLAS and plain ONNX Runtime (and the
+    Predictor when ``pin_predictor``); returns the whole report."""
+    import threadpoolctl
+    torch.set_num_threads(threads)
+    limiter = threadpoolctl.threadpool_limits(limits=threads, user_api="blas")
+    try:
+        names = _model_names(bundles)
+        built = [build_backends(b, list(settings.devices), threads, pin_predictor) for b in bundles]
+        thread_settings = BenchThreads(
+            threads=threads, torch_num_threads=torch.get_num_threads(),
+            torch_interop_threads=torch.get_num_interop_threads(), ort_plain_intra_op_num_threads=threads,
+            numpy_blas_threads=threads,
+            predictor=next((b.threads for b in built[0].backends if b.id == "predictor"), None),
+            onnxruntime_default_intra_op_threads=physical_cores())
+        created = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        env = environment(thread_settings)
+        models = tuple(model_entry(b, n) for b, n in zip(built, names))
+        results = [row for b, name in zip(built, names)
+                   for row in bench_bundle(b, settings.batch_sizes, settings.plan, name, progress)]
+    finally:
+        limiter.restore_original_limits()
+    return BenchReport(created, command, settings, env, models, tuple(results))
+
+
+def _model_names(bundles: list[Bundle]) -> list[str]:
+    """Each bundle's directory name, numbered where two are alike."""
+    names = [b.path.resolve().name for b in bundles]
+    return [n if names.count(n) == 1 else f"{n}#{i + 1}" for i, n in enumerate(names)]

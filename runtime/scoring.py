@@ -1,0 +1,70 @@
+"""Scoring a file with a Predictor: read a chunk, predict, append, repeat, so that memory holds about one
+chunk. The output is the input's columns plus one ``<target>_pred`` column per target, and appears only
+once it is complete: a failure leaves neither it nor a temp file behind."""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+from torchport.runtime import tables
+from torchport.runtime.errors import InputError
+from torchport.runtime.files import atomic_write
+from torchport.runtime.predictor import Predictor
+
+
+def score_file(predictor: Predictor, src: str | os.PathLike, dst: str | os.PathLike, chunk_rows: int = 65536,
+               progress: bool = False) -> int:
+    """Score ``src`` (CSV, TSV or Parquet, by suffix) into ``dst`` in chunks of ``chunk_rows`` rows; returns
+    the number of rows scored. Uses pyarrow when it is installed, else Python's csv module (CSV/TSV only);
+    ``progress`` shows a tqdm bar on stderr when tqdm is installed."""
+    return _score(predictor, src, dst, chunk_rows, progress, tables.backend())
+
+
+def _score(predictor: Predictor, src: str | os.PathLike, dst: str | os.PathLike, chunk_rows: int = 65536,
+           progress: bool = False, backend: tables.Backend | str | None = None) -> int:
+    """score_file with the table backend chosen by the caller (an instance, its name, or None for the default)."""
+    if not isinstance(backend, tables.Backend):
+        backend = tables.backend(backend)
+    if isinstance(chunk_rows, bool) or not isinstance(chunk_rows, int) or chunk_rows < 1:
+        raise InputError(f"chunk_rows must be a whole number >= 1; got {chunk_rows!r}", parameter="chunk_rows")
+    src, dst = Path(src), Path(dst)
+    src_format, dst_format = tables.table_format(src, "src"), tables.table_format(dst, "dst")
+    backend.require(src_format, "src")
+    backend.require(dst_format, "dst")
+    if not src.is_file():
+        raise InputError(f"{src} " + ("is not a file" if src.exists() else "does not exist"), parameter="src")
+    if not dst.parent.is_dir():
+        raise InputError(f"the output directory {dst.parent} does not exist", parameter="dst")
+    if dst.exists() and dst.samefile(src):
+        raise InputError(f"dst must differ from src (both are {src})", parameter="dst")
+    predictions = [f"{t}_pred" for t in predictor.target_names]
+    done = 0
+    with backend.reader(src_format, chunk_rows) as reader:
+        tables.check_columns(src, reader.columns, predictor.feature_names, predictions)
+        bar = _progress(reader.total_rows) if progress else None
+
+        def write(tmp: Path) -> None:
+            nonlocal done
+            with backend.writer(tmp, dst_format, reader, predictions) as writer:
+                for chunk in reader.chunks():
+                    x = reader.features(chunk, predictor.feature_names, done + 1)
+                    writer.write(chunk, predictor.predict(x))
+                    done += len(x)
+                    if bar is not None:
+                        bar.update(len(x))
+        try:
+            atomic_write(dst, write)
+        finally:
+            if bar is not None:
+                bar.close()
+    return done
+
+
+def _progress(total: int | None):
+    """A tqdm bar on stderr, or None without tqdm."""
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return None
+    return tqdm(total=total, unit="row", unit_scale=True, desc="scoring", file=sys.stderr, mininterval=0.5)
