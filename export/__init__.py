@@ -1,11 +1,28 @@
 """torchport.export: write bundles (ONNX, TorchScript, checkpoint, manifest), verify their parity, and add
-them to Triton model repositories. Uses torch; reads and writes the bundle format of torchport.runtime."""
-from torchport.export.bundle_writer import BundleExistsError, write_bundle, write_from_regressor
-from torchport.export.formats import load_module
-from torchport.export.parity import Tolerance
-from torchport.export.testing import assert_parity
-from torchport.export.verify import verify_bundle
-from torchport.runtime.errors import ParityError
+them to Triton model repositories. Uses torch; reads and writes the bundle format of torchport.runtime.
+Names are loaded on first use, so that the `torchport` command can start without importing torch."""
+from __future__ import annotations
 
-__all__ = ["BundleExistsError", "ParityError", "Tolerance", "assert_parity", "load_module", "verify_bundle",
-           "write_bundle", "write_from_regressor"]
+import importlib
+
+_NAMES = {
+    "BundleExistsError": "bundle_writer", "ParityFailed": "bundle_writer", "write_bundle": "bundle_writer",
+    "write_from_regressor": "bundle_writer", "load_dataset": "datasets", "load_module": "formats",
+    "Tolerance": "parity", "assert_parity": "testing", "verify_bundle": "verify",
+}
+__all__ = sorted([*_NAMES, "ParityError"])
+
+
+def __getattr__(name: str):
+    if name == "ParityError":
+        from torchport.runtime.errors import ParityError
+        return ParityError
+    if name not in _NAMES:
+        raise AttributeError(f"module 'torchport.export' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"torchport.export.{_NAMES[name]}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -1,8 +1,12 @@
 """Write a bundle: stage every file in a temp directory beside the target, verify parity on the staged
-files, then publish the directory by renaming it into place. Nothing appears at the target otherwise."""
+files, then publish the directory by renaming it into place. Nothing appears at the target otherwise: a
+bundle that fails parity stays beside it as ``<target>.parity-failed`` for inspection, unless it is asked to
+be published anyway (marked failed in its manifest, which the runtime then refuses to load by default)."""
 from __future__ import annotations
 
 import os
+import shutil
+from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
@@ -12,12 +16,12 @@ from torch import nn
 
 from torchport.export.formats import DEFAULT_OPSET, INPUT_NAME, OUTPUT_NAME, export_onnx, export_torchscript, \
     save_checkpoint
-from torchport.export.parity import Tolerance
-from torchport.export.verify import verify_bundle
-from torchport.runtime.bundle import CHECKPOINT_FILE, LARGE_BATCH_FILE, MANIFEST, ONNX_FILE, TORCHSCRIPT_FILE, \
-    Bundle, FileEntry, Manifest, TensorSpec
-from torchport.runtime.errors import Fix, InputError
-from torchport.runtime.files import staged_dir, write_json
+from torchport.export.parity import Tolerance, describe_worst
+from torchport.export.verify import Golden, verify_with_golden
+from torchport.runtime.bundle import CHECKPOINT_FILE, GOLDEN_FILE, LARGE_BATCH_FILE, MANIFEST, ONNX_FILE, \
+    TORCHSCRIPT_FILE, Bundle, FileEntry, GoldenCases, Manifest, ParityReport, TensorSpec, golden_json
+from torchport.runtime.errors import Fix, InputError, ParityError
+from torchport.runtime.files import publish_dir, staging_dir, write_json
 from torchport.train.datasets import Dataset
 from torchport.train.estimator import Regressor
 from torchport.train.models import ModelSpec
@@ -35,29 +39,70 @@ class BundleExistsError(InputError):
         super().__init__(f"{out} exists", parameter="out", fix=Fix("force", True, "to replace it"))
 
 
+class ParityFailed(ParityError):
+    """A bundle whose copies disagree with the torch model was not published; ``report`` says how, ``kept`` is
+    where its staged files are."""
+
+    def __init__(self, report: ParityReport, out: Path, kept: Path):
+        worst = "; ".join(list(report.problems) + [describe_worst(p) for p in report.pairs if not p.passed])
+        super().__init__(f"parity FAILED: the exported copies disagree with the torch model beyond float32 "
+                         f"rounding ({worst}); nothing was published at {out}; the staged bundle is in {kept} for "
+                         "inspection", parameter="publish_failed",
+                         fix=Fix("publish_failed", True, "to publish it marked failed"))
+        self.report, self.kept = report, kept
+
+
+def failed_dir(out: Path) -> Path:
+    """Where the staged files of a bundle that failed parity are kept: beside ``out``, named to say so."""
+    return out.parent / f"{out.name}.parity-failed"
+
+
 def write_bundle(module: nn.Module, spec: ModelSpec, feature_names: list[str], target_names: list[str],
                  out: str | os.PathLike, *, training: TrainingRecord | None = None, opset: int = DEFAULT_OPSET,
                  force: bool = False, verify_inputs: np.ndarray | None = None, large_batch_graph: bool = True,
-                 tolerance: Tolerance = Tolerance(), report: ReportWriter | None = None) -> Manifest:
-    """Export ``module`` into the bundle directory ``out``, verified; returns its manifest (whose ``parity``
-    says whether the copies agree). With ``force`` an existing bundle is replaced once the new one is
-    complete. ``large_batch_graph``: also write model.large_batch.onnx when the model has a Gemm over one
-    feature. ``report(dir)`` may add report files to the staged bundle."""
+                 tolerance: Tolerance = Tolerance(), report: ReportWriter | None = None,
+                 publish_failed: bool = False) -> Manifest:
+    """Export ``module`` into the bundle directory ``out``, verified; returns its manifest. With ``force`` an
+    existing bundle is replaced once the new one is complete. ``large_batch_graph``: also write
+    model.large_batch.onnx when the model has a Gemm over one feature. ``report(dir)`` may add report files
+    to the staged bundle. A bundle that fails parity raises ParityFailed and stays in ``<out>.parity-failed``
+    (replacing an older one there); with ``publish_failed`` it is published, its manifest marked failed."""
     out = Path(out)
     if out.exists() and not force:
         raise BundleExistsError(out)
+    stage = staging_dir(out)
     try:
-        with staged_dir(out, replace=force) as stage:
-            manifest = _write_staged(stage, module.to("cpu").eval(), spec, list(feature_names), list(target_names),
-                                     training, opset, large_batch_graph, report)
-            parity = verify_bundle(Bundle(stage, manifest), verify_inputs, tolerance=tolerance)
-            manifest = manifest.with_parity(parity)
-            write_json(stage / MANIFEST, manifest.to_json())
+        manifest = _write_staged(stage, module.to("cpu").eval(), spec, list(feature_names), list(target_names),
+                                 training, opset, large_batch_graph, report)
+        parity, golden = verify_with_golden(Bundle(stage, manifest), verify_inputs, tolerance=tolerance)
+        manifest = _with_golden(stage, manifest, golden).with_parity(parity)
+        write_json(stage / MANIFEST, manifest.to_json())
+        if not parity.passed and not publish_failed:
+            kept = failed_dir(out)
+            shutil.rmtree(kept, ignore_errors=True)
+            os.rename(stage, kept)
+            raise ParityFailed(parity, out, kept)
+        publish_dir(stage, out, replace=force)
+    except ParityFailed:
+        raise
     except FileExistsError:
+        shutil.rmtree(stage, ignore_errors=True)
         if out.exists():  # another writer published first
             raise BundleExistsError(out) from None
         raise
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
     return manifest
+
+
+def _with_golden(stage: Path, manifest: Manifest, golden: Golden) -> Manifest:
+    """The manifest with golden.json written into the stage and listed."""
+    write_json(stage / GOLDEN_FILE, golden_json(golden.inputs, golden.answers, golden.bound, manifest.features,
+                                                manifest.targets))
+    files = {**manifest.files, GOLDEN_FILE: FileEntry.of(stage / GOLDEN_FILE)}
+    return replace(manifest, files=files,
+                   golden=GoldenCases(GOLDEN_FILE, int(len(golden.inputs)), tuple(float(b) for b in golden.bound)))
 
 
 def _write_staged(stage: Path, module: nn.Module, spec: ModelSpec, features: list[str], targets: list[str],
@@ -80,10 +125,11 @@ def _write_staged(stage: Path, module: nn.Module, spec: ModelSpec, features: lis
 
 
 def write_from_regressor(reg: Regressor, data: Dataset, out: str | os.PathLike, plots: bool = True,
-                         **kwargs) -> Manifest:
-    """Bundle a fitted Regressor with its training record and report (inference table, plots unless
-    ``plots`` is False), verifying on the training rows too."""
-    record = TrainingRecord.from_fit(reg, data)
+                         record: TrainingRecord | None = None, **kwargs) -> Manifest:
+    """Bundle a fitted Regressor with its training record (``record``, or made here) and report (inference
+    table, plots unless ``plots`` is False), verifying on the training rows too; ``kwargs`` go to
+    write_bundle."""
+    record = record or TrainingRecord.from_fit(reg, data)
     return write_bundle(reg.module_, reg.spec_, data.feature_names, data.target_names, out, training=record,
                         verify_inputs=data.X, report=lambda stage: write_report(stage, reg, data, record, plots),
                         **kwargs)

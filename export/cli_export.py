@@ -2,6 +2,9 @@
 re-verified, written atomically to --out (or in place with --force). With --triton REPO, instead add the
 bundle to a Triton Inference Server model repository: REPO/<name>/config.pbtxt and REPO/<name>/1/model.onnx
 (onnxruntime backend, dynamic batching), and with --libtorch also REPO/<name>_libtorch (TorchScript).
+A bundle that failed its parity check (published with --publish-failed) is refused there unless
+--allow-failed-parity is given. A re-export that fails parity is not published (exit 1): its files stay
+beside --out as <out>.parity-failed, unless --publish-failed.
 
 examples:
   torchport export bundles/seed --out bundles/seed-opset20 --opset 20
@@ -14,7 +17,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from torchport.export.bundle_writer import report_copier, write_bundle
+from torchport.export.bundle_writer import ParityFailed, report_copier, write_bundle
 from torchport.export.cli_options import add_export_options, large_batch_line, tolerance
 from torchport.export.formats import load_module, model_spec
 from torchport.export.parity import format_report
@@ -38,6 +41,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-queue-delay-us", type=positive_int, default=100,
                    help="Triton dynamic batching max queue delay in microseconds (default: 100)")
     p.add_argument("--libtorch", action="store_true", help="with --triton: also the TorchScript model (libtorch backend)")
+    p.add_argument("--allow-failed-parity", action="store_true",
+                   help="with --triton: take a bundle whose parity check failed (published with --publish-failed)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -46,21 +51,27 @@ def run(args: argparse.Namespace) -> int:
         for path in write_triton_repository(bundle, args.triton, name=args.name,
                                             max_batch_size=args.max_batch_size,
                                             max_queue_delay_us=args.max_queue_delay_us,
-                                            libtorch=args.libtorch, force=args.force):
+                                            libtorch=args.libtorch, force=args.force,
+                                            allow_failed_parity=args.allow_failed_parity):
             print(f"wrote {path}/config.pbtxt and {path}/1/")
         return 0
     m = bundle.manifest
     out = args.out or args.bundle
     record = training_record(m)
     X, _ = training_rows(record)
-    new = write_bundle(load_module(bundle), model_spec(bundle), list(m.features), list(m.targets), out,
-                       training=record, opset=args.opset, force=args.force, verify_inputs=X,
-                       tolerance=tolerance(args), large_batch_graph=not args.no_large_batch_graph,
-                       report=report_copier(bundle))
+    try:
+        new = write_bundle(load_module(bundle), model_spec(bundle), list(m.features), list(m.targets), out,
+                           training=record, opset=args.opset, force=args.force, verify_inputs=X,
+                           tolerance=tolerance(args), large_batch_graph=not args.no_large_batch_graph,
+                           report=report_copier(bundle), publish_failed=args.publish_failed)
+    except ParityFailed as e:
+        print(format_report(e.report))
+        raise
     print(format_report(new.parity))
     print(f"bundle: {out}/ (opset {new.export.opset})")
     print(large_batch_line(new, not args.no_large_batch_graph))
     if not new.parity.passed:
-        print("torchport export: parity FAILED (see above)", file=sys.stderr)
+        print(f"torchport export: parity FAILED (see above); published at {out} marked failed, as "
+              "--publish-failed asked", file=sys.stderr)
         return 1
     return 0

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from torchport.export.formats import DEFAULT_OPSET
+from torchport.export.opsets import DEFAULT_OPSET
 from torchport.export.parity import Tolerance
 from torchport.runtime.bundle import Manifest
 from torchport.runtime.options import positive_float, positive_int
@@ -15,19 +15,34 @@ NO_LARGE_BATCH_GRAPH_HELP = ("do not write model.large_batch.onnx. By default, w
                              "model.onnx for smaller ones")
 
 
+PARITY_HELP = ("By default each exported copy must answer within {multiple:g} times float32 torch's own error "
+               "(against the same model run in float64, per target) plus {floor:g} float32 ulps of the target's "
+               "largest answer: rounding passes at any scale, a real defect fails")
+
+
+def add_tolerance_options(p: argparse.ArgumentParser) -> None:
+    """--atol and --rtol: a fixed tolerance instead of the default criterion."""
+    t = Tolerance()
+    p.add_argument("--atol", type=positive_float, metavar="A",
+                   help="with --rtol: check |copy - float64| <= A + R * |float64| instead of the default criterion. "
+                        + PARITY_HELP.format(multiple=t.multiple, floor=t.floor_ulps))
+    p.add_argument("--rtol", type=positive_float, metavar="R", help="with --atol: the relative part")
+
+
 def add_export_options(p: argparse.ArgumentParser) -> None:
-    """--opset, --no-large-batch-graph, --atol and --rtol."""
+    """--opset, --no-large-batch-graph, --atol, --rtol and --publish-failed."""
     p.add_argument("--opset", type=positive_int, default=DEFAULT_OPSET,
                    help=f"ONNX opset to export (default: {DEFAULT_OPSET})")
     p.add_argument("--no-large-batch-graph", action="store_true", help=NO_LARGE_BATCH_GRAPH_HELP)
-    p.add_argument("--atol", type=positive_float, default=Tolerance.atol,
-                   help=f"parity tolerance, absolute (default: {Tolerance.atol:g})")
-    p.add_argument("--rtol", type=positive_float, default=Tolerance.rtol,
-                   help=f"parity tolerance, relative (default: {Tolerance.rtol:g})")
+    add_tolerance_options(p)
+    p.add_argument("--publish-failed", action="store_true",
+                   help="publish a bundle that fails parity anyway, marked failed in its manifest (the runtime "
+                        "then refuses it unless told --allow-failed-parity / allow_failed_parity=True). Without "
+                        "it such a bundle is not published: it stays beside --out as <out>.parity-failed")
 
 
 def tolerance(args: argparse.Namespace) -> Tolerance:
-    return Tolerance(args.atol, args.rtol)
+    return Tolerance(atol=args.atol, rtol=args.rtol)
 
 
 def large_batch_line(manifest: Manifest, asked: bool) -> str:

@@ -16,6 +16,7 @@ import onnx
 import torch
 from torch import nn
 
+from torchport.export.opsets import DEFAULT_OPSET, MIN_OPSET
 from torchport.export.optimize import gemm_k1_to_mul_add
 from torchport.runtime.bundle import CHECKPOINT_FILE, ExportRecord, GraphRewrite, Bundle
 from torchport.runtime.errors import BundleError, InputError, TorchportError
@@ -24,8 +25,6 @@ from torchport.train.models import ModelSpec, build_model
 
 INPUT_NAME = "features"
 OUTPUT_NAME = "targets"
-MIN_OPSET = 13
-DEFAULT_OPSET = 18
 EXPORTER = "torch.onnx.export(dynamo=True)"
 
 

@@ -24,13 +24,15 @@ from torchport.runtime.errors import InputError
 
 def assert_parity(bundle_or_module: str | os.PathLike | nn.Module, inputs: np.ndarray | None = None, *,
                   feature_names: Sequence[str] | None = None, target_names: Sequence[str] | None = None,
-                  atol: float = Tolerance.atol, rtol: float = Tolerance.rtol,
+                  tolerance: Tolerance = Tolerance(), atol: float | None = None, rtol: float | None = None,
                   opset: int = DEFAULT_OPSET) -> ParityReport:
     """Raise ParityError unless torch, TorchScript and ONNX Runtime (model.onnx, and the large-batch graph
-    where the exporter writes one) agree in names, shapes, dtypes and values (|a - ref| <= atol + rtol *
-    |ref| everywhere); the message names the worst element. Returns the report. ``inputs`` default to the
-    bundle's verification cases, or 256 rows around zero for a module."""
-    tolerance = Tolerance(atol, rtol)
+    where the exporter writes one) agree in names, shapes, dtypes and values: each within the parity
+    criterion of a float64 run of the module (``tolerance``; ``atol`` with ``rtol`` for a fixed one); the
+    message names the worst element. Returns the report. ``inputs`` default to the bundle's verification
+    cases, or 256 rows around zero for a module."""
+    if atol is not None or rtol is not None:
+        tolerance = Tolerance(atol=atol, rtol=rtol)
     if not isinstance(bundle_or_module, nn.Module):
         return raise_if_failed(verify_bundle(Path(bundle_or_module), inputs, tolerance=tolerance))
     module = bundle_or_module.eval()

@@ -6,7 +6,7 @@ import os
 import re
 from pathlib import Path
 
-from torchport.runtime.bundle import ONNX_FILE, TORCHSCRIPT_FILE, Bundle
+from torchport.runtime.bundle import ONNX_FILE, TORCHSCRIPT_FILE, Bundle, refuse_failed_parity
 from torchport.runtime.errors import Fix, InputError
 from torchport.runtime.files import staged_dir
 
@@ -41,10 +41,14 @@ def _write_model(repo: Path, name: str, config: str, file_name: str, data: bytes
 
 def write_triton_repository(bundle: Bundle | str | os.PathLike, repo: str | os.PathLike, *, name: str | None = None,
                             max_batch_size: int = 4096, max_queue_delay_us: int = 100,
-                            libtorch: bool = False, force: bool = False) -> list[Path]:
-    """Add the bundle to a Triton model repository; returns the model directories written."""
+                            libtorch: bool = False, force: bool = False,
+                            allow_failed_parity: bool = False) -> list[Path]:
+    """Add the bundle to a Triton model repository; returns the model directories written. A bundle whose
+    parity check failed is refused (ParityError) unless ``allow_failed_parity``."""
     bundle, repo = bundle if isinstance(bundle, Bundle) else Bundle.open(bundle), Path(repo)
     manifest = bundle.manifest
+    if manifest.parity_failed and not allow_failed_parity:
+        raise refuse_failed_parity(bundle)
     name = name or bundle.path.resolve().name
     if not NAME.match(name):
         raise InputError(f"Triton model name {name!r} may only use letters, digits, '_', '.' and '-'",

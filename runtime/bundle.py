@@ -15,8 +15,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from torchport.runtime.errors import BundleError, DataError
-from torchport.runtime.jsonfields import FLAG, INT, NULL, NUMBER, TEXT, Flat, items, json_object, scalar, values
+from torchport.runtime.errors import BundleError, DataError, Fix, ParityError
+from torchport.runtime.jsonfields import FLAG, INT, NULL, NUMBER, TEXT, Flat, items, json_object, present, scalar, \
+    values
 
 FORMAT = "torchport.bundle"
 FORMAT_VERSION = 2
@@ -25,6 +26,7 @@ ONNX_FILE = "model.onnx"
 LARGE_BATCH_FILE = "model.large_batch.onnx"
 TORCHSCRIPT_FILE = "model.torchscript.pt"
 CHECKPOINT_FILE = "checkpoint.pt"
+GOLDEN_FILE = "golden.json"
 BATCH = "batch"
 
 
@@ -149,7 +151,10 @@ class WorstElement:
 
 @dataclass(frozen=True)
 class PairResult:
-    """One backend (``candidate``) against the one it is checked against (``reference``)."""
+    """One backend (``candidate``) against what it is checked against (``reference``: the float64 run of the
+    same module; in format-1 and early format-2 manifests, torch). ``vs_torch`` is the candidate's largest
+    error over float32 torch's own, per target, at its worst; ``of_bound`` its largest error as a share of
+    the bound it had to stay within (at most 1 passes)."""
     reference: str
     candidate: str
     max_abs: float | None
@@ -157,6 +162,8 @@ class PairResult:
     max_scaled: float | None
     passed: bool
     worst: WorstElement
+    vs_torch: float | None = None
+    of_bound: float | None = None
 
     @property
     def name(self) -> str:
@@ -165,14 +172,15 @@ class PairResult:
     def to_json(self) -> dict:
         return {"reference": self.reference, "candidate": self.candidate, "max_abs": _number(self.max_abs),
                 "max_rel": _number(self.max_rel), "max_scaled": _number(self.max_scaled), "passed": self.passed,
-                "worst": self.worst.to_json()}
+                "worst": self.worst.to_json(), "vs_torch": _number(self.vs_torch), "of_bound": _number(self.of_bound)}
 
     @classmethod
     def from_json(cls, obj: Any, where: str) -> "PairResult":
         maybe = (*NUMBER, NULL)
         v = values(obj, where, {"reference": TEXT, "candidate": TEXT, "max_abs": maybe, "max_rel": maybe,
                                 "max_scaled": maybe, "passed": FLAG, "worst": (dict,)})
-        return cls(**{**v, "worst": WorstElement.from_json(v["worst"], f"{where}.worst")})
+        extra = present(obj, where, {"vs_torch": maybe, "of_bound": maybe})
+        return cls(**{**v, **extra, "worst": WorstElement.from_json(v["worst"], f"{where}.worst")})
 
 
 @dataclass(frozen=True)
@@ -186,37 +194,84 @@ class ParityCase(Flat):
 
 @dataclass(frozen=True)
 class ParityReport:
-    """Whether every exported copy answers like the torch model: the cases run, the tolerance, one result
-    per pair of backends, and problems (names, shapes, dtypes) that are not about values."""
+    """Whether every exported copy answers like the torch model: the cases run, the criterion, one result
+    per backend, and problems (names, shapes, dtypes) that are not about values.
+
+    The criterion (``criterion``, in words): each float32 backend against a float64 run of the same module
+    (``reference``), within ``bound`` per target: ``multiple`` times float32 torch's own largest error
+    there (``torch_error``) plus ``floor_ulps`` float32 ulps of the target's largest answer; or, where
+    ``atol`` and ``rtol`` are set, within atol + rtol * |float64 answer|. Manifests from before the float64
+    reference have atol and rtol only, and torch as the reference."""
     passed: bool
-    atol: float
-    rtol: float
+    atol: float | None
+    rtol: float | None
     dtype: str
     cases: tuple[ParityCase, ...]
     providers: tuple[str, ...]
     pairs: tuple[PairResult, ...]
     problems: tuple[str, ...] = ()
     training_rows: str | None = None
+    criterion: str | None = None
+    reference: str | None = None
+    multiple: float | None = None
+    floor_ulps: float | None = None
+    torch_error: tuple[float | None, ...] = ()
+    bound: tuple[float | None, ...] = ()
 
     @property
     def rows(self) -> int:
         return sum(c.rows for c in self.cases)
 
     def to_json(self) -> dict:
-        return {"passed": self.passed, "atol": self.atol, "rtol": self.rtol, "dtype": self.dtype,
+        return {"passed": self.passed, "criterion": self.criterion, "reference": self.reference,
+                "multiple": _number(self.multiple), "floor_ulps": _number(self.floor_ulps),
+                "atol": _number(self.atol), "rtol": _number(self.rtol), "dtype": self.dtype,
+                "torch_error": [_number(v) for v in self.torch_error], "bound": [_number(v) for v in self.bound],
                 "cases": [c.to_json() for c in self.cases],
                 "providers": list(self.providers), "pairs": [p.to_json() for p in self.pairs],
                 "problems": list(self.problems), "training_rows": self.training_rows}
 
     @classmethod
     def from_json(cls, obj: Any, where: str) -> "ParityReport":
-        v = values(obj, where, {"passed": FLAG, "atol": NUMBER, "rtol": NUMBER, "dtype": TEXT, "cases": (list,),
+        maybe = (*NUMBER, NULL)
+        v = values(obj, where, {"passed": FLAG, "atol": maybe, "rtol": maybe, "dtype": TEXT, "cases": (list,),
                                 "providers": (list,), "pairs": (list,), "problems": (list,),
                                 "training_rows": (str, NULL)})
-        return cls(v["passed"], v["atol"], v["rtol"], v["dtype"], items(v["cases"], f"{where}.cases", ParityCase.from_json),
+        extra = present(obj, where, {"criterion": (str, NULL), "reference": (str, NULL), "multiple": maybe,
+                                     "floor_ulps": maybe, "torch_error": (list,), "bound": (list,)})
+        for key in ("torch_error", "bound"):
+            if key in extra:
+                extra[key] = items(extra[key], f"{where}.{key}", scalar(maybe))
+        return cls(v["passed"], v["atol"], v["rtol"], v["dtype"],
+                   items(v["cases"], f"{where}.cases", ParityCase.from_json),
                    items(v["providers"], f"{where}.providers", scalar(TEXT)),
                    items(v["pairs"], f"{where}.pairs", PairResult.from_json),
-                   items(v["problems"], f"{where}.problems", scalar(TEXT)), v["training_rows"])
+                   items(v["problems"], f"{where}.problems", scalar(TEXT)), v["training_rows"], **extra)
+
+
+@dataclass(frozen=True)
+class GoldenCases:
+    """Rows kept in the bundle (``file``, listed in ``files``) with their float64 answers and, per target,
+    how far a correct float32 run may be from them (``bound``, the parity bound of the export): what
+    ``Predictor.self_check`` runs where the model runs, without torch."""
+    file: str
+    rows: int
+    bound: tuple[float, ...]
+
+    def to_json(self) -> dict:
+        return {"file": self.file, "rows": self.rows, "bound": list(self.bound)}
+
+    @classmethod
+    def from_json(cls, obj: Any, where: str) -> "GoldenCases":
+        v = values(obj, where, {"file": TEXT, "rows": INT, "bound": (list,)})
+        return cls(v["file"], v["rows"], items(v["bound"], f"{where}.bound", scalar(NUMBER)))
+
+
+def golden_json(inputs: Any, answers: Any, bound: Any, features: Any, targets: Any) -> dict:
+    """The content of golden.json: the rows (float32 values), their float64 answers, the bound per target."""
+    return {"format": "torchport.golden", "features": list(features), "targets": list(targets),
+            "bound": [float(b) for b in bound], "inputs": [[float(v) for v in row] for row in inputs],
+            "answers": [[float(v) for v in row] for row in answers]}
 
 
 @dataclass(frozen=True)
@@ -234,9 +289,15 @@ class Manifest:
     parity: ParityReport | None = None
     created: str = ""
     format_version: int = FORMAT_VERSION
+    golden: GoldenCases | None = None
 
     def with_parity(self, parity: ParityReport) -> "Manifest":
         return replace(self, parity=parity)
+
+    @property
+    def parity_failed(self) -> bool:
+        """Whether the bundle's recorded parity check failed (it was published with publish_failed)."""
+        return self.parity is not None and not self.parity.passed
 
     def to_json(self) -> dict:
         return {"format": FORMAT, "format_version": FORMAT_VERSION, "created": self.created,
@@ -244,7 +305,8 @@ class Manifest:
                 "inputs": [self.input.to_json()], "outputs": [self.output.to_json()],
                 "files": {name: entry.to_json() for name, entry in self.files.items()},
                 "model": self.model, "training": self.training, "export": self.export.to_json(),
-                "parity": self.parity.to_json() if self.parity else None}
+                "parity": self.parity.to_json() if self.parity else None,
+                "golden": self.golden.to_json() if self.golden else None}
 
     @classmethod
     def from_json(cls, obj: Any, where: str = MANIFEST) -> "Manifest":
@@ -285,9 +347,15 @@ class Manifest:
             if name.startswith("/") or ".." in Path(name).parts or name == MANIFEST:
                 raise DataError(f"{where}.files names {name!r}, which is not a file inside the bundle")
         parity = v["parity"]
+        golden = present(obj, where, {"golden": (dict, NULL)}).get("golden")
+        golden = GoldenCases.from_json(golden, f"{where}.golden") if golden else None
+        if golden is not None and (golden.file not in files or len(golden.bound) != len(targets)):
+            raise DataError(f"{where}.golden names {golden.file!r} with {len(golden.bound)} bound(s); expected a "
+                            f"file the manifest lists and one bound per target ({len(targets)})")
         return cls(features, targets, tin, tout, files, json_object(v["model"], f"{where}.model"),
                    ExportRecord.from_json(v["export"], f"{where}.export"), v["training"],
-                   ParityReport.from_json(parity, f"{where}.parity") if parity else None, v["created"] or "")
+                   ParityReport.from_json(parity, f"{where}.parity") if parity else None, v["created"] or "",
+                   golden=golden)
 
 
 def _migrate_v1(obj: dict) -> dict:
@@ -385,3 +453,12 @@ class Bundle:
 def load_manifest(bundle: str | os.PathLike) -> Manifest:
     """The validated manifest of a bundle directory."""
     return Bundle.open(bundle).manifest
+
+
+def refuse_failed_parity(bundle: Bundle) -> ParityError:
+    """The error for loading a bundle whose parity check failed, without allow_failed_parity."""
+    failing = [p.candidate for p in bundle.manifest.parity.pairs if not p.passed] or ["see its problems"]
+    return ParityError(f"{bundle.path}: this bundle failed its parity check ({', '.join(failing)} beyond the "
+                       "criterion) and was published marked failed; re-export it, or load it anyway for "
+                       "inspection", parameter="allow_failed_parity",
+                       fix=Fix("allow_failed_parity", True, "to use it as it is"))

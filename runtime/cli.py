@@ -47,7 +47,8 @@ def flag_finder(parser: argparse.ArgumentParser):
 
 def describe(error: BaseException, flag_of) -> str:
     """An error's message in the command's terms: its fix as a flag, the parameter at fault named by its flag."""
-    text = error.render(flag_of) if isinstance(error, TorchportError) else str(error)
+    render = getattr(error, "render", None)  # torchport's errors, the runtime's and the training side's
+    text = render(flag_of) if callable(render) else str(error)
     flag = flag_of(getattr(error, "parameter", None) or "")
     if flag and flag not in text:
         text += f" ({flag})"

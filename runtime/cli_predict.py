@@ -1,8 +1,9 @@
 """Score a CSV, TSV or Parquet file with a bundle through ONNX Runtime, in bounded-memory chunks.
 Columns are matched to the model's features by name (extra columns are kept, order does not matter); the
 output (CSV, TSV or Parquet, by its suffix) is the input's columns unchanged plus one `<target>_pred` column
-per target, and appears only once it is complete. .csv and .txt are comma-separated, .tsv and .tab
-tab-separated. An input that already has a `<target>_pred` column is refused. Parquet needs pyarrow (the
+per target, and appears only once it is complete. The input's delimiter (comma, semicolon or tab) is read
+from its header, as `torchport train` reads it, unless --delimiter gives it; the output is comma-separated
+for .csv/.txt and tab-separated for .tsv/.tab. Numbers use '.' as the decimal mark. An input that already has a `<target>_pred` column is refused. Parquet needs pyarrow (the
 `io` extra), which also makes CSV faster; without it, CSV/TSV go through Python's csv module with the same
 rules and the same output.
 
@@ -17,7 +18,7 @@ import sys
 from pathlib import Path
 
 from torchport.runtime.errors import InputError
-from torchport.runtime.options import positive_int
+from torchport.runtime.options import delimiter, positive_int
 from torchport.runtime.predictor import Predictor
 from torchport.runtime.scoring import score_file
 
@@ -30,6 +31,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="where to write the scored rows: .csv/.txt, .tsv/.tab or .parquet")
     p.add_argument("--providers", default="auto",
                    help="auto (CUDA then CPU), cpu, cuda, or ONNX Runtime provider names, comma-separated")
+    p.add_argument("--delimiter", type=delimiter, metavar="comma|semicolon|tab",
+                   help="the input's delimiter (default: read from its header)")
     p.add_argument("--chunk-rows", type=positive_int, default=65536, help="rows per chunk (default: 65536)")
     p.add_argument("--force", action="store_true", help="replace an existing output file")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -45,6 +48,6 @@ def run(args: argparse.Namespace) -> int:
         raise InputError("--output must differ from --input", parameter="output")
     predictor = Predictor(args.bundle, providers=args.providers)
     n = score_file(predictor, args.input, args.output, args.chunk_rows,
-                   progress=not args.no_progress and sys.stderr.isatty())
+                   progress=not args.no_progress and sys.stderr.isatty(), delimiter=args.delimiter)
     print(f"scored {n} rows with {', '.join(predictor.providers)} -> {args.output}", file=sys.stderr)
     return 0

@@ -1,7 +1,9 @@
 """Serve a bundle over HTTP with the Open Inference Protocol (KServe V2 REST, plus Triton's binary tensor
 extension), so stock clients such as tritonclient.http work unchanged. Requests that arrive together are
 merged into one ONNX Runtime call (dynamic batching). SIGTERM or Ctrl+C stops accepting, finishes the
-requests in flight and exits 0.
+requests in flight and exits 0. On loading, the bundle's golden cases (rows with their float64 answers,
+kept at export) are run on this machine's providers: a model that does not compute here what it computed
+at export is refused (exit 1), as is a bundle that failed its parity check, unless --allow-failed-parity.
 
 endpoints:
   GET  /v2/health/live, /v2/health/ready, /v2, /v2/models/NAME, /v2/models/NAME/ready, /metrics
@@ -43,12 +45,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help=f"larger request bodies get 413 (default: {DEFAULT_MAX_BODY_BYTES})")
     p.add_argument("--providers", default="auto",
                    help="auto (CUDA then CPU), cpu, cuda, or ONNX Runtime provider names, comma-separated")
+    p.add_argument("--allow-failed-parity", action="store_true",
+                   help="serve a bundle whose parity check or self-check failed (for inspection)")
 
 
 def run(args: argparse.Namespace) -> int:
     settings = {"bundle": str(args.bundle), "model_name": args.model_name, "providers": args.providers,
                 "max_batch_size": args.max_batch_size, "max_queue_delay_us": args.max_queue_delay_us,
-                "max_body_bytes": args.max_body_bytes}
+                "max_body_bytes": args.max_body_bytes, "allow_failed_parity": args.allow_failed_parity}
     if args.model_name is not None and (not args.model_name or "/" in args.model_name):
         raise InputError(f"--model-name {args.model_name!r} must be a non-empty name without '/'")
     app = build_app(**settings)  # fails here, before listening, on a bad bundle
@@ -58,7 +62,8 @@ def run(args: argparse.Namespace) -> int:
         f"up to {args.max_batch_size} rows, waiting at most {args.max_queue_delay_us} us"
     print(f"torchport serve: model {info.name!r} ({', '.join(info.feature_names)} -> "
           f"{', '.join(info.target_names)}) on {', '.join(app.providers)}; batching {batching}; "
-          f"{args.workers} worker(s)\n  POST http://{args.host}:{args.port}/v2/models/{info.name}/infer",
+          f"{args.workers} worker(s)\n  {app.self_check_note}\n"
+          f"  POST http://{args.host}:{args.port}/v2/models/{info.name}/infer",
           file=sys.stderr, flush=True)
     if args.workers > 1:
         os.environ[CONFIG_ENV] = json.dumps(settings)

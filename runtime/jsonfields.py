@@ -30,6 +30,13 @@ def values(obj: Any, where: str, schema: Schema) -> dict[str, Any]:
     return out
 
 
+def present(obj: Any, where: str, schema: Schema) -> dict[str, Any]:
+    """Like ``values`` for keys that older records lack: those of ``schema`` that ``obj`` has, checked."""
+    if not isinstance(obj, dict):
+        raise DataError(f"{where} must be a JSON object, got {type(obj).__name__}")
+    return values({k: obj[k] for k in schema if k in obj}, where, {k: t for k, t in schema.items() if k in obj})
+
+
 def items(obj: Any, where: str, item: Callable[[Any, str], Any]) -> tuple:
     """A JSON list read item by item with ``item(value, where)``."""
     if not isinstance(obj, list):

@@ -105,3 +105,13 @@ def existing_file(text: str) -> Path:
     if not path.is_file():
         raise argparse.ArgumentTypeError(f"{text!r} is not a file" + ("" if path.exists() else " (no such file)"))
     return path
+
+
+def delimiter(text: str) -> str:
+    """An option type: a CSV delimiter by name (comma, semicolon, tab) or as the character itself."""
+    from torchport.runtime.errors import InputError
+    from torchport.runtime.tables import delimiter_of
+    try:
+        return delimiter_of(text)
+    except InputError as e:
+        raise argparse.ArgumentTypeError(e.message) from None

@@ -13,7 +13,8 @@ import numpy as np
 import onnxruntime as ort
 
 from torchport.runtime import hot_path
-from torchport.runtime.bundle import LARGE_BATCH_FILE, MANIFEST, ONNX_FILE, Bundle, Manifest
+from torchport.runtime.bundle import LARGE_BATCH_FILE, MANIFEST, ONNX_FILE, Bundle, Manifest, refuse_failed_parity
+from torchport.runtime.golden import SelfCheck, load_golden, self_check
 from torchport.runtime.cpus import usable_cpus
 from torchport.runtime.device import DLPACK_CUDA, dlpack_device, run_on_device
 from torchport.runtime.errors import BundleError, InputError, InputTypeError
@@ -41,16 +42,24 @@ class Predictor:
     every numpy batch of more than 64 rows, and on the CPU inputs over 8 MiB run in 1 MiB chunks. Sessions
     other than the first are made on first use. ``sess_options`` replaces them all with one session on
     ``model.onnx`` built from the caller's options. One Predictor may serve many threads at once. NaN and
-    infinite inputs are refused (the error names the first bad row and column) unless ``allow_nonfinite``."""
+    infinite inputs are refused (the error names the first bad row and column) unless ``allow_nonfinite``.
+    A bundle whose recorded parity check failed (published with publish_failed) is refused (ParityError)
+    unless ``allow_failed_parity``. ``self_check()`` runs the bundle's golden cases."""
 
     def __init__(self, path: str | os.PathLike | Bundle, providers: str | list[str] = "auto",
                  sess_options: ort.SessionOptions | None = None, intra_op_threads: int | None = None,
-                 large_batch_rows: int = hot_path.LARGE_ROWS, allow_nonfinite: bool = False):
+                 large_batch_rows: int = hot_path.LARGE_ROWS, allow_nonfinite: bool = False,
+                 allow_failed_parity: bool = False):
         self.allow_nonfinite = allow_nonfinite
         large_bytes = None
+        self._golden: bytes | None = None
         if isinstance(path, Bundle) or Path(path).is_dir():
             bundle = path if isinstance(path, Bundle) else Bundle.open(path)
             self.manifest: Manifest | None = bundle.manifest
+            if bundle.manifest.parity_failed and not allow_failed_parity:
+                raise refuse_failed_parity(bundle)
+            if bundle.manifest.golden is not None:
+                self._golden = bundle.read(bundle.manifest.golden.file)
             model_bytes = bundle.read(ONNX_FILE)
             if bundle.has(LARGE_BATCH_FILE):
                 large_bytes = bundle.read(LARGE_BATCH_FILE)
@@ -114,7 +123,7 @@ class Predictor:
             raise InputTypeError("a Predictor made with sess_options cannot be pickled (SessionOptions do not "
                             "pickle); use intra_op_threads instead")
         names = (self.manifest, self.feature_names, self.target_names, self.input_name, self.output_name,
-                 self.allow_nonfinite)
+                 self.allow_nonfinite, self._golden)
         return _unpickle, (self._model_bytes, str(self._source), names, providers, threads, large_rows,
                            self._large_bytes)
 
@@ -307,6 +316,18 @@ class Predictor:
             return result
         return result.tolist()
 
+    def self_check(self) -> SelfCheck:
+        """Run the bundle's golden cases (rows kept at export with their float64 answers) through this
+        Predictor, on its providers, as one batch and in batches of up to 64 rows (both graphs of a
+        two-graph bundle); raise ParityError naming the worst element when an answer is further from its
+        float64 value than the export's parity bound allows. A bundle without golden cases (written by an
+        older torchport, or a bare .onnx file) is not checked: the result says so."""
+        if self._golden is None:
+            return SelfCheck(False, 0, self.providers, "this model has no golden cases (a bundle written before "
+                             "torchport kept them, or a bare .onnx file): nothing was checked")
+        golden = load_golden(self._golden, self.feature_names, self.target_names)
+        return self_check(self.predict, golden, self.target_names, self.providers)
+
     def __repr__(self) -> str:
         return (f"Predictor(features={self.feature_names}, targets={self.target_names}, "
                 f"providers={self.providers})")
@@ -316,6 +337,6 @@ def _unpickle(model_bytes: bytes, source: str, names: tuple, providers, threads,
               large_bytes: bytes | None = None) -> Predictor:
     predictor = Predictor.__new__(Predictor)
     (predictor.manifest, predictor.feature_names, predictor.target_names, predictor.input_name,
-     predictor.output_name, predictor.allow_nonfinite) = names
+     predictor.output_name, predictor.allow_nonfinite, predictor._golden) = names
     predictor._open(model_bytes, large_bytes, Path(source), providers, None, threads, large_rows)
     return predictor

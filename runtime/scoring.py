@@ -14,22 +14,24 @@ from torchport.runtime.predictor import Predictor
 
 
 def score_file(predictor: Predictor, src: str | os.PathLike, dst: str | os.PathLike, chunk_rows: int = 65536,
-               progress: bool = False) -> int:
+               progress: bool = False, delimiter: str | None = None) -> int:
     """Score ``src`` (CSV, TSV or Parquet, by suffix) into ``dst`` in chunks of ``chunk_rows`` rows; returns
     the number of rows scored. Uses pyarrow when it is installed, else Python's csv module (CSV/TSV only);
-    ``progress`` shows a tqdm bar on stderr when tqdm is installed."""
-    return _score(predictor, src, dst, chunk_rows, progress, tables.backend())
+    ``progress`` shows a tqdm bar on stderr when tqdm is installed. ``delimiter`` (comma, semicolon or tab)
+    is read from the input's header unless given; the output uses its own suffix's."""
+    return _score(predictor, src, dst, chunk_rows, progress, tables.backend(), delimiter)
 
 
 def _score(predictor: Predictor, src: str | os.PathLike, dst: str | os.PathLike, chunk_rows: int = 65536,
-           progress: bool = False, backend: tables.Backend | str | None = None) -> int:
+           progress: bool = False, backend: tables.Backend | str | None = None,
+           delimiter: str | None = None) -> int:
     """score_file with the table backend chosen by the caller (an instance, its name, or None for the default)."""
     if not isinstance(backend, tables.Backend):
         backend = tables.backend(backend)
     if isinstance(chunk_rows, bool) or not isinstance(chunk_rows, int) or chunk_rows < 1:
         raise InputError(f"chunk_rows must be a whole number >= 1; got {chunk_rows!r}", parameter="chunk_rows")
     src, dst = Path(src), Path(dst)
-    src_format, dst_format = tables.table_format(src, "src"), tables.table_format(dst, "dst")
+    src_format, dst_format = tables.table_format(src, "src", delimiter), tables.table_format(dst, "dst")
     backend.require(src_format, "src")
     backend.require(dst_format, "dst")
     if not src.is_file():

@@ -3,18 +3,25 @@ interface. The pyarrow backend (the `io` extra) reads and writes CSV/TSV and Par
 (Python's csv module) reads and writes CSV/TSV, for installs without pyarrow. Both accept the same files,
 refuse the same mistakes with the same messages, and write the same bytes.
 
+The same rules serve `torchport train` (``read_table``: whole columns as float64) and `torchport predict`
+(chunks as float32): a UTF-8 byte order mark is dropped; the delimiter (comma, semicolon or tab) is read
+from the header, the same way for both, unless it is given; one-column files work; a header that repeats a
+name is refused naming it; a number cell is a plain decimal number with '.' as the decimal mark (a decimal
+comma is refused with a hint).
+
 A reader has ``columns`` and ``total_rows`` (None when unknown), yields chunks of at most ``chunk_rows``
-rows from ``chunks()``, and turns a chunk's feature columns into one float32 array with ``features``. A
-writer appends each chunk, its columns unchanged (CSV cells as their text), plus float32 prediction
-columns. CSV output quotes a cell only when it holds the separator, a quote or a line break; prediction
-numbers are written unquoted with the shortest digits that read back as the same float32."""
+rows from ``chunks()``, and turns a chunk's feature columns into one array with ``features``. A writer
+appends each chunk, its columns unchanged (CSV cells as their text), plus float32 prediction columns. CSV
+output quotes a cell only when it holds the separator, a quote or a line break; prediction numbers are
+written unquoted with the shortest digits that read back as the same float32."""
 from __future__ import annotations
 
 import csv
+import io
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -27,31 +34,81 @@ IO_EXTRA = "pip install 'torchport[io]'"
 # A number cell: optional spaces around a plain decimal number (no '1_000', no non-ASCII digits).
 NUMBER = r" *[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)? *"
 _number = re.compile(NUMBER).fullmatch
+# A cell that would be a number with ',' as the decimal mark (or as a thousands separator): refused, with a hint.
+_decimal_comma = re.compile(r" *[+-]?[0-9]*,[0-9]+(?:[eE][+-]?[0-9]+)? *").fullmatch
+DECIMAL_COMMA_HINT = (" (a decimal comma: torchport reads '.' as the decimal mark and ',' only as a delimiter; "
+                      "save the file with '.' decimals, for example as CSV from a spreadsheet set to an English "
+                      "locale)")
+# The delimiters a CSV/TSV file may use, by the names --delimiter also takes.
+DELIMITERS = {"comma": ",", "semicolon": ";", "tab": "\t"}
+SNIFF_CHARS = 1 << 16  # the header and the lines after it within this many characters decide the delimiter
 # Prediction text: positional for decimal exponents in [LOW, HIGH), else d.ddde+N (pyarrow's layout).
 POSITIONAL_EXPONENTS = (-6, 10)
 BLOCK_BYTES = 1 << 20  # pyarrow reads CSV in blocks of this size: it bounds the reader's memory
+WHOLE_TABLE_ROWS = 1 << 18  # read_table's chunks: a reader asked for this many rows reads in bigger blocks
 
 
 @dataclass(frozen=True)
 class Format:
-    """A file's table format, from its suffix: a CSV separator, or None for Parquet."""
+    """A file's table format, from its suffix: the suffix's CSV separator (what a written file uses), or None
+    for Parquet; ``delimiter`` is the one a reader was told to use (None: read from the header)."""
     path: Path
     separator: str | None
+    delimiter: str | None = None
 
     @property
     def parquet(self) -> bool:
         return self.separator is None
 
 
-def table_format(path: Path, parameter: str) -> Format:
+def delimiter_of(text: str | None, parameter: str = "delimiter") -> str | None:
+    """A delimiter given by name (comma, semicolon, tab) or as the character itself (',', ';', a tab or
+    '\\t'); None stays None (read it from the header). InputError for anything else."""
+    if text is None:
+        return None
+    value = DELIMITERS.get(text.lower(), "\t" if text == "\\t" else text)
+    if value not in DELIMITERS.values():
+        raise InputError(f"unknown delimiter {text!r}; use comma, semicolon or tab", parameter=parameter)
+    return value
+
+
+def table_format(path: Path, parameter: str, delimiter: str | None = None) -> Format:
     """The format of ``path`` by its suffix; an unsupported suffix is an InputError for ``parameter``."""
     suffix = path.suffix.lower()
     if suffix in SEPARATORS:
-        return Format(path, SEPARATORS[suffix])
+        return Format(path, SEPARATORS[suffix], delimiter_of(delimiter))
     if suffix == PARQUET:
         return Format(path, None)
     what = f"unsupported file type {suffix!r}" if suffix else "no file type suffix"
     raise InputError(f"{path}: {what}; use {SUPPORTED}", parameter=parameter)
+
+
+def detect_delimiter(path: Path, default: str) -> str:
+    """The delimiter of a CSV/TSV file, read from its header: the one of comma, semicolon and tab that splits
+    the header into more than one field; when several do, the one that also splits the lines after it into
+    as many fields (``default``, the suffix's, if it is among them); ``default`` when none does (a file of one
+    column). Quotes are honoured, so a quoted name may hold any of them."""
+    with _open_text(path) as f:
+        try:
+            sample = f.read(SNIFF_CHARS)
+            whole = not f.read(1)
+        except UnicodeDecodeError:
+            raise _not_utf8(path) from None
+    splits = {}
+    for candidate in DELIMITERS.values():
+        try:
+            rows = [r for r in csv.reader(io.StringIO(sample), delimiter=candidate) if r]
+        except csv.Error:
+            continue
+        if rows and len(rows[0]) > 1:
+            splits[candidate] = rows if whole else rows[:-1]  # the last line of a cut sample may be partial
+    if len(splits) <= 1:
+        return next(iter(splits), default)
+    even = [c for c, rows in splits.items() if all(len(r) == len(rows[0]) for r in rows[1:])]
+    if len(even) == 1:
+        return even[0]
+    choices = even or list(splits)
+    return default if default in choices else max(choices, key=lambda c: len(splits[c][0]))
 
 
 def check_columns(source: Path, columns: list[str], features: list[str], predictions: list[str]) -> None:
@@ -71,13 +128,18 @@ def check_columns(source: Path, columns: list[str], features: list[str], predict
 
 
 def _first_bad(source: Path, values: np.ndarray, names: list[str], first_row: int, cell) -> None:
-    """Raise naming the first cell (row by row) that is not finite in float32; ``cell(i, j)`` shows it."""
+    """Raise naming the first cell (row by row) that is not finite in ``values``' dtype; ``cell(i, j)``
+    gives it as shown and as text (None for a null)."""
     bad = ~np.isfinite(values)
     if not bad.any():
         return
     i, j = (int(k) for k in np.argwhere(bad)[0])
-    shown, number = cell(i, j)
-    note = " (beyond float32's range)" if number is not None and np.isfinite(number) else ""
+    shown, text = cell(i, j)
+    note = ""
+    if text is not None and _number(text) and np.isfinite(float(text)):
+        note = f" (beyond {values.dtype}'s range)"
+    elif text is not None and _decimal_comma(text):
+        note = DECIMAL_COMMA_HINT
     raise DataError(f"{source}: row {first_row + i} (data row, 1-based), column {names[j]!r}: expected a "
                     f"finite number, got {shown}{note}")
 
@@ -85,6 +147,15 @@ def _first_bad(source: Path, values: np.ndarray, names: list[str], first_row: in
 def _ragged(source: Path, row: int | None, got: int, expected: int) -> DataError:
     where = f"row {row} (data row, 1-based)" if row is not None else "a row"
     return DataError(f"{source}: {where} has {got} field(s); the header has {expected}")
+
+
+def _ragged_row(path: Path, separator: str, width: int) -> int | None:
+    """The first data row (1-based) with a field count other than ``width``: found again with Python's csv
+    module when pyarrow's threaded parser could not say which row it was."""
+    with _open_text(path) as f:
+        rows = _csv_rows(path, separator, f)
+        next(rows, None)
+        return next((i for i, row in enumerate(rows, 1) if len(row) != width), None)
 
 
 def _not_utf8(source: Path) -> DataError:
@@ -157,10 +228,15 @@ def _header(path: Path, rows: Iterator[list[str]]) -> list[str]:
     return header
 
 
-def read_header(fmt: Format) -> list[str]:
+def read_header(path: Path, separator: str) -> list[str]:
     """The column names of a CSV file (its first non-blank row), read the same way by both backends."""
-    with _open_text(fmt.path) as f:
-        return _header(fmt.path, _csv_rows(fmt.path, fmt.separator, f))
+    with _open_text(path) as f:
+        return _header(path, _csv_rows(path, separator, f))
+
+
+def reader_separator(fmt: Format) -> str:
+    """The delimiter a reader of ``fmt`` uses: the one given, else the one its header shows."""
+    return fmt.delimiter or detect_delimiter(fmt.path, fmt.separator)
 
 
 class _Closing:
@@ -178,8 +254,9 @@ class CsvReader(_Closing):
 
     def __init__(self, fmt: Format, chunk_rows: int):
         self.path, self.chunk_rows = fmt.path, chunk_rows
+        self.separator = reader_separator(fmt)
         self._file = _open_text(fmt.path)
-        self._rows = _csv_rows(fmt.path, fmt.separator, self._file)
+        self._rows = _csv_rows(fmt.path, self.separator, self._file)
         try:
             self.columns = _header(fmt.path, self._rows)
         except BaseException:
@@ -200,8 +277,9 @@ class CsvReader(_Closing):
         if chunk:
             yield chunk
 
-    def features(self, chunk: list[list[str]], names: list[str], first_row: int) -> np.ndarray:
-        out = np.empty((len(chunk), len(names)), dtype=np.float32)
+    def features(self, chunk: list[list[str]], names: list[str], first_row: int,
+                 dtype: type = np.float32) -> np.ndarray:
+        out = np.empty((len(chunk), len(names)), dtype=dtype)
         parsed = np.empty(len(chunk), dtype=np.float64)
         for j, name in enumerate(names):
             c = self.columns.index(name)
@@ -209,9 +287,10 @@ class CsvReader(_Closing):
                 parsed[i] = float(row[c]) if _number(row[c]) else np.nan
             with np.errstate(over="ignore"):
                 out[:, j] = parsed
+
         def cell(i, j):
             text = chunk[i][self.columns.index(names[j])]
-            return repr(text), float(text) if _number(text) else None
+            return repr(text), text
         _first_bad(self.path, out, names, first_row, cell)
         return out
 
@@ -246,16 +325,18 @@ class ArrowCsvReader(_Closing):
         import pyarrow.csv as pacsv
 
         self.path, self.chunk_rows, self._invalid = fmt.path, chunk_rows, []
-        self.columns = read_header(fmt)
+        self.separator = reader_separator(fmt)
+        self.columns = read_header(fmt.path, self.separator)
         check_columns(fmt.path, self.columns, [], [])  # column_types below needs distinct names
         self.schema = pa.schema([(c, pa.string()) for c in self.columns])
         self.total_rows = None
         self._source = pa.OSFile(str(fmt.path))  # a plain file, not memory-mapped: memory stays bounded
+        whole = chunk_rows >= WHOLE_TABLE_ROWS  # read_table: bigger blocks, parsed on every core
         try:
             self._batches = self._arrow(lambda: pacsv.open_csv(
                 self._source,
-                read_options=pacsv.ReadOptions(block_size=BLOCK_BYTES, use_threads=False),
-                parse_options=pacsv.ParseOptions(delimiter=fmt.separator, newlines_in_values=True,
+                read_options=pacsv.ReadOptions(block_size=BLOCK_BYTES * (16 if whole else 1), use_threads=whole),
+                parse_options=pacsv.ParseOptions(delimiter=self.separator, newlines_in_values=True,
                                                  invalid_row_handler=self._on_invalid_row),
                 convert_options=pacsv.ConvertOptions(column_types=dict(zip(self.schema.names, self.schema.types)),
                                                      strings_can_be_null=False, quoted_strings_can_be_null=False)))
@@ -279,8 +360,8 @@ class ArrowCsvReader(_Closing):
         except pa.ArrowInvalid as e:
             if self._invalid:
                 row = self._invalid[0]
-                raise _ragged(self.path, row.number - 1 if row.number else None, row.actual_columns,
-                              row.expected_columns) from None
+                number = row.number - 1 if row.number else _ragged_row(self.path, self.separator, len(self.columns))
+                raise _ragged(self.path, number, row.actual_columns, row.expected_columns) from None
             if "UTF8" in str(e):
                 raise _not_utf8(self.path) from None
             raise DataError(f"{self.path}: cannot read it as CSV: {e}") from None
@@ -293,8 +374,8 @@ class ArrowCsvReader(_Closing):
             for start in range(0, batch.num_rows, self.chunk_rows):
                 yield batch.slice(start, self.chunk_rows)
 
-    def features(self, batch, names: list[str], first_row: int) -> np.ndarray:
-        return _arrow_features(self.path, batch, names, first_row)
+    def features(self, batch, names: list[str], first_row: int, dtype: type = np.float32) -> np.ndarray:
+        return _arrow_features(self.path, batch, names, first_row, dtype)
 
     def close(self) -> None:
         self._source.close()
@@ -328,28 +409,29 @@ class ParquetReader(_Closing):
         except (pa.ArrowInvalid, OSError) as e:
             raise DataError(f"cannot read {self.path} as Parquet: {e}") from None
 
-    def features(self, batch, names: list[str], first_row: int) -> np.ndarray:
-        return _arrow_features(self.path, batch, names, first_row)
+    def features(self, batch, names: list[str], first_row: int, dtype: type = np.float32) -> np.ndarray:
+        return _arrow_features(self.path, batch, names, first_row, dtype)
 
     def close(self) -> None:
         self._file.close()
 
 
-def _arrow_features(path: Path, batch, names: list[str], first_row: int) -> np.ndarray:
-    """A RecordBatch's feature columns as float32 (rows, features), by the same rules as CsvReader."""
+def _arrow_features(path: Path, batch, names: list[str], first_row: int, dtype: type = np.float32) -> np.ndarray:
+    """A RecordBatch's feature columns as (rows, features) of ``dtype``, by the same rules as CsvReader."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    out = np.empty((batch.num_rows, len(names)), dtype=np.float32)
+    out = np.empty((batch.num_rows, len(names)), dtype=dtype)
     for j, name in enumerate(names):
         column = batch.column(name)
         kind = column.type
         if pa.types.is_string(kind) or pa.types.is_large_string(kind):
-            ok = pc.fill_null(pc.match_substring_regex(column, f"^{NUMBER}$"), False)
-            text = pc.utf8_trim(column, " ")
-            if not pc.all(ok).as_py():
-                text = pc.if_else(ok, text, pa.scalar("nan", kind))
-            values = pc.cast(text, pa.float64())
+            try:  # Arrow's parser takes exactly the NUMBER cells, and nan/inf (refused below): one pass
+                values = pc.cast(column, pa.float64())
+            except pa.ArrowInvalid:  # padded or bad cells: each checked against NUMBER
+                ok = pc.fill_null(pc.match_substring_regex(column, f"^{NUMBER}$"), False)
+                text = pc.if_else(ok, pc.utf8_trim(column, " "), pa.scalar("nan", kind))
+                values = pc.cast(text, pa.float64())
         elif pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_decimal(kind):
             values = pc.cast(column, pa.float64(), safe=False)
         else:
@@ -361,8 +443,7 @@ def _arrow_features(path: Path, batch, names: list[str], first_row: int) -> np.n
         value = batch.column(names[j])[i].as_py()
         if value is None:
             return "an empty (null) cell", None
-        text = str(value)
-        return repr(text), float(text) if _number(text) else None
+        return repr(str(value)), str(value)
     _first_bad(path, out, names, first_row, cell)
     return out
 
@@ -481,3 +562,32 @@ def backend(name: str | None = None) -> Backend:
         if b.name == name:
             return b
     raise InputError(f"unknown table backend {name!r}; expected 'pyarrow' or 'stdlib'", parameter="backend")
+
+
+# ---- whole columns, for training ----------------------------------------------------------------------------
+
+def read_table(path: str | Path, columns: Sequence[str] | Callable[[list[str]], Sequence[str]], *,
+               delimiter: str | None = None, parameter: str = "path", on_rows: Callable[[int], None] | None = None,
+               backend_name: str | None = None) -> tuple[list[str], dict[str, np.ndarray]]:
+    """The file's column names and the chosen columns as float64 arrays, read by the rules `torchport predict`
+    reads with. ``columns`` names them, or picks them from the header (a function of the column names that
+    may raise its own error). ``on_rows(rows_read)`` is called after each chunk."""
+    path = Path(path)
+    fmt = table_format(path, parameter, delimiter)
+    chosen = backend(backend_name)
+    chosen.require(fmt, parameter)
+    if not path.is_file():
+        raise InputError(f"{path} " + ("is not a file" if path.exists() else "does not exist"), parameter=parameter)
+    with chosen.reader(fmt, WHOLE_TABLE_ROWS) as reader:
+        header = list(reader.columns)
+        check_columns(path, header, [], [])
+        names = list(columns(header) if callable(columns) else columns)
+        check_columns(path, header, names, [])
+        parts, done = [], 0
+        for chunk in reader.chunks():
+            parts.append(reader.features(chunk, names, done + 1, np.float64))
+            done += len(parts[-1])
+            if on_rows is not None:
+                on_rows(done)
+    values = np.concatenate(parts) if parts else np.empty((0, len(names)))
+    return header, {name: np.ascontiguousarray(values[:, j]) for j, name in enumerate(names)}

@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from conftest import ROOT, run_cli
+from conftest import ROOT, run_cli, without_status
 from test_serve import _request, serving
 from torchport.runtime import Predictor
 
@@ -90,7 +90,7 @@ def test_bad_invocation_is_one_line_and_exit_2(files, seed_bundle, args, message
     assert proc.returncode == 2, proc.stderr
     assert message in proc.stderr, proc.stderr
     assert "Traceback" not in proc.stderr
-    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert len(without_status(proc.stderr)) == 1, proc.stderr
     assert sorted(p.name for p in files.iterdir()) == before  # nothing written, nothing half-written
 
 

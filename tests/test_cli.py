@@ -1,5 +1,6 @@
 """The `torchport` command: help, bad invocations (one line, exit 2), and the base install without torch."""
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -24,6 +25,9 @@ def test_help_lists_the_commands():
     (["train", "--data", "missing.csv", "--target", "y"], "does not exist"),
     (["train", "--lr", "abc"], "expected a number, got 'abc'"),
     (["train", "--epochs", "0"], "epochs must be a whole number >= 1; got 0 (--epochs)"),
+    (["train", "--optimizer", "exact", "--lr", "0.1"], "lr=0.1 does not apply to optimizer='exact'"),
+    (["train", "--atol", "1e-5"], "give atol and rtol together"),
+    (["train", "--data", "x.csv", "--target", "y", "--delimiter", "pipe"], "unknown delimiter 'pipe'"),
     (["train", "--data", "plant_richness_lr", "--features", "height"], "'height' not found"),
     (["train", "--device", "tpu"], "invalid choice"),
     (["verify", "no/such/bundle"], "not a bundle directory"),
@@ -40,7 +44,7 @@ def test_bad_invocations_exit_2_with_one_line(tmp_path, args, message):
 
 def test_unreadable_csv_is_one_line(tmp_path):
     (tmp_path / "d.csv").write_bytes(b"\xff\xfe\x00garbage\x00")
-    proc = run_cli("train", "--data", "d.csv", "--target", "y", cwd=tmp_path)
+    proc = run_cli("train", "--data", "d.csv", "--target", "y", "--no-progress", cwd=tmp_path)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.count("\n") == 1 and "d.csv" in proc.stderr
 
@@ -69,6 +73,16 @@ def test_base_install_runs_the_runtime_without_torch(base_venv, seed_bundle, tmp
     assert proc.returncode == 0, proc.stderr
     lines = (tmp_path / "o.csv").read_text().splitlines()
     assert lines[0] == "area,ntv_rich_pred" and abs(float(lines[1].split(",")[1]) - 2.403) < 0.01
+
+
+def test_base_install_checks_the_golden_cases_without_torch(base_venv, seed_bundle, tmp_path):
+    code = ("import sys; from torchport.runtime import Predictor; c = Predictor(sys.argv[1]).self_check(); "
+            "assert 'torch' not in sys.modules; print(c.checked, c.rows, c.of_bound <= 1)")
+    proc = subprocess.run([str(base_venv / "bin" / "python"), "-c", code, str(seed_bundle)], capture_output=True,
+                          text=True, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    checked, rows, within = proc.stdout.split()
+    assert checked == "True" and int(rows) > 128 and within == "True"
 
 
 @pytest.mark.parametrize("command", ["train", "export", "verify"])
@@ -124,3 +138,17 @@ def test_an_unexpected_exception_is_reported_as_a_bug(command, capsys):
     command.raises = FileNotFoundError(2, "No such file or directory", "given.csv")
     assert main(["probe"]) == 2
     assert capsys.readouterr().err == "torchport probe: error: No such file or directory: given.csv\n"
+
+
+def test_a_long_train_says_what_it_is_doing_on_stderr(tmp_path):
+    """The status line (runtime/status.py): off a terminal, a line at least every 2 s, each saying the stage;
+    training lines give the epoch and the loss. (How soon and how often is shown by the benchmark
+    train_speed --problem large-mlp, not asserted here.)"""
+    from conftest import STATUS_LINE
+    proc = run_cli("train", "--out", str(tmp_path / "b"), "--epochs", "3000000", "--no-plots")
+    assert proc.returncode == 0, proc.stderr
+    status = [line for line in proc.stderr.splitlines() if STATUS_LINE.match(line)]
+    assert status and len(status) == len(proc.stderr.splitlines())  # nothing else on stderr
+    assert any(re.search(r"training on 22 rows: epoch [\d.]+ of 3000000, loss 0\.\d+", line) for line in status)
+    quiet = run_cli("train", "--out", str(tmp_path / "c"), "--epochs", "3000000", "--no-plots", "--no-progress")
+    assert quiet.returncode == 0 and quiet.stderr == ""

@@ -3,8 +3,11 @@ import pandas as pd
 import pytest
 
 from conftest import DATA
+from torchport.export.datasets import load_dataset
+from torchport.runtime.errors import DataError as FileError
 from torchport.train import DataError, TrainError
-from torchport.train.datasets import CITATION, load_dataset, load_islands
+from torchport.train.datasets import CITATION, load_islands
+from torchport.train.datasets import load_dataset as load_bundled
 
 
 def test_islands_table_ships_with_the_package():
@@ -59,15 +62,23 @@ def test_missing_column_names_it_and_lists_the_others(tmp_path):
 def test_non_numeric_value_names_column_and_row(tmp_path):
     path = tmp_path / "d.csv"
     path.write_text("y,a\n1,2\n3,oops\n")
-    with pytest.raises(DataError, match=r"column 'a', row 2 .*'oops'"):
+    with pytest.raises(FileError, match=r"d.csv: row 2 \(data row, 1-based\), column 'a': expected a finite number, "
+                                        r"got 'oops'$"):
         load_dataset(str(path), ["y"], ["a"])
 
 
 def test_nan_names_column_and_row(tmp_path):
     path = tmp_path / "d.csv"
     path.write_text("y,a\n1,2\n,3\n4,5\n")
-    with pytest.raises(DataError, match=r"column 'y', row 2 .*missing value"):
+    with pytest.raises(FileError, match=r"row 2 \(data row, 1-based\), column 'y': expected a finite number, got ''"):
         load_dataset(str(path), ["y"], ["a"])
+
+
+def test_a_missing_value_in_a_dataframe_names_column_and_row():
+    from torchport.train.datasets import from_frame
+    frame = pd.DataFrame({"y": [1.0, None, 3.0], "a": [1.0, 2.0, 3.0]})
+    with pytest.raises(DataError, match=r"column 'y', row 2 .*missing value"):
+        from_frame(frame, ["y"], ["a"], "f", "a DataFrame")
 
 
 def test_unknown_dataset_and_missing_file():
@@ -76,6 +87,14 @@ def test_unknown_dataset_and_missing_file():
     assert e.value.parameter == "name_or_path" and isinstance(e.value, (TrainError, ValueError))
     with pytest.raises(DataError, match="does not exist"):
         load_dataset("no/such/file.csv", ["y"])
+
+
+def test_the_training_side_reads_bundled_datasets_only(tmp_path):
+    with pytest.raises(DataError, match=r"unknown dataset 'd.csv'.*files are read by torchport.export.load_dataset"):
+        load_bundled("d.csv", ["y"])
+    assert load_bundled("plant_richness_lr").recipe == {"optimizer": "sgd"}  # the tutorial's data: its SGD
+    assert load_bundled("plant_richness_lr", ["ntv_rich"], ["area"]).recipe == {"optimizer": "sgd"}
+    assert load_bundled("plant_richness_mlr").recipe == {} and load_bundled("islands").recipe == {}
 
 
 def test_file_needs_a_target(tmp_path):

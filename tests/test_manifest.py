@@ -38,7 +38,7 @@ def test_a_format_1_bundle_predicts_verifies_and_is_upgraded(name, tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "parity: PASSED" in proc.stdout and "training rows: bundled dataset" in proc.stdout
     upgraded = json.loads((bundle / "manifest.json").read_text())
-    assert upgraded["format_version"] == FORMAT_VERSION and manifest_pair(upgraded, "torch", "onnxruntime")["passed"]
+    assert upgraded["format_version"] == FORMAT_VERSION and manifest_pair(upgraded, "float64", "onnxruntime")["passed"]
     assert not strict_json_problems([bundle / "manifest.json"])
     assert np.array_equal(Predictor(bundle).predict(x), before)
 

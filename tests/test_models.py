@@ -22,7 +22,7 @@ def test_mlp_acceptance_command(tmp_path, mlr):
     proc = run_cli("train", "--data", "plant_richness_mlr", "--model", "mlp", "--hidden", "32,32",
                    "--out", str(out), "--no-progress")
     assert proc.returncode == 0, proc.stderr
-    assert "trained mlp 32,32 relu (standardised)" in proc.stdout and "parity: PASSED" in proc.stdout
+    assert "trained mlp 32,32 relu (standardised inside the model)" in proc.stdout and "parity: PASSED" in proc.stdout
     assert run_cli("verify", str(out)).returncode == 0
     r2_mlp = r2_score(mlr.y, Predictor(out).predict(mlr.X))
     r2_linear_best = exact_least_squares(mlr.X, mlr.y).r2  # no linear model can do better on these rows

@@ -12,7 +12,7 @@ from matplotlib.image import imread
 from conftest import run_cli
 from test_inference import assert_matches, closed_form
 from torchport.runtime.bundle import sha256_file
-from torchport.train import DataError, Regressor, load_dataset
+from torchport.train import DataError, Regressor, exact_least_squares, load_dataset, r2_score
 from torchport.train.datasets import Dataset
 from torchport.train.inference import Inference, TargetInference, format_inference, ols_inference
 from torchport.train.plots import write_plots
@@ -140,7 +140,7 @@ def strict_loads(text: str):
 @pytest.fixture(scope="module")
 def seed_fit():
     d = load_dataset("plant_richness_lr")
-    return Regressor(device="cpu").fit(d.X, d.y), d
+    return Regressor(device="cpu", optimizer="sgd").fit(d.X, d.y), d
 
 
 def test_training_record_of_the_tutorials_run(seed_fit):
@@ -150,7 +150,9 @@ def test_training_record_of_the_tutorials_run(seed_fit):
     assert record.dataset.features == ("area",) and record.dataset.targets == ("ntv_rich",)
     assert (record.optimizer, record.lr, record.device, record.epochs_run) == ("sgd", 0.002, "cpu", 6000)
     assert record.best_epoch is None and record.val_loss is None and record.final_loss == reg.final_loss_
-    assert record.settings["epochs"] == 6000 and record.settings["hidden"] == [32, 32]
+    assert record.settings["epochs"] is None and record.settings["hidden"] == [32, 32]
+    assert record.plan["epochs"] == 6000 and record.plan["scaled"] is False and record.plan["batch_size"] is None
+    assert (record.training_rows, record.validation_rows, record.validation_metrics) == (22, 0, None)
     assert "checkpoint" not in record.settings and "progress" not in record.settings
     assert Regressor(**record.settings).get_params()["lr"] is None  # the settings rebuild the estimator
     assert round(record.metrics.weight[0][0], 5) == 0.35761 and round(record.metrics.bias[0], 5) == 1.33058
@@ -166,8 +168,9 @@ def test_training_record_json_layout_and_round_trip(seed_fit):
     record = TrainingRecord.from_fit(*seed_fit)
     obj = strict_loads(json.dumps(record.to_json()))
     assert list(obj) == ["dataset", "settings", "optimizer", "lr", "device", "epochs_run", "best_epoch", "final_loss",
-                         "val_loss", "metrics", "exact_least_squares", "inference", "inference_unavailable",
-                         "feature_stats"]
+                         "val_loss", "plan", "training_rows", "validation_rows", "metrics", "validation_metrics",
+                         "exact_least_squares", "exact_validation", "inference", "inference_unavailable",
+                         "feature_stats", "warnings"]
     assert list(obj["dataset"]) == ["name", "source", "rows", "features", "targets", "fingerprint_sha256"]
     assert list(obj["metrics"]) == ["mse", "r2", "weight", "bias", "undefined"]
     assert list(obj["exact_least_squares"]) == ["weight", "bias", "mse", "r2", "undefined"]
@@ -199,6 +202,16 @@ def test_training_record_of_an_mlp_with_early_stopping():
     assert record.best_epoch == reg.best_epoch_ and record.val_loss == reg.val_loss_history_[-1]
     assert record.settings["hidden"] == [8] and record.optimizer == "adam"
     assert TrainingRecord.from_json(strict_loads(json.dumps(record.to_json()))) == record
+    # every figure says which rows it used: the fit's and the exact fit's on the 16 training rows, and on the
+    # 6 held out
+    tr, va = reg.train_rows_, reg.val_rows_
+    assert (record.training_rows, record.validation_rows) == (len(tr), len(va)) == (16, 6)
+    assert sorted([*tr, *va]) == list(range(22))
+    assert record.metrics.r2 == pytest.approx(r2_score(d.y[tr], reg.predict(d.X[tr])), rel=1e-12)
+    assert record.validation_metrics.r2 == pytest.approx(r2_score(d.y[va], reg.predict(d.X[va])), rel=1e-12)
+    exact = exact_least_squares(d.X[tr], d.y[tr])
+    assert record.exact_least_squares == exact
+    assert record.exact_validation.mse == pytest.approx(float(np.mean((exact.predict(d.X[va]) - d.y[va]) ** 2)))
 
 
 @pytest.mark.parametrize("change, message", [
@@ -255,7 +268,7 @@ def test_plots_of_a_constant_target_say_r2_is_undefined(tmp_path):
     from torchport.train.plots import _r2_label
     X = np.arange(12.0).reshape(-1, 1)
     y = np.full((12, 1), 3.0)
-    reg = Regressor(device="cpu", epochs=50, lr=0.01).fit(X, y)
+    reg = Regressor(device="cpu").fit(X, y)
     assert _r2_label(y, reg.predict(X)) == "n/a" and _r2_label(X, X + 0.5) == "0.9790"
     paths = write_plots(tmp_path, X, y, reg.predict, reg.loss_history_, ["x"], ["y"])
     assert [p.name for p in paths] == ["regression.png", "loss.png", "residuals.png"]

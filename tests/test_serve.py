@@ -19,7 +19,7 @@ import pytest
 import tritonclient.http as triton
 from tritonclient.utils import InferenceServerException
 
-from conftest import BIN, run_cli
+from conftest import BIN, DATA, run_cli
 from torchport.runtime import Predictor
 
 
@@ -313,3 +313,55 @@ def test_user_mistakes_exit_2_with_one_line(seed_bundle, tmp_path):
     proc = run_cli("serve", str(seed_bundle), "--max-batch-size", "0")
     assert proc.returncode == 2 and "expected a whole number >= 1" in proc.stderr
     assert re.search(r"--port", run_cli("serve", "--help").stdout)
+
+
+def test_a_value_beyond_float32_fails_only_its_own_request(seed_bundle):
+    """1e39 and 1e300 are finite JSON numbers that overflow float32: the request holding one gets 400 naming
+    its own row and column, and the requests that arrive with it, merged into the same batch, are answered."""
+    good = [float(v) for v in np.linspace(1.0, 4.0, 12)]
+    bad = {3: [[2.0], [1e39]], 8: [[1e300]]}
+    barrier, out = threading.Barrier(len(good)), [None] * len(good)
+
+    def call(i: int, port: int) -> None:
+        barrier.wait()
+        out[i] = _infer_json(port, bad.get(i, [[good[i]]]))
+
+    with serving(seed_bundle, "--max-batch-size", "64", "--max-queue-delay-us", "100000") as (_, port):
+        threads = [threading.Thread(target=call, args=(i, port)) for i in range(len(good))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        metrics = _get(port, "/metrics")[1].decode()
+    assert out[3] == (400, {"error": "input 'features': row 1 (0-based), column 0 ('area') holds 1e+39: beyond "
+                                     "float32's range (about ±3.4e38)"})
+    assert out[8][0] == 400 and "row 0 (0-based), column 0 ('area') holds 1e+300" in out[8][1]["error"]
+    predictor = Predictor(seed_bundle)
+    for i, (status, answer) in enumerate(out):
+        if i not in bad:
+            assert status == 200, answer
+            assert answer["outputs"][0]["data"] == pytest.approx(predictor.predict([[good[i]]])[0], rel=1e-6)
+    assert _metric(metrics, "torchport_requests_total", outcome="bad_request") == 2
+    assert _metric(metrics, "torchport_requests_total", outcome="error") == 0
+    assert _metric(metrics, "torchport_batch_size_count") < len(good) - len(bad)  # the good ones were merged
+
+
+def test_nan_in_binary_data_and_empty_batches(server):
+    header = json.dumps({"inputs": [{"name": "features", "shape": [3, 1], "datatype": "FP64",
+                                     "parameters": {"binary_data_size": 24}}]}).encode()
+    for value, why in ((np.nan, "nan: NaN and infinite inputs are refused"), (1e300, "1e+300: beyond float32")):
+        data = np.array([1.0, 2.0, value], dtype="<f8").tobytes()
+        status, _, body = _request(server, "POST", "/v2/models/seed/infer", header + data,
+                                   {"Inference-Header-Content-Length": str(len(header))})
+        assert status == 400 and f"row 2 (0-based), column 0 ('area') holds {why}" in json.loads(body)["error"]
+    status, answer = _infer_json(server, [[]], shape=[0, 1], data=[])
+    assert status == 200 and answer["outputs"][0]["shape"] == [0, 1] and answer["outputs"][0]["data"] == []
+    assert Predictor(DATA / "v1" / "seed").predict(np.empty((0, 1))).shape == (0, 1)  # as the Predictor answers
+
+
+def test_answers_are_strict_json_even_when_the_model_overflows():
+    from torchport.runtime.serve.protocol import ModelInfo, ResponseEncoder
+    encoder = ResponseEncoder(ModelInfo("m", "features", "targets", ("x",), ("y",)))
+    body, _ = encoder.encode("id", np.array([[np.inf], [np.nan], [1.5]], dtype=np.float32), binary=False)
+    parsed = json.loads(body, parse_constant=lambda name: pytest.fail(f"{name} in a response"))
+    assert parsed["outputs"][0]["data"] == [None, None, 1.5]

@@ -1,11 +1,12 @@
-"""Datasets: the bundled 22-island table, the tutorial's derived sets, and any CSV/TSV/Parquet file."""
+"""Datasets: the bundled 22-island table and the tutorial's derived sets, and the column rules every table
+(a bundled one, a DataFrame, a file read by torchport.export.load_dataset) is picked by."""
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -20,7 +21,9 @@ CITATION = (
 
 @dataclass(frozen=True)
 class Dataset:
-    """Float64 features and targets with their names and where they came from."""
+    """Float64 features and targets with their names and where they came from. ``recipe`` holds Regressor
+    settings the data comes with (the tutorial's data: the tutorial's SGD), applied by `torchport train`
+    where the command line leaves them open."""
 
     name: str
     source: str
@@ -28,6 +31,7 @@ class Dataset:
     y: np.ndarray
     feature_names: list[str]
     target_names: list[str]
+    recipe: dict = field(default_factory=dict)
 
     @property
     def fingerprint(self) -> str:
@@ -68,24 +72,37 @@ DATASETS: dict[str, tuple] = {
                            "log10 native richness against log10 area, latitude and distance to mainland"),
     "islands": (load_islands, ["ntv_rich"], ["area_ha"], "the raw 22-island table"),
 }
+# The tutorial's recipe (full-batch SGD; its lr 0.002 and 6000 epochs are SGD's defaults), which `torchport
+# train` uses on the tutorial's own data and columns unless told otherwise.
+TUTORIAL_RECIPE = {"optimizer": "sgd"}
+RECIPES = {"plant_richness_lr": TUTORIAL_RECIPE}
 
 
-def _read_file(path: Path) -> pd.DataFrame:
-    if not path.exists():
-        raise DataError(f"data file {path} does not exist; give the path to a CSV, TSV or Parquet file "
-                        f"or one of the bundled datasets: {', '.join(DATASETS)}", parameter="name_or_path")
-    suffix = path.suffix.lower()
-    try:
-        if suffix == ".parquet":
-            return pd.read_parquet(path)
-        if suffix in (".tsv", ".tab"):
-            return pd.read_csv(path, sep="\t")
-        if suffix in (".csv", ".txt"):
-            return pd.read_csv(path, sep=None, engine="python")
-    except Exception as e:  # pandas/pyarrow raise many types for unreadable files
-        raise DataError(f"cannot read {path}: {e}", parameter="name_or_path") from None
-    raise DataError(f"cannot read {path}: unknown file type {suffix!r}; use .csv, .tsv or .parquet",
-                    parameter="name_or_path")
+def select_columns(columns: Sequence[str], target: Sequence[str] | None, features: Sequence[str] | None,
+                   source: str) -> tuple[list[str], list[str]]:
+    """The target and feature columns of a table with ``columns``, by name (features default to every other
+    column); DataError naming the parameter for a missing, repeated or overlapping name."""
+    columns = list(columns)
+    target = list(target or [])
+    if not target:
+        raise DataError(f"{source}: no target column given; give target=[...] with one or more of: "
+                        f"{', '.join(map(str, columns))}", parameter="target")
+    features = [c for c in columns if c not in target] if features is None else list(features)
+    if not features:
+        raise DataError(f"{source}: no feature columns left; give features=[...] with column names",
+                        parameter="features")
+    missing = [c for c in target + features if c not in columns]
+    if missing:
+        raise DataError(f"{source}: column(s) {', '.join(map(repr, missing))} not found; "
+                        f"available columns: {', '.join(map(str, columns))}",
+                        parameter="target" if set(missing) & set(target) else "features")
+    repeated = sorted({c for c in target + features if (target + features).count(c) > 1})
+    if repeated:
+        where = "both as target and feature" if set(repeated) & set(target) and set(repeated) & set(features) \
+            else "more than once"
+        raise DataError(f"{source}: column(s) {', '.join(repeated)} given {where}",
+                        parameter="features")
+    return target, features
 
 
 def _numeric_column(frame: pd.DataFrame, column: str, source: str) -> np.ndarray:
@@ -100,49 +117,48 @@ def _numeric_column(frame: pd.DataFrame, column: str, source: str) -> np.ndarray
     return values
 
 
+def from_columns(columns: Mapping[str, np.ndarray], target: Sequence[str], features: Sequence[str], name: str,
+                 source: str, recipe: Mapping[str, Any] | None = None) -> Dataset:
+    """A Dataset of float64 columns already read and checked (``torchport.export.load_dataset`` reads files
+    into them with the rules `torchport predict` uses)."""
+    target, features = list(target), list(features)
+    rows = len(next(iter(columns.values()))) if columns else 0
+    if rows == 0:
+        raise DataError(f"{source}: no data rows")
+    X = np.column_stack([np.asarray(columns[c], np.float64) for c in features])
+    y = np.column_stack([np.asarray(columns[c], np.float64) for c in target])
+    return Dataset(name, source, X, y, features, target, dict(recipe or {}))
+
+
 def from_frame(frame: pd.DataFrame, target: Sequence[str], features: Sequence[str] | None,
                name: str, source: str) -> Dataset:
-    """Pick the target and feature columns by name and check they are finite numbers."""
-    target = list(target)
-    if not target:
-        raise DataError(f"{source}: no target column given; give target=[...] with a column name",
-                        parameter="target")
-    if features is None:
-        features = [c for c in frame.columns if c not in target]
-    features = list(features)
-    if not features:
-        raise DataError(f"{source}: no feature columns left; give features=[...] with column names",
-                        parameter="features")
-    missing = [c for c in target + features if c not in frame.columns]
-    if missing:
-        raise DataError(f"{source}: column(s) {', '.join(map(repr, missing))} not found; "
-                        f"available columns: {', '.join(map(str, frame.columns))}",
-                        parameter="target" if set(missing) & set(target) else "features")
-    overlap = set(target) & set(features)
-    if overlap:
-        raise DataError(f"{source}: column(s) {', '.join(sorted(overlap))} given both as target and feature",
-                        parameter="features")
+    """Pick the target and feature columns of a DataFrame by name and check they are finite numbers."""
+    columns = [str(c) for c in frame.columns]
+    repeated = sorted({c for c in columns if columns.count(c) > 1})
+    if repeated:
+        raise DataError(f"{source}: the column name(s) {', '.join(map(repr, repeated))} appear more than once; "
+                        "give each column its own name")
+    target, features = select_columns(columns, target, features, source)
     if len(frame) == 0:
         raise DataError(f"{source}: no data rows")
-    X = np.column_stack([_numeric_column(frame, c, source) for c in features])
-    y = np.column_stack([_numeric_column(frame, c, source) for c in target])
-    return Dataset(name, source, X, y, features, target)
+    return from_columns({c: _numeric_column(frame, c, source) for c in target + features}, target, features, name,
+                        source)
 
 
-def load_dataset(name_or_path: str, target: Sequence[str] | None = None,
-                 features: Sequence[str] | None = None) -> Dataset:
-    """A bundled dataset by name, or a CSV/TSV/Parquet file by path, with target/features by column name."""
-    if name_or_path in DATASETS:
-        build, default_target, default_features, _ = DATASETS[name_or_path]
-        frame = build()
-        return from_frame(frame, target or default_target, features or (None if target else default_features),
-                          name_or_path, f"bundled dataset {name_or_path}")
-    path = Path(name_or_path)
-    if path.suffix == "" and not path.exists():
-        raise DataError(f"unknown dataset {name_or_path!r}; bundled datasets: {', '.join(DATASETS)}, "
-                        "or give the path to a CSV, TSV or Parquet file", parameter="name_or_path")
-    frame = _read_file(path)
-    if not target:
-        raise DataError(f"{path}: no target column given; give target=[...] with one or more of: "
-                        f"{', '.join(map(str, frame.columns))}", parameter="target")
-    return from_frame(frame, target, features, path.stem, str(path))
+def load_dataset(name: str, target: Sequence[str] | None = None, features: Sequence[str] | None = None) -> Dataset:
+    """A bundled dataset by name, with target/features by column name (the dataset's own by default). Files
+    are read by ``torchport.export.load_dataset``, with the same reader as `torchport predict`."""
+    if name not in DATASETS:
+        looks_like_file = Path(str(name)).suffix != ""
+        hint = ("; files are read by torchport.export.load_dataset (the reader `torchport predict` uses)"
+                if looks_like_file else ", or give the path to a CSV, TSV or Parquet file to "
+                "torchport.export.load_dataset")
+        raise DataError(f"unknown dataset {name!r}; bundled datasets: {', '.join(DATASETS)}{hint}",
+                        parameter="name_or_path")
+    build, default_target, default_features, _ = DATASETS[name]
+    frame = build()
+    data = from_frame(frame, target or default_target, features or (None if target else default_features),
+                      name, f"bundled dataset {name}")
+    if name in RECIPES and data.target_names == default_target and data.feature_names == default_features:
+        data = replace(data, recipe=dict(RECIPES[name]))
+    return data

@@ -1,6 +1,12 @@
-"""Regressor: fit/predict for the tutorial's linear model and MLPs, with the tutorial's defaults. It follows
-scikit-learn's estimator contract (get_params/set_params, clone, Pipeline, GridSearchCV) without importing
-scikit-learn, which only the tests need."""
+"""Regressor: fit/predict for the tutorial's linear model and MLPs. It follows scikit-learn's estimator
+contract (get_params/set_params, clone, Pipeline, GridSearchCV) without importing scikit-learn, which only
+the tests need.
+
+Defaults that reach the optimum: a linear model is solved exactly (float64 least squares, standardised
+inside the model when the raw features are ill-conditioned) unless an iterative run is asked for; the
+tutorial's recipe is ``optimizer='sgd'`` (full-batch SGD, lr 0.002, 6000 epochs). An MLP trains with Adam,
+full batch on small tables and in mini-batches with an epoch budget that scales with the rows on large
+ones, stopping early on a validation split."""
 from __future__ import annotations
 
 import copy
@@ -10,27 +16,42 @@ import json
 import math
 import numbers
 import os
-import sys
-from dataclasses import asdict, dataclass, field
-from typing import Any, Sequence
+import time
+import warnings
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
-from torchport.train.errors import DataError, SettingsError, TrainingDiverged
+from torchport.train import advice
+from torchport.train.choices import DEFAULT_LR, OPTIMIZERS, SCALES, SCHEDULES
+from torchport.train.errors import DataError, Fix, FitWarning, SettingsError, TrainingDiverged
 from torchport.train.fast import fit_full_batch_sgd
-from torchport.train.metrics import r2_score
+from torchport.train.metrics import exact_least_squares, mse, r2_score
 from torchport.train.models import (
     MODEL_KINDS, ModelSpec, build_model, check_activation, core_and_scalers, linear_coefficients, number_in,
     set_scaling, whole_number,
 )
+from torchport.train.progress import Reporter
 
-OPTIMIZERS = ("sgd", "adam", "lbfgs")
-DEFAULT_LR = {"sgd": 0.002, "adam": 0.001, "lbfgs": 1.0}
-SCHEDULES = ("none", "cosine")
-SCALES = ("auto", "on", "off")
-CHECKS_PER_RUN = 100  # reading the loss syncs the host: the divergence check and progress bar do it this often
+CHECKS_PER_RUN = 100  # reading the loss syncs the host: the divergence check and checkpoints happen this often
+# The settings of an iterative run, at their defaults; giving any of them to a linear model without an
+# optimizer asks for SGD (the tutorial's) instead of the exact solution.
+ITERATIVE = {"lr": None, "momentum": 0.0, "epochs": None, "batch_size": None, "patience": None,
+             "lr_schedule": "none"}
+SGD_EPOCHS = 6000          # the tutorial's
+LBFGS_EPOCHS = 200         # each up to 20 iterations with a line search
+FULL_BATCH_ROWS = 4096     # an MLP trains on the full batch up to this many training rows
+BATCH_ROWS = 1024          # and in mini-batches of this many rows above it,
+STEP_BUDGET = 20_000       # for about this many optimizer steps (MIN_EPOCHS to SGD_EPOCHS epochs)
+MIN_EPOCHS = 5
+SCALE_ABOVE_CONDITION = 100.0  # a linear model is standardised when cond([X, 1]) of its raw features is above
+UNDERFIT = 0.01            # an iterative linear fit whose MSE is this much above the exact fit's says so
+# A CPU step over at most this many values (batch rows x the widest layer) runs on one thread: a thread
+# pool's wake-ups cost more than they save on such small ops, and far more when other work shares the cores.
+ONE_THREAD_VALUES = 1 << 17
 
 
 def resolve_device(device: str) -> torch.device:
@@ -52,24 +73,59 @@ def resolve_device(device: str) -> torch.device:
 
 @dataclass(frozen=True)
 class _Settings:
-    """The constructor's arguments, checked and with the defaults filled in: what fit trains with."""
+    """The constructor's arguments, checked, with the defaults filled in; ``plan`` fills in those that depend
+    on the data (the scaling, epochs, mini-batches and early stopping), which is what fit trains with."""
 
     model: str
     optimizer: str
-    lr: float
+    lr: float | None
     momentum: float
-    epochs: int
+    epochs: int | None
     batch_size: int | None
     val_fraction: float
     patience: int | None
     lr_schedule: str
-    scaled: bool
+    scale: str
     seed: int
     device: torch.device
+    scaled: bool | None = None
+    threads: int | None = None
 
     @property
     def check_every(self) -> int:
-        return max(1, self.epochs // CHECKS_PER_RUN)
+        return max(1, (self.epochs or 1) // CHECKS_PER_RUN)
+
+    def plan(self, X_train: np.ndarray, widest: int = 1) -> "_Settings":
+        """The settings with the data-dependent defaults resolved for these training rows (float64) and a
+        model whose widest layer has ``widest`` units."""
+        scaled = {"on": True, "off": False}.get(self.scale)
+        if scaled is None:
+            scaled = self.model == "mlp" or raw_condition(X_train) > SCALE_ABOVE_CONDITION
+        batch, epochs, n = self.batch_size, self.epochs, len(X_train)
+        if batch is None and self.model == "mlp" and self.optimizer != "lbfgs" and n > FULL_BATCH_ROWS:
+            batch = BATCH_ROWS
+        if self.optimizer == "exact":
+            epochs = 0
+        elif epochs is None:
+            epochs = LBFGS_EPOCHS if self.optimizer == "lbfgs" else SGD_EPOCHS
+            if batch is not None and batch < n:
+                epochs = min(SGD_EPOCHS, max(MIN_EPOCHS, math.ceil(STEP_BUDGET / math.ceil(n / batch))))
+        patience = self.patience
+        if patience is None and self.val_fraction and self.optimizer != "exact":
+            patience = max(MIN_EPOCHS, epochs // 10)
+        return replace(self, scaled=scaled, batch_size=batch, epochs=epochs, patience=patience,
+                       threads=self._threads(min(batch or n, n), widest))
+
+    def _threads(self, rows: int, widest: int) -> int | None:
+        """One intra-op thread for small CPU steps (ONE_THREAD_VALUES), else torch's own setting (None)."""
+        return 1 if self.device.type == "cpu" and rows * widest <= ONE_THREAD_VALUES else None
+
+
+def raw_condition(X: np.ndarray) -> float:
+    """The 2-norm condition number of [X, 1]: how ill-conditioned a linear fit on these features is."""
+    A = np.column_stack([np.asarray(X, np.float64), np.ones(len(X))])
+    with np.errstate(all="ignore"):
+        return float(np.linalg.cond(A)) if len(A) else 1.0
 
 
 @dataclass
@@ -85,7 +141,7 @@ class _Run:
     y_tr: torch.Tensor
     X_va: torch.Tensor
     y_va: torch.Tensor
-    optimizer: torch.optim.Optimizer
+    optimizer: torch.optim.Optimizer | None
     scheduler: Any
     shuffle: torch.Generator
     losses: torch.Tensor
@@ -96,26 +152,33 @@ class _Run:
     best_state: dict | None = None
     start: int = 0             # epochs done before this fit (resumed from a checkpoint)
     epochs_run: int = 0        # epochs done
-    reported: int = 0          # epochs shown on the progress bar
     theta: torch.Tensor | None = None  # the fast path's exact float64 state ([W^T; b]) at the last check
-    bar: Any = None
+    reporter: Reporter | None = None
 
 
 class Regressor:
     """Fits a torch regression model with MSE loss; ``module_`` is the fitted module (raw features in,
     targets in their own units out) on the CPU, in eval mode.
 
-    Defaults are the tutorial's: a linear model, full-batch SGD, lr 0.002, 6000 epochs. An MLP defaults
-    to Adam (lr 1e-3) with features and targets standardised inside the model. ``hidden``, ``activation``
-    and ``dropout`` shape an MLP only. Settings are kept as given and checked when ``fit`` starts
-    (``check_params`` checks them earlier), as scikit-learn's estimators do."""
+    ``optimizer`` None picks for the model: a linear model is solved exactly ('exact': float64 least
+    squares), or trained with SGD (the tutorial's: full batch, lr 0.002, 6000 epochs) when an iterative
+    setting (lr, momentum, epochs, batch_size, patience, lr_schedule) is given; an MLP trains with Adam (lr
+    1e-3). ``scale`` 'auto' standardises an MLP's features and targets inside the model, and a linear
+    model's when its raw features are ill-conditioned (cond([X, 1]) above 100); weight and bias are still
+    reported in the data's units. ``epochs``, ``batch_size`` and ``patience`` None: an MLP trains on the
+    full batch for 6000 epochs up to 4096 training rows, and above that in mini-batches of 1024 rows for
+    about 20,000 steps; with ``val_fraction`` it stops early after ``patience`` epochs (a tenth of them, at
+    least 5) without a better validation loss and keeps the best weights. ``hidden``, ``activation`` and
+    ``dropout`` shape an MLP only. ``progress``: True for a bar on stderr, or a function given a
+    ``torchport.train.progress.Progress`` at least every half second. Settings are kept as given and
+    checked when ``fit`` starts (``check_params`` checks them earlier), as scikit-learn's estimators do."""
 
     def __init__(self, model: str = "linear", hidden: Sequence[int] = (32, 32), activation: str = "relu",
                  dropout: float = 0.0, scale: str = "auto", optimizer: str | None = None,
-                 lr: float | None = None, momentum: float = 0.0, epochs: int = 6000,
+                 lr: float | None = None, momentum: float = 0.0, epochs: int | None = None,
                  batch_size: int | None = None, val_fraction: float = 0.0, patience: int | None = None,
-                 lr_schedule: str = "none", seed: int = 0, device: str = "auto", progress: bool = False,
-                 checkpoint: str | os.PathLike | None = None):
+                 lr_schedule: str = "none", seed: int = 0, device: str = "auto",
+                 progress: bool | Callable[..., Any] = False, checkpoint: str | os.PathLike | None = None):
         self.model = model
         self.hidden = hidden
         self.activation = activation
@@ -182,14 +245,17 @@ class Regressor:
         """The one check of the settings (SettingsError with ``parameter``), defaults filled in."""
         if self.model not in MODEL_KINDS:
             raise SettingsError(f"model must be one of {', '.join(MODEL_KINDS)}; got {self.model!r}", parameter="model")
-        opt = self.optimizer or ("sgd" if self.model == "linear" else "adam")
+        opt = self.optimizer or self._default_optimizer()
         if opt not in OPTIMIZERS:
             raise SettingsError(f"optimizer must be one of {', '.join(OPTIMIZERS)}; got {opt!r}",
                                 parameter="optimizer")
-        lr = DEFAULT_LR[opt] if self.lr is None else self.lr
-        if not (isinstance(lr, numbers.Real) and not isinstance(lr, bool) and math.isfinite(lr) and lr > 0):
+        if opt == "exact":
+            self._check_exact()
+        lr = None if opt == "exact" else DEFAULT_LR[opt] if self.lr is None else self.lr
+        if lr is not None and not (isinstance(lr, numbers.Real) and not isinstance(lr, bool) and math.isfinite(lr)
+                                   and lr > 0):
             raise SettingsError(f"lr must be a positive number; got {lr!r}", parameter="lr")
-        epochs = whole_number(self.epochs, "epochs", 1)
+        epochs = None if self.epochs is None else whole_number(self.epochs, "epochs", 1)
         momentum = number_in(self.momentum, "momentum", 0.0, 1.0)
         if momentum and opt != "sgd":
             raise SettingsError(f"momentum is for optimizer='sgd' only; got momentum={momentum!r} with optimizer "
@@ -213,9 +279,29 @@ class Regressor:
         if self.checkpoint is not None and not isinstance(self.checkpoint, (str, os.PathLike)):
             raise SettingsError(f"checkpoint must be a file path or None; got {self.checkpoint!r}",
                                 parameter="checkpoint")
-        return _Settings(self.model, opt, float(lr), momentum, epochs, batch_size, val_fraction, patience,
-                         self.lr_schedule, {"auto": self.model == "mlp", "on": True, "off": False}[self.scale],
-                         whole_number(self.seed, "seed", 0), resolve_device(self.device))
+        if not (isinstance(self.progress, bool) or callable(self.progress)):
+            raise SettingsError(f"progress must be True, False or a function; got {self.progress!r}",
+                                parameter="progress")
+        return _Settings(self.model, opt, None if lr is None else float(lr), momentum, epochs, batch_size,
+                         val_fraction, patience, self.lr_schedule, self.scale, whole_number(self.seed, "seed", 0),
+                         resolve_device(self.device))
+
+    def _default_optimizer(self) -> str:
+        """An MLP's is Adam; a linear model's the exact solution, or SGD when an iterative setting is given."""
+        if self.model == "mlp":
+            return "adam"
+        iterative = any(not _same(getattr(self, name), default) for name, default in ITERATIVE.items())
+        return "sgd" if iterative else "exact"
+
+    def _check_exact(self) -> None:
+        if self.model != "linear":
+            raise SettingsError("optimizer='exact' (the least-squares solution) is for model='linear'; an mlp "
+                                "trains with 'adam', 'sgd' or 'lbfgs'", parameter="optimizer")
+        for name, default in ITERATIVE.items():
+            if not _same(getattr(self, name), default):
+                raise SettingsError(f"{name}={getattr(self, name)!r} does not apply to optimizer='exact' (the "
+                                    f"least-squares solution, in one step); leave {name}={default!r}, or train "
+                                    "iteratively with optimizer='sgd'", parameter=name)
 
     def _spec(self, n_features: int, n_targets: int, scaled: bool) -> ModelSpec:
         mlp = dict(hidden=self.hidden, activation=self.activation, dropout=self.dropout) if self.model == "mlp" else {}
@@ -226,28 +312,44 @@ class Regressor:
     def fit(self, X: np.ndarray, y: np.ndarray, resume: bool = False) -> "Regressor":
         """Train on X (rows x features) and y (rows, or rows x targets).
 
-        With ``checkpoint`` set, the training state is saved there (atomically) at every check, about 100
-        times a run, so an interrupted or crashed run can go on with ``fit(X, y, resume=True)`` and reach
-        the same final weights as an uninterrupted run."""
+        With ``checkpoint`` set, the training state of an iterative run is saved there (atomically) at every
+        check, about 100 times a run, so an interrupted or crashed run can go on with ``fit(X, y,
+        resume=True)`` and reach the same final weights as an uninterrupted run. An iterative linear fit
+        much worse than the exact one warns (FitWarning) and says so in ``fit_warnings_``."""
+        started = time.perf_counter()
         s = self._settings()
         if resume and self.checkpoint is None:
             raise SettingsError("resume=True needs checkpoint=, the path the interrupted run was given",
                                 parameter="checkpoint")
-        X, y, one_d = _arrays(X, y)
-        run = self._start(X, y, s)
-        if resume:
+        X32, y32, one_d = _arrays(X, y)
+        X64 = np.asarray(X, np.float64).reshape(X32.shape)
+        y64 = np.asarray(y, np.float64).reshape(y32.shape)
+        train_idx, val_idx = self._split_rows(len(X32), s)
+        widest = max([X32.shape[1], y32.shape[1], *(self.hidden if self.model == "mlp" else ())])
+        s = s.plan(X64[train_idx], widest)
+        run = self._start(X32, y32, s, train_idx, val_idx)
+        if resume and s.optimizer != "exact":
             self._restore(run)
-        run.bar = self._progress_bar(s.epochs, run.start)
+        run.reporter = Reporter(self.progress, s.epochs, run.start) if s.epochs else None
+        threads = torch.get_num_threads()
         try:
-            if self._closed_form_applies(run, s):
+            if s.optimizer == "exact":
+                self._fit_exact(run, X64[train_idx], y64[train_idx])
+            elif self._closed_form_applies(run, s):
                 if run.start < s.epochs:
                     self._fit_closed_form(run, s)
             else:
+                torch.set_num_threads(s.threads or threads)
                 self._epoch_loop(run, s)
         finally:
-            if run.bar is not None:
-                run.bar.close()
-        self._finish(run, s, X.shape[1], one_d)
+            torch.set_num_threads(threads)
+            if run.reporter is not None:
+                run.reporter.close()
+        self._finish(run, s, X32.shape[1], one_d, train_idx, val_idx)
+        self.fit_seconds_ = time.perf_counter() - started
+        self.fit_warnings_ = self._underfit(run, s, X64[train_idx], y64[train_idx])
+        for w in self.fit_warnings_:
+            warnings.warn(w, stacklevel=2)
         return self
 
     @staticmethod
@@ -262,10 +364,10 @@ class Regressor:
         perm = np.random.default_rng(s.seed).permutation(n)
         return np.sort(perm[n_val:]), np.sort(perm[:n_val])
 
-    def _start(self, X: np.ndarray, y: np.ndarray, s: _Settings) -> _Run:
+    def _start(self, X: np.ndarray, y: np.ndarray, s: _Settings, train_idx: np.ndarray,
+               val_idx: np.ndarray) -> _Run:
         """Build the seeded module on the device, learn its scaling from the training rows and set up the
         optimizer; the core then learns in the standardised space, the scalers are fixed data statistics."""
-        train_idx, val_idx = self._split_rows(len(X), s)
         spec = self._spec(X.shape[1], y.shape[1], s.scaled)
         torch.manual_seed(s.seed)
         module = build_model(spec).to(s.device)
@@ -275,12 +377,12 @@ class Regressor:
         with torch.no_grad():
             Xs = s_in(Xt) if s_in is not None else Xt
             ys = (yt - s_out.mean) / s_out.std if s_out is not None else yt
-        optimizer = self._make_optimizer(core.parameters(), s)
+        optimizer = None if s.optimizer == "exact" else self._make_optimizer(core.parameters(), s)
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, s.epochs) \
             if s.lr_schedule == "cosine" else None
         return _Run(_state_key(s, spec, X, y), spec, module, core, Xs[train_idx], ys[train_idx], Xs[val_idx],
                     ys[val_idx], optimizer, scheduler, torch.Generator().manual_seed(s.seed),
-                    torch.empty(s.epochs, device=s.device))
+                    torch.empty(max(s.epochs, 1), device=s.device))
 
     def _make_optimizer(self, params, s: _Settings) -> torch.optim.Optimizer:
         if s.optimizer == "sgd":
@@ -295,6 +397,22 @@ class Regressor:
         split or schedule), which train/fast.py runs as one closed-form matrix step per epoch."""
         return isinstance(run.core, nn.Linear) and s.optimizer == "sgd" and not s.momentum and \
             s.batch_size is None and not len(run.X_va) and run.scheduler is None
+
+    def _fit_exact(self, run: _Run, X: np.ndarray, y: np.ndarray) -> None:
+        """The least-squares solution in float64 (SVD), in the space the core sees: the features scaled by
+        the model's own float32 statistics, so the model computes the optimum up to float32 rounding."""
+        core, s_in, s_out = core_and_scalers(run.module)
+        if s_in is not None:
+            X = (X - s_in.mean.double().cpu().numpy()) / s_in.std.double().cpu().numpy()
+        if s_out is not None:
+            y = (y - s_out.mean.double().cpu().numpy()) / s_out.std.double().cpu().numpy()
+        coef, *_ = np.linalg.lstsq(np.column_stack([X, np.ones(len(X))]), y, rcond=None)
+        with torch.no_grad():
+            core.weight.copy_(torch.from_numpy(np.ascontiguousarray(coef[:-1].T)))
+            core.bias.copy_(torch.from_numpy(coef[-1]))
+            run.losses[0] = run.loss_fn(core(run.X_tr), run.y_tr)
+            if len(run.X_va):
+                run.val_losses.append(float(run.loss_fn(core(run.X_va), run.y_va)))
 
     def _fit_closed_form(self, run: _Run, s: _Settings) -> None:
         start = run.start
@@ -313,19 +431,20 @@ class Regressor:
         """Train epoch by epoch (any model and optimizer), with early stopping on the validation loss."""
         for epoch in range(run.start, s.epochs):
             run.core.train()
-            run.losses[epoch] = self._epoch(run, s.batch_size)
+            run.losses[epoch] = self._epoch(run, s, epoch)
             if run.scheduler is not None:
                 run.scheduler.step()
             run.epochs_run = epoch + 1
             stop = self._validation_stops(run, s, epoch) if len(run.X_va) else False
-            if run.epochs_run % s.check_every == 0 or run.epochs_run == s.epochs or stop:
+            if run.epochs_run % s.check_every == 0 or run.epochs_run == s.epochs or stop or \
+                    (run.reporter is not None and run.reporter.due()):
                 self._check(run, s, run.epochs_run, float(run.losses[epoch]))
             if stop:
                 break
 
-    @staticmethod
-    def _epoch(run: _Run, batch_size: int | None) -> torch.Tensor:
-        """One pass over the training rows; returns the epoch's mean loss as a device tensor (no sync)."""
+    def _epoch(self, run: _Run, s: _Settings, epoch: int) -> torch.Tensor:
+        """One pass over the training rows; returns the epoch's mean loss as a device tensor (no sync, but for
+        the progress display of a long epoch)."""
         core, optimizer, loss_fn, X, y = run.core, run.optimizer, run.loss_fn, run.X_tr, run.y_tr
         if isinstance(optimizer, torch.optim.LBFGS):
             def closure() -> torch.Tensor:
@@ -334,7 +453,7 @@ class Regressor:
                 loss.backward()
                 return loss
             return optimizer.step(closure).detach()
-        if batch_size is None or batch_size >= len(X):
+        if s.batch_size is None or s.batch_size >= len(X):
             loss = loss_fn(core(X), y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -342,13 +461,16 @@ class Regressor:
             return loss.detach()
         order = torch.randperm(len(X), generator=run.shuffle).to(X.device)
         total = torch.zeros((), device=X.device)
-        for start in range(0, len(X), batch_size):
-            idx = order[start:start + batch_size]
+        for start in range(0, len(X), s.batch_size):
+            idx = order[start:start + s.batch_size]
             loss = loss_fn(core(X[idx]), y[idx])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             total += loss.detach() * len(idx)
+            if run.reporter is not None and run.reporter.due():
+                seen = start + len(idx)
+                self._check(run, s, epoch + seen / len(X), float(total) / seen, final=False)
         return total / len(X)
 
     @staticmethod
@@ -364,32 +486,91 @@ class Regressor:
             return False
         return s.patience is not None and epoch - run.best_epoch >= s.patience
 
-    def _check(self, run: _Run, s: _Settings, epochs_done: int, value: float) -> None:
-        """Divergence check, progress bar and checkpoint: the only host syncs of a run."""
+    def _check(self, run: _Run, s: _Settings, epochs_done: float, value: float, final: bool = True) -> None:
+        """Divergence check, progress display and checkpoint: the only host syncs of a run (``final``: at the
+        end of an epoch, where a checkpoint may be written)."""
         if not math.isfinite(value):
-            raise TrainingDiverged(f"training diverged at epoch {epochs_done}: loss is {value}; lr {s.lr:g} is too "
-                                   f"large for this data: use a smaller learning rate, for example lr={s.lr / 10:g}")
-        if run.bar is not None:
-            run.bar.update(epochs_done - run.reported)
-            run.bar.set_postfix_str(f"loss {value:.6g}" + (f" val {run.val_losses[-1]:.6g}" if run.val_losses else ""),
-                                    refresh=False)
-        run.reported = epochs_done
-        if epochs_done < s.epochs:
-            self._save_state(run, epochs_done)
+            raise self._diverged(run, s, math.ceil(epochs_done), value)
+        if run.reporter is not None and (run.reporter.due() or epochs_done >= s.epochs):
+            run.reporter.show(epochs_done, value, run.val_losses[-1] if run.val_losses else None)
+        if final and epochs_done < s.epochs:
+            self._save_state(run, int(epochs_done))
 
-    def _finish(self, run: _Run, s: _Settings, n_features: int, one_d: bool) -> None:
+    def _diverged(self, run: _Run, s: _Settings, epoch: int, value: float) -> TrainingDiverged:
+        """The error for a loss that became NaN or infinite: why, and what works instead."""
+        head = f"training diverged at epoch {epoch}: the loss is {value}"
+        if isinstance(run.core, nn.Linear) and s.optimizer == "sgd":
+            raw, scaled = self._quadratics(run)
+            text = advice.describe(scaled if s.scaled else raw, s.lr, s.scaled)
+            fixes = advice.linear_fixes(raw, scaled, s.scaled, s.epochs)
+        else:
+            text = f"lr {s.lr:g} is too large for this model and data"
+            fixes = (Fix({"lr": advice.round_down(s.lr / 10)}, "a smaller step"),)
+            if not s.scaled:
+                fixes += (Fix({"scale": "on", "lr": advice.round_down(s.lr / 10)},
+                              "standardised features and targets, and a smaller step"),)
+        return TrainingDiverged(f"{head}; {text}", fixes=tuple(self._relative(f) for f in fixes))
+
+    def _quadratics(self, run: _Run) -> tuple[advice.Quadratic, advice.Quadratic]:
+        """The MSE Hessian of a linear model on its raw training features and on them standardised."""
+        _, s_in, _ = core_and_scalers(run.module)
+        seen = run.X_tr.double().cpu().numpy()
+        raw = seen * s_in.std.double().cpu().numpy() + s_in.mean.double().cpu().numpy() if s_in is not None \
+            else seen
+        std = raw.std(axis=0)
+        standardised = (raw - raw.mean(axis=0)) / np.where(std > 0, std, 1.0)
+        n_targets = run.y_tr.shape[1]
+        return advice.quadratic(raw, n_targets), advice.quadratic(standardised, n_targets)
+
+    def _relative(self, fix: Fix) -> Fix:
+        """``fix`` as a change to this estimator's parameters: a switch to the exact solution also takes back
+        the iterative settings that were given; settings already as suggested are left out."""
+        settings = dict(fix.settings)
+        if settings.get("optimizer") == "exact":
+            settings.update({k: d for k, d in ITERATIVE.items() if not _same(getattr(self, k), d)})
+        settings = {k: v for k, v in settings.items() if not _same(getattr(self, k), v)}
+        return Fix(settings, fix.purpose)
+
+    def _underfit(self, run: _Run, s: _Settings, X: np.ndarray, y: np.ndarray) -> list[FitWarning]:
+        """For an iterative linear fit: a warning when its training MSE is well above the exact fit's."""
+        if not isinstance(run.core, nn.Linear) or s.optimizer == "exact":
+            return []
+        exact = exact_least_squares(X, y)
+        with torch.no_grad():
+            fitted = self.module_(torch.from_numpy(X.astype(np.float32))).double().numpy()
+        ours, best = mse(y, fitted), exact.mse
+        if best is None or not ours > best * (1 + UNDERFIT) + 1e-12 * float(np.var(y)):
+            return []
+        if s.optimizer == "sgd" and s.batch_size is None:
+            raw, scaled = self._quadratics(run)
+            fixes = advice.linear_fixes(raw, scaled, s.scaled, s.epochs)
+        else:
+            fixes = (advice.EXACT,)
+        r2 = r2_score(y, fitted)
+        scores = "" if exact.r2 is None or math.isnan(r2) else f" (R^2 {r2:.4f} against {exact.r2:.4f})"
+        times = f"{ours / best:.3g} times" if best > 0 and ours / best < 1e6 else "far above"
+        return [FitWarning(f"the {s.optimizer.upper()} fit's training MSE {ours:.6g} is {times} the exact "
+                           f"least-squares fit's {best:.6g}{scores}: it stopped short of the optimum",
+                           tuple(self._relative(f) for f in fixes))]
+
+    def _finish(self, run: _Run, s: _Settings, n_features: int, one_d: bool, train_idx: np.ndarray,
+                val_idx: np.ndarray) -> None:
         """Keep the best weights when early stopping asked for them; set the learned attributes."""
         if s.patience is not None and run.best_state is not None:
             run.core.load_state_dict(run.best_state)
         self.spec_ = run.spec
         self.optimizer_, self.lr_, self.device_ = s.optimizer, s.lr, str(s.device)
+        self.epochs_, self.batch_size_, self.patience_, self.scaled_ = s.epochs, s.batch_size, s.patience, s.scaled
+        self.threads_ = s.threads
         self.best_epoch_ = run.best_epoch + 1 if run.best_state is not None else None
         self.module_ = run.module.to("cpu").eval()
-        self.loss_history_ = run.losses[:run.epochs_run].cpu().numpy().astype(np.float64)
+        history = run.losses if s.optimizer == "exact" else run.losses[:run.epochs_run]
+        self.loss_history_ = history.cpu().numpy().astype(np.float64)
         self.val_loss_history_ = np.asarray(run.val_losses, dtype=np.float64)
         self.final_loss_ = float(self.loss_history_[-1])
         self.n_epochs_ = run.epochs_run
         self.n_features_in_ = n_features
+        self.train_rows_, self.val_rows_ = train_idx, val_idx
         self._predicts_1d = one_d
 
     # --- training checkpoints ---
@@ -412,7 +593,7 @@ class Regressor:
     def _restore(self, run: _Run) -> None:
         """Continue from the training state in ``checkpoint``, written by a run with the same settings and data."""
         state = self._load_state(run.key)
-        run.start = run.epochs_run = run.reported = int(state["epoch"])
+        run.start = run.epochs_run = int(state["epoch"])
         run.core.load_state_dict(state["core"])
         run.optimizer.load_state_dict(state["optimizer"])
         if run.scheduler is not None:
@@ -438,16 +619,6 @@ class Regressor:
             raise DataError(f"{self.checkpoint} was written by a run with other settings or data; resume with the "
                             "same settings and data, or start over with resume=False", parameter="resume")
         return state
-
-    def _progress_bar(self, epochs: int, start: int):
-        if not self.progress:
-            return None
-        from tqdm import tqdm
-        bar = tqdm(total=epochs, desc="training", unit="epoch", file=sys.stderr, mininterval=0.25,
-                   leave=True, dynamic_ncols=True)
-        if start:
-            bar.update(start)
-        return bar
 
     # --- using the fitted model ---
 

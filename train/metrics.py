@@ -100,12 +100,31 @@ class LeastSquares(FitMetrics):
     def from_json(cls, obj: Any, where: str = "exact_least_squares") -> "LeastSquares":
         return super().from_json(obj, where)
 
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        """The fit's predictions (rows, targets) for raw features ``X``, in float64."""
+        w, b = np.asarray(self.weight, np.float64), np.asarray(self.bias, np.float64)
+        return np.asarray(X, np.float64) @ w.T + b
+
+
+def least_squares_coefficients(X: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Weight (targets x features) and bias (targets) of ordinary least squares with an intercept, in float64:
+    solved by SVD on the standardised features and taken back to raw units, which keeps the digits an
+    ill-conditioned raw design (the NIST Longley table) would lose."""
+    X = np.asarray(X, np.float64)
+    y = np.asarray(y, np.float64).reshape(len(X), -1)
+    mean = X.mean(axis=0)
+    std = X.std(axis=0)
+    std = np.where(std > 0, std, 1.0)
+    A = np.column_stack([(X - mean) / std, np.ones(len(X))])
+    coef, *_ = np.linalg.lstsq(A, y, rcond=None)
+    weight = (coef[:-1] / std[:, None]).T
+    return weight, coef[-1] - weight @ mean
+
 
 def exact_least_squares(X: np.ndarray, y: np.ndarray, target_names: Sequence[str] | None = None) -> LeastSquares:
     """Closed-form ordinary least squares with an intercept, in float64: the optimum that full-batch SGD on
     MSE converges to."""
     X = np.asarray(X, np.float64)
     y = np.asarray(y, np.float64).reshape(len(X), -1)
-    A = np.column_stack([X, np.ones(len(X))])
-    coef, *_ = np.linalg.lstsq(A, y, rcond=None)
-    return LeastSquares.of(y, A @ coef, coef[:-1].T, coef[-1], target_names)
+    weight, bias = least_squares_coefficients(X, y)
+    return LeastSquares.of(y, X @ weight.T + bias, weight, bias, target_names)

@@ -14,10 +14,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from torchport.train.choices import MODEL_KINDS
 from torchport.train.errors import SettingsError
 from torchport.train.jsonfields import Fields, settings_error
 
-MODEL_KINDS = ("linear", "mlp")
 ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "gelu": nn.GELU, "silu": nn.SiLU}
 
 
@@ -162,10 +162,13 @@ def build_model(spec: ModelSpec) -> nn.Module:
 
 
 def set_scaling(module: nn.Module, X: torch.Tensor, y: torch.Tensor) -> None:
-    """Learn the standardisation from training data (std of a constant column is taken as 1)."""
+    """Learn the standardisation from training data, summed in float64 (std of a constant column is taken
+    as 1)."""
     def stats(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        std = a.std(dim=0, unbiased=False)
-        return a.mean(dim=0), torch.where(std > 0, std, torch.ones_like(std))
+        a64 = a.double()
+        std = a64.std(dim=0, unbiased=False)
+        std = torch.where(std > 0, std, torch.ones_like(std))
+        return a64.mean(dim=0).to(a.dtype), std.to(a.dtype)
     if hasattr(module, "scale_in"):
         module.scale_in.mean, module.scale_in.std = stats(X)
     if hasattr(module, "scale_out"):

@@ -5,7 +5,7 @@ that does not exist is None, with its reason in an "undefined" mapping."""
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -90,17 +90,22 @@ class FeatureStats:
 
 @dataclass(frozen=True)
 class TrainingRecord:
-    """How a model was trained and how well it fits its training data.
+    """How a model was trained and how well it fits.
 
     ``settings`` are the Regressor's parameters as given (less progress and checkpoint, which do not change
-    the result); ``optimizer`` and ``lr`` as resolved. ``metrics`` carry the weight and bias of a linear model
-    in raw units. ``inference`` is the least-squares table of a linear model, or None with the reason in
-    ``inference_unavailable`` when the data cannot support one (None for both for an MLP)."""
+    the result); ``optimizer``, ``lr`` and ``plan`` (epochs, batch_size, patience, scaled) as resolved.
+    ``metrics``, ``exact_least_squares`` and ``inference`` use the ``training_rows`` the model was fitted on;
+    with a validation split, ``validation_metrics`` and ``exact_validation`` are the model's and the exact
+    fit's on the ``validation_rows`` held out (None without one). ``metrics`` carry the weight and bias of a
+    linear model in raw units. ``inference`` is the least-squares table of a linear model, or None with the
+    reason in ``inference_unavailable`` when the data cannot support one (None for both for an MLP).
+    ``warnings`` say what was wrong with a fit that ended (a linear fit far from the exact one). Records
+    written before the validation split was recorded read with every row as training rows."""
 
     dataset: DatasetRecord
     settings: dict
     optimizer: str
-    lr: float
+    lr: float | None
     device: str
     epochs_run: int
     best_epoch: int | None
@@ -111,48 +116,79 @@ class TrainingRecord:
     inference: Inference | None
     inference_unavailable: str | None
     feature_stats: FeatureStats
+    training_rows: int | None = None
+    validation_rows: int = 0
+    validation_metrics: FitMetrics | None = None
+    exact_validation: FitMetrics | None = None
+    plan: dict = field(default_factory=dict)
+    warnings: tuple[str, ...] = ()
 
     @classmethod
     def from_fit(cls, reg: Regressor, data: Dataset) -> "TrainingRecord":
-        """The record of ``reg`` fitted on ``data``."""
+        """The record of ``reg`` fitted on ``data`` (its training and held-out rows as the fit split them)."""
         linear = reg.spec_.kind == "linear"
-        metrics = FitMetrics.of(data.y, reg.predict(data.X), reg.coef_ if linear else None,
-                                reg.intercept_ if linear else None, data.target_names)
+        tr, va = reg.train_rows_, reg.val_rows_
+        X, y = data.X[tr], data.y[tr]
+        coef = (reg.coef_, reg.intercept_) if linear else (None, None)
+        metrics = FitMetrics.of(y, reg.predict(X), *coef, data.target_names)
+        exact = exact_least_squares(X, y, data.target_names)
+        validation = exact_validation = None
+        if len(va):
+            validation = FitMetrics.of(data.y[va], reg.predict(data.X[va]), target_names=data.target_names)
+            exact_validation = FitMetrics.of(data.y[va], exact.predict(data.X[va]), target_names=data.target_names)
         inference, unavailable = None, None
         if linear:
             try:
-                inference = ols_inference(data.X, data.y, data.feature_names, data.target_names)
+                inference = ols_inference(X, y, data.feature_names, data.target_names)
             except InferenceUnavailable as e:
                 unavailable = str(e)
         settings = {k: _jsonable(v) for k, v in reg.get_params().items() if k not in RUN_ONLY_SETTINGS}
+        plan = {"epochs": reg.epochs_, "batch_size": reg.batch_size_, "patience": reg.patience_,
+                "scaled": reg.scaled_, "threads": reg.threads_, "fit_seconds": round(reg.fit_seconds_, 3)}
         return cls(
             dataset=DatasetRecord.of(data), settings=settings, optimizer=reg.optimizer_, lr=reg.lr_,
             device=reg.device_, epochs_run=reg.n_epochs_, best_epoch=reg.best_epoch_, final_loss=finite(reg.final_loss_),
             val_loss=finite(reg.val_loss_history_[-1]) if len(reg.val_loss_history_) else None, metrics=metrics,
-            exact_least_squares=exact_least_squares(data.X, data.y, data.target_names), inference=inference,
-            inference_unavailable=unavailable, feature_stats=FeatureStats.of(data.X))
+            exact_least_squares=exact, inference=inference, inference_unavailable=unavailable,
+            feature_stats=FeatureStats.of(X), training_rows=int(len(tr)), validation_rows=int(len(va)),
+            validation_metrics=validation, exact_validation=exact_validation, plan=plan,
+            warnings=tuple(str(w) for w in getattr(reg, "fit_warnings_", ())))
+
+    @property
+    def rows_trained(self) -> int:
+        """The rows the model was fitted on (every row of records from before the split was recorded)."""
+        return self.dataset.rows if self.training_rows is None else self.training_rows
 
     def to_json(self) -> dict:
         return {
             "dataset": self.dataset.to_json(),
             "settings": {k: _jsonable(v) for k, v in self.settings.items()},
-            "optimizer": self.optimizer, "lr": self.lr, "device": self.device, "epochs_run": self.epochs_run,
+            "optimizer": self.optimizer, "lr": finite(self.lr), "device": self.device, "epochs_run": self.epochs_run,
             "best_epoch": self.best_epoch, "final_loss": finite(self.final_loss), "val_loss": finite(self.val_loss),
+            "plan": {k: _jsonable(v) for k, v in self.plan.items()},
+            "training_rows": self.training_rows, "validation_rows": self.validation_rows,
             "metrics": self.metrics.to_json(),
+            "validation_metrics": self.validation_metrics.to_json() if self.validation_metrics else None,
             "exact_least_squares": self.exact_least_squares.to_json(),
+            "exact_validation": self.exact_validation.to_json() if self.exact_validation else None,
             "inference": self.inference.to_json() if self.inference is not None else None,
             "inference_unavailable": self.inference_unavailable,
             "feature_stats": self.feature_stats.to_json(),
+            "warnings": list(self.warnings),
         }
 
     @classmethod
     def from_json(cls, obj: Any, where: str = "training") -> "TrainingRecord":
-        """The record from ``to_json``'s object; DataError naming the key for anything else."""
+        """The record from ``to_json``'s object (or an older one, without the split); DataError naming the key
+        for anything else."""
         f = Fields(obj, where)
         inference = f.get("inference", dict, optional=True)
+        validation = f.get("validation_metrics", dict, optional=True)
+        exact_validation = f.get("exact_validation", dict, optional=True)
         return cls(
             dataset=DatasetRecord.from_json(f.get("dataset", dict), f"{where}.dataset"),
-            settings=dict(f.get("settings", dict)), optimizer=f.get("optimizer", str), lr=f.get("lr", float),
+            settings=dict(f.get("settings", dict)), optimizer=f.get("optimizer", str),
+            lr=f.get("lr", float, optional=True),
             device=f.get("device", str), epochs_run=f.get("epochs_run", int),
             best_epoch=f.get("best_epoch", int, optional=True), final_loss=f.get("final_loss", float, optional=True),
             val_loss=f.get("val_loss", float, optional=True),
@@ -161,4 +197,11 @@ class TrainingRecord:
                                                        f"{where}.exact_least_squares"),
             inference=Inference.from_json(inference, f"{where}.inference") if inference is not None else None,
             inference_unavailable=f.get("inference_unavailable", str, optional=True),
-            feature_stats=FeatureStats.from_json(f.get("feature_stats", dict), f"{where}.feature_stats"))
+            feature_stats=FeatureStats.from_json(f.get("feature_stats", dict), f"{where}.feature_stats"),
+            training_rows=f.get("training_rows", int, optional=True),
+            validation_rows=f.get("validation_rows", int, optional=True) or 0,
+            validation_metrics=FitMetrics.from_json(validation, f"{where}.validation_metrics") if validation else None,
+            exact_validation=FitMetrics.from_json(exact_validation, f"{where}.exact_validation")
+            if exact_validation else None,
+            plan=dict(f.get("plan", dict, optional=True) or {}),
+            warnings=tuple(f.get("warnings", list, optional=True) or ()))

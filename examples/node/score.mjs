@@ -1,7 +1,9 @@
 #!/usr/bin/env node
 // Score rows with a torchport bundle from Node.js.
 // Reads manifest.json for the feature order and tensor names, checks model.onnx against its sha256,
-// runs it with onnxruntime-node (CPU), and prints one JSON array of predictions per input row.
+// runs the bundle's golden cases (golden.json: rows with their float64 answers and the bound float32
+// rounding may account for) to check the model computes here what it computed at export, then runs the
+// rows with onnxruntime-node (CPU) and prints one JSON array of predictions per input row.
 //
 //   node score.mjs BUNDLE_DIR < rows.json
 // rows.json: [[3.0], [1.5]] (features in manifest order) or [{"area": 3.0}, ...] (matched by name).
@@ -15,6 +17,34 @@ function fail(message) {
   process.exit(2);
 }
 
+function checkedFile(dir, manifest, name) {
+  const bytes = readFileSync(join(dir, name));
+  const digest = createHash("sha256").update(bytes).digest("hex");
+  if (!manifest.files[name] || digest !== manifest.files[name].sha256) {
+    throw new Error(`${join(dir, name)} does not match the manifest's sha256`);
+  }
+  return bytes;
+}
+
+export async function selfCheck(dir, { manifest, session }) {
+  if (!manifest.golden) return { checked: false, rows: 0 };  // a bundle from before golden cases
+  const golden = JSON.parse(checkedFile(dir, manifest, manifest.golden.file).toString("utf8"));
+  const out = await predict({ manifest, session }, golden.inputs);
+  let worst = { share: 0 };
+  out.forEach((row, i) => row.forEach((value, j) => {
+    const error = Math.abs(value - golden.answers[i][j]);
+    const share = golden.bound[j] > 0 ? error / golden.bound[j] : (error > 0 ? Infinity : 0);
+    if (!(share <= worst.share)) worst = { share, i, j, value, error };
+  }));
+  if (!(worst.share <= 1)) {
+    const { i, j, value, error } = worst;
+    throw new Error(`self-check failed: golden row ${i}, target ${JSON.stringify(manifest.targets[j])}: the ` +
+      `float64 answer is ${golden.answers[i][j]}, this model gives ${value}, off by ${error}, beyond the ` +
+      `${golden.bound[j]} that float32 rounding may account for`);
+  }
+  return { checked: true, rows: golden.inputs.length, share: worst.share };
+}
+
 export async function loadBundle(dir) {
   let manifest;
   try {
@@ -22,13 +52,14 @@ export async function loadBundle(dir) {
   } catch (e) {
     throw new Error(`${join(dir, "manifest.json")}: ${e.message}`);
   }
-  const bytes = readFileSync(join(dir, "model.onnx"));
-  const digest = createHash("sha256").update(bytes).digest("hex");
-  if (digest !== manifest.files["model.onnx"].sha256) {
-    throw new Error(`${join(dir, "model.onnx")} does not match the manifest's sha256`);
+  if (manifest.parity && manifest.parity.passed === false) {
+    throw new Error(`${dir}: this bundle failed its parity check and was published marked failed`);
   }
+  const bytes = checkedFile(dir, manifest, "model.onnx");
   const session = await ort.InferenceSession.create(bytes, { executionProviders: ["cpu"] });
-  return { manifest, session };
+  const bundle = { manifest, session };
+  bundle.selfCheck = await selfCheck(dir, bundle);
+  return bundle;
 }
 
 export function toMatrix(rows, features) {

@@ -12,6 +12,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from torchport.runtime.errors import ParityError
 from torchport.runtime.predictor import Predictor
 from torchport.runtime.serve.batching import Batcher
 from torchport.runtime.serve.metrics import ServerMetrics
@@ -41,6 +42,7 @@ class InferenceApp:
                  providers: tuple[str, ...] = ()):
         self.info = info
         self.providers = providers
+        self.self_check_note = ""  # what the model's self-check found, set by build_app
         self.max_body_bytes = max_body_bytes
         self.metrics = ServerMetrics(info.name, max_batch_size)
         self.encoder = ResponseEncoder(info)
@@ -110,7 +112,10 @@ class InferenceApp:
             if encoding:
                 body = self._decompress(body, encoding)
             request = parse_infer_request(body, header_length, self.info)
-            out = await self.batcher.submit(request.rows)
+            if len(request.rows):
+                out = await self.batcher.submit(request.rows)
+            else:  # an empty batch is answered as the Predictor answers it
+                out = np.empty((0, len(self.info.target_names)), dtype=np.float32)
             payload, json_length = self.encoder.encode(request.request_id, out, request.binary_output)
         except ProtocolError as e:
             return await self._error(send, e.status, str(e), infer=True, started=started)
@@ -183,14 +188,25 @@ class InferenceApp:
 
 def build_app(bundle: str | os.PathLike, model_name: str | None = None, providers: Any = "auto",
               max_batch_size: int = 64, max_queue_delay_us: int = 0,
-              max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -> InferenceApp:
-    """Load a bundle (or an .onnx file) into a Predictor and wrap it as the V2 model ``model_name``."""
-    predictor = Predictor(bundle, providers=providers)
+              max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, allow_failed_parity: bool = False) -> InferenceApp:
+    """Load a bundle (or an .onnx file) into a Predictor, run its golden cases (``Predictor.self_check``: a
+    ParityError stops the server before it listens) and wrap it as the V2 model ``model_name``. A bundle that
+    failed parity is refused unless ``allow_failed_parity``, which also lets a failing self-check through
+    (said in ``app.self_check_note``)."""
+    predictor = Predictor(bundle, providers=providers, allow_failed_parity=allow_failed_parity)
+    try:
+        note = str(predictor.self_check())
+    except ParityError as e:
+        if not allow_failed_parity:
+            raise
+        note = f"{e} (served anyway: allow_failed_parity)"
     info = ModelInfo(name=model_name or Path(bundle).resolve().name.removesuffix(".onnx"),
                      input_name=predictor.input_name, output_name=predictor.output_name,
                      feature_names=tuple(predictor.feature_names), target_names=tuple(predictor.target_names))
-    return InferenceApp(predictor.predict, info, max_batch_size, max_queue_delay_us, max_body_bytes,
-                        tuple(predictor.providers))
+    app = InferenceApp(predictor.predict, info, max_batch_size, max_queue_delay_us, max_body_bytes,
+                       tuple(predictor.providers))
+    app.self_check_note = note
+    return app
 
 
 def app_from_env() -> InferenceApp:

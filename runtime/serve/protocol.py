@@ -10,6 +10,9 @@ import orjson
 
 # V2 datatypes accepted for the features tensor, with their little-endian numpy types.
 INPUT_DTYPES = {"FP32": np.dtype("<f4"), "FP64": np.dtype("<f8")}
+# The smallest magnitude that rounds to infinity in float32: (2 - 2**-24) * 2**127. A JSON number at or
+# beyond it (1e39) would reach the model as inf.
+FLOAT32_OVERFLOW = 3.4028235677973366e38
 MODEL_VERSION = "1"
 
 
@@ -80,6 +83,19 @@ def _first_non_number(data: object) -> object:
     return None
 
 
+def _refuse_unusable(values: np.ndarray, where: str, info: ModelInfo) -> None:
+    """A 400 naming this request's first row and column whose value is NaN, infinite or beyond float32's
+    range (checked per request, so that it never fails the batch it would have joined)."""
+    with np.errstate(invalid="ignore"):
+        bad = ~(np.abs(values) < FLOAT32_OVERFLOW)
+    if not bad.any():
+        return
+    row, col = (int(i) for i in np.argwhere(bad)[0])
+    value = float(values[row, col])
+    why = "beyond float32's range (about ±3.4e38)" if np.isfinite(value) else "NaN and infinite inputs are refused"
+    raise _bad(f"{where}: row {row} (0-based), column {col} ({info.feature_names[col]!r}) holds {value:g}: {why}")
+
+
 def _input_rows(tensor: object, info: ModelInfo, binary: memoryview) -> tuple[np.ndarray, int]:
     """The (rows, n_features) float32 matrix of one request input, and the binary bytes it used."""
     if not isinstance(tensor, dict):
@@ -91,8 +107,8 @@ def _input_rows(tensor: object, info: ModelInfo, binary: memoryview) -> tuple[np
     n_features = len(info.feature_names)
     shape = tensor.get("shape")
     if (not isinstance(shape, list) or len(shape) != 2 or not all(type(d) is int for d in shape)
-            or shape[0] < 1 or shape[1] != n_features):
-        raise _bad(f"{where}: shape {shape!r} does not fit the model; expected [rows, {n_features}] with rows >= 1 "
+            or shape[0] < 0 or shape[1] != n_features):
+        raise _bad(f"{where}: shape {shape!r} does not fit the model; expected [rows, {n_features}] with rows >= 0 "
                    f"(features {list(info.feature_names)})")
     datatype = tensor.get("datatype")
     dtype = INPUT_DTYPES.get(datatype) if isinstance(datatype, str) else None
@@ -109,6 +125,7 @@ def _input_rows(tensor: object, info: ModelInfo, binary: memoryview) -> tuple[np
             raise _bad(f"{where}: binary_data_size is {size} but the body has only {len(binary)} bytes after "
                        "the JSON header (check Inference-Header-Content-Length)")
         rows = np.frombuffer(binary[:size], dtype=dtype).reshape(shape[0], n_features)
+        _refuse_unusable(rows, where, info)
         return rows.astype(np.float32), size
     if "data" not in tensor:
         raise _bad(f"{where}: no 'data' and no 'binary_data_size' parameter; send the tensor's values in one of them")
@@ -117,11 +134,15 @@ def _input_rows(tensor: object, info: ModelInfo, binary: memoryview) -> tuple[np
         raise _bad(f"{where}: 'data' must hold numbers only, got {bad!r}")
     try:
         values = np.asarray(tensor["data"], dtype=np.float64)
+    except OverflowError:
+        raise _bad(f"{where}: 'data' holds an integer beyond float32's range (about ±3.4e38)") from None
     except ValueError as e:
         raise _bad(f"{where}: 'data' is not a regular array of numbers ({e})") from None
     if values.size != count:
         raise _bad(f"{where}: 'data' has {values.size} values but shape {shape} needs {count}")
-    return values.reshape(shape[0], n_features).astype(np.float32), 0
+    values = values.reshape(shape[0], n_features)
+    _refuse_unusable(values, where, info)
+    return values.astype(np.float32), 0
 
 
 def _plain_rows(request: object, info: ModelInfo) -> list | None:
@@ -144,8 +165,8 @@ def _plain_rows(request: object, info: ModelInfo) -> list | None:
             or type(shape[0]) is not int or type(shape[1]) is not int or shape[0] < 1 or shape[1] != n_features \
             or type(data) is not list or len(data) != shape[0] * n_features:
         return None
-    for value in data:
-        if type(value) is not float and type(value) is not int:
+    for value in data:  # numbers within float32's range only; anything else gets the full checks
+        if (type(value) is not float and type(value) is not int) or not -FLOAT32_OVERFLOW < value < FLOAT32_OVERFLOW:
             return None
     return [data] if shape[0] == 1 else [data[i:i + n_features] for i in range(0, len(data), n_features)]
 

@@ -1,0 +1,110 @@
+"""Real public data with `torchport train`'s defaults: the NIST StRD Longley (ill-conditioned, 6 features) and
+Norris tables with their certified values (tests/data/nist), the tutorial's 3-feature table, and
+scikit-learn's diabetes table (10 features, 442 rows). The linear default ends at the least-squares
+optimum (within 1e-3 of the residual standard error, with the certified estimates and standard errors to
+at least 8 significant digits), and every model kind passes parity on every one of them."""
+import json
+import math
+
+import numpy as np
+import pytest
+
+from conftest import DATA, run_cli
+from torchport.export import load_dataset, write_from_regressor
+from torchport.runtime import Predictor
+from torchport.train import Regressor
+from torchport.train.metrics import least_squares_coefficients
+
+CERTIFIED = json.loads((DATA / "nist" / "certified.json").read_text())
+
+
+def digits(value: float, certified: float) -> float:
+    """StRD's log relative error: how many significant digits agree."""
+    return math.inf if value == certified else -math.log10(abs(value - certified) / abs(certified))
+
+
+def test_the_nist_files_hold_the_published_data():
+    import statsmodels.api as sm
+    longley = load_dataset(str(DATA / "nist" / "longley.csv"), ["y"])
+    reference = sm.datasets.longley.load_pandas().data.to_numpy()
+    assert np.array_equal(np.column_stack([longley.y, longley.X]), reference)
+    norris = load_dataset(str(DATA / "nist" / "norris.csv"), ["y"])
+    assert norris.X.shape == (36, 1) and norris.y[0, 0] == 0.1 and norris.X[-1, 0] == 0.5
+
+
+@pytest.mark.parametrize("name", ["longley", "norris", "plant_richness_mlr"])
+def test_the_default_linear_fit_is_the_least_squares_optimum(name, tmp_path):
+    if name == "plant_richness_mlr":
+        path, target, features = DATA / "plant_richness_mlr.tsv", "ntv_rich", "area,latitude,dist_mainland"
+    else:
+        c = CERTIFIED[name]
+        path, target, features = DATA / "nist" / c["file"], c["target"], ",".join(c["features"])
+    out = tmp_path / name
+    proc = run_cli("train", "--data", str(path), "--target", target, "--features", features, "--out", str(out),
+                   "--no-progress", "--no-plots")
+    assert proc.returncode == 0, proc.stderr
+    assert "exact least squares (float64 solve, float32 weights)" in proc.stdout and "parity: PASSED" in proc.stdout
+    data = load_dataset(str(path), [target], features.split(","))
+    manifest = json.loads((out / "manifest.json").read_text())
+    table = manifest["training"]["inference"]["targets"][0]
+    if name in CERTIFIED:
+        c = CERTIFIED[name]
+        exact = c["estimate"][0] + data.X @ np.array(c["estimate"][1:])
+        residual_sd = c["residual_sd"]
+        for i, coef in enumerate(table["coefficients"]):
+            assert coef["term"] == c["terms"][i]
+            assert digits(coef["estimate"], c["estimate"][i]) >= 8, coef
+            assert digits(coef["std_error"], c["std_error"][i]) >= 8, coef
+        assert digits(table["residual_se"], residual_sd) >= 8 and digits(table["r2"], c["r_squared"]) >= 8
+    else:
+        weight, bias = least_squares_coefficients(data.X, data.y)
+        exact = (data.X @ weight.T + bias)[:, 0]
+        residual_sd = table["residual_se"]
+    predicted = Predictor(out).predict(data.X)[:, 0].astype(np.float64)
+    assert np.max(np.abs(predicted - exact)) <= 1e-3 * residual_sd
+
+
+def diabetes_csv(tmp_path):
+    """scikit-learn's diabetes table as a user would have it: 10 raw features, 442 rows, target y."""
+    from sklearn.datasets import load_diabetes
+    frame = load_diabetes(as_frame=True, scaled=False).frame.rename(columns={"target": "y"})
+    path = tmp_path / "diabetes.csv"
+    frame.to_csv(path, index=False)
+    return path
+
+
+@pytest.fixture(scope="module")
+def tables(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tables")
+    return {"longley": (DATA / "nist" / "longley.csv", "y"), "norris": (DATA / "nist" / "norris.csv", "y"),
+            "plant_richness_mlr": (DATA / "plant_richness_mlr.tsv", "ntv_rich"),
+            "diabetes": (diabetes_csv(folder), "y")}
+
+
+@pytest.mark.parametrize("name", ["longley", "norris", "plant_richness_mlr", "diabetes"])
+@pytest.mark.parametrize("settings", [{}, {"model": "mlp"}, {"optimizer": "lbfgs", "scale": "on"}],
+                         ids=["linear", "mlp", "lbfgs"])
+def test_every_model_kind_passes_parity_on_every_table(tables, tmp_path, name, settings):
+    """Outputs from 0.1 (Norris) to 70,000 (Longley): float32 rounding passes the default criterion."""
+    path, target = tables[name]
+    data = load_dataset(str(path), [target])
+    reg = Regressor(device="cpu", **settings).fit(data.X, data.y)
+    manifest = write_from_regressor(reg, data, tmp_path / "b", plots=False)
+    assert manifest.parity.passed, [p for p in manifest.parity.pairs if not p.passed]
+    assert all(p.vs_torch is None or p.vs_torch <= manifest.parity.multiple for p in manifest.parity.pairs)
+    assert Predictor(tmp_path / "b").self_check().checked
+
+
+def test_held_out_figures_are_printed_and_stored_beside_the_training_ones(tmp_path):
+    out = tmp_path / "mlp"
+    proc = run_cli("train", "--data", "plant_richness_mlr", "--model", "mlp", "--hidden", "8", "--val-fraction",
+                   "0.25", "--out", str(out), "--no-progress", "--no-plots")
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert "16 training rows, 6 held-out rows" in lines[0]
+    assert any(line.startswith("torchport mlp 8 relu:") and line.endswith("(16 training rows)") for line in lines)
+    assert any(line.startswith("  on the held-out rows:") and line.endswith("(6 held-out rows)") for line in lines)
+    training = json.loads((out / "manifest.json").read_text())["training"]
+    assert (training["training_rows"], training["validation_rows"]) == (16, 6)
+    assert training["validation_metrics"]["r2"] is not None and training["exact_validation"]["mse"] > 0
+    assert training["plan"]["patience"] == 600 and training["best_epoch"] is not None
