@@ -43,8 +43,8 @@ def shots(tmp_path_factory) -> Path:
 def mlp_bundle(tmp_path_factory) -> Path:
     """The 3-feature MLP (32,32 relu, Adam) on the tutorial's multi-feature table."""
     out = tmp_path_factory.mktemp("bundles") / "mlr-mlp"
-    proc = run_cli("train", "--data", "plant_richness_mlr", "--model", "mlp", "--epochs", "500", "--out", str(out),
-                   "--no-progress")
+    proc = run_cli("train", "--data", "plant_richness_mlr", "--model", "mlp", "--epochs", "300", "--out", str(out),
+                   "--no-progress", "--no-plots")
     assert proc.returncode == 0, proc.stderr
     return out
 

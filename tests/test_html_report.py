@@ -17,6 +17,7 @@ from torchport.export import write_bundle, write_from_regressor
 from torchport.export.html_report import REPORT_HTML
 from torchport.export.report_view import metric_sets
 from torchport.runtime.bundle import Bundle, sha256_file
+from torchport.runtime.cli import main
 from torchport.train import Regressor, TrainingRecord
 from torchport.train.datasets import Dataset
 from torchport.train.metrics import FitMetrics
@@ -114,21 +115,25 @@ def test_report_of_a_format_1_bundle_with_the_reference_benchmark(tmp_path):
     assert "time to fit" in text and "n/a" in text  # format-1 records did not keep it
 
 
-def test_report_refuses_to_write_into_the_bundle_or_over_a_page(seed_bundle, tmp_path):
+def test_report_refuses_to_write_into_the_bundle_or_over_a_page(seed_bundle, tmp_path, capsys):
+    def report(*args: str) -> tuple[int, str]:
+        code = main(["report", *map(str, args)])
+        return code, capsys.readouterr().err
+
     before = sorted(p.name for p in seed_bundle.rglob("*"))
-    proc = run_cli("report", str(seed_bundle), "--out", str(seed_bundle / "report"))
-    assert proc.returncode == 2 and "never changes a bundle" in proc.stderr and "(--out)" in proc.stderr
+    code, err = report(seed_bundle, "--out", seed_bundle / "report")
+    assert code == 2 and "never changes a bundle" in err and "(--out)" in err
     assert sorted(p.name for p in seed_bundle.rglob("*")) == before
-    assert run_cli("report", str(seed_bundle), "--out", str(tmp_path)).returncode == 0
-    proc = run_cli("report", str(seed_bundle), "--out", str(tmp_path))
-    assert proc.returncode == 2 and "index.html exists; pass --force to replace it" in proc.stderr
-    proc = run_cli("report", str(DATA / "v1" / "mlp"), "--out", str(tmp_path / "m"), "--bench", str(REFERENCE_BENCH))
-    assert proc.returncode == 2 and "has no results for" in proc.stderr and "(--bench)" in proc.stderr
+    assert report(seed_bundle, "--out", tmp_path)[0] == 0
+    code, err = report(seed_bundle, "--out", tmp_path)
+    assert code == 2 and "index.html exists; pass --force to replace it" in err
+    code, err = report(DATA / "v1" / "mlp", "--out", tmp_path / "m", "--bench", REFERENCE_BENCH)
+    assert code == 2 and "has no results for" in err and "(--bench)" in err
     (tmp_path / "bad.json").write_text('{"format": NaN}')
-    proc = run_cli("report", str(seed_bundle), "--out", str(tmp_path / "n"), "--bench", str(tmp_path / "bad.json"))
-    assert proc.returncode == 2 and "is not a JSON file" in proc.stderr and "Traceback" not in proc.stderr
+    code, err = report(seed_bundle, "--out", tmp_path / "n", "--bench", tmp_path / "bad.json")
+    assert code == 2 and "is not a JSON file" in err and "Traceback" not in err
     shutil.copytree(seed_bundle, tmp_path / "bad")
     (tmp_path / "bad" / "report" / "loss.png").write_bytes(b"not the plot")
-    proc = run_cli("report", str(tmp_path / "bad"), "--out", str(tmp_path / "t"))
-    assert proc.returncode == 2 and "report/loss.png does not match the manifest" in proc.stderr
+    code, err = report(tmp_path / "bad", "--out", tmp_path / "t")
+    assert code == 2 and "report/loss.png does not match the manifest" in err
     assert not [p for p in (tmp_path / "m", tmp_path / "n", tmp_path / "t") if p.exists()]

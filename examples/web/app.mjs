@@ -122,16 +122,17 @@ async function scoreRows(bundle) {
     const rows = parseRows($("batch-rows").value, manifest.features);
     const answers = await predict(bundle, rows);
     const head = element("tr");
-    ["#", ...manifest.features, ...manifest.targets].forEach((c) => head.append(element("th", { scope: "col" }, c)));
+    // the answers first, so that they show on a narrow screen before the table scrolls
+    ["#", ...manifest.targets, ...manifest.features].forEach((c) => head.append(element("th", { scope: "col" }, c)));
     table.append(element("thead"));
     table.tHead.append(head);
     const body = element("tbody");
     rows.forEach((row, i) => {
       const tr = element("tr");
       tr.append(element("th", { scope: "row" }, String(i + 1)));
-      row.forEach((v) => tr.append(element("td", {}, shown(v))));
       answers[i].forEach((v, k) => tr.append(element("td", { class: "answer", "data-row": i, "data-target": k,
                                                               "data-value": String(v) }, shown(v))));
+      row.forEach((v) => tr.append(element("td", {}, shown(v))));
       body.append(tr);
     });
     table.append(body);
