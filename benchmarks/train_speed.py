@@ -182,7 +182,7 @@ def large_mlp(args: argparse.Namespace) -> int:
         size = data.stat().st_size
     training = manifest["training"]
     plan, epochs, rows = training["plan"], training["epochs_run"], training["training_rows"]
-    fit = plan["fit_seconds"]
+    fit = training["fit_seconds"]
     held_out = training["validation_metrics"]["r2"]
     figures = {
         "rows": args.rows, "csv_bytes": size, "csv_write_seconds": round(written, 2),

@@ -16,6 +16,7 @@ from torch import nn
 
 from torchport.export.formats import DEFAULT_OPSET, INPUT_NAME, OUTPUT_NAME, export_onnx, export_torchscript, \
     save_checkpoint
+from torchport.export.html_report import REPORT_HTML, add_html_report
 from torchport.export.parity import Tolerance, describe_worst
 from torchport.export.verify import Golden, verify_with_golden
 from torchport.runtime.bundle import CHECKPOINT_FILE, GOLDEN_FILE, LARGE_BATCH_FILE, MANIFEST, ONNX_FILE, \
@@ -65,8 +66,9 @@ def write_bundle(module: nn.Module, spec: ModelSpec, feature_names: list[str], t
     """Export ``module`` into the bundle directory ``out``, verified; returns its manifest. With ``force`` an
     existing bundle is replaced once the new one is complete. ``large_batch_graph``: also write
     model.large_batch.onnx when the model has a Gemm over one feature. ``report(dir)`` may add report files
-    to the staged bundle. A bundle that fails parity raises ParityFailed and stays in ``<out>.parity-failed``
-    (replacing an older one there); with ``publish_failed`` it is published, its manifest marked failed."""
+    to the staged bundle; report/index.html is written last, once parity is known. A bundle that fails
+    parity raises ParityFailed and stays in ``<out>.parity-failed`` (replacing an older one there); with
+    ``publish_failed`` it is published, its manifest marked failed."""
     out = Path(out)
     if out.exists() and not force:
         raise BundleExistsError(out)
@@ -75,7 +77,7 @@ def write_bundle(module: nn.Module, spec: ModelSpec, feature_names: list[str], t
         manifest = _write_staged(stage, module.to("cpu").eval(), spec, list(feature_names), list(target_names),
                                  training, opset, large_batch_graph, report)
         parity, golden = verify_with_golden(Bundle(stage, manifest), verify_inputs, tolerance=tolerance)
-        manifest = _with_golden(stage, manifest, golden).with_parity(parity)
+        manifest = add_html_report(Bundle(stage, _with_golden(stage, manifest, golden).with_parity(parity)))
         write_json(stage / MANIFEST, manifest.to_json())
         if not parity.passed and not publish_failed:
             kept = failed_dir(out)
@@ -136,8 +138,10 @@ def write_from_regressor(reg: Regressor, data: Dataset, out: str | os.PathLike, 
 
 
 def report_copier(bundle: Bundle) -> ReportWriter:
-    """A report writer that carries an existing bundle's report files (sha256-checked) over on re-export."""
-    contents = {name: bundle.read(name) for name in bundle.manifest.files if name.startswith(f"{REPORT_DIR}/")}
+    """A report writer that carries an existing bundle's report files (sha256-checked) over on re-export;
+    report/index.html is not carried: the new bundle gets its own, with the new parity and hashes."""
+    contents = {name: bundle.read(name) for name in bundle.manifest.files
+                if name.startswith(f"{REPORT_DIR}/") and name != REPORT_HTML}
 
     def copy(stage: Path) -> list[str]:
         for name, data in contents.items():

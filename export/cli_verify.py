@@ -1,8 +1,9 @@
 """Verify a bundle: run the training rows (when the data is still available unchanged) and random batches
 of 1, 7, 4096 and 40000 rows through the torch module (from the checkpoint), the TorchScript file and ONNX
 Runtime (the Predictor, and in a two-graph bundle model.onnx and model.large_batch.onnx each on its own);
-compare each with the same module run in float64 and record the results in the manifest. Exit status 1
-when a copy is further from the float64 answers than float32 rounding accounts for (or than --atol/--rtol).
+compare each with the same module run in float64 and record the results in the manifest (and in
+report/index.html, which is rewritten with them). Exit status 1 when a copy is further from the float64
+answers than float32 rounding accounts for (or than --atol/--rtol).
 
 example:
   torchport verify bundles/seed
@@ -14,6 +15,7 @@ import sys
 from pathlib import Path
 
 from torchport.export.cli_options import add_tolerance_options, tolerance
+from torchport.export.html_report import REPORT_HTML, add_html_report
 from torchport.export.parity import format_report
 from torchport.export.verify import verify_bundle
 from torchport.runtime.bundle import MANIFEST, Bundle
@@ -26,7 +28,8 @@ USER_ERRORS = (TrainError,)
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("bundle", type=Path, help="bundle directory")
     add_tolerance_options(p)
-    p.add_argument("--no-record", action="store_true", help="do not write the results into manifest.json")
+    p.add_argument("--no-record", action="store_true",
+                   help="do not write the results into manifest.json and report/index.html")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -35,7 +38,10 @@ def run(args: argparse.Namespace) -> int:
     print(format_report(report))
     print(f"training rows: {report.training_rows}")
     if not args.no_record:
-        write_json(args.bundle / MANIFEST, bundle.manifest.with_parity(report).to_json())
+        manifest = bundle.manifest.with_parity(report)
+        if bundle.has(REPORT_HTML):
+            manifest = add_html_report(Bundle(bundle.path, manifest))
+        write_json(args.bundle / MANIFEST, manifest.to_json())
     if not report.passed:
         print(f"torchport verify: {args.bundle}: parity FAILED", file=sys.stderr)
         return 1

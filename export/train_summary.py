@@ -12,23 +12,15 @@ from torchport.export.cli_options import large_batch_line
 from torchport.export.parity import format_report
 from torchport.runtime.bundle import Manifest, ParityReport
 from torchport.runtime.predictor import Predictor
-from torchport.train.datasets import Dataset
+from torchport.train.datasets import Dataset, published_fit
 from torchport.train.estimator import Regressor
 from torchport.train.inference import format_inference
 from torchport.train.metrics import FitMetrics
 from torchport.train.record import TrainingRecord
 
-# The tutorial's published figures (shared/data/README.md).
-SEED_REFERENCE = {"weight": 0.35739, "bias": 1.33122, "r2": 0.82764, "pred3": 2.40344}
-
-
 def _f(value: float | None, spec: str) -> str:
     """``value`` in ``spec``, or n/a in the same width where it is undefined."""
     return format("n/a", spec.split(".")[0]) if value is None else format(value, spec)
-
-
-def _is_tutorial(data: Dataset) -> bool:
-    return data.name == "plant_richness_lr" and data.feature_names == ["area"] and data.target_names == ["ntv_rich"]
 
 
 def _method(reg: Regressor) -> str:
@@ -44,8 +36,8 @@ def _fit_table(reg: Regressor, data: Dataset, record: TrainingRecord) -> list[st
     """The one-feature, one-target linear fit beside the exact optimum (and the tutorial, on its data)."""
     m, exact, x_name = record.metrics, record.exact_least_squares, data.feature_names[0]
     lines = [f"{'':<28}{'weight w':>10}{'bias b':>10}{'R^2':>10}{'MSE':>10}{'pred(' + x_name + '=3)':>14}"]
-    if _is_tutorial(data):
-        r = SEED_REFERENCE
+    r = published_fit(data.name, data.feature_names, data.target_names)
+    if r is not None:
         lines.append(f"{'tutorial (published)':<28}{r['weight']:>10.5f}{r['bias']:>10.5f}{r['r2']:>10.5f}"
                      f"{'':>10}{r['pred3']:>14.5f}")
     ours = float(np.asarray(reg.predict(np.array([[3.0]]))).reshape(-1)[0])

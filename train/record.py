@@ -93,7 +93,9 @@ class TrainingRecord:
     """How a model was trained and how well it fits.
 
     ``settings`` are the Regressor's parameters as given (less progress and checkpoint, which do not change
-    the result); ``optimizer``, ``lr`` and ``plan`` (epochs, batch_size, patience, scaled) as resolved.
+    the result); ``optimizer``, ``lr`` and ``plan`` (epochs, batch_size, patience, scaled) as resolved;
+    ``fit_seconds`` is the wall time of the fit (of the last process, for a resumed run; None in records
+    written before it was kept).
     ``metrics``, ``exact_least_squares`` and ``inference`` use the ``training_rows`` the model was fitted on;
     with a validation split, ``validation_metrics`` and ``exact_validation`` are the model's and the exact
     fit's on the ``validation_rows`` held out (None without one). ``metrics`` carry the weight and bias of a
@@ -122,6 +124,7 @@ class TrainingRecord:
     exact_validation: FitMetrics | None = None
     plan: dict = field(default_factory=dict)
     warnings: tuple[str, ...] = ()
+    fit_seconds: float | None = None
 
     @classmethod
     def from_fit(cls, reg: Regressor, data: Dataset) -> "TrainingRecord":
@@ -144,7 +147,7 @@ class TrainingRecord:
                 unavailable = str(e)
         settings = {k: _jsonable(v) for k, v in reg.get_params().items() if k not in RUN_ONLY_SETTINGS}
         plan = {"epochs": reg.epochs_, "batch_size": reg.batch_size_, "patience": reg.patience_,
-                "scaled": reg.scaled_, "threads": reg.threads_, "fit_seconds": round(reg.fit_seconds_, 3)}
+                "scaled": reg.scaled_, "threads": reg.threads_}
         return cls(
             dataset=DatasetRecord.of(data), settings=settings, optimizer=reg.optimizer_, lr=reg.lr_,
             device=reg.device_, epochs_run=reg.n_epochs_, best_epoch=reg.best_epoch_, final_loss=finite(reg.final_loss_),
@@ -152,7 +155,8 @@ class TrainingRecord:
             exact_least_squares=exact, inference=inference, inference_unavailable=unavailable,
             feature_stats=FeatureStats.of(X), training_rows=int(len(tr)), validation_rows=int(len(va)),
             validation_metrics=validation, exact_validation=exact_validation, plan=plan,
-            warnings=tuple(str(w) for w in getattr(reg, "fit_warnings_", ())))
+            warnings=tuple(str(w) for w in getattr(reg, "fit_warnings_", ())),
+            fit_seconds=finite(reg.fit_seconds_))
 
     @property
     def rows_trained(self) -> int:
@@ -175,6 +179,7 @@ class TrainingRecord:
             "inference_unavailable": self.inference_unavailable,
             "feature_stats": self.feature_stats.to_json(),
             "warnings": list(self.warnings),
+            "fit_seconds": finite(self.fit_seconds),
         }
 
     @classmethod
@@ -204,4 +209,5 @@ class TrainingRecord:
             exact_validation=FitMetrics.from_json(exact_validation, f"{where}.exact_validation")
             if exact_validation else None,
             plan=dict(f.get("plan", dict, optional=True) or {}),
-            warnings=tuple(f.get("warnings", list, optional=True) or ()))
+            warnings=tuple(f.get("warnings", list, optional=True) or ()),
+            fit_seconds=f.get("fit_seconds", float, optional=True))
