@@ -10,7 +10,7 @@ import time
 from typing import TextIO
 
 FIRST_AFTER = 1.0      # seconds before anything is shown
-EVERY = 1.5            # a line this often afterwards, so at least one every 2 s (a terminal redraws every TERMINAL_EVERY)
+EVERY = 1.0            # a line this often afterwards: at least one every 2 s even when the process is starved (a terminal redraws every TERMINAL_EVERY)
 TERMINAL_EVERY = 0.5
 
 
