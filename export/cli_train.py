@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import sys
+import warnings
 from pathlib import Path
 
 from torchport.runtime.errors import InputError
@@ -153,7 +154,7 @@ def _train_and_export(args: argparse.Namespace, status: Status, settings: dict, 
     from torchport.export.bundle_writer import ParityFailed, write_from_regressor
     from torchport.export.cli_options import tolerance
     from torchport.export.train_summary import bundle_lines, failed_lines, fit_lines
-    from torchport.train.errors import TrainingDiverged
+    from torchport.train.errors import FitWarning, TrainingDiverged
     from torchport.train.estimator import Regressor
     from torchport.train.record import TrainingRecord
 
@@ -171,7 +172,9 @@ def _train_and_export(args: argparse.Namespace, status: Status, settings: dict, 
     reg = Regressor(**settings, progress=show, checkpoint=state)
     out.parent.mkdir(parents=True, exist_ok=True)
     try:
-        reg.fit(data.X, data.y, resume=args.resume)
+        with warnings.catch_warnings():  # the summary gives them, in the command's terms
+            warnings.simplefilter("ignore", FitWarning)
+            reg.fit(data.X, data.y, resume=args.resume)
     except TrainingDiverged as e:
         state.unlink(missing_ok=True)
         raise TrainingDiverged(f"{e.message}; no bundle was written", parameter=e.parameter, fixes=e.fixes) from None
