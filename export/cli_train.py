@@ -118,6 +118,8 @@ def _run(args: argparse.Namespace, status: Status) -> int:
     """Mistakes first, in the order that finds them soonest: the output, the data (read without torch), then
     the settings and the opset once torch is loaded; then the lock, training and the export."""
     check_report_modules(not args.no_plots)
+    from torchport.export.cli_options import tolerance
+    tolerance(args)  # --atol without --rtol is a mistake to name before anything is read or written
     out = args.out or Path("bundles") / (Path(args.data).stem if args.data not in DATASET_NAMES else args.data)
     _refuse_existing(out, args.force)
     from torchport.export.datasets import load_dataset
