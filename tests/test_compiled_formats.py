@@ -19,7 +19,7 @@ import pytest
 import torch
 
 from conftest import X86, run_cli
-from torchport.export import BundleExistsError, load_model, verify_bundle, write_module_bundle
+from torchport.export import BundleExistsError, assert_parity, load_model, write_module_bundle
 from torchport.runtime import Predictor
 from torchport.runtime.bundle import AOTI_FILE, EXPORTED_FILE, MANIFEST, ONNX_FILE, TORCHSCRIPT_FILE, Bundle, \
     Manifest, sha256_file
@@ -327,6 +327,8 @@ def test_without_torchscript_the_bundle_is_written_without_it(seed_bundle, tmp_p
     assert TORCHSCRIPT_FILE not in m.files and not (out / TORCHSCRIPT_FILE).exists()
     assert "torchscript" not in m.export.formats and "torchscript" in m.export.not_written
     assert m.parity.passed and "Traceback" not in proc.stderr
+    proc = run_cli("export", str(out), "--triton", str(tmp_path / "repo"), "--libtorch")
+    assert proc.returncode == 2 and f"holds no {TORCHSCRIPT_FILE} for the libtorch backend" in proc.stderr
 
 
 def test_verify_and_bench_skip_a_torchscript_file_torch_cannot_load(seed_bundle, tmp_path):
@@ -339,9 +341,10 @@ def test_verify_and_bench_skip_a_torchscript_file_torch_cannot_load(seed_bundle,
         assert f"{TORCHSCRIPT_FILE} not run: torch" in proc.stdout or "not run: torchscript on cpu" in proc.stdout
 
 
-def test_verify_bundle_reports_notes_and_keeps_old_manifests_readable(aoti_seed_bundle, tmp_path):
-    report = verify_bundle(aoti_seed_bundle)
-    assert report.passed and report.notes == ()
+def test_assert_parity_covers_every_format_and_old_manifests_stay_readable(aoti_seed_bundle, tmp_path):
+    report = assert_parity(aoti_seed_bundle)
+    assert report.notes == () and {("torch", f) for f in ("torchscript", "exported", "aoti", "onnxruntime")} <= \
+        {(p.reference, p.candidate) for p in report.pairs}
     old = _copy(aoti_seed_bundle, tmp_path)
 
     def strip(obj):  # a format-2 manifest from before writers, formats and notes were recorded
