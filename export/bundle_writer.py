@@ -9,7 +9,6 @@ import os
 import time
 from dataclasses import replace
 from datetime import datetime, timezone
-from importlib import metadata
 from pathlib import Path
 from typing import Callable, Iterable
 
@@ -20,8 +19,9 @@ from torch import nn
 from torchport.export.aoti import compile_package
 from torchport.export.exported import export_program, save_program
 from torchport.export.formats import DEFAULT_OPSET, EXPORTER, INPUT_NAME, OUTPUT_NAME, TORCHSCRIPT_TOOL, \
-    export_onnx, export_torchscript, save_checkpoint, versions
+    export_onnx, export_torchscript, save_checkpoint, torchport_version, versions
 from torchport.export.module_spec import ModuleSpec
+from torchport.export.html_report import REPORT_HTML, add_html_report
 from torchport.export.parity import Tolerance
 from torchport.export.torch_calls import evaluating
 from torchport.export.verify import verify_bundle
@@ -60,14 +60,8 @@ def check_formats(formats: Iterable[str]) -> tuple[str, ...]:
     return tuple(f for f in FORMAT_FILES if f == "onnx" or f in asked)
 
 
-def _torchport_version() -> str:
-    try:
-        return metadata.version("torchport")
-    except metadata.PackageNotFoundError:
-        return "unknown"
-
-
-def write_bundle(module: nn.Module | torch.export.ExportedProgram, spec: ModelSpec | ModuleSpec, feature_names: list[str], target_names: list[str],
+def write_bundle(module: nn.Module | torch.export.ExportedProgram, spec: ModelSpec | ModuleSpec,
+                 feature_names: list[str], target_names: list[str],
                  out: str | os.PathLike, *, training: TrainingRecord | None = None, opset: int = DEFAULT_OPSET,
                  force: bool = False, verify_inputs: np.ndarray | None = None, large_batch_graph: bool = True,
                  tolerance: Tolerance = Tolerance(), report: ReportWriter | None = None,
@@ -77,7 +71,8 @@ def write_bundle(module: nn.Module | torch.export.ExportedProgram, spec: ModelSp
     complete. ``formats``: the model formats to write (FORMAT_FILES' names; "onnx" always); "aoti" also
     writes a CUDA package when torch sees a GPU, and ``aoti_cpu`` says which CPUs its native code is for
     ("native": this one; or an x86-64 level). ``large_batch_graph``: also write model.large_batch.onnx
-    when the model has a Gemm over one feature. ``report(dir)`` may add report files to the staged bundle.
+    when the model has a Gemm over one feature. ``report(dir)`` may add report files to the staged bundle;
+    report/index.html is written last, once parity is known.
     A ModuleSpec bundle (a module torchport did not define) always holds model.pt2, its torch-side source;
     ``module`` may then be that ExportedProgram (re-exporting such a bundle), which every format is written
     from as it is."""
@@ -95,7 +90,7 @@ def write_bundle(module: nn.Module | torch.export.ExportedProgram, spec: ModelSp
                                    large_batch_graph, report, formats, aoti_cpu, program)
             reference = module if isinstance(spec, ModuleSpec) else None
             parity = verify_bundle(Bundle(stage, manifest), verify_inputs, tolerance=tolerance, module=reference)
-            manifest = manifest.with_parity(parity)
+            manifest = add_html_report(Bundle(stage, manifest.with_parity(parity)))
             write_json(stage / MANIFEST, manifest.to_json())
     except FileExistsError:
         if out.exists():  # another writer published first
@@ -123,7 +118,7 @@ class _Files:
         self.put(names, FileWriter(tool, tool_versions, seconds, device))
 
     def put(self, names: Iterable[str], writer: FileWriter) -> None:
-        writer = replace(writer, versions={"torchport": _torchport_version(), **writer.versions})
+        writer = replace(writer, versions={"torchport": torchport_version(), **writer.versions})
         for name in names:
             self.entries[name] = FileEntry.of(self.stage / name, writer)
         self.step()
@@ -216,8 +211,10 @@ def write_from_regressor(reg: Regressor, data: Dataset, out: str | os.PathLike, 
 
 
 def report_copier(bundle: Bundle) -> ReportWriter:
-    """A report writer that carries an existing bundle's report files (sha256-checked) over on re-export."""
-    contents = {name: bundle.read(name) for name in bundle.manifest.files if name.startswith(f"{REPORT_DIR}/")}
+    """A report writer that carries an existing bundle's report files (sha256-checked) over on re-export;
+    report/index.html is not carried: the new bundle gets its own, with the new parity and hashes."""
+    contents = {name: bundle.read(name) for name in bundle.manifest.files
+                if name.startswith(f"{REPORT_DIR}/") and name != REPORT_HTML}
 
     def copy(stage: Path) -> list[str]:
         for name, data in contents.items():

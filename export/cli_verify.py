@@ -4,8 +4,9 @@ torchport did not define, its ExportedProgram), and every format the bundle hold
 ExportedProgram (model.pt2), the AOTInductor packages (model.aoti.pt2, and model.aoti.cuda.pt2 where a
 GPU is usable) and ONNX Runtime (the Predictor, and in a two-graph bundle model.onnx and
 model.large_batch.onnx each on its own); print the max absolute and relative difference per pair and
-record them in the manifest. A file this machine cannot run (TorchScript the installed torch cannot load,
-a package compiled for a CPU, GPU or torch it does not have) is left out with a note.
+record them in the manifest (and in report/index.html, which is rewritten with them). A file this machine
+cannot run (TorchScript the installed torch cannot load, a package compiled for a CPU, GPU or torch it does
+not have) is left out with a note.
 Exit status 1 when any pair differs by more than atol + rtol * |reference|.
 
 example:
@@ -18,6 +19,7 @@ import sys
 from pathlib import Path
 
 from torchport.export.cli_options import notes_lines
+from torchport.export.html_report import REPORT_HTML, add_html_report
 from torchport.export.parity import Tolerance, format_report
 from torchport.export.verify import verify_bundle
 from torchport.runtime.bundle import MANIFEST, Bundle
@@ -34,7 +36,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help=f"absolute tolerance (default: {Tolerance.atol:g})")
     p.add_argument("--rtol", type=positive_float, default=Tolerance.rtol,
                    help=f"relative tolerance (default: {Tolerance.rtol:g})")
-    p.add_argument("--no-record", action="store_true", help="do not write the results into manifest.json")
+    p.add_argument("--no-record", action="store_true",
+                   help="do not write the results into manifest.json and report/index.html")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -43,7 +46,10 @@ def run(args: argparse.Namespace) -> int:
     print("\n".join([format_report(report), *notes_lines(report)]))
     print(f"training rows: {report.training_rows}")
     if not args.no_record:
-        write_json(args.bundle / MANIFEST, bundle.manifest.with_parity(report).to_json())
+        manifest = bundle.manifest.with_parity(report)
+        if bundle.has(REPORT_HTML):
+            manifest = add_html_report(Bundle(bundle.path, manifest))
+        write_json(args.bundle / MANIFEST, manifest.to_json())
     if not report.passed:
         print(f"torchport verify: {args.bundle}: parity FAILED", file=sys.stderr)
         return 1

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+from importlib import metadata
 import pickle
 import platform
 from pathlib import Path
@@ -30,6 +31,14 @@ DEFAULT_OPSET = 18
 EXPORTER = "torch.onnx.export(dynamo=True)"
 TORCHSCRIPT_TOOL = "torch.jit.script + torch.jit.save"
 __all__ = ["ExportError", "quiet_torch"]
+
+
+def torchport_version() -> str:
+    """The installed torchport's version, for the record of what wrote a file."""
+    try:
+        return metadata.version("torchport")
+    except metadata.PackageNotFoundError:
+        return "unknown"
 
 
 def versions() -> dict[str, str]:

@@ -51,7 +51,8 @@ class TorchModel:
         return f"TorchModel({str(self.path)!r}, format={self.format!r}, features={self.feature_names})"
 
 
-def module_runner(module: Callable[[torch.Tensor], torch.Tensor], device: str = "cpu") -> Callable[[np.ndarray], np.ndarray]:
+def module_runner(module: Callable[[torch.Tensor], torch.Tensor],
+                  device: str = "cpu") -> Callable[[np.ndarray], np.ndarray]:
     """A torch callable (module, TorchScript, ExportedProgram module, AOTInductor package) as float32 numpy
     rows in, numpy rows out; on CUDA the rows are copied there and back. A package runs through its
     loader: its Python wrapper re-reads the call's pytree specs on every call, a fixed cost the bundle's
