@@ -77,6 +77,8 @@ def test_every_file_says_what_wrote_it(aoti_seed_bundle):
     assert r.torch == torch.__version__ and r.device == "cpu" and r.cpu_target == "native" and r.platform
     assert r.problems(torch.__version__) == []
     assert m.files[EXPORTED_FILE].writer.compiler is None and m.files[ONNX_FILE].writer.versions["onnx"]
+    assert m.files["report/index.html"].writer.versions["jinja2"]
+    assert "the same model compiled by AOTInductor for the CPU" in (aoti_seed_bundle / "report" / "index.html").read_text()
 
 
 @pytest.mark.parametrize("rows", [1, 2, 1000, 1 << 20])
@@ -277,6 +279,8 @@ def test_a_module_torchport_does_not_define_can_be_bundled(module_bundle):
         expected = module(torch.from_numpy(x)).numpy()
     np.testing.assert_allclose(Predictor(out).predict(x), expected, atol=ATOL, rtol=RTOL)
     np.testing.assert_allclose(load_model(out)(x), expected, atol=ATOL, rtol=RTOL)
+    page = (out / "report" / "index.html").read_text()
+    assert f"module {__name__}.Residual" in page and "the same model as a torch.export ExportedProgram" in page
 
 
 def test_verify_export_and_bench_work_on_such_a_bundle(module_bundle, tmp_path):
