@@ -6,18 +6,26 @@ from __future__ import annotations
 
 import functools
 import io
+import re
 import subprocess
+import zipfile
 import time
 from pathlib import Path
 
 import torch
 
+from torchport.export.exported import archive_members
 from torchport.export.torch_calls import export_error, first_line, quiet_torch
 from torchport.runtime.bundle import Bundle, FileWriter, Requirements, platform_tag
 from torchport.runtime.cpus import cpu_flags
 from torchport.runtime.errors import BundleError, InputError
 
 TOOL = "torch._inductor.aoti_compile_and_package"
+# What a package AOTInductor writes for one model holds (below its root folder): the archive's version
+# files and the compiled model. torch's package loader would also load any ExportedProgram in the archive,
+# unpickling its pickled weights, so a package with anything else (models/, weights, extra files) is refused.
+PACKAGE_MEMBERS = re.compile(r"(archive_format|archive_version|byteorder|\.data/version|\.data/serialization_id"
+                             r"|data/aotinductor/model/[^/]+)")
 # cpu_target -> (Inductor's cpp.march, cpp.simdlen: the vector width its kernels use; 0 = no vectors).
 # "native" is Inductor's default: -march=native, the widest vectors the CPU has.
 CPU_TARGETS = {"native": (None, None), "x86-64-v2": ("x86-64-v2", 0), "x86-64-v3": ("x86-64-v3", 256),
@@ -115,7 +123,8 @@ def compile_package(program: torch.export.ExportedProgram, path: Path, device: s
 
 def load_package(bundle: Bundle, name: str):
     """The AOTInductor package ``name`` of ``bundle`` as torch's callable, loaded from the bytes its sha256
-    was checked on; refused (BundleError naming the file) where the manifest says it cannot run."""
+    was checked on; refused (BundleError naming the file) where the manifest says it cannot run, or where
+    the archive holds more than the compiled model (torch's loader would unpickle an ExportedProgram in it)."""
     where = bundle.path / name
     data = bundle.read(name)
     writer = bundle.manifest.files[name].writer
@@ -126,6 +135,10 @@ def load_package(bundle: Bundle, name: str):
     if problems:
         raise PackageCannotRun(f"{where} cannot run here: {'; '.join(problems)}; re-export the bundle on this "
                                "machine, or with a cpu target this CPU has (aoti_cpu)")
+    try:
+        archive_members(data, str(where), PACKAGE_MEMBERS, "an AOTInductor package")
+    except zipfile.BadZipFile as e:
+        raise BundleError(f"{where} is not an AOTInductor package ({e})") from None
     try:
         with quiet_torch():
             return torch._inductor.aoti_load_package(io.BytesIO(data))

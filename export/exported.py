@@ -88,6 +88,24 @@ def _targets(program: dict):
         yield node.get("target", "")
 
 
+def archive_members(data: bytes, where: str, allowed: re.Pattern,
+                    what: str) -> tuple[zipfile.ZipFile, str, dict[str, str]]:
+    """The zip archive in ``data``, its one root folder and its files (path below the root -> full name);
+    BundleError naming ``where`` when it has several roots or a file ``allowed`` does not match (what ``what``
+    would not hold). Raises zipfile.BadZipFile for bytes that are no zip archive."""
+    archive = zipfile.ZipFile(io.BytesIO(data))
+    names = archive.namelist()
+    roots = {n.split("/", 1)[0] for n in names}
+    if len(roots) != 1:
+        raise BundleError(f"{where} is not one .pt2 archive (top-level folders {sorted(roots)})")
+    members = {n.split("/", 1)[1]: n for n in names if "/" in n and not n.endswith("/")}
+    odd = sorted(m for m in members if not allowed.fullmatch(m))
+    if odd:
+        raise BundleError(f"{where} holds members {what} does not ({', '.join(odd[:5])}); it was refused "
+                          "without loading it")
+    return archive, roots.pop(), members
+
+
 def check_archive(data: bytes, where: str) -> None:
     """Refuse (BundleError naming ``where``) an archive from which torch.export.load would unpickle
     anything but tensors, load native code, or run code: members outside MEMBERS, weights or constants
@@ -95,17 +113,7 @@ def check_archive(data: bytes, where: str) -> None:
     retry them with the full one), guard code, symbolic shapes outside a small grammar, calls to anything
     but registered operators."""
     try:
-        archive = zipfile.ZipFile(io.BytesIO(data))
-        names = archive.namelist()
-        roots = {n.split("/", 1)[0] for n in names}
-        if len(roots) != 1:
-            raise BundleError(f"{where} is not one torch.export archive (top-level folders {sorted(roots)})")
-        root = roots.pop()
-        members = {n.split("/", 1)[1]: n for n in names if "/" in n and not n.endswith("/")}
-        odd = sorted(m for m in members if not MEMBERS.fullmatch(m))
-        if odd:
-            raise BundleError(f"{where} holds members a torch.export program does not ({', '.join(odd[:5])}); "
-                              "it was refused without loading it")
+        archive, root, members = archive_members(data, where, MEMBERS, "a torch.export program")
         read = lambda member: archive.read(members[member]) if member in members else None  # noqa: E731
         for config in ("data/weights/model_weights_config.json", "data/constants/model_constants_config.json"):
             entries = json.loads(read(config) or b'{"config": {}}').get("config", {})

@@ -135,7 +135,7 @@ class Backends:
 
 def torch_side(bundle: Bundle, module: nn.Module | None = None) -> tuple[dict[str, Backend], list[str]]:
     """The bundle's torch-side backends, the reference first: ``module`` (or the checkpoint's module) as
-    "torch", else the ExportedProgram; then TorchScript, the ExportedProgram, the AOTInductor packages.
+    "torch", else the ExportedProgram; then the ExportedProgram, TorchScript, the AOTInductor packages.
     Returns them and notes on files left out. Every file is read (and its sha256 checked) first, so a
     tampered file is an error, never a note."""
     backends: dict[str, Backend] = {}

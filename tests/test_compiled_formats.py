@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import json
+import pickle
 import re
 import shutil
 import subprocess
@@ -242,6 +243,45 @@ def test_load_refuses_a_program_that_would_unpickle_or_run_code(aoti_seed_bundle
         with pytest.raises(BundleError, match=message):
             load_model(bad, "exported")
         assert not marker.exists(), what
+
+
+class _Touch:
+    """A pickle that creates a file when it is loaded."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def test_a_package_that_carries_a_program_with_pickles_is_refused(aoti_seed_bundle, tmp_path):
+    """torch's package loader also loads any ExportedProgram in the archive, unpickling its pickled weights
+    with the full unpickler: such a package is refused before torch sees it (the manifest re-hashed)."""
+    marker = tmp_path / "ran"
+    program = zipfile.ZipFile(aoti_seed_bundle / EXPORTED_FILE)
+    parts = ("models/", "data/weights/", "data/constants/", "data/sample_inputs/")
+    added = {n.split("/", 1)[1]: program.read(n) for n in program.namelist() if n.split("/", 1)[1].startswith(parts)}
+    config = json.loads(added["data/weights/model_weights_config.json"])
+    entry = next(iter(config["config"].values()))
+    entry["use_pickle"] = True
+    added["data/weights/model_weights_config.json"] = json.dumps(config).encode()
+    added[f"data/weights/{entry['path_name']}"] = pickle.dumps(_Touch(marker))
+    bad = _copy(aoti_seed_bundle, tmp_path)
+    out = io.BytesIO()
+    with zipfile.ZipFile(aoti_seed_bundle / AOTI_FILE) as old, zipfile.ZipFile(out, "w") as new:
+        root = old.namelist()[0].split("/")[0]
+        for name in old.namelist():
+            new.writestr(name, old.read(name))
+        for name, data in added.items():
+            new.writestr(f"{root}/{name}", data)
+    (bad / AOTI_FILE).write_bytes(out.getvalue())
+    _rewrite_manifest(bad, lambda obj: obj["files"][AOTI_FILE].update(sha256=sha256_file(bad / AOTI_FILE)))
+    with pytest.raises(BundleError, match=f"{AOTI_FILE} holds members an AOTInductor package does not"):
+        load_model(bad, "aoti")
+    proc = run_cli("verify", str(bad), "--no-record")
+    assert proc.returncode == 2 and "members an AOTInductor package does not" in proc.stderr
+    assert not marker.exists()
 
 
 class Residual(torch.nn.Module):
