@@ -1,14 +1,16 @@
-"""torchport.export: write bundles (ONNX, TorchScript, checkpoint, manifest), verify their parity, and add
-them to Triton model repositories. Uses torch; reads and writes the bundle format of torchport.runtime.
-Names are loaded on first use, so that the `torchport` command can start without importing torch."""
+"""torchport.export: write bundles (ONNX, TorchScript, ExportedProgram, AOTInductor, checkpoint, manifest),
+verify their parity, load their torch-side formats, and add them to Triton model repositories. Uses torch;
+reads and writes the bundle format of torchport.runtime. Names are loaded on first use, so that the
+`torchport` command can start without importing torch."""
 from __future__ import annotations
 
 import importlib
 
 _NAMES = {
     "BundleExistsError": "bundle_writer", "ParityFailed": "bundle_writer", "write_bundle": "bundle_writer",
-    "write_from_regressor": "bundle_writer", "load_dataset": "datasets", "load_module": "formats",
-    "Tolerance": "parity", "assert_parity": "testing", "verify_bundle": "verify",
+    "write_from_regressor": "bundle_writer", "write_module_bundle": "bundle_writer", "load_dataset": "datasets",
+    "load_module": "formats", "TorchModel": "loading", "load_model": "loading", "Tolerance": "parity",
+    "assert_parity": "testing", "verify_bundle": "verify",
 }
 __all__ = sorted([*_NAMES, "ParityError"])
 

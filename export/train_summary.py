@@ -8,7 +8,7 @@ from typing import Callable
 
 import numpy as np
 
-from torchport.export.cli_options import large_batch_line
+from torchport.export.cli_options import formats_lines, large_batch_line, notes_lines
 from torchport.export.parity import format_report
 from torchport.runtime.bundle import Manifest, ParityReport
 from torchport.runtime.predictor import Predictor
@@ -95,11 +95,12 @@ def fit_lines(reg: Regressor, data: Dataset, record: TrainingRecord,
 
 def bundle_lines(data: Dataset, manifest: Manifest, out: Path, asked_large_batch: bool) -> list[str]:
     """The parity report, the bundle's files and, for one feature, a prediction through ONNX Runtime."""
-    lines = ["", format_report(manifest.parity), ""]
+    lines = ["", format_report(manifest.parity), *notes_lines(manifest.parity), ""]
     report = sorted(name.split("/", 1)[1] for name in manifest.files if "/" in name)
     files = [n for n in manifest.files if "/" not in n] + ["manifest.json"]
     lines.append(f"bundle: {out}/ ({', '.join(files)}" + (f"; report/: {', '.join(report)})" if report else ")"))
     lines.append(large_batch_line(manifest, asked_large_batch))
+    lines += formats_lines(manifest)
     if len(data.feature_names) == 1 and len(data.target_names) == 1:
         predictor = Predictor(out, providers="auto", allow_failed_parity=True)
         onnx3 = float(predictor.predict(np.array([[3.0]], dtype=np.float32))[0, 0])
@@ -109,4 +110,4 @@ def bundle_lines(data: Dataset, manifest: Manifest, out: Path, asked_large_batch
 
 
 def failed_lines(report: ParityReport) -> list[str]:
-    return ["", format_report(report)]
+    return ["", format_report(report), *notes_lines(report)]

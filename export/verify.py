@@ -1,14 +1,16 @@
 """Verification: run the same rows through every way a bundle can be run (the torch module from the
-checkpoint, TorchScript, ONNX Runtime through the Predictor, and in a two-graph bundle each graph on its
-own) and compare each with a float64 run of the same module by the parity criterion (parity.py); a few
-hundred of those rows, with their float64 answers and the bound, become the bundle's golden cases."""
+checkpoint, TorchScript, the ExportedProgram, the AOTInductor packages, ONNX Runtime through the
+Predictor, and in a two-graph bundle each graph on its own) and compare each with a float64 run of the
+same module by the parity criterion (parity.py); a few hundred of those rows, with their float64 answers
+and the bound, become the bundle's golden cases. A bundle of a module torchport did not define is run in
+float64 from its ExportedProgram. Files this process cannot run (TorchScript a torch cannot load, a
+package for a GPU or CPU it lacks) are left out with a note."""
 from __future__ import annotations
 
 import copy
 import json
 import os
-from dataclasses import dataclass
-from pathlib import Path
+from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
@@ -16,11 +18,15 @@ import onnxruntime as ort
 import torch
 from torch import nn
 
-from torchport.export.formats import load_module, load_torchscript
+from torchport.export.aoti import PackageCannotRun, load_package
 from torchport.export.datasets import load_dataset
+from torchport.export.exported import load_program
+from torchport.export.formats import TorchScriptUnavailable, load_module, load_torchscript
+from torchport.export.loading import module_runner
 from torchport.export.parity import REFERENCE, Tolerance, column_errors, compare_all
-from torchport.runtime.bundle import LARGE_BATCH_FILE, ONNX_FILE, TORCHSCRIPT_FILE, Bundle, Manifest, ParityCase, \
-    ParityReport
+from torchport.export.torch_calls import evaluating
+from torchport.runtime.bundle import AOTI_CUDA_FILE, AOTI_FILE, CHECKPOINT_FILE, EXPORTED_FILE, LARGE_BATCH_FILE, \
+    ONNX_FILE, TORCHSCRIPT_FILE, Bundle, Manifest, ParityCase, ParityReport
 from torchport.runtime.errors import DataError as RuntimeDataError
 from torchport.runtime.errors import BundleError
 from torchport.runtime.predictor import Predictor
@@ -30,9 +36,9 @@ from torchport.train.record import FeatureStats, TrainingRecord
 
 # 40000 rows take the Predictor's multi-threaded session (large_batch_rows is 32768 by default); its chunked
 # runs (from 2M rows of one feature) are left to the tests, to keep verify quick for wide models.
-RANDOM_BATCHES = (1, 7, 4096, 40000)
+RANDOM_BATCHES = (1, 2, 7, 1001, 4096, 40000)
 # In a bundle with two graphs the Predictor runs model.onnx only up to 64 rows, so each graph also runs
-# every case on its own (a plain session), against torch.
+# every case on its own (a plain session), against the float64 answers.
 GRAPH_BACKENDS = {ONNX_FILE: "onnxruntime_model", LARGE_BATCH_FILE: "onnxruntime_large_batch"}
 GOLDEN_ROWS = 256  # rows kept as golden cases: up to half from the training rows, the rest from random batches
 # float32 torch's rounding is measured on at least this many rows: fewer (a one-row check) are joined by
@@ -105,20 +111,13 @@ def graph_session(graph: bytes, name: str) -> ort.InferenceSession:
         raise BundleError(f"{name} is not a model ONNX Runtime can load: {e}") from None
 
 
-def torch_backend(module: nn.Module) -> Backend:
-    """A torch module (eager or TorchScript) as numpy rows in, numpy rows out."""
-    def run(x: np.ndarray) -> np.ndarray:
-        with torch.no_grad():
-            return module(torch.from_numpy(x)).numpy()
-    return run
-
-
 def float64_backend(module: nn.Module) -> Backend:
-    """A float64 copy of a torch module, run on the float32 rows as float64: the reference answers."""
-    wide = copy.deepcopy(module).double().eval()
+    """A float64 copy of a torch module (or of an ExportedProgram's module), run on the float32 rows as
+    float64: the reference answers."""
+    wide = copy.deepcopy(module).double()
 
     def run(x: np.ndarray) -> np.ndarray:
-        with torch.no_grad():
+        with torch.inference_mode():
             return wide(torch.from_numpy(np.asarray(x, np.float64))).numpy()
     return run
 
@@ -127,19 +126,87 @@ def session_backend(session: ort.InferenceSession, input_name: str, output_name:
     return lambda x: session.run([output_name], {input_name: x})[0]
 
 
-def run_cases(backends: dict[str, Backend], reference: Backend, cases: list[tuple[str, np.ndarray]],
-              n_targets: int, tolerance: Tolerance, problems: list[str], providers: list[str],
+@dataclass
+class Backends:
+    """Every way to run one bundle in float32, the float64 reference, the backend whose error sets the
+    scale of rounding (``scale``: float32 torch, or the ExportedProgram for a module torchport did not
+    define), and what was found before running any: problems (names, unloadable graphs) and notes (files
+    left out, with why)."""
+    backends: dict[str, Backend] = field(default_factory=dict)
+    reference: Backend | None = None
+    scale: str = "torch"
+    problems: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    providers: list[str] = field(default_factory=list)
+
+
+def torch_side(bundle: Bundle, module: nn.Module | None = None) -> tuple[dict[str, Backend], nn.Module, list[str]]:
+    """The bundle's torch-side backends, the scale first: ``module`` (or the checkpoint's module) as
+    "torch", else the ExportedProgram; then the ExportedProgram, TorchScript, the AOTInductor packages.
+    Returns them, the module the float64 reference is made from, and notes on files left out. Every file is
+    read (and its sha256 checked) first, so a tampered file is an error, never a note."""
+    backends: dict[str, Backend] = {}
+    notes: list[str] = []
+    source = None
+    if module is not None or bundle.has(CHECKPOINT_FILE):
+        source = evaluating(module if module is not None else load_module(bundle))
+        backends["torch"] = module_runner(source)
+    if bundle.has(EXPORTED_FILE):
+        program = load_program(bundle.read(EXPORTED_FILE), str(bundle.path / EXPORTED_FILE)).module()
+        backends["exported"] = module_runner(program)
+        source = program if source is None else source
+    if bundle.has(TORCHSCRIPT_FILE):
+        try:
+            backends["torchscript"] = module_runner(load_torchscript(bundle.read(TORCHSCRIPT_FILE)))
+        except TorchScriptUnavailable as e:
+            notes.append(f"{TORCHSCRIPT_FILE} not run: {e}")
+    for name, backend, device in ((AOTI_FILE, "aoti", "cpu"), (AOTI_CUDA_FILE, "aoti_cuda", "cuda")):
+        if bundle.has(name):
+            try:
+                backends[backend] = module_runner(load_package(bundle, name), device)
+            except PackageCannotRun as e:
+                notes.append(f"{name} not run: {e}")
+    if source is None:
+        raise BundleError(f"{bundle.path} holds neither {CHECKPOINT_FILE} nor {EXPORTED_FILE}: nothing to "
+                          "compare its ONNX graph with; re-export the bundle")
+    return backends, source, notes
+
+
+def bundle_backends(bundle: Bundle, module: nn.Module | None = None) -> Backends:
+    """Every backend of ``bundle``, each to be compared with the float64 run of its torch module (``module``,
+    else the checkpoint's, else the ExportedProgram's)."""
+    m = bundle.manifest
+    features, targets = list(m.features), list(m.targets)
+    torch_backends, source, notes = torch_side(bundle, module)
+    out = Backends(dict(torch_backends), float64_backend(source), next(iter(torch_backends)), notes=notes)
+    predictor = Predictor(bundle, providers="cpu", allow_failed_parity=True)
+    out.providers = predictor.providers
+    out.backends["onnxruntime"] = predictor.predict
+    out.problems = check_names(predictor._session, features, targets, m.input.name, m.output.name)
+    if bundle.has(LARGE_BATCH_FILE):
+        for name, backend in GRAPH_BACKENDS.items():
+            session = graph_session(bundle.read(name), str(bundle.path / name))
+            found = check_names(session, features, targets, m.input.name, m.output.name, name)
+            if found:  # a graph with other input/output names cannot be run by name: reported, not run
+                out.problems += found if name != ONNX_FILE else []
+                continue
+            out.backends[backend] = session_backend(session, m.input.name, m.output.name)
+    return out
+
+
+def run_cases(found: Backends, cases: list[tuple[str, np.ndarray]], n_targets: int, tolerance: Tolerance,
               training_rows_text: str | None = None) -> tuple[ParityReport, Golden]:
-    """Run every case through every float32 backend (float32 torch among them) and the float64 reference;
-    check shapes and dtypes and compare each backend's stacked answers with the reference's. Returns the
-    report and up to GOLDEN_ROWS of the rows with their float64 answers."""
+    """Run every case through every float32 backend and the float64 reference; check shapes and dtypes and
+    compare each backend's stacked answers with the reference's. Returns the report and up to GOLDEN_ROWS
+    of the rows with their float64 answers."""
+    backends, reference, problems = found.backends, found.reference, list(found.problems)
     outputs: dict[str, list[np.ndarray]] = {b: [] for b in backends}
     answers, inputs, labels = [], [], []
     for label, rows in cases:
         x32 = np.ascontiguousarray(rows, dtype=np.float32)
         for backend, run in backends.items():
             out = np.asarray(run(x32))
-            if out.shape != (len(x32), n_targets) or out.dtype != np.float32:
+            if out.dtype != np.float32 or out.shape not in ((len(x32), n_targets), (len(x32),)):
                 problems.append(f"{label}: {backend} returned {out.dtype}{list(out.shape)}, expected "
                                 f"float32[{len(x32)}, {n_targets}]")
             outputs[backend].append(out.reshape(len(x32), -1).astype(np.float32))
@@ -149,22 +216,23 @@ def run_cases(backends: dict[str, Backend], reference: Backend, cases: list[tupl
     stacked = {k: np.concatenate(v) for k, v in outputs.items()}
     truth = np.concatenate(answers)
     x = np.concatenate(inputs)
-    torch_error = column_errors(stacked["torch"], truth)
+    torch_error = column_errors(stacked[found.scale], truth)
     if 0 < len(x) < SCALE_ROWS:
         jittered = (np.repeat(x, -(-SCALE_ROWS // len(x)), axis=0) *
                     (1 + 1e-3 * np.random.default_rng(0).standard_normal((len(x) * -(-SCALE_ROWS // len(x)),
                                                                           x.shape[1])))).astype(np.float32)
-        extra = column_errors(np.asarray(backends["torch"](jittered)).reshape(len(jittered), -1),
+        extra = column_errors(np.asarray(backends[found.scale](jittered)).reshape(len(jittered), -1),
                               np.asarray(reference(jittered)).reshape(len(jittered), -1))
         torch_error = np.maximum(torch_error, extra)
     results, torch_error, bound = compare_all(stacked, truth, labels, tolerance, torch_error)
     report = ParityReport(not problems and all(p.passed for p in results), tolerance.atol, tolerance.rtol,
                           "float32", tuple(ParityCase(label, int(len(rows))) for label, rows in cases),
-                          tuple(providers), tuple(results), tuple(problems), training_rows_text,
+                          tuple(found.providers), tuple(results), tuple(problems), training_rows_text,
                           criterion=tolerance.describe(), reference=REFERENCE,
                           multiple=None if tolerance.fixed else tolerance.multiple,
                           floor_ulps=None if tolerance.fixed else tolerance.floor_ulps,
-                          torch_error=tuple(float(e) for e in torch_error), bound=tuple(float(b) for b in bound))
+                          torch_error=tuple(float(e) for e in torch_error), bound=tuple(float(b) for b in bound),
+                          notes=tuple(found.notes))
     return report, _golden(cases, x, truth, bound)
 
 
@@ -183,35 +251,21 @@ def _golden(cases: list[tuple[str, np.ndarray]], inputs: np.ndarray, answers: np
 
 
 def verify_bundle(bundle: str | os.PathLike | Bundle, X: np.ndarray | None = None, *,
-                  tolerance: Tolerance = Tolerance(), seed: int = 0) -> ParityReport:
-    """Run the training rows (``X`` or the manifest's dataset) and random batches of 1, 7, 4096 and 40000
-    rows through torch (from the checkpoint), TorchScript and ONNX Runtime (the Predictor on the CPU, and
-    in a two-graph bundle each graph on its own) and compare each with the module in float64; each file is
-    loaded from the bytes its sha256 was checked on."""
-    return verify_with_golden(bundle, X, tolerance=tolerance, seed=seed)[0]
+                  tolerance: Tolerance = Tolerance(), seed: int = 0, module: nn.Module | None = None) -> ParityReport:
+    """Run the training rows (``X`` or the manifest's dataset) and random batches of 1, 2, 7, 1001, 4096 and
+    40000 rows through every format of the bundle (bundle_backends) and compare each with the same module
+    run in float64: ``module`` when given, else the torch module from the checkpoint, else the
+    ExportedProgram's. Each file is loaded from the bytes its sha256 was checked on."""
+    return verify_with_golden(bundle, X, tolerance=tolerance, seed=seed, module=module)[0]
 
 
 def verify_with_golden(bundle: str | os.PathLike | Bundle, X: np.ndarray | None = None, *,
-                       tolerance: Tolerance = Tolerance(), seed: int = 0) -> tuple[ParityReport, Golden]:
+                       tolerance: Tolerance = Tolerance(), seed: int = 0,
+                       module: nn.Module | None = None) -> tuple[ParityReport, Golden]:
     """verify_bundle's report, and the golden cases its run gives."""
     bundle = bundle if isinstance(bundle, Bundle) else Bundle.open(bundle)
     m = bundle.manifest
-    features, targets = list(m.features), list(m.targets)
-    predictor = Predictor(bundle, providers="cpu", allow_failed_parity=True)
-    module = load_module(bundle)
-    backends = {"torch": torch_backend(module)}
-    if bundle.has(TORCHSCRIPT_FILE):
-        backends["torchscript"] = torch_backend(load_torchscript(bundle.read(TORCHSCRIPT_FILE)))
-    backends["onnxruntime"] = predictor.predict
-    problems = check_names(predictor._session, features, targets, m.input.name, m.output.name)
-    if bundle.has(LARGE_BATCH_FILE):
-        for name, backend in GRAPH_BACKENDS.items():
-            session = graph_session(bundle.read(name), str(bundle.path / name))
-            found = check_names(session, features, targets, m.input.name, m.output.name, name)
-            if found:  # a graph with other input/output names cannot be run by name: reported, not run
-                problems += found if name != ONNX_FILE else []
-                continue
-            backends[backend] = session_backend(session, m.input.name, m.output.name)
+    found = bundle_backends(bundle, module)
     record = training_record(m)
     described = f"training data ({len(X)} rows)" if X is not None else None
     if X is None:
@@ -219,24 +273,5 @@ def verify_with_golden(bundle: str | os.PathLike | Bundle, X: np.ndarray | None 
     rng = np.random.default_rng(seed)
     stats = record.feature_stats if record else None
     cases = ([("training data", X)] if X is not None else []) + \
-        [(f"random {k} rows", random_rows(len(features), k, rng, stats)) for k in RANDOM_BATCHES]
-    return run_cases(backends, float64_backend(module), cases, len(targets), tolerance, problems,
-                     predictor.providers, described)
-
-
-def module_parity(module: nn.Module, inputs: np.ndarray, features: list[str], targets: list[str],
-                  onnx_path: Path, torchscript_path: Path, large_batch_path: Path | None,
-                  tolerance: Tolerance) -> ParityReport:
-    """Parity of a module against its exported files (written by the caller) on ``inputs``."""
-    predictor = Predictor(onnx_path, providers="cpu")
-    backends = {"torch": torch_backend(module.eval()),
-                "torchscript": torch_backend(load_torchscript(torchscript_path.read_bytes())),
-                "onnxruntime": predictor.predict}
-    problems = check_names(predictor._session, features, targets, predictor.input_name, predictor.output_name)
-    if large_batch_path is not None:
-        session = graph_session(large_batch_path.read_bytes(), str(large_batch_path))
-        problems += check_names(session, features, targets, predictor.input_name, predictor.output_name,
-                                LARGE_BATCH_FILE)
-        backends["onnxruntime_large_batch"] = session_backend(session, predictor.input_name, predictor.output_name)
-    return run_cases(backends, float64_backend(module), [("inputs", inputs)], len(targets), tolerance, problems,
-                     predictor.providers)[0]
+        [(f"random {k} rows", random_rows(len(m.features), k, rng, stats)) for k in RANDOM_BATCHES]
+    return run_cases(found, cases, len(m.targets), tolerance, described)
