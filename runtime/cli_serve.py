@@ -115,16 +115,23 @@ def run(args: argparse.Namespace) -> int:
     if args.model_name is not None and not (path.is_file() or (path / "manifest.json").is_file()):
         raise InputError("model_name names a single bundle; in a repository each model is named by its directory",
                          parameter="model_name")
-    log = logger(1)
-    app, problems = build(config, log)  # fails here, before listening, on a bad key, certificate or bundle
-    registry = app.registry
-    if registry.single and problems and config.model_control_mode != "explicit":
-        raise BundleError(next(iter(problems.values()))[0])
-    if not registry.models and config.model_control_mode == "none":
-        raise BundleError(f"{path}: no model could be loaded, so there is nothing to serve (see the lines above)")
     sock = bind(args.host, args.port)  # a port in use is a one-line error before anything is announced
     if config.grpc_port is not None:
         bind(args.host, config.grpc_port, "grpc_port").close()
+    log, held = logger(1), []  # lines of the start are held: a bundle refused at start is one error line
+
+    def hold_or_log(line: str) -> None:
+        held.append(line) if held is not None else log(line)
+
+    app, problems = build(config, hold_or_log)  # fails here, on a bad key, certificate or bundle
+    registry = app.registry
+    if registry.single and problems and config.model_control_mode != "explicit":
+        raise BundleError(next(iter(problems.values()))[0])
+    for line in held:
+        log(line)
+    held = None
+    if not registry.models and config.model_control_mode == "none":
+        raise BundleError(f"{path}: no model could be loaded, so there is nothing to serve (see the lines above)")
     if not is_loopback(args.host) and config.api_key_file is None:
         log(f"warning: listening on {args.host} without --api-key-file: anyone who can reach ports "
             f"{args.port}{'' if config.grpc_port is None else f' and {config.grpc_port}'} can call every endpoint")

@@ -27,7 +27,7 @@ _JSON = [(b"content-type", b"application/json")]
 _BINARY = [(b"content-type", b"application/octet-stream")]
 # torchport models have no dependents, so unloading them is what Triton's unload_dependents asks for too
 IGNORED_REPOSITORY_PARAMETERS = {"unload_dependents"}
-_OUTCOME = {400: "bad_request", 413: "too_large", 503: "overloaded", 504: "timeout"}
+_OUTCOME = {400: "bad_request", 413: "too_large", 499: "disconnected", 503: "overloaded", 504: "timeout"}
 _now = time.perf_counter_ns
 
 
@@ -153,12 +153,16 @@ class InferenceApp:
 
     async def _body(self, receive: Callable) -> bytes:
         message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ProtocolError(499, "the client closed the connection before sending the whole request")
         body = message.get("body", b"")
         if not message.get("more_body"):
             return body
         chunks, size = [body], len(body)
         while message.get("more_body", False):
             message = await receive()
+            if message["type"] == "http.disconnect":
+                raise ProtocolError(499, "the client closed the connection before sending the whole request")
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > self.max_body_bytes:
