@@ -131,7 +131,9 @@ def run(args: argparse.Namespace) -> int:
         log(line)
     held = None
     if not registry.models and config.model_control_mode == "none":
-        raise BundleError(f"{path}: no model could be loaded, so there is nothing to serve (see the lines above)")
+        found = "no model could be loaded (see the lines above)" if registry.index() else \
+            "holds no bundle and no model directory (NAME/1/, NAME/2/, ...)"
+        raise BundleError(f"{path}: {found}, so there is nothing to serve")
     if not is_loopback(args.host) and config.api_key_file is None:
         log(f"warning: listening on {args.host} without --api-key-file: anyone who can reach ports "
             f"{args.port}{'' if config.grpc_port is None else f' and {config.grpc_port}'} can call every endpoint")
@@ -146,6 +148,7 @@ def run(args: argparse.Namespace) -> int:
              + (" (TLS)" if config.tls_cert else "")), file=sys.stderr, flush=True)
     tls = (config.tls_cert, config.tls_key) if config.tls_cert else None
     if args.workers > 1:
+        app = registry = None  # the workers load their own models; this process only supervises them
         control_dir = tempfile.mkdtemp(prefix="torchport-serve-")  # mode 0700: only this user reaches the workers
         try:
             os.environ[CONFIG_ENV] = json.dumps({**config.to_json(), "control_dir": control_dir})

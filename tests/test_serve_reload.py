@@ -165,9 +165,15 @@ def test_unloaded_model_answers_404_at_once_and_finishes_its_queue(seed_bundle):
 
 
 def test_workers_all_load_unload_and_count(seed_bundle):
-    with serving(seed_bundle, "--workers", "2", "--model-control-mode", "explicit", "--load-model", "seed") as server:
+    with serving(seed_bundle, "--workers", "2", "--model-control-mode", "explicit", "--load-model", "seed",
+                 grpc=True) as server:
         _wait(lambda: len(set(re.findall(r"\[worker (\d+)\]: loaded seed", server.log))) == 2, "both workers loading")
-        assert all(infer_json(server, [[float(i)]])[0] == 200 for i in range(1, 21))  # a new connection each
+        assert all(infer_json(server, [[float(i)]])[0] == 200 for i in range(1, 20))  # a new connection each
+        client = grpcclient.InferenceServerClient(server.grpc_url)  # gRPC in every worker, on one port
+        tensor = grpcclient.InferInput("features", [1, 1], "FP32")
+        tensor.set_data_from_numpy(np.array([[3.0]], np.float32))
+        assert client.infer("seed", [tensor]).get_response().model_version == "1"
+        client.close()
         stats = json.loads(request(server, "GET", "/v2/models/seed/stats")[2])["model_stats"][0]
         text = request(server, "GET", "/metrics")[2].decode()
         assert request(server, "POST", "/v2/repository/models/seed/unload")[0] == 200

@@ -3,7 +3,6 @@ version, Triton's repository, statistics and model configuration extensions, /me
 ASGI (no framework) because the per-request cost is what the server's speed is made of."""
 from __future__ import annotations
 
-import asyncio
 import time
 import zlib
 from importlib.metadata import PackageNotFoundError, version
@@ -17,7 +16,7 @@ from torchport.runtime.serve.models import ServedModel
 from torchport.runtime.serve.protocol import ProtocolError, error_body, parse_infer_request
 from torchport.runtime.serve.registry import Registry, RepositoryError
 from torchport.runtime.serve.repository import config_json
-from torchport.runtime.serve.security import RETRY_AFTER_S, Deadline, Gate
+from torchport.runtime.serve.security import RETRY_AFTER_S, Gate
 from torchport.runtime.serve.stats import ServerStats, merge, merge_server, triton_statistics
 
 SERVER_NAME = "torchport"
@@ -92,38 +91,25 @@ class InferenceApp:
         if not gate.authorized(authorization):
             return await self._unauthenticated(send)
         stats = model.stats
-        if gate.in_flight >= gate.max_in_flight:
-            stats.finished("overloaded", _now() - started)
-            return await self._overloaded(send)
-        gate.in_flight += 1
-        deadline = Deadline(gate.timeout_s)
-        status, message = 200, ""
-        try:
-            try:
-                if length > self.max_body_bytes:
-                    raise ProtocolError(413, self._too_large(f"the request body ({length} bytes)"))
-                body = await self._body(receive)
-                if encoding:
-                    body = self._decompress(body, encoding)
-                request = parse_infer_request(body, header_length, model.info)
-                out = await model.batcher.submit(request.rows)
-                payload, json_length = model.encoder.encode(request.request_id, out, request.binary_output)
-            finally:
-                deadline.cancel()
-        except ProtocolError as e:
-            status, message = e.status, str(e)
-        except asyncio.CancelledError:
-            if not deadline.expired:
-                raise
-            deadline.absorb()
-            status, message = 504, f"the request took longer than this server's limit of {gate.timeout_s:g} s"
-        except Exception as e:  # a failure of the model itself, not of the request
-            status, message = 500, f"inference failed: {type(e).__name__}: {e}"
-        finally:
-            gate.in_flight -= 1
-        if status != 200:
+
+        async def work() -> tuple[bytes, int | None]:
+            if header_length is not None and not header_length.isdigit():
+                raise ProtocolError(400, f"Inference-Header-Content-Length must be a byte count, got {header_length!r}")
+            if length > self.max_body_bytes:
+                raise ProtocolError(413, self._too_large(f"the request body ({length} bytes)"))
+            body = await self._body(receive)
+            if encoding:
+                body = self._decompress(body, encoding)
+            request = parse_infer_request(body, None if header_length is None else int(header_length), model.info)
+            out = await model.batcher.submit(request.rows)
+            return model.encoder.encode(request.request_id, out, request.binary_output)
+
+        answer, status, message = await gate.run(work)
+        if answer is None:
             stats.finished(_OUTCOME.get(status, "error"), _now() - started)
-            return await self._respond(send, status, error_body(message), _JSON)
+            headers = [*_JSON, (b"retry-after", str(RETRY_AFTER_S).encode())] if status == 503 else _JSON
+            return await self._respond(send, status, error_body(message), headers)
+        payload, json_length = answer
         if json_length is None:
             await self._respond(send, 200, payload, _JSON)
         else:
@@ -131,14 +117,13 @@ class InferenceApp:
                                 [*_BINARY, (b"inference-header-content-length", str(json_length).encode())])
         stats.finished("success", _now() - started)
 
-    def _read_headers(self, headers: list[tuple[bytes, bytes]]) -> tuple[int | None, bytes, bytes | None, int]:
-        """Inference-Header-Content-Length, Content-Encoding, Authorization and Content-Length (0 if absent)."""
+    def _read_headers(self, headers: list[tuple[bytes, bytes]]) -> tuple[bytes | None, bytes, bytes | None, int]:
+        """Inference-Header-Content-Length (as sent), Content-Encoding, Authorization and Content-Length (0 if
+        absent or not a number)."""
         header_length, encoding, authorization, length = None, b"", None, 0
         for key, value in headers:
             if key == b"inference-header-content-length":
-                if not value.isdigit():
-                    raise ProtocolError(400, f"Inference-Header-Content-Length must be a byte count, got {value!r}")
-                header_length = int(value)
+                header_length = value
             elif key == b"content-length" and value.isdigit():
                 length = int(value)
             elif key == b"content-encoding":
@@ -259,7 +244,7 @@ class InferenceApp:
         if versions:
             raise ProtocolError(404, f"model {name!r} has no version {version!r} being served; it serves version(s) "
                                      f"{', '.join(versions)}")
-        state = next((e.get("reason") for e in self.registry.index() if e["name"] == name), None)
+        state = self.registry.reason(name)
         raise ProtocolError(404, f"model {name!r} is not served here" + (f" ({state})" if state else "")
                             + f"; this server serves {', '.join(sorted(self.registry.models)) or 'no model'}")
 
@@ -321,11 +306,6 @@ class InferenceApp:
         await self._respond(send, 401, error_body("this server needs an API key: send the header "
                                                      "'Authorization: Bearer <key>'"),
                             [*_JSON, (b"www-authenticate", b'Bearer realm="torchport"')])
-
-    async def _overloaded(self, send: Callable) -> None:
-        await self._respond(send, 503, error_body(f"the server is at its limit of {self.gate.max_in_flight} "
-                                                  "requests in flight; retry shortly"),
-                            [*_JSON, (b"retry-after", str(RETRY_AFTER_S).encode())])
 
 
 def _json_object(body: bytes, what: str) -> dict:

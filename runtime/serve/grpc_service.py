@@ -18,7 +18,7 @@ from torchport.runtime.serve.app import IGNORED_REPOSITORY_PARAMETERS, Inference
 from torchport.runtime.serve.models import ServedModel
 from torchport.runtime.serve.protocol import INPUT_DTYPES, ProtocolError
 from torchport.runtime.serve.registry import RepositoryError
-from torchport.runtime.serve.security import RETRY_AFTER_S, Deadline
+from torchport.runtime.serve.security import RETRY_AFTER_S
 from torchport.runtime.serve.stats import merge, triton_statistics
 
 CODES = {400: grpc.StatusCode.INVALID_ARGUMENT, 401: grpc.StatusCode.UNAUTHENTICATED, 404: grpc.StatusCode.NOT_FOUND,
@@ -136,37 +136,20 @@ class InferenceService(service_pb2_grpc.GRPCInferenceServiceServicer):
             except ProtocolError as e:
                 self.app.server_stats.rejected["not_found"] += 1
                 return None, 404, str(e)
-        gate, stats = self.gate, served.stats
-        if gate.in_flight >= gate.max_in_flight:
-            stats.finished("overloaded", _now() - started)
-            return None, 503, f"the server is at its limit of {gate.max_in_flight} requests in flight; retry shortly"
-        gate.in_flight += 1
-        deadline = Deadline(gate.timeout_s)
-        status, message, response = 200, "", None
-        try:
-            try:
-                rows = request_rows(request, served)
-                _check_outputs(request, served)
-                out = await served.batcher.submit(rows)
-                info = served.info
-                response = service_pb2.ModelInferResponse(
-                    model_name=info.name, model_version=info.version, id=request.id,
-                    outputs=[service_pb2.ModelInferResponse.InferOutputTensor(
-                        name=info.output_name, datatype="FP32", shape=out.shape)],
-                    raw_output_contents=[np.ascontiguousarray(out, dtype="<f4").tobytes()])
-            finally:
-                deadline.cancel()
-        except ProtocolError as e:
-            status, message = e.status, str(e)
-        except asyncio.CancelledError:
-            if not deadline.expired:
-                raise
-            deadline.absorb()
-            status, message = 504, f"the request took longer than this server's limit of {gate.timeout_s:g} s"
-        except Exception as e:  # a failure of the model itself
-            status, message = 500, f"inference failed: {type(e).__name__}: {e}"
-        finally:
-            gate.in_flight -= 1
+        stats = served.stats
+
+        async def work() -> service_pb2.ModelInferResponse:
+            rows = request_rows(request, served)
+            _check_outputs(request, served)
+            out = await served.batcher.submit(rows)
+            info = served.info
+            return service_pb2.ModelInferResponse(
+                model_name=info.name, model_version=info.version, id=request.id,
+                outputs=[service_pb2.ModelInferResponse.InferOutputTensor(name=info.output_name, datatype="FP32",
+                                                                          shape=out.shape)],
+                raw_output_contents=[np.ascontiguousarray(out, dtype="<f4").tobytes()])
+
+        response, status, message = await self.gate.run(work)
         stats.finished("success" if status == 200 else _OUTCOME.get(status, "error"), _now() - started)
         return response, status, message
 

@@ -57,6 +57,13 @@ class Registry:
             return versions[max(versions, key=int)]
         return versions.get(version)
 
+    def reason(self, name: str) -> str | None:
+        """Why ``name`` is not served, as far as this process knows (no repository scan: 404s stay cheap)."""
+        states = self.states.get(name)
+        if not states:
+            return None
+        return next((r for _, (s, r) in sorted(states.items(), reverse=True) if s != READY and r), None)
+
     def versions(self, name: str) -> list[str]:
         return sorted(self.models.get(name, {}), key=int)
 

@@ -9,10 +9,13 @@ import hmac
 import ipaddress
 import ssl
 from pathlib import Path
+from typing import Awaitable, Callable, TypeVar
 
 from torchport.runtime.errors import InputError
+from torchport.runtime.serve.protocol import ProtocolError
 
 RETRY_AFTER_S = 1
+T = TypeVar("T")
 
 
 def read_api_key(path: str | Path) -> bytes:
@@ -48,7 +51,7 @@ def is_loopback(host: str) -> bool:
 
 class Gate:
     """The checks every request passes: the bearer token (when a key is set; health checks are exempt),
-    the number of inference requests in flight, and their time limit."""
+    the number of inference requests in flight, and their time limit (``run``)."""
 
     def __init__(self, api_key: bytes | None, max_in_flight: int, timeout_s: float):
         self._digest = hashlib.sha256(api_key).digest() if api_key is not None else None
@@ -71,6 +74,31 @@ class Gate:
         # digests of equal length: the comparison takes the same time whatever was sent
         return hmac.compare_digest(hashlib.sha256(token.strip()).digest(), self._digest) and \
             scheme.lower() == b"bearer"
+
+    async def run(self, work: Callable[[], Awaitable[T]]) -> tuple[T | None, int, str]:
+        """Do one inference request's ``work`` within the limits: (its result, 200, "") or (None, status,
+        message): 503 over the requests in flight, 504 past the time limit, a ProtocolError's status, 500
+        when the model itself failed. REST and gRPC both answer through this."""
+        if self.in_flight >= self.max_in_flight:
+            return None, 503, f"the server is at its limit of {self.max_in_flight} requests in flight; retry shortly"
+        self.in_flight += 1
+        deadline = Deadline(self.timeout_s)
+        try:
+            try:
+                return await work(), 200, ""
+            finally:
+                deadline.cancel()
+        except ProtocolError as e:
+            return None, e.status, str(e)
+        except asyncio.CancelledError:
+            if not deadline.expired:
+                raise
+            deadline.absorb()
+            return None, 504, f"the request took longer than this server's limit of {self.timeout_s:g} s"
+        except Exception as e:  # a failure of the model itself, not of the request
+            return None, 500, f"inference failed: {type(e).__name__}: {e}"
+        finally:
+            self.in_flight -= 1
 
 
 class Deadline:
