@@ -62,7 +62,8 @@ class Registry:
         states = self.states.get(name)
         if not states:
             return None
-        return next((r for _, (s, r) in sorted(states.items(), reverse=True) if s != READY and r), None)
+        return next((r for _, (s, r) in sorted(states.items(), key=lambda kv: kv[0].zfill(20), reverse=True)
+                     if s != READY and r), None)
 
     def versions(self, name: str) -> list[str]:
         return sorted(self.models.get(name, {}), key=int)
