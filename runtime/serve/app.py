@@ -91,25 +91,31 @@ class InferenceApp:
         if not gate.authorized(authorization):
             return await self._unauthenticated(send)
         stats = model.stats
-
-        async def work() -> tuple[bytes, int | None]:
-            if header_length is not None and not header_length.isdigit():
-                raise ProtocolError(400, f"Inference-Header-Content-Length must be a byte count, got {header_length!r}")
-            if length > self.max_body_bytes:
-                raise ProtocolError(413, self._too_large(f"the request body ({length} bytes)"))
-            body = await self._body(receive)
-            if encoding:
-                body = self._decompress(body, encoding)
-            request = parse_infer_request(body, None if header_length is None else int(header_length), model.info)
-            out = await model.batcher.submit(request.rows)
-            return model.encoder.encode(request.request_id, out, request.binary_output)
-
-        answer, status, message = await gate.run(work)
-        if answer is None:
+        task = gate.admit()
+        if task is None:
+            status, message = 503, gate.overloaded()
+        else:
+            try:
+                if header_length is not None and not header_length.isdigit():
+                    raise ProtocolError(400, f"Inference-Header-Content-Length must be a byte count, got "
+                                             f"{header_length!r}")
+                if length > self.max_body_bytes:
+                    raise ProtocolError(413, self._too_large(f"the request body ({length} bytes)"))
+                body = await self._body(receive)
+                if encoding:
+                    body = self._decompress(body, encoding)
+                request = parse_infer_request(body, None if header_length is None else int(header_length), model.info)
+                out = await model.batcher.submit(request.rows)
+                payload, json_length = model.encoder.encode(request.request_id, out, request.binary_output)
+                status = 200
+            except BaseException as e:
+                status, message = gate.failure(task, e)
+            finally:
+                gate.release(task)
+        if status != 200:
             stats.finished(_OUTCOME.get(status, "error"), _now() - started)
             headers = [*_JSON, (b"retry-after", str(RETRY_AFTER_S).encode())] if status == 503 else _JSON
             return await self._respond(send, status, error_body(message), headers)
-        payload, json_length = answer
         if json_length is None:
             await self._respond(send, 200, payload, _JSON)
         else:

@@ -136,20 +136,26 @@ class InferenceService(service_pb2_grpc.GRPCInferenceServiceServicer):
             except ProtocolError as e:
                 self.app.server_stats.rejected["not_found"] += 1
                 return None, 404, str(e)
-        stats = served.stats
-
-        async def work() -> service_pb2.ModelInferResponse:
-            rows = request_rows(request, served)
-            _check_outputs(request, served)
-            out = await served.batcher.submit(rows)
-            info = served.info
-            return service_pb2.ModelInferResponse(
-                model_name=info.name, model_version=info.version, id=request.id,
-                outputs=[service_pb2.ModelInferResponse.InferOutputTensor(name=info.output_name, datatype="FP32",
-                                                                          shape=out.shape)],
-                raw_output_contents=[np.ascontiguousarray(out, dtype="<f4").tobytes()])
-
-        response, status, message = await self.gate.run(work)
+        stats, gate, response = served.stats, self.gate, None
+        task = gate.admit()
+        if task is None:
+            status, message = 503, gate.overloaded()
+        else:
+            try:
+                rows = request_rows(request, served)
+                _check_outputs(request, served)
+                out = await served.batcher.submit(rows)
+                info = served.info
+                response = service_pb2.ModelInferResponse(
+                    model_name=info.name, model_version=info.version, id=request.id,
+                    outputs=[service_pb2.ModelInferResponse.InferOutputTensor(name=info.output_name, datatype="FP32",
+                                                                              shape=out.shape)],
+                    raw_output_contents=[np.ascontiguousarray(out, dtype="<f4").tobytes()])
+                status, message = 200, ""
+            except BaseException as e:
+                status, message = gate.failure(task, e)
+            finally:
+                gate.release(task)
         stats.finished("success" if status == 200 else _OUTCOME.get(status, "error"), _now() - started)
         return response, status, message
 

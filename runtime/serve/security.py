@@ -1,6 +1,7 @@
 """Who may call the server and how much: the API key (a bearer token, compared in constant time), TLS
 files checked before serving, the warning for a server open to the network without a key, and the limits
-on inference requests in flight and on the time one may take. REST and gRPC share one Gate."""
+on inference requests in flight and on the time one may take. REST and gRPC share one Gate, and answer
+every inference request through ``admit``, ``failure`` and ``release``."""
 from __future__ import annotations
 
 import asyncio
@@ -8,14 +9,14 @@ import hashlib
 import hmac
 import ipaddress
 import ssl
+import time
 from pathlib import Path
-from typing import Awaitable, Callable, TypeVar
 
 from torchport.runtime.errors import InputError
 from torchport.runtime.serve.protocol import ProtocolError
 
 RETRY_AFTER_S = 1
-T = TypeVar("T")
+_monotonic = time.monotonic
 
 
 def read_api_key(path: str | Path) -> bytes:
@@ -51,12 +52,18 @@ def is_loopback(host: str) -> bool:
 
 class Gate:
     """The checks every request passes: the bearer token (when a key is set; health checks are exempt),
-    the number of inference requests in flight, and their time limit (``run``)."""
+    the number of inference requests in flight, and their time limit."""
 
     def __init__(self, api_key: bytes | None, max_in_flight: int, timeout_s: float):
         self._digest = hashlib.sha256(api_key).digest() if api_key is not None else None
         self.max_in_flight, self.timeout_s = max_in_flight, timeout_s
         self.in_flight = 0
+        # the tasks of the requests in flight with their deadlines; every request has the same time limit,
+        # so the dict's order is the order they expire in, and one timer for all (``_sweep``) finds them
+        self._deadlines: dict[asyncio.Task, float] = {}
+        self._expired: set[asyncio.Task] = set()
+        self._sweeper: asyncio.TimerHandle | None = None
+        self._tick = max(0.01, min(1.0, timeout_s / 10))
 
     @property
     def needs_key(self) -> bool:
@@ -75,52 +82,53 @@ class Gate:
         return hmac.compare_digest(hashlib.sha256(token.strip()).digest(), self._digest) and \
             scheme.lower() == b"bearer"
 
-    async def run(self, work: Callable[[], Awaitable[T]]) -> tuple[T | None, int, str]:
-        """Do one inference request's ``work`` within the limits: (its result, 200, "") or (None, status,
-        message): 503 over the requests in flight, 504 past the time limit, a ProtocolError's status, 500
-        when the model itself failed. REST and gRPC both answer through this."""
+    def admit(self) -> asyncio.Task | None:
+        """Start the clock on the current task's inference request; None when the server is at its limit
+        of requests in flight (answer 503). Every admitted request ends with ``release``."""
         if self.in_flight >= self.max_in_flight:
-            return None, 503, f"the server is at its limit of {self.max_in_flight} requests in flight; retry shortly"
+            return None
+        task = asyncio.current_task()
+        self._deadlines[task] = _monotonic() + self.timeout_s
+        if self._sweeper is None:
+            self._sweeper = asyncio.get_running_loop().call_later(self._tick, self._sweep)
         self.in_flight += 1
-        deadline = Deadline(self.timeout_s)
-        try:
-            try:
-                return await work(), 200, ""
-            finally:
-                deadline.cancel()
-        except ProtocolError as e:
-            return None, e.status, str(e)
-        except asyncio.CancelledError:
-            if not deadline.expired:
-                raise
-            deadline.absorb()
-            return None, 504, f"the request took longer than this server's limit of {self.timeout_s:g} s"
-        except Exception as e:  # a failure of the model itself, not of the request
-            return None, 500, f"inference failed: {type(e).__name__}: {e}"
-        finally:
-            self.in_flight -= 1
+        return task
 
+    def release(self, task: asyncio.Task) -> None:
+        """The request is answered (or failed): stop its clock. Call it with no await after the last one
+        of the request's work, so that a late expiry cannot land outside the handler."""
+        self._deadlines.pop(task, None)
+        self.in_flight -= 1
 
-class Deadline:
-    """Cancels the current task when a request runs past the time limit; the handler catches the
-    cancellation, sees ``expired`` and answers 504 / DEADLINE_EXCEEDED."""
-    __slots__ = ("_task", "_handle", "expired")
+    def failure(self, task: asyncio.Task, error: BaseException) -> tuple[int, str]:
+        """The status and message for an admitted request whose work raised ``error``: a ProtocolError's
+        status, 504 when it ran past the time limit (noticed within a tenth of it, a second at most), 500
+        when the model itself failed. A cancellation that is not the time limit's is raised again."""
+        if isinstance(error, ProtocolError):
+            return error.status, str(error)
+        if isinstance(error, asyncio.CancelledError):
+            if task not in self._expired:
+                raise error
+            self._expired.discard(task)
+            uncancel = getattr(task, "uncancel", None)  # Python 3.11+: the cancellation is answered here
+            if uncancel is not None:
+                uncancel()
+            return 504, f"the request took longer than this server's limit of {self.timeout_s:g} s"
+        if isinstance(error, Exception):  # a failure of the model itself, not of the request
+            return 500, f"inference failed: {type(error).__name__}: {error}"
+        raise error
 
-    def __init__(self, seconds: float):
-        self._task = asyncio.current_task()
-        self.expired = False
-        self._handle = asyncio.get_running_loop().call_later(seconds, self._expire)
+    def overloaded(self) -> str:
+        return f"the server is at its limit of {self.max_in_flight} requests in flight; retry shortly"
 
-    def _expire(self) -> None:
-        self.expired = True
-        self._task.cancel()
-
-    def cancel(self) -> None:
-        """Stop the clock; call it before any await outside the handler's try block."""
-        self._handle.cancel()
-
-    def absorb(self) -> None:
-        """The request ran out of time and the handler answers it: undo the task's cancellation count."""
-        uncancel = getattr(self._task, "uncancel", None)
-        if uncancel is not None:
-            uncancel()
+    def _sweep(self) -> None:
+        """Cancel the tasks of requests past their deadline; the timer runs while requests are in flight."""
+        now, deadlines = _monotonic(), self._deadlines
+        while deadlines:
+            task, at = next(iter(deadlines.items()))
+            if at > now:
+                break
+            del deadlines[task]
+            self._expired.add(task)
+            task.cancel()
+        self._sweeper = asyncio.get_running_loop().call_later(self._tick, self._sweep) if deadlines else None

@@ -51,7 +51,8 @@ class ModelStats:
         self.outcomes = dict.fromkeys(OUTCOMES, 0)
         self.success = [0, 0]  # [count, ns]: the whole request, from its headers to its answer
         self.fail = [0, 0]
-        self.phases = {p: [0, 0] for p in PHASES}  # per request: each request of a batch counts the batch's time
+        self.phase_counts = 0  # requests counted in each phase (the same for all four)
+        self.phase_ns = [0, 0, 0, 0]  # per PHASES; each request of a batch counts the batch's time
         self.inference_count = 0  # rows answered
         self.execution_count = 0  # model calls (batches)
         self.last_inference_ms = 0
@@ -84,21 +85,23 @@ class ModelStats:
         entry[1] += input_ns
         entry[2] += infer_ns
         entry[3] += output_ns
-        phases = self.phases
-        for phase, ns in (("queue", sum(waits_ns)), ("compute_input", n * input_ns),
-                          ("compute_infer", n * infer_ns), ("compute_output", n * output_ns)):
-            phases[phase][0] += n
-            phases[phase][1] += ns
+        self.phase_counts += n  # every request of the batch counts once in each phase
+        ns = self.phase_ns
+        ns[0] += sum(waits_ns)
+        ns[1] += n * input_ns
+        ns[2] += n * infer_ns
+        ns[3] += n * output_ns
         self.batch_rows.observe(rows)
         self.batch_requests.observe(n)
+        observe = self.queue_wait.observe
         for wait in waits_ns:
-            self.queue_wait.observe(wait * 1e-9)
+            observe(wait * 1e-9)
 
     def snapshot(self) -> dict:
         """The counters as plain JSON (what ``merge`` adds up across workers)."""
         return {"name": self.name, "version": self.version, "outcomes": dict(self.outcomes),
                 "success": list(self.success), "fail": list(self.fail),
-                "phases": {p: list(v) for p, v in self.phases.items()},
+                "phases": {p: [self.phase_counts, ns] for p, ns in zip(PHASES, self.phase_ns)},
                 "inference_count": self.inference_count, "execution_count": self.execution_count,
                 "last_inference": self.last_inference_ms,
                 "batches": {str(k): list(v) for k, v in self.batches.items()}, "queued": self.queued,
