@@ -131,8 +131,8 @@ def test_tls_needs_the_ca_and_refuses_plain_text(secured):
     assert request(secured, "GET", "/v2/health/live")[0] == 200  # with the CA
 
 
-def test_limits_and_the_open_address_warning(seed_bundle):
-    with serving(seed_bundle, "--host", "0.0.0.0", "--max-concurrent-requests", "2", "--request-timeout-s", "2",
+def test_limits_each_get_their_status(seed_bundle):
+    with serving(seed_bundle, "--max-concurrent-requests", "2", "--request-timeout-s", "2",
                  "--max-queue-delay-us", "5000000", "--max-body-bytes", "4096", grpc=True) as server:
         held: list = []
         threads = [threading.Thread(target=lambda v=v: held.append(infer_json(server, [[v]]))) for v in (1.0, 2.0)]
@@ -155,7 +155,6 @@ def test_limits_and_the_open_address_warning(seed_bundle):
             grpc.infer("seed", [_tensor(grpcclient, np.ones((2000, 1), np.float32))])
         text = request(server, "GET", "/metrics")[2].decode()
         grpc.close()
-        log = server.log
     assert status == 503 and headers["retry-after"] == "1" and "limit of 2 requests in flight" in json.loads(body)["error"]
     assert busy.value.status() == "StatusCode.UNAVAILABLE"
     assert [code for code, _ in held] == [504, 504] and all("limit of 2 s" in a["error"] for _, a in held)
@@ -165,7 +164,14 @@ def test_limits_and_the_open_address_warning(seed_bundle):
     assert metric(text, "torchport_requests_total", outcome="overloaded", **labels) == 2
     assert metric(text, "torchport_requests_total", outcome="timeout", **labels) == 3
     assert metric(text, "torchport_requests_total", outcome="too_large", **labels) == 1
-    assert "warning: listening on 0.0.0.0 without --api-key-file" in log
+
+
+def test_an_open_address_without_a_key_is_warned_about(seed_bundle):
+    """On every interface, so with nothing loaded (explicit mode, no --load-model) and stopped at once."""
+    with serving(seed_bundle, "--host", "0.0.0.0", "--model-control-mode", "explicit") as server:
+        log = server.log
+        assert infer_json(server, [[3.0]])[0] == 404
+    assert "warning: listening on 0.0.0.0 without --api-key-file: anyone who can reach ports" in log
 
 
 def test_only_signed_bundles_are_served_with_trusted_keys(seed_bundle, tmp_path):

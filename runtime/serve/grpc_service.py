@@ -130,9 +130,9 @@ class InferenceService(service_pb2_grpc.GRPCInferenceServiceServicer):
         """Answer one request: (response, 200, "") or (None, status, message)."""
         started = _now()
         served = self.registry.lookup(request.model_name, request.model_version or None)
-        if served is None:
+        if served is None:  # (looked up again: a load may have finished in between)
             try:
-                self.app.served_or_404(request.model_name, request.model_version or None)
+                served = self.app.served_or_404(request.model_name, request.model_version or None)
             except ProtocolError as e:
                 self.app.server_stats.rejected["not_found"] += 1
                 return None, 404, str(e)
