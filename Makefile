@@ -5,15 +5,26 @@ PYTHON ?= python3
 # GPU. On a GPU machine: make setup TORCH=torch
 TORCH  ?= torch==2.13.0
 
-.PHONY: setup test clean
+# The browser tests drive Debian's Chromium (Playwright's own browser downloads are not used).
+BROWSER_PACKAGES ?= chromium fonts-liberation
 
-setup:
+.PHONY: setup browser test clean
+
+setup: browser
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --disable-pip-version-check -q "$(TORCH)" -e '.[dev]'
 	cd examples/node && ONNXRUNTIME_NODE_INSTALL=skip npm ci --no-audit --no-fund --loglevel=error
+	cd examples/web && npm ci --no-audit --no-fund --loglevel=error
+
+# Chromium for tests/test_browser.py: installed with apt-get when run as root (as CI is), else say how.
+browser:
+	@if command -v chromium >/dev/null; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $(BROWSER_PACKAGES); \
+	else echo "Chromium is not installed: sudo apt-get install $(BROWSER_PACKAGES) (the browser tests skip without it)"; fi
 
 test:
 	$(VENV)/bin/python -m pytest -q
 
 clean:
-	rm -rf $(VENV) bundles .pytest_cache .hypothesis *.egg-info examples/node/node_modules
+	rm -rf $(VENV) bundles .pytest_cache .hypothesis *.egg-info examples/node/node_modules examples/web/node_modules

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from torchport.benchmarks.records import BACKEND_ORDER, BenchReport, ResultRow
+from torchport.benchmarks.records import BACKEND_ORDER, BenchReport, ModelEntry, ResultRow
 from torchport.runtime.files import atomic_write, write_json, write_text
 
 COLUMNS = ("batch", "backend", "device", "median", "p99", "rows/s", "x fastest", "x ORT", "calls")
+TEXT_COLUMNS = (1, 2)  # backend and device: aligned to the left, the figures to the right
 RATIO_NOTE = ("x fastest / x ORT: median time per call over that of the fastest backend that computes the "
               "model / of plain ORT session.run on the same device, at the same batch size (lower is better; the "
               "copy floor does not compute the model)")
+SUMMARY_NOTE = "time per call over plain ORT session.run's; below 1 is faster"
 FILES = {"json": "bench.json", "markdown": "bench.md", "plot": "bench.png"}
 
 
@@ -32,7 +34,7 @@ def _ratio(r: float | None) -> str:
     return "-" if r is None else f"{r:.2f}"
 
 
-def _cells(r: ResultRow) -> list[str]:
+def cells(r: ResultRow) -> list[str]:
     return [str(r.batch_size), r.label, r.device, fmt_seconds(r.median_s), fmt_seconds(r.p99_s),
             fmt_rate(r.rows_per_s), _ratio(r.x_fastest), _ratio(r.x_ort_plain), str(r.calls)]
 
@@ -61,16 +63,16 @@ def skipped_lines(report: BenchReport) -> list[str]:
             for m in report.models for s in m.skipped] + disagreements(report)
 
 
-def _aligned(cells: list[str], widths: list[int]) -> str:
+def _aligned(row: list[str], widths: list[int]) -> str:
     """Text columns (backend, device) to the left, figures to the right."""
-    return "  ".join(c.ljust(w) if i in (1, 2) else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))
+    return "  ".join(c.ljust(w) if i in TEXT_COLUMNS else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths)))
 
 
 def format_table(report: BenchReport) -> str:
     """The results as aligned text, one block per model; ratios are of the median per call."""
     lines = header(report) + [""]
     for m in report.models:
-        rows = [_cells(r) for r in report.rows(m.name)]
+        rows = [cells(r) for r in report.rows(m.name)]
         widths = [max(len(c), *(len(row[i]) for row in rows)) for i, c in enumerate(COLUMNS)]
         lines += [f"model {m.describe()}", _aligned(list(COLUMNS), widths)]
         previous = None
@@ -85,20 +87,24 @@ def format_table(report: BenchReport) -> str:
     return "\n".join(lines)
 
 
+def summary_cells(report: BenchReport, m: ModelEntry) -> list[list[str]]:
+    """One row per backend of model ``m``: its label, device, and rows/s with the ratio to plain ORT in
+    brackets per batch size (the columns are ``report.settings.batch_sizes``)."""
+    cell = {(r.backend, r.device, r.batch_size): r for r in report.rows(m.name)}
+    return [[b.label, b.device] + [f"{fmt_rate(r.rows_per_s)} ({_ratio(r.x_ort_plain)}x)"
+                                   for r in (cell[b.backend, b.device, n] for n in report.settings.batch_sizes)]
+            for b in m.backends]
+
+
 def summary_markdown(report: BenchReport) -> str:
     """Rows/s per backend (rows) and batch size (columns), with the ratio to plain ORT, per model."""
     sizes = report.settings.batch_sizes
     out = []
     for m in report.models:
-        cell = {(r.backend, r.device, r.batch_size): r for r in report.rows(m.name)}
-        out += [f"**{m.describe()}**: rows/s (in brackets: time per call over plain ORT `session.run`'s; below 1 "
-                "is faster)", "",
+        out += [f"**{m.describe()}**: rows/s (in brackets: {SUMMARY_NOTE})", "",
                 "| backend | device | " + " | ".join(f"{n:,}" for n in sizes) + " |",
                 "| --- | --- |" + " ---: |" * len(sizes)]
-        for b in m.backends:
-            cells = [f"{fmt_rate(r.rows_per_s)} ({_ratio(r.x_ort_plain)}x)"
-                     for r in (cell[b.backend, b.device, n] for n in sizes)]
-            out.append(f"| {b.label} | {b.device} | " + " | ".join(cells) + " |")
+        out += ["| " + " | ".join(row) + " |" for row in summary_cells(report, m)]
         out.append("")
     return "\n".join(out)
 
@@ -110,8 +116,8 @@ def format_markdown(report: BenchReport, plot_name: str = FILES["plot"]) -> str:
     out += [summary_markdown(report), f"![rows/s against batch size]({plot_name})", "", "## All figures", ""]
     for m in report.models:
         out += [f"**{m.describe()}**", "", "| " + " | ".join(COLUMNS) + " |",
-                "| " + " | ".join("---" if i in (1, 2) else "---:" for i in range(len(COLUMNS))) + " |"]
-        out += ["| " + " | ".join(_cells(r)) + " |" for r in report.rows(m.name)]
+                "| " + " | ".join("---" if i in TEXT_COLUMNS else "---:" for i in range(len(COLUMNS))) + " |"]
+        out += ["| " + " | ".join(cells(r)) + " |" for r in report.rows(m.name)]
         out.append("")
     out.append(f"Times are per call, host numpy in to host numpy out. {RATIO_NOTE}. The JSON file has every "
                "figure and the environment.")

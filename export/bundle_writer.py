@@ -12,6 +12,7 @@ from torch import nn
 
 from torchport.export.formats import DEFAULT_OPSET, INPUT_NAME, OUTPUT_NAME, export_onnx, export_torchscript, \
     save_checkpoint
+from torchport.export.html_report import REPORT_HTML, add_html_report
 from torchport.export.parity import Tolerance
 from torchport.export.verify import verify_bundle
 from torchport.runtime.bundle import CHECKPOINT_FILE, LARGE_BATCH_FILE, MANIFEST, ONNX_FILE, TORCHSCRIPT_FILE, \
@@ -42,7 +43,8 @@ def write_bundle(module: nn.Module, spec: ModelSpec, feature_names: list[str], t
     """Export ``module`` into the bundle directory ``out``, verified; returns its manifest (whose ``parity``
     says whether the copies agree). With ``force`` an existing bundle is replaced once the new one is
     complete. ``large_batch_graph``: also write model.large_batch.onnx when the model has a Gemm over one
-    feature. ``report(dir)`` may add report files to the staged bundle."""
+    feature. ``report(dir)`` may add report files to the staged bundle; report/index.html is written last,
+    once parity is known."""
     out = Path(out)
     if out.exists() and not force:
         raise BundleExistsError(out)
@@ -51,7 +53,7 @@ def write_bundle(module: nn.Module, spec: ModelSpec, feature_names: list[str], t
             manifest = _write_staged(stage, module.to("cpu").eval(), spec, list(feature_names), list(target_names),
                                      training, opset, large_batch_graph, report)
             parity = verify_bundle(Bundle(stage, manifest), verify_inputs, tolerance=tolerance)
-            manifest = manifest.with_parity(parity)
+            manifest = add_html_report(Bundle(stage, manifest.with_parity(parity)))
             write_json(stage / MANIFEST, manifest.to_json())
     except FileExistsError:
         if out.exists():  # another writer published first
@@ -90,8 +92,10 @@ def write_from_regressor(reg: Regressor, data: Dataset, out: str | os.PathLike, 
 
 
 def report_copier(bundle: Bundle) -> ReportWriter:
-    """A report writer that carries an existing bundle's report files (sha256-checked) over on re-export."""
-    contents = {name: bundle.read(name) for name in bundle.manifest.files if name.startswith(f"{REPORT_DIR}/")}
+    """A report writer that carries an existing bundle's report files (sha256-checked) over on re-export;
+    report/index.html is not carried: the new bundle gets its own, with the new parity and hashes."""
+    contents = {name: bundle.read(name) for name in bundle.manifest.files
+                if name.startswith(f"{REPORT_DIR}/") and name != REPORT_HTML}
 
     def copy(stage: Path) -> list[str]:
         for name, data in contents.items():

@@ -31,7 +31,7 @@ from torchport.runtime.bundle import Manifest
 from torchport.runtime.errors import InputError
 from torchport.runtime.options import names, number, whole_number, widths
 from torchport.runtime.predictor import Predictor
-from torchport.train.datasets import DATASETS, Dataset, load_dataset
+from torchport.train.datasets import DATASETS, Dataset, load_dataset, published_fit
 from torchport.train.errors import TrainError, TrainingDiverged
 from torchport.train.estimator import OPTIMIZERS, SCHEDULES, Regressor
 from torchport.train.inference import format_inference
@@ -39,8 +39,6 @@ from torchport.train.models import ACTIVATIONS, MODEL_KINDS
 from torchport.train.record import TrainingRecord
 
 USER_ERRORS = (TrainError,)
-# The tutorial's published figures (shared/data/README.md).
-SEED_REFERENCE = {"weight": 0.35739, "bias": 1.33122, "r2": 0.82764, "pred3": 2.40344}
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -89,8 +87,8 @@ def _fit_table(reg: Regressor, data: Dataset, record: TrainingRecord, predictor:
     """The one-feature, one-target linear fit beside the exact optimum (and the tutorial, on its data)."""
     m, exact, x_name = record.metrics, record.exact_least_squares, data.feature_names[0]
     lines = [f"{'':<28}{'weight w':>10}{'bias b':>10}{'R^2':>10}{'MSE':>10}{'pred(' + x_name + '=3)':>14}"]
-    if data.name == "plant_richness_lr" and data.feature_names == ["area"] and data.target_names == ["ntv_rich"]:
-        r = SEED_REFERENCE
+    r = published_fit(data.name, data.feature_names, data.target_names)
+    if r is not None:
         lines.append(f"{'tutorial (published)':<28}{r['weight']:>10.5f}{r['bias']:>10.5f}{r['r2']:>10.5f}"
                      f"{'':>10}{r['pred3']:>14.5f}")
     ours = float(np.asarray(reg.predict(np.array([[3.0]]))).reshape(-1)[0])

@@ -1,7 +1,8 @@
 """Verify a bundle: run the training rows (when the data is still available unchanged) and random batches
 of 1, 7, 4096 and 40000 rows through the torch module (from the checkpoint), the TorchScript file and ONNX
 Runtime (the Predictor, and in a two-graph bundle model.onnx and model.large_batch.onnx each on its own);
-print the max absolute and relative difference per pair and record them in the manifest.
+print the max absolute and relative difference per pair and record them in the manifest (and in
+report/index.html, which is rewritten with them).
 Exit status 1 when any pair differs by more than atol + rtol * |reference|.
 
 example:
@@ -13,6 +14,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from torchport.export.html_report import REPORT_HTML, add_html_report
 from torchport.export.parity import Tolerance, format_report
 from torchport.export.verify import verify_bundle
 from torchport.runtime.bundle import MANIFEST, Bundle
@@ -29,7 +31,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help=f"absolute tolerance (default: {Tolerance.atol:g})")
     p.add_argument("--rtol", type=positive_float, default=Tolerance.rtol,
                    help=f"relative tolerance (default: {Tolerance.rtol:g})")
-    p.add_argument("--no-record", action="store_true", help="do not write the results into manifest.json")
+    p.add_argument("--no-record", action="store_true",
+                   help="do not write the results into manifest.json and report/index.html")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -38,7 +41,10 @@ def run(args: argparse.Namespace) -> int:
     print(format_report(report))
     print(f"training rows: {report.training_rows}")
     if not args.no_record:
-        write_json(args.bundle / MANIFEST, bundle.manifest.with_parity(report).to_json())
+        manifest = bundle.manifest.with_parity(report)
+        if bundle.has(REPORT_HTML):
+            manifest = add_html_report(Bundle(bundle.path, manifest))
+        write_json(args.bundle / MANIFEST, manifest.to_json())
     if not report.passed:
         print(f"torchport verify: {args.bundle}: parity FAILED", file=sys.stderr)
         return 1

@@ -21,6 +21,8 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
                "check that torch, TorchScript and ONNX Runtime answer alike for a bundle"),
     "bench": ("torchport.benchmarks.cli_bench", "train",
               "compare throughput and latency of numpy, torch, TorchScript, ONNX Runtime and the Predictor"),
+    "report": ("torchport.benchmarks.cli_report", "train",
+               "write a bundle's HTML report elsewhere, with the tables of a `torchport bench` run"),
     "predict": ("torchport.runtime.cli_predict", "",
                 "score a CSV/TSV/Parquet file with a bundle through ONNX Runtime (no torch needed)"),
     "serve": ("torchport.runtime.cli_serve", "serve",

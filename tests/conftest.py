@@ -79,9 +79,12 @@ def pytest_collection_modifyitems(config, items):
 
 
 PARITY_STATS = {"cases": 0, "worst": 0.0, "worst_case": None}
+SCREENSHOTS: dict = {}  # "folder": where tests/test_browser.py saved its screenshots
 
 
 def pytest_terminal_summary(terminalreporter):
+    if SCREENSHOTS.get("folder"):
+        terminalreporter.write_line(f"browser screenshots: {SCREENSHOTS['folder']}")
     if PARITY_STATS["cases"]:
         terminalreporter.write_line(
             f"property parity: {PARITY_STATS['cases']} cases, worst max|a - b| / max(1, target scale) over the "

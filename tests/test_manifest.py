@@ -48,7 +48,7 @@ def test_a_format_1_bundle_re_exports(tmp_path):
     assert proc.returncode == 0, proc.stderr
     new = Bundle.open(tmp_path / "new").manifest
     assert new.export.opset == 20 and new.parity.passed and new.training["dataset"]["name"] == "plant_richness_lr"
-    assert sorted(n for n in new.files if n.startswith("report/")) == ["report/inference.txt"]
+    assert sorted(n for n in new.files if n.startswith("report/")) == ["report/index.html", "report/inference.txt"]
 
 
 def _broken(edit) -> dict:

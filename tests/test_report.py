@@ -59,11 +59,12 @@ def test_manifest_inference_matches_the_closed_form(seed_bundle):
 def test_report_files_are_listed_with_their_sha256(seed_bundle):
     m = json.loads((seed_bundle / "manifest.json").read_text())
     report = sorted(p.relative_to(seed_bundle).as_posix() for p in (seed_bundle / "report").iterdir())
-    assert report == ["report/inference.txt", "report/loss.png", "report/regression.png", "report/residuals.png"]
+    assert report == ["report/index.html", "report/inference.txt", "report/loss.png", "report/regression.png",
+                      "report/residuals.png"]
     for name in report:
         assert m["files"][name]["sha256"] == sha256_file(seed_bundle / name)
     out = (seed_bundle.parent / "train_stdout.txt").read_text()
-    assert "report/: inference.txt, loss.png, regression.png, residuals.png)" in out
+    assert "report/: index.html, inference.txt, loss.png, regression.png, residuals.png)" in out
 
 
 def test_seed_plots_show_what_they_claim(seed_bundle):
@@ -94,7 +95,7 @@ def test_no_plots_keeps_the_table_only(tmp_path):
     out = tmp_path / "b"
     proc = run_cli("train", "--out", str(out), "--epochs", "5", "--no-progress", "--no-plots")
     assert proc.returncode == 0, proc.stderr
-    assert [p.name for p in (out / "report").iterdir()] == ["inference.txt"]
+    assert sorted(p.name for p in (out / "report").iterdir()) == ["index.html", "inference.txt"]
     files = json.loads((out / "manifest.json").read_text())["files"]
     assert not [name for name in files if name.endswith(".png")]
     assert "least-squares inference for ntv_rich ~ area" in proc.stdout
@@ -104,7 +105,10 @@ def test_reexport_carries_the_report_and_refuses_a_tampered_one(seed_bundle, tmp
     proc = run_cli("export", str(seed_bundle), "--out", str(tmp_path / "again"))
     assert proc.returncode == 0, proc.stderr
     for p in (seed_bundle / "report").iterdir():
-        assert sha256_file(tmp_path / "again" / "report" / p.name) == sha256_file(p)
+        if p.name != "index.html":  # the new bundle's page is its own: new parity results and hashes
+            assert sha256_file(tmp_path / "again" / "report" / p.name) == sha256_file(p)
+    again = json.loads((tmp_path / "again" / "manifest.json").read_text())
+    assert again["files"]["report/index.html"]["sha256"] == sha256_file(tmp_path / "again" / "report" / "index.html")
     shutil.copytree(seed_bundle, tmp_path / "bad")
     (tmp_path / "bad" / "report" / "loss.png").write_bytes(b"not the plot")
     proc = run_cli("export", str(tmp_path / "bad"), "--out", str(tmp_path / "worse"))
@@ -167,13 +171,16 @@ def test_training_record_json_layout_and_round_trip(seed_fit):
     obj = strict_loads(json.dumps(record.to_json()))
     assert list(obj) == ["dataset", "settings", "optimizer", "lr", "device", "epochs_run", "best_epoch", "final_loss",
                          "val_loss", "metrics", "exact_least_squares", "inference", "inference_unavailable",
-                         "feature_stats"]
+                         "feature_stats", "fit_seconds"]
     assert list(obj["dataset"]) == ["name", "source", "rows", "features", "targets", "fingerprint_sha256"]
     assert list(obj["metrics"]) == ["mse", "r2", "weight", "bias", "undefined"]
     assert list(obj["exact_least_squares"]) == ["weight", "bias", "mse", "r2", "undefined"]
     assert list(obj["feature_stats"]) == ["mean", "std", "min", "max"]
     assert obj["metrics"]["weight"] == [[record.metrics.weight[0][0]]] and obj["best_epoch"] is None
+    assert obj["fit_seconds"] == seed_fit[0].fit_seconds_ > 0
     assert TrainingRecord.from_json(obj) == record
+    del obj["fit_seconds"]  # records written before it was kept still read
+    assert TrainingRecord.from_json(obj).fit_seconds is None
 
 
 def test_training_record_of_a_constant_target_is_strict_json():

@@ -11,6 +11,7 @@ import math
 import numbers
 import os
 import sys
+import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Sequence
 
@@ -229,6 +230,7 @@ class Regressor:
         With ``checkpoint`` set, the training state is saved there (atomically) at every check, about 100
         times a run, so an interrupted or crashed run can go on with ``fit(X, y, resume=True)`` and reach
         the same final weights as an uninterrupted run."""
+        started = time.perf_counter()
         s = self._settings()
         if resume and self.checkpoint is None:
             raise SettingsError("resume=True needs checkpoint=, the path the interrupted run was given",
@@ -248,6 +250,7 @@ class Regressor:
             if run.bar is not None:
                 run.bar.close()
         self._finish(run, s, X.shape[1], one_d)
+        self.fit_seconds_ = time.perf_counter() - started
         return self
 
     @staticmethod

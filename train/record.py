@@ -93,7 +93,8 @@ class TrainingRecord:
     """How a model was trained and how well it fits its training data.
 
     ``settings`` are the Regressor's parameters as given (less progress and checkpoint, which do not change
-    the result); ``optimizer`` and ``lr`` as resolved. ``metrics`` carry the weight and bias of a linear model
+    the result); ``optimizer`` and ``lr`` as resolved; ``fit_seconds`` is the wall time of the fit (of the
+    last process, for a resumed run; None in records written before it was kept). ``metrics`` carry the weight and bias of a linear model
     in raw units. ``inference`` is the least-squares table of a linear model, or None with the reason in
     ``inference_unavailable`` when the data cannot support one (None for both for an MLP)."""
 
@@ -111,6 +112,7 @@ class TrainingRecord:
     inference: Inference | None
     inference_unavailable: str | None
     feature_stats: FeatureStats
+    fit_seconds: float | None = None
 
     @classmethod
     def from_fit(cls, reg: Regressor, data: Dataset) -> "TrainingRecord":
@@ -130,7 +132,8 @@ class TrainingRecord:
             device=reg.device_, epochs_run=reg.n_epochs_, best_epoch=reg.best_epoch_, final_loss=finite(reg.final_loss_),
             val_loss=finite(reg.val_loss_history_[-1]) if len(reg.val_loss_history_) else None, metrics=metrics,
             exact_least_squares=exact_least_squares(data.X, data.y, data.target_names), inference=inference,
-            inference_unavailable=unavailable, feature_stats=FeatureStats.of(data.X))
+            inference_unavailable=unavailable, feature_stats=FeatureStats.of(data.X),
+            fit_seconds=finite(reg.fit_seconds_))
 
     def to_json(self) -> dict:
         return {
@@ -143,6 +146,7 @@ class TrainingRecord:
             "inference": self.inference.to_json() if self.inference is not None else None,
             "inference_unavailable": self.inference_unavailable,
             "feature_stats": self.feature_stats.to_json(),
+            "fit_seconds": finite(self.fit_seconds),
         }
 
     @classmethod
@@ -161,4 +165,5 @@ class TrainingRecord:
                                                        f"{where}.exact_least_squares"),
             inference=Inference.from_json(inference, f"{where}.inference") if inference is not None else None,
             inference_unavailable=f.get("inference_unavailable", str, optional=True),
-            feature_stats=FeatureStats.from_json(f.get("feature_stats", dict), f"{where}.feature_stats"))
+            feature_stats=FeatureStats.from_json(f.get("feature_stats", dict), f"{where}.feature_stats"),
+            fit_seconds=f.get("fit_seconds", float, optional=True))

@@ -1,0 +1,176 @@
+// The page: a form built from the manifest's feature names, the prediction, and a box to score several
+// rows at once. Values are shown rounded; each <output> and table cell keeps the exact float32 answer in
+// its data-value attribute.
+import { loadBundle, predict } from "./bundle.mjs";
+
+const $ = (id) => document.getElementById(id);
+const shown = (v) => (Number.isFinite(v) ? Number(v.toPrecision(6)).toString() : String(v));
+
+function element(tag, attrs = {}, text = "") {
+  const e = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs)) e.setAttribute(k, v);
+  if (text) e.textContent = text;
+  return e;
+}
+
+function showError(where, message) {
+  where.textContent = message;
+  where.hidden = false;
+}
+
+function describe(manifest) {
+  const m = manifest.model || {};
+  const kind = m.kind === "mlp" ? `MLP ${(m.hidden || []).join(",")} ${m.activation}` : (m.kind || "model");
+  $("title").textContent = `${manifest.targets.join(", ")} ~ ${manifest.features.join(", ")}`;
+  const parity = manifest.parity ? (manifest.parity.passed ? "parity passed" : "parity FAILED") : "parity not run";
+  const rows = manifest.training ? `, trained on ${manifest.training.dataset.rows} rows` : "";
+  $("about").textContent = `${kind}${rows}; ${parity} at export`;
+}
+
+function buildForm(manifest) {
+  const stats = manifest.training ? manifest.training.feature_stats : null;
+  const fields = $("fields");
+  manifest.features.forEach((name, j) => {
+    const id = `feature-${j}`;
+    const row = element("div", { class: "field" });
+    row.append(element("label", { for: id }, name));
+    const input = element("input", { id, name, type: "text", inputmode: "decimal", autocomplete: "off",
+                                     "data-feature": name, required: "" });
+    if (stats) input.value = shown(stats.mean[j]);
+    row.append(input);
+    if (stats) row.append(element("small", {}, `training data: ${shown(stats.min[j])} to ${shown(stats.max[j])}`));
+    fields.append(row);
+  });
+  const results = $("results");
+  manifest.targets.forEach((name, k) => {
+    const line = element("p", { class: "result" });
+    line.append(element("span", { class: "target" }, `${name} = `));
+    line.append(element("output", { id: `prediction-${k}`, for: manifest.features.map((_, j) => `feature-${j}`).join(" ") }));
+    results.append(line);
+  });
+}
+
+function formRow(manifest) {
+  return manifest.features.map((name, j) => {
+    const text = $(`feature-${j}`).value.trim();
+    const value = Number(text);
+    if (text === "" || !Number.isFinite(value)) throw new Error(`${name}: "${text}" is not a number`);
+    return value;
+  });
+}
+
+// One run at a time, in the order asked (typing fires one per key).
+let queue = Promise.resolve();
+const inTurn = (task) => (queue = queue.then(task, task));
+
+async function predictForm(bundle) {
+  const error = $("form-error");
+  error.hidden = true;
+  try {
+    const row = formRow(bundle.manifest);
+    const [answer] = await predict(bundle, [row]);
+    answer.forEach((v, k) => {
+      const out = $(`prediction-${k}`);
+      out.value = shown(v);
+      out.dataset.value = String(v);
+      out.dataset.inputs = JSON.stringify(row);
+    });
+  } catch (e) {
+    bundle.manifest.targets.forEach((_, k) => {
+      const out = $(`prediction-${k}`);
+      out.value = "";
+      delete out.dataset.value;
+      delete out.dataset.inputs;
+    });
+    showError(error, e.message);
+  }
+}
+
+// Rows as CSV (comma, semicolon, tab or spaces): a first line of feature names orders the columns by name,
+// otherwise the values are in the manifest's feature order.
+export function parseRows(text, features) {
+  const lines = text.split(/\r?\n/).map((l) => l.trim()).filter((l) => l !== "");
+  const split = (line) => line.split(/[,;\t ]+/);
+  let order = features.map((_, j) => j);
+  if (lines.length && split(lines[0]).some((cell) => !Number.isFinite(Number(cell)))) {
+    const names = split(lines.shift());
+    order = features.map((f) => {
+      const at = names.indexOf(f);
+      if (at < 0) throw new Error(`the header line has no column ${f} (it has ${names.join(", ")})`);
+      return at;
+    });
+  }
+  return lines.map((line, i) => {
+    const cells = split(line);
+    return order.map((at, j) => {
+      const value = Number(cells[at]);
+      if (cells[at] === undefined || !Number.isFinite(value)) {
+        throw new Error(`row ${i + 1}, ${features[j]}: "${cells[at] ?? ""}" is not a number`);
+      }
+      return value;
+    });
+  });
+}
+
+async function scoreRows(bundle) {
+  const { manifest } = bundle;
+  const error = $("batch-error");
+  const table = $("batch-table");
+  error.hidden = true;
+  table.replaceChildren();
+  try {
+    const rows = parseRows($("batch-rows").value, manifest.features);
+    const answers = await predict(bundle, rows);
+    const head = element("tr");
+    // the answers first, so that they show on a narrow screen before the table scrolls
+    ["#", ...manifest.targets, ...manifest.features].forEach((c) => head.append(element("th", { scope: "col" }, c)));
+    table.append(element("thead"));
+    table.tHead.append(head);
+    const body = element("tbody");
+    rows.forEach((row, i) => {
+      const tr = element("tr");
+      tr.append(element("th", { scope: "row" }, String(i + 1)));
+      answers[i].forEach((v, k) => tr.append(element("td", { class: "answer", "data-row": i, "data-target": k,
+                                                              "data-value": String(v) }, shown(v))));
+      row.forEach((v) => tr.append(element("td", {}, shown(v))));
+      body.append(tr);
+    });
+    table.append(body);
+    $("batch-count").textContent = `${rows.length} row${rows.length === 1 ? "" : "s"} scored`;
+  } catch (e) {
+    $("batch-count").textContent = "";
+    showError(error, e.message);
+  }
+}
+
+async function main() {
+  const base = new URL(new URLSearchParams(location.search).get("bundle") || "bundle/", location.href);
+  const status = $("status");
+  let bundle;
+  try {
+    bundle = await loadBundle(base);
+  } catch (e) {
+    status.hidden = true;
+    showError($("load-error"), e.message);
+    document.body.dataset.state = "error";
+    return;
+  }
+  describe(bundle.manifest);
+  buildForm(bundle.manifest);
+  if ((bundle.manifest.files || {})["report/index.html"]) {
+    $("report-link").href = new URL("report/index.html", base).href;
+    $("report").hidden = false;
+  }
+  $("checksum").textContent = `model.onnx sha256 ${bundle.sha256.slice(0, 12)}... matches the manifest (checked in this page)`;
+  $("form").addEventListener("submit", (event) => { event.preventDefault(); inTurn(() => predictForm(bundle)); });
+  $("form").addEventListener("input", () => inTurn(() => predictForm(bundle)));
+  $("batch-form").addEventListener("submit", (event) => { event.preventDefault(); inTurn(() => scoreRows(bundle)); });
+  $("batch-rows").placeholder = `${bundle.manifest.features.join(",")}\n` +
+    bundle.manifest.features.map(() => "1.5").join(",");
+  status.hidden = true;
+  $("model").hidden = false;
+  await inTurn(() => predictForm(bundle));
+  document.body.dataset.state = "ready";
+}
+
+main();
