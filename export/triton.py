@@ -1,13 +1,15 @@
 """Triton Inference Server model repository from a bundle: config.pbtxt + VERSION/model.onnx (onnxruntime
 backend), and optionally the TorchScript copy as a second model for the libtorch backend. The ONNX version
-directory also holds the bundle's manifest.json (and manifest.sig when signed) and its large-batch graph,
-so that it is a bundle `torchport serve REPO` can check; Triton reads model.onnx and ignores the rest."""
+directory also holds the bundle's manifest.json (and manifest.sig when signed), its large-batch graph and
+its report/index.html, so that it is a bundle `torchport serve REPO` can check; Triton reads model.onnx and
+ignores the rest."""
 from __future__ import annotations
 
 import os
 import re
 from pathlib import Path
 
+from torchport.export.html_report import REPORT_HTML
 from torchport.runtime.bundle import LARGE_BATCH_FILE, MANIFEST, ONNX_FILE, TORCHSCRIPT_FILE, Bundle
 from torchport.runtime.errors import Fix, InputError
 from torchport.runtime.files import staged_dir, write_text
@@ -31,6 +33,11 @@ def model_config(name: str, backend: str, inputs: list[tuple[str, int]], outputs
     return "\n".join(lines) + "\n"
 
 
+def _write_file(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)  # report/index.html
+    path.write_bytes(data)
+
+
 def _write_model(repo: Path, name: str, version: int, config: str, files: dict[str, bytes], force: bool) -> Path:
     """REPO/name/{config.pbtxt, VERSION/files}: a new model directory, or a version added to an existing one
     (its config.pbtxt kept unless ``force``), each built in a temp dir and renamed into place."""
@@ -42,12 +49,12 @@ def _write_model(repo: Path, name: str, version: int, config: str, files: dict[s
         with staged_dir(target) as stage:
             (stage / str(version)).mkdir()
             for file_name, data in files.items():
-                (stage / str(version) / file_name).write_bytes(data)
+                _write_file(stage / str(version) / file_name, data)
             (stage / CONFIG_FILE).write_text(config)
         return target
     with staged_dir(version_dir, replace=force) as stage:
         for file_name, data in files.items():
-            (stage / file_name).write_bytes(data)
+            _write_file(stage / file_name, data)
     if force or not (target / CONFIG_FILE).exists():
         write_text(target / CONFIG_FILE, config)
     return target
@@ -71,6 +78,8 @@ def write_triton_repository(bundle: Bundle | str | os.PathLike, repo: str | os.P
     files = {ONNX_FILE: bundle.read(ONNX_FILE)}  # checked before anything is written
     if bundle.has(LARGE_BATCH_FILE):
         files[LARGE_BATCH_FILE] = bundle.read(LARGE_BATCH_FILE)
+    if bundle.has(REPORT_HTML):  # the served version's report, checked like the model
+        files[REPORT_HTML] = bundle.read(REPORT_HTML)
     files[MANIFEST] = bundle.manifest_bytes or (bundle.path / MANIFEST).read_bytes()
     if (bundle.path / SIGNATURE_FILE).is_file():
         files[SIGNATURE_FILE] = (bundle.path / SIGNATURE_FILE).read_bytes()

@@ -30,6 +30,8 @@ def check_entry(repo, name, bundle):
     assert sha256_file(repo / name / "1" / "model.onnx") == manifest["files"]["model.onnx"]["sha256"]
     # the version directory is a bundle torchport serve can check: the manifest's very bytes beside the model
     assert (repo / name / "1" / "manifest.json").read_bytes() == (bundle / "manifest.json").read_bytes()
+    if "report/index.html" in manifest["files"]:  # and its report, as the bundle has it
+        assert sha256_file(repo / name / "1" / "report" / "index.html") == manifest["files"]["report/index.html"]["sha256"]
 
 
 def test_seed_model(seed_bundle, tmp_path):
@@ -38,6 +40,7 @@ def test_seed_model(seed_bundle, tmp_path):
                    "--max-queue-delay-us", "250", "--libtorch")
     assert proc.returncode == 0, proc.stderr
     check_entry(repo, "seed", seed_bundle)
+    assert (repo / "seed" / "1" / "report" / "index.html").is_file()
     libtorch = parse(repo / "seed_libtorch" / "config.pbtxt")
     assert libtorch.backend == "pytorch" and [i.name for i in libtorch.input] == ["INPUT__0"]
     assert (repo / "seed_libtorch" / "1" / "model.pt").stat().st_size > 0
