@@ -8,7 +8,7 @@ import shutil
 import pytest
 
 from conftest import run_cli
-from test_serve import serving
+from servers import serving
 from torchport.runtime import ParityError, Predictor
 
 TOO_STRICT = ("--atol", "1e-12", "--rtol", "1e-12")
@@ -65,9 +65,9 @@ def test_serve_refuses_a_failed_bundle_unless_allowed(published_failed):
     proc = run_cli("serve", str(published_failed), "--port", "1")
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     assert "failed its parity check" in proc.stderr and "--allow-failed-parity" in proc.stderr
-    with serving(published_failed, "--allow-failed-parity") as (_, port):
+    with serving(published_failed, "--allow-failed-parity") as srv:
         from test_serve import _infer_json
-        status, answer = _infer_json(port, [[3.0]])
+        status, answer = _infer_json(srv.port, [[3.0]])
     assert status == 200 and answer["outputs"][0]["data"][0] == pytest.approx(2.4034, abs=1e-3)
 
 
