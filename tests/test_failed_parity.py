@@ -48,7 +48,7 @@ def test_a_bundle_published_failed_is_refused_unless_allowed(published_failed, t
     assert json.loads((published_failed / "manifest.json").read_text())["parity"]["passed"] is False
     with pytest.raises(ParityError) as e:
         Predictor(published_failed)
-    assert str(e.value) == (f"{published_failed}: this bundle failed its parity check (torch, torchscript, "
+    assert str(e.value) == (f"{published_failed}: this bundle failed its parity check (torch, exported, torchscript, "
                             "onnxruntime, onnxruntime_model, onnxruntime_large_batch beyond the criterion) and was "
                             "published marked failed; re-export it, or load it anyway for inspection; give "
                             "allow_failed_parity=True to use it as it is")
