@@ -1,5 +1,6 @@
-"""The reference run of `torchport bench`: train the seed's linear bundle and a 3-feature MLP bundle where
-they are missing, then benchmark both into a folder named after this machine, so that runs on different
+"""The reference run of `torchport bench`: train the seed's linear bundle and a 3-feature MLP bundle, in every
+format (AOTInductor included), where they are missing (or add the formats they lack with `torchport
+export`), then benchmark both into a folder named after this machine, so that runs on different
 machines sit side by side. Other options are passed on to `torchport bench` (see `torchport bench --help`);
 --quick and --threads N also add -quick and -threadsN to the folder's name.
 
@@ -21,10 +22,12 @@ from pathlib import Path
 
 from torchport.benchmarks.machine import cpu_description, gpu_description
 from torchport.benchmarks.timing import RESULTS_DIR
+from torchport.runtime.bundle import FORMAT_FILES
 from torchport.runtime.cli import main as torchport
 from torchport.runtime.options import positive_int
 
 BUNDLES_DIR = Path("bundles")
+FORMATS = ["--formats", ",".join(FORMAT_FILES)]
 BUNDLES = {
     "seed": [],
     "mlr-mlp": ["--data", "plant_richness_mlr", "--model", "mlp", "--hidden", "32,32"],
@@ -52,11 +55,15 @@ def main(argv: list[str] | None = None) -> int:
     bundles = []
     for name, options in BUNDLES.items():
         path = BUNDLES_DIR / name
+        command = None
         if not (path / "manifest.json").exists():
-            trained = subprocess.run([sys.executable, "-m", "torchport.runtime.cli", "train", *options, "--out",
-                                      str(path), "--no-progress"])
-            if trained.returncode:
-                return trained.returncode
+            command = ["train", *options, *FORMATS, "--out", str(path), "--no-progress"]
+        elif not all((path / file).exists() for file in FORMAT_FILES.values()):
+            command = ["export", str(path), *FORMATS, "--force"]
+        if command:
+            made = subprocess.run([sys.executable, "-m", "torchport.runtime.cli", *command])
+            if made.returncode:
+                return made.returncode
         bundles.append(str(path))
     suffix = "-quick" * args.quick + (f"-threads{args.threads}" if args.threads else "")
     bench_options += ["--quick"] * args.quick + (["--threads", str(args.threads)] if args.threads else [])
