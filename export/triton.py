@@ -79,6 +79,10 @@ def write_triton_repository(bundle: Bundle | str | os.PathLike, repo: str | os.P
         raise InputError(f"max_batch_size must be >= 1; got {max_batch_size}", parameter="max_batch_size")
     if not isinstance(version, int) or version < 1:
         raise InputError(f"version must be a whole number >= 1; got {version!r}", parameter="version")
+    if libtorch and not bundle.has(TORCHSCRIPT_FILE):
+        raise InputError(f"{bundle.path} holds no {TORCHSCRIPT_FILE} for the libtorch backend (torch did not write "
+                         "it, or it was not asked for); re-export the bundle with formats that include torchscript",
+                         parameter="libtorch")
     files = {ONNX_FILE: bundle.read(ONNX_FILE)}  # checked before anything is written
     if bundle.has(LARGE_BATCH_FILE):
         files[LARGE_BATCH_FILE] = bundle.read(LARGE_BATCH_FILE)
@@ -87,10 +91,6 @@ def write_triton_repository(bundle: Bundle | str | os.PathLike, repo: str | os.P
     files[MANIFEST] = bundle.manifest_bytes or (bundle.path / MANIFEST).read_bytes()
     if (bundle.path / SIGNATURE_FILE).is_file():
         files[SIGNATURE_FILE] = (bundle.path / SIGNATURE_FILE).read_bytes()
-    if libtorch and not bundle.has(TORCHSCRIPT_FILE):
-        raise InputError(f"{bundle.path} holds no {TORCHSCRIPT_FILE} for the libtorch backend (torch did not write "
-                         "it, or it was not asked for); re-export the bundle with formats that include torchscript",
-                         parameter="libtorch")
     script_bytes = bundle.read(TORCHSCRIPT_FILE) if libtorch else b""
     repo.mkdir(parents=True, exist_ok=True)
     n_in, n_out = len(manifest.features), len(manifest.targets)
