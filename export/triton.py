@@ -88,6 +88,8 @@ def write_triton_repository(bundle: Bundle | str | os.PathLike, repo: str | os.P
         files[LARGE_BATCH_FILE] = bundle.read(LARGE_BATCH_FILE)
     if bundle.has(REPORT_HTML):  # the served version's report, checked like the model
         files[REPORT_HTML] = bundle.read(REPORT_HTML)
+    if manifest.golden is not None:  # the golden cases `torchport serve` runs on loading, checked like the model
+        files[manifest.golden.file] = bundle.read(manifest.golden.file)
     files[MANIFEST] = bundle.manifest_bytes or (bundle.path / MANIFEST).read_bytes()
     if (bundle.path / SIGNATURE_FILE).is_file():
         files[SIGNATURE_FILE] = (bundle.path / SIGNATURE_FILE).read_bytes()

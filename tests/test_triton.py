@@ -32,6 +32,9 @@ def check_entry(repo, name, bundle):
     assert (repo / name / "1" / "manifest.json").read_bytes() == (bundle / "manifest.json").read_bytes()
     if "report/index.html" in manifest["files"]:  # and its report, as the bundle has it
         assert sha256_file(repo / name / "1" / "report" / "index.html") == manifest["files"]["report/index.html"]["sha256"]
+    if manifest.get("golden"):  # and the golden cases serve runs on loading
+        golden = manifest["golden"]["file"]
+        assert sha256_file(repo / name / "1" / golden) == manifest["files"][golden]["sha256"]
 
 
 def test_seed_model(seed_bundle, tmp_path):
