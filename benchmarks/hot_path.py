@@ -66,10 +66,18 @@ def plain_session(bundle: Bundle, graph: str) -> ort.InferenceSession:
     return ort.InferenceSession(bundle.read(graph), sess_options=session_options(tuned=False), providers=[CPU])
 
 
+def agrees(predictor: Predictor, answer: np.ndarray, expected: np.ndarray) -> bool:
+    """Within the tolerance the bundle's parity was checked with (its manifest's, else 1e-5 and 1e-4)."""
+    parity = predictor.manifest.parity if predictor.manifest is not None else None
+    atol, rtol = (parity.atol, parity.rtol) if parity is not None else (1e-5, 1e-4)
+    return bool(np.all(np.abs(answer - expected) <= atol + rtol * np.abs(expected)))
+
+
 def single_row(predictor: Predictor, plain: ort.InferenceSession, quick: bool) -> dict:
     x = np.full((1, predictor.n_features), 3.0, dtype=np.float32)
     fetches, feed = [predictor.output_name], predictor.input_name
-    assert np.array_equal(predictor.predict(x), plain.run(fetches, {feed: x})[0])
+    answer, expected = predictor.predict(x), plain.run(fetches, {feed: x})[0]
+    assert agrees(predictor, answer, expected)  # an MLP's small batches run the folded graph
     # ONNX Runtime's own floor: the one-thread session with input and output bound once, nothing copied
     bound = bound_run(predictor._session, predictor.input_name, predictor.output_name, x.copy(),
                       np.empty((1, predictor.n_targets), dtype=np.float32))
@@ -79,6 +87,7 @@ def single_row(predictor: Predictor, plain: ort.InferenceSession, quick: bool) -
     s = interleaved(candidates, 6 if quick else 100, 200 if quick else 500)
     pred, base, floor = stats_us(s["predictor"]), stats_us(s["plain"]), stats_us(s["bound"])
     return {"predictor_us": pred, "plain_us": base, "ratio": pred["median"] / base["median"],
+            "bit_identical_to_plain": bool(np.array_equal(answer, expected)),
             "bound_run_us": floor, "bound_run_ratio": floor["median"] / base["median"],
             "note": "each call timed alone (perf_counter_ns around it, the same clock cost in all); bound_run is "
                     "ONNX Runtime with input and output bound once and nothing copied, the floor for any wrapper"}
@@ -90,10 +99,10 @@ def throughput(predictor: Predictor, plain: ort.InferenceSession, plain_lb: ort.
     dst, out = np.empty_like(x), np.empty((rows, predictor.n_targets), dtype=np.float32)
     fetches, feed = [predictor.output_name], predictor.input_name
     expected = plain.run(fetches, {feed: x})[0]
-    answer = predictor.predict(x)  # the same graph (or the seed's bit-identical rewrite) in other chunks
-    assert np.allclose(answer, expected, rtol=1e-5, atol=1e-6), float(np.abs(answer - expected).max())
+    answer = predictor.predict(x)  # an MLP's folded graph rounds differently: within the bundle's tolerance
+    assert agrees(predictor, answer, expected), float(np.abs(answer - expected).max())
     if plain_lb is not None:
-        assert np.array_equal(plain_lb.run(fetches, {feed: x})[0], expected)
+        assert agrees(predictor, plain_lb.run(fetches, {feed: x})[0], expected)
 
     def unchecked() -> np.ndarray:
         """The same Predictor (same sessions) with the NaN/inf check off: what the check costs."""
