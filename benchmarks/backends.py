@@ -1,6 +1,7 @@
 """The ways to run a bundle that `torchport bench` compares, each as a callable from a float32 numpy batch
-(on the host) to a numpy result: numpy floors, torch eager, TorchScript, plain ONNX Runtime, the Predictor.
-Every one is built from the bundle's files as checked against its manifest."""
+(on the host) to a numpy result: numpy floors, torch eager, TorchScript, the ExportedProgram, the
+AOTInductor package, plain ONNX Runtime, the Predictor. Every one is built from the bundle's files as
+checked against its manifest; a file this process cannot run is skipped with the reason."""
 from __future__ import annotations
 
 import os
@@ -10,16 +11,22 @@ from typing import Callable
 
 import numpy as np
 import onnxruntime as ort
-import torch
 
 from torchport.benchmarks.machine import cuda_status
 from torchport.benchmarks.records import BACKEND_LABELS, BACKEND_ORDER, BackendEntry, Skipped
-from torchport.export.formats import load_module, load_torchscript, model_spec
-from torchport.runtime.bundle import ONNX_FILE, TORCHSCRIPT_FILE, Bundle
+from torchport.export.aoti import PackageCannotRun, load_package
+from torchport.export.exported import load_program
+from torchport.export.formats import TorchScriptUnavailable, load_module, load_torchscript, model_spec
+from torchport.export.loading import module_runner
+from torchport.export.module_spec import ModuleSpec
+from torchport.runtime.bundle import AOTI_CUDA_FILE, AOTI_FILE, EXPORTED_FILE, ONNX_FILE, TORCHSCRIPT_FILE, Bundle
 from torchport.runtime.predictor import Predictor
 from torchport.runtime.providers import CPU, CUDA, resolve_providers
 from torchport.runtime.sessions import session_options
 from torchport.train.models import linear_coefficients
+
+
+TORCH_SIDE = ("torch_eager", "torchscript", "exported", "aoti")
 
 
 @dataclass
@@ -48,18 +55,6 @@ class BundleBackends:
     skipped: list[Skipped] = field(default_factory=list)
 
 
-def _torch_call(module: torch.nn.Module, device: str) -> Callable[[np.ndarray], np.ndarray]:
-    if device == "cpu":
-        def call(x: np.ndarray) -> np.ndarray:
-            with torch.inference_mode():
-                return module(torch.from_numpy(x)).numpy()
-    else:
-        def call(x: np.ndarray) -> np.ndarray:
-            with torch.inference_mode():
-                return module(torch.from_numpy(x).to(device)).cpu().numpy()  # .cpu() waits for the GPU
-    return call
-
-
 def _ort_call(session: ort.InferenceSession, input_name: str, output_name: str) -> Callable[[np.ndarray], np.ndarray]:
     def call(x: np.ndarray) -> np.ndarray:
         return session.run([output_name], {input_name: x})[0]
@@ -76,37 +71,57 @@ def _predictor(bundle: Bundle, providers: str, threads: int | None) -> tuple[Pre
         return Predictor(bundle, providers=providers), "Predictor's own session options (onnxruntime default threads)"
 
 
+def _torch_side(bundle: Bundle, device: str, threads: str, out: BundleBackends) -> None:
+    """torch eager, TorchScript, the ExportedProgram and the AOTInductor package of ``bundle`` on ``device``
+    (into ``out``), each skipped with the reason where the bundle lacks it or this process cannot run it."""
+    spec = model_spec(bundle)
+    if isinstance(spec, ModuleSpec):
+        out.skipped.append(Skipped("torch_eager", device, f"{spec.description} is not torchport's: its torch-side "
+                                   "source is model.pt2 (the ExportedProgram row)"))
+    else:
+        out.backends.append(Backend("torch_eager", device, module_runner(load_module(bundle).to(device), device),
+                                    threads))
+    makers = {"torchscript": (TORCHSCRIPT_FILE, lambda: load_torchscript(bundle.read(TORCHSCRIPT_FILE)).to(device)),
+              "exported": (EXPORTED_FILE, lambda: load_program(bundle.read(EXPORTED_FILE),
+                                                                str(bundle.path / EXPORTED_FILE)).module().to(device)),
+              "aoti": (AOTI_FILE if device == "cpu" else AOTI_CUDA_FILE,
+                       lambda: load_package(bundle, AOTI_FILE if device == "cpu" else AOTI_CUDA_FILE))}
+    for backend, (name, make) in makers.items():
+        if not bundle.has(name):
+            out.skipped.append(Skipped(backend, device, f"the bundle has no {name}"))
+            continue
+        try:
+            out.backends.append(Backend(backend, device, module_runner(make(), device), threads))
+        except (TorchScriptUnavailable, PackageCannotRun) as e:
+            out.skipped.append(Skipped(backend, device, str(e)))
+
+
 def build_backends(bundle: str | os.PathLike | Bundle, devices: list[str], threads: int,
                    pin_predictor: bool) -> BundleBackends:
     """Every backend for ``bundle`` on each of ``devices`` ("cpu", "cuda"); CUDA ones only where usable."""
     bundle = bundle if isinstance(bundle, Bundle) else Bundle.open(bundle)
     manifest = bundle.manifest
     out = BundleBackends(bundle)
-    module = load_module(bundle)
-    scripted = load_torchscript(bundle.read(TORCHSCRIPT_FILE))
     onnx_bytes = bundle.read(ONNX_FILE)
     in_name, out_name = manifest.input.name, manifest.output.name
     torch_threads = f"torch.set_num_threads({threads})"
     cuda = cuda_status()
-    kind = model_spec(bundle).kind
+    spec = model_spec(bundle)
 
     out.backends.append(Backend("numpy_copy", "cpu", lambda x: x.copy(), f"numpy, {threads} BLAS threads",
                                 computes_model=False))
-    if kind == "linear":
-        w, b = linear_coefficients(module)
+    if spec.kind == "linear":
+        w, b = linear_coefficients(load_module(bundle))
         wt = np.ascontiguousarray(w.numpy().T, dtype=np.float32)
         b32 = b.numpy().astype(np.float32)
         out.backends.append(Backend("numpy_matmul", "cpu", lambda x: x @ wt + b32, f"numpy, {threads} BLAS threads"))
     else:
-        out.skipped.append(Skipped("numpy_matmul", "cpu", f"the model is {kind}, not linear"))
+        out.skipped.append(Skipped("numpy_matmul", "cpu", f"the model is {spec.kind}, not linear"))
     for device in devices:
         if device == "cuda" and not cuda.torch:
-            out.skipped += [Skipped(b, "cuda", cuda.torch_reason or "") for b in ("torch_eager", "torchscript")]
+            out.skipped += [Skipped(b, "cuda", cuda.torch_reason or "") for b in TORCH_SIDE]
         else:
-            on_device = (module, scripted) if device == "cpu" else \
-                (load_module(bundle).to(device), load_torchscript(bundle.read(TORCHSCRIPT_FILE)).to(device))
-            out.backends.append(Backend("torch_eager", device, _torch_call(on_device[0], device), torch_threads))
-            out.backends.append(Backend("torchscript", device, _torch_call(on_device[1], device), torch_threads))
+            _torch_side(bundle, device, torch_threads, out)
         if device == "cuda" and not cuda.onnxruntime:
             out.skipped += [Skipped(b, "cuda", cuda.onnxruntime_reason or "")
                             for b in ("ort_plain", "ort_plain_threads", "predictor")]

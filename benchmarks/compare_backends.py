@@ -1,9 +1,10 @@
-"""The reference run of `torchport bench`: train the three reference bundles where they are missing (the
-seed's linear model, the 3-32-32-1 MLP and a wider 16-128-128-4 MLP on the first 20 columns of statsmodels'
-star98 table: four percentage columns as targets, the other sixteen as features), then benchmark them in
-one interleaved run into a folder named after this machine, so that runs on different machines sit side by
-side. Other options are passed on to `torchport bench` (see `torchport bench --help`); --quick and
---threads N also add -quick and -threadsN to the folder's name.
+"""The reference run of `torchport bench`: train the three reference bundles in every format (AOTInductor
+included) where they are missing, or add the formats they lack with `torchport export` (the seed's linear
+model, the 3-32-32-1 MLP and a wider 16-128-128-4 MLP on the first 20 columns of statsmodels' star98 table:
+four percentage columns as targets, the other sixteen as features), then benchmark them in one interleaved
+run into a folder named after this machine, so that runs on different machines sit side by side. Other
+options are passed on to `torchport bench` (see `torchport bench --help`); --quick and --threads N also add
+-quick and -threadsN to the folder's name.
 
 Paths are relative to the current directory: the bundles under bundles/ (bundles/seed, bundles/mlr-mlp,
 bundles/wide-mlp, with bundles/star98.csv), the results in benchmarks/results/<machine>/ (bench.json,
@@ -24,10 +25,12 @@ from pathlib import Path
 
 from torchport.benchmarks.machine import cpu_description, gpu_description
 from torchport.benchmarks.timing import RESULTS_DIR
+from torchport.runtime.bundle import FORMAT_FILES
 from torchport.runtime.cli import main as torchport
 from torchport.runtime.options import positive_int
 
 BUNDLES_DIR = Path("bundles")
+FORMATS = ["--formats", ",".join(FORMAT_FILES)]
 STAR98_CSV = BUNDLES_DIR / "star98.csv"
 BUNDLES = {
     "seed": [],
@@ -70,13 +73,17 @@ def main(argv: list[str] | None = None) -> int:
     bundles = []
     for name, options in BUNDLES.items():
         path = BUNDLES_DIR / name
+        command = None
         if not (path / "manifest.json").exists():
             if str(STAR98_CSV) in options and not STAR98_CSV.exists():
                 write_star98(STAR98_CSV)
-            trained = subprocess.run([sys.executable, "-m", "torchport.runtime.cli", "train", *options, "--out",
-                                      str(path), "--no-progress"])
-            if trained.returncode:
-                return trained.returncode
+            command = ["train", *options, *FORMATS, "--out", str(path), "--no-progress"]
+        elif not all((path / file).exists() for file in FORMAT_FILES.values()):
+            command = ["export", str(path), *FORMATS, "--force"]
+        if command:
+            made = subprocess.run([sys.executable, "-m", "torchport.runtime.cli", *command])
+            if made.returncode:
+                return made.returncode
         bundles.append(str(path))
     suffix = "-quick" * args.quick + (f"-threads{args.threads}" if args.threads else "")
     bench_options += ["--quick"] * args.quick + (["--threads", str(args.threads)] if args.threads else [])

@@ -94,7 +94,7 @@ def single_row(predictor: Predictor, plain: ort.InferenceSession, quick: bool) -
 
 
 def throughput(predictor: Predictor, plain: ort.InferenceSession, plain_lb: ort.InferenceSession | None, rows: int,
-               quick: bool, per_row: int) -> dict:
+               quick: bool, per_row: int | None) -> dict:
     x = np.random.default_rng(0).uniform(0, 5, size=(rows, predictor.n_features)).astype(np.float32)
     dst, out = np.empty_like(x), np.empty((rows, predictor.n_targets), dtype=np.float32)
     fetches, feed = [predictor.output_name], predictor.input_name
@@ -125,7 +125,8 @@ def throughput(predictor: Predictor, plain: ort.InferenceSession, plain_lb: ort.
     rate = rates(interleaved(candidates, 3 if quick else (41 if rows <= 1_000_000 else 15), 1), rows)
     lb = {"ratio_to_plain_lb": rate["predictor"] / rate["plain_lb"],
           "plain_lb_to_floor": rate["plain_lb"] / rate["floor"]} if plain_lb is not None else {}
-    return {"rows": rows, "rows_per_s": rate, "flops_per_s": {k: v * per_row for k, v in rate.items() if k != "floor"},
+    flops = {k: v * per_row for k, v in rate.items() if k != "floor"} if per_row else None
+    return {"rows": rows, "rows_per_s": rate, "flops_per_s": flops,
             "bit_identical_to_plain": bool(np.array_equal(answer, expected)),
             "ratio_to_plain": rate["predictor"] / rate["plain"], **lb,
             "predictor_to_floor": rate["predictor"] / rate["floor"], "plain_to_floor": rate["plain"] / rate["floor"],
@@ -159,6 +160,24 @@ def graph_ops(bundle: Bundle) -> dict[str, list[str]]:
     return {ONNX_FILE: list(export.ops), LARGE_BATCH_FILE: list(large.ops) if large else []}
 
 
+def flops_lines(report: dict, lb: bool) -> list[str]:
+    """The model's GFLOP/s per backend and size, and each over the run's float32 matmul peak."""
+    per_row, peak = report["flops_per_row"], report["matmul_peak"]["flops_per_s"]
+    if not per_row:
+        return ["", "model FLOP/s: not known for a module torchport did not define"]
+    lines = ["", f"model FLOP/s ({per_row:,} FLOP a row) over the float32 matmul peak of this run, "
+                 f"{peak / 1e9:.1f} GFLOP/s ({report['matmul_peak']['size']}-square numpy products, "
+                 f"{report['matmul_peak']['threads']} BLAS threads, best before and after):",
+             f"{'':34s} {'predictor':>12s} {'plain run':>12s}" + (f" {'plain lb':>10s}" if lb else "")]
+    for row in report["throughput"]:
+        f, size = row["flops_per_s"], format(row["rows"], ",")
+        lines.append(f"{'  ' + size + ' rows, GFLOP/s':34s} {f['predictor'] / 1e9:12.2f} {f['plain'] / 1e9:12.2f}"
+                     + (f" {f['plain_lb'] / 1e9:10.2f}" if lb else ""))
+        lines.append(f"{'    x peak':34s} {f['predictor'] / peak:12.3f} {f['plain'] / peak:12.3f}"
+                     + (f" {f['plain_lb'] / peak:10.3f}" if lb else ""))
+    return lines
+
+
 def table(report: dict) -> str:
     s, c = report["single_row"], report["cold_start"]
     ops = report["graph_ops"]
@@ -185,18 +204,7 @@ def table(report: dict) -> str:
                      (f" {r['plain_lb'] / 1e6:10.1f} {row['ratio_to_plain_lb']:8.2f}" if lb else "") +
                      f" {r['floor'] / 1e6:10.1f} {row['predictor_to_floor']:10.2f} {row['plain_to_floor']:11.2f} "
                      f"{row['predictor_out_to_floor']:10.2f} {row['unchecked_ratio_to_plain']:15.2f}")
-    peak = report["matmul_peak"]
-    lines += ["", f"model FLOP/s ({report['flops_per_row']:,} FLOP a row) over the float32 matmul peak of this run, "
-                  f"{peak['flops_per_s'] / 1e9:.1f} GFLOP/s ({peak['size']}-square numpy products, {peak['threads']} "
-                  "BLAS threads, best before and after):",
-              f"{'':34s} {'predictor':>12s} {'plain run':>12s}" + (f" {'plain lb':>10s}" if lb else "")]
-    for row in report["throughput"]:
-        f = row["flops_per_s"]
-        lines.append(f"{'  ' + format(row['rows'], ',') + ' rows, GFLOP/s':34s} {f['predictor'] / 1e9:12.2f} "
-                     f"{f['plain'] / 1e9:12.2f}" + (f" {f['plain_lb'] / 1e9:10.2f}" if lb else ""))
-        top = peak["flops_per_s"]
-        lines.append(f"{'    x peak':34s} {f['predictor'] / top:12.3f} {f['plain'] / top:12.3f}"
-                     + (f" {f['plain_lb'] / top:10.3f}" if lb else ""))
+    lines += flops_lines(report, lb)
     lines += ["", f"{'cold start (fresh process), s':34s} {'predictor':>12s} {'ort':>12s} {'ratio':>8s} {'target':>8s}",
               f"{'  import + load + first run':34s} {c['predictor_s']:12.3f} {c['ort_s']:12.3f} "
               f"{c['ratio_to_ort']:8.2f} {'<= 1.3':>8s}",

@@ -20,7 +20,7 @@ import numpy as np
 import onnxruntime as ort
 
 from torchport.runtime.jsonfields import FLAG, INT, NULL, NUMBER, TEXT, Flat, items, json_object, scalar, values
-from torchport.runtime.cpus import physical_cores, usable_cpus
+from torchport.runtime.cpus import cpu_flags, physical_cores, usable_cpus
 from torchport.runtime.providers import CUDA, cuda_driver_present
 
 
@@ -140,7 +140,7 @@ def cpu_description() -> Cpu:
         first = ""
     fields = dict(line.split(":", 1) for line in first.splitlines() if ":" in line)
     fields = {k.strip(): v.strip() for k, v in fields.items()}
-    flags = fields.get("flags", "").split()
+    flags = cpu_flags()
     return Cpu(model=fields.get("model name") or platform.processor() or platform.machine(),
                logical_cpus=os.cpu_count() or 1, usable_cpus=usable_cpus(), physical_cores=physical_cores(),
                vendor_id=fields.get("vendor_id"), cpu_family=fields.get("cpu family"),

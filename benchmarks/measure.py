@@ -25,6 +25,9 @@ from torchport.train.jsonfields import finite
 DEFAULT_BATCH_SIZES = (1, 8, 64, 512, 4096, 65536, 1 << 20)
 QUICK = Plan(seconds_per_cell=0.15, warmup_s=0.01, min_rounds=2, target_rounds=3)
 AGREE_ATOL, AGREE_RTOL = 1e-4, 1e-3
+# What every backend's answers are checked against: torch eager on the CPU, else the ExportedProgram (a
+# module torchport did not define has no torch eager row).
+REFERENCES = ("torch_eager", "exported")
 GPU_TOLERANCE_FACTOR = 10  # onnxruntime's CUDA provider may use TF32 matmuls (10 mantissa bits)
 
 
@@ -65,9 +68,10 @@ def measure_cell(backends: list[Backend], x: np.ndarray, plan: Plan) -> tuple[li
 
 
 def _agreement(backends: list[Backend], x: np.ndarray) -> list[tuple[float | None, bool | None]]:
-    """(max |output - torch eager on the CPU|, within tolerance) per backend on ``x``: the figures of a
-    backend that answers wrongly are void. (None, None) for the copy floor, which is not the model."""
-    reference = next(b for b in backends if b.id == "torch_eager" and b.device == "cpu").call(x).astype(np.float64)
+    """(max |output - torch eager on the CPU|, within tolerance) per backend on ``x`` (for a module torchport
+    did not define, against its ExportedProgram): the figures of a backend that answers wrongly are void.
+    (None, None) for the copy floor, which is not the model."""
+    reference = next(b for b in backends if b.id in REFERENCES and b.device == "cpu").call(x).astype(np.float64)
     out: list[tuple[float | None, bool | None]] = []
     for b in backends:
         if not b.computes_model:
@@ -88,10 +92,10 @@ def _cell_rows(built: BundleBackends, model_name: str, x: np.ndarray, plan: Plan
     best = min(m for m, b in zip(medians, built.backends) if b.computes_model)
     plain = {b.device: m for m, b in zip(medians, built.backends) if b.id == "ort_plain"}
     spec = model_spec(built.bundle)
-    per_row = flops_per_row(spec.kind, spec.n_features, spec.n_targets, tuple(spec.hidden))
+    per_row = flops_per_row(spec.kind, spec.n_features, spec.n_targets, tuple(getattr(spec, "hidden", ())))
     rows = []
     for b, s, median, (diff, agrees) in zip(built.backends, samples, medians, diffs):
-        flops = per_row * len(x) / median if b.computes_model else None
+        flops = per_row * len(x) / median if b.computes_model and per_row else None
         reference = plain.get(b.device, next(iter(plain.values()), None))
         rows.append(ResultRow(
             model=model_name, backend=b.id, label=b.label, device=b.device, batch_size=len(x), calls=int(s.size),

@@ -10,7 +10,8 @@ from typing import Any
 from torchport.runtime.jsonfields import FLAG, INT, NULL, NUMBER, TEXT, Flat, items, scalar, values
 from torchport.benchmarks.machine import Environment
 from torchport.benchmarks.peak import MatmulPeak
-from torchport.runtime.errors import DataError
+from torchport.export.module_spec import ModuleSpec, is_module_spec
+from torchport.runtime.errors import BundleError, DataError
 from torchport.train.errors import SettingsError
 from torchport.train.models import ModelSpec
 
@@ -18,8 +19,9 @@ BENCH_FORMAT = "torchport.bench"
 BENCH_FORMAT_VERSION = 1
 # The ways to run a bundle that a report holds, by id, with their labels, in the order reports list them.
 BACKEND_LABELS = {"numpy_copy": "numpy copy (floor)", "numpy_matmul": "numpy X@W.T+b", "torch_eager": "torch eager",
-                  "torchscript": "TorchScript", "ort_plain": "ORT session.run",
-                  "ort_plain_threads": "ORT session.run, threads set", "predictor": "torchport Predictor"}
+                  "torchscript": "TorchScript", "exported": "ExportedProgram", "aoti": "AOTInductor",
+                  "ort_plain": "ORT session.run", "ort_plain_threads": "ORT session.run, threads set",
+                  "predictor": "torchport Predictor"}
 BACKEND_ORDER = tuple(BACKEND_LABELS)
 TIMING = ("per-call wall time (time.perf_counter_ns) of host numpy in -> host numpy out, GC off while timing; "
           "rows/s = batch size / median")
@@ -101,7 +103,7 @@ class ModelEntry:
     ONNX opset, the backends it was run on and those that were not."""
     name: str
     bundle: str
-    model: ModelSpec
+    model: ModelSpec | ModuleSpec
     features: tuple[str, ...]
     targets: tuple[str, ...]
     onnx_opset: int | None
@@ -111,7 +113,8 @@ class ModelEntry:
     def describe(self) -> str:
         """``name: kind, n feature(s) -> m target(s) (bundle)``; an MLP's kind names its layers."""
         spec = self.model
-        kind = spec.kind if spec.kind != "mlp" else f"mlp {','.join(map(str, spec.hidden))} {spec.activation}"
+        kind = spec.description if isinstance(spec, ModuleSpec) else spec.kind if spec.kind != "mlp" else \
+            f"mlp {','.join(map(str, spec.hidden))} {spec.activation}"
         return f"{self.name}: {kind}, {len(self.features)} feature(s) -> {len(self.targets)} target(s) ({self.bundle})"
 
     def to_json(self) -> dict:
@@ -125,8 +128,8 @@ class ModelEntry:
                                 "targets": (list,), "onnx_opset": (int, NULL), "backends": (list,),
                                 "skipped": (list,)})
         try:
-            spec = ModelSpec.from_json(v["model"])
-        except SettingsError as e:
+            spec = ModuleSpec.from_json(v["model"]) if is_module_spec(v["model"]) else ModelSpec.from_json(v["model"])
+        except (SettingsError, BundleError) as e:
             raise DataError(f"{where}.model is not a model spec: {e}") from None
         return cls(v["name"], v["bundle"], spec, items(v["features"], f"{where}.features", scalar(TEXT)),
                    items(v["targets"], f"{where}.targets", scalar(TEXT)), v["onnx_opset"],

@@ -1,22 +1,32 @@
 """Write a bundle: stage every file in a temp directory beside the target, verify parity on the staged
-files, then publish the directory by renaming it into place. Nothing appears at the target otherwise."""
+files, then publish the directory by renaming it into place. Nothing appears at the target otherwise.
+Every file goes into the manifest with its sha256 and what wrote it (the tool and its versions, the
+seconds it took, the device it is for, the compiler)."""
 from __future__ import annotations
 
+import copy
 import os
+import time
+from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable
 
 import numpy as np
+import torch
 from torch import nn
 
-from torchport.export.formats import DEFAULT_OPSET, INPUT_NAME, OUTPUT_NAME, export_onnx, export_torchscript, \
-    save_checkpoint
+from torchport.export.aoti import compile_package
+from torchport.export.exported import export_program, save_program
+from torchport.export.formats import DEFAULT_OPSET, EXPORTER, INPUT_NAME, OUTPUT_NAME, TORCHSCRIPT_TOOL, \
+    export_onnx, export_torchscript, save_checkpoint, torchport_version, versions
+from torchport.export.module_spec import ModuleSpec
 from torchport.export.html_report import REPORT_HTML, add_html_report
 from torchport.export.parity import Tolerance
+from torchport.export.torch_calls import evaluating
 from torchport.export.verify import verify_bundle
-from torchport.runtime.bundle import CHECKPOINT_FILE, LARGE_BATCH_FILE, MANIFEST, ONNX_FILE, TORCHSCRIPT_FILE, \
-    Bundle, FileEntry, Manifest, TensorSpec
+from torchport.runtime.bundle import AOTI_CUDA_FILE, AOTI_FILE, CHECKPOINT_FILE, EXPORTED_FILE, FORMAT_FILES, \
+    LARGE_BATCH_FILE, MANIFEST, ONNX_FILE, TORCHSCRIPT_FILE, Bundle, FileEntry, FileWriter, Manifest, TensorSpec
 from torchport.runtime.errors import Fix, InputError
 from torchport.runtime.files import staged_dir, write_json
 from torchport.train.datasets import Dataset
@@ -27,6 +37,10 @@ from torchport.train.report import REPORT_DIR, write_report
 
 # report(dir) adds files to a staged bundle and returns their bundle-relative names
 ReportWriter = Callable[[Path], list[str]]
+# What a bundle holds unless asked otherwise: quick to write (AOTInductor's compile takes tens of seconds,
+# so "aoti" is asked for by name).
+DEFAULT_FORMATS = ("onnx", "torchscript", "exported")
+EXPORTED_TOOL = "torch.export.export + torch.export.save"
 
 
 class BundleExistsError(InputError):
@@ -36,23 +50,46 @@ class BundleExistsError(InputError):
         super().__init__(f"{out} exists", parameter="out", fix=Fix("force", True, "to replace it"))
 
 
-def write_bundle(module: nn.Module, spec: ModelSpec, feature_names: list[str], target_names: list[str],
+def check_formats(formats: Iterable[str]) -> tuple[str, ...]:
+    """``formats`` in FORMAT_FILES' order, with "onnx" (the runtime runs it) always among them."""
+    asked = list(formats) if not isinstance(formats, str) else formats.split(",")
+    unknown = [f for f in asked if f not in FORMAT_FILES]
+    if unknown:
+        raise InputError(f"unknown format(s) {', '.join(map(repr, unknown))}; choose from "
+                         f"{', '.join(FORMAT_FILES)}", parameter="formats")
+    return tuple(f for f in FORMAT_FILES if f == "onnx" or f in asked)
+
+
+def write_bundle(module: nn.Module | torch.export.ExportedProgram, spec: ModelSpec | ModuleSpec,
+                 feature_names: list[str], target_names: list[str],
                  out: str | os.PathLike, *, training: TrainingRecord | None = None, opset: int = DEFAULT_OPSET,
                  force: bool = False, verify_inputs: np.ndarray | None = None, large_batch_graph: bool = True,
-                 tolerance: Tolerance = Tolerance(), report: ReportWriter | None = None) -> Manifest:
+                 tolerance: Tolerance = Tolerance(), report: ReportWriter | None = None,
+                 formats: Iterable[str] = DEFAULT_FORMATS, aoti_cpu: str = "native") -> Manifest:
     """Export ``module`` into the bundle directory ``out``, verified; returns its manifest (whose ``parity``
     says whether the copies agree). With ``force`` an existing bundle is replaced once the new one is
-    complete. ``large_batch_graph``: also write model.large_batch.onnx when the model has a Gemm over one
-    feature. ``report(dir)`` may add report files to the staged bundle; report/index.html is written last,
-    once parity is known."""
+    complete. ``formats``: the model formats to write (FORMAT_FILES' names; "onnx" always); "aoti" also
+    writes a CUDA package when torch sees a GPU, and ``aoti_cpu`` says which CPUs its native code is for
+    ("native": this one; or an x86-64 level). ``large_batch_graph``: also write model.large_batch.onnx
+    when the model has a Gemm over one feature. ``report(dir)`` may add report files to the staged bundle;
+    report/index.html is written last, once parity is known.
+    A ModuleSpec bundle (a module torchport did not define) always holds model.pt2, its torch-side source;
+    ``module`` may then be that ExportedProgram (re-exporting such a bundle), which every format is written
+    from as it is."""
     out = Path(out)
+    formats = check_formats(formats)
+    if isinstance(spec, ModuleSpec) and "exported" not in formats:
+        formats = check_formats((*formats, "exported"))
     if out.exists() and not force:
         raise BundleExistsError(out)
+    program = module if isinstance(module, torch.export.ExportedProgram) else None
+    module = program.module() if program is not None else evaluating(module.to("cpu"))
     try:
         with staged_dir(out, replace=force) as stage:
-            manifest = _write_staged(stage, module.to("cpu").eval(), spec, list(feature_names), list(target_names),
-                                     training, opset, large_batch_graph, report)
-            parity = verify_bundle(Bundle(stage, manifest), verify_inputs, tolerance=tolerance)
+            manifest = write_files(stage, module, spec, list(feature_names), list(target_names), training, opset,
+                                   large_batch_graph, report, formats, aoti_cpu, program)
+            reference = module if isinstance(spec, ModuleSpec) else None
+            parity = verify_bundle(Bundle(stage, manifest), verify_inputs, tolerance=tolerance, module=reference)
             manifest = add_html_report(Bundle(stage, manifest.with_parity(parity)))
             write_json(stage / MANIFEST, manifest.to_json())
     except FileExistsError:
@@ -62,23 +99,105 @@ def write_bundle(module: nn.Module, spec: ModelSpec, feature_names: list[str], t
     return manifest
 
 
-def _write_staged(stage: Path, module: nn.Module, spec: ModelSpec, features: list[str], targets: list[str],
-                  training: TrainingRecord | None, opset: int, large_batch_graph: bool,
-                  report: ReportWriter | None) -> Manifest:
-    """Every file of the bundle into ``stage``; returns the manifest that lists them (parity not yet run)."""
-    save_checkpoint(module, stage / CHECKPOINT_FILE)
-    export = export_onnx(module, len(features), stage / ONNX_FILE, opset, features, targets,
+class _Files:
+    """The staged files and what wrote each, timed step by step."""
+
+    def __init__(self, stage: Path):
+        self.stage, self.entries, self.start = stage, {}, time.perf_counter()
+
+    def step(self) -> float:
+        """Seconds since the last step ended (or since the first began)."""
+        now = time.perf_counter()
+        seconds, self.start = now - self.start, now
+        return seconds
+
+    def add(self, names: Iterable[str], tool: str, tool_versions: dict[str, str], device: str,
+            seconds: float | None = None) -> None:
+        """Files written by ``tool`` in the step that just ended (or in ``seconds``), for ``device``."""
+        seconds = self.step() if seconds is None else seconds
+        self.put(names, FileWriter(tool, tool_versions, seconds, device))
+
+    def put(self, names: Iterable[str], writer: FileWriter) -> None:
+        writer = replace(writer, versions={"torchport": torchport_version(), **writer.versions})
+        for name in names:
+            self.entries[name] = FileEntry.of(self.stage / name, writer)
+        self.step()
+
+
+def write_files(stage: Path, module: nn.Module, spec: ModelSpec | ModuleSpec, features: list[str],
+                targets: list[str], training: TrainingRecord | None, opset: int, large_batch_graph: bool,
+                report: ReportWriter | None, formats: tuple[str, ...], aoti_cpu: str,
+                program: torch.export.ExportedProgram | None = None) -> Manifest:
+    """Every file of the bundle into ``stage`` (each format from ``program``, or from ``module``'s
+    ExportedProgram); returns the manifest that lists them (parity not yet run)."""
+    files, torch_version = _Files(stage), {"torch": torch.__version__}
+    if isinstance(spec, ModelSpec):
+        save_checkpoint(module, stage / CHECKPOINT_FILE)
+        files.add([CHECKPOINT_FILE], "torch.save(state_dict)", torch_version, "any")
+    if program is None:
+        program = export_program(module, len(features))
+    traced = files.step()
+    export = export_onnx(program, stage / ONNX_FILE, opset, features, targets,
                          large_batch_path=stage / LARGE_BATCH_FILE if large_batch_graph else None)
-    export_torchscript(module, stage / TORCHSCRIPT_FILE)
-    extra = report(stage) if report is not None else []
-    names = [ONNX_FILE, *([LARGE_BATCH_FILE] if export.large_batch_graph else []), TORCHSCRIPT_FILE,
-             CHECKPOINT_FILE, *extra]
+    files.add([ONNX_FILE, *([LARGE_BATCH_FILE] if export.large_batch_graph else [])], EXPORTER, versions(), "any",
+              seconds=traced + files.step())
+    not_written: dict[str, str] = {}
+    if "torchscript" in formats:
+        why = export_torchscript(module, stage / TORCHSCRIPT_FILE)
+        if why:
+            not_written["torchscript"] = why
+            files.step()
+        else:
+            files.add([TORCHSCRIPT_FILE], TORCHSCRIPT_TOOL, torch_version, "any")
+    if "exported" in formats:
+        save_program(program, stage / EXPORTED_FILE)
+        files.add([EXPORTED_FILE], EXPORTED_TOOL, torch_version, "any", seconds=traced + files.step())
+    written = [f for f in formats if f not in not_written]
+    if "aoti" in formats:
+        files.put([AOTI_FILE], compile_package(program, stage / AOTI_FILE, "cpu", aoti_cpu))
+        if torch.cuda.is_available():
+            on_gpu = export_program(copy.deepcopy(module).to("cuda"), len(features), device="cuda")
+            files.put([AOTI_CUDA_FILE], compile_package(on_gpu, stage / AOTI_CUDA_FILE, "cuda", aoti_cpu))
+            written.append("aoti_cuda")
+        else:
+            not_written["aoti_cuda"] = "no CUDA GPU when the bundle was written (torch.cuda.is_available() is False)"
+    if report is not None:
+        files.add(report(stage), "torchport report", {}, "any")
     return Manifest(features=tuple(features), targets=tuple(targets),
                     input=TensorSpec(INPUT_NAME, "float32", len(features)),
-                    output=TensorSpec(OUTPUT_NAME, "float32", len(targets)),
-                    files={name: FileEntry.of(stage / name) for name in names}, model=spec.to_json(),
-                    export=export, training=training.to_json() if training else None,
+                    output=TensorSpec(OUTPUT_NAME, "float32", len(targets)), files=files.entries,
+                    model=spec.to_json(), export=replace(export, formats=tuple(written), not_written=not_written),
+                    training=training.to_json() if training else None,
                     created=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+
+
+def describe_module(module: nn.Module, n_features: int) -> ModuleSpec:
+    """The ModuleSpec of a module torchport did not define, its width of answers found by running it on
+    two rows; InputError unless it maps (rows, n_features) float32 to (rows, targets)."""
+    try:
+        with torch.no_grad():
+            answer = evaluating(module)(torch.zeros(2, n_features, dtype=torch.float32))
+    except Exception as e:  # a user's module may raise anything for the wrong width
+        raise InputError(f"the module cannot answer a (2, {n_features}) float32 batch: {type(e).__name__}: {e}",
+                         parameter="module") from None
+    if not isinstance(answer, torch.Tensor) or answer.dim() != 2 or answer.shape[0] != 2:
+        shape = list(answer.shape) if isinstance(answer, torch.Tensor) else type(answer).__name__
+        raise InputError(f"the module must answer a 2-D (rows, targets) tensor; for 2 rows it answered {shape}",
+                         parameter="module")
+    return ModuleSpec(f"{type(module).__module__}.{type(module).__qualname__}", n_features, int(answer.shape[1]))
+
+
+def write_module_bundle(module: nn.Module, feature_names: list[str], target_names: list[str],
+                        out: str | os.PathLike, *, inputs: np.ndarray | None = None, **kwargs) -> Manifest:
+    """Bundle any module that maps a (rows, features) float32 batch to (rows, targets): its ExportedProgram
+    (model.pt2, the torch-side source that verify, export and bench load) and the other ``formats``,
+    verified against the module itself on ``inputs`` (if given) and random batches. Other keyword
+    arguments are write_bundle's."""
+    spec = describe_module(module, len(feature_names))
+    if spec.n_targets != len(target_names):
+        raise InputError(f"the module answers {spec.n_targets} column(s), and target_names names "
+                         f"{len(target_names)}", parameter="target_names")
+    return write_bundle(module, spec, list(feature_names), list(target_names), out, verify_inputs=inputs, **kwargs)
 
 
 def write_from_regressor(reg: Regressor, data: Dataset, out: str | os.PathLike, plots: bool = True,

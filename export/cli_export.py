@@ -1,10 +1,13 @@
-"""Re-export a bundle from its checkpoint: new ONNX and TorchScript files (for example at another opset),
-re-verified, written atomically to --out (or in place with --force). With --triton REPO, instead add the
+"""Re-export a bundle from its checkpoint (or, for a module torchport did not define, from its
+ExportedProgram, model.pt2): every model format again (for example at another opset, or with
+--formats ...,aoti to add an AOTInductor package), re-verified, written atomically to --out (or in place
+with --force). Without --formats the new bundle holds the formats the old one held. With --triton REPO, instead add the
 bundle to a Triton Inference Server model repository: REPO/<name>/config.pbtxt and REPO/<name>/1/model.onnx
 (onnxruntime backend, dynamic batching), and with --libtorch also REPO/<name>_libtorch (TorchScript).
 
 examples:
   torchport export bundles/seed --out bundles/seed-opset20 --opset 20
+  torchport export bundles/seed --out bundles/seed-aoti --formats onnx,exported,aoti --aoti-cpu x86-64-v3
   torchport export bundles/seed --force
   torchport export bundles/seed --triton model_repository --max-batch-size 4096 --libtorch
 """
@@ -15,12 +18,15 @@ import sys
 from pathlib import Path
 
 from torchport.export.bundle_writer import report_copier, write_bundle
-from torchport.export.cli_options import add_export_options, large_batch_line, tolerance
+from torchport.export.cli_options import add_export_options, add_formats_options, formats_lines, large_batch_line, \
+    notes_lines, tolerance
+from torchport.export.exported import load_program
 from torchport.export.formats import load_module, model_spec
+from torchport.export.module_spec import ModuleSpec
 from torchport.export.parity import format_report
 from torchport.export.triton import write_triton_repository
 from torchport.export.verify import training_record, training_rows
-from torchport.runtime.bundle import Bundle
+from torchport.runtime.bundle import EXPORTED_FILE, FORMAT_FILES, Bundle
 from torchport.runtime.options import positive_int
 from torchport.train.errors import TrainError
 
@@ -32,6 +38,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, metavar="DIR", help="where to write the new bundle (default: in place)")
     p.add_argument("--force", action="store_true", help="replace the bundle at --out (or in place)")
     add_export_options(p)
+    add_formats_options(p, "the formats the bundle holds")
     p.add_argument("--triton", type=Path, metavar="REPO", help="write a Triton model repository entry instead")
     p.add_argument("--name", help="Triton model name (default: the bundle directory's name)")
     p.add_argument("--max-batch-size", type=positive_int, default=4096, help="Triton max_batch_size (default: 4096)")
@@ -53,14 +60,24 @@ def run(args: argparse.Namespace) -> int:
     out = args.out or args.bundle
     record = training_record(m)
     X, _ = training_rows(record)
-    new = write_bundle(load_module(bundle), model_spec(bundle), list(m.features), list(m.targets), out,
+    formats = args.formats or held_formats(bundle)
+    spec = model_spec(bundle)
+    source = load_program(bundle.read(EXPORTED_FILE), str(bundle.path / EXPORTED_FILE)) \
+        if isinstance(spec, ModuleSpec) else load_module(bundle)
+    new = write_bundle(source, spec, list(m.features), list(m.targets), out,
                        training=record, opset=args.opset, force=args.force, verify_inputs=X,
                        tolerance=tolerance(args), large_batch_graph=not args.no_large_batch_graph,
-                       report=report_copier(bundle))
-    print(format_report(new.parity))
+                       report=report_copier(bundle), formats=formats, aoti_cpu=args.aoti_cpu)
+    print("\n".join([format_report(new.parity), *notes_lines(new.parity)]))
     print(f"bundle: {out}/ (opset {new.export.opset})")
     print(large_batch_line(new, not args.no_large_batch_graph))
+    print("\n".join(formats_lines(new)))
     if not new.parity.passed:
         print("torchport export: parity FAILED (see above)", file=sys.stderr)
         return 1
     return 0
+
+
+def held_formats(bundle: Bundle) -> tuple[str, ...]:
+    """The model formats a bundle holds (from its files: bundles from before formats were recorded too)."""
+    return tuple(f for f, name in FORMAT_FILES.items() if bundle.has(name)) or ("onnx",)

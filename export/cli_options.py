@@ -3,9 +3,12 @@ from __future__ import annotations
 
 import argparse
 
+from torchport.export.aoti import CPU_TARGETS
+from torchport.export.bundle_writer import check_formats
 from torchport.export.formats import DEFAULT_OPSET
 from torchport.export.parity import Tolerance
-from torchport.runtime.bundle import Manifest
+from torchport.runtime.bundle import AOTI_CUDA_FILE, FORMAT_FILES, Manifest, ParityReport
+from torchport.runtime.errors import TorchportError
 from torchport.runtime.options import positive_float, positive_int
 
 NO_LARGE_BATCH_GRAPH_HELP = ("do not write model.large_batch.onnx. By default, when the model has a linear layer "
@@ -14,6 +17,30 @@ NO_LARGE_BATCH_GRAPH_HELP = ("do not write model.large_batch.onnx. By default, w
                              "folded into the first and last layers' weights, verified like model.onnx; the "
                              "Predictor runs it for batches of more than 64 rows (every batch when only the "
                              "scaling was folded) and model.onnx for the others")
+
+
+FORMATS_HELP = ("model formats to write, comma-separated, from: onnx (model.onnx, what the runtime runs: always "
+                "written), torchscript (model.torchscript.pt; left out with a note where torch refuses it), "
+                "exported (model.pt2, a torch.export ExportedProgram), aoti (model.aoti.pt2, compiled ahead of "
+                "time by AOTInductor with the C++ compiler, which takes tens of seconds; also "
+                f"{AOTI_CUDA_FILE} when torch sees a GPU)")
+AOTI_CPU_HELP = ("which CPUs the AOTInductor package's native code is for: native (this CPU's every instruction-set "
+                 "extension, the fastest here; refused on CPUs without them) or an x86-64 level "
+                 "(x86-64-v3: AVX2, x86-64-v4: AVX-512) to run on any CPU that has it (default: native)")
+
+
+def formats_option(value: str) -> tuple[str, ...]:
+    """A --formats value: known names, "onnx" added."""
+    try:
+        return check_formats([v.strip() for v in value.split(",") if v.strip()])
+    except TorchportError as e:
+        raise argparse.ArgumentTypeError(e.message) from None
+
+
+def add_formats_options(p: argparse.ArgumentParser, default: str) -> None:
+    """--formats and --aoti-cpu; ``default`` says what --formats defaults to."""
+    p.add_argument("--formats", type=formats_option, metavar="F,F,...", help=f"{FORMATS_HELP} (default: {default})")
+    p.add_argument("--aoti-cpu", default="native", choices=list(CPU_TARGETS), help=AOTI_CPU_HELP)
 
 
 def add_export_options(p: argparse.ArgumentParser) -> None:
@@ -39,3 +66,23 @@ def large_batch_line(manifest: Manifest, asked: bool) -> str:
         return f"large-batch graph: {graph.file} (ops {', '.join(graph.ops)}), run by the Predictor for {sizes}"
     why = "the model has no linear layer with a single input and no scaling" if asked else "--no-large-batch-graph"
     return f"large-batch graph: none ({why}); every batch runs model.onnx"
+
+
+def formats_lines(manifest: Manifest) -> list[str]:
+    """The formats the bundle holds, how long the compiled ones took, and those not written (and why)."""
+    m = manifest
+    names = {**FORMAT_FILES, "aoti_cuda": AOTI_CUDA_FILE}
+    lines = [f"formats: {', '.join(f'{f} ({names[f]})' for f in m.export.formats)}"]
+    for f in m.export.formats:
+        writer = m.files[names[f]].writer
+        if writer and writer.requires:
+            r = writer.requires
+            lines.append(f"  {names[f]}: compiled by {writer.compiler} in {writer.seconds:.1f} s for {r.device} "
+                         f"(cpu target {r.cpu_target}, vectors {r.vector_isa}), {m.files[names[f]].bytes / 1e6:.2f} MB")
+    lines += [f"  {f}: not written: {why}" for f, why in m.export.not_written.items()]
+    return lines
+
+
+def notes_lines(report: ParityReport) -> list[str]:
+    """The files verification left out, and why."""
+    return [f"  note: {note}" for note in report.notes]

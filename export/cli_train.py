@@ -1,5 +1,6 @@
-"""Train a regression model, export it as a bundle (ONNX, TorchScript, checkpoint, manifest) and verify
-parity between torch, TorchScript and ONNX Runtime. With no options it reproduces the tutorial: nn.Linear,
+"""Train a regression model, export it as a bundle (ONNX, TorchScript and the torch.export ExportedProgram
+by default, an AOTInductor package with --formats ...,aoti; checkpoint, manifest) and verify parity between
+torch and every format. With no options it reproduces the tutorial: nn.Linear,
 MSE loss, full-batch SGD with lr 0.002 for 6000 epochs on log10 native richness against log10 island area.
 
 An MLP (--model mlp) defaults to Adam (lr 1e-3) with features and targets standardised; the scaling is
@@ -11,6 +12,7 @@ examples:
   torchport train                                   # the tutorial on the bundled data -> bundles/plant_richness_lr
   torchport train --out bundles/seed
   torchport train --data plant_richness_mlr --model mlp --hidden 32,32 --out bundles/mlr
+  torchport train --formats onnx,torchscript,exported,aoti --out bundles/seed-aoti
   torchport train --data plant_richness_mlr --scale on --optimizer lbfgs --epochs 50
   torchport train --data islands.csv --target ntv_rich --features area,latitude --val-fraction 0.2 --patience 100
 """
@@ -23,8 +25,9 @@ from pathlib import Path
 
 import numpy as np
 
-from torchport.export.bundle_writer import BundleExistsError, write_from_regressor
-from torchport.export.cli_options import add_export_options, large_batch_line, tolerance
+from torchport.export.bundle_writer import DEFAULT_FORMATS, BundleExistsError, write_from_regressor
+from torchport.export.cli_options import add_export_options, add_formats_options, formats_lines, large_batch_line, \
+    notes_lines, tolerance
 from torchport.export.formats import check_opset
 from torchport.export.parity import format_report
 from torchport.runtime.bundle import Manifest
@@ -76,6 +79,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, metavar="DIR", help="bundle directory (default: bundles/<data name>)")
     p.add_argument("--force", action="store_true", help="replace an existing bundle directory")
     add_export_options(p)
+    add_formats_options(p, ",".join(DEFAULT_FORMATS))
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--resume", action="store_true",
                    help="continue an interrupted run from <out>.train-state.pt (same command and data); it ends "
@@ -131,11 +135,12 @@ def _summary(reg: Regressor, data: Dataset, manifest: Manifest, out: Path, asked
         lines += ["", format_inference(record.inference)]
     elif record.inference_unavailable:
         lines += ["", f"no least-squares inference: {record.inference_unavailable}"]
-    lines += ["", format_report(manifest.parity), ""]
+    lines += ["", format_report(manifest.parity), *notes_lines(manifest.parity), ""]
     report = sorted(name.split("/", 1)[1] for name in manifest.files if "/" in name)
     files = [n for n in manifest.files if "/" not in n] + ["manifest.json"]
     lines.append(f"bundle: {out}/ ({', '.join(files)}" + (f"; report/: {', '.join(report)})" if report else ")"))
     lines.append(large_batch_line(manifest, asked_large_batch))
+    lines += formats_lines(manifest)
     if one_feature:
         onnx3 = float(predictor.predict(np.array([[3.0]], dtype=np.float32))[0, 0])
         lines.append(f"prediction at {data.feature_names[0]} = 3 through ONNX Runtime "
@@ -182,7 +187,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"torchport train: interrupted, no bundle was written{kept}", file=sys.stderr)
         return 130
     manifest = write_from_regressor(reg, data, out, plots=not args.no_plots, force=args.force, opset=args.opset,
-                                    tolerance=tolerance(args), large_batch_graph=not args.no_large_batch_graph)
+                                    tolerance=tolerance(args), large_batch_graph=not args.no_large_batch_graph,
+                                    formats=args.formats or DEFAULT_FORMATS, aoti_cpu=args.aoti_cpu)
     state.unlink(missing_ok=True)
     print(_summary(reg, data, manifest, out, not args.no_large_batch_graph))
     if not manifest.parity.passed:

@@ -1,8 +1,12 @@
 """Verify a bundle: run the training rows (when the data is still available unchanged) and random batches
-of 1, 7, 4096 and 40000 rows through the torch module (from the checkpoint), the TorchScript file and ONNX
-Runtime (the Predictor, and in a two-graph bundle model.onnx and model.large_batch.onnx each on its own);
-print the max absolute and relative difference per pair and record them in the manifest (and in
-report/index.html, which is rewritten with them).
+of 1, 2, 7, 1001, 4096 and 40000 rows through the torch module (from the checkpoint; for a module
+torchport did not define, its ExportedProgram), and every format the bundle holds: TorchScript, the
+ExportedProgram (model.pt2), the AOTInductor packages (model.aoti.pt2, and model.aoti.cuda.pt2 where a
+GPU is usable) and ONNX Runtime (the Predictor, and in a two-graph bundle model.onnx and
+model.large_batch.onnx each on its own); print the max absolute and relative difference per pair and
+record them in the manifest (and in report/index.html, which is rewritten with them). A file this machine
+cannot run (TorchScript the installed torch cannot load, a package compiled for a CPU, GPU or torch it does
+not have) is left out with a note.
 Exit status 1 when any pair differs by more than atol + rtol * |reference|.
 
 example:
@@ -14,6 +18,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from torchport.export.cli_options import notes_lines
 from torchport.export.html_report import REPORT_HTML, add_html_report
 from torchport.export.parity import Tolerance, format_report
 from torchport.export.verify import verify_bundle
@@ -38,7 +43,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     bundle = Bundle.open(args.bundle)
     report = verify_bundle(bundle, tolerance=Tolerance(args.atol, args.rtol))
-    print(format_report(report))
+    print("\n".join([format_report(report), *notes_lines(report)]))
     print(f"training rows: {report.training_rows}")
     if not args.no_record:
         manifest = bundle.manifest.with_parity(report)

@@ -1,14 +1,13 @@
 """The files a bundle holds for a torch module, written and read back: the checkpoint (weights), ONNX
-(torch's torch.export-based exporter) and TorchScript. Readers take the bytes a Bundle checked."""
+(torch's exporter, from the module's ExportedProgram) and TorchScript (optional: deprecated upstream, left
+out where the installed torch refuses it). Readers take the bytes a Bundle checked."""
 from __future__ import annotations
 
-import contextlib
 import io
 import json
-import logging
+from importlib import metadata
 import pickle
 import platform
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -16,9 +15,12 @@ import onnx
 import torch
 from torch import nn
 
+from torchport.export.exported import load_program
+from torchport.export.module_spec import ModuleSpec, is_module_spec
 from torchport.export.optimize import fold_scaling, gemm_k1_to_mul_add
-from torchport.runtime.bundle import CHECKPOINT_FILE, ExportRecord, GraphRewrite, Bundle
-from torchport.runtime.errors import BundleError, InputError, TorchportError
+from torchport.export.torch_calls import ExportError, evaluating, export_error, first_line, quiet_torch
+from torchport.runtime.bundle import CHECKPOINT_FILE, EXPORTED_FILE, ExportRecord, GraphRewrite, Bundle
+from torchport.runtime.errors import BundleError, DataError, InputError
 from torchport.train.errors import SettingsError
 from torchport.train.models import ModelSpec, build_model
 
@@ -27,30 +29,16 @@ OUTPUT_NAME = "targets"
 MIN_OPSET = 13
 DEFAULT_OPSET = 18
 EXPORTER = "torch.onnx.export(dynamo=True)"
+TORCHSCRIPT_TOOL = "torch.jit.script + torch.jit.save"
+__all__ = ["ExportError", "quiet_torch"]
 
 
-class ExportError(TorchportError):
-    """The exporter could not write what was asked for."""
-    exit_code = 1
-
-
-@contextlib.contextmanager
-def quiet_torch():
-    """Keep the exporters' deprecation notices and registry chatter out of users' terminals: they are about
-    torch's API (TorchScript is deprecated upstream), not about the files torchport writes."""
-    loggers = [logging.getLogger(n) for n in ("torch.onnx", "torch.export", "torch._export", "onnxscript")]
-    levels = [lg.level for lg in loggers]
-    for lg in loggers:
-        lg.setLevel(logging.ERROR)
+def torchport_version() -> str:
+    """The installed torchport's version, for the record of what wrote a file."""
     try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", category=DeprecationWarning)
-            warnings.filterwarnings("ignore", category=FutureWarning)
-            warnings.filterwarnings("ignore", message=".*deprecated.*")
-            yield
-    finally:
-        for lg, level in zip(loggers, levels):
-            lg.setLevel(level)
+        return metadata.version("torchport")
+    except metadata.PackageNotFoundError:
+        return "unknown"
 
 
 def versions() -> dict[str, str]:
@@ -80,25 +68,20 @@ def _write_checked(model: onnx.ModelProto, path: Path) -> None:
     path.write_bytes(model.SerializeToString())
 
 
-def export_onnx(module: nn.Module, n_features: int, path: Path, opset: int, feature_names: list[str],
+def export_onnx(program: torch.export.ExportedProgram, path: Path, opset: int, feature_names: list[str],
                 target_names: list[str], large_batch_path: Path | None = None) -> ExportRecord:
-    """Export ``module`` (rows x features -> rows x targets) to ``path`` with a dynamic batch dimension. With
+    """Export ``program`` (rows x features -> rows x targets, dynamic batch) to ``path``. With
     ``large_batch_path``, a copy with the scaling folded into the first and last Gemm and every Gemm with
     inner dimension 1 as Mul+Add (optimize.py) is written there too, when either applies. Both pass
     onnx.checker with strict shape inference."""
     check_opset(opset)
-    module = module.eval()
-    example = (torch.zeros(3, n_features, dtype=torch.float32),)
-    batch = torch.export.Dim("batch", min=1)
     try:
         with quiet_torch():
-            program = torch.onnx.export(module, example, dynamo=True, opset_version=opset,
-                                        input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-                                        dynamic_shapes=({0: batch},), verbose=False)
-    except Exception as e:  # the exporter raises many types for modules it cannot trace
-        raise ExportError(f"torch {torch.__version__} could not export the module to ONNX: "
-                          f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from e
-    model = program.model_proto
+            onnx_program = torch.onnx.export(program, dynamo=True, opset_version=opset, input_names=[INPUT_NAME],
+                                             output_names=[OUTPUT_NAME], verbose=False)
+    except Exception as e:  # the exporter raises many types for programs it cannot translate
+        raise export_error("export the module to ONNX", e) from e
+    model = onnx_program.model_proto
     model.graph.input[0].type.tensor_type.shape.dim[0].dim_param = "batch"
     model.graph.output[0].type.tensor_type.shape.dim[0].dim_param = "batch"
     for key, value in (("torchport.features", json.dumps(feature_names)),
@@ -126,17 +109,32 @@ def export_onnx(module: nn.Module, n_features: int, path: Path, opset: int, feat
                         versions())
 
 
-def export_torchscript(module: nn.Module, path: Path) -> None:
-    """Script ``module`` and save it (TorchScript: deprecated upstream, asked for by users)."""
-    with quiet_torch():
-        scripted = torch.jit.script(module.eval())
-        torch.jit.save(scripted, str(path))
+def export_torchscript(module: nn.Module, path: Path) -> str | None:
+    """Script ``module`` and save it (TorchScript: deprecated upstream, asked for by users). Returns None,
+    or why the installed torch would not (it may refuse or lack TorchScript): the bundle is then written
+    without it."""
+    try:
+        with quiet_torch():
+            scripted = torch.jit.script(evaluating(module))
+            torch.jit.save(scripted, str(path))
+    except Exception as e:  # scripting raises many types; a torch without TorchScript, AttributeError
+        path.unlink(missing_ok=True)
+        return f"torch {torch.__version__} did not write TorchScript ({first_line(e)})"
+    return None
 
 
 def load_torchscript(data: bytes) -> torch.jit.ScriptModule:
-    """A TorchScript file's module on the CPU (TorchScript's own loader: no arbitrary pickle classes)."""
-    with quiet_torch():
-        return torch.jit.load(io.BytesIO(data), map_location="cpu").eval()
+    """A TorchScript file's module on the CPU (TorchScript's own loader: no arbitrary pickle classes); a
+    torch that cannot load it raises TorchScriptUnavailable."""
+    try:
+        with quiet_torch():
+            return torch.jit.load(io.BytesIO(data), map_location="cpu").eval()
+    except Exception as e:  # a torch that refuses or lacks TorchScript, or a file of another version
+        raise TorchScriptUnavailable(f"torch {torch.__version__} cannot load it ({first_line(e)})") from None
+
+
+class TorchScriptUnavailable(Exception):
+    """The installed torch cannot load a TorchScript file: verify and bench skip it with this note."""
 
 
 def save_checkpoint(module: nn.Module, path: Path) -> None:
@@ -144,19 +142,24 @@ def save_checkpoint(module: nn.Module, path: Path) -> None:
     torch.save({"state_dict": module.state_dict()}, path)
 
 
-def model_spec(bundle: Bundle) -> ModelSpec:
-    """The bundle's model spec; a spec torchport cannot build is a BundleError naming the manifest."""
+def model_spec(bundle: Bundle) -> ModelSpec | ModuleSpec:
+    """The bundle's model spec (a ModuleSpec for a module torchport did not define); one torchport cannot
+    read is a BundleError naming the manifest."""
+    obj = bundle.manifest.model
     try:
-        return ModelSpec.from_json(bundle.manifest.model)
-    except SettingsError as e:
-        raise BundleError(f"{bundle.path / 'manifest.json'}: its model spec cannot be built: {e}") from None
+        return ModuleSpec.from_json(obj) if is_module_spec(obj) else ModelSpec.from_json(obj)
+    except (SettingsError, DataError) as e:
+        raise BundleError(f"{bundle.path / 'manifest.json'}: its model spec cannot be read: {e}") from None
 
 
 def load_module(bundle: Bundle | str | Path) -> nn.Module:
-    """The bundle's torch module, rebuilt from its model spec and the checkpoint's weights. The checkpoint is
-    read with ``weights_only=True`` from the bytes its sha256 was checked on: no pickled code runs."""
+    """The bundle's torch module: rebuilt from its model spec and the checkpoint's weights (read with
+    ``weights_only=True``), or for a module torchport did not define, its ExportedProgram's module; from
+    the bytes their sha256 was checked on, so no pickled code runs."""
     bundle = bundle if isinstance(bundle, Bundle) else Bundle.open(bundle)
     spec = model_spec(bundle)
+    if isinstance(spec, ModuleSpec):
+        return load_program(bundle.read(EXPORTED_FILE), str(bundle.path / EXPORTED_FILE)).module()
     data = bundle.read(CHECKPOINT_FILE)
     try:
         state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)

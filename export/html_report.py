@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Sequence
@@ -15,9 +16,9 @@ import jinja2
 from torchport.export.report_view import Cell, Table, fit_table, files_table, inference_tables, metric_sets, \
     parity_table, plots, summary
 from torchport.export.verify import training_record
-from torchport.runtime.bundle import Bundle, FileEntry, Manifest
+from torchport.export.formats import model_spec, torchport_version
+from torchport.runtime.bundle import Bundle, FileEntry, FileWriter, Manifest
 from torchport.runtime.files import write_text
-from torchport.train.models import ModelSpec
 
 REPORT_HTML = "report/index.html"
 TEMPLATES = Path(__file__).resolve().parent / "templates"
@@ -68,7 +69,7 @@ def render_report(bundle: Bundle, extra: Sequence[Table] = (), extra_title: str 
     benchmark's) go in a section of their own."""
     m = bundle.manifest
     record = training_record(m)
-    spec = ModelSpec.from_json(m.model)
+    spec = model_spec(bundle)
     return environment().get_template("report.html.j2").render(
         title=f"{', '.join(m.targets)} ~ {', '.join(m.features)}", manifest=m, record=record, spec=spec,
         summary=summary(m, record, spec),
@@ -76,7 +77,8 @@ def render_report(bundle: Bundle, extra: Sequence[Table] = (), extra_title: str 
         metrics=metric_sets(record) if record else None,
         inference=inference_tables(record.inference) if record and record.inference else [],
         inference_unavailable=(record.inference_unavailable if record else None) or
-        (None if spec.kind == "linear" else "the model is an MLP, which has no coefficients to test"),
+        (None if spec.kind == "linear" else
+         f"the model is {'an MLP' if spec.kind == 'mlp' else spec.description}, which has no coefficients to test"),
         plots=plots(bundle), parity=parity_table(m.parity) if m.parity else None,
         files=files_table(m, REPORT_HTML), export=m.export, extra=list(extra), extra_title=extra_title,
         extra_notes=list(extra_notes))
@@ -87,5 +89,8 @@ def add_html_report(bundle: Bundle) -> Manifest:
     rewritten) and return its manifest with the page listed."""
     path = bundle.path / REPORT_HTML
     path.parent.mkdir(exist_ok=True)
+    start = time.perf_counter()
     write_text(path, render_report(bundle))
-    return replace(bundle.manifest, files={**bundle.manifest.files, REPORT_HTML: FileEntry.of(path)})
+    versions = {"torchport": torchport_version(), "jinja2": jinja2.__version__}
+    writer = FileWriter("torchport report page (Jinja2)", versions, time.perf_counter() - start, "any")
+    return replace(bundle.manifest, files={**bundle.manifest.files, REPORT_HTML: FileEntry.of(path, writer)})

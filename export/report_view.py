@@ -13,6 +13,7 @@ from torchport.runtime.bundle import Bundle, Manifest, PairResult, ParityReport
 from torchport.train.datasets import published_fit
 from torchport.train.inference import Inference
 from torchport.train.metrics import FitMetrics, LeastSquares
+from torchport.export.module_spec import ModuleSpec
 from torchport.train.models import ModelSpec
 from torchport.train.record import TrainingRecord
 
@@ -22,6 +23,9 @@ PLOT_CAPTIONS = {"regression.png": "data and the fitted line", "predicted_vs_obs
 FILE_ROLES = {"model.onnx": "the model for ONNX Runtime (raw features in, targets out)",
               "model.large_batch.onnx": "the same model with Mul+Add for large batches",
               "model.torchscript.pt": "the same model as TorchScript", "checkpoint.pt": "the torch weights",
+              "model.pt2": "the same model as a torch.export ExportedProgram",
+              "model.aoti.pt2": "the same model compiled by AOTInductor for the CPU",
+              "model.aoti.cuda.pt2": "the same model compiled by AOTInductor for CUDA",
               "report/inference.txt": "the inference table as text"}
 # The columns every pair has; any other field of PairResult is shown after them.
 PAIR_FIELDS = ("reference", "candidate", "max_abs", "max_rel", "max_scaled", "passed", "worst")
@@ -55,8 +59,11 @@ class Plot:
     data_uri: str
 
 
-def model_text(spec: ModelSpec) -> str:
-    """``linear`` or ``mlp 32,32 relu``, with dropout and scaling when they apply."""
+def model_text(spec: ModelSpec | ModuleSpec) -> str:
+    """``linear`` or ``mlp 32,32 relu``, with dropout and scaling when they apply; a module torchport did not
+    define by its class."""
+    if isinstance(spec, ModuleSpec):
+        return spec.description
     text = spec.kind if spec.kind == "linear" else f"mlp {','.join(map(str, spec.hidden))} {spec.activation}"
     if spec.dropout:
         text += f", dropout {spec.dropout:g} while training"
@@ -64,7 +71,7 @@ def model_text(spec: ModelSpec) -> str:
     return text + (f"; {' and '.join(scaled)} standardised inside the model" if scaled else "")
 
 
-def summary(m: Manifest, record: TrainingRecord | None, spec: ModelSpec) -> list[tuple[str, list]]:
+def summary(m: Manifest, record: TrainingRecord | None, spec: ModelSpec | ModuleSpec) -> list[tuple[str, list]]:
     """(label, parts) pairs for the summary list; a part is text or a Cell."""
     task = f"{', '.join(m.targets)} ~ {', '.join(m.features)}"
     items: list[tuple[str, list]] = [("task", [f"regression: {task}"]),

@@ -1,7 +1,7 @@
-"""Parity checks for users' own test suites: torch vs TorchScript vs ONNX Runtime, one call.
+"""Parity checks for users' own test suites: torch vs every exported format of a bundle, one call.
 
     from torchport.export.testing import assert_parity
-    assert_parity("bundles/seed")                       # a bundle: its checkpoint, TorchScript and ONNX
+    assert_parity("bundles/seed")                       # a bundle: its checkpoint against every format it holds
     assert_parity(my_module, np.random.rand(100, 3))    # a module: exported to a temp dir first
 """
 from __future__ import annotations
@@ -9,31 +9,34 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
-from typing import Sequence
+from typing import Iterable, Sequence
 
 import numpy as np
-import torch
 from torch import nn
 
-from torchport.export.formats import DEFAULT_OPSET, export_onnx, export_torchscript
+from torchport.export.bundle_writer import DEFAULT_FORMATS, check_formats, describe_module, write_files
+from torchport.export.formats import DEFAULT_OPSET
 from torchport.export.parity import Tolerance, raise_if_failed
-from torchport.export.verify import module_parity, random_rows, verify_bundle
-from torchport.runtime.bundle import LARGE_BATCH_FILE, ONNX_FILE, TORCHSCRIPT_FILE, ParityReport
+from torchport.export.torch_calls import evaluating
+from torchport.export.verify import bundle_backends, random_rows, run_cases, verify_bundle
+from torchport.runtime.bundle import Bundle, ParityReport
 from torchport.runtime.errors import InputError
 
 
 def assert_parity(bundle_or_module: str | os.PathLike | nn.Module, inputs: np.ndarray | None = None, *,
                   feature_names: Sequence[str] | None = None, target_names: Sequence[str] | None = None,
-                  atol: float = Tolerance.atol, rtol: float = Tolerance.rtol,
-                  opset: int = DEFAULT_OPSET) -> ParityReport:
-    """Raise ParityError unless torch, TorchScript and ONNX Runtime (model.onnx, and the large-batch graph
-    where the exporter writes one) agree in names, shapes, dtypes and values (|a - ref| <= atol + rtol *
-    |ref| everywhere); the message names the worst element. Returns the report. ``inputs`` default to the
-    bundle's verification cases, or 256 rows around zero for a module."""
+                  atol: float = Tolerance.atol, rtol: float = Tolerance.rtol, opset: int = DEFAULT_OPSET,
+                  formats: Iterable[str] = DEFAULT_FORMATS) -> ParityReport:
+    """Raise ParityError unless torch and every format agree in names, shapes, dtypes and values (|a - ref|
+    <= atol + rtol * |ref| everywhere); the message names the worst element. Returns the report. A bundle
+    runs every format it holds on its verification cases (``inputs`` replace its training rows); a module
+    is exported first to ``formats`` (ONNX, with the large-batch graph where the exporter writes one,
+    TorchScript, the ExportedProgram; add "aoti" to compile it too) and run on ``inputs``, by default 256
+    rows around zero."""
     tolerance = Tolerance(atol, rtol)
     if not isinstance(bundle_or_module, nn.Module):
         return raise_if_failed(verify_bundle(Path(bundle_or_module), inputs, tolerance=tolerance))
-    module = bundle_or_module.eval()
+    module = evaluating(bundle_or_module)
     if inputs is None:
         if feature_names is None:
             raise InputError("give inputs (rows x features) or feature_names for a module", parameter="inputs")
@@ -42,14 +45,12 @@ def assert_parity(bundle_or_module: str | os.PathLike | nn.Module, inputs: np.nd
     if inputs.ndim != 2:
         raise InputError(f"inputs must be 2-D (rows, features); got shape {inputs.shape}", parameter="inputs")
     features = list(feature_names or [f"x{i}" for i in range(inputs.shape[1])])
-    with torch.no_grad():
-        n_targets = module(torch.from_numpy(inputs[:2])).reshape(min(2, len(inputs)), -1).shape[1]
-    targets = list(target_names or [f"y{i}" for i in range(n_targets)])
+    spec = describe_module(module, inputs.shape[1])
+    targets = list(target_names or [f"y{i}" for i in range(spec.n_targets)])
     with tempfile.TemporaryDirectory(prefix="torchport-parity-") as tmp:
-        tmp = Path(tmp)
-        record = export_onnx(module, inputs.shape[1], tmp / ONNX_FILE, opset, features, targets,
-                             large_batch_path=tmp / LARGE_BATCH_FILE)
-        export_torchscript(module, tmp / TORCHSCRIPT_FILE)
-        report = module_parity(module, inputs, features, targets, tmp / ONNX_FILE, tmp / TORCHSCRIPT_FILE,
-                               tmp / LARGE_BATCH_FILE if record.large_batch_graph else None, tolerance)
+        manifest = write_files(Path(tmp), module, spec, features, targets, None, opset, True, None,
+                               check_formats(formats), "native")
+        found = bundle_backends(Bundle(Path(tmp), manifest), module)
+        report = run_cases(found.backends, found.pairs, [("inputs", inputs)], spec.n_targets, tolerance, found.problems,
+                           found.providers, notes=found.notes)
     return raise_if_failed(report)

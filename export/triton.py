@@ -52,6 +52,10 @@ def write_triton_repository(bundle: Bundle | str | os.PathLike, repo: str | os.P
     if max_batch_size < 1:
         raise InputError(f"max_batch_size must be >= 1; got {max_batch_size}", parameter="max_batch_size")
     onnx_bytes = bundle.read(ONNX_FILE)  # checked before anything is written
+    if libtorch and not bundle.has(TORCHSCRIPT_FILE):
+        raise InputError(f"{bundle.path} holds no {TORCHSCRIPT_FILE} for the libtorch backend (torch did not write "
+                         "it, or it was not asked for); re-export the bundle with formats that include torchscript",
+                         parameter="libtorch")
     script_bytes = bundle.read(TORCHSCRIPT_FILE) if libtorch else b""
     repo.mkdir(parents=True, exist_ok=True)
     n_in, n_out = len(manifest.features), len(manifest.targets)

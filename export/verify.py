@@ -1,22 +1,28 @@
 """Verification: run the same rows through every way a bundle can be run (the torch module from the
-checkpoint, TorchScript, ONNX Runtime through the Predictor, and in a two-graph bundle each graph on its
-own) and compare each with torch by the parity criterion (parity.py)."""
+checkpoint, TorchScript, the ExportedProgram, the AOTInductor packages, ONNX Runtime through the
+Predictor, and in a two-graph bundle each graph on its own) and compare each with torch by the parity
+criterion (parity.py). A bundle of a module torchport did not define is compared with its ExportedProgram.
+Files this process cannot run (TorchScript a torch cannot load, a package for a GPU or CPU it lacks) are
+left out with a note."""
 from __future__ import annotations
 
 import json
 import os
-from pathlib import Path
+from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
 import onnxruntime as ort
-import torch
 from torch import nn
 
-from torchport.export.formats import load_module, load_torchscript
+from torchport.export.aoti import PackageCannotRun, load_package
+from torchport.export.exported import load_program
+from torchport.export.formats import TorchScriptUnavailable, load_module, load_torchscript
+from torchport.export.loading import module_runner
 from torchport.export.parity import Tolerance, compare
-from torchport.runtime.bundle import LARGE_BATCH_FILE, ONNX_FILE, TORCHSCRIPT_FILE, Bundle, Manifest, ParityCase, \
-    ParityReport
+from torchport.export.torch_calls import evaluating
+from torchport.runtime.bundle import AOTI_CUDA_FILE, AOTI_FILE, CHECKPOINT_FILE, EXPORTED_FILE, LARGE_BATCH_FILE, \
+    ONNX_FILE, TORCHSCRIPT_FILE, Bundle, Manifest, ParityCase, ParityReport
 from torchport.runtime.errors import BundleError
 from torchport.runtime.predictor import Predictor
 from torchport.runtime.sessions import session_options
@@ -26,7 +32,7 @@ from torchport.train.record import FeatureStats, TrainingRecord
 
 # 40000 rows take the Predictor's multi-threaded session (large_batch_rows is 32768 by default); its chunked
 # runs (from 2M rows of one feature) are left to the tests, to keep verify quick for wide models.
-RANDOM_BATCHES = (1, 7, 4096, 40000)
+RANDOM_BATCHES = (1, 2, 7, 1001, 4096, 40000)
 # In a bundle with two graphs the Predictor runs model.onnx only up to 64 rows, so each graph also runs
 # every case on its own (a plain session), against torch.
 GRAPH_BACKENDS = {ONNX_FILE: "onnxruntime_model", LARGE_BATCH_FILE: "onnxruntime_large_batch"}
@@ -89,21 +95,13 @@ def graph_session(graph: bytes, name: str) -> ort.InferenceSession:
         raise BundleError(f"{name} is not a model ONNX Runtime can load: {e}") from None
 
 
-def torch_backend(module: nn.Module) -> Backend:
-    """A torch module (eager or TorchScript) as numpy rows in, numpy rows out."""
-    def run(x: np.ndarray) -> np.ndarray:
-        with torch.no_grad():
-            return module(torch.from_numpy(x)).numpy()
-    return run
-
-
 def session_backend(session: ort.InferenceSession, input_name: str, output_name: str) -> Backend:
     return lambda x: session.run([output_name], {input_name: x})[0]
 
 
 def run_cases(backends: dict[str, Backend], pairs: list[tuple[str, str]], cases: list[tuple[str, np.ndarray]],
               n_targets: int, tolerance: Tolerance, problems: list[str], providers: list[str],
-              training_rows_text: str | None = None) -> ParityReport:
+              training_rows_text: str | None = None, notes: list[str] | None = None) -> ParityReport:
     """Run every case through every backend; check shapes and dtypes, compare each pair's stacked answers."""
     outputs: dict[str, list[np.ndarray]] = {b: [] for b in backends}
     labels: list[tuple[str, int]] = []
@@ -121,38 +119,85 @@ def run_cases(backends: dict[str, Backend], pairs: list[tuple[str, str]], cases:
                     for a, b in pairs if stacked[a].shape == stacked[b].shape)
     return ParityReport(not problems and all(p.passed for p in results), tolerance.atol, tolerance.rtol, "float32",
                         tuple(ParityCase(label, int(len(rows))) for label, rows in cases), tuple(providers),
-                        results, tuple(problems), training_rows_text)
+                        results, tuple(problems), training_rows_text, tuple(notes or ()))
 
 
-def verify_bundle(bundle: str | os.PathLike | Bundle, X: np.ndarray | None = None, *,
-                  tolerance: Tolerance = Tolerance(), seed: int = 0) -> ParityReport:
-    """Run the training rows (``X`` or the manifest's dataset) and random batches of 1, 7, 4096 and 40000
-    rows through torch (from the checkpoint), TorchScript and ONNX Runtime (the Predictor on the CPU, and
-    in a two-graph bundle each graph on its own); each file is loaded from the bytes its sha256 was
-    checked on."""
-    bundle = bundle if isinstance(bundle, Bundle) else Bundle.open(bundle)
+@dataclass
+class Backends:
+    """Every way to run one bundle, the pairs to compare, and what was found before running any: problems
+    (names, unloadable graphs) and notes (files left out, with why)."""
+    backends: dict[str, Backend] = field(default_factory=dict)
+    pairs: list[tuple[str, str]] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    providers: list[str] = field(default_factory=list)
+
+
+def torch_side(bundle: Bundle, module: nn.Module | None = None) -> tuple[dict[str, Backend], list[str]]:
+    """The bundle's torch-side backends, the reference first: ``module`` (or the checkpoint's module) as
+    "torch", else the ExportedProgram; then the ExportedProgram, TorchScript, the AOTInductor packages.
+    Returns them and notes on files left out. Every file is read (and its sha256 checked) first, so a
+    tampered file is an error, never a note."""
+    backends: dict[str, Backend] = {}
+    notes: list[str] = []
+    if module is not None or bundle.has(CHECKPOINT_FILE):
+        backends["torch"] = module_runner(evaluating(module if module is not None else load_module(bundle)))
+    if bundle.has(EXPORTED_FILE):
+        program = load_program(bundle.read(EXPORTED_FILE), str(bundle.path / EXPORTED_FILE))
+        backends["exported"] = module_runner(program.module())
+    if bundle.has(TORCHSCRIPT_FILE):
+        try:
+            backends["torchscript"] = module_runner(load_torchscript(bundle.read(TORCHSCRIPT_FILE)))
+        except TorchScriptUnavailable as e:
+            notes.append(f"{TORCHSCRIPT_FILE} not run: {e}")
+    for name, backend, device in ((AOTI_FILE, "aoti", "cpu"), (AOTI_CUDA_FILE, "aoti_cuda", "cuda")):
+        if bundle.has(name):
+            try:
+                backends[backend] = module_runner(load_package(bundle, name), device)
+            except PackageCannotRun as e:
+                notes.append(f"{name} not run: {e}")
+    if not backends:
+        raise BundleError(f"{bundle.path} holds neither {CHECKPOINT_FILE} nor {EXPORTED_FILE}: nothing to "
+                          "compare its ONNX graph with; re-export the bundle")
+    return backends, notes
+
+
+def bundle_backends(bundle: Bundle, module: nn.Module | None = None) -> Backends:
+    """Every backend of ``bundle`` and the pairs to compare: each against the reference (the first
+    torch-side backend), and TorchScript against ONNX Runtime."""
     m = bundle.manifest
     features, targets = list(m.features), list(m.targets)
+    torch_backends, notes = torch_side(bundle, module)
+    out = Backends(dict(torch_backends), notes=notes)
+    reference = next(iter(torch_backends))
     predictor = Predictor(bundle, providers="cpu")
-    backends = {"torch": torch_backend(load_module(bundle))}
-    pairs = []
-    if bundle.has(TORCHSCRIPT_FILE):
-        backends["torchscript"] = torch_backend(load_torchscript(bundle.read(TORCHSCRIPT_FILE)))
-        pairs.append(("torch", "torchscript"))
-    backends["onnxruntime"] = predictor.predict
-    pairs.append(("torch", "onnxruntime"))
-    if "torchscript" in backends:
-        pairs.append(("torchscript", "onnxruntime"))
-    problems = check_names(predictor._session, features, targets, m.input.name, m.output.name)
+    out.providers = predictor.providers
+    out.backends["onnxruntime"] = predictor.predict
+    out.pairs = [(reference, b) for b in torch_backends if b != reference] + [(reference, "onnxruntime")]
+    if "torchscript" in torch_backends and reference != "torchscript":
+        out.pairs.append(("torchscript", "onnxruntime"))
+    out.problems = check_names(predictor._session, features, targets, m.input.name, m.output.name)
     if bundle.has(LARGE_BATCH_FILE):
         for name, backend in GRAPH_BACKENDS.items():
             session = graph_session(bundle.read(name), str(bundle.path / name))
             found = check_names(session, features, targets, m.input.name, m.output.name, name)
             if found:  # a graph with other input/output names cannot be run by name: reported, not run
-                problems += found if name != ONNX_FILE else []
+                out.problems += found if name != ONNX_FILE else []
                 continue
-            backends[backend] = session_backend(session, m.input.name, m.output.name)
-            pairs.append(("torch", backend))
+            out.backends[backend] = session_backend(session, m.input.name, m.output.name)
+            out.pairs.append((reference, backend))
+    return out
+
+
+def verify_bundle(bundle: str | os.PathLike | Bundle, X: np.ndarray | None = None, *,
+                  tolerance: Tolerance = Tolerance(), seed: int = 0, module: nn.Module | None = None) -> ParityReport:
+    """Run the training rows (``X`` or the manifest's dataset) and random batches of 1, 2, 7, 1001, 4096 and
+    40000 rows through every format of the bundle (bundle_backends) and compare them with the reference:
+    ``module`` when given, else the torch module from the checkpoint, else the ExportedProgram. Each file
+    is loaded from the bytes its sha256 was checked on."""
+    bundle = bundle if isinstance(bundle, Bundle) else Bundle.open(bundle)
+    m = bundle.manifest
+    found = bundle_backends(bundle, module)
     record = training_record(m)
     described = f"training data ({len(X)} rows)" if X is not None else None
     if X is None:
@@ -160,24 +205,6 @@ def verify_bundle(bundle: str | os.PathLike | Bundle, X: np.ndarray | None = Non
     rng = np.random.default_rng(seed)
     stats = record.feature_stats if record else None
     cases = ([("training data", X)] if X is not None else []) + \
-        [(f"random {k} rows", random_rows(len(features), k, rng, stats)) for k in RANDOM_BATCHES]
-    return run_cases(backends, pairs, cases, len(targets), tolerance, problems, predictor.providers, described)
-
-
-def module_parity(module: nn.Module, inputs: np.ndarray, features: list[str], targets: list[str],
-                  onnx_path: Path, torchscript_path: Path, large_batch_path: Path | None,
-                  tolerance: Tolerance) -> ParityReport:
-    """Parity of a module against its exported files (written by the caller) on ``inputs``."""
-    predictor = Predictor(onnx_path, providers="cpu")
-    backends = {"torch": torch_backend(module.eval()),
-                "torchscript": torch_backend(load_torchscript(torchscript_path.read_bytes())),
-                "onnxruntime": predictor.predict}
-    pairs = [("torch", "torchscript"), ("torch", "onnxruntime"), ("torchscript", "onnxruntime")]
-    problems = check_names(predictor._session, features, targets, predictor.input_name, predictor.output_name)
-    if large_batch_path is not None:
-        session = graph_session(large_batch_path.read_bytes(), str(large_batch_path))
-        problems += check_names(session, features, targets, predictor.input_name, predictor.output_name,
-                                LARGE_BATCH_FILE)
-        backends["onnxruntime_large_batch"] = session_backend(session, predictor.input_name, predictor.output_name)
-        pairs.append(("torch", "onnxruntime_large_batch"))
-    return run_cases(backends, pairs, [("inputs", inputs)], len(targets), tolerance, problems, predictor.providers)
+        [(f"random {k} rows", random_rows(len(m.features), k, rng, stats)) for k in RANDOM_BATCHES]
+    return run_cases(found.backends, found.pairs, cases, len(m.targets), tolerance, found.problems, found.providers,
+                     described, found.notes)

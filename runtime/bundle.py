@@ -11,10 +11,13 @@ import hashlib
 import json
 import math
 import os
+import platform
+import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from torchport.runtime.cpus import cpu_flags
 from torchport.runtime.errors import BundleError, DataError
 from torchport.runtime.jsonfields import FLAG, INT, NULL, NUMBER, TEXT, Flat, items, json_object, scalar, values
 
@@ -24,8 +27,14 @@ MANIFEST = "manifest.json"
 ONNX_FILE = "model.onnx"
 LARGE_BATCH_FILE = "model.large_batch.onnx"
 TORCHSCRIPT_FILE = "model.torchscript.pt"
+EXPORTED_FILE = "model.pt2"
+AOTI_FILE = "model.aoti.pt2"
+AOTI_CUDA_FILE = "model.aoti.cuda.pt2"
 CHECKPOINT_FILE = "checkpoint.pt"
 BATCH = "batch"
+# The model formats a bundle may hold, by the names `--formats` takes, and their files. An "aoti" bundle
+# exported where torch saw a GPU also holds AOTI_CUDA_FILE.
+FORMAT_FILES = {"onnx": ONNX_FILE, "torchscript": TORCHSCRIPT_FILE, "exported": EXPORTED_FILE, "aoti": AOTI_FILE}
 
 
 def sha256_bytes(data: bytes) -> str:
@@ -66,17 +75,112 @@ class TensorSpec:
         return cls(v["name"], v["dtype"], shape[1])
 
 
-@dataclass(frozen=True)
-class FileEntry(Flat):
-    """What the manifest knows of one file: its sha256 and size."""
-    sha256: str
-    bytes: int
+def platform_tag() -> str:
+    """This process's OS and machine, as a compiled file's requirements name them (``linux-x86_64``)."""
+    return f"{sys.platform}-{platform.machine().lower()}"
 
-    SCHEMA = {"sha256": TEXT, "bytes": INT}
+
+def torch_release(version: str) -> str:
+    """``major.minor`` of a torch version string (``2.13.0+cpu`` -> ``2.13``)."""
+    return ".".join(version.split("+")[0].split(".")[:2])
+
+
+@dataclass(frozen=True)
+class Requirements:
+    """What a compiled file (an AOTInductor package) needs where it is loaded: the torch release that
+    compiled it, the platform, the device, the CPU features its native code may use (``cpu_target``:
+    ``native``, every feature of the CPU it was compiled on, or an x86-64 level) and, for CUDA, the GPU's
+    compute capability."""
+    torch: str
+    platform: str
+    device: str
+    cpu_target: str
+    vector_isa: str
+    cpu_flags: tuple[str, ...]
+    cuda_capability: str | None = None
+    gpu: str | None = None
+
+    SCHEMA = {"torch": TEXT, "platform": TEXT, "device": TEXT, "cpu_target": TEXT, "vector_isa": TEXT,
+              "cpu_flags": (list,), "cuda_capability": (str, NULL), "gpu": (str, NULL)}
+
+    def to_json(self) -> dict:
+        return {"torch": self.torch, "platform": self.platform, "device": self.device,
+                "cpu_target": self.cpu_target, "vector_isa": self.vector_isa, "cpu_flags": list(self.cpu_flags),
+                "cuda_capability": self.cuda_capability, "gpu": self.gpu}
 
     @classmethod
-    def of(cls, path: Path) -> "FileEntry":
-        return cls(sha256_file(path), path.stat().st_size)
+    def from_json(cls, obj: Any, where: str) -> "Requirements":
+        v = values(obj, where, cls.SCHEMA)
+        return cls(**{**v, "cpu_flags": items(v["cpu_flags"], f"{where}.cpu_flags", scalar(TEXT))})
+
+    def problems(self, torch_version: str, cuda_capabilities: tuple[str, ...] = ()) -> list[str]:
+        """Why this process cannot run the file (none: []): another torch release, platform or device, or
+        CPU features it lacks (native code for them dies of SIGILL). ``cuda_capabilities``: the GPUs torch
+        can use here, as ``major.minor``."""
+        found = []
+        if torch_release(torch_version) != torch_release(self.torch):
+            found.append(f"it was compiled by torch {self.torch}, and this is torch {torch_version}")
+        if self.platform != platform_tag():
+            found.append(f"it was compiled for {self.platform}, and this is {platform_tag()}")
+        have = cpu_flags()
+        lacking = [f for f in self.cpu_flags if f not in have] if have else []
+        if lacking:
+            found.append(f"it was compiled for CPU features this CPU lacks ({', '.join(lacking)}; cpu target "
+                         f"{self.cpu_target})")
+        if self.device == "cuda" and self.cuda_capability not in cuda_capabilities:
+            gpus = f"GPUs of compute capability {', '.join(cuda_capabilities)}" if cuda_capabilities else "no GPU"
+            found.append(f"it was compiled for a CUDA GPU of compute capability {self.cuda_capability} "
+                         f"({self.gpu}), and torch sees {gpus}")
+        return found
+
+
+@dataclass(frozen=True)
+class FileWriter:
+    """What wrote one file of a bundle: the tool and the versions of what it used, the seconds of the step
+    that wrote it (files written together share it), the device it is for (``any``: it runs anywhere its
+    runtime does), the native compiler (None: not compiled to native code), and for compiled files what
+    they need to run."""
+    tool: str
+    versions: dict[str, str]
+    seconds: float
+    device: str
+    compiler: str | None = None
+    requires: Requirements | None = None
+
+    def to_json(self) -> dict:
+        return {"tool": self.tool, "versions": dict(self.versions), "seconds": round(self.seconds, 3),
+                "device": self.device, "compiler": self.compiler,
+                "requires": self.requires.to_json() if self.requires else None}
+
+    @classmethod
+    def from_json(cls, obj: Any, where: str) -> "FileWriter":
+        v = values(obj, where, {"tool": TEXT, "versions": (dict,), "seconds": NUMBER, "device": TEXT,
+                                "compiler": (str, NULL), "requires": (dict, NULL)})
+        versions = values(v["versions"], f"{where}.versions", {k: TEXT for k in v["versions"]})
+        requires = Requirements.from_json(v["requires"], f"{where}.requires") if v["requires"] else None
+        return cls(v["tool"], versions, v["seconds"], v["device"], v["compiler"], requires)
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    """What the manifest knows of one file: its sha256 and size, and what wrote it (None in bundles written
+    before torchport recorded it)."""
+    sha256: str
+    bytes: int
+    writer: FileWriter | None = None
+
+    @classmethod
+    def of(cls, path: Path, writer: FileWriter | None = None) -> "FileEntry":
+        return cls(sha256_file(path), path.stat().st_size, writer)
+
+    def to_json(self) -> dict:
+        return {"sha256": self.sha256, "bytes": self.bytes, "writer": self.writer.to_json() if self.writer else None}
+
+    @classmethod
+    def from_json(cls, obj: Any, where: str) -> "FileEntry":
+        v = values(obj, where, {"sha256": TEXT, "bytes": INT})
+        writer = values(obj, where, {"writer": (dict, NULL)})["writer"] if "writer" in obj else None
+        return cls(v["sha256"], v["bytes"], FileWriter.from_json(writer, f"{where}.writer") if writer else None)
 
 
 @dataclass(frozen=True)
@@ -99,30 +203,38 @@ class GraphRewrite:
 @dataclass(frozen=True)
 class ExportRecord:
     """How the model files were written: ONNX opset and exporter, the graph's op types, the large-batch
-    graph if any, and the versions of the tools."""
+    graph if any, the versions of the tools, the model formats the bundle holds (``FORMAT_FILES``' names)
+    and those asked for but not written, with why (bundles from before formats were chosen lack both)."""
     opset: int
     opset_imports: dict[str, int]
     exporter: str
     ops: tuple[str, ...]
     large_batch_graph: GraphRewrite | None
     versions: dict[str, str]
+    formats: tuple[str, ...] = ()
+    not_written: dict[str, str] = field(default_factory=dict)
 
     def to_json(self) -> dict:
         return {"opset": self.opset, "opset_imports": dict(self.opset_imports), "exporter": self.exporter,
                 "ops": list(self.ops),
                 "large_batch_graph": self.large_batch_graph.to_json() if self.large_batch_graph else None,
-                "versions": dict(self.versions)}
+                "versions": dict(self.versions), "formats": list(self.formats), "not_written": dict(self.not_written)}
 
     @classmethod
     def from_json(cls, obj: Any, where: str) -> "ExportRecord":
         v = values(obj, where, {"opset": INT, "opset_imports": (dict,), "exporter": TEXT, "ops": (list,),
                                 "large_batch_graph": (dict, NULL), "versions": (dict,)})
+        later = values(obj, where, {k: kinds for k, kinds in (("formats", (list,)), ("not_written", (dict,)))
+                                    if k in obj})
         large = v["large_batch_graph"]
         imports = v["opset_imports"]
+        not_written = later.get("not_written", {})
         return cls(v["opset"], values(imports, f"{where}.opset_imports", {k: INT for k in imports}), v["exporter"],
                    items(v["ops"], f"{where}.ops", scalar(TEXT)),
                    GraphRewrite.from_json(large, f"{where}.large_batch_graph") if large else None,
-                   values(v["versions"], f"{where}.versions", {k: TEXT for k in v["versions"]}))
+                   values(v["versions"], f"{where}.versions", {k: TEXT for k in v["versions"]}),
+                   items(later.get("formats", []), f"{where}.formats", scalar(TEXT)),
+                   values(not_written, f"{where}.not_written", {k: TEXT for k in not_written}))
 
 
 @dataclass(frozen=True)
@@ -187,7 +299,8 @@ class ParityCase(Flat):
 @dataclass(frozen=True)
 class ParityReport:
     """Whether every exported copy answers like the torch model: the cases run, the tolerance, one result
-    per pair of backends, and problems (names, shapes, dtypes) that are not about values."""
+    per pair of backends, problems (names, shapes, dtypes) that are not about values, and notes on files
+    that were not run (a TorchScript file the installed torch cannot load, a CUDA package without a GPU)."""
     passed: bool
     atol: float
     rtol: float
@@ -197,6 +310,7 @@ class ParityReport:
     pairs: tuple[PairResult, ...]
     problems: tuple[str, ...] = ()
     training_rows: str | None = None
+    notes: tuple[str, ...] = ()
 
     @property
     def rows(self) -> int:
@@ -206,7 +320,7 @@ class ParityReport:
         return {"passed": self.passed, "atol": self.atol, "rtol": self.rtol, "dtype": self.dtype,
                 "cases": [c.to_json() for c in self.cases],
                 "providers": list(self.providers), "pairs": [p.to_json() for p in self.pairs],
-                "problems": list(self.problems), "training_rows": self.training_rows}
+                "problems": list(self.problems), "training_rows": self.training_rows, "notes": list(self.notes)}
 
     @classmethod
     def from_json(cls, obj: Any, where: str) -> "ParityReport":
@@ -216,7 +330,8 @@ class ParityReport:
         return cls(v["passed"], v["atol"], v["rtol"], v["dtype"], items(v["cases"], f"{where}.cases", ParityCase.from_json),
                    items(v["providers"], f"{where}.providers", scalar(TEXT)),
                    items(v["pairs"], f"{where}.pairs", PairResult.from_json),
-                   items(v["problems"], f"{where}.problems", scalar(TEXT)), v["training_rows"])
+                   items(v["problems"], f"{where}.problems", scalar(TEXT)), v["training_rows"],
+                   items(obj.get("notes", []), f"{where}.notes", scalar(TEXT)))
 
 
 @dataclass(frozen=True)

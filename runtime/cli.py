@@ -16,11 +16,13 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "train": ("torchport.export.cli_train", "train",
               "train on a bundled dataset or a file, export the bundle and verify it (the main job)"),
     "export": ("torchport.export.cli_export", "train",
-               "re-export a bundle's checkpoint to ONNX and TorchScript, or into a Triton model repository"),
+               "re-export a bundle to ONNX and its other formats, or into a Triton model repository"),
     "verify": ("torchport.export.cli_verify", "train",
-               "check that torch, TorchScript and ONNX Runtime answer alike for a bundle"),
+               "check that torch and every format of a bundle (ONNX Runtime, TorchScript, ExportedProgram, "
+               "AOTInductor) answer alike"),
     "bench": ("torchport.benchmarks.cli_bench", "train",
-              "compare throughput and latency of numpy, torch, TorchScript, ONNX Runtime and the Predictor"),
+              "compare throughput and latency of numpy, torch, TorchScript, ExportedProgram, AOTInductor, ONNX "
+              "Runtime and the Predictor"),
     "report": ("torchport.benchmarks.cli_report", "train",
                "write a bundle's HTML report elsewhere, with the tables of a `torchport bench` run"),
     "predict": ("torchport.runtime.cli_predict", "",
@@ -60,8 +62,9 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the `torchport` console script; returns the exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
     top = Parser(prog="torchport", epilog=EPILOG,
-                 description="torchport: train a small PyTorch regression model, export it to ONNX and "
-                             "TorchScript, verify parity, and serve it with ONNX Runtime.")
+                 description="torchport: train a small PyTorch regression model, export it to ONNX, "
+                             "TorchScript, torch.export and AOTInductor, verify parity, and serve it with ONNX "
+                             "Runtime.")
     sub = top.add_subparsers(dest="command", metavar="COMMAND")
     for name, (_, _, help_text) in COMMANDS.items():
         sub.add_parser(name, help=help_text, add_help=False)

@@ -29,3 +29,18 @@ def physical_cores() -> int:
         if "core id" in fields and "physical id" in fields:
             cores.add((fields["physical id"], fields["core id"]))
     return max(1, min(logical, len(cores) or logical))
+
+
+@lru_cache(maxsize=1)
+def cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags as Linux names them in /proc/cpuinfo (``flags``, or ``Features`` on Arm);
+    empty where there is no such file."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return frozenset()
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in ("flags", "Features"):
+            return frozenset(value.split())
+    return frozenset()

@@ -17,6 +17,7 @@ from torchport.runtime.bundle import LARGE_BATCH_FILE, MANIFEST, ONNX_FILE, Bund
 from torchport.runtime.cpus import usable_cpus
 from torchport.runtime.device import DLPACK_CUDA, dlpack_device, run_on_device
 from torchport.runtime.errors import BundleError, InputError, InputTypeError
+from torchport.runtime.inputs import answer_like, as_matrix, refuse_nonfinite
 from torchport.runtime.providers import CUDA, ProviderFallbackWarning, resolve_providers
 from torchport.runtime.sessions import session_options
 
@@ -24,10 +25,6 @@ from torchport.runtime.sessions import session_options
 _ndarray, _isfinite, _finite = np.ndarray, math.isfinite, hot_path.finite
 _FLOAT32, _FLOAT64 = np.dtype(np.float32), np.dtype(np.float64)
 _CPU = "CPUExecutionProvider"
-
-
-def _is_dataframe(x: Any) -> bool:
-    return type(x).__module__.split(".")[0] == "pandas" and hasattr(x, "columns")
 
 
 class Predictor:
@@ -210,37 +207,12 @@ class Predictor:
 
     def _as_array(self, x: Any) -> np.ndarray:
         """The input as a 2-D numeric numpy array of the right width (not yet float32)."""
-        if _is_dataframe(x):
-            missing = [c for c in self.feature_names if c not in x.columns]
-            if missing:
-                raise InputError(f"the DataFrame lacks the feature column(s) {', '.join(map(repr, missing))}; "
-                                 f"the model expects {self.feature_names}")
-            x = x[self.feature_names].to_numpy()
-        elif not isinstance(x, np.ndarray):
-            try:
-                x = np.asarray(x, dtype=np.float32)
-            except (ValueError, TypeError) as e:
-                raise InputError(f"cannot turn the input into a (rows, {self.n_features}) float array: "
-                                 f"{e}; give a 2-D array, a DataFrame or a list of equal-length rows") from None
-        if x.dtype.kind not in "fiu":
-            raise InputTypeError(f"expected numbers (float or int); got dtype {x.dtype}: convert the input, "
-                            "e.g. x.astype('float32'), after checking it holds numbers")
-        if x.ndim != 2 or x.shape[1] != self.n_features:
-            hint = "; for one row use x.reshape(1, -1)" if x.ndim == 1 and x.shape[0] == self.n_features else ""
-            raise InputError(f"expected a 2-D input of shape (rows, {self.n_features}) with columns "
-                             f"{self.feature_names}; got shape {x.shape}{hint}")
-        return x
+        return as_matrix(x, self.feature_names)
 
     def _refuse_nonfinite(self, a: np.ndarray, first_row: int = 0) -> None:
         """Raise naming the first NaN/inf cell of ``a``, rows counted from ``first_row`` (called only once a
         cheap check found one)."""
-        bad = ~np.isfinite(a)
-        if not bad.any():
-            return
-        row, col = (int(i) for i in np.argwhere(bad)[0])
-        raise InputError(f"row {row + first_row} (0-based), column {self.feature_names[col]!r} holds "
-                         f"{a[row, col]}: NaN and infinite inputs are refused; clean the data or create the "
-                         "Predictor with allow_nonfinite=True")
+        refuse_nonfinite(a, self.feature_names, first_row)
 
     def _check_rows(self, a: np.ndarray, first_row: int = 0) -> None:
         """One pass over ``a`` (float32, C-contiguous); a false alarm is cleared by checking each element."""
@@ -327,13 +299,7 @@ class Predictor:
             raise InputError("out is only accepted with numpy input", parameter="out")
         if isinstance(x, (list, tuple)) and len(x) == 0:
             return []
-        result = self._predict_array(self._as_array(x), out)
-        if _is_dataframe(x):
-            import pandas as pd
-            return pd.DataFrame(result, index=x.index, columns=self.target_names)
-        if isinstance(x, np.ndarray):
-            return result
-        return result.tolist()
+        return answer_like(x, self._predict_array(self._as_array(x), out), self.target_names)
 
     def __repr__(self) -> str:
         return (f"Predictor(features={self.feature_names}, targets={self.target_names}, "

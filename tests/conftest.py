@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import platform
 import subprocess
 import sys
 from pathlib import Path
@@ -27,6 +28,34 @@ def seed_bundle(tmp_path_factory) -> Path:
     proc = run_cli("train", "--out", str(out), "--no-progress")
     assert proc.returncode == 0, proc.stderr
     (out.parent / "train_stdout.txt").write_text(proc.stdout)
+    return out
+
+
+ALL_FORMATS = "onnx,torchscript,exported,aoti"
+X86 = platform.machine().lower() in ("x86_64", "amd64")
+
+
+@pytest.fixture(scope="session")
+def aoti_seed_bundle(tmp_path_factory) -> Path:
+    """`torchport train --formats onnx,torchscript,exported,aoti`: the tutorial's model in every format (the
+    AOTInductor package compiled for this CPU)."""
+    out = tmp_path_factory.mktemp("bundles") / "seed-aoti"
+    proc = run_cli("train", "--formats", ALL_FORMATS, "--out", str(out), "--no-progress", timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    (out.parent / "train_stdout.txt").write_text(proc.stdout)
+    return out
+
+
+@pytest.fixture(scope="session")
+def aoti_mlp_bundle(tmp_path_factory) -> Path:
+    """The 3-32-32-1 MLP on plant_richness_mlr in every format, its AOTInductor package compiled for any
+    x86-64-v3 (AVX2) CPU."""
+    out = tmp_path_factory.mktemp("bundles") / "mlp-aoti"
+    proc = run_cli("train", "--data", "plant_richness_mlr", "--model", "mlp", "--hidden", "32,32", "--epochs", "300",
+                   "--formats", ALL_FORMATS, "--aoti-cpu", "x86-64-v3" if X86 else "native", "--out", str(out),
+                   "--no-progress",
+                   "--no-plots", timeout=600)
+    assert proc.returncode == 0, proc.stderr
     return out
 
 

@@ -11,8 +11,8 @@ import pytest
 from conftest import ROOT, run_cli
 
 DEFAULT_SIZES = [1, 8, 64, 512, 4096, 65536, 1 << 20]
-CPU_BACKENDS = {"numpy_copy", "numpy_matmul", "torch_eager", "torchscript", "ort_plain", "ort_plain_threads",
-                "predictor"}
+CPU_BACKENDS = {"numpy_copy", "numpy_matmul", "torch_eager", "torchscript", "exported", "ort_plain",
+                "ort_plain_threads", "predictor"}
 FIGURES = ("calls", "rounds", "median_s", "p99_s", "mean_s", "min_s", "rows_per_s", "x_fastest", "x_ort_plain")
 
 
@@ -147,7 +147,9 @@ def test_mlp_has_no_numpy_floor_and_takes_chosen_batch_sizes(tmp_path):
     assert report["settings"]["batch_sizes"] == [1, 64, 1024]
     assert {r["backend"] for r in report["results"]} == CPU_BACKENDS - {"numpy_matmul"}
     assert report["models"][0]["skipped"] == [{"backend": "numpy_matmul", "device": "cpu",
-                                               "reason": "the model is mlp, not linear"}]
+                                               "reason": "the model is mlp, not linear"},
+                                              {"backend": "aoti", "device": "cpu",
+                                               "reason": "the bundle has no model.aoti.pt2"}]
     assert report["environment"]["threads"]["torch_num_threads"] == 1
     assert report["environment"]["threads"]["predictor"] == "intra_op_num_threads=1"
     assert "not run: numpy_matmul on cpu for mlp" in proc.stdout

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from conftest import manifest_pair, run_cli
+from torchport.export.exported import export_program
 from torchport.export.formats import export_onnx
 
 
@@ -18,7 +19,7 @@ def _export(module: nn.Module, n_features: int, tmp_path, large: bool) -> tuple[
     path, large_path = tmp_path / "model.onnx", tmp_path / "model.large_batch.onnx"
     large_path.unlink(missing_ok=True)
     n_targets = module(torch.zeros(1, n_features)).shape[1]
-    info = export_onnx(module, n_features, path, 18, [f"x{i}" for i in range(n_features)],
+    info = export_onnx(export_program(module, n_features), path, 18, [f"x{i}" for i in range(n_features)],
                        [f"y{i}" for i in range(n_targets)], large_batch_path=large_path if large else None)
     assert large_path.is_file() == bool(info.large_batch_graph)
     chosen = large_path if large else path
@@ -48,7 +49,7 @@ def test_only_inner_dimension_one_is_rewritten(tmp_path):
     mlp = nn.Sequential(nn.Linear(1, 16), nn.Tanh(), nn.Linear(16, 1))
     ops, info, _ = _export(mlp, 1, tmp_path, large=True)
     assert ops == ["Mul", "Add", "Tanh", "Gemm"] and info.large_batch_graph.rewrites == {"gemm_k1_to_mul_add": 1}
-    info = export_onnx(nn.Linear(3, 1), 3, tmp_path / "k3.onnx", 18, ["a", "b", "c"], ["y"],
+    info = export_onnx(export_program(nn.Linear(3, 1), 3), tmp_path / "k3.onnx", 18, ["a", "b", "c"], ["y"],
                        large_batch_path=tmp_path / "k3.large.onnx")
     assert info.ops == ("Gemm",) and info.large_batch_graph is None
     assert not (tmp_path / "k3.large.onnx").exists()

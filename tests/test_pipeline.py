@@ -35,8 +35,10 @@ def test_manifest_records_everything(seed_bundle):
     m = json.loads((seed_bundle / "manifest.json").read_text())
     assert m["format_version"] == 2 and m["features"] == ["area"] and m["targets"] == ["ntv_rich"]
     assert m["inputs"][0] == {"name": "features", "dtype": "float32", "shape": ["batch", 1]}
-    for name in ("model.onnx", "model.large_batch.onnx", "model.torchscript.pt", "checkpoint.pt"):
+    for name in ("model.onnx", "model.large_batch.onnx", "model.torchscript.pt", "model.pt2", "checkpoint.pt"):
         assert m["files"][name]["sha256"] == sha256_file(seed_bundle / name)
+        assert m["files"][name]["writer"]["versions"]["torch"]
+    assert m["export"]["formats"] == ["onnx", "torchscript", "exported"] and m["export"]["not_written"] == {}
     t = m["training"]
     assert t["lr"] == 0.002 and t["optimizer"] == "sgd" and t["epochs_run"] == 6000 and t["settings"]["seed"] == 0
     assert "model" not in t and m["model"] == {"kind": "linear", "n_features": 1, "n_targets": 1,
@@ -45,7 +47,7 @@ def test_manifest_records_everything(seed_bundle):
     assert 0.04 < t["final_loss"] < 0.041 and t["metrics"]["r2"] >= 0.82
     assert m["export"]["opset"] == 18 and m["export"]["versions"]["torch"]
     assert m["parity"]["passed"] and m["parity"]["cases"][0] == {"name": "training data", "rows": 22}
-    assert [c["rows"] for c in m["parity"]["cases"][1:]] == [1, 7, 4096, 40000]
+    assert [c["rows"] for c in m["parity"]["cases"][1:]] == [1, 2, 7, 1001, 4096, 40000]
 
 
 def test_onnx_has_dynamic_batch_and_names(seed_bundle):
@@ -63,7 +65,7 @@ def test_verify_command(seed_bundle):
     assert proc.returncode == 0, proc.stderr
     diffs = {m.group(1): float(m.group(2))
              for m in re.finditer(r"max \|torch - (\w+)\| = (\S+)", proc.stdout)}
-    assert set(diffs) == {"torchscript", "onnxruntime", "onnxruntime_model", "onnxruntime_large_batch"}
+    assert set(diffs) == {"torchscript", "exported", "onnxruntime", "onnxruntime_model", "onnxruntime_large_batch"}
     assert all(v <= 1e-5 for v in diffs.values())
     assert "training rows: bundled dataset plant_richness_lr (22 rows)" in proc.stdout
 
@@ -143,7 +145,7 @@ def test_failed_export_leaves_nothing(seed_bundle, tmp_path):
     from torchport.export.formats import ExportError
     from torchport.train.models import ModelSpec
     spec = ModelSpec("linear", 1, 1)
-    with pytest.raises(ExportError, match="could not export the module to ONNX"):
+    with pytest.raises(ExportError, match="could not export the module"):
         write_bundle(Unexportable(), spec, ["area"], ["ntv_rich"], tmp_path / "new")
     assert list(tmp_path.iterdir()) == []
     # and an existing bundle survives a failed --force replacement untouched
