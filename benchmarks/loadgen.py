@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 
-class _Connection(asyncio.Protocol):
+class Connection(asyncio.Protocol):
     """One keep-alive connection; ``request`` sends raw bytes and returns (status, body)."""
 
     def __init__(self) -> None:
@@ -89,7 +89,7 @@ class LoadResult:
             return lat[min(len(lat) - 1, int(q * len(lat)))] / 1e6 if lat else None
         return {"requests": self.sent, "ok": self.ok, "errors": self.errors, "wrong_answers": self.wrong,
                 "wall_s": round(self.wall_s, 4), "req_per_s": round(self.sent / self.wall_s, 1) if self.wall_s else 0,
-                "p50_ms": pct(0.50), "p99_ms": pct(0.99), "first_error": self.first_error}
+                "p50_ms": pct(0.50), "p90_ms": pct(0.90), "p99_ms": pct(0.99), "first_error": self.first_error}
 
 
 def http_post(path: str, body: bytes, host: str = "127.0.0.1", content_type: str = "application/json") -> bytes:
@@ -115,7 +115,7 @@ async def run_load(host: str, port: int, requests: list[bytes], check: Callable[
             result.sent += 1
             try:
                 if conn is None or conn.closed:
-                    _, conn = await loop.create_connection(_Connection, host, port)
+                    _, conn = await loop.create_connection(Connection, host, port)
                 t0 = time.perf_counter_ns()
                 status, body = await conn.request(requests[i % len(requests)])
                 result.latencies_ns.append(time.perf_counter_ns() - t0)

@@ -1,14 +1,17 @@
-"""Load benchmark of `torchport serve` over loopback: one-row V2 JSON inference requests at several
-concurrencies, bounded in count and time, against
-  torchport          torchport serve, dynamic batching on (the defaults)
-  torchport-nobatch  torchport serve --max-batch-size 1
+"""Load benchmark of `torchport serve` over loopback: one-row V2 inference requests at several
+concurrencies, bounded in count and time, over REST (JSON) and gRPC, against
+  torchport          torchport serve, dynamic batching on (the defaults), REST
+  torchport-grpc     the same over gRPC (--grpc-port), driven by the stock tritonclient.grpc.aio client
+  torchport-nobatch  torchport serve --max-batch-size 1, REST
+  noop               a no-op V2 endpoint on exactly torchport's HTTP stack: the REST floor
   peer               KServe's Python ModelServer (V2 REST) over an ONNX Runtime session of the same
                      model.onnx, in its own venv (made on first use), so that its pins never touch ours
-  noop               a no-op V2 endpoint on exactly torchport's HTTP stack: the floor
-Targets run interleaved (every target once per round; torchport, torchport-nobatch and noop back to back
-in a rotating order, then the peer), after warm-up, so that the ratios between them compare runs made
-under the same conditions. Every answer of the model servers is checked against the in-process
-Predictor. The client is torchport.benchmarks.loadgen. Prints a table; saves JSON and Markdown.
+  peer-grpc          the same KServe ModelServer over its gRPC endpoint, with the same gRPC client
+Targets run interleaved (every target once per round; torchport's and noop back to back in a rotating
+order, then the peers), after warm-up, so that the ratios between them compare runs made under the same
+conditions. Every answer of the model servers is checked against the in-process Predictor. The REST client
+is torchport.benchmarks.loadgen, the gRPC one torchport.benchmarks.grpc_loadgen. Prints a table; saves
+JSON and Markdown.
 
 Paths are relative to the current directory: the bundle (trained when missing), the peer's venv
 (benchmarks/.venvs/kserve), the servers' logs (benchmarks/.work) and the results (benchmarks/results).
@@ -35,6 +38,7 @@ from pathlib import Path
 import numpy as np
 import orjson
 
+from torchport.benchmarks.grpc_loadgen import one_row_inputs, run_grpc_load
 from torchport.benchmarks.loadgen import http_post, run_load
 from torchport.benchmarks.machine import environment
 from torchport.benchmarks.timing import RESULTS_DIR
@@ -79,12 +83,13 @@ def _pip_version(python: Path, package: str) -> str:
 
 
 class Target:
-    """One server process under test."""
+    """One server process under test, driven over REST or gRPC."""
 
-    def __init__(self, name: str, command: list[str], model: str, checked: bool):
-        self.name, self.model, self.checked = name, model, checked
-        self.port = _free_port()
-        self.command = [c.replace("{port}", str(self.port)) for c in command]
+    def __init__(self, name: str, command: list[str], model: str, checked: bool, grpc: bool = False):
+        self.name, self.model, self.checked, self.grpc = name, model, checked, grpc
+        self.port, self.grpc_port = _free_port(), _free_port()
+        self.command = [c.replace("{port}", str(self.port)).replace("{grpc_port}", str(self.grpc_port))
+                        for c in command]
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> None:
@@ -144,12 +149,23 @@ def _checker(expected: np.ndarray, checked: bool):
     return check
 
 
+def _grpc_checker(expected: np.ndarray):
+    def check(i: int, value: float) -> bool:
+        want = float(expected[i % len(expected)])
+        return abs(value - want) <= 1e-5 * (1 + abs(want))
+    return check
+
+
 def _measure(target: Target, areas: np.ndarray, expected: np.ndarray, concurrency: int, count: int,
              time_limit: float) -> dict:
     batches = target.batch_totals() if target.name.startswith("torchport") else None
     cpu0, client0 = target.cpu_seconds(), time.process_time()
-    result = _run(run_load("127.0.0.1", target.port, _requests(target.model, areas),
-                                  _checker(expected, target.checked), concurrency, count, time_limit))
+    if target.grpc:
+        result = _run(run_grpc_load(f"127.0.0.1:{target.grpc_port}", target.model, one_row_inputs(areas),
+                                    _grpc_checker(expected), concurrency, count, time_limit))
+    else:
+        result = _run(run_load("127.0.0.1", target.port, _requests(target.model, areas),
+                               _checker(expected, target.checked), concurrency, count, time_limit))
     summary = result.summary()
     summary["server_cpu_us_per_req"] = round((target.cpu_seconds() - cpu0) / max(result.sent, 1) * 1e6, 1)
     summary["client_cpu_fraction"] = round((time.process_time() - client0) / result.wall_s, 2)
@@ -180,11 +196,13 @@ def main(argv: list[str] | None = None) -> int:
                     help="seconds at most per measured run (default: 12)")
     ap.add_argument("--no-peer", action="store_true", help="skip the KServe peer")
     ap.add_argument("--no-nobatch", action="store_true", help="skip torchport with batching off")
+    ap.add_argument("--no-grpc", action="store_true", help="skip the gRPC rows (torchport's and the peer's)")
     ap.add_argument("--out", type=Path, default=RESULTS_DIR, metavar="DIR",
                     help=f"folder for serve_load.json and serve_load.md (default: {RESULTS_DIR}, relative to the "
                          "current directory)")
     args = ap.parse_args(argv)
     levels = args.levels
+    loadavg_before = os.getloadavg()
     LOGS.mkdir(parents=True, exist_ok=True)
     if not (args.bundle / "manifest.json").exists():
         trained = subprocess.run([*TORCHPORT, "train", "--out", str(args.bundle), "--no-progress"])
@@ -195,20 +213,26 @@ def main(argv: list[str] | None = None) -> int:
     expected = predictor.predict(areas.reshape(-1, 1))[:, 0]
     serve = [*TORCHPORT, "serve", str(args.bundle), "--port", "{port}", "--model-name", "seed"]
     targets = [Target("torchport", serve, "seed", True),
+               Target("torchport-grpc", serve + ["--grpc-port", "{grpc_port}"], "seed", True, grpc=True),
                Target("torchport-nobatch", serve + ["--max-batch-size", "1"], "seed", True),
                Target("noop", [sys.executable, "-m", "torchport.benchmarks.noop_server", "{port}"], "noop", False)]
     if args.no_nobatch:
         targets = [t for t in targets if t.name != "torchport-nobatch"]
+    if args.no_grpc:
+        targets = [t for t in targets if not t.grpc]
     versions = {}
     for package in ("onnxruntime-gpu", "onnxruntime", "uvicorn", "uvloop", "httptools", "orjson", "torchport"):
         versions[package] = _pip_version(Path(sys.executable), package)
     if not args.no_peer:
         peer_python = _ensure_peer_venv()
-        targets.append(Target("peer", [str(peer_python), str(PEER_SCRIPT),
-                                       str(args.bundle / "model.onnx"), "seed", "--http_port", "{port}"],
-                              "seed", True))
-        versions["peer"] = {p: _pip_version(peer_python, p) for p in ("kserve", "onnxruntime", "fastapi", "uvicorn")}
-        versions["peer"]["setup"] = "kserve.ModelServer(workers=1, enable_grpc=False), per-request logging off"
+        peer = [str(peer_python), str(PEER_SCRIPT), str(args.bundle / "model.onnx"), "seed", "--http_port", "{port}"]
+        targets.append(Target("peer", peer, "seed", True))
+        if not args.no_grpc:
+            targets.append(Target("peer-grpc", peer + ["--grpc_port", "{grpc_port}"], "seed", True, grpc=True))
+        versions["peer"] = {p: _pip_version(peer_python, p) for p in ("kserve", "onnxruntime", "fastapi", "uvicorn",
+                                                                     "grpcio")}
+        versions["peer"]["setup"] = ("kserve.ModelServer(workers=1), gRPC on only for peer-grpc, per-request "
+                                     "logging off")
     runs: dict[str, dict[int, list[dict]]] = {t.name: {c: [] for c in levels} for t in targets}
     try:
         for t in targets:
@@ -217,17 +241,19 @@ def main(argv: list[str] | None = None) -> int:
             _measure(t, areas, expected, 32, max(200, int(2000 * args.scale)), args.time_limit)
         for c in levels:
             count = max(100, int(COUNTS.get(c, 10000) * args.scale))
-            fast = [t for t in targets if t.name != "peer"]
+            fast = [t for t in targets if not t.name.startswith("peer")]
+            slow = [t for t in targets if t.name.startswith("peer")]
             for r in range(args.rounds):
                 # the fast servers back to back in a rotating order, so that their ratios compare runs made
-                # under the same conditions; the slow peer after them
-                order = fast[r % len(fast):] + fast[:r % len(fast)] + [t for t in targets if t.name == "peer"]
+                # under the same conditions; the slow peers after them
+                order = fast[r % len(fast):] + fast[:r % len(fast)] + slow
                 for t in order:
                     s = _measure(t, areas, expected, c, count, args.time_limit)
                     s["round"] = r
                     runs[t.name][c].append(s)
                     print(f"c={c:<4} round {r} {t.name:<18} {s['req_per_s']:>9.1f} req/s  p50 {s['p50_ms']:.2f} ms  "
-                          f"p99 {s['p99_ms']:.2f} ms  errors {s['errors']}  wrong {s['wrong_answers']}  "
+                          f"p90 {s['p90_ms']:.2f} ms  p99 {s['p99_ms']:.2f} ms  errors {s['errors']}  "
+                          f"wrong {s['wrong_answers']}  "
                           f"server {s['server_cpu_us_per_req']} us/req  batch {s.get('mean_batch_rows')}",
                           file=sys.stderr, flush=True)
     finally:
@@ -237,8 +263,9 @@ def main(argv: list[str] | None = None) -> int:
     for c in levels:
         for t in targets:
             rs = runs[t.name][c]
-            table.append({"concurrency": c, "target": t.name, "req_per_s": _median(rs, "req_per_s"),
-                          "p50_ms": _median(rs, "p50_ms"), "p99_ms": _median(rs, "p99_ms"),
+            table.append({"concurrency": c, "target": t.name, "protocol": "gRPC" if t.grpc else "REST",
+                          "req_per_s": _median(rs, "req_per_s"), "p50_ms": _median(rs, "p50_ms"),
+                          "p90_ms": _median(rs, "p90_ms"), "p99_ms": _median(rs, "p99_ms"),
                           "errors": sum(x["errors"] for x in rs), "wrong": sum(x["wrong_answers"] for x in rs),
                           "requests": sum(x["requests"] for x in rs),
                           "server_cpu_us_per_req": _median(rs, "server_cpu_us_per_req"),
@@ -254,7 +281,13 @@ def main(argv: list[str] | None = None) -> int:
             acceptance[c]["torchport/torchport-nobatch"] = ratios("torchport", "torchport-nobatch", c)
         if "peer" in runs:
             acceptance[c]["torchport/peer"] = ratios("torchport", "peer", c)
-    checks = {}
+        if "torchport-grpc" in runs:
+            acceptance[c]["torchport-grpc/torchport"] = ratios("torchport-grpc", "torchport", c)
+        if "peer-grpc" in runs:
+            acceptance[c]["torchport-grpc/peer-grpc"] = ratios("torchport-grpc", "peer-grpc", c)
+    ours = [x for name in runs if name.startswith("torchport") for c in levels for x in runs[name][c]]
+    checks = {"torchport_errors_all_levels": sum(x["errors"] for x in ours),
+              "torchport_wrong_answers_all_levels": sum(x["wrong_answers"] for x in ours)}
     if 32 in levels:
         tp32 = runs["torchport"][32]
         checks["c32_torchport_all_correct"] = all(x["requests"] == x["ok"] for x in tp32)
@@ -267,7 +300,7 @@ def main(argv: list[str] | None = None) -> int:
             if "torchport-nobatch" in runs else None
     report = {"benchmark": "serve_load", "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
               "environment": environment({"server_workers": 1, "client": "one asyncio process"}).to_json(),
-              "loadavg_after": os.getloadavg(), "versions": versions, "rounds": args.rounds, "counts": {c: max(100, int(COUNTS.get(c, 10000) * args.scale))
+              "loadavg_before": loadavg_before, "loadavg_after": os.getloadavg(), "versions": versions, "rounds": args.rounds, "counts": {c: max(100, int(COUNTS.get(c, 10000) * args.scale))
                                                                       for c in levels},
               "time_limit_s": args.time_limit, "table": table,
               "ratios_per_round": {str(c): {k: [round(x, 3) for x in v] for k, v in a.items()} for c, a in acceptance.items()},
@@ -280,20 +313,28 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _loads(values) -> str:
+    return ", ".join(f"{v:.2f}" for v in values)
+
+
 def _markdown(report: dict, levels: list[int]) -> str:
     cpu = report["environment"]["cpu"]
     lines = [f"# torchport serve load benchmark ({report['when']})", "",
              f"{cpu['model']}, {cpu['usable_cpus']} usable CPUs (the machine's load is not controlled); "
-             f"loopback; one-row V2 JSON requests; median of {report['rounds']} interleaved rounds. "
-             "Client: torchport.benchmarks.loadgen (asyncio, uvloop).", "",
-             "| concurrency | server | req/s | p50 ms | p99 ms | errors | wrong | requests | server CPU us/req | mean batch rows |",
-             "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+             f"loopback; one-row V2 requests (REST: JSON; gRPC: raw_input_contents); median of {report['rounds']} "
+             "interleaved rounds. Clients: torchport.benchmarks.loadgen (REST: asyncio, uvloop) and "
+             "torchport.benchmarks.grpc_loadgen (gRPC: tritonclient.grpc.aio, one channel). Load average "
+             f"(1, 5, 15 min) before {_loads(report['loadavg_before'])}, after {_loads(report['loadavg_after'])}.", "",
+             "| concurrency | server | protocol | req/s | p50 ms | p90 ms | p99 ms | errors | wrong | requests | "
+             "server CPU us/req | client CPU share | mean batch rows |",
+             "| ---: | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for row in report["table"]:
-        lines.append(f"| {row['concurrency']} | {row['target']} | {row['req_per_s']:.0f} | {row['p50_ms']:.2f} | "
-                     f"{row['p99_ms']:.2f} | {row['errors']} | {row['wrong']} | {row['requests']} | "
-                     f"{row['server_cpu_us_per_req']} | {row['mean_batch_rows'] if row['mean_batch_rows'] else ''} |")
-    lines += ["", "Ratios of req/s per round (torchport, torchport-nobatch and noop ran back to back; the peer "
-              "right after them), and their median:", ""]
+        lines.append(f"| {row['concurrency']} | {row['target']} | {row['protocol']} | {row['req_per_s']:.0f} | "
+                     f"{row['p50_ms']:.2f} | {row['p90_ms']:.2f} | {row['p99_ms']:.2f} | {row['errors']} | "
+                     f"{row['wrong']} | {row['requests']} | {row['server_cpu_us_per_req']} | "
+                     f"{row['client_cpu_fraction']} | {row['mean_batch_rows'] if row['mean_batch_rows'] else ''} |")
+    lines += ["", "Ratios of req/s per round (torchport's servers and noop ran back to back; the peers right after "
+              "them), and their median:", ""]
     for c, ratios in report["ratios_per_round"].items():
         for k, v in ratios.items():
             lines.append(f"- c={c} {k}: {v} (median {statistics.median(v):.2f})" if v else f"- c={c} {k}: n/a")

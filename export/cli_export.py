@@ -3,13 +3,16 @@ ExportedProgram, model.pt2): every model format again (for example at another op
 --formats ...,aoti to add an AOTInductor package), re-verified, written atomically to --out (or in place
 with --force). Without --formats the new bundle holds the formats the old one held. With --triton REPO, instead add the
 bundle to a Triton Inference Server model repository: REPO/<name>/config.pbtxt and REPO/<name>/1/model.onnx
-(onnxruntime backend, dynamic batching), and with --libtorch also REPO/<name>_libtorch (TorchScript).
+(onnxruntime backend, dynamic batching; the version directory also holds the bundle's manifest, so that
+`torchport serve REPO` can check it), and with --libtorch also REPO/<name>_libtorch (TorchScript). With
+--model-version N it adds version N to a model already there (keeping its config.pbtxt unless --force).
 
 examples:
   torchport export bundles/seed --out bundles/seed-opset20 --opset 20
   torchport export bundles/seed --out bundles/seed-aoti --formats onnx,exported,aoti --aoti-cpu x86-64-v3
   torchport export bundles/seed --force
   torchport export bundles/seed --triton model_repository --max-batch-size 4096 --libtorch
+  torchport export bundles/seed-v2 --triton model_repository --name seed --model-version 2
 """
 from __future__ import annotations
 
@@ -45,6 +48,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-queue-delay-us", type=positive_int, default=100,
                    help="Triton dynamic batching max queue delay in microseconds (default: 100)")
     p.add_argument("--libtorch", action="store_true", help="with --triton: also the TorchScript model (libtorch backend)")
+    p.add_argument("--model-version", type=positive_int, default=1, metavar="N",
+                   help="with --triton: the version directory to write, REPO/<name>/N/ (default: 1)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -53,8 +58,9 @@ def run(args: argparse.Namespace) -> int:
         for path in write_triton_repository(bundle, args.triton, name=args.name,
                                             max_batch_size=args.max_batch_size,
                                             max_queue_delay_us=args.max_queue_delay_us,
-                                            libtorch=args.libtorch, force=args.force):
-            print(f"wrote {path}/config.pbtxt and {path}/1/")
+                                            libtorch=args.libtorch, force=args.force,
+                                            version=args.model_version):
+            print(f"wrote {path}/config.pbtxt and {path}/{args.model_version}/")
         return 0
     m = bundle.manifest
     out = args.out or args.bundle

@@ -1,16 +1,22 @@
-"""Triton Inference Server model repository from a bundle: config.pbtxt + 1/model.onnx (onnxruntime
-backend), and optionally the TorchScript copy as a second model for the libtorch backend."""
+"""Triton Inference Server model repository from a bundle: config.pbtxt + VERSION/model.onnx (onnxruntime
+backend), and optionally the TorchScript copy as a second model for the libtorch backend. The ONNX version
+directory also holds the bundle's manifest.json (and manifest.sig when signed), its large-batch graph and
+its report/index.html, so that it is a bundle `torchport serve REPO` can check; Triton reads model.onnx and
+ignores the rest."""
 from __future__ import annotations
 
 import os
 import re
 from pathlib import Path
 
-from torchport.runtime.bundle import ONNX_FILE, TORCHSCRIPT_FILE, Bundle
+from torchport.export.html_report import REPORT_HTML
+from torchport.runtime.bundle import LARGE_BATCH_FILE, MANIFEST, ONNX_FILE, TORCHSCRIPT_FILE, Bundle
 from torchport.runtime.errors import Fix, InputError
-from torchport.runtime.files import staged_dir
+from torchport.runtime.files import staged_dir, write_text
+from torchport.runtime.signing import SIGNATURE_FILE
 
 NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
+CONFIG_FILE = "config.pbtxt"
 
 
 def _tensor(name: str, width: int) -> str:
@@ -27,46 +33,70 @@ def model_config(name: str, backend: str, inputs: list[tuple[str, int]], outputs
     return "\n".join(lines) + "\n"
 
 
-def _write_model(repo: Path, name: str, config: str, file_name: str, data: bytes, force: bool) -> Path:
-    """REPO/name/{config.pbtxt, 1/file_name}, built in a temp dir and renamed into place."""
+def _write_file(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)  # report/index.html
+    path.write_bytes(data)
+
+
+def _write_model(repo: Path, name: str, version: int, config: str, files: dict[str, bytes], force: bool) -> Path:
+    """REPO/name/{config.pbtxt, VERSION/files}: a new model directory, or a version added to an existing one
+    (its config.pbtxt kept unless ``force``), each built in a temp dir and renamed into place."""
     target = repo / name
-    if target.exists() and not force:
-        raise InputError(f"{target} exists", parameter="force", fix=Fix("force", True, "to replace it"))
-    with staged_dir(target, replace=force) as stage:
-        (stage / "1").mkdir()
-        (stage / "1" / file_name).write_bytes(data)
-        (stage / "config.pbtxt").write_text(config)
+    version_dir = target / str(version)
+    if version_dir.exists() and not force:
+        raise InputError(f"{version_dir} exists", parameter="force", fix=Fix("force", True, "to replace it"))
+    if not target.exists():
+        with staged_dir(target) as stage:
+            (stage / str(version)).mkdir()
+            for file_name, data in files.items():
+                _write_file(stage / str(version) / file_name, data)
+            (stage / CONFIG_FILE).write_text(config)
+        return target
+    with staged_dir(version_dir, replace=force) as stage:
+        for file_name, data in files.items():
+            _write_file(stage / file_name, data)
+    if force or not (target / CONFIG_FILE).exists():
+        write_text(target / CONFIG_FILE, config)
     return target
 
 
 def write_triton_repository(bundle: Bundle | str | os.PathLike, repo: str | os.PathLike, *, name: str | None = None,
                             max_batch_size: int = 4096, max_queue_delay_us: int = 100,
-                            libtorch: bool = False, force: bool = False) -> list[Path]:
-    """Add the bundle to a Triton model repository; returns the model directories written."""
+                            libtorch: bool = False, force: bool = False, version: int = 1) -> list[Path]:
+    """Add the bundle to a Triton model repository as version ``version`` of the model ``name``; returns the
+    model directories written."""
     bundle, repo = bundle if isinstance(bundle, Bundle) else Bundle.open(bundle), Path(repo)
     manifest = bundle.manifest
     name = name or bundle.path.resolve().name
-    if not NAME.match(name):
-        raise InputError(f"Triton model name {name!r} may only use letters, digits, '_', '.' and '-'",
+    if not NAME.match(name) or name.startswith("."):
+        raise InputError(f"Triton model name {name!r} may only use letters, digits, '_', '.' and '-' (not first)",
                          parameter="name")
     if max_batch_size < 1:
         raise InputError(f"max_batch_size must be >= 1; got {max_batch_size}", parameter="max_batch_size")
-    onnx_bytes = bundle.read(ONNX_FILE)  # checked before anything is written
+    if not isinstance(version, int) or version < 1:
+        raise InputError(f"version must be a whole number >= 1; got {version!r}", parameter="version")
     if libtorch and not bundle.has(TORCHSCRIPT_FILE):
         raise InputError(f"{bundle.path} holds no {TORCHSCRIPT_FILE} for the libtorch backend (torch did not write "
                          "it, or it was not asked for); re-export the bundle with formats that include torchscript",
                          parameter="libtorch")
+    files = {ONNX_FILE: bundle.read(ONNX_FILE)}  # checked before anything is written
+    if bundle.has(LARGE_BATCH_FILE):
+        files[LARGE_BATCH_FILE] = bundle.read(LARGE_BATCH_FILE)
+    if bundle.has(REPORT_HTML):  # the served version's report, checked like the model
+        files[REPORT_HTML] = bundle.read(REPORT_HTML)
+    files[MANIFEST] = bundle.manifest_bytes or (bundle.path / MANIFEST).read_bytes()
+    if (bundle.path / SIGNATURE_FILE).is_file():
+        files[SIGNATURE_FILE] = (bundle.path / SIGNATURE_FILE).read_bytes()
     script_bytes = bundle.read(TORCHSCRIPT_FILE) if libtorch else b""
     repo.mkdir(parents=True, exist_ok=True)
     n_in, n_out = len(manifest.features), len(manifest.targets)
     inp, out = manifest.input.name, manifest.output.name
-    written = [_write_model(repo, name, model_config(name, "onnxruntime", [(inp, n_in)], [(out, n_out)],
-                                                     max_batch_size, max_queue_delay_us),
-                            "model.onnx", onnx_bytes, force)]
+    written = [_write_model(repo, name, version, model_config(name, "onnxruntime", [(inp, n_in)], [(out, n_out)],
+                                                              max_batch_size, max_queue_delay_us), files, force)]
     if libtorch:
         # libtorch models name their tensors by position: INPUT__0 is forward's first argument.
         ts_name = f"{name}_libtorch"
         config = model_config(ts_name, "pytorch", [("INPUT__0", n_in)], [("OUTPUT__0", n_out)],
                               max_batch_size, max_queue_delay_us)
-        written.append(_write_model(repo, ts_name, config, "model.pt", script_bytes, force))
+        written.append(_write_model(repo, ts_name, version, config, {"model.pt": script_bytes}, force))
     return written

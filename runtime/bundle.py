@@ -455,6 +455,7 @@ class Bundle:
     path: Path
     manifest: Manifest
     _checked: dict[str, bytes] = field(default_factory=dict, repr=False)
+    manifest_bytes: bytes = field(default=b"", repr=False)  # as read from disk: what a signature covers
 
     @classmethod
     def open(cls, path: str | os.PathLike) -> "Bundle":
@@ -463,7 +464,8 @@ class Bundle:
             raise BundleError(f"{path} is not a bundle directory (no such directory); give the directory "
                               "written by `torchport train` or `torchport export`")
         try:
-            text = (path / MANIFEST).read_text(encoding="utf-8")
+            raw = (path / MANIFEST).read_bytes()
+            text = raw.decode("utf-8")
         except FileNotFoundError:
             raise BundleError(f"{path / MANIFEST} is missing: {path} is not a torchport bundle") from None
         except UnicodeDecodeError as e:
@@ -472,7 +474,7 @@ class Bundle:
             obj = json.loads(text)
         except json.JSONDecodeError as e:
             raise BundleError(f"{path / MANIFEST} is not valid JSON ({e}); re-export the bundle") from None
-        return cls(path, Manifest.from_json(obj, str(path / MANIFEST)))
+        return cls(path, Manifest.from_json(obj, str(path / MANIFEST)), manifest_bytes=raw)
 
     def has(self, name: str) -> bool:
         return name in self.manifest.files

@@ -28,7 +28,10 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "predict": ("torchport.runtime.cli_predict", "",
                 "score a CSV/TSV/Parquet file with a bundle through ONNX Runtime (no torch needed)"),
     "serve": ("torchport.runtime.cli_serve", "serve",
-              "serve a bundle over HTTP: Open Inference Protocol (KServe V2), dynamic batching, /metrics"),
+              "serve bundles or a model repository over REST and gRPC (Open Inference Protocol), with "
+              "dynamic batching, reloads, statistics and /metrics"),
+    "sign": ("torchport.runtime.cli_sign", "sign",
+             "sign a bundle's manifest (ed25519), so that servers given --trusted-keys accept it"),
 }
 EPILOG = "Run `torchport COMMAND --help` for a command's options. With no options, `torchport train` " \
          "reproduces the tutorial's linear regression on the bundled island data."

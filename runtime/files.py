@@ -18,14 +18,15 @@ def umask_mode(base: int) -> int:
     return base & ~mask
 
 
-def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:
-    """Call ``write(tmp)`` to fill a temp file beside ``path``, then rename it onto ``path``."""
+def atomic_write(path: str | os.PathLike, write: Callable[[Path], None], mode: int | None = None) -> Path:
+    """Call ``write(tmp)`` to fill a temp file beside ``path``, then rename it onto ``path``; ``mode``
+    (0o600 for a private key, say) replaces the umask's file mode."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
         write(Path(tmp))
-        os.chmod(tmp, umask_mode(0o666))
+        os.chmod(tmp, umask_mode(0o666) if mode is None else mode)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

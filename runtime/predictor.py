@@ -40,15 +40,22 @@ class Predictor:
     shared out between the calling thread and ``intra_op_threads - 1`` helper threads. Sessions
     other than the first are made on first use. ``sess_options`` replaces them all with one session on
     ``model.onnx`` built from the caller's options. One Predictor may serve many threads at once. NaN and
-    infinite inputs are refused (the error names the first bad row and column) unless ``allow_nonfinite``."""
+    infinite inputs are refused (the error names the first bad row and column) unless ``allow_nonfinite``.
+    ``trusted_keys`` (ed25519 public keys, or paths to PEM files of them): refuse a bundle unless its
+    ``manifest.sig`` is a signature by one of them (see ``torchport.runtime.signing``)."""
 
     def __init__(self, path: str | os.PathLike | Bundle, providers: str | list[str] = "auto",
                  sess_options: ort.SessionOptions | None = None, intra_op_threads: int | None = None,
-                 large_batch_rows: int = hot_path.LARGE_ROWS, allow_nonfinite: bool = False):
+                 large_batch_rows: int = hot_path.LARGE_ROWS, allow_nonfinite: bool = False,
+                 trusted_keys: Any = None):
         self.allow_nonfinite = allow_nonfinite
         large_bytes = None
+        self.signed_by: str | None = None  # the id of the trusted key that signed the bundle
         if isinstance(path, Bundle) or Path(path).is_dir():
             bundle = path if isinstance(path, Bundle) else Bundle.open(path)
+            if trusted_keys is not None:
+                from torchport.runtime.signing import verify_bundle
+                self.signed_by = verify_bundle(bundle, trusted_keys)
             self.manifest: Manifest | None = bundle.manifest
             model_bytes = bundle.read(ONNX_FILE)
             if bundle.has(LARGE_BATCH_FILE):
@@ -58,6 +65,9 @@ class Predictor:
             self.input_name, self.output_name = self.manifest.input.name, self.manifest.output.name
             source = bundle.path / ONNX_FILE
         elif Path(path).is_file():
+            if trusted_keys is not None:
+                raise BundleError(f"{path} is a bare .onnx file, which carries no signature; with trusted_keys "
+                                  "give a signed bundle directory")
             self.manifest = None
             source = Path(path)
             model_bytes = source.read_bytes()
@@ -309,6 +319,7 @@ class Predictor:
 def _unpickle(model_bytes: bytes, source: str, names: tuple, providers, threads, large_rows,
               large_bytes: bytes | None = None) -> Predictor:
     predictor = Predictor.__new__(Predictor)
+    predictor.signed_by = None
     (predictor.manifest, predictor.feature_names, predictor.target_names, predictor.input_name,
      predictor.output_name, predictor.allow_nonfinite) = names
     predictor._open(model_bytes, large_bytes, Path(source), providers, None, threads, large_rows)

@@ -31,6 +31,30 @@ def seed_bundle(tmp_path_factory) -> Path:
     return out
 
 
+@pytest.fixture(scope="session")
+def model_versions(seed_bundle, tmp_path_factory) -> dict[tuple[str, str], Path]:
+    """Two models with two versions each, as bundles: (name, version) -> bundle. seed 1 is the tutorial's
+    trained model, seed 2 a linear model with other weights; mlp 1 and 2 are 3-feature, 2-target MLPs with
+    different initial weights (they answer differently, so a test can tell the versions apart)."""
+    import torch
+    from torchport.export import write_bundle
+    from torchport.train.models import ModelSpec, build_model
+    out = tmp_path_factory.mktemp("versions")
+    linear = ModelSpec("linear", 1, 1)
+    seed2 = build_model(linear)
+    with torch.no_grad():
+        seed2.weight.fill_(0.5)
+        seed2.bias.fill_(1.0)
+    write_bundle(seed2, linear, ["area"], ["ntv_rich"], out / "seed-2")
+    mlp = ModelSpec("mlp", 3, 2, hidden=(8,))
+    for version in (1, 2):
+        torch.manual_seed(version)
+        write_bundle(build_model(mlp), mlp, ["area", "latitude", "dist_mainland"], ["ntv_rich", "tot_rich"],
+                     out / f"mlp-{version}")
+    return {("seed", "1"): seed_bundle, ("seed", "2"): out / "seed-2", ("mlp", "1"): out / "mlp-1",
+            ("mlp", "2"): out / "mlp-2"}
+
+
 ALL_FORMATS = "onnx,torchscript,exported,aoti"
 X86 = platform.machine().lower() in ("x86_64", "amd64")
 

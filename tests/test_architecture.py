@@ -26,6 +26,8 @@ def _modules() -> dict[str, Path]:
     for package, folder in PACKAGES.items():
         for path in sorted((ROOT / folder).rglob("*.py")):
             parts = path.relative_to(ROOT / folder).with_suffix("").parts
+            if any(p.startswith(".") for p in parts):  # benchmarks/.venvs (the peer's venv), .work: not ours
+                continue
             name = ".".join(("torchport", package, *parts)).removesuffix(".__init__")
             out[name] = path
     return out

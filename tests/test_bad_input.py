@@ -13,7 +13,8 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from conftest import ROOT, run_cli
-from test_serve import _request, serving
+from servers import serving
+from test_serve import _request
 from torchport.runtime import Predictor
 
 
@@ -181,8 +182,8 @@ payloads = st.one_of(json_values, st.fixed_dictionaries({"inputs": st.lists(tens
 
 @pytest.fixture(scope="module")
 def fuzz_server(seed_bundle):
-    with serving(seed_bundle) as (proc, port):
-        yield proc, port
+    with serving(seed_bundle) as server:
+        yield server.proc, server.port
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -225,7 +226,7 @@ def test_kserve_manifest_has_what_kserve_requires_and_runs_a_real_command():
     parser = argparse.ArgumentParser(exit_on_error=False)
     cli_serve.add_arguments(parser)
     args = parser.parse_args(container["args"][1:])
-    assert str(args.bundle) == "/mnt/models" and args.port == 8080 and args.host == "0.0.0.0"
+    assert str(args.path) == "/mnt/models" and args.port == 8080 and args.host == "0.0.0.0"
 
 
 # ---- tampered bundles ----------------------------------------------------------------------------------

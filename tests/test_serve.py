@@ -1,5 +1,7 @@
-"""`torchport serve` as a real server process on 127.0.0.1, driven by the stock tritonclient.http client
-and by plain HTTP: protocol, errors, dynamic batching (seen through /metrics) and graceful shutdown."""
+"""`torchport serve` of one bundle as a real server process on 127.0.0.1, driven by the stock
+tritonclient.http client and by plain HTTP: protocol, errors, dynamic batching (seen through /metrics) and
+graceful shutdown. Repositories, gRPC, statistics and security: test_serve_repository.py,
+test_serve_reload.py, test_serve_security.py."""
 from __future__ import annotations
 
 import http.client
@@ -11,52 +13,15 @@ import subprocess
 import sys
 import threading
 import time
-from contextlib import contextmanager
-from pathlib import Path
 
 import numpy as np
 import pytest
 import tritonclient.http as triton
 from tritonclient.utils import InferenceServerException
 
-from conftest import BIN, run_cli
+from conftest import run_cli
+from servers import infer_body, metric as _metric, serving
 from torchport.runtime import Predictor
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@contextmanager
-def serving(bundle: Path, *options: str, name: str | None = None):
-    """Run `torchport serve BUNDLE OPTIONS` on a free loopback port until it is ready; yield (process, port)."""
-    port = _free_port()
-    proc = subprocess.Popen([str(BIN / "torchport"), "serve", str(bundle), "--port", str(port), *options],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert proc.poll() is None, f"the server exited early: {proc.communicate()[1]}"
-            try:
-                if _get(port, "/v2/health/ready")[0] == 200:
-                    break
-            except OSError:
-                pass
-            assert time.monotonic() < deadline, "the server did not become ready in 60 s"
-            time.sleep(0.05)
-        yield proc, port
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        proc.stdout.close()
-        proc.stderr.close()
 
 
 def _request(port: int, method: str, path: str, body: bytes | None = None,
@@ -76,26 +41,16 @@ def _get(port: int, path: str) -> tuple[int, bytes]:
 
 
 def _infer_json(port: int, rows: list[list[float]], model: str = "seed", **tensor) -> tuple[int, dict]:
-    request = {"inputs": [{"name": "features", "shape": [len(rows), len(rows[0])], "datatype": "FP32",
-                           "data": rows, **tensor}]}
-    status, _, body = _request(port, "POST", f"/v2/models/{model}/infer", json.dumps(request).encode(),
+    status, _, body = _request(port, "POST", f"/v2/models/{model}/infer", infer_body(rows, **tensor),
                                {"Content-Type": "application/json"})
     return status, json.loads(body)
-
-
-def _metric(text: str, name: str, **labels: str) -> float:
-    wanted = [f'{k}="{v}"' for k, v in labels.items()]
-    for line in text.splitlines():
-        if line.startswith(name + "{") and all(w in line for w in wanted):
-            return float(line.rsplit(" ", 1)[1])
-    raise AssertionError(f"metric {name} {labels} not found in:\n{text}")
 
 
 @pytest.fixture(scope="module")
 def server(seed_bundle):
     """One server for the protocol and error tests: a small body limit so that 413 is cheap to provoke."""
-    with serving(seed_bundle, "--max-body-bytes", "65536", "--max-queue-delay-us", "2000") as (proc, port):
-        yield port
+    with serving(seed_bundle, "--max-body-bytes", "65536", "--max-queue-delay-us", "2000") as server:
+        yield server.port
 
 
 def test_serve_modules_never_import_torch():
@@ -218,10 +173,10 @@ def test_metrics_count_outcomes(server):
     status, text = _get(server, "/metrics")
     text = text.decode()
     assert status == 200
-    assert _metric(text, "torchport_requests_total", outcome="success") >= 1
-    assert _metric(text, "torchport_requests_total", outcome="not_found") >= 1
-    assert _metric(text, "torchport_requests_total", outcome="too_large") >= 0
-    assert _metric(text, "torchport_request_duration_seconds_count") >= 2
+    assert _metric(text, "torchport_requests_total", model="seed", version="1", outcome="success") >= 1
+    assert _metric(text, "torchport_rejected_requests_total", reason="not_found") >= 1
+    assert _metric(text, "torchport_requests_total", model="seed", version="1", outcome="too_large") >= 0
+    assert _metric(text, "torchport_request_duration_seconds_count", model="seed", version="1") >= 1
     assert "# TYPE torchport_batch_size histogram" in text and "torchport_queue_duration_seconds_bucket" in text
 
 
@@ -251,8 +206,9 @@ def _check_answers(results, values, predictor) -> None:
 
 def test_dynamic_batching_merges_concurrent_requests(seed_bundle):
     values = [float(v) for v in np.linspace(0.5, 500.0, 24)]
-    with serving(seed_bundle, "--max-batch-size", "64", "--max-queue-delay-us", "50000") as (_, on), \
-            serving(seed_bundle, "--max-batch-size", "1") as (_, off):
+    with serving(seed_bundle, "--max-batch-size", "64", "--max-queue-delay-us", "50000") as server_on, \
+            serving(seed_bundle, "--max-batch-size", "1") as server_off:
+        on, off = server_on.port, server_off.port
         results_on, results_off = _concurrent_requests(on, values), _concurrent_requests(off, values)
         metrics_on, metrics_off = _get(on, "/metrics")[1].decode(), _get(off, "/metrics")[1].decode()
     predictor = Predictor(seed_bundle)
@@ -267,7 +223,8 @@ def test_dynamic_batching_merges_concurrent_requests(seed_bundle):
 
 def test_sigterm_finishes_requests_in_flight_and_exits_0(seed_bundle):
     values = [float(v) for v in np.linspace(1.0, 100.0, 16)]
-    with serving(seed_bundle, "--max-queue-delay-us", "3000000") as (proc, port):
+    with serving(seed_bundle, "--max-queue-delay-us", "3000000") as server:
+        proc, port = server.proc, server.port
         results: list = []
         load = threading.Thread(target=lambda: results.extend(_concurrent_requests(port, values)))
         load.start()
@@ -286,7 +243,7 @@ def test_sigterm_finishes_requests_in_flight_and_exits_0(seed_bundle):
                 refused = True
         load.join(60)
         assert proc.wait(timeout=30) == 0
-        stderr = proc.stderr.read()
+        stderr = server.log
     assert refused
     assert len(results) == len(values)
     _check_answers(results, values, Predictor(seed_bundle))
@@ -295,7 +252,8 @@ def test_sigterm_finishes_requests_in_flight_and_exits_0(seed_bundle):
 
 
 def test_several_workers_serve_and_stop_cleanly(seed_bundle):
-    with serving(seed_bundle, "--workers", "2", "--model-name", "island") as (proc, port):
+    with serving(seed_bundle, "--workers", "2", "--model-name", "island") as server:
+        proc, port = server.proc, server.port
         status, answer = _infer_json(port, [[3.0]], model="island")
         assert status == 200 and abs(answer["outputs"][0]["data"][0] - 2.403) <= 0.01
         proc.send_signal(signal.SIGTERM)

@@ -28,6 +28,10 @@ def check_entry(repo, name, bundle):
     assert list(config.output[0].dims) == [len(manifest["targets"])]
     assert config.input[0].data_type == config.output[0].data_type == model_config_pb2.TYPE_FP32
     assert sha256_file(repo / name / "1" / "model.onnx") == manifest["files"]["model.onnx"]["sha256"]
+    # the version directory is a bundle torchport serve can check: the manifest's very bytes beside the model
+    assert (repo / name / "1" / "manifest.json").read_bytes() == (bundle / "manifest.json").read_bytes()
+    if "report/index.html" in manifest["files"]:  # and its report, as the bundle has it
+        assert sha256_file(repo / name / "1" / "report" / "index.html") == manifest["files"]["report/index.html"]["sha256"]
 
 
 def test_seed_model(seed_bundle, tmp_path):
@@ -36,11 +40,26 @@ def test_seed_model(seed_bundle, tmp_path):
                    "--max-queue-delay-us", "250", "--libtorch")
     assert proc.returncode == 0, proc.stderr
     check_entry(repo, "seed", seed_bundle)
+    assert (repo / "seed" / "1" / "report" / "index.html").is_file()
     libtorch = parse(repo / "seed_libtorch" / "config.pbtxt")
     assert libtorch.backend == "pytorch" and [i.name for i in libtorch.input] == ["INPUT__0"]
     assert (repo / "seed_libtorch" / "1" / "model.pt").stat().st_size > 0
     again = run_cli("export", str(seed_bundle), "--triton", str(repo))
     assert again.returncode == 2 and "exists; pass --force" in again.stderr
+
+
+def test_a_version_added_to_a_model_keeps_its_config(seed_bundle, tmp_path):
+    repo = tmp_path / "repo"
+    assert run_cli("export", str(seed_bundle), "--triton", str(repo)).returncode == 0
+    config = repo / "seed" / "config.pbtxt"
+    config.write_text(config.read_text() + "version_policy: { all { } }\n")
+    proc = run_cli("export", str(seed_bundle), "--triton", str(repo), "--model-version", "2")
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(p.name for p in (repo / "seed").iterdir()) == ["1", "2", "config.pbtxt"]
+    assert parse(config).version_policy.WhichOneof("policy_choice") == "all"  # kept
+    assert sha256_file(repo / "seed" / "2" / "model.onnx") == sha256_file(seed_bundle / "model.onnx")
+    again = run_cli("export", str(seed_bundle), "--triton", str(repo), "--model-version", "2")
+    assert again.returncode == 2 and "seed/2 exists; pass --force" in again.stderr
 
 
 def test_mlp_with_several_features_and_targets(tmp_path):

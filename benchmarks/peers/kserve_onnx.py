@@ -2,7 +2,7 @@
 ONNX Runtime session over the same model.onnx. Runs in its own venv (made by serve_load), never torchport's,
 so it imports nothing of torchport and serve_load launches it by its file path.
 
-usage: python kserve_onnx.py MODEL.onnx NAME --http_port PORT
+usage: python kserve_onnx.py MODEL.onnx NAME --http_port PORT [--grpc_port PORT]   (gRPC only when given)
 """
 import logging
 import sys
@@ -33,7 +33,7 @@ class OnnxModel(Model):
 
 if __name__ == "__main__":
     model = OnnxModel(sys.argv[2], sys.argv[1])
-    server = ModelServer(workers=1, enable_grpc=False, enable_latency_logging=False)
+    server = ModelServer(workers=1, enable_grpc="--grpc_port" in sys.argv, enable_latency_logging=False)
     for name in ("uvicorn.access", "kserve.trace"):  # per-request logging off: give the peer its best case
         logging.getLogger(name).disabled = True
     server.start([model])

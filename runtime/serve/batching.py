@@ -3,7 +3,8 @@ call of at most ``max_batch_size`` rows, waiting at most ``max_queue_delay`` sec
 
 The model runs on the event-loop thread: for torchport's small tabular models a call costs microseconds,
 less than handing the batch to another thread and back; while it runs, requests queue up for the next
-batch. Scale out across cores with several server processes (``--workers``)."""
+batch. Scale out across cores with several server processes (``--workers``). REST and gRPC requests for a
+model version go to the same Batcher."""
 from __future__ import annotations
 
 import asyncio
@@ -14,7 +15,10 @@ from typing import Callable
 import numpy as np
 
 from torchport.runtime.errors import InputError
-from torchport.runtime.serve.metrics import ServerMetrics
+from torchport.runtime.serve.stats import ModelStats
+
+
+_now = time.perf_counter_ns
 
 
 class Batcher:
@@ -23,7 +27,7 @@ class Batcher:
     ``max_batch_size`` 1 turns batching off: every request is its own model call."""
 
     def __init__(self, predict: Callable[[np.ndarray], np.ndarray], max_batch_size: int = 64,
-                 max_queue_delay: float = 0.0, metrics: ServerMetrics | None = None):
+                 max_queue_delay: float = 0.0, stats: ModelStats | None = None):
         if max_batch_size < 1:
             raise InputError(f"max_batch_size must be >= 1, got {max_batch_size}", parameter="max_batch_size")
         if max_queue_delay < 0:
@@ -31,8 +35,8 @@ class Batcher:
         self.predict = predict
         self.max_batch_size = max_batch_size
         self.max_queue_delay = max_queue_delay
-        self.metrics = metrics
-        self._pending: list[tuple[np.ndarray, asyncio.Future, float]] = []
+        self.stats = stats
+        self._pending: list[tuple[np.ndarray, asyncio.Future, int]] = []
         self._pending_rows = 0
         self._timer: asyncio.Handle | None = None
 
@@ -43,10 +47,10 @@ class Batcher:
         n = len(rows)
         if self._pending_rows + n > self.max_batch_size:
             self.flush()
-        self._pending.append((rows, future, time.perf_counter()))
+        self._pending.append((rows, future, _now()))
         self._pending_rows += n
-        if self.metrics is not None:
-            self.metrics.queued += 1
+        if self.stats is not None:
+            self.stats.queued += 1
         if self._pending_rows >= self.max_batch_size:
             self.flush()
         elif self._timer is None:
@@ -63,28 +67,29 @@ class Batcher:
         pending, self._pending, self._pending_rows = self._pending, [], 0
         if not pending:
             return
-        if self.metrics is not None:
-            self.metrics.queued -= len(pending)
-        started = time.perf_counter()
+        stats = self.stats
+        if stats is not None:
+            stats.queued -= len(pending)
+        started = _now()
         try:
             batch = _stack([p[0] for p in pending])
+            stacked = _now()
             out = self.predict(batch)
         except Exception as e:  # the model failed for the whole batch: every caller gets the error
             for _, future, _ in pending:
                 if not future.done():
                     future.set_exception(e)
             return
+        done = _now()
         start = 0
         for rows, future, _ in pending:
             stop = start + len(rows)
             if not future.done():
                 future.set_result(out[start:stop])
             start = stop
-        if self.metrics is not None:
-            self.metrics.batch_size.observe(len(batch))
-            self.metrics.batch_requests.observe(len(pending))
-            for _, _, queued in pending:
-                self.metrics.queue.observe(started - queued)
+        if stats is not None:
+            stats.batch(len(batch), [started - queued for _, _, queued in pending], stacked - started, done - stacked,
+                        _now() - done, time.time_ns() // 1_000_000)
 
 
 def _stack(parts: list) -> np.ndarray:

@@ -1,66 +1,80 @@
-"""Prometheus text-format counters and histograms, small enough to keep on the request path."""
+"""``/metrics``: the server's merged statistics (every worker added up) in Prometheus' text format, written by
+prometheus_client from one collector, labelled by model and version."""
 from __future__ import annotations
 
-from bisect import bisect_left
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.registry import CollectorRegistry
+
+from torchport.runtime.serve.stats import OUTCOMES, PHASES, REJECTIONS
+
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+_LABELS = ["model", "version"]
 
 
-class Histogram:
-    """Cumulative-bucket histogram (Prometheus ``histogram`` type): ``observe`` a value, ``render`` the text."""
-
-    def __init__(self, name: str, help_text: str, buckets: tuple[float, ...]):
-        self.name, self.help_text, self.buckets = name, help_text, tuple(sorted(buckets))
-        self.counts = [0] * (len(self.buckets) + 1)
-        self.sum = 0.0
-        self.count = 0
-
-    def observe(self, value: float) -> None:
-        self.counts[bisect_left(self.buckets, value)] += 1
-        self.sum += value
-        self.count += 1
-
-    def render(self, labels: str) -> list[str]:
-        lines = [f"# HELP {self.name} {self.help_text}", f"# TYPE {self.name} histogram"]
-        running = 0
-        for bound, n in zip(self.buckets, self.counts):
+def _histogram(name: str, doc: str, snaps: list[dict], key: str) -> HistogramMetricFamily:
+    family = HistogramMetricFamily(name, doc, labels=_LABELS)
+    for snap in snaps:
+        h = snap[key]
+        running, buckets = 0, []
+        for bound, n in zip(h["buckets"], h["counts"]):
             running += n
-            lines.append(f'{self.name}_bucket{{{labels},le="{bound:g}"}} {running}')
-        lines.append(f'{self.name}_bucket{{{labels},le="+Inf"}} {self.count}')
-        lines.append(f"{self.name}_sum{{{labels}}} {self.sum:.9g}")
-        lines.append(f"{self.name}_count{{{labels}}} {self.count}")
-        return lines
+            buckets.append((f"{bound:g}", running))
+        buckets.append(("+Inf", h["count"]))
+        family.add_metric([snap["name"], snap["version"]], buckets, h["sum"])
+    return family
 
 
-_LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
-OUTCOMES = ("success", "bad_request", "not_found", "too_large", "error")
+class _Collector:
+    """Yields every metric family from merged snapshots (``stats.merge``, ``stats.merge_server``)."""
+
+    def __init__(self, models: list[dict], server: dict, workers: int):
+        self.models, self.server, self.workers = models, server, workers
+
+    def collect(self):
+        snaps = self.models
+        requests = CounterMetricFamily("torchport_requests", "Inference requests that reached a model, by outcome.",
+                                       labels=[*_LABELS, "outcome"])
+        for snap in snaps:
+            for outcome in OUTCOMES:
+                requests.add_metric([snap["name"], snap["version"], outcome], snap["outcomes"][outcome])
+        yield requests
+        rejected = CounterMetricFamily("torchport_rejected_requests",
+                                       "Requests answered before a model was chosen, by reason.", labels=["reason"])
+        for reason in REJECTIONS:
+            rejected.add_metric([reason], self.server["rejected"][reason])
+        yield rejected
+        yield GaugeMetricFamily("torchport_workers_reporting", "Server processes whose counters these figures add up.",
+                                value=self.workers)
+        inferences = CounterMetricFamily("torchport_inferences", "Rows answered (Triton's inference_count).",
+                                         labels=_LABELS)
+        executions = CounterMetricFamily("torchport_executions", "Model calls (Triton's execution_count).",
+                                         labels=_LABELS)
+        phases = CounterMetricFamily("torchport_phase_seconds", "Time per request in each phase, summed "
+                                     "(Triton's queue, compute_input, compute_infer and compute_output ns).",
+                                     labels=[*_LABELS, "phase"])
+        queued = GaugeMetricFamily("torchport_queued_requests", "Requests waiting in the batcher now.",
+                                   labels=_LABELS)
+        for snap in snaps:
+            labels = [snap["name"], snap["version"]]
+            inferences.add_metric(labels, snap["inference_count"])
+            executions.add_metric(labels, snap["execution_count"])
+            for phase in PHASES:
+                phases.add_metric([*labels, phase], snap["phases"][phase][1] * 1e-9)
+            queued.add_metric(labels, snap["queued"])
+        yield from (inferences, executions, phases, queued)
+        yield _histogram("torchport_request_duration_seconds",
+                         "Time from an inference request's headers to its answer.", snaps, "latency")
+        yield _histogram("torchport_queue_duration_seconds",
+                         "Time a request waited in the batcher before its batch ran.", snaps, "queue_wait")
+        yield _histogram("torchport_batch_size", "Rows per ONNX Runtime call (the dynamic batcher's merged "
+                         "batches).", snaps, "batch_rows")
+        yield _histogram("torchport_batch_requests", "Requests merged into one ONNX Runtime call.", snaps,
+                         "batch_requests")
 
 
-class ServerMetrics:
-    """The server's metrics for one model: request outcomes, latency, batch sizes and queue time."""
-
-    def __init__(self, model_name: str, max_batch_size: int):
-        self.labels = f'model="{model_name}"'
-        self.requests = dict.fromkeys(OUTCOMES, 0)
-        self.queued = 0
-        self.latency = Histogram("torchport_request_duration_seconds",
-                                 "Time from a request's headers to its response, inference requests only.",
-                                 _LATENCY_BUCKETS)
-        self.queue = Histogram("torchport_queue_duration_seconds",
-                               "Time a request waited in the batcher before its batch ran.", _LATENCY_BUCKETS)
-        sizes = sorted({1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, max_batch_size})
-        self.batch_size = Histogram("torchport_batch_size",
-                                    "Rows per ONNX Runtime call (the dynamic batcher's merged batches).",
-                                    tuple(s for s in sizes if s <= max_batch_size))
-        self.batch_requests = Histogram("torchport_batch_requests",
-                                        "Requests merged into one ONNX Runtime call.",
-                                        tuple(s for s in sizes if s <= max_batch_size))
-
-    def render(self) -> str:
-        """The Prometheus text exposition of every metric."""
-        lines = ["# HELP torchport_requests_total Inference requests by outcome.",
-                 "# TYPE torchport_requests_total counter"]
-        lines += [f'torchport_requests_total{{{self.labels},outcome="{k}"}} {v}' for k, v in self.requests.items()]
-        lines += ["# HELP torchport_queued_requests Requests waiting in the batcher now.",
-                  "# TYPE torchport_queued_requests gauge", f"torchport_queued_requests{{{self.labels}}} {self.queued}"]
-        for h in (self.latency, self.queue, self.batch_size, self.batch_requests):
-            lines += h.render(self.labels)
-        return "\n".join(lines) + "\n"
+def render(models: list[dict], server: dict, workers: int = 1) -> bytes:
+    """The Prometheus text exposition of merged model and server snapshots from ``workers`` processes."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Collector(models, server, workers))
+    return generate_latest(registry)

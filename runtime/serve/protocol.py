@@ -10,7 +10,6 @@ import orjson
 
 # V2 datatypes accepted for the features tensor, with their little-endian numpy types.
 INPUT_DTYPES = {"FP32": np.dtype("<f4"), "FP64": np.dtype("<f8")}
-MODEL_VERSION = "1"
 
 
 class ProtocolError(Exception):
@@ -23,17 +22,18 @@ class ProtocolError(Exception):
 
 @dataclass(frozen=True)
 class ModelInfo:
-    """What the protocol needs to know about the served model: names, tensors and sizes."""
+    """What the protocol needs to know about one served model version: names, tensors and sizes."""
     name: str
     input_name: str
     output_name: str
     feature_names: tuple[str, ...]
     target_names: tuple[str, ...]
+    version: str = "1"
     platform: str = "onnxruntime_onnx"
 
-    def metadata(self) -> dict:
-        """The V2 model metadata response."""
-        return {"name": self.name, "versions": [MODEL_VERSION], "platform": self.platform,
+    def metadata(self, versions: list[str]) -> dict:
+        """The V2 model metadata response; ``versions``: the model's versions being served."""
+        return {"name": self.name, "versions": versions, "platform": self.platform,
                 "inputs": [{"name": self.input_name, "datatype": "FP32", "shape": [-1, len(self.feature_names)]}],
                 "outputs": [{"name": self.output_name, "datatype": "FP32", "shape": [-1, len(self.target_names)]}],
                 "parameters": {"features": list(self.feature_names), "targets": list(self.target_names)}}
@@ -197,7 +197,7 @@ class ResponseEncoder:
     """Writes V2 inference responses for one model; the JSON around the numbers is prepared once."""
 
     def __init__(self, info: ModelInfo):
-        self._head = orjson.dumps({"model_name": info.name, "model_version": MODEL_VERSION})[:-1]
+        self._head = orjson.dumps({"model_name": info.name, "model_version": info.version})[:-1]
         self._tensor = orjson.dumps({"name": info.output_name, "datatype": "FP32"})[:-1] + b',"shape":['
 
     def encode(self, request_id: str | None, out: np.ndarray, binary: bool) -> tuple[bytes, int | None]:

@@ -1,0 +1,78 @@
+"""A served model version: the Predictor of one checked bundle with its batcher, response encoder and
+statistics, and ``load_model``, the one function that turns a bundle on disk into one (and refuses what does
+not check). REST and gRPC requests for the version share all of it."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tritonclient.grpc import model_config_pb2
+
+from torchport.runtime.bundle import Bundle
+from torchport.runtime.errors import BundleError
+from torchport.runtime.predictor import Predictor
+from torchport.runtime.serve.batching import Batcher
+from torchport.runtime.serve.protocol import ModelInfo, ResponseEncoder
+from torchport.runtime.serve.repository import model_config
+from torchport.runtime.serve.stats import ModelStats
+
+
+@dataclass(frozen=True)
+class LoadSettings:
+    """How every model version is loaded and batched: ONNX Runtime providers, the batcher's settings, and
+    the public keys a bundle must be signed by (None: signatures are not asked for)."""
+    providers: Any = "auto"
+    max_batch_size: int = 64
+    max_queue_delay_us: int = 0
+    trusted_keys: tuple | None = None
+
+
+class ServedModel:
+    """One model version being served: what it answers with, how requests for it are batched and counted."""
+
+    def __init__(self, name: str, version: str, path: Path, predictor: Predictor, settings: LoadSettings,
+                 fingerprint: str, config: model_config_pb2.ModelConfig | None = None, checks: str = "",
+                 stats: ModelStats | None = None):
+        self.name, self.version, self.path, self.fingerprint = name, version, path, fingerprint
+        self.predictor, self.checks, self.entry_config = predictor, checks, config
+        self.settings = settings
+        self.info = ModelInfo(name=name, version=version, input_name=predictor.input_name,
+                              output_name=predictor.output_name, feature_names=tuple(predictor.feature_names),
+                              target_names=tuple(predictor.target_names))
+        self.stats = stats or ModelStats(name, version, settings.max_batch_size)
+        self.batcher = Batcher(predictor.predict, settings.max_batch_size, settings.max_queue_delay_us / 1e6,
+                               self.stats)
+        self.encoder = ResponseEncoder(self.info)
+
+    def config(self) -> model_config_pb2.ModelConfig:
+        """Triton's ModelConfig of this version (the model configuration extension)."""
+        info = self.info
+        return model_config(self.entry_config, self.name, info.input_name, len(info.feature_names),
+                            info.output_name, len(info.target_names), self.settings.max_batch_size,
+                            self.settings.max_queue_delay_us)
+
+
+def load_model(path: Path, name: str, version: str, settings: LoadSettings, fingerprint: str,
+               config: model_config_pb2.ModelConfig | None = None, stats: ModelStats | None = None) -> ServedModel:
+    """Load the bundle at ``path`` as version ``version`` of the model ``name``, refusing (BundleError, the
+    reason named) a malformed manifest, a file whose sha256 differs from it, a bundle whose parity record is
+    missing or failed, and, with trusted keys, one that none of them signed. An .onnx file (only ever the
+    single model of a server) carries none of these and is served unchecked, unless keys are trusted."""
+    if path.is_file():
+        predictor = Predictor(path, providers=settings.providers, trusted_keys=settings.trusted_keys)
+        return ServedModel(name, version, path, predictor, settings, fingerprint, config,
+                           "a bare .onnx file: no manifest, so no sha256 or parity check", stats)
+    bundle = Bundle.open(path)
+    predictor = Predictor(bundle, providers=settings.providers, trusted_keys=settings.trusted_keys)
+    parity = bundle.manifest.parity
+    if parity is None:
+        raise BundleError(f"{path} has no parity record (it was never verified); run `torchport verify` on it")
+    if not parity.passed:
+        worst = max(parity.pairs, key=lambda p: p.max_scaled or 0.0, default=None)
+        detail = f" (worst: {worst.name}, max |diff| {worst.max_abs:.3g})" if worst and worst.max_abs is not None else ""
+        raise BundleError(f"{path} failed its parity check{detail}: its exported copies disagree with the torch "
+                          "model, so it is not served")
+    checks = "sha256 checked, parity passed" + (f", signed by key {predictor.signed_by}" if predictor.signed_by
+                                                else "")
+    return ServedModel(name, version, path, predictor, settings, fingerprint, config, checks, stats)

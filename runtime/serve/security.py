@@ -1,0 +1,134 @@
+"""Who may call the server and how much: the API key (a bearer token, compared in constant time), TLS
+files checked before serving, the warning for a server open to the network without a key, and the limits
+on inference requests in flight and on the time one may take. REST and gRPC share one Gate, and answer
+every inference request through ``admit``, ``failure`` and ``release``."""
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import ipaddress
+import ssl
+import time
+from pathlib import Path
+
+from torchport.runtime.errors import InputError
+from torchport.runtime.serve.protocol import ProtocolError
+
+RETRY_AFTER_S = 1
+_monotonic = time.monotonic
+
+
+def read_api_key(path: str | Path) -> bytes:
+    """The token in ``path`` (surrounding whitespace removed); refused when missing or empty."""
+    try:
+        token = Path(path).read_bytes().strip()
+    except OSError as e:
+        raise InputError(f"cannot read the API key file {path}: {e.strerror}", parameter="api_key_file") from None
+    if not token or len(token) < 16 or any(c < 0x21 or c > 0x7e for c in token):
+        raise InputError(f"{path} must hold one token of at least 16 printable characters (no spaces)",
+                         parameter="api_key_file")
+    return token
+
+
+def check_tls(cert: str | Path, key: str | Path) -> tuple[bytes, bytes]:
+    """The certificate chain and private key (PEM bytes), checked to make a TLS server context."""
+    try:
+        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(str(cert), str(key))
+        return Path(cert).read_bytes(), Path(key).read_bytes()
+    except (OSError, ssl.SSLError) as e:
+        raise InputError(f"the TLS certificate {cert} and key {key} cannot be used: {e}", parameter="tls_cert") from None
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` only reaches this machine."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+class Gate:
+    """The checks every request passes: the bearer token (when a key is set; health checks are exempt),
+    the number of inference requests in flight, and their time limit."""
+
+    def __init__(self, api_key: bytes | None, max_in_flight: int, timeout_s: float):
+        self._digest = hashlib.sha256(api_key).digest() if api_key is not None else None
+        self.max_in_flight, self.timeout_s = max_in_flight, timeout_s
+        self.in_flight = 0
+        # the tasks of the requests in flight with their deadlines; every request has the same time limit,
+        # so the dict's order is the order they expire in, and one timer for all (``_sweep``) finds them
+        self._deadlines: dict[asyncio.Task, float] = {}
+        self._expired: set[asyncio.Task] = set()
+        self._sweeper: asyncio.TimerHandle | None = None
+        self._tick = max(0.01, min(1.0, timeout_s / 10))
+
+    @property
+    def needs_key(self) -> bool:
+        return self._digest is not None
+
+    def authorized(self, header: bytes | str | None) -> bool:
+        """Whether an Authorization header value carries the key ("Bearer TOKEN"); always True without one."""
+        if self._digest is None:
+            return True
+        if header is None:
+            return False
+        if isinstance(header, str):
+            header = header.encode("latin-1", "replace")
+        scheme, _, token = header.strip().partition(b" ")
+        # digests of equal length: the comparison takes the same time whatever was sent
+        return hmac.compare_digest(hashlib.sha256(token.strip()).digest(), self._digest) and \
+            scheme.lower() == b"bearer"
+
+    def admit(self) -> asyncio.Task | None:
+        """Start the clock on the current task's inference request; None when the server is at its limit
+        of requests in flight (answer 503). Every admitted request ends with ``release``."""
+        if self.in_flight >= self.max_in_flight:
+            return None
+        task = asyncio.current_task()
+        self._deadlines[task] = _monotonic() + self.timeout_s
+        if self._sweeper is None:
+            self._sweeper = asyncio.get_running_loop().call_later(self._tick, self._sweep)
+        self.in_flight += 1
+        return task
+
+    def release(self, task: asyncio.Task) -> None:
+        """The request is answered (or failed): stop its clock. Call it with no await after the last one
+        of the request's work, so that a late expiry cannot land outside the handler."""
+        self._deadlines.pop(task, None)
+        self.in_flight -= 1
+
+    def failure(self, task: asyncio.Task, error: BaseException) -> tuple[int, str]:
+        """The status and message for an admitted request whose work raised ``error``: a ProtocolError's
+        status, 504 when it ran past the time limit (noticed within a tenth of it, a second at most), 500
+        when the model itself failed. A cancellation that is not the time limit's is raised again."""
+        if isinstance(error, ProtocolError):
+            return error.status, str(error)
+        if isinstance(error, asyncio.CancelledError):
+            if task not in self._expired:
+                raise error
+            self._expired.discard(task)
+            uncancel = getattr(task, "uncancel", None)  # Python 3.11+: the cancellation is answered here
+            if uncancel is not None:
+                uncancel()
+            return 504, f"the request took longer than this server's limit of {self.timeout_s:g} s"
+        if isinstance(error, Exception):  # a failure of the model itself, not of the request
+            return 500, f"inference failed: {type(error).__name__}: {error}"
+        raise error
+
+    def overloaded(self) -> str:
+        return f"the server is at its limit of {self.max_in_flight} requests in flight; retry shortly"
+
+    def _sweep(self) -> None:
+        """Cancel the tasks of requests past their deadline; the timer runs while requests are in flight."""
+        now, deadlines = _monotonic(), self._deadlines
+        while deadlines:
+            task, at = next(iter(deadlines.items()))
+            if at > now:
+                break
+            del deadlines[task]
+            self._expired.add(task)
+            task.cancel()
+        self._sweeper = asyncio.get_running_loop().call_later(self._tick, self._sweep) if deadlines else None

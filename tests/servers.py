@@ -1,0 +1,125 @@
+"""Starting real `torchport serve` processes on 127.0.0.1 for the tests, and small HTTP helpers."""
+from __future__ import annotations
+
+import http.client
+import json
+import signal
+import socket
+import ssl
+import subprocess
+import tempfile
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from conftest import BIN
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class Server:
+    """A running server: its process, ports, and the file its stderr goes to."""
+    proc: subprocess.Popen
+    port: int
+    grpc_port: int | None
+    log_path: Path
+    tls_ca: Path | None = None
+
+    @property
+    def log(self) -> str:
+        return self.log_path.read_text()
+
+    @property
+    def url(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def grpc_url(self) -> str:
+        return f"127.0.0.1:{self.grpc_port}"
+
+    def wait_for_log(self, text: str, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while text not in self.log:
+            assert self.proc.poll() is None, f"the server exited: {self.log}"
+            assert time.monotonic() < deadline, f"{text!r} did not appear in the server's log:\n{self.log}"
+            time.sleep(0.05)
+
+
+@contextmanager
+def serving(path: Path, *options: str, grpc: bool = False, tls_ca: Path | None = None):
+    """Run `torchport serve PATH OPTIONS` on free loopback ports until it is ready; yield a Server. SIGTERM
+    at the end, and the exit code must be 0."""
+    port = free_port()
+    grpc_port = free_port() if grpc else None
+    log = Path(tempfile.mkstemp(prefix="torchport-serve-", suffix=".log")[1])
+    command = [str(BIN / "torchport"), "serve", str(path), "--port", str(port), *options]
+    if grpc_port is not None:
+        command += ["--grpc-port", str(grpc_port)]
+    with open(log, "w") as err:
+        proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=err, text=True)
+    server = Server(proc, port, grpc_port, log, tls_ca)
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            assert proc.poll() is None, f"the server exited early: {server.log}"
+            try:
+                if request(server, "GET", "/v2/health/ready")[0] == 200:
+                    break
+            except OSError:
+                pass
+            assert time.monotonic() < deadline, "the server did not become ready in 90 s"
+            time.sleep(0.05)
+        yield server
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=40)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        log.unlink(missing_ok=True)
+
+
+def request(server: Server, method: str, path: str, body: bytes | None = None,
+            headers: dict | None = None) -> tuple[int, dict, bytes]:
+    """One HTTP(S) request on a new connection: (status, headers with lower-case names, body)."""
+    if server.tls_ca is not None:
+        context = ssl.create_default_context(cafile=str(server.tls_ca))
+        conn = http.client.HTTPSConnection("127.0.0.1", server.port, timeout=30, context=context)
+    else:
+        conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+    try:
+        conn.request(method, path, body=body, headers=headers or {})
+        response = conn.getresponse()
+        return response.status, {k.lower(): v for k, v in response.getheaders()}, response.read()
+    finally:
+        conn.close()
+
+
+def infer_body(rows: list[list[float]], **tensor) -> bytes:
+    return json.dumps({"inputs": [{"name": "features", "shape": [len(rows), len(rows[0])], "datatype": "FP32",
+                                   "data": rows, **tensor}]}).encode()
+
+
+def infer_json(server: Server, rows: list[list[float]], model: str = "seed", version: str | None = None,
+               headers: dict | None = None, **tensor) -> tuple[int, dict]:
+    path = f"/v2/models/{model}" + (f"/versions/{version}" if version else "") + "/infer"
+    status, _, body = request(server, "POST", path, infer_body(rows, **tensor),
+                              {"Content-Type": "application/json", **(headers or {})})
+    return status, json.loads(body)
+
+
+def metric(text: str, name: str, **labels: str) -> float:
+    """The value of one sample of the Prometheus text ``text``."""
+    wanted = [f'{k}="{v}"' for k, v in labels.items()]
+    for line in text.splitlines():
+        if (line.startswith(name + "{") or line.startswith(name + " ")) and all(w in line for w in wanted):
+            return float(line.rsplit(" ", 1)[1])
+    raise AssertionError(f"metric {name} {labels} not found in:\n{text}")
