@@ -30,11 +30,12 @@ from torchport.train.datasets import load_dataset
 from torchport.train.errors import DataError
 from torchport.train.record import FeatureStats, TrainingRecord
 
-# 40000 rows take the Predictor's multi-threaded session (large_batch_rows is 32768 by default); its chunked
-# runs (from 2M rows of one feature) are left to the tests, to keep verify quick for wide models.
+# 40000 rows take the Predictor's multi-threaded session for linear models (large_batch_rows is 32768 by
+# default; its chunked runs, from 2M rows of one feature, are left to the tests, to keep verify quick for
+# wide models) and an MLP's cache-sized chunks shared between threads.
 RANDOM_BATCHES = (1, 2, 7, 1001, 4096, 40000)
-# In a bundle with two graphs the Predictor runs model.onnx only up to 64 rows, so each graph also runs
-# every case on its own (a plain session), against torch.
+# In a bundle with two graphs the Predictor runs model.onnx only up to 64 rows (an MLP's folded graph: not
+# at all), so each graph also runs every case on its own (a plain session), against torch.
 GRAPH_BACKENDS = {ONNX_FILE: "onnxruntime_model", LARGE_BATCH_FILE: "onnxruntime_large_batch"}
 Backend = Callable[[np.ndarray], np.ndarray]
 
