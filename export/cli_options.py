@@ -64,7 +64,8 @@ def large_batch_line(manifest: Manifest, asked: bool) -> str:
     if graph:
         sizes = "batches of more than 64 rows" if "gemm_k1_to_mul_add" in graph.rewrites else "every batch"
         return f"large-batch graph: {graph.file} (ops {', '.join(graph.ops)}), run by the Predictor for {sizes}"
-    why = "the model has no linear layer with a single input and no scaling" if asked else "--no-large-batch-graph"
+    why = ("the model has no linear layer with a single input and no scaling, or the rewritten graph failed "
+           "parity" if asked else "--no-large-batch-graph")
     return f"large-batch graph: none ({why}); every batch runs model.onnx"
 
 

@@ -91,7 +91,7 @@ def test_cli_says_when_there_is_no_large_batch_graph(tmp_path):
     proc = run_cli("train", "--data", "plant_richness_mlr", "--model", "mlp", "--hidden", "4", "--epochs", "50",
                    "--scale", "off", "--no-progress", "--no-plots", "--out", str(out))
     assert proc.returncode == 0, proc.stderr
-    assert "large-batch graph: none (the model has no linear layer with a single input and no scaling)" in proc.stdout
+    assert "large-batch graph: none (the model has no linear layer with a single input and no scaling" in proc.stdout
     assert json.loads((out / "manifest.json").read_text())["export"]["large_batch_graph"] is None
 
 
