@@ -123,16 +123,21 @@ def build_backends(bundle: str | os.PathLike | Bundle, devices: list[str], threa
         else:
             _torch_side(bundle, device, torch_threads, out)
         if device == "cuda" and not cuda.onnxruntime:
-            out.skipped += [Skipped(b, "cuda", cuda.onnxruntime_reason or "") for b in ("ort_plain", "predictor")]
+            out.skipped += [Skipped(b, "cuda", cuda.onnxruntime_reason or "")
+                            for b in ("ort_plain", "ort_plain_threads", "predictor")]
             continue
         providers, _ = resolve_providers("cuda" if device == "cuda" else "cpu")
-        session = ort.InferenceSession(onnx_bytes, sess_options=session_options(threads, tuned=False),
-                                       providers=providers)
+        session = ort.InferenceSession(onnx_bytes, sess_options=session_options(tuned=False), providers=providers)
+        threaded = ort.InferenceSession(onnx_bytes, sess_options=session_options(threads, tuned=False),
+                                        providers=providers)
         predictor, predictor_threads = _predictor(bundle, device, threads if pin_predictor else None)
         wanted = CUDA if device == "cuda" else CPU
         for providers_used, backend in (
                 (session.get_providers(),
-                 Backend("ort_plain", device, _ort_call(session, in_name, out_name), f"intra_op_num_threads={threads}")),
+                 Backend("ort_plain", device, _ort_call(session, in_name, out_name), "onnxruntime default options")),
+                (threaded.get_providers(),
+                 Backend("ort_plain_threads", device, _ort_call(threaded, in_name, out_name),
+                         f"intra_op_num_threads={threads}")),
                 (predictor.providers, Backend("predictor", device, predictor.predict, predictor_threads))):
             if providers_used[0] == wanted:
                 out.backends.append(backend)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gc
 import time
+from dataclasses import replace
 from datetime import datetime, timezone
 from typing import Callable
 
@@ -13,6 +14,7 @@ import torch
 
 from torchport.benchmarks.backends import Backend, BundleBackends, build_backends
 from torchport.benchmarks.machine import environment
+from torchport.benchmarks.peak import MatmulPeak, flops_per_row, matmul_peak
 from torchport.benchmarks.records import BenchReport, BenchSettings, BenchThreads, ModelEntry, Plan, ResultRow
 from torchport.export.formats import model_spec
 from torchport.export.verify import random_rows, training_record
@@ -82,21 +84,25 @@ def _agreement(backends: list[Backend], x: np.ndarray) -> list[tuple[float | Non
 
 
 def _cell_rows(built: BundleBackends, model_name: str, x: np.ndarray, plan: Plan) -> list[ResultRow]:
-    """One result row per backend at the batch ``x``, with ratios to the others at the same batch size."""
+    """One result row per backend at the batch ``x``, with ratios to the others at the same batch size and
+    the model's FLOP/s (its share of the matmul peak is set once the run is over)."""
     diffs = _agreement(built.backends, x)
     samples, rounds = measure_cell(built.backends, x, plan)
     medians = [float(np.median(s)) for s in samples]
     best = min(m for m, b in zip(medians, built.backends) if b.computes_model)
     plain = {b.device: m for m, b in zip(medians, built.backends) if b.id == "ort_plain"}
+    spec = model_spec(built.bundle)
+    per_row = flops_per_row(spec.kind, spec.n_features, spec.n_targets, tuple(getattr(spec, "hidden", ())))
     rows = []
     for b, s, median, (diff, agrees) in zip(built.backends, samples, medians, diffs):
+        flops = per_row * len(x) / median if b.computes_model and per_row else None
         reference = plain.get(b.device, next(iter(plain.values()), None))
         rows.append(ResultRow(
             model=model_name, backend=b.id, label=b.label, device=b.device, batch_size=len(x), calls=int(s.size),
             rounds=rounds, median_s=median, p99_s=float(np.percentile(s, 99)), mean_s=float(s.mean()),
             min_s=float(s.min()), rows_per_s=len(x) / median, threads=b.threads, max_abs_diff_vs_torch=diff,
             agrees_with_torch=agrees, x_fastest=median / best,
-            x_ort_plain=median / reference if reference else None))
+            x_ort_plain=median / reference if reference else None, flops_per_s=flops))
     return rows
 
 
@@ -127,7 +133,8 @@ def model_entry(built: BundleBackends, name: str) -> ModelEntry:
 def run_benchmark(bundles: list[Bundle], settings: BenchSettings, threads: int, pin_predictor: bool, command: str,
                   progress: Callable[[list[ResultRow]], None] | None = None) -> BenchReport:
     """Benchmark each bundle with ``threads`` threads for torch, numpy's BLAS and plain ONNX Runtime (and the
-    Predictor when ``pin_predictor``); returns the whole report."""
+    Predictor when ``pin_predictor``); returns the whole report. The matmul peak is measured before the
+    rows and again after them; the rows' FLOP/s ratios are to the best of both."""
     import threadpoolctl
     torch.set_num_threads(threads)
     limiter = threadpoolctl.threadpool_limits(limits=threads, user_api="blas")
@@ -143,11 +150,20 @@ def run_benchmark(bundles: list[Bundle], settings: BenchSettings, threads: int, 
         created = datetime.now(timezone.utc).isoformat(timespec="seconds")
         env = environment(thread_settings)
         models = tuple(model_entry(b, n) for b, n in zip(built, names))
+        calls = 2 if settings.quick else 5
+        peak = matmul_peak(threads, calls=calls)
         results = [row for b, name in zip(built, names)
                    for row in bench_bundle(b, settings.batch_sizes, settings.plan, name, progress)]
+        peak = peak.merged(matmul_peak(threads, calls=calls))
     finally:
         limiter.restore_original_limits()
-    return BenchReport(created, command, settings, env, models, tuple(results))
+    return BenchReport(created, command, settings, env, models, _against(tuple(results), peak), matmul_peak=peak)
+
+
+def _against(results: tuple[ResultRow, ...], peak: MatmulPeak) -> tuple[ResultRow, ...]:
+    """The rows with their FLOP/s ratio taken against the run's best matmul rate (before or after)."""
+    return tuple(replace(r, x_matmul_peak=r.flops_per_s / peak.flops_per_s) if r.flops_per_s is not None else r
+                 for r in results)
 
 
 def _model_names(bundles: list[Bundle]) -> list[str]:

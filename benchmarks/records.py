@@ -9,6 +9,7 @@ from typing import Any
 
 from torchport.runtime.jsonfields import FLAG, INT, NULL, NUMBER, TEXT, Flat, items, scalar, values
 from torchport.benchmarks.machine import Environment
+from torchport.benchmarks.peak import MatmulPeak
 from torchport.export.module_spec import ModuleSpec, is_module_spec
 from torchport.runtime.errors import BundleError, DataError
 from torchport.train.errors import SettingsError
@@ -19,7 +20,8 @@ BENCH_FORMAT_VERSION = 1
 # The ways to run a bundle that a report holds, by id, with their labels, in the order reports list them.
 BACKEND_LABELS = {"numpy_copy": "numpy copy (floor)", "numpy_matmul": "numpy X@W.T+b", "torch_eager": "torch eager",
                   "torchscript": "TorchScript", "exported": "ExportedProgram", "aoti": "AOTInductor",
-                  "ort_plain": "ORT session.run", "predictor": "torchport Predictor"}
+                  "ort_plain": "ORT session.run", "ort_plain_threads": "ORT session.run, threads set",
+                  "predictor": "torchport Predictor"}
 BACKEND_ORDER = tuple(BACKEND_LABELS)
 TIMING = ("per-call wall time (time.perf_counter_ns) of host numpy in -> host numpy out, GC off while timing; "
           "rows/s = batch size / median")
@@ -139,7 +141,9 @@ class ModelEntry:
 class ResultRow(Flat):
     """The figures of one backend on one device at one batch size: calls and rounds measured, seconds per
     call (median, p99, mean, min), rows/s at the median, how far its answers were from torch eager's, and
-    its median over the fastest backend's that computes the model and over plain ORT's on its device."""
+    its median over the fastest backend's that computes the model and over plain ORT's on its device; the
+    model's FLOP/s at the median and its share of the run's matmul peak (None in reports made before
+    they were recorded, and for the copy floor)."""
     model: str
     backend: str
     label: str
@@ -157,17 +161,29 @@ class ResultRow(Flat):
     agrees_with_torch: bool | None
     x_fastest: float
     x_ort_plain: float | None            # None: no plain ORT row to compare with
+    flops_per_s: float | None = None
+    x_matmul_peak: float | None = None
 
+    OPTIONAL = ("flops_per_s", "x_matmul_peak")
     SCHEMA = {"model": TEXT, "backend": TEXT, "label": TEXT, "device": TEXT, "batch_size": INT,
               "calls": INT, "rounds": INT, "median_s": NUMBER, "p99_s": NUMBER, "mean_s": NUMBER,
               "min_s": NUMBER, "rows_per_s": NUMBER, "threads": TEXT, "max_abs_diff_vs_torch": (*NUMBER, NULL),
-              "agrees_with_torch": (bool, NULL), "x_fastest": NUMBER, "x_ort_plain": (*NUMBER, NULL)}
+              "agrees_with_torch": (bool, NULL), "x_fastest": NUMBER, "x_ort_plain": (*NUMBER, NULL),
+              "flops_per_s": (*NUMBER, NULL), "x_matmul_peak": (*NUMBER, NULL)}
+
+    @classmethod
+    def from_json(cls, obj: Any, where: str) -> "ResultRow":
+        """As Flat's, with the FLOP/s figures null where a report made before them lacks them."""
+        if isinstance(obj, dict):
+            obj = {**{k: None for k in cls.OPTIONAL}, **obj}
+        return cls(**values(obj, where, cls.SCHEMA))
 
 
 @dataclass(frozen=True)
 class BenchReport:
     """A whole `torchport bench` run: when, the command that reproduces it, its settings, the machine,
-    the models and one result row per (model, backend, device, batch size)."""
+    the models, one result row per (model, backend, device, batch size) and the machine's float32 matmul
+    rate measured before and after the rows."""
     created: str
     command: str
     settings: BenchSettings
@@ -176,6 +192,7 @@ class BenchReport:
     results: tuple[ResultRow, ...]
     format: str = BENCH_FORMAT
     format_version: int = BENCH_FORMAT_VERSION
+    matmul_peak: MatmulPeak | None = None  # None in reports made before it was measured
 
     def rows(self, model: str) -> list[ResultRow]:
         """The result rows of one model, in the order they were measured."""
@@ -189,7 +206,8 @@ class BenchReport:
         return {"format": self.format, "format_version": self.format_version, "created": self.created,
                 "command": self.command, "settings": self.settings.to_json(),
                 "environment": self.environment.to_json(), "models": [m.to_json() for m in self.models],
-                "results": [r.to_json() for r in self.results]}
+                "results": [r.to_json() for r in self.results],
+                "matmul_peak": self.matmul_peak.to_json() if self.matmul_peak else None}
 
     @classmethod
     def from_json(cls, obj: Any, where: str = "bench.json") -> "BenchReport":
@@ -208,6 +226,8 @@ class BenchReport:
         for i, r in enumerate(results):
             if r.model not in names:
                 raise DataError(f"{where}.results[{i}] is of model {r.model!r}, which {where}.models does not list")
+        peak = values({"matmul_peak": None, **obj}, where, {"matmul_peak": (dict, NULL)})["matmul_peak"]
         return cls(v["created"], v["command"], BenchSettings.from_json(v["settings"], f"{where}.settings"),
                    Environment.from_json(v["environment"], f"{where}.environment", BenchThreads.from_json),
-                   models, results)
+                   models, results,
+                   matmul_peak=MatmulPeak.from_json(peak, f"{where}.matmul_peak") if peak is not None else None)

@@ -7,11 +7,13 @@ from pathlib import Path
 from torchport.benchmarks.records import BACKEND_ORDER, BenchReport, ModelEntry, ResultRow
 from torchport.runtime.files import atomic_write, write_json, write_text
 
-COLUMNS = ("batch", "backend", "device", "median", "p99", "rows/s", "x fastest", "x ORT", "calls")
+COLUMNS = ("batch", "backend", "device", "median", "p99", "rows/s", "x fastest", "x ORT", "FLOP/s", "x peak",
+           "calls")
 TEXT_COLUMNS = (1, 2)  # backend and device: aligned to the left, the figures to the right
 RATIO_NOTE = ("x fastest / x ORT: median time per call over that of the fastest backend that computes the "
               "model / of plain ORT session.run on the same device, at the same batch size (lower is better; the "
-              "copy floor does not compute the model)")
+              "copy floor does not compute the model); FLOP/s: the model's multiply-adds (2 FLOP each) per second at "
+              "the median; x peak: that over the machine's float32 matmul rate measured in the same run")
 SUMMARY_NOTE = "time per call over plain ORT session.run's; below 1 is faster"
 FILES = {"json": "bench.json", "markdown": "bench.md", "plot": "bench.png"}
 
@@ -36,7 +38,8 @@ def _ratio(r: float | None) -> str:
 
 def cells(r: ResultRow) -> list[str]:
     return [str(r.batch_size), r.label, r.device, fmt_seconds(r.median_s), fmt_seconds(r.p99_s),
-            fmt_rate(r.rows_per_s), _ratio(r.x_fastest), _ratio(r.x_ort_plain), str(r.calls)]
+            fmt_rate(r.rows_per_s), _ratio(r.x_fastest), _ratio(r.x_ort_plain),
+            "-" if r.flops_per_s is None else fmt_rate(r.flops_per_s), _ratio(r.x_matmul_peak), str(r.calls)]
 
 
 def header(report: BenchReport) -> list[str]:
@@ -47,7 +50,17 @@ def header(report: BenchReport) -> list[str]:
             f"{cpu.physical_cores} physical cores; GPU: {gpus}",
             f"torch {v.get('torch')}, onnxruntime {v.get('onnxruntime')}, numpy {v.get('numpy')}; threads: torch "
             f"{t.torch_num_threads}, ORT intra-op {t.ort_plain_intra_op_num_threads}, numpy BLAS "
-            f"{t.numpy_blas_threads}, Predictor: {t.predictor}"]
+            f"{t.numpy_blas_threads}, Predictor: {t.predictor}"] + peak_line(report)
+
+
+def peak_line(report: BenchReport) -> list[str]:
+    """The run's float32 matmul rate, which the x peak column divides by (none in older reports)."""
+    p = report.matmul_peak
+    if p is None:
+        return []
+    return [f"machine's float32 matmul peak in this run: {fmt_rate(p.flops_per_s)}FLOP/s (best of {p.calls} numpy "
+            f"{p.size}x{p.size} products before and after the rows, {p.threads} BLAS threads; median "
+            f"{fmt_rate(p.median_flops_per_s)}FLOP/s)"]
 
 
 def disagreements(report: BenchReport) -> list[str]:

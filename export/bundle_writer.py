@@ -103,6 +103,12 @@ def write_bundle(module: nn.Module | torch.export.ExportedProgram, spec: ModelSp
         reference = module if isinstance(spec, ModuleSpec) else None
         parity, golden = verify_with_golden(Bundle(stage, manifest), verify_inputs, tolerance=tolerance,
                                             module=reference)
+        if _only_the_large_batch_graph_fails(parity):  # a variant that fails parity is not shipped
+            (stage / LARGE_BATCH_FILE).unlink()
+            files = {k: v for k, v in manifest.files.items() if k != LARGE_BATCH_FILE}
+            manifest = replace(manifest, files=files, export=replace(manifest.export, large_batch_graph=None))
+            parity, golden = verify_with_golden(Bundle(stage, manifest), verify_inputs, tolerance=tolerance,
+                                                module=reference)
         manifest = add_html_report(Bundle(stage, _with_golden(stage, manifest, golden).with_parity(parity)))
         write_json(stage / MANIFEST, manifest.to_json())
         if not parity.passed and not publish_failed:
@@ -206,6 +212,15 @@ def write_files(stage: Path, module: nn.Module, spec: ModelSpec | ModuleSpec, fe
                     model=spec.to_json(), export=replace(export, formats=tuple(written), not_written=not_written),
                     training=training.to_json() if training else None,
                     created=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+
+
+def _only_the_large_batch_graph_fails(parity) -> bool:
+    """True when model.onnx passes and every failing pair is the large-batch graph's (on its own, or run by
+    the Predictor): the rewrite's float32 rounding (folded scaling) is what fell outside the tolerance."""
+    failing = [p for p in parity.pairs if not p.passed]
+    model_ok = any(p.candidate == "onnxruntime_model" and p.passed for p in parity.pairs)
+    return bool(failing) and model_ok and not parity.problems and \
+        all(p.candidate in ("onnxruntime", "onnxruntime_large_batch") for p in failing)
 
 
 def describe_module(module: nn.Module, n_features: int) -> ModuleSpec:

@@ -11,10 +11,11 @@ from torchport.runtime.errors import TorchportError
 from torchport.runtime.options import positive_float, positive_int
 
 NO_LARGE_BATCH_GRAPH_HELP = ("do not write model.large_batch.onnx. By default, when the model has a linear layer "
-                             "with a single input (as the one-feature linear model's), the bundle also holds the "
-                             "same model with that layer as Mul+Add instead of Gemm: the same answers, faster for "
-                             "large batches; the Predictor runs it for batches of more than 64 rows and "
-                             "model.onnx for smaller ones")
+                             "with a single input (as the one-feature linear model's) or scaling, the bundle also "
+                             "holds the same model with that layer as Mul+Add instead of Gemm and the scaling "
+                             "folded into the first and last layers' weights, verified like model.onnx; the "
+                             "Predictor runs it for batches of more than 64 rows (every batch when only the "
+                             "scaling was folded) and model.onnx for the others")
 
 
 PARITY_HELP = ("By default each exported copy must answer within {multiple:g} times float32 torch's own error "
@@ -75,9 +76,10 @@ def large_batch_line(manifest: Manifest, asked: bool) -> str:
     """Whether the bundle holds the large-batch graph, and why not."""
     graph = manifest.export.large_batch_graph
     if graph:
-        return (f"large-batch graph: {graph.file} (ops {', '.join(graph.ops)}), run by the Predictor for "
-                "batches of more than 64 rows")
-    why = "the model has no linear layer with a single input" if asked else "--no-large-batch-graph"
+        sizes = "batches of more than 64 rows" if "gemm_k1_to_mul_add" in graph.rewrites else "every batch"
+        return f"large-batch graph: {graph.file} (ops {', '.join(graph.ops)}), run by the Predictor for {sizes}"
+    why = ("the model has no linear layer with a single input and no scaling, or the rewritten graph failed "
+           "parity" if asked else "--no-large-batch-graph")
     return f"large-batch graph: none ({why}); every batch runs model.onnx"
 
 

@@ -18,7 +18,7 @@ from torch import nn
 from torchport.export.exported import load_program
 from torchport.export.module_spec import ModuleSpec, is_module_spec
 from torchport.export.opsets import DEFAULT_OPSET, MIN_OPSET
-from torchport.export.optimize import gemm_k1_to_mul_add
+from torchport.export.optimize import fold_scaling, gemm_k1_to_mul_add
 from torchport.export.torch_calls import ExportError, evaluating, export_error, first_line, quiet_torch
 from torchport.runtime.bundle import CHECKPOINT_FILE, EXPORTED_FILE, ExportRecord, GraphRewrite, Bundle
 from torchport.runtime.errors import BundleError, DataError, InputError
@@ -70,8 +70,9 @@ def _write_checked(model: onnx.ModelProto, path: Path) -> None:
 def export_onnx(program: torch.export.ExportedProgram, path: Path, opset: int, feature_names: list[str],
                 target_names: list[str], large_batch_path: Path | None = None) -> ExportRecord:
     """Export ``program`` (rows x features -> rows x targets, dynamic batch) to ``path``. With
-    ``large_batch_path``, a copy in which every Gemm with inner dimension 1 is Mul+Add (optimize.py) is
-    written there too, when there is such a Gemm. Both pass onnx.checker with strict shape inference."""
+    ``large_batch_path``, a copy with the scaling folded into the first and last Gemm and every Gemm with
+    inner dimension 1 as Mul+Add (optimize.py) is written there too, when either applies. Both pass
+    onnx.checker with strict shape inference."""
     check_opset(opset)
     try:
         with quiet_torch():
@@ -96,10 +97,12 @@ def export_onnx(program: torch.export.ExportedProgram, path: Path, opset: int, f
     if large_batch_path is not None:
         rewritten_model = onnx.ModelProto()
         rewritten_model.CopyFrom(model)
-        rewritten = gemm_k1_to_mul_add(rewritten_model)
-        if rewritten:
+        rewrites = {"fold_scaling": fold_scaling(rewritten_model),
+                    "gemm_k1_to_mul_add": gemm_k1_to_mul_add(rewritten_model)}
+        rewrites = {name: count for name, count in rewrites.items() if count}
+        if rewrites:
             _write_checked(rewritten_model, large_batch_path)
-            large = GraphRewrite(large_batch_path.name, {"gemm_k1_to_mul_add": rewritten},
+            large = GraphRewrite(large_batch_path.name, rewrites,
                                  tuple(sorted({n.op_type for n in rewritten_model.graph.node})))
     return ExportRecord(opset, opsets, EXPORTER, tuple(sorted({n.op_type for n in model.graph.node})), large,
                         versions())

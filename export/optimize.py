@@ -1,8 +1,10 @@
 """Graph rewrites for the exported ONNX model: each computes the same function, faster for large batches.
 
 ONNX Runtime's Gemm kernel is compute-bound when the inner dimension is 1 (the seed's one-feature linear
-model), while an elementwise Mul then Add with [1, n] constants runs near memory speed; the exporter writes
-the rewritten copy as the bundle's model.large_batch.onnx (docs/hot-path.md has the figures)."""
+model), while an elementwise Mul then Add with [1, n] constants runs near memory speed; and it runs the
+broadcast Sub/Div/Mul/Add of the feature and target scaling slowly, while folded into the first and last
+Gemm they cost nothing. The exporter writes the rewritten copy as the bundle's model.large_batch.onnx
+(docs/hot-path.md has the figures); verify checks it against torch like model.onnx."""
 from __future__ import annotations
 
 import numpy as np
@@ -51,9 +53,123 @@ def gemm_k1_to_mul_add(model: onnx.ModelProto) -> int:
     if rewritten:
         del graph.node[:]
         graph.node.extend(nodes)
-        used = {name for n in graph.node for name in (*n.input, *n.output)}
-        for field in (graph.initializer, graph.value_info):
-            keep = [v for v in field if v.name in used]
-            del field[:]
-            field.extend(keep)
+        _prune(graph)
     return rewritten
+
+
+# The input scaling (x - mean) / std is folded into the first layer only where no feature's mean is more than
+# this many of its stds from zero: the folded bias holds W @ (mean / std), and float32 rounding of that sum
+# grows with mean / std (raw-unit data such as Longley's year column would lose digits); otherwise only the
+# division is folded and the subtraction stays.
+FOLD_MAX_MEAN_OVER_STD = 64.0
+
+
+def _consumers(graph: onnx.GraphProto, name: str) -> list[onnx.NodeProto]:
+    return [n for n in graph.node if name in n.input]
+
+
+def _plain_gemm(node: onnx.NodeProto | None, inits: dict) -> bool:
+    return (node is not None and node.op_type == "Gemm" and len(node.input) == 3 and node.input[1] in inits
+            and node.input[2] in inits and _attr(node, "alpha", 1.0) == 1.0 and _attr(node, "beta", 1.0) == 1.0
+            and _attr(node, "transA", 0) == 0)
+
+
+def _gemm_weights(node: onnx.NodeProto, inits: dict) -> tuple[np.ndarray, np.ndarray]:
+    """The Gemm's B as (K, N) and C as (N,), in float64."""
+    w = numpy_helper.to_array(inits[node.input[1]]).astype(np.float64)
+    w = w.T if _attr(node, "transB", 0) else w
+    b = np.broadcast_to(numpy_helper.to_array(inits[node.input[2]]).astype(np.float64).reshape(-1), (w.shape[1],))
+    return w, b
+
+
+def _set_gemm(graph: onnx.GraphProto, node: onnx.NodeProto, w: np.ndarray, b: np.ndarray, tag: str) -> None:
+    """Point the Gemm at new (K, N) weights and (N,) bias, stored float32, transB=0."""
+    w_name, b_name = f"{node.output[0]}_{tag}_weight", f"{node.output[0]}_{tag}_bias"
+    graph.initializer.extend([numpy_helper.from_array(np.ascontiguousarray(w, dtype=np.float32), w_name),
+                              numpy_helper.from_array(np.ascontiguousarray(b, dtype=np.float32), b_name)])
+    node.input[1], node.input[2] = w_name, b_name
+    for a in node.attribute:
+        if a.name == "transB":
+            a.i = 0
+
+
+def _const(inits: dict, name: str, n: int) -> np.ndarray | None:
+    """An initializer broadcastable to (n,), in float64, or None."""
+    if name not in inits:
+        return None
+    v = numpy_helper.to_array(inits[name]).astype(np.float64)
+    return np.broadcast_to(v.reshape(-1), (n,)).copy() if v.size in (1, n) else None
+
+
+def _fold_input(graph: onnx.GraphProto, inits: dict) -> int:
+    """(x - mean) / std -> Gemm: the division (and the subtraction, where FOLD_MAX_MEAN_OVER_STD allows)
+    into the Gemm's weights and bias. Returns the nodes removed."""
+    x = graph.input[0].name
+    sub = next((n for n in _consumers(graph, x) if n.op_type == "Sub" and n.input[0] == x), None)
+    after = _consumers(graph, sub.output[0]) if sub is not None else []
+    div = after[0] if len(after) == 1 and after[0].op_type == "Div" and after[0].input[0] == sub.output[0] else None
+    after = _consumers(graph, div.output[0]) if div is not None else []
+    gemm = after[0] if len(after) == 1 and after[0].input[0] == div.output[0] else None
+    if not _plain_gemm(gemm, inits):
+        return 0
+    w, b = _gemm_weights(gemm, inits)
+    mean, std = _const(inits, sub.input[1], w.shape[0]), _const(inits, div.input[1], w.shape[0])
+    if mean is None or std is None or not np.all(np.isfinite(std)) or np.any(std == 0):
+        return 0
+    w = w / std[:, None]
+    if np.max(np.abs(mean) / np.abs(std)) <= FOLD_MAX_MEAN_OVER_STD:
+        b = b - mean @ w
+        gemm.input[0] = x
+        removed = [sub, div]
+    else:
+        gemm.input[0] = sub.output[0]
+        removed = [div]
+    _set_gemm(graph, gemm, w, b, "folded_in")
+    for node in removed:
+        graph.node.remove(node)
+    return len(removed)
+
+
+def _fold_output(graph: onnx.GraphProto, inits: dict) -> int:
+    """Gemm -> * std -> + mean (the graph's output): both into the Gemm. Returns the nodes removed."""
+    y = graph.output[0].name
+    add = next((n for n in graph.node if y in n.output), None)
+    if add is None or add.op_type != "Add":
+        return 0
+    mul = next((n for n in graph.node if add.input[0] in n.output), None)
+    if mul is None or mul.op_type != "Mul" or len(_consumers(graph, mul.output[0])) != 1:
+        return 0
+    gemm = next((n for n in graph.node if mul.input[0] in n.output), None)
+    if not _plain_gemm(gemm, inits) or len(_consumers(graph, gemm.output[0])) != 1:
+        return 0
+    w, b = _gemm_weights(gemm, inits)
+    std, mean = _const(inits, mul.input[1], w.shape[1]), _const(inits, add.input[1], w.shape[1])
+    if std is None or mean is None:
+        return 0
+    _set_gemm(graph, gemm, w * std[None, :], b * std + mean, "folded_out")
+    gemm.output[0] = y
+    graph.node.remove(mul)
+    graph.node.remove(add)
+    return 2
+
+
+def fold_scaling(model: onnx.ModelProto) -> int:
+    """Fold the exporter's feature scaling ((x - mean) / std before the first Gemm) and target scaling
+    (* std + mean after the last) into those Gemms' weights, computed in float64 and stored float32; in
+    place. ONNX Runtime runs these broadcasts slowly (about as long as the first two layers of the 3-32-32-1
+    MLP together). Returns how many nodes were removed."""
+    graph = model.graph
+    inits = {i.name: i for i in graph.initializer}
+    removed = _fold_input(graph, inits) + _fold_output(graph, inits)
+    if removed:
+        _prune(graph)
+    return removed
+
+
+def _prune(graph: onnx.GraphProto) -> None:
+    """Drop initializers and value_info no node uses any more."""
+    used = {name for n in graph.node for name in (*n.input, *n.output)}
+    for field in (graph.initializer, graph.value_info):
+        keep = [v for v in field if v.name in used]
+        del field[:]
+        field.extend(keep)

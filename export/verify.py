@@ -34,11 +34,12 @@ from torchport.runtime.sessions import session_options
 from torchport.train.errors import DataError
 from torchport.train.record import FeatureStats, TrainingRecord
 
-# 40000 rows take the Predictor's multi-threaded session (large_batch_rows is 32768 by default); its chunked
-# runs (from 2M rows of one feature) are left to the tests, to keep verify quick for wide models.
+# 40000 rows take the Predictor's multi-threaded session for linear models (large_batch_rows is 32768 by
+# default; its chunked runs, from 2M rows of one feature, are left to the tests, to keep verify quick for
+# wide models) and an MLP's cache-sized chunks shared between threads.
 RANDOM_BATCHES = (1, 2, 7, 1001, 4096, 40000)
-# In a bundle with two graphs the Predictor runs model.onnx only up to 64 rows, so each graph also runs
-# every case on its own (a plain session), against the float64 answers.
+# In a bundle with two graphs the Predictor runs model.onnx only up to 64 rows (an MLP's folded graph: not
+# at all), so each graph also runs every case on its own (a plain session), against the float64 answers.
 GRAPH_BACKENDS = {ONNX_FILE: "onnxruntime_model", LARGE_BATCH_FILE: "onnxruntime_large_batch"}
 GOLDEN_ROWS = 256  # rows kept as golden cases: up to half from the training rows, the rest from random batches
 # float32 torch's rounding is measured on at least this many rows: fewer (a one-row check) are joined by

@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import threading
 import weakref
+from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
 
 import numpy as np
@@ -25,6 +26,19 @@ LARGE_ROWS = 32768
 # the last-level cache whole, and the per-chunk cost is then a loss.
 CHUNK_BYTES = 1 << 20
 CHUNK_FROM_BYTES = 8 << 20
+# Graphs without a large-batch graph (MLPs) run batches of at least two chunks as chunks of rows whose
+# widest intermediate (rows x widest layer, float32) takes about CACHE_BYTES, so that the layers' outputs
+# stay in each core's L2 cache; the chunks are shared out between the calling thread and helper threads,
+# each running a one-thread session. Chunks have at least MIN_CHUNK_ROWS rows.
+CACHE_BYTES = 512 << 10
+MIN_CHUNK_ROWS = 256
+
+
+def cache_chunk_rows(widest: int) -> int:
+    """Rows per chunk for a graph whose widest layer has ``widest`` values a row: the largest power of two
+    whose float32 intermediate fits in CACHE_BYTES, at least MIN_CHUNK_ROWS."""
+    rows = CACHE_BYTES // (4 * max(1, widest))
+    return max(MIN_CHUNK_ROWS, 1 << (rows.bit_length() - 1))
 
 
 def all_finite(a: np.ndarray) -> bool:
@@ -37,12 +51,10 @@ def all_finite(a: np.ndarray) -> bool:
 
 
 def finite(a: np.ndarray) -> bool:
-    """False if ``a`` (float32, C-contiguous) may hold NaN/inf, in one pass: a float64 sum up to 2048 values
-    (it cannot overflow, and is the quickest there), the BLAS pass of ``all_finite`` above."""
+    """False if ``a`` (float32, C-contiguous) may hold NaN/inf, in one pass: the value itself for one, else
+    the BLAS pass of ``all_finite`` above (quicker than numpy's float64 sum at every size, docs/hot-path.md)."""
     if a.size == 1:
         return math.isfinite(a.item())
-    if a.size <= 2048:
-        return math.isfinite(np.add.reduce(a, axis=None, dtype=np.float64))
     return all_finite(a)
 
 
@@ -87,15 +99,20 @@ class Answers:
 
 class Runner:
     """Runs one session on numpy arrays of any row count: rows in (float32, C-contiguous), answers into a
-    given array or into new memory. Safe to share between threads. With ``chunk_rows`` (for graphs whose
-    rows are independent and cheap, as the large-batch graph's), batches of more than ``chunk_from`` rows
-    run chunk by chunk, each checked and run while it is in cache, into memory from ``answers``."""
+    given array or into new memory. Safe to share between threads. With ``chunk_rows`` (every torchport
+    graph answers each row on its own), batches of more than ``chunk_from`` rows run chunk by chunk, each
+    checked and run while it is in cache, into memory from ``answers``; with ``workers`` > 1 the chunks are
+    taken one at a time by the calling thread and ``workers - 1`` helper threads (the session is then a
+    one-thread one), so a core busy with other work simply takes fewer chunks."""
 
     def __init__(self, session: ort.InferenceSession, input_name: str, output_name: str, n_targets: int,
-                 chunk_rows: int | None = None, chunk_from: int = 0):
+                 chunk_rows: int | None = None, chunk_from: int = 0, workers: int = 1):
         self.session, self.n_targets = session, n_targets
         self.chunk_rows, self.chunk_from = chunk_rows, max(chunk_from, chunk_rows or 0)
         self.answers = Answers() if chunk_rows else None
+        self.workers = max(1, workers) if chunk_rows else 1
+        self._helpers: ThreadPoolExecutor | None = None
+        self._helpers_lock = threading.Lock()
         self._run_whole = array_runner(session, input_name, output_name)
 
     def run(self, matrix: np.ndarray, out: np.ndarray | None = None,
@@ -113,12 +130,58 @@ class Runner:
             return self._run_whole(matrix, out)
         if out is None:
             out = self.answers.new(rows, self.n_targets)
+        if self.workers > 1:
+            return self._run_shared(matrix, out, check)
         for start in range(0, rows, step):
             part = matrix[start:start + step]
             if check is not None:
                 check(part, start)
             self._run_whole(part, out[start:start + step])
         return out
+
+    def _run_shared(self, matrix: np.ndarray, out: np.ndarray,
+                    check: Callable[[np.ndarray, int], None] | None) -> np.ndarray:
+        """The chunks of ``matrix`` shared out between this thread and the helpers, each taking the next
+        chunk when it is done with its last. A refused chunk stops the others; the error raised is that of
+        the first bad row (rows before the first refused chunk are checked again here)."""
+        rows, step = matrix.shape[0], self.chunk_rows
+        starts = iter(range(0, rows, step))
+        lock, failed = threading.Lock(), []
+
+        def work() -> None:
+            while not failed:
+                with lock:
+                    start = next(starts, None)
+                if start is None:
+                    return
+                part = matrix[start:start + step]
+                try:
+                    if check is not None:
+                        check(part, start)
+                    self._run_whole(part, out[start:start + step])
+                except BaseException as e:  # re-raised in the calling thread below
+                    failed.append((start, e))
+                    return
+
+        helpers = self._pool()
+        pending = [helpers.submit(work) for _ in range(min(self.workers, -(-rows // step)) - 1)]
+        work()
+        for future in pending:
+            if not future.cancel():
+                future.result()
+        if failed:
+            start, error = min(failed, key=lambda f: f[0])
+            if check is not None and start:
+                check(matrix[:start], 0)
+            raise error
+        return out
+
+    def _pool(self) -> ThreadPoolExecutor:
+        """The helper threads, started on the first shared run."""
+        with self._helpers_lock:
+            if self._helpers is None:
+                self._helpers = ThreadPoolExecutor(self.workers - 1, thread_name_prefix="torchport-chunks")
+            return self._helpers
 
 
 class Slots:

@@ -36,7 +36,9 @@ class Predictor:
     ``large_batch_rows - 1`` rows run on one-thread sessions; larger ones on a session using
     ``intra_op_threads`` (default: every core). When the bundle has ``model.large_batch.onnx`` (the same
     function with its single-input linear layers as Mul+Add: ``large_batch_graph`` is then True), it runs
-    every numpy batch of more than 64 rows, and on the CPU inputs over 8 MiB run in 1 MiB chunks. Sessions
+    every numpy batch of more than 64 rows, and on the CPU inputs over 8 MiB run in 1 MiB chunks. Without
+    one (MLPs), batches of two cache-sized chunks or more run chunk by chunk on the one-thread session,
+    shared out between the calling thread and ``intra_op_threads - 1`` helper threads. Sessions
     other than the first are made on first use. ``sess_options`` replaces them all with one session on
     ``model.onnx`` built from the caller's options. One Predictor may serve many threads at once. NaN and
     infinite inputs are refused (the error names the first bad row and column) unless ``allow_nonfinite``.
@@ -99,7 +101,13 @@ class Predictor:
         self._large_bytes = None if sess_options is not None else large_bytes
         self.large_batch_graph = self._large_bytes is not None
         self._requested, notes = resolve_providers(providers)
-        self._session = self._new_session(sess_options or session_options(1), model_bytes)
+        # The large-batch graph runs small batches too unless its rewrite adds nodes (the seed's Mul+Add
+        # costs more per call than its one Gemm); MLPs then run one graph at every size.
+        rewrite = self.manifest.export.large_batch_graph if self.manifest is not None else None
+        small_on_large = self._large_bytes is not None and rewrite is not None \
+            and "gemm_k1_to_mul_add" not in rewrite.rewrites
+        self._first_graph = self._large_bytes if small_on_large else model_bytes
+        self._session = self._new_session(sess_options or session_options(1), self._first_graph)
         self.providers = self._session.get_providers()
         lost = [p for p in self._requested if p not in self.providers]
         notes += [f"{p} could not be initialised by onnxruntime {ort.__version__} (CUDA 13 / cuDNN 9 "
@@ -109,7 +117,7 @@ class Predictor:
                           ProviderFallbackWarning, stacklevel=2)
         if self.manifest is None:
             self._names_from_graph()
-        self._check_io(self._session, source)
+        self._check_io(self._session, source if self._first_graph is model_bytes else source.parent / LARGE_BATCH_FILE)
         self._small = hot_path.Runner(self._session, self.input_name, self.output_name, self.n_targets)
         # _mid: one thread, for 65 to large_batch_rows - 1 rows; _large: the rest. Made on first use.
         self._mid: hot_path.Runner | None = None
@@ -117,6 +125,7 @@ class Predictor:
         if sess_options is not None:
             self._mid = self._large = self._small
         self._runners: dict[int, hot_path.Runner] = {}  # by thread count
+        self._shared: hot_path.Runner | None = None  # without a large-batch graph: chunks shared by threads
         self._runner_lock = threading.Lock()
         self._slots = hot_path.Slots(self._session, self.input_name, self.output_name, self.n_features,
                                      self.n_targets)
@@ -147,9 +156,21 @@ class Predictor:
         (chunked on the CPU), else on model.onnx (the first session, when one thread is asked for)."""
         threads = self.intra_op_threads if large else 1
         with self._runner_lock:
+            if self._large_bytes is None or self.widest > max(self.n_features, self.n_targets):
+                # MLPs (or no large-batch graph): cache-sized chunks shared out on one one-thread session
+                runner = self._shared
+                if runner is None:
+                    chunk = hot_path.cache_chunk_rows(self.widest) if self.providers[0] == _CPU else None
+                    session = self._session
+                    if self._large_bytes is not None and self._first_graph is not self._large_bytes:
+                        session = self._new_session(session_options(1), self._large_bytes)
+                        self._check_io(session, self._source.parent / LARGE_BATCH_FILE)
+                    runner = self._shared = hot_path.Runner(
+                        session, self.input_name, self.output_name, self.n_targets, chunk,
+                        2 * (chunk or 0) - 1, self.intra_op_threads)
+                self._mid = self._large = runner
+                return runner
             runner = self._runners.get(threads)
-            if runner is None and self._large_bytes is None and threads == 1:
-                runner = self._small
             if runner is None:
                 graph = self._large_bytes or self._model_bytes
                 session = self._new_session(session_options(threads), graph)
@@ -195,6 +216,13 @@ class Predictor:
     @property
     def n_targets(self) -> int:
         return len(self.target_names)
+
+    @property
+    def widest(self) -> int:
+        """Values a row of the graph's widest layer holds (inputs, hidden layers, outputs), from the
+        manifest's model spec; a bare .onnx file counts its inputs and outputs only."""
+        hidden = (self.manifest.model.get("hidden") or []) if self.manifest is not None else []
+        return max([self.n_features, self.n_targets, *(h for h in hidden if isinstance(h, int))])
 
     def _as_array(self, x: Any) -> np.ndarray:
         """The input as a 2-D numeric numpy array of the right width (not yet float32)."""

@@ -11,7 +11,8 @@ import pytest
 from conftest import ROOT, run_cli
 
 DEFAULT_SIZES = [1, 8, 64, 512, 4096, 65536, 1 << 20]
-CPU_BACKENDS = {"numpy_copy", "numpy_matmul", "torch_eager", "torchscript", "exported", "ort_plain", "predictor"}
+CPU_BACKENDS = {"numpy_copy", "numpy_matmul", "torch_eager", "torchscript", "exported", "ort_plain",
+                "ort_plain_threads", "predictor"}
 FIGURES = ("calls", "rounds", "median_s", "p99_s", "mean_s", "min_s", "rows_per_s", "x_fastest", "x_ort_plain")
 
 
@@ -32,7 +33,8 @@ def test_quick_run_prints_the_table_and_exits_0(quick_run):
     proc, _ = quick_run
     assert proc.returncode == 0, proc.stderr
     for label in ("numpy copy (floor)", "numpy X@W.T+b", "torch eager", "TorchScript", "ORT session.run",
-                  "torchport Predictor", "x fastest", "rows/s", "threads: torch"):
+                  "ORT session.run, threads set", "torchport Predictor", "x fastest", "rows/s", "threads: torch",
+                  "FLOP/s", "x peak", "float32 matmul peak in this run"):
         assert label in proc.stdout
     assert "Traceback" not in proc.stderr
 
@@ -52,6 +54,13 @@ def test_quick_run_json_has_every_backend_and_batch_size(quick_run, seed_bundle)
         assert r["agrees_with_torch"] is (None if r["backend"] == "numpy_copy" else True)
         if r["device"] == "cpu":
             assert r["x_ort_plain"] is not None
+        if r["backend"] == "numpy_copy":
+            assert r["flops_per_s"] is None and r["x_matmul_peak"] is None
+        else:  # the seed's model: one multiply-add a row
+            assert r["flops_per_s"] == pytest.approx(2 * r["rows_per_s"])
+            assert r["x_matmul_peak"] == pytest.approx(r["flops_per_s"] / report["matmul_peak"]["flops_per_s"])
+    peak = report["matmul_peak"]
+    assert peak["size"] == 2048 and peak["calls"] >= 2 and peak["flops_per_s"] >= peak["median_flops_per_s"] > 0
     for n in DEFAULT_SIZES:
         model_rows = [r for r in report["results"] if r["batch_size"] == n and r["backend"] != "numpy_copy"]
         assert min(r["x_fastest"] for r in model_rows) == pytest.approx(1.0)
@@ -113,6 +122,7 @@ def test_reference_runs_read_back(folder):
     (lambda r: r["environment"]["threads"].pop("predictor"), "bench.json.environment.threads lacks 'predictor'"),
     (lambda r: r["models"][0]["model"].update(kind="forest"), "bench.json.models[0].model is not a model spec"),
     (lambda r: r.update(settings=[]), "bench.json.settings must be dict, got []"),
+    (lambda r: r["matmul_peak"].update(flops_per_s="fast"), "bench.json.matmul_peak.flops_per_s must be int or float"),
 ])
 def test_malformed_bench_json_is_refused_naming_the_key(quick_run, change, message):
     from torchport.benchmarks.records import BenchReport

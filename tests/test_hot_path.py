@@ -234,6 +234,10 @@ def test_benchmark_quick_run_writes_complete_json(seed_bundle, tmp_path):
     for row in report["throughput"]:
         assert row["rows"] > 0 and row["ratio_to_plain"] > 0 and row["predictor_to_floor"] > 0
         assert row["ratio_to_plain_lb"] > 0 and row["plain_lb_to_floor"] > 0  # the same-graph reference
+        assert row["flops_per_s"]["predictor"] == pytest.approx(2 * row["rows_per_s"]["predictor"])
+        assert row["bit_identical_to_plain"] is True  # the seed's Mul+Add answers as its Gemm does
+    assert report["flops_per_row"] == 2 and report["matmul_peak"]["flops_per_s"] > 0
+    assert "x peak" in proc.stdout
     cold = report["cold_start"]
     assert cold["predictor_s"] > 0 and cold["ort_s"] > 0 and cold["torchscript_s"] > 0
     assert cold["ratio_to_ort"] > 0 and cold["torchscript_over_predictor"] > 0
