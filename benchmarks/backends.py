@@ -96,9 +96,21 @@ def _torch_side(bundle: Bundle, device: str, threads: str, out: BundleBackends) 
             out.skipped.append(Skipped(backend, device, str(e)))
 
 
+def _tuned(bundle: Bundle, threads: int | None, seconds: float) -> Backend:
+    """The Predictor with the plan it measures here and now (``Predictor.tune``), on the CPU."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        predictor = Predictor(bundle, providers="cpu", intra_op_threads=threads)
+    plan = predictor.tune(seconds=seconds)
+    label = f"intra_op_threads={threads}" if threads is not None else "Predictor's own sessions"
+    return Backend("predictor_tuned", "cpu", predictor.predict,
+                   f"{label}; plan measured here in {plan.measured_s:.1f} s: " + "; ".join(plan.describe()))
+
+
 def build_backends(bundle: str | os.PathLike | Bundle, devices: list[str], threads: int,
-                   pin_predictor: bool) -> BundleBackends:
-    """Every backend for ``bundle`` on each of ``devices`` ("cpu", "cuda"); CUDA ones only where usable."""
+                   pin_predictor: bool, tune_seconds: float = 2.0) -> BundleBackends:
+    """Every backend for ``bundle`` on each of ``devices`` ("cpu", "cuda"); CUDA ones only where usable. The
+    tuned Predictor measures its plan for about ``tune_seconds`` (on the CPU only)."""
     bundle = bundle if isinstance(bundle, Bundle) else Bundle.open(bundle)
     manifest = bundle.manifest
     out = BundleBackends(bundle)
@@ -141,6 +153,8 @@ def build_backends(bundle: str | os.PathLike | Bundle, devices: list[str], threa
                 (predictor.providers, Backend("predictor", device, predictor.predict, predictor_threads))):
             if providers_used[0] == wanted:
                 out.backends.append(backend)
+                if backend.id == "predictor" and device == "cpu":
+                    out.backends.append(_tuned(bundle, threads if pin_predictor else None, tune_seconds))
             else:
                 out.skipped.append(Skipped(backend.id, device,
                                            f"onnxruntime could not start {wanted} (got {providers_used})"))

@@ -249,6 +249,7 @@ def main(argv: list[str] | None = None) -> int:
         "benchmark": "hot_path", "quick": args.quick, "when": dt.datetime.now(dt.timezone.utc).isoformat(),
         "bundle": str(args.bundle), "graph_ops": graph_ops(bundle), "environment": environment(threads).to_json(),
         "providers": {"predictor": predictor.providers, "plain_session": plain.get_providers()},
+        "plan": predictor.plan.describe(),
         "method": "one process; every figure interleaved with its baselines, after warm-up; medians",
     }
     peak = matmul_peak(predictor.intra_op_threads, calls=peak_calls)

@@ -28,7 +28,10 @@ AGREE_ATOL, AGREE_RTOL = 1e-4, 1e-3
 # What every backend's answers are checked against: torch eager on the CPU, else the ExportedProgram (a
 # module torchport did not define has no torch eager row).
 REFERENCES = ("torch_eager", "exported")
-GPU_TOLERANCE_FACTOR = 10  # onnxruntime's CUDA provider may use TF32 matmuls (10 mantissa bits)
+GPU_TOLERANCE_FACTOR = 10
+# After each backend's turn in a round, untimed: ONNX Runtime's and torch's thread pools spin a while after
+# a run, which took a core from the backend that ran next (up to 1.4x its time at 64K rows, measured).
+SETTLE_S = 0.002  # onnxruntime's CUDA provider may use TF32 matmuls (10 mantissa bits)
 
 
 def _one_call_seconds(backend: Backend, x: np.ndarray) -> float:
@@ -39,7 +42,8 @@ def _one_call_seconds(backend: Backend, x: np.ndarray) -> float:
 
 def measure_cell(backends: list[Backend], x: np.ndarray, plan: Plan) -> tuple[list[np.ndarray], int]:
     """Per-call seconds of each backend on batch ``x`` and the number of rounds: warm-up, then interleaved
-    rounds in which every backend makes about the same number of seconds of calls."""
+    rounds in which every backend makes about the same number of seconds of calls, each turn followed by
+    an untimed pause (SETTLE_S)."""
     typical = []
     for b in backends:
         start, times = time.perf_counter(), []
@@ -61,6 +65,7 @@ def measure_cell(backends: list[Backend], x: np.ndarray, plan: Plan) -> tuple[li
                     t0 = time.perf_counter_ns()
                     call(x)
                     out.append(time.perf_counter_ns() - t0)
+                time.sleep(SETTLE_S)
             rounds += 1
     finally:
         gc.enable()
@@ -140,7 +145,8 @@ def run_benchmark(bundles: list[Bundle], settings: BenchSettings, threads: int, 
     limiter = threadpoolctl.threadpool_limits(limits=threads, user_api="blas")
     try:
         names = _model_names(bundles)
-        built = [build_backends(b, list(settings.devices), threads, pin_predictor) for b in bundles]
+        built = [build_backends(b, list(settings.devices), threads, pin_predictor, 0.5 if settings.quick else 2.0)
+                 for b in bundles]
         thread_settings = BenchThreads(
             threads=threads, torch_num_threads=torch.get_num_threads(),
             torch_interop_threads=torch.get_num_interop_threads(), ort_plain_intra_op_num_threads=threads,

@@ -21,7 +21,7 @@ BENCH_FORMAT_VERSION = 1
 BACKEND_LABELS = {"numpy_copy": "numpy copy (floor)", "numpy_matmul": "numpy X@W.T+b", "torch_eager": "torch eager",
                   "torchscript": "TorchScript", "exported": "ExportedProgram", "aoti": "AOTInductor",
                   "ort_plain": "ORT session.run", "ort_plain_threads": "ORT session.run, threads set",
-                  "predictor": "torchport Predictor"}
+                  "predictor": "torchport Predictor", "predictor_tuned": "torchport Predictor, tuned"}
 BACKEND_ORDER = tuple(BACKEND_LABELS)
 TIMING = ("per-call wall time (time.perf_counter_ns) of host numpy in -> host numpy out, GC off while timing; "
           "rows/s = batch size / median")

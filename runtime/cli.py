@@ -27,6 +27,8 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
                "write a bundle's HTML report elsewhere, with the tables of a `torchport bench` run"),
     "predict": ("torchport.runtime.cli_predict", "",
                 "score a CSV/TSV/Parquet file with a bundle through ONNX Runtime (no torch needed)"),
+    "tune": ("torchport.runtime.cli_tune", "",
+             "measure which way of running each batch size is fastest on this machine; save the plan"),
     "serve": ("torchport.runtime.cli_serve", "serve",
               "serve bundles or a model repository over REST and gRPC (Open Inference Protocol), with "
               "dynamic batching, reloads, statistics and /metrics"),

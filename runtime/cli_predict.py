@@ -10,6 +10,7 @@ rules and the same output.
 examples:
   torchport predict bundles/seed --input islands.csv --output scored.csv
   torchport predict bundles/seed -i big.parquet -o scored.parquet --chunk-rows 1000000
+  torchport tune bundles/seed --out seed.plan.json && torchport predict bundles/seed -i big.csv -o s.csv --plan seed.plan.json
 """
 from __future__ import annotations
 
@@ -34,6 +35,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--delimiter", type=delimiter, metavar="comma|semicolon|tab",
                    help="the input's delimiter (default: read from its header)")
     p.add_argument("--chunk-rows", type=positive_int, default=65536, help="rows per chunk (default: 65536)")
+    p.add_argument("--plan", type=Path, help="a plan written by `torchport tune --out` on this machine "
+                                            "(default: the Predictor's rules)")
     p.add_argument("--force", action="store_true", help="replace an existing output file")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -46,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"{args.output} exists; pass --force to replace it", parameter="output")
     if args.output.resolve() == args.input.resolve():
         raise InputError("--output must differ from --input", parameter="output")
-    predictor = Predictor(args.bundle, providers=args.providers)
+    predictor = Predictor(args.bundle, providers=args.providers, plan=args.plan)
     n = score_file(predictor, args.input, args.output, args.chunk_rows,
                    progress=not args.no_progress and sys.stderr.isatty(), delimiter=args.delimiter)
     print(f"scored {n} rows with {', '.join(predictor.providers)} -> {args.output}", file=sys.stderr)

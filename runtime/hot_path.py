@@ -17,8 +17,11 @@ import onnxruntime as ort
 
 from torchport.runtime.ort_api import array_runner, bound_run
 
-# Row counts up to this get pooled slots bound once (one pool per distinct row count).
+# Row counts up to this always get pooled slots bound once (one pool per distinct row count); larger
+# batches may too, up to SLOT_BYTES of input and answer per slot and MAX_POOLS pools in all.
 SLOT_ROWS = 64
+SLOT_BYTES = 16 << 10
+MAX_POOLS = 256
 # From this many rows on, the multi-threaded session runs the batch.
 LARGE_ROWS = 32768
 # The large-batch graph runs inputs of more than CHUNK_FROM_BYTES in chunks of CHUNK_BYTES: each chunk is
@@ -32,6 +35,11 @@ CHUNK_FROM_BYTES = 8 << 20
 # each running a one-thread session. Chunks have at least MIN_CHUNK_ROWS rows.
 CACHE_BYTES = 512 << 10
 MIN_CHUNK_ROWS = 256
+
+
+def slot_rows(n_features: int, n_targets: int) -> int:
+    """The most rows a pooled slot holds: SLOT_BYTES of float32 input and answer, at least SLOT_ROWS."""
+    return max(SLOT_ROWS, SLOT_BYTES // (4 * (n_features + n_targets)))
 
 
 def cache_chunk_rows(widest: int) -> int:
@@ -185,11 +193,11 @@ class Runner:
 
 
 class Slots:
-    """Pools of slots for batches of up to SLOT_ROWS rows, keyed by input shape (rows, n_features), so
-    that finding a pool stands for the shape check. A slot is ``(inp, cell, run, result, copy_out)``: the
-    input buffer, a float memoryview of it when it holds one value (else None), its bound run, the output
-    buffer and its ``copy`` method. Take one with ``pool.pop()`` and give it back with ``pool.append(slot)``: both are
-    atomic, so no two runs ever share a slot, and no lock or thread-local lookup is paid per call."""
+    """Pools of slots for small batches, keyed by input shape (rows, n_features), so that finding a pool
+    stands for the shape check. A slot is ``(inp, cell, run, result, copy_out)``: the input buffer, a float
+    memoryview of it when it holds one value (else None), its bound run, the output buffer and its ``copy``
+    method. Take one with ``pool.pop()`` and give it back with ``pool.append(slot)``: both are atomic, so no
+    two runs ever share a slot, and no lock or thread-local lookup is paid per call."""
 
     def __init__(self, session: ort.InferenceSession, input_name: str, output_name: str, n_features: int,
                  n_targets: int):
@@ -197,13 +205,19 @@ class Slots:
         self.n_features, self.n_targets = n_features, n_targets
         self.pools: dict[tuple[int, int], list[tuple]] = {}
 
-    def pool(self, rows: int) -> list[tuple]:
-        """The pool for ``rows`` rows, made (empty) on first use."""
-        return self.pools.setdefault((rows, self.n_features), [])
+    def pool(self, rows: int) -> list[tuple] | None:
+        """The pool for ``rows`` rows, made (empty) on first use; None for more than SLOT_ROWS rows once
+        MAX_POOLS pools exist (the batch then runs zero-copy)."""
+        key = (rows, self.n_features)
+        pool = self.pools.get(key)
+        if pool is None and (rows <= SLOT_ROWS or len(self.pools) < MAX_POOLS):
+            pool = self.pools.setdefault(key, [])
+        return pool
 
     def new(self, rows: int) -> tuple:
         """A fresh slot for ``rows`` rows, for a caller that found its pool empty."""
         inp = np.zeros((rows, self.n_features), dtype=np.float32)
         out = np.zeros((rows, self.n_targets), dtype=np.float32)
         cell = memoryview(inp).cast("B").cast("f") if inp.size == 1 else None
-        return inp, cell, bound_run(self.session, self.input_name, self.output_name, inp, out), out, out.copy
+        run = bound_run(self.session, self.input_name, self.output_name, inp, out)
+        return inp, cell, run, out, out.copy

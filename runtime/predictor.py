@@ -13,12 +13,15 @@ import numpy as np
 import onnxruntime as ort
 
 from torchport.runtime import hot_path
-from torchport.runtime.bundle import LARGE_BATCH_FILE, MANIFEST, ONNX_FILE, Bundle, Manifest, refuse_failed_parity
+from torchport.runtime.bundle import LARGE_BATCH_FILE, MANIFEST, ONNX_FILE, Bundle, Manifest, refuse_failed_parity, \
+    sha256_bytes
 from torchport.runtime.golden import SelfCheck, load_golden, self_check
 from torchport.runtime.cpus import usable_cpus
 from torchport.runtime.device import DLPACK_CUDA, dlpack_device, run_on_device
 from torchport.runtime.errors import BundleError, InputError, InputTypeError
+from torchport.runtime.hot_path import SLOT_ROWS
 from torchport.runtime.inputs import answer_like, as_matrix, refuse_nonfinite
+from torchport.runtime.plan import CUSTOM, Plan, Regime, Step, machine_key
 from torchport.runtime.providers import CUDA, ProviderFallbackWarning, resolve_providers
 from torchport.runtime.sessions import session_options
 
@@ -32,18 +35,23 @@ class Predictor:
     """Loads ``model.onnx`` (checked against the bundle's manifest) and answers ``predict``.
 
     ``providers``: "auto" (CUDA then CPU), "cpu", "cuda", or ONNX Runtime provider names in order.
-    After construction ``providers`` lists what the session really uses. Batches up to
-    ``large_batch_rows - 1`` rows run on one-thread sessions; larger ones on a session using
-    ``intra_op_threads`` (default: every core). When the bundle has ``model.large_batch.onnx`` (the same
-    function with its single-input linear layers as Mul+Add: ``large_batch_graph`` is then True), it runs
-    every numpy batch of more than 64 rows, and on the CPU inputs over 8 MiB run in 1 MiB chunks. Without
-    one (MLPs), batches of two cache-sized chunks or more run chunk by chunk on the one-thread session,
-    shared out between the calling thread and ``intra_op_threads - 1`` helper threads. Sessions
-    other than the first are made on first use. ``sess_options`` replaces them all with one session on
-    ``model.onnx`` built from the caller's options. One Predictor may serve many threads at once. NaN and
-    infinite inputs are refused (the error names the first bad row and column) unless ``allow_nonfinite``.
-    A bundle whose recorded parity check failed (published with publish_failed) is refused (ParityError)
-    unless ``allow_failed_parity``. ``self_check()`` runs the bundle's golden cases.
+    After construction ``providers`` lists what the session really uses. How a numpy batch of each size
+    runs (which graph file, how many threads, through bound buffers or zero-copy, whole or in chunks) is
+    ``plan`` (``torchport.runtime.plan``). By default it follows rules from the model's shape: small
+    batches through pooled bound buffers on one-thread sessions; for a linear model with
+    ``model.large_batch.onnx`` (its single-input layers as Mul+Add: ``large_batch_graph`` is then True) that
+    graph from 65 rows, from ``large_batch_rows`` rows on a session using ``intra_op_threads`` (default:
+    every core), inputs over 8 MiB in 1 MiB chunks; for MLPs (whose large-batch graph has the scaling folded
+    into the weights and runs every size) batches of two cache-sized chunks or more chunk by chunk on the
+    one-thread session, shared out between the calling thread and ``intra_op_threads - 1`` helper threads.
+    ``plan="measure"`` (or ``tune()``) measures those regimes and the others on this machine and keeps the
+    fastest for each size; a saved plan (a path, or a ``Plan``) is taken only on the machine and graphs it
+    was measured on. Sessions other than the first are made on first use. ``sess_options`` replaces them
+    all with one session on ``model.onnx`` built from the caller's options. One Predictor may serve many
+    threads at once. NaN and infinite inputs are refused (the error names the first bad row and column)
+    unless ``allow_nonfinite``. A bundle whose recorded parity check failed (published with
+    publish_failed) is refused (ParityError) unless ``allow_failed_parity``. ``self_check()`` runs the
+    bundle's golden cases.
 
     ``trusted_keys`` (ed25519 public keys, or paths to PEM files of them): refuse a bundle unless its
     ``manifest.sig`` is a signature by one of them (see ``torchport.runtime.signing``)."""
@@ -51,7 +59,8 @@ class Predictor:
     def __init__(self, path: str | os.PathLike | Bundle, providers: str | list[str] = "auto",
                  sess_options: ort.SessionOptions | None = None, intra_op_threads: int | None = None,
                  large_batch_rows: int = hot_path.LARGE_ROWS, allow_nonfinite: bool = False,
-                 allow_failed_parity: bool = False, trusted_keys: Any = None):
+                 allow_failed_parity: bool = False, trusted_keys: Any = None,
+                 plan: Plan | str | os.PathLike | None = None):
         self.allow_nonfinite = allow_nonfinite
         large_bytes = None
         self._golden: bytes | None = None
@@ -84,6 +93,8 @@ class Predictor:
             raise BundleError(f"{path} does not exist; give a bundle directory (with {MANIFEST}) "
                               "or an .onnx file")
         self._open(model_bytes, large_bytes, source, providers, sess_options, intra_op_threads, large_batch_rows)
+        if plan is not None:
+            self._take_plan(plan)
 
     def _open(self, model_bytes: bytes, large_bytes: bytes | None, source: Path, providers: str | list[str],
               sess_options: ort.SessionOptions | None, intra_op_threads: int | None, large_batch_rows: int) -> None:
@@ -100,14 +111,19 @@ class Predictor:
         self._model_bytes, self._source = model_bytes, source
         self._large_bytes = None if sess_options is not None else large_bytes
         self.large_batch_graph = self._large_bytes is not None
+        self._graphs = {ONNX_FILE: model_bytes}
+        if self._large_bytes is not None:
+            self._graphs[LARGE_BATCH_FILE] = self._large_bytes
         self._requested, notes = resolve_providers(providers)
         # The large-batch graph runs small batches too unless its rewrite adds nodes (the seed's Mul+Add
         # costs more per call than its one Gemm); MLPs then run one graph at every size.
         rewrite = self.manifest.export.large_batch_graph if self.manifest is not None else None
         small_on_large = self._large_bytes is not None and rewrite is not None \
             and "gemm_k1_to_mul_add" not in rewrite.rewrites
-        self._first_graph = self._large_bytes if small_on_large else model_bytes
-        self._session = self._new_session(sess_options or session_options(1), self._first_graph)
+        self._first_graph = LARGE_BATCH_FILE if small_on_large else ONNX_FILE
+        self._custom = sess_options is not None
+        self._session = self._new_session(sess_options or session_options(1, arena=self._mlp()), self._first_graph)
+        self._sessions = {(self._first_graph, CUSTOM if self._custom else 1): self._session}
         self.providers = self._session.get_providers()
         lost = [p for p in self._requested if p not in self.providers]
         notes += [f"{p} could not be initialised by onnxruntime {ort.__version__} (CUDA 13 / cuDNN 9 "
@@ -117,75 +133,170 @@ class Predictor:
                           ProviderFallbackWarning, stacklevel=2)
         if self.manifest is None:
             self._names_from_graph()
-        self._check_io(self._session, source if self._first_graph is model_bytes else source.parent / LARGE_BATCH_FILE)
-        self._small = hot_path.Runner(self._session, self.input_name, self.output_name, self.n_targets)
-        # _mid: one thread, for 65 to large_batch_rows - 1 rows; _large: the rest. Made on first use.
-        self._mid: hot_path.Runner | None = None
-        self._large: hot_path.Runner | None = None
-        if sess_options is not None:
-            self._mid = self._large = self._small
-        self._runners: dict[int, hot_path.Runner] = {}  # by thread count
-        self._shared: hot_path.Runner | None = None  # without a large-batch graph: chunks shared by threads
+        self._check_io(self._session, self._source_of(self._first_graph))
+        self._slot_rows = hot_path.slot_rows(self.n_features, self.n_targets)
+        self._by_regime: dict[Regime, hot_path.Runner] = {}
         self._runner_lock = threading.Lock()
-        self._slots = hot_path.Slots(self._session, self.input_name, self.output_name, self.n_features,
-                                     self.n_targets)
-        self._pools = self._slots.pools
+        self._plan_arg: Plan | str | None = None
+        self._use(self._rules())
+
+    def _source_of(self, graph: str) -> Path:
+        return self._source if graph == ONNX_FILE else self._source.parent / graph
+
+    def _rules(self) -> Plan:
+        """The default plan, from the model's shape (the class docstring says what it does)."""
+        if self._custom:
+            return Plan((Step(1, Regime(ONNX_FILE, CUSTOM, bound=True)), Step(SLOT_ROWS + 1, Regime(ONNX_FILE, CUSTOM))))
+        first, large = self._first_graph, LARGE_BATCH_FILE if self._large_bytes is not None else ONNX_FILE
+        steps = [Step(1, Regime(first, 1, bound=True))]
+        if self._mlp():
+            if self._slot_rows > SLOT_ROWS and large != first:
+                steps.append(Step(SLOT_ROWS + 1, Regime(large, 1, bound=True)))
+            steps.append(Step(self._slot_rows + 1, self._shared_chunks(large)))
+            return Plan(tuple(steps))
+        large_from = max(self.large_batch_rows, SLOT_ROWS + 1)
+        bound_to = min(self._slot_rows, large_from - 1)
+        if bound_to > SLOT_ROWS:
+            steps.append(Step(SLOT_ROWS + 1, Regime(large, 1, bound=True)))
+        if bound_to + 1 < large_from:
+            steps.append(Step(bound_to + 1, self._whole(large, 1)))
+        steps.append(Step(large_from, self._whole(large, self.intra_op_threads)))
+        return Plan(tuple(steps))
+
+    def _mlp(self) -> bool:
+        """True for a graph with hidden layers wider than its inputs and outputs, or without a large-batch
+        graph: such graphs run large batches in cache-sized chunks."""
+        return self._large_bytes is None or self.widest > max(self.n_features, self.n_targets)
+
+    def _cpu(self) -> bool:
+        return self.providers[0] == _CPU
+
+    def _whole(self, graph: str, threads: int) -> Regime:
+        """A zero-copy regime on ``graph``; a linear model's large-batch graph on the CPU runs inputs over
+        CHUNK_FROM_BYTES in CHUNK_BYTES chunks (the Mul's output then stays in cache)."""
+        if graph == LARGE_BATCH_FILE and not self._mlp() and self._cpu():
+            width = 4 * self.n_features
+            return Regime(graph, threads, chunk_rows=max(1, hot_path.CHUNK_BYTES // width),
+                          chunk_from=hot_path.CHUNK_FROM_BYTES // width)
+        return Regime(graph, threads)
+
+    def _shared_chunks(self, graph: str) -> Regime:
+        """Cache-sized chunks of ``graph`` on its one-thread session, shared by ``intra_op_threads`` threads
+        (on the CPU; elsewhere the batch runs whole)."""
+        if not self._cpu():
+            return Regime(graph, 1)
+        chunk = hot_path.cache_chunk_rows(self.widest)
+        return Regime(graph, 1, chunk_rows=chunk, chunk_from=2 * chunk - 1, workers=self.intra_op_threads)
+
+    def _use(self, plan: Plan) -> None:
+        """Run batches by ``plan`` from now on (with fresh slot pools, bound to its sessions)."""
+        for regime in plan.regimes():
+            if regime.graph not in self._graphs or (regime.threads == CUSTOM) != self._custom \
+                    or regime.threads < 0 or regime.workers < 1 or regime.chunk_rows < 0:
+                raise InputError(f"the plan's regime {regime.describe()!r} cannot run here: this Predictor runs "
+                                 f"{', '.join(sorted(self._graphs))}", parameter="plan")
+        self.plan = plan
+        self._slot_sets: dict[Regime, hot_path.Slots] = {}
+        self._pools: dict[tuple[int, int], list[tuple]] = {}  # by input shape: the pools of the plan's regimes
+
+    def _take_plan(self, plan: Plan | str | os.PathLike) -> None:
+        """Apply the ``plan`` argument: "measure", a Plan, or the path of a saved one."""
+        if self._custom:
+            raise InputError("plan cannot be combined with sess_options (the caller's options make one session)",
+                             parameter="plan")
+        if isinstance(plan, str) and plan == "measure":
+            self.tune()
+            self._plan_arg = "measure"
+            return
+        if not isinstance(plan, Plan):
+            if not isinstance(plan, (str, os.PathLike)):
+                raise InputTypeError(f"plan must be None, 'measure', a Plan or the path of a saved plan; got "
+                                     f"{type(plan).__name__}")
+            plan = Plan.load(plan)
+        if plan.source == "measured":
+            here, graphs = machine_key(), self._graph_digests()
+            if plan.machine != here or tuple(plan.models) != graphs:
+                what = f"on {plan.machine!r}" if plan.machine != here else "for other graph files"
+                raise InputError(f"this plan was measured {what}, not on this machine ({here!r}) with this "
+                                 "bundle's graphs; measure one here with `torchport tune BUNDLE --out PLAN` or "
+                                 "plan='measure'", parameter="plan")
+        self._use(plan)
+        self._plan_arg = plan
+
+    def _graph_digests(self) -> tuple[str, ...]:
+        """The sha256 of each graph file this Predictor may run, in file-name order."""
+        return tuple(f"{name}:{sha256_bytes(self._graphs[name])}" for name in sorted(self._graphs))
+
+    def tune(self, max_rows: int = 65536, seconds: float = 2.0) -> Plan:
+        """Measure every regime that can run each batch size from 1 to ``max_rows`` rows on this machine, now,
+        and run each size in the fastest from now on (the default rules' regime is kept unless another is
+        at least 5% faster); returns the plan, with what was measured (save it with ``plan.save(path)``).
+        About ``seconds`` of measuring, more when one call takes longer. Call it before serving: calls made
+        while it measures may run in either plan."""
+        from torchport.runtime.tuning import measure_plan
+        if self._custom:
+            raise InputError("tune() needs the Predictor's own sessions; this one was made with sess_options",
+                             parameter="sess_options")
+        plan = measure_plan(self, max_rows, seconds)
+        self._use(plan)
+        return plan
 
     def __reduce__(self):
         """Pickle as the model's bytes and names; the receiving process (a Dask worker, say) builds its own
-        ONNX Runtime sessions, resolving ``providers`` ("auto" included) on its own machine."""
+        ONNX Runtime sessions, resolving ``providers`` ("auto" included) on its own machine, and measures
+        its own plan where this one was made with plan="measure"."""
         providers, threads, large_rows, custom_options = self._init_args
         if custom_options:
             raise InputTypeError("a Predictor made with sess_options cannot be pickled (SessionOptions do not "
                             "pickle); use intra_op_threads instead")
         names = (self.manifest, self.feature_names, self.target_names, self.input_name, self.output_name,
                  self.allow_nonfinite, self._golden)
+        plan = self._plan_arg.to_json() if isinstance(self._plan_arg, Plan) else self._plan_arg
         return _unpickle, (self._model_bytes, str(self._source), names, providers, threads, large_rows,
-                           self._large_bytes)
+                           self._large_bytes, plan)
 
-    def _new_session(self, options: ort.SessionOptions, graph: bytes) -> ort.InferenceSession:
+    def _new_session(self, options: ort.SessionOptions, graph: str) -> ort.InferenceSession:
         try:
-            return ort.InferenceSession(graph, sess_options=options, providers=self._requested)
+            return ort.InferenceSession(self._graphs[graph], sess_options=options, providers=self._requested)
         except Exception as e:  # onnxruntime raises its own exception types for invalid models
-            name = self._source if graph is self._model_bytes else self._source.parent / LARGE_BATCH_FILE
-            raise BundleError(f"{name} is not a model ONNX Runtime can load: {e}") from None
+            raise BundleError(f"{self._source_of(graph)} is not a model ONNX Runtime can load: {e}") from None
 
-    def _runner(self, large: bool) -> hot_path.Runner:
-        """The runner for batches of more than 64 rows below ``large_batch_rows`` (one thread) or from it
-        on (``intra_op_threads``), made once on first use: on the large-batch graph when there is one
-        (chunked on the CPU), else on model.onnx (the first session, when one thread is asked for)."""
-        threads = self.intra_op_threads if large else 1
+    def _session_for(self, regime: Regime) -> ort.InferenceSession:
+        """The session of ``regime``'s graph and thread count, made once on first use."""
+        key = (regime.graph, regime.threads)
+        session = self._sessions.get(key)
+        if session is None:
+            with self._runner_lock:
+                session = self._sessions.get(key)
+                if session is None:
+                    session = self._new_session(session_options(regime.threads, arena=self._mlp()), regime.graph)
+                    self._check_io(session, self._source_of(regime.graph))
+                    self._sessions[key] = session
+        return session
+
+    def _slots_of(self, regime: Regime) -> hot_path.Slots:
+        """The slot pools of a bound ``regime``, made once on first use."""
+        session = self._session_for(regime)
         with self._runner_lock:
-            if self._large_bytes is None or self.widest > max(self.n_features, self.n_targets):
-                # MLPs (or no large-batch graph): cache-sized chunks shared out on one one-thread session
-                runner = self._shared
+            return self._slot_sets.setdefault(regime, hot_path.Slots(session, self.input_name, self.output_name,
+                                                                      self.n_features, self.n_targets))
+
+    def _new_slot(self, rows: int) -> tuple:
+        """A fresh slot for predict's fast path, whose pool for ``rows`` rows was empty."""
+        regime = self.plan.regime(rows)
+        return (self._slot_sets.get(regime) or self._slots_of(regime)).new(rows)
+
+    def _runner(self, regime: Regime) -> hot_path.Runner:
+        """The zero-copy runner of ``regime`` (of its zero-copy twin for a bound one), made once on first use."""
+        runner = self._by_regime.get(regime)
+        if runner is None:
+            session = self._session_for(regime)
+            with self._runner_lock:
+                runner = self._by_regime.get(regime)
                 if runner is None:
-                    chunk = hot_path.cache_chunk_rows(self.widest) if self.providers[0] == _CPU else None
-                    session = self._session
-                    if self._large_bytes is not None and self._first_graph is not self._large_bytes:
-                        session = self._new_session(session_options(1), self._large_bytes)
-                        self._check_io(session, self._source.parent / LARGE_BATCH_FILE)
-                    runner = self._shared = hot_path.Runner(
-                        session, self.input_name, self.output_name, self.n_targets, chunk,
-                        2 * (chunk or 0) - 1, self.intra_op_threads)
-                self._mid = self._large = runner
-                return runner
-            runner = self._runners.get(threads)
-            if runner is None:
-                graph = self._large_bytes or self._model_bytes
-                session = self._new_session(session_options(threads), graph)
-                chunk = None
-                if graph is self._large_bytes:
-                    self._check_io(session, self._source.parent / LARGE_BATCH_FILE)
-                    if session.get_providers()[0] == _CPU:
-                        chunk = max(1, hot_path.CHUNK_BYTES // (4 * self.n_features))
-                runner = hot_path.Runner(session, self.input_name, self.output_name, self.n_targets, chunk,
-                                         hot_path.CHUNK_FROM_BYTES // (4 * self.n_features))
-            self._runners[threads] = runner
-            if large:
-                self._large = runner
-            else:
-                self._mid = runner
+                    runner = hot_path.Runner(session, self.input_name, self.output_name, self.n_targets,
+                                             regime.chunk_rows or None, regime.chunk_from, regime.workers)
+                    self._by_regime[regime] = runner
         return runner
 
     def _names_from_graph(self) -> None:
@@ -246,33 +357,42 @@ class Predictor:
                              f"{self.n_targets}); got {got.strip()}")
 
     def _predict_array(self, x: np.ndarray, out: np.ndarray | None) -> np.ndarray:
-        """The numpy hot path: small batches through a pooled slot's bound buffers, others zero-copy."""
+        """The numpy hot path: the batch run in the plan's regime for its size."""
         rows = x.shape[0]
         if out is not None:
             self._check_out(out, rows)
-        if 0 < rows <= hot_path.SLOT_ROWS:
-            pool = self._slots.pool(rows)
-            try:
-                slot = pool.pop()
-            except IndexError:
-                slot = self._slots.new(rows)
-            inp, _, run, result, copy_out = slot
-            try:
-                inp[...] = x  # the one copy a small call makes on the way in; converts dtype and layout too
-                if not self.allow_nonfinite:
-                    self._check_rows(inp)
-                run()
-                if out is None:
-                    return copy_out()  # the slot serves later calls: never hand it out
-                out[...] = result
-                return out
-            finally:
-                pool.append(slot)
         if rows == 0:
             return np.empty((0, self.n_targets), dtype=np.float32) if out is None else out
+        return self._run_in(self.plan.regime(rows), x, out)
+
+    def _run_in(self, regime: Regime, x: np.ndarray, out: np.ndarray | None) -> np.ndarray:
+        """``x`` (rows >= 1, any numeric dtype and layout) run in ``regime``: through a pooled slot's bound
+        buffers (one copy in, which converts dtype and layout too) or zero-copy from float32 C-contiguous."""
+        rows = x.shape[0]
+        if regime.bound and rows <= self._slot_rows:
+            slots = self._slot_sets.get(regime) or self._slots_of(regime)
+            pool = slots.pool(rows)
+            if pool is not None:
+                if regime == self.plan.regime(rows):
+                    self._pools[x.shape[0], self.n_features] = pool  # found by predict's fast path from now on
+                try:
+                    slot = pool.pop()
+                except IndexError:
+                    slot = slots.new(rows)
+                inp, _, run, result, copy_out = slot
+                try:
+                    inp[...] = x
+                    if not self.allow_nonfinite:
+                        self._check_rows(inp)
+                    run()
+                    if out is None:
+                        return copy_out()  # the slot serves later calls: never hand it out
+                    out[...] = result
+                    return out
+                finally:
+                    pool.append(slot)
         matrix = np.ascontiguousarray(x, dtype=np.float32)  # no copy when already float32 C-contiguous
-        large = rows >= self.large_batch_rows
-        runner = (self._large if large else self._mid) or self._runner(large)
+        runner = self._by_regime.get(regime) or self._runner(regime)
         return runner.run(matrix, out, None if self.allow_nonfinite else self._check_rows)
 
     def predict(self, x: Any, out: np.ndarray | None = None) -> Any:
@@ -290,7 +410,7 @@ class Predictor:
                     try:
                         slot = pool.pop()
                     except IndexError:
-                        slot = self._slots.new(x.shape[0])
+                        slot = self._new_slot(x.shape[0])
                     inp, cell, run, _, copy_out = slot
                     try:
                         if cell is None:
@@ -322,15 +442,18 @@ class Predictor:
 
     def self_check(self) -> SelfCheck:
         """Run the bundle's golden cases (rows kept at export with their float64 answers) through this
-        Predictor, on its providers, as one batch and in batches of up to 64 rows (both graphs of a
-        two-graph bundle); raise ParityError naming the worst element when an answer is further from its
-        float64 value than the export's parity bound allows. A bundle without golden cases (written by an
-        older torchport, or a bare .onnx file) is not checked: the result says so."""
+        Predictor, on its providers, as one batch and in batches of up to 64 rows, and through every other
+        regime of its plan (so every graph it runs is checked); raise ParityError naming the worst element
+        when an answer is further from its float64 value than the export's parity bound allows. A bundle
+        without golden cases (written by an older torchport, or a bare .onnx file) is not checked: the
+        result says so."""
         if self._golden is None:
             return SelfCheck(False, 0, self.providers, "this model has no golden cases (a bundle written before "
                              "torchport kept them, or a bare .onnx file): nothing was checked")
         golden = load_golden(self._golden, self.feature_names, self.target_names)
-        return self_check(self.predict, golden, self.target_names, self.providers)
+        regimes = [(regime.describe(), lambda x, r=regime: self._run_in(r, x, None) if len(x) else
+                    np.empty((0, self.n_targets), np.float32)) for regime in self.plan.regimes()]
+        return self_check(self.predict, golden, self.target_names, self.providers, regimes)
 
     def __repr__(self) -> str:
         return (f"Predictor(features={self.feature_names}, targets={self.target_names}, "
@@ -338,10 +461,12 @@ class Predictor:
 
 
 def _unpickle(model_bytes: bytes, source: str, names: tuple, providers, threads, large_rows,
-              large_bytes: bytes | None = None) -> Predictor:
+              large_bytes: bytes | None = None, plan: dict | str | None = None) -> Predictor:
     predictor = Predictor.__new__(Predictor)
     predictor.signed_by = None
     (predictor.manifest, predictor.feature_names, predictor.target_names, predictor.input_name,
      predictor.output_name, predictor.allow_nonfinite, predictor._golden) = names
     predictor._open(model_bytes, large_bytes, Path(source), providers, None, threads, large_rows)
+    if plan is not None:
+        predictor._take_plan(Plan.from_json(plan) if isinstance(plan, dict) else plan)
     return predictor

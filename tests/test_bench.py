@@ -12,7 +12,7 @@ from conftest import ROOT, run_cli
 
 DEFAULT_SIZES = [1, 8, 64, 512, 4096, 65536, 1 << 20]
 CPU_BACKENDS = {"numpy_copy", "numpy_matmul", "torch_eager", "torchscript", "exported", "ort_plain",
-                "ort_plain_threads", "predictor"}
+                "ort_plain_threads", "predictor", "predictor_tuned"}
 FIGURES = ("calls", "rounds", "median_s", "p99_s", "mean_s", "min_s", "rows_per_s", "x_fastest", "x_ort_plain")
 
 

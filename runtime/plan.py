@@ -1,0 +1,193 @@
+"""How the Predictor runs a numpy batch of each size: a ``Plan`` maps row counts to a ``Regime`` (which graph
+file, how many threads, through bound buffers or zero-copy, whole or in chunks). The default plan is a set
+of rules from the model's shape; ``Predictor.tune`` measures the regimes on the machine where it runs and
+keeps the fastest at each size (docs/hot-path.md says which regimes there are and why)."""
+from __future__ import annotations
+
+import bisect
+import json
+import math
+import os
+import platform
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import onnxruntime as ort
+
+from torchport.runtime.cpus import usable_cpus
+from torchport.runtime.errors import InputError
+from torchport.runtime.files import strict_json, write_text
+from torchport.runtime.jsonfields import FLAG, INT, NUMBER, TEXT, items, scalar, values
+
+PLAN_FORMAT = "torchport.plan"
+PLAN_FORMAT_VERSION = 1
+CUSTOM = 0  # Regime.threads of the one session built from the caller's sess_options
+
+
+@dataclass(frozen=True)
+class Regime:
+    """One way to run a batch. ``threads``: the intra-op threads of the session on ``graph`` (1: torchport's
+    one-thread options; CUSTOM: the caller's sess_options). ``bound``: through a pooled slot's bound
+    buffers (one copy in, one out). ``chunk_rows`` > 0: batches of more than ``chunk_from`` rows run in
+    chunks of that many rows, shared by ``workers`` threads (the calling thread and helpers)."""
+    graph: str
+    threads: int = 1
+    bound: bool = False
+    chunk_rows: int = 0
+    chunk_from: int = 0
+    workers: int = 1
+
+    def describe(self) -> str:
+        """The regime in a few words, for tables and notes."""
+        threads = "sess_options" if self.threads == CUSTOM else f"{self.threads} thread{'s' * (self.threads > 1)}"
+        how = "bound buffers" if self.bound else "zero-copy"
+        if self.chunk_rows:
+            how += f", chunks of {self.chunk_rows} rows over {self.chunk_from}"
+            if self.workers > 1:
+                how += f" on {self.workers} threads"
+        return f"{self.graph}, {threads}, {how}"
+
+    def to_json(self) -> dict[str, Any]:
+        return {"graph": self.graph, "threads": self.threads, "bound": self.bound, "chunk_rows": self.chunk_rows,
+                "chunk_from": self.chunk_from, "workers": self.workers}
+
+    @classmethod
+    def from_json(cls, obj: Any, where: str) -> "Regime":
+        v = values(obj, where, {"graph": TEXT, "threads": INT, "bound": FLAG, "chunk_rows": INT, "chunk_from": INT,
+                                "workers": INT})
+        return cls(**v)
+
+
+@dataclass(frozen=True)
+class Step:
+    """From ``from_rows`` rows on (up to the next step), batches run in ``regime``."""
+    from_rows: int
+    regime: Regime
+
+
+@dataclass(frozen=True)
+class Timing:
+    """One measured median: ``regime`` at ``rows`` rows, seconds per call (NaN/inf check included)."""
+    rows: int
+    regime: Regime
+    median_s: float
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The regime for every batch size: ``steps`` sorted by ``from_rows``, the first from 1 row. ``source``
+    is "rules" or "measured"; a measured plan keeps what it measured (``timings``), where (``machine``),
+    on which graphs (``models``: their sha256) and how long measuring took (``measured_s``)."""
+    steps: tuple[Step, ...]
+    source: str = "rules"
+    machine: str = ""
+    models: tuple[str, ...] = ()
+    timings: tuple[Timing, ...] = ()
+    measured_s: float = 0.0
+    _starts: tuple[int, ...] = field(default=(), init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if not self.steps or self.steps[0].from_rows != 1:
+            raise InputError("a plan's first step must start at 1 row")
+        starts = tuple(s.from_rows for s in self.steps)
+        if list(starts) != sorted(set(starts)):
+            raise InputError(f"a plan's steps must start at increasing row counts; got {list(starts)}")
+        object.__setattr__(self, "_starts", starts)
+
+    def regime(self, rows: int) -> Regime:
+        """The regime for a batch of ``rows`` rows (at least 1)."""
+        return self.steps[bisect.bisect_right(self._starts, rows) - 1].regime
+
+    def regimes(self) -> list[Regime]:
+        """Each regime of the plan once, in the order of the steps."""
+        return list(dict.fromkeys(s.regime for s in self.steps))
+
+    def describe(self) -> list[str]:
+        """One line per step: the row range and its regime."""
+        ends = [s.from_rows - 1 for s in self.steps[1:]] + [None]
+        return [f"{s.from_rows}-{end if end is not None else ''} rows: {s.regime.describe()}"
+                for s, end in zip(self.steps, ends)]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"format": PLAN_FORMAT, "format_version": PLAN_FORMAT_VERSION, "source": self.source,
+                "machine": self.machine, "models": list(self.models), "measured_s": self.measured_s,
+                "steps": [{"from_rows": s.from_rows, "regime": s.regime.to_json()} for s in self.steps],
+                "timings": [{"rows": t.rows, "regime": t.regime.to_json(), "median_s": t.median_s}
+                            for t in self.timings]}
+
+    @classmethod
+    def from_json(cls, obj: Any, where: str = "plan") -> "Plan":
+        v = values(obj, where, {"format": TEXT, "format_version": INT, "source": TEXT, "machine": TEXT,
+                                "models": (list,), "measured_s": NUMBER, "steps": (list,), "timings": (list,)})
+        if v["format"] != PLAN_FORMAT or v["format_version"] != PLAN_FORMAT_VERSION:
+            raise InputError(f"{where} is not a torchport plan (format {v['format']!r} version "
+                             f"{v['format_version']}; expected {PLAN_FORMAT!r} version {PLAN_FORMAT_VERSION})")
+        steps = tuple(Step(s["from_rows"], Regime.from_json(s["regime"], f"{where}.steps[{i}].regime"))
+                      for i, s in enumerate(items(v["steps"], f"{where}.steps", _step_fields)))
+        timings = tuple(Timing(t["rows"], Regime.from_json(t["regime"], f"{where}.timings[{i}].regime"), t["median_s"])
+                        for i, t in enumerate(items(v["timings"], f"{where}.timings", _timing_fields)))
+        models = items(v["models"], f"{where}.models", scalar(TEXT))
+        return cls(steps, v["source"], v["machine"], models, timings, float(v["measured_s"]))
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write the plan as JSON (atomically: a temp file renamed into place)."""
+        return write_text(path, strict_json(self.to_json()))
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "Plan":
+        """Read a plan written by ``save`` (or `torchport tune --out`)."""
+        try:
+            obj = json.loads(Path(path).read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise InputError(f"{path} does not exist; write a plan with `torchport tune BUNDLE --out {path}`",
+                             parameter="plan") from None
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise InputError(f"{path} is not a plan written by torchport tune ({e})", parameter="plan") from None
+        return cls.from_json(obj, str(path))
+
+
+def _step_fields(obj: Any, where: str) -> dict[str, Any]:
+    return values(obj, where, {"from_rows": INT, "regime": (dict,)})
+
+
+def _timing_fields(obj: Any, where: str) -> dict[str, Any]:
+    return values(obj, where, {"rows": INT, "regime": (dict,), "median_s": NUMBER})
+
+
+@lru_cache(maxsize=1)
+def machine_key() -> str:
+    """What a measured plan depends on: the CPU model, the CPUs this process may use, ONNX Runtime's version."""
+    name = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name":
+                name = value.strip()
+                break
+    except OSError:
+        pass
+    return f"{name}; {usable_cpus()} CPUs; onnxruntime {ort.__version__}"
+
+
+def steps_from_winners(winners: list[tuple[int, Regime, Regime]], slot_rows: int) -> tuple[Step, ...]:
+    """Steps from what was fastest at each measured size: ``winners`` holds (rows, the fastest regime, the
+    fastest zero-copy one) by increasing rows. Each size's winner holds from the geometric middle between
+    it and the size before; a bound regime only up to ``slot_rows`` rows, then that size's zero-copy one."""
+    raw: list[Step] = []
+    middles = [1] + [math.isqrt(a[0] * b[0]) + 1 for a, b in zip(winners, winners[1:])]
+    for i, (rows, best, zero_copy) in enumerate(winners):
+        raw.append(Step(middles[i], best))
+        end = middles[i + 1] if i + 1 < len(winners) else math.inf
+        if best.bound and slot_rows + 1 < end:
+            raw.append(Step(max(middles[i], slot_rows + 1), zero_copy))
+    steps: list[Step] = []
+    for s in raw:
+        if steps and steps[-1].regime == s.regime:
+            continue
+        if steps and steps[-1].from_rows >= s.from_rows:
+            steps[-1] = s
+        else:
+            steps.append(s)
+    return tuple(steps)

@@ -1,0 +1,122 @@
+"""Predictor.tune: measure each regime that can run a batch size (every graph file of the bundle, one thread
+or all, bound buffers or zero-copy, whole or in shared cache-sized chunks) on this machine, interleaved,
+and build the plan that runs each size in the fastest (docs/hot-path.md). ``Predictor`` in the hints is
+torchport.runtime.predictor's, which imports this module when it tunes."""
+from __future__ import annotations
+
+import gc
+import math
+import time
+import numpy as np
+
+from torchport.runtime.errors import InputError
+from torchport.runtime.hot_path import SLOT_ROWS, cache_chunk_rows
+from torchport.runtime.plan import Plan, Regime, Timing, machine_key, steps_from_winners
+
+SIZES = (1, 8, 64, 256, 1024, 4096, 16384, 65536, 262144, 1 << 20)
+ROUNDS = 5
+SETTLE_S = 0.002  # a pause after each regime's turn, untimed: threads a session left spinning go to sleep
+KEEP_RULES_UNLESS = 0.95  # another regime replaces the rules' one only if at most this share of its time
+DROP_AFTER = 2.5  # from 4096 rows on, a regime this many times slower than the best at the size before is dropped
+
+
+def candidates(p: Predictor, rows: int) -> list[Regime]:
+    """The regimes that can run ``rows`` rows: for each graph file, bound buffers (small batches), zero-copy
+    on one thread and on ``intra_op_threads``, and cache-sized chunks shared by the threads (two chunks or
+    more); the rules' regime among them."""
+    threads = p.intra_op_threads
+    out: list[Regime] = []
+    for graph in p._graphs:
+        if rows <= p._slot_rows:
+            out.append(Regime(graph, 1, bound=True))
+        if rows > SLOT_ROWS:
+            out.append(p._whole(graph, 1))
+            if threads > 1:
+                out.append(p._whole(graph, threads))
+                chunks = p._shared_chunks(graph)
+                if rows >= 2 * cache_chunk_rows(p.widest) and chunks.chunk_rows:
+                    out.append(chunks)
+    rules = p._rules().regime(rows)
+    return list(dict.fromkeys([rules] + out))
+
+
+def _rows(p: Predictor, rows: int) -> np.ndarray:
+    """``rows`` rows like the bundle's golden cases (repeated), else standard normal ones: the graphs'
+    speed does not depend on the values, but torchport's data keeps denormals out."""
+    if p._golden is not None:
+        from torchport.runtime.golden import load_golden
+        base = load_golden(p._golden, p.feature_names, p.target_names).inputs
+    else:
+        base = np.random.default_rng(0).standard_normal((256, p.n_features))
+    if not len(base):
+        base = np.zeros((1, p.n_features))
+    return np.ascontiguousarray(np.resize(base, (rows, p.n_features)), dtype=np.float32)
+
+
+def _medians(p: Predictor, regimes: list[Regime], x: np.ndarray, budget_s: float) -> list[float]:
+    """Median seconds per call of each regime on ``x``: two warm-up calls each (sessions and slots are made
+    then), then ROUNDS interleaved rounds, the order rotating, of individually timed calls, with a pause
+    after each turn (ONNX Runtime's multi-threaded sessions spin a while after a run, taking the cores
+    from whatever runs next)."""
+    runs = [lambda r=r: p._run_in(r, x, None) for r in regimes]
+    typical = []
+    for run in runs:
+        run()
+        t0 = time.perf_counter()
+        run()
+        typical.append(time.perf_counter() - t0)
+    per_visit = [max(1, int(budget_s / (ROUNDS * len(runs) * max(t, 1e-7)))) for t in typical]
+    samples: list[list[int]] = [[] for _ in runs]
+    gc.collect()
+    gc.disable()
+    try:
+        for k in range(ROUNDS):
+            order = list(range(len(runs)))
+            order = order[k % len(order):] + order[:k % len(order)]
+            for i in order:
+                run, out = runs[i], samples[i]
+                for _ in range(per_visit[i]):
+                    t0 = time.perf_counter_ns()
+                    run()
+                    out.append(time.perf_counter_ns() - t0)
+                time.sleep(SETTLE_S)
+    finally:
+        gc.enable()
+    return [float(np.median(s)) * 1e-9 for s in samples]
+
+
+def measure_plan(p: Predictor, max_rows: int = 65536, seconds: float = 2.0) -> Plan:
+    """The plan that runs each size in the regime measured fastest here (see Predictor.tune)."""
+    if not isinstance(max_rows, int) or isinstance(max_rows, bool) or max_rows < 1:
+        raise InputError(f"max_rows must be a whole number >= 1; got {max_rows!r}", parameter="max_rows")
+    if not isinstance(seconds, (int, float)) or isinstance(seconds, bool) or not seconds > 0 \
+            or not math.isfinite(seconds):
+        raise InputError(f"seconds must be a positive number; got {seconds!r}", parameter="seconds")
+    sizes = [n for n in SIZES if n <= max_rows] or [max_rows]
+    if sizes[-1] != max_rows and max_rows not in SIZES:
+        sizes.append(max_rows)
+    started = time.perf_counter()
+    rules = p._rules()
+    timings: list[Timing] = []
+    winners: list[tuple[int, Regime, Regime]] = []
+    previous: dict[Regime, float] = {}
+    x_all = _rows(p, sizes[-1])
+    for rows in sizes:
+        regimes = candidates(p, rows)
+        if rows >= 4096 and previous:
+            best_before = min(previous.values())
+            regimes = [r for r in regimes if r == rules.regime(rows) or r not in previous
+                       or previous[r] <= DROP_AFTER * best_before]
+        medians = _medians(p, regimes, x_all[:rows], seconds / len(sizes))
+        timings += [Timing(rows, r, m) for r, m in zip(regimes, medians)]
+        by = dict(zip(regimes, medians))
+        best = min(by, key=by.get)
+        rule = rules.regime(rows)
+        if rule in by and by[best] > KEEP_RULES_UNLESS * by[rule]:
+            best = rule
+        zero_copy = [r for r in by if not r.bound]
+        fallback = min(zero_copy, key=by.get) if zero_copy else p._whole(best.graph, 1)
+        winners.append((rows, best, fallback))
+        previous = by
+    return Plan(steps_from_winners(winners, p._slot_rows), "measured", machine_key(), p._graph_digests(),
+                tuple(timings), time.perf_counter() - started)
