@@ -31,7 +31,8 @@ import numpy as np
 import onnxruntime as ort
 
 from torchport.benchmarks.machine import environment
-from torchport.benchmarks.peak import flops_per_row, matmul_peak
+from torchport.benchmarks.peak import matmul_peak
+from torchport.runtime.plan import flops_per_row
 from torchport.benchmarks.timing import RESULTS_DIR, interleaved, rates
 from torchport.runtime import Predictor
 from torchport.runtime.bundle import LARGE_BATCH_FILE, ONNX_FILE, Bundle

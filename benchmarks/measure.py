@@ -14,7 +14,8 @@ import torch
 
 from torchport.benchmarks.backends import Backend, BundleBackends, build_backends
 from torchport.benchmarks.machine import environment
-from torchport.benchmarks.peak import MatmulPeak, flops_per_row, matmul_peak
+from torchport.benchmarks.peak import MatmulPeak, matmul_peak
+from torchport.runtime.plan import flops_per_row
 from torchport.benchmarks.records import BenchReport, BenchSettings, BenchThreads, ModelEntry, Plan, ResultRow
 from torchport.export.formats import model_spec
 from torchport.export.verify import random_rows, training_record

@@ -53,12 +53,3 @@ def matmul_peak(threads: int, size: int = PEAK_SIZE, calls: int = 5) -> MatmulPe
             limits.restore_original_limits()
     flops = 2.0 * size ** 3
     return MatmulPeak(flops / min(seconds), flops / float(np.median(seconds)), size, threads, calls)
-
-
-def flops_per_row(kind: str, n_features: int, n_targets: int, hidden: tuple[int, ...] = ()) -> int | None:
-    """Multiply-adds of a linear model or an MLP, counted as 2 FLOP each, per row (biases, activations and
-    scaling, one operation per value, left out); None for a module torchport did not define."""
-    if kind not in ("linear", "mlp"):
-        return None
-    widths = [n_features, *(hidden if kind == "mlp" else ()), n_targets]
-    return 2 * sum(a * b for a, b in zip(widths[:-1], widths[1:]))

@@ -35,6 +35,12 @@ CHUNK_FROM_BYTES = 8 << 20
 # each running a one-thread session. Chunks have at least MIN_CHUNK_ROWS rows.
 CACHE_BYTES = 512 << 10
 MIN_CHUNK_ROWS = 256
+# An MLP batch below two chunks runs whole: on one thread, or on intra_op_threads from this much model
+# arithmetic per call on (about 40 µs of one core of the development machine: less does not pay for waking
+# the session's threads), if a layer has at least THREADS_FROM_WIDTH units (ONNX Runtime's two-thread runs
+# of the 3-32-32-1 MLP were no quicker than one thread's at 2,048-8,192 rows; the 16-128-128-4 MLP's were).
+THREADS_FROM_FLOP = 4_000_000
+THREADS_FROM_WIDTH = 64
 
 
 def slot_rows(n_features: int, n_targets: int) -> int:

@@ -156,6 +156,15 @@ def _timing_fields(obj: Any, where: str) -> dict[str, Any]:
     return values(obj, where, {"rows": INT, "regime": (dict,), "median_s": NUMBER})
 
 
+def flops_per_row(kind: str, n_features: int, n_targets: int, hidden: tuple[int, ...] = ()) -> int | None:
+    """Multiply-adds of a linear model or an MLP, counted as 2 FLOP each, per row (biases, activations and
+    scaling, one operation per value, left out); None for a module torchport did not define."""
+    if kind not in ("linear", "mlp"):
+        return None
+    widths = [n_features, *(hidden if kind == "mlp" else ()), n_targets]
+    return 2 * sum(a * b for a, b in zip(widths[:-1], widths[1:]))
+
+
 @lru_cache(maxsize=1)
 def machine_key() -> str:
     """What a measured plan depends on: the CPU model, the CPUs this process may use, ONNX Runtime's version."""

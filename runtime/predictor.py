@@ -21,7 +21,7 @@ from torchport.runtime.device import DLPACK_CUDA, dlpack_device, run_on_device
 from torchport.runtime.errors import BundleError, InputError, InputTypeError
 from torchport.runtime.hot_path import SLOT_ROWS
 from torchport.runtime.inputs import answer_like, as_matrix, refuse_nonfinite
-from torchport.runtime.plan import CUSTOM, Plan, Regime, Step, machine_key
+from torchport.runtime.plan import CUSTOM, Plan, Regime, Step, flops_per_row, machine_key
 from torchport.runtime.providers import CUDA, ProviderFallbackWarning, resolve_providers
 from torchport.runtime.sessions import session_options
 
@@ -42,8 +42,10 @@ class Predictor:
     ``model.large_batch.onnx`` (its single-input layers as Mul+Add: ``large_batch_graph`` is then True) that
     graph from 65 rows, from ``large_batch_rows`` rows on a session using ``intra_op_threads`` (default:
     every core), inputs over 8 MiB in 1 MiB chunks; for MLPs (whose large-batch graph has the scaling folded
-    into the weights and runs every size) batches of two cache-sized chunks or more chunk by chunk on the
-    one-thread session, shared out between the calling thread and ``intra_op_threads - 1`` helper threads.
+    into the weights and runs every size) smaller batches whole, on one thread, or on ``intra_op_threads``
+    from 4 MFLOP of arithmetic a call when a layer has 64 units or more, and batches of two cache-sized
+    chunks or more chunk by chunk on the one-thread session, shared out between the calling thread and
+    ``intra_op_threads - 1`` helpers.
     ``plan="measure"`` (or ``tune()``) measures those regimes and the others on this machine and keeps the
     fastest for each size; a saved plan (a path, or a ``Plan``) is taken only on the machine and graphs it
     was measured on. Sessions other than the first are made on first use. ``sess_options`` replaces them
@@ -150,9 +152,20 @@ class Predictor:
         first, large = self._first_graph, LARGE_BATCH_FILE if self._large_bytes is not None else ONNX_FILE
         steps = [Step(1, Regime(first, 1, bound=True))]
         if self._mlp():
-            if self._slot_rows > SLOT_ROWS and large != first:
+            chunks = self._shared_chunks(large)
+            chunks_from = chunks.chunk_from + 1 if chunks.chunk_rows else math.inf
+            per_row = self._flops_per_row()
+            threaded_from = math.ceil(hot_path.THREADS_FROM_FLOP / per_row) if per_row and self._cpu() \
+                and self.intra_op_threads > 1 and self.widest >= hot_path.THREADS_FROM_WIDTH else math.inf
+            bound_to = min(self._slot_rows, threaded_from - 1, chunks_from - 1)
+            if bound_to > SLOT_ROWS and large != first:
                 steps.append(Step(SLOT_ROWS + 1, Regime(large, 1, bound=True)))
-            steps.append(Step(self._slot_rows + 1, self._shared_chunks(large)))
+            if max(bound_to, SLOT_ROWS) + 1 < min(threaded_from, chunks_from):
+                steps.append(Step(max(bound_to, SLOT_ROWS) + 1, Regime(large, 1)))
+            if max(threaded_from, SLOT_ROWS + 1) < chunks_from:
+                steps.append(Step(max(threaded_from, SLOT_ROWS + 1), Regime(large, self.intra_op_threads)))
+            if chunks_from < math.inf:
+                steps.append(Step(max(chunks_from, SLOT_ROWS + 1), chunks))
             return Plan(tuple(steps))
         large_from = max(self.large_batch_rows, SLOT_ROWS + 1)
         bound_to = min(self._slot_rows, large_from - 1)
@@ -162,6 +175,12 @@ class Predictor:
             steps.append(Step(bound_to + 1, self._whole(large, 1)))
         steps.append(Step(large_from, self._whole(large, self.intra_op_threads)))
         return Plan(tuple(steps))
+
+    def _flops_per_row(self) -> int | None:
+        """The model's multiply-adds per row (2 FLOP each), from the manifest; None when unknown."""
+        model = self.manifest.model if self.manifest is not None else {}
+        hidden = tuple(h for h in (model.get("hidden") or ()) if isinstance(h, int))
+        return flops_per_row(model.get("kind", ""), self.n_features, self.n_targets, hidden)
 
     def _mlp(self) -> bool:
         """True for a graph with hidden layers wider than its inputs and outputs, or without a large-batch

@@ -8,10 +8,12 @@ def session_options(intra_op_threads: int | None = None, *, tuned: bool = True,
                     arena: bool = False) -> ort.SessionOptions:
     """Options for one session. ``tuned=False`` is ONNX Runtime's defaults (with the thread count when
     given): what an app that loads the file itself runs. Tuned: sequential execution, full graph
-    optimisation, and for one thread no thread pool to wake or spin, no memory-pattern lookup and no arena
-    (its allocations are small; malloc serves them quicker) unless ``arena``: an MLP's intermediates are
-    large enough that reusing them beats malloc; more threads keep the arena, which reuses the pages of
-    large answers."""
+    optimisation, threads that sleep instead of spinning when a run ends (a spinning thread takes a core
+    from the next run, the Predictor's own helper threads and other processes alike: on 2 cores the
+    multi-threaded runs themselves were up to 2x quicker without it), and for one thread no memory-pattern
+    lookup and no arena (its allocations are small; malloc serves them quicker) unless ``arena``: an MLP's
+    intermediates are large enough that reusing them beats malloc; more threads keep the arena, which
+    reuses the pages of large answers."""
     so = ort.SessionOptions()
     if intra_op_threads is not None:
         so.intra_op_num_threads = intra_op_threads
@@ -20,8 +22,8 @@ def session_options(intra_op_threads: int | None = None, *, tuned: bool = True,
     so.inter_op_num_threads = 1
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if intra_op_threads == 1:
-        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
         so.enable_mem_pattern = arena
         so.enable_cpu_mem_arena = arena
     return so

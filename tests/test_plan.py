@@ -46,6 +46,11 @@ def test_the_seeds_rules(seed_bundle):
 def test_a_measured_plan_answers_within_the_bound_and_checks_every_regime(mlp_bundle):
     p = Predictor(mlp_bundle, providers="cpu", intra_op_threads=2)
     rules = p.plan
+    # the rules: bound buffers while a slot holds 16 KiB, then one thread whole (32 units a layer: narrower
+    # than the 64 that threads pay for), shared cache-sized chunks from two chunks on
+    assert rules.regime(slot_rows(3, 1)) == Regime("model.large_batch.onnx", 1, bound=True)
+    assert rules.regime(slot_rows(3, 1) + 1) == rules.regime(8191) == Regime("model.large_batch.onnx", 1)
+    assert rules.regime(8192) == Regime("model.large_batch.onnx", 1, chunk_rows=4096, chunk_from=8191, workers=2)
     x = np.random.default_rng(0).normal([2, 0, 500], [1, 20, 300], size=(9000, 3)).astype(np.float32)
     before = {n: p.predict(x[:n]) for n in (1, 64, 300, 1500, 9000)}
     plan = p.tune(max_rows=4096, seconds=0.5)
