@@ -31,17 +31,21 @@ class Regime:
     """One way to run a batch. ``threads``: the intra-op threads of the session on ``graph`` (1: torchport's
     one-thread options; CUSTOM: the caller's sess_options). ``bound``: through a pooled slot's bound
     buffers (one copy in, one out). ``chunk_rows`` > 0: batches of more than ``chunk_from`` rows run in
-    chunks of that many rows, shared by ``workers`` threads (the calling thread and helpers)."""
+    chunks of that many rows, shared by ``workers`` threads (the calling thread and helpers). ``spin``: the
+    session's threads spin between the parallel parts of a run and a while after it, instead of sleeping."""
     graph: str
     threads: int = 1
     bound: bool = False
     chunk_rows: int = 0
     chunk_from: int = 0
     workers: int = 1
+    spin: bool = False
 
     def describe(self) -> str:
         """The regime in a few words, for tables and notes."""
         threads = "sess_options" if self.threads == CUSTOM else f"{self.threads} thread{'s' * (self.threads > 1)}"
+        if self.spin:
+            threads += " (spinning)"
         how = "bound buffers" if self.bound else "zero-copy"
         if self.chunk_rows:
             how += f", chunks of {self.chunk_rows} rows over {self.chunk_from}"
@@ -51,12 +55,12 @@ class Regime:
 
     def to_json(self) -> dict[str, Any]:
         return {"graph": self.graph, "threads": self.threads, "bound": self.bound, "chunk_rows": self.chunk_rows,
-                "chunk_from": self.chunk_from, "workers": self.workers}
+                "chunk_from": self.chunk_from, "workers": self.workers, "spin": self.spin}
 
     @classmethod
     def from_json(cls, obj: Any, where: str) -> "Regime":
         v = values(obj, where, {"graph": TEXT, "threads": INT, "bound": FLAG, "chunk_rows": INT, "chunk_from": INT,
-                                "workers": INT})
+                                "workers": INT, "spin": FLAG})
         return cls(**v)
 
 
@@ -191,12 +195,18 @@ def steps_from_winners(winners: list[tuple[int, Regime, Regime]], slot_rows: int
         end = middles[i + 1] if i + 1 < len(winners) else math.inf
         if best.bound and slot_rows + 1 < end:
             raw.append(Step(max(middles[i], slot_rows + 1), zero_copy))
-    steps: list[Step] = []
-    for s in raw:
-        if steps and steps[-1].regime == s.regime:
+    return merged(raw)
+
+
+def merged(steps: list[Step]) -> tuple[Step, ...]:
+    """``steps`` with a step dropped where the one before has the same regime, and one replaced where the
+    next starts at the same row count or below."""
+    out: list[Step] = []
+    for s in steps:
+        if out and out[-1].regime == s.regime:
             continue
-        if steps and steps[-1].from_rows >= s.from_rows:
-            steps[-1] = s
+        if out and out[-1].from_rows >= s.from_rows:
+            out[-1] = s
         else:
-            steps.append(s)
-    return tuple(steps)
+            out.append(s)
+    return tuple(out)

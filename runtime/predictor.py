@@ -21,7 +21,7 @@ from torchport.runtime.device import DLPACK_CUDA, dlpack_device, run_on_device
 from torchport.runtime.errors import BundleError, InputError, InputTypeError
 from torchport.runtime.hot_path import SLOT_ROWS
 from torchport.runtime.inputs import answer_like, as_matrix, refuse_nonfinite
-from torchport.runtime.plan import CUSTOM, Plan, Regime, Step, flops_per_row, machine_key
+from torchport.runtime.plan import CUSTOM, Plan, Regime, Step, flops_per_row, machine_key, merged
 from torchport.runtime.providers import CUDA, ProviderFallbackWarning, resolve_providers
 from torchport.runtime.sessions import session_options
 
@@ -125,7 +125,7 @@ class Predictor:
         self._first_graph = LARGE_BATCH_FILE if small_on_large else ONNX_FILE
         self._custom = sess_options is not None
         self._session = self._new_session(sess_options or session_options(1, arena=self._mlp()), self._first_graph)
-        self._sessions = {(self._first_graph, CUSTOM if self._custom else 1): self._session}
+        self._sessions = {(self._first_graph, CUSTOM if self._custom else 1, False): self._session}
         self.providers = self._session.get_providers()
         lost = [p for p in self._requested if p not in self.providers]
         notes += [f"{p} could not be initialised by onnxruntime {ort.__version__} (CUDA 13 / cuDNN 9 "
@@ -166,15 +166,15 @@ class Predictor:
                 steps.append(Step(max(threaded_from, SLOT_ROWS + 1), Regime(large, self.intra_op_threads)))
             if chunks_from < math.inf:
                 steps.append(Step(max(chunks_from, SLOT_ROWS + 1), chunks))
-            return Plan(tuple(steps))
+            return Plan(merged(steps))
         large_from = max(self.large_batch_rows, SLOT_ROWS + 1)
         bound_to = min(self._slot_rows, large_from - 1)
         if bound_to > SLOT_ROWS:
             steps.append(Step(SLOT_ROWS + 1, Regime(large, 1, bound=True)))
         if bound_to + 1 < large_from:
             steps.append(Step(bound_to + 1, self._whole(large, 1)))
-        steps.append(Step(large_from, self._whole(large, self.intra_op_threads)))
-        return Plan(tuple(steps))
+        steps.append(Step(large_from, self._whole(large, self.intra_op_threads, spin=self.intra_op_threads > 1)))
+        return Plan(merged(steps))
 
     def _flops_per_row(self) -> int | None:
         """The model's multiply-adds per row (2 FLOP each), from the manifest; None when unknown."""
@@ -190,14 +190,14 @@ class Predictor:
     def _cpu(self) -> bool:
         return self.providers[0] == _CPU
 
-    def _whole(self, graph: str, threads: int) -> Regime:
+    def _whole(self, graph: str, threads: int, spin: bool = False) -> Regime:
         """A zero-copy regime on ``graph``; a linear model's large-batch graph on the CPU runs inputs over
         CHUNK_FROM_BYTES in CHUNK_BYTES chunks (the Mul's output then stays in cache)."""
         if graph == LARGE_BATCH_FILE and not self._mlp() and self._cpu():
             width = 4 * self.n_features
             return Regime(graph, threads, chunk_rows=max(1, hot_path.CHUNK_BYTES // width),
-                          chunk_from=hot_path.CHUNK_FROM_BYTES // width)
-        return Regime(graph, threads)
+                          chunk_from=hot_path.CHUNK_FROM_BYTES // width, spin=spin)
+        return Regime(graph, threads, spin=spin)
 
     def _shared_chunks(self, graph: str) -> Regime:
         """Cache-sized chunks of ``graph`` on its one-thread session, shared by ``intra_op_threads`` threads
@@ -282,13 +282,14 @@ class Predictor:
 
     def _session_for(self, regime: Regime) -> ort.InferenceSession:
         """The session of ``regime``'s graph and thread count, made once on first use."""
-        key = (regime.graph, regime.threads)
+        key = (regime.graph, regime.threads, regime.spin and regime.threads > 1)
         session = self._sessions.get(key)
         if session is None:
             with self._runner_lock:
                 session = self._sessions.get(key)
                 if session is None:
-                    session = self._new_session(session_options(regime.threads, arena=self._mlp()), regime.graph)
+                    options = session_options(regime.threads, arena=self._mlp(), spin=key[2])
+                    session = self._new_session(options, regime.graph)
                     self._check_io(session, self._source_of(regime.graph))
                     self._sessions[key] = session
         return session

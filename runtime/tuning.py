@@ -22,8 +22,8 @@ DROP_AFTER = 2.5  # from 4096 rows on, a regime this many times slower than the 
 
 def candidates(p: Predictor, rows: int) -> list[Regime]:
     """The regimes that can run ``rows`` rows: for each graph file, bound buffers (small batches), zero-copy
-    on one thread and on ``intra_op_threads``, and cache-sized chunks shared by the threads (two chunks or
-    more); the rules' regime among them."""
+    on one thread and on ``intra_op_threads`` (its threads spinning or not), and cache-sized chunks shared
+    by the threads (two chunks or more); the rules' regime among them."""
     threads = p.intra_op_threads
     out: list[Regime] = []
     for graph in p._graphs:
@@ -32,7 +32,7 @@ def candidates(p: Predictor, rows: int) -> list[Regime]:
         if rows > SLOT_ROWS:
             out.append(p._whole(graph, 1))
             if threads > 1:
-                out.append(p._whole(graph, threads))
+                out += [p._whole(graph, threads), p._whole(graph, threads, spin=True)]
                 chunks = p._shared_chunks(graph)
                 if rows >= 2 * cache_chunk_rows(p.widest) and chunks.chunk_rows:
                     out.append(chunks)

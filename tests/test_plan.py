@@ -36,6 +36,7 @@ def test_the_seeds_rules(seed_bundle):
     whole = p.plan.regime(slot_rows(1, 1) + 1)
     assert (whole.graph, whole.threads, whole.bound) == ("model.large_batch.onnx", 1, False)
     assert p.plan.regime(32768).threads == 2 and p.plan.regime(32768).chunk_rows == (1 << 20) // 4
+    assert p.plan.regime(32768).spin  # its threads spin: each of Mul and Add would wake a sleeping thread
     plain = ort.InferenceSession(str(seed_bundle / "model.onnx"), providers=["CPUExecutionProvider"])
     x = np.random.default_rng(3).uniform(-1, 5, size=(5000, 1)).astype(np.float32)
     for n in (1, 64, 65, 512, 2048, 2049, 5000):  # the Mul+Add rewrite is bit-identical for the seed
