@@ -13,7 +13,7 @@ from torchport.runtime.errors import InputError
 from torchport.runtime.hot_path import SLOT_ROWS, cache_chunk_rows
 from torchport.runtime.plan import Plan, Regime, Timing, machine_key, steps_from_winners
 
-SIZES = (1, 8, 64, 256, 1024, 4096, 16384, 65536, 262144, 1 << 20)
+SIZES = (1, 8, 64, 256, 512, 1024, 2048, 4096, 16384, 65536, 262144, 1 << 20)
 ROUNDS = 5
 SETTLE_S = 0.002  # a pause after each regime's turn, untimed: threads a session left spinning go to sleep
 KEEP_RULES_UNLESS = 0.95  # another regime replaces the rules' one only if at most this share of its time

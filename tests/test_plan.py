@@ -57,7 +57,7 @@ def test_a_measured_plan_answers_within_the_bound_and_checks_every_regime(mlp_bu
     plan = p.tune(max_rows=4096, seconds=0.5)
     assert p.plan is plan and plan.source == "measured" and plan.machine == machine_key() and plan.measured_s > 0
     measured = sorted({t.rows for t in plan.timings})
-    assert measured == [1, 8, 64, 256, 1024, 4096]
+    assert measured == [1, 8, 64, 256, 512, 1024, 2048, 4096]
     for n in measured:
         here = {t.regime: t.median_s for t in plan.timings if t.rows == n}
         assert rules.regime(n) in here and len(here) >= 2  # the rules' regime and at least one other
