@@ -32,6 +32,16 @@ def seed_bundle(tmp_path_factory) -> Path:
     return out
 
 
+@pytest.fixture(scope="session")
+def mlr_mlp_bundle(tmp_path_factory) -> Path:
+    """The 3-32-32-1 MLP on plant_richness_mlr (the hot path's reference MLP), default formats, no plots."""
+    out = tmp_path_factory.mktemp("bundles") / "mlr-mlp"
+    proc = run_cli("train", "--data", "plant_richness_mlr", "--model", "mlp", "--hidden", "32,32", "--epochs", "100",
+                   "--no-progress", "--no-plots", "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    return out
+
+
 STATUS_LINE = re.compile(r"^torchport \w+: \[ *\d+\.\d s\] ")
 
 

@@ -14,12 +14,8 @@ from torchport.runtime.hot_path import cache_chunk_rows
 
 
 @pytest.fixture(scope="module")
-def mlp_bundle(tmp_path_factory):
-    out = tmp_path_factory.mktemp("mlp") / "mlr-mlp"
-    proc = run_cli("train", "--data", "plant_richness_mlr", "--model", "mlp", "--hidden", "32,32", "--epochs", "100",
-                   "--no-progress", "--no-plots", "--out", str(out))
-    assert proc.returncode == 0, proc.stderr
-    return out
+def mlp_bundle(mlr_mlp_bundle):
+    return mlr_mlp_bundle
 
 
 def _plain(bundle, name="model.onnx"):

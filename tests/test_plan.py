@@ -18,12 +18,8 @@ from torchport.runtime.sessions import session_options
 
 
 @pytest.fixture(scope="module")
-def mlp_bundle(tmp_path_factory):
-    out = tmp_path_factory.mktemp("plan") / "mlr-mlp"
-    proc = run_cli("train", "--data", "plant_richness_mlr", "--model", "mlp", "--hidden", "32,32", "--epochs", "60",
-                   "--no-progress", "--no-plots", "--out", str(out))
-    assert proc.returncode == 0, proc.stderr
-    return out
+def mlp_bundle(mlr_mlp_bundle):
+    return mlr_mlp_bundle
 
 
 def test_the_seeds_rules(seed_bundle):
