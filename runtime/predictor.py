@@ -248,8 +248,8 @@ class Predictor:
 
     def tune(self, max_rows: int = 65536, seconds: float = 2.0) -> Plan:
         """Measure every regime that can run each batch size from 1 to ``max_rows`` rows on this machine, now,
-        and run each size in the fastest from now on (the default rules' regime is kept unless another is
-        at least 5% faster); returns the plan, with what was measured (save it with ``plan.save(path)``).
+        and run each size in the fastest from now on (the rules' regime, else the one chosen at the size
+        below, is kept unless another takes at most 0.95 of its time); returns the plan, with what was measured (save it with ``plan.save(path)``).
         About ``seconds`` of measuring, more when one call takes longer. Call it before serving: calls made
         while it measures may run in either plan."""
         from torchport.runtime.tuning import measure_plan

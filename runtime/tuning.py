@@ -16,7 +16,9 @@ from torchport.runtime.plan import Plan, Regime, Timing, machine_key, steps_from
 SIZES = (1, 8, 64, 256, 512, 1024, 2048, 4096, 16384, 65536, 262144, 1 << 20)
 ROUNDS = 5
 SETTLE_S = 0.002  # a pause after each regime's turn, untimed: threads a session left spinning go to sleep
-KEEP_RULES_UNLESS = 0.95  # another regime replaces the rules' one only if at most this share of its time
+# Another regime replaces the rules' one, or the one chosen at the size below, only if it takes at most
+# this share of its time: a boundary should not move with one run's noise.
+KEEP_RULES_UNLESS = 0.95
 DROP_AFTER = 2.5  # from 4096 rows on, a regime this many times slower than the best at the size before is dropped
 
 
@@ -111,9 +113,10 @@ def measure_plan(p: Predictor, max_rows: int = 65536, seconds: float = 2.0) -> P
         timings += [Timing(rows, r, m) for r, m in zip(regimes, medians)]
         by = dict(zip(regimes, medians))
         best = min(by, key=by.get)
-        rule = rules.regime(rows)
-        if rule in by and by[best] > KEEP_RULES_UNLESS * by[rule]:
-            best = rule
+        for keep in (rules.regime(rows), winners[-1][1] if winners else None):
+            if keep in by and by[best] > KEEP_RULES_UNLESS * by[keep]:
+                best = keep
+                break
         zero_copy = [r for r in by if not r.bound]
         fallback = min(zero_copy, key=by.get) if zero_copy else p._whole(best.graph, 1)
         winners.append((rows, best, fallback))
