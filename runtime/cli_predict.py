@@ -10,7 +10,8 @@ rules and the same output.
 examples:
   torchport predict bundles/seed --input islands.csv --output scored.csv
   torchport predict bundles/seed -i big.parquet -o scored.parquet --chunk-rows 1000000
-  torchport tune bundles/seed --out seed.plan.json && torchport predict bundles/seed -i big.csv -o s.csv --plan seed.plan.json
+  torchport tune bundles/seed --out seed.plan.json
+  torchport predict bundles/seed -i big.csv -o scored.csv --plan seed.plan.json
 """
 from __future__ import annotations
 

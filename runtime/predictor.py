@@ -148,7 +148,8 @@ class Predictor:
     def _rules(self) -> Plan:
         """The default plan, from the model's shape (the class docstring says what it does)."""
         if self._custom:
-            return Plan((Step(1, Regime(ONNX_FILE, CUSTOM, bound=True)), Step(SLOT_ROWS + 1, Regime(ONNX_FILE, CUSTOM))))
+            return Plan((Step(1, Regime(ONNX_FILE, CUSTOM, bound=True)),
+                         Step(SLOT_ROWS + 1, Regime(ONNX_FILE, CUSTOM))))
         first, large = self._first_graph, LARGE_BATCH_FILE if self._large_bytes is not None else ONNX_FILE
         steps = [Step(1, Regime(first, 1, bound=True))]
         if self._mlp():
@@ -249,8 +250,8 @@ class Predictor:
     def tune(self, max_rows: int = 65536, seconds: float = 2.0) -> Plan:
         """Measure every regime that can run each batch size from 1 to ``max_rows`` rows on this machine, now,
         and run each size in the fastest from now on (the rules' regime, else the one chosen at the size
-        below, is kept unless another takes at most 0.95 of its time); returns the plan, with what was measured (save it with ``plan.save(path)``).
-        About ``seconds`` of measuring, more when one call takes longer. Call it before serving: calls made
+        below, is kept unless another takes at most 0.90 of its time); returns the plan, with what was
+        measured (save it with ``plan.save(path)``). About ``seconds`` of measuring, more when one call takes longer. Call it before serving: calls made
         while it measures may run in either plan."""
         from torchport.runtime.tuning import measure_plan
         if self._custom:

@@ -59,7 +59,7 @@ def test_a_measured_plan_answers_within_the_bound_and_checks_every_regime(mlp_bu
         assert rules.regime(n) in here and len(here) >= 2  # the rules' regime and at least one other
         chosen = plan.regime(n)
         assert here[chosen] <= here[rules.regime(n)] or chosen == rules.regime(n)
-        assert here[chosen] <= min(here.values()) / 0.95 + 1e-12  # the fastest, or within 5% of it
+        assert here[chosen] <= min(here.values()) / 0.90 + 1e-12  # the fastest, or within 10% of it
     graphs = {r.graph for t in plan.timings for r in [t.regime]}
     assert graphs == {"model.onnx", "model.large_batch.onnx"}  # both graph files were measured
     for n, old in before.items():  # another graph rounds differently: float32 rounding apart
