@@ -49,12 +49,13 @@ def run(args: argparse.Namespace) -> int:
     print(f"measured on {plan.machine} in {plan.measured_s:.1f} s: median time per call (NaN/inf check included)")
     rows = sorted({t.rows for t in plan.timings})
     for n in rows:
-        cells = sorted((t for t in plan.timings if t.rows == n), key=lambda t: t.median_s)
+        cells = sorted((t for t in plan.timings if t.rows == n), key=lambda t: (t.again, t.median_s))
         chosen = plan.regime(n)
         print(f"  {n:>9,} rows:")
         for t in cells:
-            mark = "*" if t.regime == chosen else " "
-            print(f"    {mark} {t.median_s * 1e6:>12,.1f} us  {t.regime.describe()}")
+            mark = "*" if t.regime == chosen and not t.again else " "
+            again = "  (again: the fastest against the regime it would replace)" if t.again else ""
+            print(f"    {mark} {t.median_s * 1e6:>12,.1f} us  {t.regime.describe()}{again}")
     print("plan (* above: the regime chosen at that size):")
     for line in plan.describe():
         print(f"  {line}")

@@ -73,10 +73,12 @@ class Step:
 
 @dataclass(frozen=True)
 class Timing:
-    """One measured median: ``regime`` at ``rows`` rows, seconds per call (NaN/inf check included)."""
+    """One measured median: ``regime`` at ``rows`` rows, seconds per call (NaN/inf check included);
+    ``again``: a second measurement, of the fastest against the regime it would replace."""
     rows: int
     regime: Regime
     median_s: float
+    again: bool = False
 
 
 @dataclass(frozen=True)
@@ -118,7 +120,7 @@ class Plan:
         return {"format": PLAN_FORMAT, "format_version": PLAN_FORMAT_VERSION, "source": self.source,
                 "machine": self.machine, "models": list(self.models), "measured_s": self.measured_s,
                 "steps": [{"from_rows": s.from_rows, "regime": s.regime.to_json()} for s in self.steps],
-                "timings": [{"rows": t.rows, "regime": t.regime.to_json(), "median_s": t.median_s}
+                "timings": [{"rows": t.rows, "regime": t.regime.to_json(), "median_s": t.median_s, "again": t.again}
                             for t in self.timings]}
 
     @classmethod
@@ -130,8 +132,8 @@ class Plan:
                              f"{v['format_version']}; expected {PLAN_FORMAT!r} version {PLAN_FORMAT_VERSION})")
         steps = tuple(Step(s["from_rows"], Regime.from_json(s["regime"], f"{where}.steps[{i}].regime"))
                       for i, s in enumerate(items(v["steps"], f"{where}.steps", _step_fields)))
-        timings = tuple(Timing(t["rows"], Regime.from_json(t["regime"], f"{where}.timings[{i}].regime"), t["median_s"])
-                        for i, t in enumerate(items(v["timings"], f"{where}.timings", _timing_fields)))
+        timings = tuple(Timing(t["rows"], Regime.from_json(t["regime"], f"{where}.timings[{i}].regime"), t["median_s"],
+                               t["again"]) for i, t in enumerate(items(v["timings"], f"{where}.timings", _timing_fields)))
         models = items(v["models"], f"{where}.models", scalar(TEXT))
         return cls(steps, v["source"], v["machine"], models, timings, float(v["measured_s"]))
 
@@ -157,7 +159,7 @@ def _step_fields(obj: Any, where: str) -> dict[str, Any]:
 
 
 def _timing_fields(obj: Any, where: str) -> dict[str, Any]:
-    return values(obj, where, {"rows": INT, "regime": (dict,), "median_s": NUMBER})
+    return values(obj, where, {"rows": INT, "regime": (dict,), "median_s": NUMBER, "again": FLAG})
 
 
 def flops_per_row(kind: str, n_features: int, n_targets: int, hidden: tuple[int, ...] = ()) -> int | None:

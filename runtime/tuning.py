@@ -112,9 +112,18 @@ def measure_plan(p: Predictor, max_rows: int = 65536, seconds: float = 2.0) -> P
         medians = _medians(p, regimes, x_all[:rows], seconds / len(sizes))
         timings += [Timing(rows, r, m) for r, m in zip(regimes, medians)]
         by = dict(zip(regimes, medians))
-        best = min(by, key=by.get)
-        for keep in (rules.regime(rows), winners[-1][1] if winners else None):
-            if keep in by and by[best] > KEEP_RULES_UNLESS * by[keep]:
+        best, rule = min(by, key=by.get), rules.regime(rows)
+        for keep in (rule, winners[-1][1] if winners else None):
+            if keep == best:
+                break
+            if keep not in by or by[keep] > by[rule]:  # the size below's regime only if not slower than the rules'
+                continue
+            confirmed = by[best] <= KEEP_RULES_UNLESS * by[keep]
+            if confirmed:  # measure the two again: one run's noise should not move a boundary
+                again = _medians(p, [best, keep], x_all[:rows], seconds / len(sizes) / 2)
+                timings += [Timing(rows, best, again[0], True), Timing(rows, keep, again[1], True)]
+                confirmed = again[0] <= KEEP_RULES_UNLESS * again[1]
+            if not confirmed:
                 best = keep
                 break
         zero_copy = [r for r in by if not r.bound]

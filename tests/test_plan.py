@@ -54,12 +54,15 @@ def test_a_measured_plan_answers_within_the_bound_and_checks_every_regime(mlp_bu
     assert p.plan is plan and plan.source == "measured" and plan.machine == machine_key() and plan.measured_s > 0
     measured = sorted({t.rows for t in plan.timings})
     assert measured == [1, 8, 64, 256, 512, 1024, 2048, 4096]
+    before_n = None
     for n in measured:
-        here = {t.regime: t.median_s for t in plan.timings if t.rows == n}
+        here = {t.regime: t.median_s for t in plan.timings if t.rows == n and not t.again}
         assert rules.regime(n) in here and len(here) >= 2  # the rules' regime and at least one other
         chosen = plan.regime(n)
-        assert here[chosen] <= here[rules.regime(n)] or chosen == rules.regime(n)
-        assert here[chosen] <= min(here.values()) / 0.90 + 1e-12  # the fastest, or within 10% of it
+        # the fastest, unless it was not 10% quicker (measured twice) than the rules' or the size below's
+        assert chosen in (min(here, key=here.get), rules.regime(n), before_n)
+        assert here[chosen] <= here[rules.regime(n)]
+        before_n = chosen
     graphs = {r.graph for t in plan.timings for r in [t.regime]}
     assert graphs == {"model.onnx", "model.large_batch.onnx"}  # both graph files were measured
     for n, old in before.items():  # another graph rounds differently: float32 rounding apart
