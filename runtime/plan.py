@@ -8,7 +8,6 @@ import bisect
 import json
 import math
 import os
-import platform
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -18,7 +17,6 @@ import onnxruntime as ort
 
 from torchport.runtime.cpus import usable_cpus
 from torchport.runtime.errors import InputError
-from torchport.runtime.files import strict_json, write_text
 from torchport.runtime.jsonfields import FLAG, INT, NUMBER, TEXT, items, scalar, values
 
 PLAN_FORMAT = "torchport.plan"
@@ -139,7 +137,8 @@ class Plan:
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write the plan as JSON (atomically: a temp file renamed into place)."""
-        return write_text(path, strict_json(self.to_json()))
+        from torchport.runtime.files import write_json  # not at import: a Predictor's cold start skips it
+        return write_json(path, self.to_json())
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "Plan":
@@ -174,6 +173,7 @@ def flops_per_row(kind: str, n_features: int, n_targets: int, hidden: tuple[int,
 @lru_cache(maxsize=1)
 def machine_key() -> str:
     """What a measured plan depends on: the CPU model, the CPUs this process may use, ONNX Runtime's version."""
+    import platform  # not at import: a Predictor's cold start skips it
     name = platform.processor() or platform.machine()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
