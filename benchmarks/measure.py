@@ -15,12 +15,12 @@ import torch
 from torchport.benchmarks.backends import Backend, BundleBackends, build_backends
 from torchport.benchmarks.machine import environment
 from torchport.benchmarks.peak import MatmulPeak, matmul_peak
-from torchport.runtime.plan import flops_per_row
 from torchport.benchmarks.records import BenchReport, BenchSettings, BenchThreads, ModelEntry, Plan, ResultRow
 from torchport.export.formats import model_spec
 from torchport.export.verify import random_rows, training_record
 from torchport.runtime.bundle import Bundle
 from torchport.runtime.cpus import physical_cores
+from torchport.runtime.plan import flops_per_row
 from torchport.train.jsonfields import finite
 
 DEFAULT_BATCH_SIZES = (1, 8, 64, 512, 4096, 65536, 1 << 20)
@@ -29,10 +29,10 @@ AGREE_ATOL, AGREE_RTOL = 1e-4, 1e-3
 # What every backend's answers are checked against: torch eager on the CPU, else the ExportedProgram (a
 # module torchport did not define has no torch eager row).
 REFERENCES = ("torch_eager", "exported")
-GPU_TOLERANCE_FACTOR = 10
+GPU_TOLERANCE_FACTOR = 10  # onnxruntime's CUDA provider may use TF32 matmuls (10 mantissa bits)
 # After each backend's turn in a round, untimed: ONNX Runtime's and torch's thread pools spin a while after
 # a run, which took a core from the backend that ran next (up to 1.4x its time at 64K rows, measured).
-SETTLE_S = 0.002  # onnxruntime's CUDA provider may use TF32 matmuls (10 mantissa bits)
+SETTLE_S = 0.002
 
 
 def _one_call_seconds(backend: Backend, x: np.ndarray) -> float:

@@ -32,8 +32,9 @@ from torchport.benchmarks.timing import RESULTS_DIR
 from torchport.runtime import Predictor
 from torchport.runtime.bundle import ONNX_FILE, Bundle
 from torchport.runtime.cpus import usable_cpus
+from torchport.runtime.errors import BundleError
 from torchport.runtime.files import write_json
-from torchport.runtime.options import positive_int
+from torchport.runtime.options import positive_float, positive_int
 
 CONDITIONS = ("alone", "two callers", "one busy process", "busy process per CPU")
 BUSY = "while True:\n    pass\n"
@@ -126,17 +127,19 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--bundle", type=Path, default=Path("bundles/seed"))
     parser.add_argument("--sizes", default="64,4096,65536", help="batch sizes, comma-separated (default: 64,4096,65536)")
-    parser.add_argument("--seconds", type=float, default=2.0, help="seconds per backend, size and condition")
-    parser.add_argument("--tune-seconds", type=float, default=2.0, help="seconds the tuned Predictor measures")
+    parser.add_argument("--seconds", type=positive_float, default=2.0, help="seconds per backend, size and condition")
+    parser.add_argument("--tune-seconds", type=positive_float, default=2.0, help="seconds the tuned Predictor measures")
     parser.add_argument("--json", type=Path, help="where to save the figures (default: benchmarks/results/)")
     args = parser.parse_args(argv)
     try:
         sizes = [positive_int(s) for s in args.sizes.split(",")]
-    except Exception:
+    except argparse.ArgumentTypeError:
         parser.error(f"--sizes must be whole numbers >= 1, comma-separated; got {args.sizes!r}")
-    if not args.seconds > 0 or not args.tune_seconds > 0:
-        parser.error("--seconds and --tune-seconds must be positive")
-    bundle = Bundle.open(args.bundle)
+    try:
+        bundle = Bundle.open(args.bundle)
+    except BundleError as e:
+        print(f"under_load: error: {e}; make one with `torchport train --out {args.bundle}`", file=sys.stderr)
+        return 2
     figures = measure(bundle, sizes, args.seconds, args.tune_seconds)
     report = {"benchmark": "under_load", "when": dt.datetime.now(dt.timezone.utc).isoformat(),
               "bundle": str(args.bundle), "environment": environment({"plain": "onnxruntime default",

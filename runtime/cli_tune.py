@@ -17,18 +17,8 @@ import argparse
 from pathlib import Path
 
 from torchport.runtime.errors import InputError
-from torchport.runtime.options import positive_int
+from torchport.runtime.options import positive_float, positive_int
 from torchport.runtime.predictor import Predictor
-
-
-def positive_seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {text!r}")
-    return value
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -36,7 +26,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", "-o", type=Path, help="write the plan here (JSON; replaced atomically)")
     p.add_argument("--max-rows", type=positive_int, default=65536,
                    help="largest batch measured; larger ones run in its regime (default: 65536)")
-    p.add_argument("--seconds", type=positive_seconds, default=2.0,
+    p.add_argument("--seconds", type=positive_float, default=2.0,
                    help="about how long to measure (default: 2; more when one call takes longer)")
     p.add_argument("--threads", type=positive_int, help="intra-op threads of the Predictor (default: every usable CPU)")
 
@@ -44,6 +34,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.out is not None and args.out.is_dir():
         raise InputError(f"{args.out} is a directory; give the plan's file name", parameter="out")
+    if args.out is not None and not args.out.parent.is_dir():  # found now, not after measuring
+        raise InputError(f"{args.out.parent} does not exist; make it or write the plan elsewhere", parameter="out")
     predictor = Predictor(args.bundle, providers="cpu", intra_op_threads=args.threads)
     plan = predictor.tune(max_rows=args.max_rows, seconds=args.seconds)
     print(f"measured on {plan.machine} in {plan.measured_s:.1f} s: median time per call (NaN/inf check included)")

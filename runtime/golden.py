@@ -66,8 +66,11 @@ def load_golden(data: bytes, features: list[str], targets: list[str]) -> Golden:
     return Golden(inputs.astype(np.float32), answers, bound)
 
 
-def self_check(predict: Callable[[np.ndarray], np.ndarray], golden: Golden, targets: list[str],
-               providers: list[str], regimes: list[tuple[str, Callable[[np.ndarray], np.ndarray]]] = ()) -> SelfCheck:
+Run = Callable[[np.ndarray], np.ndarray]
+
+
+def self_check(predict: Run, golden: Golden, targets: list[str], providers: list[str],
+               regimes: list[tuple[str, Run]] = ()) -> SelfCheck:
     """Run the golden rows through ``predict`` whole and in batches of up to SLOT_ROWS rows, and whole through
     each of ``regimes`` (a description and a run); ParityError naming the worst element if any answer is
     further from its float64 value than the bound."""
@@ -75,7 +78,8 @@ def self_check(predict: Callable[[np.ndarray], np.ndarray], golden: Golden, targ
     pieces = np.concatenate([np.asarray(predict(golden.inputs[i:i + SLOT_ROWS]), np.float64)
                              for i in range(0, len(golden.inputs), SLOT_ROWS)]) if len(golden.inputs) else whole
     runs = [("as one batch", whole), (f"in batches of up to {SLOT_ROWS} rows", pieces)]
-    runs += [(f"as one batch in the regime {how}", np.asarray(run(golden.inputs), np.float64)) for how, run in regimes]
+    runs += [(f"as one batch in the regime {how}", np.asarray(run(golden.inputs), np.float64))
+             for how, run in regimes]
     worst_share, worst = -1.0, None
     for how, got in runs:
         diff = np.abs(got - golden.answers)

@@ -251,8 +251,8 @@ class Predictor:
         """Measure every regime that can run each batch size from 1 to ``max_rows`` rows on this machine, now,
         and run each size in the fastest from now on (the rules' regime, else the one chosen at the size
         below, is kept unless another takes at most 0.90 of its time); returns the plan, with what was
-        measured (save it with ``plan.save(path)``). About ``seconds`` of measuring, more when one call takes longer. Call it before serving: calls made
-        while it measures may run in either plan."""
+        measured (save it with ``plan.save(path)``). About ``seconds`` of measuring, more when one call
+        takes longer. Call it before serving: calls made while it measures may run in either plan."""
         from torchport.runtime.tuning import measure_plan
         if self._custom:
             raise InputError("tune() needs the Predictor's own sessions; this one was made with sess_options",
@@ -299,8 +299,11 @@ class Predictor:
         """The slot pools of a bound ``regime``, made once on first use."""
         session = self._session_for(regime)
         with self._runner_lock:
-            return self._slot_sets.setdefault(regime, hot_path.Slots(session, self.input_name, self.output_name,
-                                                                      self.n_features, self.n_targets))
+            slots = self._slot_sets.get(regime)
+            if slots is None:
+                slots = self._slot_sets[regime] = hot_path.Slots(session, self.input_name, self.output_name,
+                                                                 self.n_features, self.n_targets)
+            return slots
 
     def _new_slot(self, rows: int) -> tuple:
         """A fresh slot for predict's fast path, whose pool for ``rows`` rows was empty."""
@@ -384,18 +387,19 @@ class Predictor:
             self._check_out(out, rows)
         if rows == 0:
             return np.empty((0, self.n_targets), dtype=np.float32) if out is None else out
-        return self._run_in(self.plan.regime(rows), x, out)
+        return self._run_in(self.plan.regime(rows), x, out, planned=True)
 
-    def _run_in(self, regime: Regime, x: np.ndarray, out: np.ndarray | None) -> np.ndarray:
+    def _run_in(self, regime: Regime, x: np.ndarray, out: np.ndarray | None, planned: bool = False) -> np.ndarray:
         """``x`` (rows >= 1, any numeric dtype and layout) run in ``regime``: through a pooled slot's bound
-        buffers (one copy in, which converts dtype and layout too) or zero-copy from float32 C-contiguous."""
+        buffers (one copy in, which converts dtype and layout too) or zero-copy from float32 C-contiguous.
+        ``planned``: ``regime`` is the plan's for this size, so its pool may serve predict's fast path."""
         rows = x.shape[0]
         if regime.bound and rows <= self._slot_rows:
             slots = self._slot_sets.get(regime) or self._slots_of(regime)
             pool = slots.pool(rows)
             if pool is not None:
-                if regime == self.plan.regime(rows):
-                    self._pools[x.shape[0], self.n_features] = pool  # found by predict's fast path from now on
+                if planned:
+                    self._pools[rows, self.n_features] = pool  # found by predict's fast path from now on
                 try:
                     slot = pool.pop()
                 except IndexError:

@@ -9,7 +9,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from conftest import run_cli
+from conftest import DATA, run_cli
 from torchport.runtime import Predictor
 from torchport.runtime.errors import InputError
 from torchport.runtime.hot_path import MAX_POOLS, SLOT_ROWS, slot_rows
@@ -157,3 +157,41 @@ def test_the_under_load_benchmark_records_every_condition(seed_bundle, tmp_path)
         for rate in by_condition.values():
             assert set(rate) == {"ort_plain", "predictor", "predictor_tuned"} and min(rate.values()) > 0
     assert "busy process per CPU" in proc.stdout and "held:" in proc.stdout
+
+
+@pytest.mark.parametrize("table", ["diabetes", "longley"])
+def test_plans_on_real_tables_answer_within_the_parity_bound(tmp_path, table):
+    """scikit-learn's diabetes (10 raw features, a 64-64 MLP: the width at which the rules use both threads) and
+    NIST StRD Longley in raw units (the folded graph keeps its Sub there): rules and a measured plan both answer
+    like a plain session on model.onnx within the bundle's parity bound, on rows from the table itself."""
+    from sklearn.datasets import load_diabetes
+    from torchport.benchmarks.hot_path import agrees
+    from torchport.export import load_dataset, write_from_regressor
+    from torchport.train import Regressor
+    if table == "diabetes":
+        path = tmp_path / "diabetes.csv"
+        load_diabetes(as_frame=True, scaled=False).frame.rename(columns={"target": "y"}).to_csv(path, index=False)
+        hidden = (64, 64)
+    else:
+        path, hidden = DATA / "nist" / "longley.csv", (32, 32)
+    data = load_dataset(str(path), ["y"])
+    reg = Regressor(model="mlp", hidden=hidden, optimizer="adam", epochs=200, device="cpu").fit(data.X, data.y)
+    manifest = write_from_regressor(reg, data, tmp_path / "b", plots=False)
+    assert manifest.parity.passed
+    p = Predictor(tmp_path / "b", providers="cpu", intra_op_threads=2)
+    n_features = len(data.feature_names)
+    if table == "diabetes":  # 2 x (10x64 + 64x64 + 64) = 9,600 FLOP a row: both threads from 417 rows
+        assert p.plan.regime(slot_rows(n_features, 1)).bound
+        assert p.plan.regime(417).threads == 2 and p.plan.regime(416).threads == 1
+    rows = np.asarray(data.X, dtype=np.float64)
+    x = (np.resize(rows, (9000, n_features)) * np.random.default_rng(2).uniform(0.98, 1.02, (9000, n_features)))
+    x = x.astype(np.float32)
+    plain = ort.InferenceSession(str(tmp_path / "b" / "model.onnx"), providers=["CPUExecutionProvider"])
+    sizes = (1, 7, 64, 300, 1000, 5000, 9000)
+    expected = {n: plain.run(None, {"features": x[:n]})[0] for n in sizes}
+    for n in sizes:
+        assert agrees(p, p.predict(x[:n]), expected[n]), (table, "rules", n)
+    p.tune(max_rows=4096, seconds=0.5)
+    for n in sizes:
+        assert agrees(p, p.predict(x[:n]), expected[n]), (table, "measured", n, p.plan.regime(n))
+    assert p.self_check().of_bound <= 1
