@@ -8,7 +8,7 @@ import importlib
 
 _NAMES = {
     "BundleExistsError": "bundle_writer", "ParityFailed": "bundle_writer", "write_bundle": "bundle_writer",
-    "write_from_regressor": "bundle_writer", "write_module_bundle": "bundle_writer", "load_dataset": "datasets",
+    "write_from_regressor": "bundle_writer", "write_module_bundle": "bundle_writer",
     "load_module": "formats", "TorchModel": "loading", "load_model": "loading", "Tolerance": "parity",
     "assert_parity": "testing", "verify_bundle": "verify",
 }

@@ -49,7 +49,7 @@ class BundleExistsError(InputError):
     """The output directory exists and replacing it was not asked for."""
 
     def __init__(self, out: Path):
-        super().__init__(f"{out} exists", parameter="out", fix=Fix("force", True, "to replace it"))
+        super().__init__(f"{out} exists", parameter="out", fixes=(Fix({"force": True}, "to replace it"),))
 
 
 class ParityFailed(ParityError):
@@ -61,7 +61,7 @@ class ParityFailed(ParityError):
         super().__init__(f"parity FAILED: the exported copies disagree with the torch model beyond float32 "
                          f"rounding ({worst}); nothing was published at {out}; the staged bundle is in {kept} for "
                          "inspection", parameter="publish_failed",
-                         fix=Fix("publish_failed", True, "to publish it marked failed"))
+                         fixes=(Fix({"publish_failed": True}, "to publish it marked failed"),))
         self.report, self.kept = report, kept
 
 

@@ -34,9 +34,6 @@ from torchport.export.triton import write_triton_repository
 from torchport.export.verify import training_record, training_rows
 from torchport.runtime.bundle import EXPORTED_FILE, FORMAT_FILES, Bundle
 from torchport.runtime.options import positive_int
-from torchport.train.errors import TrainError
-
-USER_ERRORS = (TrainError,)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

@@ -34,13 +34,10 @@ import warnings
 from pathlib import Path
 
 from torchport.export.format_choices import DEFAULT_FORMATS
-from torchport.runtime.errors import InputError
+from torchport.runtime.errors import Fix, InputError
 from torchport.runtime.options import delimiter, names, number, whole_number, widths
 from torchport.runtime.status import Status
 from torchport.train.choices import ACTIVATION_NAMES, DATASET_NAMES, MODEL_KINDS, OPTIMIZERS, SCHEDULES
-from torchport.train.errors import TrainError
-
-USER_ERRORS = (TrainError,)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -125,7 +122,7 @@ def _run(args: argparse.Namespace, status: Status) -> int:
     tolerance(args)  # --atol without --rtol is a mistake to name before anything is read or written
     out = args.out or Path("bundles") / (Path(args.data).stem if args.data not in DATASET_NAMES else args.data)
     _refuse_existing(out, args.force)
-    from torchport.export.datasets import load_dataset
+    from torchport.train.datasets import load_dataset
     status.set(f"reading {args.data}")
     data = load_dataset(args.data, args.target, args.features, delimiter=args.delimiter,
                         on_rows=lambda n: status.set(f"reading {args.data}: {n:,} rows"))
@@ -165,8 +162,8 @@ def _train_and_export(args: argparse.Namespace, status: Status, settings: dict, 
 
     state = out.parent / f"{out.name}.train-state.pt"
     if state.exists() and not (args.resume or args.force):
-        raise InputError(f"an interrupted run left {state}; pass --resume to continue it, or --force to "
-                         "start over")
+        raise InputError(f"an interrupted run left {state}", fixes=(Fix({"resume": True}, "to continue it"),
+                                                                     Fix({"force": True}, "to start over")))
 
     def show(p) -> None:
         val = "" if p.val_loss is None else f", validation loss {p.val_loss:.6g}"

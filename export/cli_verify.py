@@ -24,9 +24,6 @@ from torchport.export.parity import format_report
 from torchport.export.verify import verify_bundle
 from torchport.runtime.bundle import MANIFEST, Bundle
 from torchport.runtime.files import write_json
-from torchport.train.errors import TrainError
-
-USER_ERRORS = (TrainError,)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from torchport.export.aoti import PackageCannotRun, load_package
-from torchport.export.datasets import load_dataset
+from torchport.train.datasets import load_dataset
 from torchport.export.exported import load_program
 from torchport.export.formats import TorchScriptUnavailable, load_module, load_torchscript
 from torchport.export.loading import module_runner
@@ -27,11 +27,10 @@ from torchport.export.parity import REFERENCE, Tolerance, column_errors, compare
 from torchport.export.torch_calls import evaluating
 from torchport.runtime.bundle import AOTI_CUDA_FILE, AOTI_FILE, CHECKPOINT_FILE, EXPORTED_FILE, LARGE_BATCH_FILE, \
     ONNX_FILE, TORCHSCRIPT_FILE, Bundle, Manifest, ParityCase, ParityReport
-from torchport.runtime.errors import DataError as RuntimeDataError
-from torchport.runtime.errors import BundleError
+from torchport.runtime.errors import BundleError, DataError
+from torchport.runtime.golden import Golden
 from torchport.runtime.predictor import Predictor
 from torchport.runtime.sessions import session_options
-from torchport.train.errors import DataError
 from torchport.train.record import FeatureStats, TrainingRecord
 
 # 40000 rows take the Predictor's multi-threaded session for linear models (large_batch_rows is 32768 by
@@ -46,14 +45,6 @@ GOLDEN_ROWS = 256  # rows kept as golden cases: up to half from the training row
 # copies jittered by 1e-3 of their value, which round like them, so that one lucky row cannot set the scale.
 SCALE_ROWS = 1024
 Backend = Callable[[np.ndarray], np.ndarray]
-
-
-@dataclass(frozen=True)
-class Golden:
-    """Rows of a verification run with their float64 answers and the bound per target."""
-    inputs: np.ndarray
-    answers: np.ndarray
-    bound: np.ndarray
 
 
 def training_record(manifest: Manifest) -> TrainingRecord | None:
@@ -74,7 +65,7 @@ def training_rows(record: TrainingRecord | None) -> tuple[np.ndarray | None, str
     for where in (d.name, d.source):
         try:
             data = load_dataset(where, d.targets, d.features)
-        except (DataError, RuntimeDataError, OSError):
+        except (DataError, OSError):
             continue
         if data.fingerprint == d.fingerprint_sha256:
             return data.X, f"{data.source} ({len(data.X)} rows)"

@@ -578,4 +578,4 @@ def refuse_failed_parity(bundle: Bundle) -> ParityError:
     return ParityError(f"{bundle.path}: this bundle failed its parity check ({', '.join(failing)} beyond the "
                        "criterion) and was published marked failed; re-export it, or load it anyway for "
                        "inspection", parameter="allow_failed_parity",
-                       fix=Fix("allow_failed_parity", True, "to use it as it is"))
+                       fixes=(Fix({"allow_failed_parity": True}, "to use it as it is"),))

@@ -10,8 +10,7 @@ import traceback
 
 from torchport.runtime.errors import TorchportError
 
-# name -> (module, extra that provides it, one-line help); each module has add_arguments(p) and run(args), and
-# may list USER_ERRORS: exception types of the parts it drives that are the user's to fix, like TorchportError.
+# name -> (module, extra that provides it, one-line help); each module has add_arguments(p) and run(args).
 COMMANDS: dict[str, tuple[str, str, str]] = {
     "train": ("torchport.export.cli_train", "train",
               "train on a bundled dataset or a file, export the bundle and verify it (the main job)"),
@@ -56,8 +55,7 @@ def flag_finder(parser: argparse.ArgumentParser):
 
 def describe(error: BaseException, flag_of) -> str:
     """An error's message in the command's terms: its fix as a flag, the parameter at fault named by its flag."""
-    render = getattr(error, "render", None)  # torchport's errors, the runtime's and the training side's
-    text = render(flag_of) if callable(render) else str(error)
+    text = error.render(flag_of) if isinstance(error, TorchportError) else str(error)
     flag = flag_of(getattr(error, "parameter", None) or "")
     if flag and flag not in text:
         text += f" ({flag})"
@@ -92,10 +90,9 @@ def main(argv: list[str] | None = None) -> int:
                     formatter_class=argparse.RawDescriptionHelpFormatter)
     module.add_arguments(parser)
     args = parser.parse_args(argv[1:])
-    user_errors = (TorchportError, *getattr(module, "USER_ERRORS", ()))
     try:
         return int(module.run(args) or 0)
-    except user_errors as e:
+    except TorchportError as e:
         print(f"torchport {command}: error: {describe(e, flag_finder(parser))}", file=sys.stderr)
         return int(getattr(e, "exit_code", 2))
     except KeyboardInterrupt:

@@ -19,7 +19,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from torchport.runtime.errors import InputError
+from torchport.runtime.errors import Fix, InputError
 from torchport.runtime.options import delimiter, positive_int
 from torchport.runtime.predictor import Predictor
 from torchport.runtime.scoring import score_file
@@ -47,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"input file {args.input} " + ("is not a file" if args.input.exists() else
                                                         "does not exist"), parameter="input")
     if args.output.exists() and not args.force:
-        raise InputError(f"{args.output} exists; pass --force to replace it", parameter="output")
+        raise InputError(f"{args.output} exists", parameter="output", fixes=(Fix({"force": True}, "to replace it"),))
     if args.output.resolve() == args.input.resolve():
         raise InputError("--output must differ from --input", parameter="output")
     predictor = Predictor(args.bundle, providers=args.providers, plan=args.plan)

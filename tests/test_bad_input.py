@@ -66,7 +66,7 @@ BAD_INVOCATIONS = [
     (["predict", "SEED", "-i", "missing.csv", "-o", "o.csv"], "does not exist"),
     (["predict", "SEED", "-i", "noarea.csv", "-o", "o.csv"], "missing feature column(s) 'area'"),
     (["predict", "SEED", "-i", "ok.csv", "-o", "o.xlsx"], "unsupported file type '.xlsx'"),
-    (["predict", "SEED", "-i", "ok.csv", "-o", "ok.csv"], "exists; pass --force"),
+    (["predict", "SEED", "-i", "ok.csv", "-o", "ok.csv"], "exists; use --force"),
     (["predict", "SEED", "-i", "ok.csv", "-o", "o.csv", "--chunk-rows", "0"], "expected a whole number >= 1"),
     (["predict", "SEED", "-i", "ok.csv", "-o", "o.csv", "--providers", "TPUExecutionProvider"],
      "unknown execution provider"),

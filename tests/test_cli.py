@@ -118,10 +118,10 @@ def command(monkeypatch):
 def test_torchport_errors_are_one_line_in_the_commands_terms(command, capsys):
     from torchport.runtime.cli import main
     from torchport.runtime.errors import Fix, InputError, ParityError
-    command.raises = InputError("b exists", parameter="out", fix=Fix("force", True, "to replace it"))
+    command.raises = InputError("b exists", parameter="out", fixes=(Fix({"force": True}, "to replace it"),))
     assert main(["probe"]) == 2
-    assert capsys.readouterr().err == "torchport probe: error: b exists; pass --force to replace it\n"
-    assert str(command.raises) == "b exists; give force=True to replace it"  # what Python callers read
+    assert capsys.readouterr().err == "torchport probe: error: b exists; use --force (to replace it)\n"
+    assert str(command.raises) == "b exists; use force=True (to replace it)"  # what Python callers read
     command.raises = InputError("lr must be positive; got -1", parameter="lr")
     assert main(["probe"]) == 2
     assert capsys.readouterr().err == "torchport probe: error: lr must be positive; got -1 (--learning-rate)\n"

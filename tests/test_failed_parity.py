@@ -55,7 +55,7 @@ def test_a_bundle_published_failed_is_refused_unless_allowed(published_failed, t
     assert Predictor(published_failed, allow_failed_parity=True).predict([[3.0]])[0][0] == pytest.approx(2.4034, abs=1e-3)
     triton = run_cli("export", str(published_failed), "--triton", str(tmp_path / "repo"))
     assert triton.returncode == 1 and "failed its parity check" in triton.stderr
-    assert "pass --allow-failed-parity to use it as it is" in triton.stderr and not (tmp_path / "repo").exists()
+    assert "use --allow-failed-parity (to use it as it is)" in triton.stderr and not (tmp_path / "repo").exists()
     allowed = run_cli("export", str(published_failed), "--triton", str(tmp_path / "repo"), "--allow-failed-parity")
     assert allowed.returncode == 0, allowed.stderr
     assert (tmp_path / "repo" / "seed" / "1" / "model.onnx").is_file()

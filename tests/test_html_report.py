@@ -126,7 +126,7 @@ def test_report_refuses_to_write_into_the_bundle_or_over_a_page(seed_bundle, tmp
     assert sorted(p.name for p in seed_bundle.rglob("*")) == before
     assert report(seed_bundle, "--out", tmp_path)[0] == 0
     code, err = report(seed_bundle, "--out", tmp_path)
-    assert code == 2 and "index.html exists; pass --force to replace it" in err
+    assert code == 2 and "index.html exists; use --force (to replace it)" in err
     code, err = report(DATA / "v1" / "mlp", "--out", tmp_path / "m", "--bench", REFERENCE_BENCH)
     assert code == 2 and "has no results for" in err and "(--bench)" in err
     (tmp_path / "bad.json").write_text('{"format": NaN}')

@@ -106,7 +106,7 @@ def test_existing_output_needs_force(seed_bundle):
     before = sha256_file(seed_bundle / "model.onnx")
     proc = run_cli("train", "--out", str(seed_bundle), "--epochs", "10", "--no-progress")
     assert proc.returncode == 2
-    assert "exists; pass --force" in proc.stderr and "Traceback" not in proc.stderr
+    assert "exists; use --force" in proc.stderr and "Traceback" not in proc.stderr
     assert sha256_file(seed_bundle / "model.onnx") == before
 
 

@@ -166,7 +166,8 @@ def test_plans_on_real_tables_answer_within_the_parity_bound(tmp_path, table):
     like a plain session on model.onnx within the bundle's parity bound, on rows from the table itself."""
     from sklearn.datasets import load_diabetes
     from torchport.benchmarks.hot_path import agrees
-    from torchport.export import load_dataset, write_from_regressor
+    from torchport.export import write_from_regressor
+    from torchport.train import load_dataset
     from torchport.train import Regressor
     if table == "diabetes":
         path = tmp_path / "diabetes.csv"

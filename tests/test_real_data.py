@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from conftest import DATA, run_cli
-from torchport.export import load_dataset, write_from_regressor
+from torchport.export import write_from_regressor
+from torchport.train import load_dataset
 from torchport.runtime import Predictor
 from torchport.train import Regressor
 from torchport.train.metrics import least_squares_coefficients

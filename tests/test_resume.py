@@ -34,7 +34,7 @@ def interrupted_then_resumed(tmp_path, args, min_epoch):
     assert state.exists() and not out.exists()
     stopped_at = train_state(state)["epoch"]
     again = run_cli("train", "--out", str(out), "--no-progress", *args)
-    assert again.returncode == 2 and "pass --resume to continue it" in again.stderr
+    assert again.returncode == 2 and "use --resume (to continue it)" in again.stderr
     resumed = run_cli("train", "--out", str(out), "--no-progress", "--resume", *args)
     assert resumed.returncode == 0, resumed.stderr
     assert not state.exists()

@@ -1,6 +1,6 @@
 """torchport.train: datasets, models, the training loop, metrics, the inference table, plots and the training
-report (uses torch; never imports export or runtime). Names are loaded on first use, so that a caller of
-one light module (train.choices) does not import torch."""
+report (uses torch; of the runtime it imports only the torch-free foundation: errors, strict JSON, tables).
+Names are loaded on first use, so that a caller of one light module (train.choices) does not import torch."""
 from __future__ import annotations
 
 import importlib

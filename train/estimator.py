@@ -27,7 +27,8 @@ from torch import nn
 
 from torchport.train import advice
 from torchport.train.choices import DEFAULT_LR, OPTIMIZERS, SCALES, SCHEDULES
-from torchport.train.errors import DataError, Fix, FitWarning, SettingsError, TrainingDiverged
+from torchport.runtime.errors import DataError, Fix
+from torchport.train.errors import FitWarning, SettingsError, TrainingDiverged
 from torchport.train.fast import fit_full_batch_sgd
 from torchport.train.metrics import exact_least_squares, mse, r2_score
 from torchport.train.models import (
