@@ -3,7 +3,7 @@ report (uses torch; of the runtime it imports only the torch-free foundation: er
 Names are loaded on first use, so that a caller of one light module (train.choices) does not import torch."""
 from __future__ import annotations
 
-import importlib
+from torchport.runtime.lazy import lazy_names
 
 _NAMES = {
     "DATASETS": "datasets", "Dataset": "datasets", "load_dataset": "datasets", "load_islands": "datasets",
@@ -14,14 +14,4 @@ _NAMES = {
 }
 __all__ = sorted(_NAMES)
 
-
-def __getattr__(name: str):
-    if name not in _NAMES:
-        raise AttributeError(f"module 'torchport.train' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"torchport.train.{_NAMES[name]}"), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_NAMES))
+__getattr__, __dir__ = lazy_names(__name__, _NAMES)
