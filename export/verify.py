@@ -174,7 +174,7 @@ def bundle_backends(bundle: Bundle, module: nn.Module | None = None) -> Backends
     predictor = Predictor(bundle, providers="cpu", allow_failed_parity=True)
     out.providers = predictor.providers
     out.backends["onnxruntime"] = predictor.predict
-    out.problems = check_names(predictor._session, features, targets, m.input.name, m.output.name)
+    out.problems = check_names(predictor.engine.first_session, features, targets, m.input.name, m.output.name)
     if bundle.has(LARGE_BATCH_FILE):
         for name, backend in GRAPH_BACKENDS.items():
             session = graph_session(bundle.read(name), str(bundle.path / name))

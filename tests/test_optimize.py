@@ -114,4 +114,4 @@ def test_one_feature_mlp_runs_its_large_batch_graph_in_chunks(tmp_path):
     plain = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
     np.testing.assert_allclose(p.predict(x), plain.run(None, {"features": x})[0], rtol=1e-5, atol=1e-5)
     assert p.plan.regime(len(x)).chunk_rows == cache_chunk_rows(8)  # it ran in cache-sized chunks
-    assert p.plan.regime(len(x)) in p._by_regime
+    assert p.plan.regime(len(x)) in p.engine.runners

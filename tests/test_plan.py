@@ -130,8 +130,8 @@ def test_slot_pools_stay_bounded(seed_bundle):
     x = np.random.default_rng(1).uniform(0, 4, size=(SLOT_ROWS + MAX_POOLS + 20, 1)).astype(np.float32)
     for n in range(SLOT_ROWS + 1, len(x) + 1):
         np.testing.assert_array_equal(p.predict(x[:n]), plain.run(None, {"features": x[:n]})[0])
-    assert sum(len(s.pools) for s in p._slot_sets.values()) <= MAX_POOLS + SLOT_ROWS
-    assert len(p._slot_sets[p.plan.regime(SLOT_ROWS + 1)].pools) == MAX_POOLS
+    assert sum(len(s.pools) for s in p.engine.slot_sets.values()) <= MAX_POOLS + SLOT_ROWS
+    assert len(p.engine.slot_sets[p.plan.regime(SLOT_ROWS + 1)].pools) == MAX_POOLS
 
 
 def test_steps_hold_bound_regimes_only_as_far_as_a_slot_does():
