@@ -3,8 +3,8 @@ import pytest
 import torch
 
 from torchport.train import (
-    DataError, ModelSpec, Regressor, SettingsError, TrainError, TrainingDiverged, exact_least_squares, load_dataset,
-    r2_score,
+    DataError, ModelSpec, NotFittedError, Regressor, SettingsError, TrainError, TrainingDiverged, exact_least_squares,
+    load_dataset, r2_score,
 )
 from torchport.train.estimator import resolve_device
 
@@ -217,23 +217,25 @@ def test_shape_mismatch_is_explained():
 def test_non_finite_data_is_named_not_trained_on():
     X = np.ones((4, 2))
     X[2, 1] = np.nan
-    with pytest.raises(DataError, match=r"X\[2, 1\] is nan, not a finite float32 number") as e:
+    with pytest.raises(DataError, match=r"X\[2, 1\] is NaN, not a finite float32 number") as e:
         Regressor(epochs=5).fit(X, np.arange(4.0))
     assert e.value.parameter == "X"
-    with pytest.raises(DataError, match=r"y\[1, 0\] is inf") as e:
+    with pytest.raises(DataError, match=r"y\[1, 0\] is 1e\+39 \(beyond float32's largest, 3\.403e\+38\)") as e:
         Regressor(epochs=5).fit(np.ones((4, 2)), [0.0, 1e39, 2.0, 3.0])  # beyond float32
     assert e.value.parameter == "y"
 
 
 def test_predict_checks_the_feature_width(fitted):
-    with pytest.raises(DataError, match=r"X has 2 feature column\(s\); this Regressor was fitted on 1"):
+    with pytest.raises(DataError, match=r"X has 2 features, but Regressor is expecting 1 features as input"):
         fitted.predict(np.zeros((3, 2)))
     assert fitted.predict([[3.0]]).shape == (1, 1)  # fitted on a 2-D y: 2-D predictions
 
 
 def test_predict_before_fit():
-    with pytest.raises(RuntimeError, match="not fitted yet"):
+    with pytest.raises(NotFittedError, match="this Regressor is not fitted yet; call fit") as e:
         Regressor().predict([[1.0]])
+    assert isinstance(e.value, ValueError) and isinstance(e.value, AttributeError)
+    assert not hasattr(Regressor(), "coef_")  # an AttributeError before fit, as scikit-learn's estimators
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")

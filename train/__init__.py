@@ -10,7 +10,7 @@ _NAMES = {
     "DataError": "errors", "SettingsError": "errors", "TrainError": "errors", "TrainingDiverged": "errors",
     "FitWarning": "errors", "Regressor": "estimator", "LeastSquares": "metrics",
     "exact_least_squares": "metrics", "mse": "metrics", "r2_score": "metrics", "ModelSpec": "models",
-    "TrainingRecord": "record",
+    "TrainingRecord": "record", "DataTypeError": "errors", "NotFittedError": "errors",
 }
 __all__ = sorted(_NAMES)
 

@@ -38,3 +38,13 @@ class FitWarning(UserWarning):
 
     def __str__(self) -> str:
         return self.render()
+
+
+class DataTypeError(DataError, TypeError):
+    """Values that are not real numbers (strings, objects, complex numbers): a TypeError too, as scikit-learn
+    raises for them."""
+
+
+class NotFittedError(TrainError, ValueError, AttributeError):
+    """A method that needs a fitted model, called before fit: a ValueError and an AttributeError, as
+    scikit-learn's NotFittedError is (``hasattr(reg, "coef_")`` is False before fit)."""
