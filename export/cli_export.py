@@ -33,6 +33,7 @@ from torchport.export.parity import format_report
 from torchport.export.triton import write_triton_repository
 from torchport.export.verify import training_record, training_rows
 from torchport.runtime.bundle import EXPORTED_FILE, FORMAT_FILES, Bundle
+from torchport.runtime.files import remove_leftovers
 from torchport.runtime.options import positive_int
 from torchport.train.errors import TrainError
 
@@ -70,6 +71,8 @@ def run(args: argparse.Namespace) -> int:
         return 0
     m = bundle.manifest
     out = args.out or args.bundle
+    for done in remove_leftovers(out):
+        print(f"torchport export: note: {done}", file=sys.stderr)
     record = training_record(m)
     X, _ = training_rows(record)
     formats = args.formats or held_formats(bundle)

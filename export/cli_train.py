@@ -35,6 +35,7 @@ from pathlib import Path
 
 from torchport.export.format_choices import DEFAULT_FORMATS
 from torchport.runtime.errors import InputError
+from torchport.runtime.files import MACHINE_ERRNOS, remove_leftovers
 from torchport.runtime.options import delimiter, names, number, whole_number, widths
 from torchport.runtime.status import Status
 from torchport.train.choices import ACTIVATION_NAMES, DATASET_NAMES, MODEL_KINDS, OPTIMIZERS, SCHEDULES
@@ -145,6 +146,8 @@ def _run(args: argparse.Namespace, status: Status) -> int:
         if lock.stale:
             status.say(f"torchport train: note: took over the lock {lock.path} left by a run that was killed "
                        f"({lock.stale})")
+        for done in remove_leftovers(out):
+            status.say(f"torchport train: note: {done}")
         _refuse_existing(out, args.force)  # another run may have finished it while this one waited to start
         return _train_and_export(args, status, settings, data, out)
 
@@ -164,6 +167,7 @@ def _train_and_export(args: argparse.Namespace, status: Status, settings: dict, 
     from torchport.train.record import TrainingRecord
 
     state = out.parent / f"{out.name}.train-state.pt"
+    Path(f"{state}.tmp").unlink(missing_ok=True)  # a checkpoint half-written by a killed run (the lock is ours)
     if state.exists() and not (args.resume or args.force):
         raise InputError(f"an interrupted run left {state}; pass --resume to continue it, or --force to "
                          "start over")
@@ -180,6 +184,10 @@ def _train_and_export(args: argparse.Namespace, status: Status, settings: dict, 
         with warnings.catch_warnings():  # the summary gives them, in the command's terms
             warnings.simplefilter("ignore", FitWarning)
             reg.fit(data.X, data.y, resume=args.resume)
+    except OSError as e:
+        if e.errno in MACHINE_ERRNOS:  # a full disk: nothing is left behind, the training state included
+            state.unlink(missing_ok=True)
+        raise
     except TrainingDiverged as e:
         state.unlink(missing_ok=True)
         raise TrainingDiverged(f"{e.message}; no bundle was written", parameter=e.parameter, fixes=e.fixes) from None
@@ -201,6 +209,10 @@ def _train_and_export(args: argparse.Namespace, status: Status, settings: dict, 
         state.unlink(missing_ok=True)
         status.stop()
         print("\n".join(fit_lines(reg, data, record, _flag) + failed_lines(e.report)))
+        raise
+    except OSError as e:
+        if e.errno in MACHINE_ERRNOS:
+            state.unlink(missing_ok=True)
         raise
     state.unlink(missing_ok=True)
     status.stop()

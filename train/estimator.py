@@ -9,9 +9,11 @@ full batch on small tables and in mini-batches with an epoch budget that scales 
 ones, stopping early on a validation split."""
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import inspect
+import io
 import json
 import math
 import numbers
@@ -586,9 +588,19 @@ class Regressor:
                    "losses": run.losses[:epochs_done].cpu(), "val_losses": torch.tensor(run.val_losses),
                    "best_val": run.best_val, "best_epoch": run.best_epoch, "best_state": run.best_state or {},
                    "theta": run.theta}
+        buffer = io.BytesIO()  # serialised in memory and written by Python: a full disk is an OSError
+        torch.save(payload, buffer)
         tmp = f"{os.fspath(self.checkpoint)}.tmp"
-        torch.save(payload, tmp)
-        os.replace(tmp, self.checkpoint)
+        try:
+            with open(tmp, "wb") as f:
+                f.write(buffer.getbuffer())
+            os.replace(tmp, self.checkpoint)
+        except OSError as e:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            if e.filename is None:  # a failed write() names no file
+                e.filename = os.fspath(self.checkpoint)
+            raise
 
     def _restore(self, run: _Run) -> None:
         """Continue from the training state in ``checkpoint``, written by a run with the same settings and data."""
