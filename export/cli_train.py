@@ -34,6 +34,7 @@ import warnings
 from pathlib import Path
 
 from torchport.export.format_choices import DEFAULT_FORMATS
+from torchport.runtime.bundle import MANIFEST, SIGNATURE_FILE
 from torchport.runtime.errors import InputError
 from torchport.runtime.files import MACHINE_ERRNOS, remove_leftovers
 from torchport.runtime.options import delimiter, names, number, whole_number, widths
@@ -149,7 +150,12 @@ def _run(args: argparse.Namespace, status: Status) -> int:
         for done in remove_leftovers(out):
             status.say(f"torchport train: note: {done}")
         _refuse_existing(out, args.force)  # another run may have finished it while this one waited to start
-        return _train_and_export(args, status, settings, data, out)
+        signed = (out / SIGNATURE_FILE).is_file()
+        code = _train_and_export(args, status, settings, data, out)
+        if signed and (out / MANIFEST).is_file() and not (out / SIGNATURE_FILE).exists():
+            print(f"torchport train: note: the bundle this run replaced was signed; the new one at {out} is not "
+                  f"(its manifest is new): sign it with `torchport sign {out} --key KEY`", file=sys.stderr)
+        return code
 
 
 def _refuse_existing(out: Path, force: bool) -> None:
