@@ -7,6 +7,8 @@ TORCH  ?= torch==2.13.0
 
 # The browser tests drive Debian's Chromium (Playwright's own browser downloads are not used).
 BROWSER_PACKAGES ?= chromium fonts-liberation
+# tests/test_publish.py kills runs at each of their renames with strace's fault injection.
+TEST_PACKAGES ?= strace
 
 .PHONY: setup browser test clean
 
@@ -16,12 +18,13 @@ setup: browser
 	cd examples/node && ONNXRUNTIME_NODE_INSTALL=skip npm ci --no-audit --no-fund --loglevel=error
 	cd examples/web && npm ci --no-audit --no-fund --loglevel=error
 
-# Chromium for tests/test_browser.py: installed with apt-get when run as root (as CI is), else say how.
+# Chromium for tests/test_browser.py and strace for tests/test_publish.py: installed with apt-get when run as
+# root (as CI is), else say how.
 browser:
-	@if command -v chromium >/dev/null; then :; \
+	@if command -v chromium >/dev/null && command -v strace >/dev/null; then :; \
 	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $(BROWSER_PACKAGES); \
-	else echo "Chromium is not installed: sudo apt-get install $(BROWSER_PACKAGES) (the browser tests skip without it)"; fi
+		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $(BROWSER_PACKAGES) $(TEST_PACKAGES); \
+	else echo "Chromium or strace is not installed: sudo apt-get install $(BROWSER_PACKAGES) $(TEST_PACKAGES) (the browser and publishing tests skip without them)"; fi
 
 test:
 	$(VENV)/bin/python -m pytest -q
