@@ -15,6 +15,19 @@ DATA = Path(__file__).resolve().parent / "data"
 BIN = Path(sys.executable).parent
 
 
+# A child inherits ignored signals, and a test run as a background job (`make test &`, nohup, `trap '' INT`)
+# has SIGINT ignored: a child that a test will signal starts through this shim, which puts SIGINT and SIGTERM
+# back to their default actions and then executes the command in the same process (same pid).
+DEFAULT_SIGNALS = ("import os, signal, sys; "
+                   "[signal.signal(s, signal.SIG_DFL) for s in (signal.SIGINT, signal.SIGTERM)]; "
+                   "os.execv(sys.argv[1], sys.argv[1:])")
+
+
+def with_default_signals(command: list[str]) -> list[str]:
+    """``command`` (its first item a path) to run with SIGINT and SIGTERM at their default actions."""
+    return [sys.executable, "-c", DEFAULT_SIGNALS, *map(str, command)]
+
+
 def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None, timeout: float = 300,
             exe: Path | None = None) -> subprocess.CompletedProcess:
     """Run the installed `torchport` console script; capture text output."""
