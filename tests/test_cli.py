@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, run_cli
+from conftest import ROOT, run_cli, run_script
 
 
 def test_help_lists_the_commands():
-    proc = run_cli("--help")
+    proc = run_script("--help")  # the console script itself
     assert proc.returncode == 0
     for command in ("train", "export", "verify", "predict", "bench"):
         assert command in proc.stdout
@@ -44,7 +44,7 @@ def test_bad_invocations_exit_2_with_one_line(tmp_path, args, message):
 
 def test_unreadable_csv_is_one_line(tmp_path):
     (tmp_path / "d.csv").write_bytes(b"\xff\xfe\x00garbage\x00")
-    proc = run_cli("train", "--data", "d.csv", "--target", "y", "--no-progress", cwd=tmp_path)
+    proc = run_script("train", "--data", "d.csv", "--target", "y", "--no-progress", cwd=tmp_path)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.count("\n") == 1 and "d.csv" in proc.stderr
 

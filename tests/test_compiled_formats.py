@@ -10,7 +10,6 @@ import pickle
 import re
 import shutil
 import subprocess
-import sys
 import tempfile
 import zipfile
 
@@ -199,11 +198,11 @@ def test_an_x86_64_v3_package_needs_and_uses_no_avx512(aoti_mlp_bundle):
     assert _zmm_instructions(aoti_mlp_bundle / AOTI_FILE) == 0
 
 
-def test_load_refuses_a_program_that_would_unpickle_or_run_code(aoti_seed_bundle, tmp_path):
+def test_load_refuses_a_program_that_would_unpickle_or_run_code(seed_bundle, tmp_path):
     """model.pt2 archives that torch.export.load would unpickle objects from, or run code of, are refused
     before torch sees them (the manifest re-hashed, as a hostile bundle would be)."""
     marker = tmp_path / "ran"
-    source = (aoti_seed_bundle / EXPORTED_FILE).read_bytes()
+    source = (seed_bundle / EXPORTED_FILE).read_bytes()
 
     def rebuilt(edit) -> bytes:
         out = io.BytesIO()
@@ -237,7 +236,7 @@ def test_load_refuses_a_program_that_would_unpickle_or_run_code(aoti_seed_bundle
         "a symbolic shape that is code": (json_edit("models/model.json", evil_shape), "not plain arithmetic"),
     }
     for what, (edit, message) in edits.items():
-        bad = _copy(aoti_seed_bundle, tmp_path, what.replace(" ", "_"))
+        bad = _copy(seed_bundle, tmp_path, what.replace(" ", "_"))
         (bad / EXPORTED_FILE).write_bytes(rebuilt(edit))
         _rewrite_manifest(bad, lambda obj: obj["files"][EXPORTED_FILE].update(sha256=sha256_file(bad / EXPORTED_FILE)))
         with pytest.raises(BundleError, match=message):
@@ -352,18 +351,11 @@ def test_module_bundle_mistakes_are_refused(tmp_path):
     assert not any((tmp_path / "x").iterdir())
 
 
-NO_TORCHSCRIPT = """
-import sys, torch
-del torch.jit.{name}            # as if torch had removed TorchScript
-from torchport.runtime.cli import main
-sys.exit(main(sys.argv[1:]))
-"""
-
-
-def test_without_torchscript_the_bundle_is_written_without_it(seed_bundle, tmp_path):
+def test_without_torchscript_the_bundle_is_written_without_it(seed_bundle, tmp_path, monkeypatch):
     out = tmp_path / "no-ts"
-    proc = subprocess.run([sys.executable, "-c", NO_TORCHSCRIPT.format(name="script"), "export", str(seed_bundle),
-                           "--out", str(out)], capture_output=True, text=True, timeout=300)
+    with monkeypatch.context() as patched:
+        patched.delattr(torch.jit, "script")  # as if torch had removed TorchScript
+        proc = run_cli("export", str(seed_bundle), "--out", str(out))
     assert proc.returncode == 0, proc.stderr
     lines = [line for line in proc.stdout.splitlines() if "torchscript: not written" in line]
     assert len(lines) == 1 and "did not write TorchScript" in lines[0]
@@ -375,11 +367,11 @@ def test_without_torchscript_the_bundle_is_written_without_it(seed_bundle, tmp_p
     assert proc.returncode == 2 and f"holds no {TORCHSCRIPT_FILE} for the libtorch backend" in proc.stderr
 
 
-def test_verify_and_bench_skip_a_torchscript_file_torch_cannot_load(seed_bundle, tmp_path):
+def test_verify_and_bench_skip_a_torchscript_file_torch_cannot_load(seed_bundle, tmp_path, monkeypatch):
+    monkeypatch.delattr(torch.jit, "load")  # as if torch had removed TorchScript
     for args in (["verify", str(seed_bundle), "--no-record"],
                  ["bench", str(seed_bundle), "--quick", "--batch-sizes", "1", "--out", str(tmp_path / "b")]):
-        proc = subprocess.run([sys.executable, "-c", NO_TORCHSCRIPT.format(name="load"), *args],
-                              capture_output=True, text=True, timeout=300)
+        proc = run_cli(*args)
         assert proc.returncode == 0, proc.stderr
         assert "Traceback" not in proc.stderr
         assert f"{TORCHSCRIPT_FILE} not run: torch" in proc.stdout or "not run: torchscript on cpu" in proc.stdout
