@@ -1,4 +1,5 @@
-# torchport developer tasks. `make setup` builds .venv from nothing; `make test` runs the test suite.
+# torchport developer tasks. `make setup` builds .venv from nothing; `make test` runs the fast tier of the
+# tests (the everyday command), `make test-all` every test (what CI runs); tests/conftest.py says which is which.
 VENV   ?= .venv
 PYTHON ?= python3
 # torch is not pinned by the package; this picks the small CPU build for development machines without a
@@ -8,7 +9,7 @@ TORCH  ?= torch==2.13.0
 # The browser tests drive Debian's Chromium (Playwright's own browser downloads are not used).
 BROWSER_PACKAGES ?= chromium fonts-liberation
 
-.PHONY: setup browser test clean
+.PHONY: setup browser test test-all clean
 
 setup: browser
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +26,9 @@ browser:
 
 test:
 	$(VENV)/bin/python -m pytest -q
+
+test-all:
+	$(VENV)/bin/python -m pytest -q --full
 
 clean:
 	rm -rf $(VENV) bundles .pytest_cache .hypothesis *.egg-info examples/node/node_modules examples/web/node_modules

@@ -1,4 +1,10 @@
-"""Shared fixtures.
+"""Shared fixtures and the two test tiers.
+
+Tiers: `make test` (plain `pytest`) runs the fast tier; `make test-all` (`pytest --full`) runs every test.
+A test belongs to the full tier only when it carries the `full` marker: `@pytest.mark.full` on a test, or
+`pytestmark = pytest.mark.full` at the top of a module. Mark what is heavy: AOTInductor compiles, native
+builds, the browser, long trainings, property tests with many examples, servers under load. (`slow`, the
+older name, and `--slow` mean the same.) The fast tier leaves them out (deselected, and counted as such).
 
 Bundles: `seed_bundle` and `mlr_mlp_bundle` are copies of bundles checked in under tests/data/current (made
 by the real `torchport train`; its README says how to make them again), so that tests of the runtime, the
@@ -157,16 +163,21 @@ def manifest_pair(manifest: dict, reference: str, candidate: str) -> dict | None
 
 
 def pytest_addoption(parser):
-    parser.addoption("--slow", action="store_true", default=False, help="also run tests marked slow")
+    parser.addoption("--full", action="store_true", default=False,
+                     help="run the full tier too: the tests marked full (what `make test-all` runs)")
+    parser.addoption("--slow", action="store_true", default=False, help="the same as --full (its older name)")
 
 
 def pytest_collection_modifyitems(config, items):
-    if config.getoption("--slow"):
+    """The fast tier: every test but those marked full (or slow), which are deselected."""
+    if config.getoption("--full") or config.getoption("--slow"):
         return
-    skip = pytest.mark.skip(reason="slow: run with --slow")
+    fast, full = [], []
     for item in items:
-        if "slow" in item.keywords:
-            item.add_marker(skip)
+        (full if item.get_closest_marker("full") or item.get_closest_marker("slow") else fast).append(item)
+    if full:
+        config.hook.pytest_deselected(items=full)
+        items[:] = fast
 
 
 PARITY_STATS = {"cases": 0, "worst": 0.0, "worst_case": None}

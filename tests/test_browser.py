@@ -21,6 +21,8 @@ from torchport.benchmarks.report import cells
 from torchport.runtime import Predictor
 from torchport.runtime.bundle import sha256_file
 
+pytestmark = pytest.mark.full  # a headless Chromium
+
 READY = "body[data-state=ready], body[data-state=error]"
 A4 = {"width": 794, "height": 1123}  # CSS pixels of an A4 page
 

@@ -66,6 +66,7 @@ def test_the_checked_in_seed_is_what_train_writes_today(seed_bundle, trained_see
     assert_same_bundle(seed_bundle, trained_seed_bundle, rtol=1e-6)
 
 
+@pytest.mark.full
 def test_the_checked_in_mlp_is_what_train_writes_today(mlr_mlp_bundle, tmp_path):
     proc = run_cli("train", *MLP_COMMAND, "--out", str(tmp_path / "mlr-mlp"))
     assert proc.returncode == 0, proc.stderr

@@ -60,6 +60,7 @@ def base_venv(tmp_path_factory) -> Path:
     return venv
 
 
+@pytest.mark.full
 def test_base_install_runs_the_runtime_without_torch(base_venv, seed_bundle, tmp_path):
     py = str(base_venv / "bin" / "python")
     assert subprocess.run([py, "-c", "import torch"], capture_output=True).returncode != 0
@@ -75,6 +76,7 @@ def test_base_install_runs_the_runtime_without_torch(base_venv, seed_bundle, tmp
     assert lines[0] == "area,ntv_rich_pred" and abs(float(lines[1].split(",")[1]) - 2.403) < 0.01
 
 
+@pytest.mark.full
 def test_base_install_checks_the_golden_cases_without_torch(base_venv, seed_bundle, tmp_path):
     code = ("import sys; from torchport.runtime import Predictor; c = Predictor(sys.argv[1]).self_check(); "
             "assert 'torch' not in sys.modules; print(c.checked, c.rows, c.of_bound <= 1)")
@@ -85,6 +87,7 @@ def test_base_install_checks_the_golden_cases_without_torch(base_venv, seed_bund
     assert checked == "True" and int(rows) > 128 and within == "True"
 
 
+@pytest.mark.full
 @pytest.mark.parametrize("command", ["train", "export", "verify"])
 def test_base_install_names_the_missing_extra(base_venv, tmp_path, command):
     proc = run_cli(command, exe=base_venv / "bin" / "torchport", cwd=tmp_path,
@@ -140,6 +143,7 @@ def test_an_unexpected_exception_is_reported_as_a_bug(command, capsys):
     assert capsys.readouterr().err == "torchport probe: error: No such file or directory: given.csv\n"
 
 
+@pytest.mark.full
 def test_a_long_train_says_what_it_is_doing_on_stderr(tmp_path):
     """The status line (runtime/status.py): off a terminal, a line at least every 2 s, each saying the stage;
     training lines give the epoch and the loss. (How soon and how often is shown by the benchmark

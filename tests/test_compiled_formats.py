@@ -51,6 +51,7 @@ def _rewrite_manifest(bundle, change):
     path.write_text(json.dumps(obj))
 
 
+@pytest.mark.full
 def test_train_with_every_format_writes_and_verifies_all_four(aoti_seed_bundle):
     m = Bundle.open(aoti_seed_bundle).manifest
     assert m.export.formats == ("onnx", "torchscript", "exported", "aoti")
@@ -65,6 +66,7 @@ def test_train_with_every_format_writes_and_verifies_all_four(aoti_seed_bundle):
     assert {"random 1 rows", "random 2 rows", "random 7 rows", "random 40000 rows"} <= set(cases)
 
 
+@pytest.mark.full
 def test_every_file_says_what_wrote_it(aoti_seed_bundle):
     m = Bundle.open(aoti_seed_bundle).manifest
     for name, entry in m.files.items():
@@ -81,6 +83,7 @@ def test_every_file_says_what_wrote_it(aoti_seed_bundle):
     assert "the same model compiled by AOTInductor for the CPU" in (aoti_seed_bundle / "report" / "index.html").read_text()
 
 
+@pytest.mark.full
 @pytest.mark.parametrize("rows", [1, 2, 1000, 1 << 20])
 def test_plain_torch_loaders_answer_like_model_onnx(aoti_seed_bundle, aoti_mlp_bundle, rows):
     for bundle in (aoti_seed_bundle, aoti_mlp_bundle):
@@ -94,6 +97,7 @@ def test_plain_torch_loaders_answer_like_model_onnx(aoti_seed_bundle, aoti_mlp_b
                 np.testing.assert_allclose(found.numpy(), expected, atol=ATOL, rtol=RTOL)
 
 
+@pytest.mark.full
 def test_packages_answer_like_model_onnx_up_to_16m_rows(aoti_seed_bundle, aoti_mlp_bundle):
     rows = 1 << 24
     for bundle in (aoti_seed_bundle, aoti_mlp_bundle):
@@ -109,6 +113,7 @@ def test_packages_answer_like_model_onnx_up_to_16m_rows(aoti_seed_bundle, aoti_m
         del found, x
 
 
+@pytest.mark.full
 def test_load_model_follows_the_predictors_input_rules(aoti_mlp_bundle):
     import pandas as pd
     predictor = Predictor(aoti_mlp_bundle)
@@ -134,6 +139,7 @@ def test_load_model_follows_the_predictors_input_rules(aoti_mlp_bundle):
         load_model(aoti_mlp_bundle, "onnx")
 
 
+@pytest.mark.full
 @pytest.mark.parametrize("name", [AOTI_FILE, EXPORTED_FILE])
 def test_a_tampered_file_is_refused_before_it_is_loaded(aoti_seed_bundle, tmp_path, name):
     bad = _copy(aoti_seed_bundle, tmp_path)
@@ -148,6 +154,7 @@ def test_a_tampered_file_is_refused_before_it_is_loaded(aoti_seed_bundle, tmp_pa
     assert len(proc.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.full
 def test_a_package_this_machine_cannot_run_is_refused_with_a_message(aoti_seed_bundle, tmp_path):
     cases = {"cpu": lambda r: r.update(cpu_flags=r["cpu_flags"] + ["avx512_imaginary"]),
              "torch": lambda r: r.update(torch="1.0.0"),
@@ -167,6 +174,7 @@ def test_a_package_this_machine_cannot_run_is_refused_with_a_message(aoti_seed_b
     assert "not run: aoti on cpu" in proc.stdout and "AOTInductor" not in proc.stdout.split("not run")[0]
 
 
+@pytest.mark.full
 def test_a_package_without_requirements_is_not_loaded(aoti_seed_bundle, tmp_path):
     other = _copy(aoti_seed_bundle, tmp_path)
     _rewrite_manifest(other, lambda obj: obj["files"][AOTI_FILE].pop("writer"))
@@ -190,6 +198,7 @@ def _zmm_instructions(package_path) -> int:
         return count
 
 
+@pytest.mark.full
 @pytest.mark.skipif(not X86, reason="x86-64 levels are an x86 matter")
 def test_an_x86_64_v3_package_needs_and_uses_no_avx512(aoti_mlp_bundle):
     r = Bundle.open(aoti_mlp_bundle).manifest.files[AOTI_FILE].writer.requires
@@ -254,6 +263,7 @@ class _Touch:
         return (open, (self.path, "w"))
 
 
+@pytest.mark.full
 def test_a_package_that_carries_a_program_with_pickles_is_refused(aoti_seed_bundle, tmp_path):
     """torch's package loader also loads any ExportedProgram in the archive, unpickling its pickled weights
     with the full unpickler: such a package is refused before torch sees it (the manifest re-hashed)."""
@@ -322,6 +332,7 @@ def test_a_module_torchport_does_not_define_can_be_bundled(module_bundle):
     assert f"module {__name__}.Residual" in page and "the same model as a torch.export ExportedProgram" in page
 
 
+@pytest.mark.full
 def test_verify_export_and_bench_work_on_such_a_bundle(module_bundle, tmp_path):
     _, out, _, x = module_bundle
     proc = run_cli("verify", str(out), "--no-record")
@@ -377,6 +388,7 @@ def test_verify_and_bench_skip_a_torchscript_file_torch_cannot_load(seed_bundle,
         assert f"{TORCHSCRIPT_FILE} not run: torch" in proc.stdout or "not run: torchscript on cpu" in proc.stdout
 
 
+@pytest.mark.full
 def test_assert_parity_covers_every_format_and_old_manifests_stay_readable(aoti_seed_bundle, tmp_path):
     report = assert_parity(aoti_seed_bundle)
     every = {("float64", f) for f in ("torch", "torchscript", "exported", "aoti", "onnxruntime")}

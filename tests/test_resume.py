@@ -41,6 +41,7 @@ def interrupted_then_resumed(tmp_path, args, min_epoch):
     return out, stopped_at
 
 
+@pytest.mark.full  # three long trainings each
 @pytest.mark.parametrize("args, min_epoch", [
     (["--data", "plant_richness_mlr", "--model", "mlp", "--hidden", "16", "--dropout", "0.1", "--batch-size", "4",
       "--epochs", "3000", "--lr-schedule", "cosine"], 300),
