@@ -1,4 +1,5 @@
-# torchport developer tasks. `make setup` builds .venv from nothing; `make test` runs the test suite.
+# torchport developer tasks. `make setup` builds .venv from nothing; `make test` runs the fast tier of the
+# tests (the everyday command), `make test-all` every test (what CI runs); tests/conftest.py says which is which.
 VENV   ?= .venv
 PYTHON ?= python3
 # torch is not pinned by the package; this picks the small CPU build for development machines without a
@@ -10,7 +11,7 @@ BROWSER_PACKAGES ?= chromium fonts-liberation
 # tests/test_publish.py kills runs at each of their renames with strace's fault injection.
 TEST_PACKAGES ?= strace
 
-.PHONY: setup browser test clean
+.PHONY: setup browser test test-all clean
 
 setup: browser
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +29,9 @@ browser:
 
 test:
 	$(VENV)/bin/python -m pytest -q
+
+test-all:
+	$(VENV)/bin/python -m pytest -q --full
 
 clean:
 	rm -rf $(VENV) bundles .pytest_cache .hypothesis *.egg-info examples/node/node_modules examples/web/node_modules

@@ -237,6 +237,7 @@ def _run_case(case):
             f"y scale {y_scale:.3g}, near zero {near_zero}, opset {opset}"
 
 
+@pytest.mark.full
 @settings(max_examples=12, deadline=None, derandomize=True,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(cases())
@@ -244,7 +245,7 @@ def test_parity_property(case):
     _run_case(case)
 
 
-@pytest.mark.slow
+@pytest.mark.full
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(cases())
 def test_parity_property_slow(case):
