@@ -97,6 +97,7 @@ def beside(path: Path) -> set[str]:
     return set(os.listdir(path.parent)) - {path.name}
 
 
+@pytest.mark.full
 def test_train_force_killed_at_each_rename_leaves_the_bundle_loadable(old_bundle, tmp_path):
     need_strace()
     bundle = tmp_path / "out" / "B"
@@ -125,7 +126,7 @@ def test_train_force_killed_at_each_rename_leaves_the_bundle_loadable(old_bundle
     loadable(bundle)
 
 
-@pytest.mark.slow
+@pytest.mark.full
 def test_without_an_atomic_swap_a_bundle_killed_between_two_renames_is_put_back(old_bundle, tmp_path):
     """Where renameat2 refuses RENAME_EXCHANGE (here: strace makes it fail with EINVAL), the old bundle moves
     aside, the new one takes its name; killed in between, B is missing until the next run, `verify` or
@@ -155,6 +156,7 @@ def test_without_an_atomic_swap_a_bundle_killed_between_two_renames_is_put_back(
     assert beside(bundle) == set() and loadable(bundle) != old
 
 
+@pytest.mark.full
 def test_predict_killed_mid_write_leaves_the_old_output(old_bundle, tmp_path):
     need_strace()
     rows = np.random.default_rng(0).uniform(0, 5, 100_000)

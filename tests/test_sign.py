@@ -122,6 +122,7 @@ def test_verify_leaves_a_signed_bundle_signed(signed, keys):
     assert proc.returncode == 2 and "give one of them" in proc.stderr
 
 
+@pytest.mark.full
 def test_every_rewriter_keeps_a_signature_valid_or_drops_it_saying_so(signed, keys, tmp_path):
     trusted = [keys / "release.pem.pub"]
     key = Predictor(signed, trusted_keys=trusted).signed_by
