@@ -23,9 +23,6 @@ from torchport.export.report_view import Table
 from torchport.runtime.bundle import Bundle
 from torchport.runtime.errors import DataError, Fix, InputError
 from torchport.runtime.files import write_text
-from torchport.train.errors import TrainError
-
-USER_ERRORS = (TrainError,)
 PAGE = "index.html"
 
 
@@ -87,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
                          "give a directory outside it", parameter="out")
     target = out / PAGE
     if target.exists() and not args.force:
-        raise InputError(f"{target} exists", parameter="out", fix=Fix("force", True, "to replace it"))
+        raise InputError(f"{target} exists", parameter="out", fixes=(Fix({"force": True}, "to replace it"),))
     tables, notes = [], []
     if args.bench:
         report = read_bench(args.bench)

@@ -84,7 +84,7 @@ def single_row(predictor: Predictor, plain: ort.InferenceSession, quick: bool) -
     answer, expected = predictor.predict(x), plain.run(fetches, {feed: x})[0]
     assert agrees(predictor, answer, expected)  # an MLP's small batches run the folded graph
     # ONNX Runtime's own floor: the one-thread session with input and output bound once, nothing copied
-    bound = bound_run(predictor._session, predictor.input_name, predictor.output_name, x.copy(),
+    bound = bound_run(predictor.engine.first_session, predictor.input_name, predictor.output_name, x.copy(),
                       np.empty((1, predictor.n_targets), dtype=np.float32))
     candidates = {"predictor": lambda: predictor.predict(x), "plain": lambda: plain.run(fetches, {feed: x}),
                   "bound": bound}

@@ -21,7 +21,7 @@ from torchport.export.verify import random_rows, training_record
 from torchport.runtime.bundle import Bundle
 from torchport.runtime.cpus import physical_cores
 from torchport.runtime.plan import flops_per_row
-from torchport.train.jsonfields import finite
+from torchport.runtime.jsonfields import finite
 
 DEFAULT_BATCH_SIZES = (1, 8, 64, 512, 4096, 65536, 1 << 20)
 QUICK = Plan(seconds_per_cell=0.15, warmup_s=0.01, min_rounds=2, target_rounds=3)

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from torchport.benchmarks.timing import RESULTS_DIR
-from torchport.export.datasets import load_dataset
+from torchport.train.datasets import load_dataset
 from torchport.runtime.files import write_json
 from torchport.runtime.predictor import Predictor
 from torchport.train.metrics import least_squares_coefficients

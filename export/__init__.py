@@ -4,27 +4,14 @@ reads and writes the bundle format of torchport.runtime. Names are loaded on fir
 `torchport` command can start without importing torch."""
 from __future__ import annotations
 
-import importlib
+from torchport.runtime.lazy import lazy_names
 
 _NAMES = {
     "BundleExistsError": "bundle_writer", "ParityFailed": "bundle_writer", "write_bundle": "bundle_writer",
-    "write_from_regressor": "bundle_writer", "write_module_bundle": "bundle_writer", "load_dataset": "datasets",
+    "write_from_regressor": "bundle_writer", "write_module_bundle": "bundle_writer",
     "load_module": "formats", "TorchModel": "loading", "load_model": "loading", "Tolerance": "parity",
-    "assert_parity": "testing", "verify_bundle": "verify",
+    "assert_parity": "testing", "verify_bundle": "verify", "ParityError": "torchport.runtime.errors",
 }
-__all__ = sorted([*_NAMES, "ParityError"])
+__all__ = sorted(_NAMES)
 
-
-def __getattr__(name: str):
-    if name == "ParityError":
-        from torchport.runtime.errors import ParityError
-        return ParityError
-    if name not in _NAMES:
-        raise AttributeError(f"module 'torchport.export' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"torchport.export.{_NAMES[name]}"), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy_names(__name__, _NAMES)

@@ -34,13 +34,12 @@ import warnings
 from pathlib import Path
 
 from torchport.export.format_choices import DEFAULT_FORMATS
-from torchport.runtime.errors import InputError
+from torchport.runtime.bundle import MANIFEST, SIGNATURE_FILE
+from torchport.runtime.errors import Fix, InputError
+from torchport.runtime.files import MACHINE_ERRNOS, remove_leftovers
 from torchport.runtime.options import delimiter, names, number, whole_number, widths
 from torchport.runtime.status import Status
 from torchport.train.choices import ACTIVATION_NAMES, DATASET_NAMES, MODEL_KINDS, OPTIMIZERS, SCHEDULES
-from torchport.train.errors import TrainError
-
-USER_ERRORS = (TrainError,)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -125,7 +124,7 @@ def _run(args: argparse.Namespace, status: Status) -> int:
     tolerance(args)  # --atol without --rtol is a mistake to name before anything is read or written
     out = args.out or Path("bundles") / (Path(args.data).stem if args.data not in DATASET_NAMES else args.data)
     _refuse_existing(out, args.force)
-    from torchport.export.datasets import load_dataset
+    from torchport.train.datasets import load_dataset
     status.set(f"reading {args.data}")
     data = load_dataset(args.data, args.target, args.features, delimiter=args.delimiter,
                         on_rows=lambda n: status.set(f"reading {args.data}: {n:,} rows"))
@@ -145,8 +144,15 @@ def _run(args: argparse.Namespace, status: Status) -> int:
         if lock.stale:
             status.say(f"torchport train: note: took over the lock {lock.path} left by a run that was killed "
                        f"({lock.stale})")
+        for done in remove_leftovers(out):
+            status.say(f"torchport train: note: {done}")
         _refuse_existing(out, args.force)  # another run may have finished it while this one waited to start
-        return _train_and_export(args, status, settings, data, out)
+        signed = (out / SIGNATURE_FILE).is_file()
+        code = _train_and_export(args, status, settings, data, out)
+        if signed and (out / MANIFEST).is_file() and not (out / SIGNATURE_FILE).exists():
+            print(f"torchport train: note: the bundle this run replaced was signed; the new one at {out} is not "
+                  f"(its manifest is new): sign it with `torchport sign {out} --key KEY`", file=sys.stderr)
+        return code
 
 
 def _refuse_existing(out: Path, force: bool) -> None:
@@ -165,8 +171,8 @@ def _train_and_export(args: argparse.Namespace, status: Status, settings: dict, 
 
     state = out.parent / f"{out.name}.train-state.pt"
     if state.exists() and not (args.resume or args.force):
-        raise InputError(f"an interrupted run left {state}; pass --resume to continue it, or --force to "
-                         "start over")
+        raise InputError(f"an interrupted run left {state}", fixes=(Fix({"resume": True}, "to continue it"),
+                                                                     Fix({"force": True}, "to start over")))
 
     def show(p) -> None:
         val = "" if p.val_loss is None else f", validation loss {p.val_loss:.6g}"
@@ -180,6 +186,10 @@ def _train_and_export(args: argparse.Namespace, status: Status, settings: dict, 
         with warnings.catch_warnings():  # the summary gives them, in the command's terms
             warnings.simplefilter("ignore", FitWarning)
             reg.fit(data.X, data.y, resume=args.resume)
+    except OSError as e:
+        if e.errno in MACHINE_ERRNOS:  # a full disk: nothing is left behind, the training state included
+            state.unlink(missing_ok=True)
+        raise
     except TrainingDiverged as e:
         state.unlink(missing_ok=True)
         raise TrainingDiverged(f"{e.message}; no bundle was written", parameter=e.parameter, fixes=e.fixes) from None
@@ -201,6 +211,10 @@ def _train_and_export(args: argparse.Namespace, status: Status, settings: dict, 
         state.unlink(missing_ok=True)
         status.stop()
         print("\n".join(fit_lines(reg, data, record, _flag) + failed_lines(e.report)))
+        raise
+    except OSError as e:
+        if e.errno in MACHINE_ERRNOS:
+            state.unlink(missing_ok=True)
         raise
     state.unlink(missing_ok=True)
     status.stop()

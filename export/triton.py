@@ -44,7 +44,7 @@ def _write_model(repo: Path, name: str, version: int, config: str, files: dict[s
     target = repo / name
     version_dir = target / str(version)
     if version_dir.exists() and not force:
-        raise InputError(f"{version_dir} exists", parameter="force", fix=Fix("force", True, "to replace it"))
+        raise InputError(f"{version_dir} exists", parameter="force", fixes=(Fix({"force": True}, "to replace it"),))
     if not target.exists():
         with staged_dir(target) as stage:
             (stage / str(version)).mkdir()

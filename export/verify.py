@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from torchport.export.aoti import PackageCannotRun, load_package
-from torchport.export.datasets import load_dataset
+from torchport.train.datasets import load_dataset
 from torchport.export.exported import load_program
 from torchport.export.formats import TorchScriptUnavailable, load_module, load_torchscript
 from torchport.export.loading import module_runner
@@ -27,11 +27,10 @@ from torchport.export.parity import REFERENCE, Tolerance, column_errors, compare
 from torchport.export.torch_calls import evaluating
 from torchport.runtime.bundle import AOTI_CUDA_FILE, AOTI_FILE, CHECKPOINT_FILE, EXPORTED_FILE, LARGE_BATCH_FILE, \
     ONNX_FILE, TORCHSCRIPT_FILE, Bundle, Manifest, ParityCase, ParityReport
-from torchport.runtime.errors import DataError as RuntimeDataError
-from torchport.runtime.errors import BundleError
+from torchport.runtime.errors import BundleError, DataError
+from torchport.runtime.golden import Golden
 from torchport.runtime.predictor import Predictor
 from torchport.runtime.sessions import session_options
-from torchport.train.errors import DataError
 from torchport.train.record import FeatureStats, TrainingRecord
 
 # 40000 rows take the Predictor's multi-threaded session for linear models (large_batch_rows is 32768 by
@@ -46,14 +45,6 @@ GOLDEN_ROWS = 256  # rows kept as golden cases: up to half from the training row
 # copies jittered by 1e-3 of their value, which round like them, so that one lucky row cannot set the scale.
 SCALE_ROWS = 1024
 Backend = Callable[[np.ndarray], np.ndarray]
-
-
-@dataclass(frozen=True)
-class Golden:
-    """Rows of a verification run with their float64 answers and the bound per target."""
-    inputs: np.ndarray
-    answers: np.ndarray
-    bound: np.ndarray
 
 
 def training_record(manifest: Manifest) -> TrainingRecord | None:
@@ -74,7 +65,7 @@ def training_rows(record: TrainingRecord | None) -> tuple[np.ndarray | None, str
     for where in (d.name, d.source):
         try:
             data = load_dataset(where, d.targets, d.features)
-        except (DataError, RuntimeDataError, OSError):
+        except (DataError, OSError):
             continue
         if data.fingerprint == d.fingerprint_sha256:
             return data.X, f"{data.source} ({len(data.X)} rows)"
@@ -132,13 +123,15 @@ class Backends:
     """Every way to run one bundle in float32, the float64 reference, the backend whose error sets the
     scale of rounding (``scale``: float32 torch, or the ExportedProgram for a module torchport did not
     define), and what was found before running any: problems (names, unloadable graphs) and notes (files
-    left out, with why)."""
+    left out, with why), and ``offset``: per target, the magnitude of the constant the module's target
+    scaling adds last (None for a module without one), whose rounding an answer near zero still carries."""
     backends: dict[str, Backend] = field(default_factory=dict)
     reference: Backend | None = None
     scale: str = "torch"
     problems: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     providers: list[str] = field(default_factory=list)
+    offset: np.ndarray | None = None
 
 
 def torch_side(bundle: Bundle, module: nn.Module | None = None) -> tuple[dict[str, Backend], nn.Module, list[str]]:
@@ -180,10 +173,13 @@ def bundle_backends(bundle: Bundle, module: nn.Module | None = None) -> Backends
     features, targets = list(m.features), list(m.targets)
     torch_backends, source, notes = torch_side(bundle, module)
     out = Backends(dict(torch_backends), float64_backend(source), next(iter(torch_backends)), notes=notes)
+    scale_out = getattr(source, "scale_out", None)
+    if scale_out is not None:
+        out.offset = np.abs(scale_out.mean.detach().double().cpu().numpy()).reshape(-1)
     predictor = Predictor(bundle, providers="cpu", allow_failed_parity=True)
     out.providers = predictor.providers
     out.backends["onnxruntime"] = predictor.predict
-    out.problems = check_names(predictor._session, features, targets, m.input.name, m.output.name)
+    out.problems = check_names(predictor.engine.first_session, features, targets, m.input.name, m.output.name)
     if bundle.has(LARGE_BATCH_FILE):
         for name, backend in GRAPH_BACKENDS.items():
             session = graph_session(bundle.read(name), str(bundle.path / name))
@@ -225,7 +221,7 @@ def run_cases(found: Backends, cases: list[tuple[str, np.ndarray]], n_targets: i
         extra = column_errors(np.asarray(backends[found.scale](jittered)).reshape(len(jittered), -1),
                               np.asarray(reference(jittered)).reshape(len(jittered), -1))
         torch_error = np.maximum(torch_error, extra)
-    results, torch_error, bound = compare_all(stacked, truth, labels, tolerance, torch_error)
+    results, torch_error, bound = compare_all(stacked, truth, labels, tolerance, torch_error, found.offset)
     report = ParityReport(not problems and all(p.passed for p in results), tolerance.atol, tolerance.rtol,
                           "float32", tuple(ParityCase(label, int(len(rows))) for label, rows in cases),
                           tuple(found.providers), tuple(results), tuple(problems), training_rows_text,

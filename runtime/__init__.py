@@ -3,7 +3,7 @@ imports torch: an app that embeds a model installs only this. Names are loaded o
 `torchport` command's dispatcher lives here and starts before ONNX Runtime is needed)."""
 from __future__ import annotations
 
-import importlib
+from torchport.runtime.lazy import lazy_names
 
 _NAMES = {
     "FORMAT_VERSION": "bundle", "Bundle": "bundle", "Manifest": "bundle", "load_manifest": "bundle",
@@ -12,14 +12,4 @@ _NAMES = {
 }
 __all__ = sorted(_NAMES)
 
-
-def __getattr__(name: str):
-    if name not in _NAMES:
-        raise AttributeError(f"module 'torchport.runtime' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"torchport.runtime.{_NAMES[name]}"), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_NAMES))
+__getattr__, __dir__ = lazy_names(__name__, _NAMES)

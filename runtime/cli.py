@@ -4,14 +4,14 @@ turns torchport's own errors into one line and an exit code. Anything else is a 
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import sys
 import traceback
 
 from torchport.runtime.errors import TorchportError
 
-# name -> (module, extra that provides it, one-line help); each module has add_arguments(p) and run(args), and
-# may list USER_ERRORS: exception types of the parts it drives that are the user's to fix, like TorchportError.
+# name -> (module, extra that provides it, one-line help); each module has add_arguments(p) and run(args).
 COMMANDS: dict[str, tuple[str, str, str]] = {
     "train": ("torchport.export.cli_train", "train",
               "train on a bundled dataset or a file, export the bundle and verify it (the main job)"),
@@ -56,12 +56,28 @@ def flag_finder(parser: argparse.ArgumentParser):
 
 def describe(error: BaseException, flag_of) -> str:
     """An error's message in the command's terms: its fix as a flag, the parameter at fault named by its flag."""
-    render = getattr(error, "render", None)  # torchport's errors, the runtime's and the training side's
-    text = render(flag_of) if callable(render) else str(error)
+    text = error.render(flag_of) if isinstance(error, TorchportError) else str(error)
     flag = flag_of(getattr(error, "parameter", None) or "")
     if flag and flag not in text:
         text += f" ({flag})"
     return text
+
+
+# What to do about an error of the machine (torchport's writers name the path: runtime/files.py).
+MACHINE_FIXES = {errno.ENOSPC: "free some space there, or write somewhere else",
+                 errno.EDQUOT: "free some of your quota there, or write somewhere else",
+                 errno.EROFS: "write somewhere else, or mount it read-write",
+                 errno.EACCES: "use a path you may write to, or change its permissions",
+                 errno.EPERM: "use a path you may write to, or change its permissions"}
+
+
+def os_error_line(e: OSError) -> str:
+    """An OSError that names its path, in one line: the path, the cause, and for an error of the machine
+    (disk full, read-only, permission denied) that nothing was written and what to do."""
+    fix = MACHINE_FIXES.get(e.errno)
+    if fix is None:
+        return f"{e.strerror or e}: {e.filename}"
+    return f"{e.filename}: {(e.strerror or str(e)).lower()}; nothing was written: {fix}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -92,18 +108,17 @@ def main(argv: list[str] | None = None) -> int:
                     formatter_class=argparse.RawDescriptionHelpFormatter)
     module.add_arguments(parser)
     args = parser.parse_args(argv[1:])
-    user_errors = (TorchportError, *getattr(module, "USER_ERRORS", ()))
     try:
         return int(module.run(args) or 0)
-    except user_errors as e:
+    except TorchportError as e:
         print(f"torchport {command}: error: {describe(e, flag_finder(parser))}", file=sys.stderr)
         return int(getattr(e, "exit_code", 2))
     except KeyboardInterrupt:
         print(f"torchport {command}: interrupted", file=sys.stderr)
         return 130
     except Exception as e:
-        if isinstance(e, OSError) and e.filename is not None:  # a path the user gave, or the disk
-            print(f"torchport {command}: error: {e.strerror or e}: {e.filename}", file=sys.stderr)
+        if isinstance(e, OSError) and e.filename is not None:  # a path the user gave, or the machine
+            print(f"torchport {command}: error: {os_error_line(e)}", file=sys.stderr)
             return 2
         traceback.print_exc()
         print(f"torchport {command}: {BUG}", file=sys.stderr)

@@ -1,42 +1,60 @@
-"""The errors torchport raises on purpose. Each names what was expected and what was given; the `torchport`
-command prints one line for them and exits with their ``exit_code``. Anything else that escapes is a bug."""
+"""The errors torchport raises on purpose, for every package (train, export, runtime, benchmarks). Each names
+what was expected and what was given, and may carry fixes: settings that resolve it. Python callers read them
+as ``name=value``; the `torchport` command prints one line with the fixes as its flags and exits with the
+error's ``exit_code``. Anything else that escapes is a bug."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Callable
+
+FlagOf = Callable[[str], "str | None"]
 
 
 @dataclass(frozen=True)
 class Fix:
-    """A setting that resolves an error: said as ``name=value`` to Python callers and as its flag on the
-    command line (``--force``, ``--lr 0.0002``)."""
-    parameter: str
-    value: object = True
+    """Settings that resolve a problem, with what they do: said as ``name=value`` to Python callers and as
+    flags on the command line (True is a bare flag; None, back to the default, is said as dropping the flag)."""
+
+    settings: dict = field(default_factory=dict)
     purpose: str = ""
 
-    def python(self) -> str:
-        return f"{self.parameter}={self.value!r}"
+    def render(self, flag_of: FlagOf | None = None) -> str:
+        parts = []
+        for name, value in self.settings.items():
+            flag = flag_of(name) if flag_of else None
+            if flag is None:
+                parts.append(f"{name}={value!r}")
+            elif value is None:
+                parts.append(f"without {flag}")
+            elif value is True:
+                parts.append(flag)
+            else:
+                parts.append(f"{flag} {value:g}" if isinstance(value, float) else f"{flag} {value}")
+        return " ".join(parts) if flag_of else ", ".join(parts)
 
-    def cli(self, flag: str) -> str:
-        return flag if self.value is True else f"{flag} {self.value}"
+
+def render_fixes(fixes: tuple[Fix, ...], flag_of: FlagOf | None = None) -> str:
+    """'use A (what it does), or B (...)' for the fixes, in Python's or the command's terms."""
+    said = [f.render(flag_of) + (f" ({f.purpose})" if f.purpose else "") for f in fixes]
+    return "use " + ", or ".join(said) if said else ""
 
 
 class TorchportError(Exception):
     """Base of torchport's own errors. ``parameter`` names the argument at fault (the command line shows
-    its flag), ``fix`` a setting that resolves it."""
+    its flag); ``fixes`` are settings that resolve it, best first; ``exit_code`` is what the `torchport`
+    command exits with."""
     exit_code = 2
 
-    def __init__(self, message: str, *, parameter: str | None = None, fix: Fix | None = None):
-        self.message, self.parameter, self.fix = message, parameter, fix
-        super().__init__(self.render())
+    def __init__(self, message: str, *, parameter: str | None = None, fixes: tuple[Fix, ...] = ()):
+        super().__init__(message)
+        self.message, self.parameter, self.fixes = message, parameter, tuple(fixes)
 
-    def render(self, flag_of=None) -> str:
-        """The message; with ``flag_of`` (parameter name -> command-line flag or None) in the command's terms."""
-        text = self.message
-        if self.fix is not None:
-            flag = flag_of(self.fix.parameter) if flag_of else None
-            how = self.fix.cli(flag) if flag else self.fix.python()
-            text += f"; {'pass' if flag else 'give'} {how}" + (f" {self.fix.purpose}" if self.fix.purpose else "")
-        return text
+    def render(self, flag_of: FlagOf | None = None) -> str:
+        """The message and its fixes; with ``flag_of`` (parameter name -> flag or None) in the command's terms."""
+        return self.message + (f"; {render_fixes(self.fixes, flag_of)}" if self.fixes else "")
+
+    def __str__(self) -> str:
+        return self.render()
 
 
 class BundleError(TorchportError, ValueError):
@@ -44,7 +62,8 @@ class BundleError(TorchportError, ValueError):
 
 
 class DataError(TorchportError, ValueError):
-    """Input data that cannot be used: the message names the file, column and row."""
+    """Data that cannot be used (a table, a dataset, a JSON record): the message names the file, column and
+    row, or the key, and the fix."""
 
 
 class InputError(TorchportError, ValueError):

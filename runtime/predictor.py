@@ -1,10 +1,8 @@
 """Predictor: one object that scores rows with ONNX Runtime sessions over a bundle or an .onnx file."""
 from __future__ import annotations
 
-import json
 import math
 import os
-import threading
 import warnings
 from pathlib import Path
 from typing import Any
@@ -13,22 +11,19 @@ import numpy as np
 import onnxruntime as ort
 
 from torchport.runtime import hot_path
-from torchport.runtime.bundle import LARGE_BATCH_FILE, MANIFEST, ONNX_FILE, Bundle, Manifest, refuse_failed_parity, \
-    sha256_bytes
+from torchport.runtime.bundle import LARGE_BATCH_FILE, MANIFEST, ONNX_FILE, Bundle, Manifest, refuse_failed_parity
 from torchport.runtime.golden import SelfCheck, load_golden, self_check
 from torchport.runtime.cpus import usable_cpus
 from torchport.runtime.device import DLPACK_CUDA, dlpack_device, run_on_device
+from torchport.runtime.engine import Engine
 from torchport.runtime.errors import BundleError, InputError, InputTypeError
-from torchport.runtime.hot_path import SLOT_ROWS
 from torchport.runtime.inputs import answer_like, as_matrix, refuse_nonfinite
-from torchport.runtime.plan import CUSTOM, Plan, Regime, Step, flops_per_row, machine_key, merged
+from torchport.runtime.plan import Plan, machine_key
 from torchport.runtime.providers import CUDA, ProviderFallbackWarning, resolve_providers
-from torchport.runtime.sessions import session_options
 
 
 _ndarray, _isfinite, _finite = np.ndarray, math.isfinite, hot_path.finite
 _FLOAT32, _FLOAT64 = np.dtype(np.float32), np.dtype(np.float64)
-_CPU = "CPUExecutionProvider"
 
 
 class Predictor:
@@ -53,7 +48,8 @@ class Predictor:
     threads at once. NaN and infinite inputs are refused (the error names the first bad row and column)
     unless ``allow_nonfinite``. A bundle whose recorded parity check failed (published with
     publish_failed) is refused (ParityError) unless ``allow_failed_parity``. ``self_check()`` runs the
-    bundle's golden cases.
+    bundle's golden cases. ``engine`` (``torchport.runtime.engine.Engine``) is what runs the batches: its
+    graphs and their digests, sessions, slot pools and golden cases, for tools that measure or check them.
 
     ``trusted_keys`` (ed25519 public keys, or paths to PEM files of them): refuse a bundle unless its
     ``manifest.sig`` is a signature by one of them (see ``torchport.runtime.signing``)."""
@@ -64,8 +60,7 @@ class Predictor:
                  allow_failed_parity: bool = False, trusted_keys: Any = None,
                  plan: Plan | str | os.PathLike | None = None):
         self.allow_nonfinite = allow_nonfinite
-        large_bytes = None
-        self._golden: bytes | None = None
+        large_bytes = golden = None
         self.signed_by: str | None = None  # the id of the trusted key that signed the bundle
         if isinstance(path, Bundle) or Path(path).is_dir():
             bundle = path if isinstance(path, Bundle) else Bundle.open(path)
@@ -76,13 +71,10 @@ class Predictor:
             if bundle.manifest.parity_failed and not allow_failed_parity:
                 raise refuse_failed_parity(bundle)
             if bundle.manifest.golden is not None:
-                self._golden = bundle.read(bundle.manifest.golden.file)
+                golden = bundle.read(bundle.manifest.golden.file)
             model_bytes = bundle.read(ONNX_FILE)
             if bundle.has(LARGE_BATCH_FILE):
                 large_bytes = bundle.read(LARGE_BATCH_FILE)
-            self.feature_names = list(self.manifest.features)
-            self.target_names = list(self.manifest.targets)
-            self.input_name, self.output_name = self.manifest.input.name, self.manifest.output.name
             source = bundle.path / ONNX_FILE
         elif Path(path).is_file():
             if trusted_keys is not None:
@@ -94,13 +86,16 @@ class Predictor:
         else:
             raise BundleError(f"{path} does not exist; give a bundle directory (with {MANIFEST}) "
                               "or an .onnx file")
-        self._open(model_bytes, large_bytes, source, providers, sess_options, intra_op_threads, large_batch_rows)
+        self._open(model_bytes, large_bytes, golden, source, providers, sess_options, intra_op_threads,
+                   large_batch_rows)
         if plan is not None:
             self._take_plan(plan)
 
-    def _open(self, model_bytes: bytes, large_bytes: bytes | None, source: Path, providers: str | list[str],
-              sess_options: ort.SessionOptions | None, intra_op_threads: int | None, large_batch_rows: int) -> None:
-        """Create the first session and hot-path state from the graphs' bytes (also used when unpickling)."""
+    def _open(self, model_bytes: bytes, large_bytes: bytes | None, golden: bytes | None, source: Path,
+              providers: str | list[str], sess_options: ort.SessionOptions | None, intra_op_threads: int | None,
+              large_batch_rows: int) -> None:
+        """Build the engine (its first session) and the plan's state from the graphs' bytes (also used when
+        unpickling)."""
         self._init_args = (providers, intra_op_threads, large_batch_rows, sess_options is not None)
         if intra_op_threads is not None and (not isinstance(intra_op_threads, int) or intra_op_threads < 1):
             raise InputError(f"intra_op_threads must be a whole number >= 1; got {intra_op_threads!r}",
@@ -110,118 +105,37 @@ class Predictor:
                              parameter="large_batch_rows")
         self.intra_op_threads = intra_op_threads or usable_cpus()
         self.large_batch_rows = large_batch_rows
-        self._model_bytes, self._source = model_bytes, source
-        self._large_bytes = None if sess_options is not None else large_bytes
-        self.large_batch_graph = self._large_bytes is not None
-        self._graphs = {ONNX_FILE: model_bytes}
-        if self._large_bytes is not None:
-            self._graphs[LARGE_BATCH_FILE] = self._large_bytes
-        self._requested, notes = resolve_providers(providers)
-        # The large-batch graph runs small batches too unless its rewrite adds nodes (the seed's Mul+Add
-        # costs more per call than its one Gemm); MLPs then run one graph at every size.
-        rewrite = self.manifest.export.large_batch_graph if self.manifest is not None else None
-        small_on_large = self._large_bytes is not None and rewrite is not None \
-            and "gemm_k1_to_mul_add" not in rewrite.rewrites
-        self._first_graph = LARGE_BATCH_FILE if small_on_large else ONNX_FILE
-        self._custom = sess_options is not None
-        self._session = self._new_session(sess_options or session_options(1, arena=self._mlp()), self._first_graph)
-        self._sessions = {(self._first_graph, CUSTOM if self._custom else 1, False): self._session}
-        self.providers = self._session.get_providers()
-        lost = [p for p in self._requested if p not in self.providers]
+        graphs = {ONNX_FILE: model_bytes}
+        if large_bytes is not None and sess_options is None:
+            graphs[LARGE_BATCH_FILE] = large_bytes
+        self.large_batch_graph = LARGE_BATCH_FILE in graphs
+        requested, notes = resolve_providers(providers)
+        self.engine = engine = Engine(graphs, source, requested, manifest=self.manifest, golden=golden,
+                                      sess_options=sess_options, intra_op_threads=self.intra_op_threads,
+                                      large_batch_rows=large_batch_rows)
+        self.providers = engine.providers
+        lost = [p for p in requested if p not in self.providers]
         notes += [f"{p} could not be initialised by onnxruntime {ort.__version__} (CUDA 13 / cuDNN 9 "
                   "libraries missing?)" for p in lost]
         if notes:
             warnings.warn("; ".join(notes) + f". Running on {', '.join(self.providers)}.",
                           ProviderFallbackWarning, stacklevel=2)
-        if self.manifest is None:
-            self._names_from_graph()
-        self._check_io(self._session, self._source_of(self._first_graph))
-        self._slot_rows = hot_path.slot_rows(self.n_features, self.n_targets)
-        self._by_regime: dict[Regime, hot_path.Runner] = {}
-        self._runner_lock = threading.Lock()
+        self.feature_names, self.target_names = engine.feature_names, engine.target_names
+        self.input_name, self.output_name = engine.input_name, engine.output_name
+        self._run = engine.run
         self._plan_arg: Plan | str | None = None
-        self._use(self._rules())
-
-    def _source_of(self, graph: str) -> Path:
-        return self._source if graph == ONNX_FILE else self._source.parent / graph
-
-    def _rules(self) -> Plan:
-        """The default plan, from the model's shape (the class docstring says what it does)."""
-        if self._custom:
-            return Plan((Step(1, Regime(ONNX_FILE, CUSTOM, bound=True)),
-                         Step(SLOT_ROWS + 1, Regime(ONNX_FILE, CUSTOM))))
-        first, large = self._first_graph, LARGE_BATCH_FILE if self._large_bytes is not None else ONNX_FILE
-        steps = [Step(1, Regime(first, 1, bound=True))]
-        if self._mlp():
-            chunks = self._shared_chunks(large)
-            chunks_from = chunks.chunk_from + 1 if chunks.chunk_rows else math.inf
-            per_row = self._flops_per_row()
-            threaded_from = math.ceil(hot_path.THREADS_FROM_FLOP / per_row) if per_row and self._cpu() \
-                and self.intra_op_threads > 1 and self.widest >= hot_path.THREADS_FROM_WIDTH else math.inf
-            bound_to = min(self._slot_rows, threaded_from - 1, chunks_from - 1)
-            if bound_to > SLOT_ROWS and large != first:
-                steps.append(Step(SLOT_ROWS + 1, Regime(large, 1, bound=True)))
-            if max(bound_to, SLOT_ROWS) + 1 < min(threaded_from, chunks_from):
-                steps.append(Step(max(bound_to, SLOT_ROWS) + 1, Regime(large, 1)))
-            if max(threaded_from, SLOT_ROWS + 1) < chunks_from:
-                steps.append(Step(max(threaded_from, SLOT_ROWS + 1), Regime(large, self.intra_op_threads)))
-            if chunks_from < math.inf:
-                steps.append(Step(max(chunks_from, SLOT_ROWS + 1), chunks))
-            return Plan(merged(steps))
-        large_from = max(self.large_batch_rows, SLOT_ROWS + 1)
-        bound_to = min(self._slot_rows, large_from - 1)
-        if bound_to > SLOT_ROWS:
-            steps.append(Step(SLOT_ROWS + 1, Regime(large, 1, bound=True)))
-        if bound_to + 1 < large_from:
-            steps.append(Step(bound_to + 1, self._whole(large, 1)))
-        steps.append(Step(large_from, self._whole(large, self.intra_op_threads, spin=self.intra_op_threads > 1)))
-        return Plan(merged(steps))
-
-    def _flops_per_row(self) -> int | None:
-        """The model's multiply-adds per row (2 FLOP each), from the manifest; None when unknown."""
-        model = self.manifest.model if self.manifest is not None else {}
-        hidden = tuple(h for h in (model.get("hidden") or ()) if isinstance(h, int))
-        return flops_per_row(model.get("kind", ""), self.n_features, self.n_targets, hidden)
-
-    def _mlp(self) -> bool:
-        """True for a graph with hidden layers wider than its inputs and outputs, or without a large-batch
-        graph: such graphs run large batches in cache-sized chunks."""
-        return self._large_bytes is None or self.widest > max(self.n_features, self.n_targets)
-
-    def _cpu(self) -> bool:
-        return self.providers[0] == _CPU
-
-    def _whole(self, graph: str, threads: int, spin: bool = False) -> Regime:
-        """A zero-copy regime on ``graph``; a linear model's large-batch graph on the CPU runs inputs over
-        CHUNK_FROM_BYTES in CHUNK_BYTES chunks (the Mul's output then stays in cache)."""
-        if graph == LARGE_BATCH_FILE and not self._mlp() and self._cpu():
-            width = 4 * self.n_features
-            return Regime(graph, threads, chunk_rows=max(1, hot_path.CHUNK_BYTES // width),
-                          chunk_from=hot_path.CHUNK_FROM_BYTES // width, spin=spin)
-        return Regime(graph, threads, spin=spin)
-
-    def _shared_chunks(self, graph: str) -> Regime:
-        """Cache-sized chunks of ``graph`` on its one-thread session, shared by ``intra_op_threads`` threads
-        (on the CPU; elsewhere the batch runs whole)."""
-        if not self._cpu():
-            return Regime(graph, 1)
-        chunk = hot_path.cache_chunk_rows(self.widest)
-        return Regime(graph, 1, chunk_rows=chunk, chunk_from=2 * chunk - 1, workers=self.intra_op_threads)
+        self._use(engine.rules())
 
     def _use(self, plan: Plan) -> None:
         """Run batches by ``plan`` from now on (with fresh slot pools, bound to its sessions)."""
-        for regime in plan.regimes():
-            if regime.graph not in self._graphs or (regime.threads == CUSTOM) != self._custom \
-                    or regime.threads < 0 or regime.workers < 1 or regime.chunk_rows < 0:
-                raise InputError(f"the plan's regime {regime.describe()!r} cannot run here: this Predictor runs "
-                                 f"{', '.join(sorted(self._graphs))}", parameter="plan")
+        self.engine.check_plan(plan)
         self.plan = plan
-        self._slot_sets: dict[Regime, hot_path.Slots] = {}
+        self.engine.drop_slots()
         self._pools: dict[tuple[int, int], list[tuple]] = {}  # by input shape: the pools of the plan's regimes
 
     def _take_plan(self, plan: Plan | str | os.PathLike) -> None:
         """Apply the ``plan`` argument: "measure", a Plan, or the path of a saved one."""
-        if self._custom:
+        if self.engine.custom:
             raise InputError("plan cannot be combined with sess_options (the caller's options make one session)",
                              parameter="plan")
         if isinstance(plan, str) and plan == "measure":
@@ -234,7 +148,7 @@ class Predictor:
                                      f"{type(plan).__name__}")
             plan = Plan.load(plan)
         if plan.source == "measured":
-            here, graphs = machine_key(), self._graph_digests()
+            here, graphs = machine_key(), self.engine.graph_digests()
             if plan.machine != here or tuple(plan.models) != graphs:
                 what = f"on {plan.machine!r}" if plan.machine != here else "for other graph files"
                 raise InputError(f"this plan was measured {what}, not on this machine ({here!r}) with this "
@@ -243,10 +157,6 @@ class Predictor:
         self._use(plan)
         self._plan_arg = plan
 
-    def _graph_digests(self) -> tuple[str, ...]:
-        """The sha256 of each graph file this Predictor may run, in file-name order."""
-        return tuple(f"{name}:{sha256_bytes(self._graphs[name])}" for name in sorted(self._graphs))
-
     def tune(self, max_rows: int = 65536, seconds: float = 2.0) -> Plan:
         """Measure every regime that can run each batch size from 1 to ``max_rows`` rows on this machine, now,
         and run each size in the fastest from now on (the rules' regime, else the one chosen at the size
@@ -254,10 +164,10 @@ class Predictor:
         measured (save it with ``plan.save(path)``). About ``seconds`` of measuring, more when one call
         takes longer. Call it before serving: calls made while it measures may run in either plan."""
         from torchport.runtime.tuning import measure_plan
-        if self._custom:
+        if self.engine.custom:
             raise InputError("tune() needs the Predictor's own sessions; this one was made with sess_options",
                              parameter="sess_options")
-        plan = measure_plan(self, max_rows, seconds)
+        plan = measure_plan(self.engine, max_rows, seconds, check=not self.allow_nonfinite)
         self._use(plan)
         return plan
 
@@ -269,80 +179,16 @@ class Predictor:
         if custom_options:
             raise InputTypeError("a Predictor made with sess_options cannot be pickled (SessionOptions do not "
                             "pickle); use intra_op_threads instead")
+        engine = self.engine
         names = (self.manifest, self.feature_names, self.target_names, self.input_name, self.output_name,
-                 self.allow_nonfinite, self._golden)
+                 self.allow_nonfinite, engine.golden)
         plan = self._plan_arg.to_json() if isinstance(self._plan_arg, Plan) else self._plan_arg
-        return _unpickle, (self._model_bytes, str(self._source), names, providers, threads, large_rows,
-                           self._large_bytes, plan)
-
-    def _new_session(self, options: ort.SessionOptions, graph: str) -> ort.InferenceSession:
-        try:
-            return ort.InferenceSession(self._graphs[graph], sess_options=options, providers=self._requested)
-        except Exception as e:  # onnxruntime raises its own exception types for invalid models
-            raise BundleError(f"{self._source_of(graph)} is not a model ONNX Runtime can load: {e}") from None
-
-    def _session_for(self, regime: Regime) -> ort.InferenceSession:
-        """The session of ``regime``'s graph and thread count, made once on first use."""
-        key = (regime.graph, regime.threads, regime.spin and regime.threads > 1)
-        session = self._sessions.get(key)
-        if session is None:
-            with self._runner_lock:
-                session = self._sessions.get(key)
-                if session is None:
-                    options = session_options(regime.threads, arena=self._mlp(), spin=key[2])
-                    session = self._new_session(options, regime.graph)
-                    self._check_io(session, self._source_of(regime.graph))
-                    self._sessions[key] = session
-        return session
-
-    def _slots_of(self, regime: Regime) -> hot_path.Slots:
-        """The slot pools of a bound ``regime``, made once on first use."""
-        session = self._session_for(regime)
-        with self._runner_lock:
-            slots = self._slot_sets.get(regime)
-            if slots is None:
-                slots = self._slot_sets[regime] = hot_path.Slots(session, self.input_name, self.output_name,
-                                                                 self.n_features, self.n_targets)
-            return slots
+        return _unpickle, (engine.graphs[ONNX_FILE], str(engine.source), names, providers, threads, large_rows,
+                           engine.graphs.get(LARGE_BATCH_FILE), plan)
 
     def _new_slot(self, rows: int) -> tuple:
         """A fresh slot for predict's fast path, whose pool for ``rows`` rows was empty."""
-        regime = self.plan.regime(rows)
-        return (self._slot_sets.get(regime) or self._slots_of(regime)).new(rows)
-
-    def _runner(self, regime: Regime) -> hot_path.Runner:
-        """The zero-copy runner of ``regime`` (of its zero-copy twin for a bound one), made once on first use."""
-        runner = self._by_regime.get(regime)
-        if runner is None:
-            session = self._session_for(regime)
-            with self._runner_lock:
-                runner = self._by_regime.get(regime)
-                if runner is None:
-                    runner = hot_path.Runner(session, self.input_name, self.output_name, self.n_targets,
-                                             regime.chunk_rows or None, regime.chunk_from, regime.workers)
-                    self._by_regime[regime] = runner
-        return runner
-
-    def _names_from_graph(self) -> None:
-        """Input/output and column names of a bare .onnx file: from torchport's metadata, else x0.., y0.."""
-        inputs, outputs = self._session.get_inputs(), self._session.get_outputs()
-        meta = self._session.get_modelmeta().custom_metadata_map
-        self.input_name, self.output_name = inputs[0].name, outputs[0].name
-        n_in, n_out = inputs[0].shape[-1], outputs[0].shape[-1]
-        self.feature_names = json.loads(meta["torchport.features"]) if "torchport.features" in meta \
-            else [f"x{i}" for i in range(n_in if isinstance(n_in, int) else 1)]
-        self.target_names = json.loads(meta["torchport.targets"]) if "torchport.targets" in meta \
-            else [f"y{i}" for i in range(n_out if isinstance(n_out, int) else 1)]
-
-    def _check_io(self, session: ort.InferenceSession, source: Path) -> None:
-        """Refuse a graph whose input and output names and widths disagree with the manifest's."""
-        inputs, outputs = session.get_inputs(), session.get_outputs()
-        if len(inputs) != 1 or inputs[0].name != self.input_name or inputs[0].shape[-1] != len(self.feature_names):
-            raise BundleError(f"{source}: the graph's inputs {[(i.name, i.shape) for i in inputs]} disagree "
-                              f"with the manifest ({self.input_name!r}, {len(self.feature_names)} features)")
-        if outputs[0].name != self.output_name or outputs[0].shape[-1] != len(self.target_names):
-            raise BundleError(f"{source}: the graph's outputs {[(o.name, o.shape) for o in outputs]} "
-                              f"disagree with the manifest ({self.output_name!r}, {len(self.target_names)} targets)")
+        return self.engine.slots(self.plan.regime(rows)).new(rows)
 
     @property
     def n_features(self) -> int:
@@ -356,8 +202,7 @@ class Predictor:
     def widest(self) -> int:
         """Values a row of the graph's widest layer holds (inputs, hidden layers, outputs), from the
         manifest's model spec; a bare .onnx file counts its inputs and outputs only."""
-        hidden = (self.manifest.model.get("hidden") or []) if self.manifest is not None else []
-        return max([self.n_features, self.n_targets, *(h for h in hidden if isinstance(h, int))])
+        return self.engine.widest
 
     def _as_array(self, x: Any) -> np.ndarray:
         """The input as a 2-D numeric numpy array of the right width (not yet float32)."""
@@ -367,11 +212,6 @@ class Predictor:
         """Raise naming the first NaN/inf cell of ``a``, rows counted from ``first_row`` (called only once a
         cheap check found one)."""
         refuse_nonfinite(a, self.feature_names, first_row)
-
-    def _check_rows(self, a: np.ndarray, first_row: int = 0) -> None:
-        """One pass over ``a`` (float32, C-contiguous); a false alarm is cleared by checking each element."""
-        if a.size and not _finite(a):
-            self._refuse_nonfinite(a, first_row)
 
     def _check_out(self, out: np.ndarray, rows: int) -> None:
         if not (isinstance(out, np.ndarray) and out.dtype == np.float32 and out.shape == (rows, self.n_targets)
@@ -387,38 +227,7 @@ class Predictor:
             self._check_out(out, rows)
         if rows == 0:
             return np.empty((0, self.n_targets), dtype=np.float32) if out is None else out
-        return self._run_in(self.plan.regime(rows), x, out, planned=True)
-
-    def _run_in(self, regime: Regime, x: np.ndarray, out: np.ndarray | None, planned: bool = False) -> np.ndarray:
-        """``x`` (rows >= 1, any numeric dtype and layout) run in ``regime``: through a pooled slot's bound
-        buffers (one copy in, which converts dtype and layout too) or zero-copy from float32 C-contiguous.
-        ``planned``: ``regime`` is the plan's for this size, so its pool may serve predict's fast path."""
-        rows = x.shape[0]
-        if regime.bound and rows <= self._slot_rows:
-            slots = self._slot_sets.get(regime) or self._slots_of(regime)
-            pool = slots.pool(rows)
-            if pool is not None:
-                if planned:
-                    self._pools[rows, self.n_features] = pool  # found by predict's fast path from now on
-                try:
-                    slot = pool.pop()
-                except IndexError:
-                    slot = slots.new(rows)
-                inp, _, run, result, copy_out = slot
-                try:
-                    inp[...] = x
-                    if not self.allow_nonfinite:
-                        self._check_rows(inp)
-                    run()
-                    if out is None:
-                        return copy_out()  # the slot serves later calls: never hand it out
-                    out[...] = result
-                    return out
-                finally:
-                    pool.append(slot)
-        matrix = np.ascontiguousarray(x, dtype=np.float32)  # no copy when already float32 C-contiguous
-        runner = self._by_regime.get(regime) or self._runner(regime)
-        return runner.run(matrix, out, None if self.allow_nonfinite else self._check_rows)
+        return self._run(self.plan.regime(rows), x, out, not self.allow_nonfinite, self._pools)
 
     def predict(self, x: Any, out: np.ndarray | None = None) -> Any:
         """Predict targets for rows of raw features; returns the same kind as given (array, DataFrame, list).
@@ -457,7 +266,7 @@ class Predictor:
             if CUDA not in self.providers:
                 raise InputError(f"the input is a CUDA array but this Predictor runs on {self.providers}; "
                                  "create it with providers='cuda' or pass a numpy array")
-            return run_on_device(self._session, self.input_name, self.output_name, x, self.n_features,
+            return run_on_device(self.engine.first_session, self.input_name, self.output_name, x, self.n_features,
                                  device[1])
         if out is not None and not isinstance(x, np.ndarray):
             raise InputError("out is only accepted with numpy input", parameter="out")
@@ -472,11 +281,12 @@ class Predictor:
         when an answer is further from its float64 value than the export's parity bound allows. A bundle
         without golden cases (written by an older torchport, or a bare .onnx file) is not checked: the
         result says so."""
-        if self._golden is None:
+        if self.engine.golden is None:
             return SelfCheck(False, 0, self.providers, "this model has no golden cases (a bundle written before "
                              "torchport kept them, or a bare .onnx file): nothing was checked")
-        golden = load_golden(self._golden, self.feature_names, self.target_names)
-        regimes = [(regime.describe(), lambda x, r=regime: self._run_in(r, x, None) if len(x) else
+        golden = load_golden(self.engine.golden, self.feature_names, self.target_names)
+        check = not self.allow_nonfinite
+        regimes = [(regime.describe(), lambda x, r=regime: self._run(r, x, None, check) if len(x) else
                     np.empty((0, self.n_targets), np.float32)) for regime in self.plan.regimes()]
         return self_check(self.predict, golden, self.target_names, self.providers, regimes)
 
@@ -489,9 +299,8 @@ def _unpickle(model_bytes: bytes, source: str, names: tuple, providers, threads,
               large_bytes: bytes | None = None, plan: dict | str | None = None) -> Predictor:
     predictor = Predictor.__new__(Predictor)
     predictor.signed_by = None
-    (predictor.manifest, predictor.feature_names, predictor.target_names, predictor.input_name,
-     predictor.output_name, predictor.allow_nonfinite, predictor._golden) = names
-    predictor._open(model_bytes, large_bytes, Path(source), providers, None, threads, large_rows)
+    predictor.manifest, *_, predictor.allow_nonfinite, golden = names
+    predictor._open(model_bytes, large_bytes, golden, Path(source), providers, None, threads, large_rows)
     if plan is not None:
         predictor._take_plan(Plan.from_json(plan) if isinstance(plan, dict) else plan)
     return predictor

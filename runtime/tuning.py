@@ -1,7 +1,6 @@
 """Predictor.tune: measure each regime that can run a batch size (every graph file of the bundle, one thread
 or all, bound buffers or zero-copy, whole or in shared cache-sized chunks) on this machine, interleaved,
-and build the plan that runs each size in the fastest (docs/hot-path.md). ``Predictor`` in the hints is
-torchport.runtime.predictor's, which imports this module when it tunes."""
+through the Predictor's engine, and build the plan that runs each size in the fastest (docs/hot-path.md)."""
 from __future__ import annotations
 
 import gc
@@ -9,6 +8,7 @@ import math
 import time
 import numpy as np
 
+from torchport.runtime.engine import Engine
 from torchport.runtime.errors import InputError
 from torchport.runtime.hot_path import SLOT_ROWS, cache_chunk_rows
 from torchport.runtime.plan import Plan, Regime, Timing, machine_key, steps_from_winners
@@ -22,45 +22,46 @@ KEEP_RULES_UNLESS = 0.90
 DROP_AFTER = 2.5  # from 4096 rows on, a regime this many times slower than the best at the size before is dropped
 
 
-def candidates(p: Predictor, rows: int) -> list[Regime]:
+def candidates(engine: Engine, rows: int) -> list[Regime]:
     """The regimes that can run ``rows`` rows: for each graph file, bound buffers (small batches), zero-copy
     on one thread and on ``intra_op_threads`` (its threads spinning or not), and cache-sized chunks shared
     by the threads (two chunks or more); the rules' regime among them."""
-    threads = p.intra_op_threads
+    threads = engine.intra_op_threads
     out: list[Regime] = []
-    for graph in p._graphs:
-        if rows <= p._slot_rows:
+    for graph in engine.graphs:
+        if rows <= engine.slot_rows:
             out.append(Regime(graph, 1, bound=True))
         if rows > SLOT_ROWS:
-            out.append(p._whole(graph, 1))
+            out.append(engine.whole(graph, 1))
             if threads > 1:
-                out += [p._whole(graph, threads), p._whole(graph, threads, spin=True)]
-                chunks = p._shared_chunks(graph)
-                if rows >= 2 * cache_chunk_rows(p.widest) and chunks.chunk_rows:
+                out += [engine.whole(graph, threads), engine.whole(graph, threads, spin=True)]
+                chunks = engine.shared_chunks(graph)
+                if rows >= 2 * cache_chunk_rows(engine.widest) and chunks.chunk_rows:
                     out.append(chunks)
-    rules = p._rules().regime(rows)
+    rules = engine.rules().regime(rows)
     return list(dict.fromkeys([rules] + out))
 
 
-def _rows(p: Predictor, rows: int) -> np.ndarray:
+def _rows(engine: Engine, rows: int) -> np.ndarray:
     """``rows`` rows like the bundle's golden cases (repeated), else standard normal ones: the graphs'
     speed does not depend on the values, but torchport's data keeps denormals out."""
-    if p._golden is not None:
+    n_features = engine.n_features
+    if engine.golden is not None:
         from torchport.runtime.golden import load_golden
-        base = load_golden(p._golden, p.feature_names, p.target_names).inputs
+        base = load_golden(engine.golden, engine.feature_names, engine.target_names).inputs
     else:
-        base = np.random.default_rng(0).standard_normal((256, p.n_features))
+        base = np.random.default_rng(0).standard_normal((256, n_features))
     if not len(base):
-        base = np.zeros((1, p.n_features))
-    return np.ascontiguousarray(np.resize(base, (rows, p.n_features)), dtype=np.float32)
+        base = np.zeros((1, n_features))
+    return np.ascontiguousarray(np.resize(base, (rows, n_features)), dtype=np.float32)
 
 
-def _medians(p: Predictor, regimes: list[Regime], x: np.ndarray, budget_s: float) -> list[float]:
-    """Median seconds per call of each regime on ``x``: two warm-up calls each (sessions and slots are made
-    then), then ROUNDS interleaved rounds, the order rotating, of individually timed calls, with a pause
-    after each turn (ONNX Runtime's multi-threaded sessions spin a while after a run, taking the cores
-    from whatever runs next)."""
-    runs = [lambda r=r: p._run_in(r, x, None) for r in regimes]
+def _medians(engine: Engine, regimes: list[Regime], x: np.ndarray, budget_s: float, check: bool) -> list[float]:
+    """Median seconds per call of each regime on ``x`` (``check``: with the NaN/inf check, as predict runs
+    it): two warm-up calls each (sessions and slots are made then), then ROUNDS interleaved rounds, the
+    order rotating, of individually timed calls, with a pause after each turn (ONNX Runtime's
+    multi-threaded sessions spin a while after a run, taking the cores from whatever runs next)."""
+    runs = [lambda r=r: engine.run(r, x, None, check) for r in regimes]
     typical = []
     for run in runs:
         run()
@@ -87,8 +88,9 @@ def _medians(p: Predictor, regimes: list[Regime], x: np.ndarray, budget_s: float
     return [float(np.median(s)) * 1e-9 for s in samples]
 
 
-def measure_plan(p: Predictor, max_rows: int = 65536, seconds: float = 2.0) -> Plan:
-    """The plan that runs each size in the regime measured fastest here (see Predictor.tune)."""
+def measure_plan(engine: Engine, max_rows: int = 65536, seconds: float = 2.0, check: bool = True) -> Plan:
+    """The plan that runs each size in the regime measured fastest here by ``engine`` (see Predictor.tune);
+    ``check``: time the runs with the NaN/inf check, as the Predictor will run them."""
     if not isinstance(max_rows, int) or isinstance(max_rows, bool) or max_rows < 1:
         raise InputError(f"max_rows must be a whole number >= 1; got {max_rows!r}", parameter="max_rows")
     if not isinstance(seconds, (int, float)) or isinstance(seconds, bool) or not seconds > 0 \
@@ -98,18 +100,18 @@ def measure_plan(p: Predictor, max_rows: int = 65536, seconds: float = 2.0) -> P
     if sizes[-1] != max_rows and max_rows not in SIZES:
         sizes.append(max_rows)
     started = time.perf_counter()
-    rules = p._rules()
+    rules = engine.rules()
     timings: list[Timing] = []
     winners: list[tuple[int, Regime, Regime]] = []
     previous: dict[Regime, float] = {}
-    x_all = _rows(p, sizes[-1])
+    x_all = _rows(engine, sizes[-1])
     for rows in sizes:
-        regimes = candidates(p, rows)
+        regimes = candidates(engine, rows)
         if rows >= 4096 and previous:
             best_before = min(previous.values())
             regimes = [r for r in regimes if r == rules.regime(rows) or r not in previous
                        or previous[r] <= DROP_AFTER * best_before]
-        medians = _medians(p, regimes, x_all[:rows], seconds / len(sizes))
+        medians = _medians(engine, regimes, x_all[:rows], seconds / len(sizes), check)
         timings += [Timing(rows, r, m) for r, m in zip(regimes, medians)]
         by = dict(zip(regimes, medians))
         best, rule = min(by, key=by.get), rules.regime(rows)
@@ -120,14 +122,14 @@ def measure_plan(p: Predictor, max_rows: int = 65536, seconds: float = 2.0) -> P
                 continue
             confirmed = by[best] <= KEEP_RULES_UNLESS * by[keep]
             if confirmed:  # measure the two again: one run's noise should not move a boundary
-                again = _medians(p, [best, keep], x_all[:rows], seconds / len(sizes) / 2)
+                again = _medians(engine, [best, keep], x_all[:rows], seconds / len(sizes) / 2, check)
                 timings += [Timing(rows, best, again[0], True), Timing(rows, keep, again[1], True)]
                 confirmed = again[0] <= KEEP_RULES_UNLESS * again[1]
             if not confirmed:
                 best = keep
                 break
         zero_copy = [r for r in by if not r.bound]
-        fallback = min(zero_copy, key=by.get) if zero_copy else p._whole(best.graph, 1)
+        fallback = min(zero_copy, key=by.get) if zero_copy else engine.whole(best.graph, 1)
         winners.append((rows, best, fallback))
         previous = by
     chunked = [r for r in previous if r.chunk_rows]
@@ -135,5 +137,5 @@ def measure_plan(p: Predictor, max_rows: int = 65536, seconds: float = 2.0) -> P
         # Past the largest size measured a whole batch's intermediates leave the cache; chunks do not.
         beyond = min(chunked, key=previous.get)
         winners.append((sizes[-1] + 1, beyond, beyond))
-    return Plan(steps_from_winners(winners, p._slot_rows), "measured", machine_key(), p._graph_digests(),
+    return Plan(steps_from_winners(winners, engine.slot_rows), "measured", machine_key(), engine.graph_digests(),
                 tuple(timings), time.perf_counter() - started)

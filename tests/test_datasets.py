@@ -3,11 +3,10 @@ import pandas as pd
 import pytest
 
 from conftest import DATA
-from torchport.export.datasets import load_dataset
-from torchport.runtime.errors import DataError as FileError
-from torchport.train import DataError, TrainError
+from torchport.runtime.errors import DataError as RuntimeDataError
+from torchport.runtime.errors import TorchportError
+from torchport.train import DataError, load_dataset
 from torchport.train.datasets import CITATION, load_islands
-from torchport.train.datasets import load_dataset as load_bundled
 
 
 def test_islands_table_ships_with_the_package():
@@ -62,7 +61,7 @@ def test_missing_column_names_it_and_lists_the_others(tmp_path):
 def test_non_numeric_value_names_column_and_row(tmp_path):
     path = tmp_path / "d.csv"
     path.write_text("y,a\n1,2\n3,oops\n")
-    with pytest.raises(FileError, match=r"d.csv: row 2 \(data row, 1-based\), column 'a': expected a finite number, "
+    with pytest.raises(DataError, match=r"d.csv: row 2 \(data row, 1-based\), column 'a': expected a finite number, "
                                         r"got 'oops'$"):
         load_dataset(str(path), ["y"], ["a"])
 
@@ -70,7 +69,7 @@ def test_non_numeric_value_names_column_and_row(tmp_path):
 def test_nan_names_column_and_row(tmp_path):
     path = tmp_path / "d.csv"
     path.write_text("y,a\n1,2\n,3\n4,5\n")
-    with pytest.raises(FileError, match=r"row 2 \(data row, 1-based\), column 'y': expected a finite number, got ''"):
+    with pytest.raises(DataError, match=r"row 2 \(data row, 1-based\), column 'y': expected a finite number, got ''"):
         load_dataset(str(path), ["y"], ["a"])
 
 
@@ -84,17 +83,18 @@ def test_a_missing_value_in_a_dataframe_names_column_and_row():
 def test_unknown_dataset_and_missing_file():
     with pytest.raises(DataError, match="unknown dataset 'nope'.*plant_richness_lr") as e:
         load_dataset("nope")
-    assert e.value.parameter == "name_or_path" and isinstance(e.value, (TrainError, ValueError))
+    assert e.value.parameter == "name_or_path" and isinstance(e.value, (TorchportError, ValueError))
     with pytest.raises(DataError, match="does not exist"):
         load_dataset("no/such/file.csv", ["y"])
 
 
-def test_the_training_side_reads_bundled_datasets_only(tmp_path):
-    with pytest.raises(DataError, match=r"unknown dataset 'd.csv'.*files are read by torchport.export.load_dataset"):
-        load_bundled("d.csv", ["y"])
-    assert load_bundled("plant_richness_lr").recipe == {"optimizer": "sgd"}  # the tutorial's data: its SGD
-    assert load_bundled("plant_richness_lr", ["ntv_rich"], ["area"]).recipe == {"optimizer": "sgd"}
-    assert load_bundled("plant_richness_mlr").recipe == {} and load_bundled("islands").recipe == {}
+def test_one_data_error_and_one_reader_for_names_and_files():
+    assert DataError is RuntimeDataError  # the training side raises the runtime's DataError: one family
+    with pytest.raises(DataError, match=r"data file d.csv does not exist"):
+        load_dataset("d.csv", ["y"])
+    assert load_dataset("plant_richness_lr").recipe == {"optimizer": "sgd"}  # the tutorial's data: its SGD
+    assert load_dataset("plant_richness_lr", ["ntv_rich"], ["area"]).recipe == {"optimizer": "sgd"}
+    assert load_dataset("plant_richness_mlr").recipe == {} and load_dataset("islands").recipe == {}
 
 
 def test_file_needs_a_target(tmp_path):

@@ -24,8 +24,8 @@ def test_a_failing_train_publishes_nothing_and_keeps_the_staged_bundle(tmp_path)
     error = proc.stderr.strip().splitlines()[-1]
     assert error.startswith("torchport train: error: parity FAILED: the exported copies disagree with the torch "
                             "model beyond float32 rounding (")
-    assert f"nothing was published at {out}; the staged bundle is in {kept} for inspection; pass " \
-           "--publish-failed to publish it marked failed" in error
+    assert f"nothing was published at {out}; the staged bundle is in {kept} for inspection; use " \
+           "--publish-failed (to publish it marked failed)" in error
     assert "parity: FAILED" in proc.stdout and "torchport SGD" in proc.stdout  # the summary and the report
     manifest = json.loads((kept / "manifest.json").read_text())
     assert manifest["parity"]["passed"] is False and manifest["parity"]["atol"] == 1e-12
@@ -50,12 +50,12 @@ def test_a_bundle_published_failed_is_refused_unless_allowed(published_failed, t
         Predictor(published_failed)
     assert str(e.value) == (f"{published_failed}: this bundle failed its parity check (torch, exported, torchscript, "
                             "onnxruntime, onnxruntime_model, onnxruntime_large_batch beyond the criterion) and was "
-                            "published marked failed; re-export it, or load it anyway for inspection; give "
-                            "allow_failed_parity=True to use it as it is")
+                            "published marked failed; re-export it, or load it anyway for inspection; use "
+                            "allow_failed_parity=True (to use it as it is)")
     assert Predictor(published_failed, allow_failed_parity=True).predict([[3.0]])[0][0] == pytest.approx(2.4034, abs=1e-3)
     triton = run_cli("export", str(published_failed), "--triton", str(tmp_path / "repo"))
     assert triton.returncode == 1 and "failed its parity check" in triton.stderr
-    assert "pass --allow-failed-parity to use it as it is" in triton.stderr and not (tmp_path / "repo").exists()
+    assert "use --allow-failed-parity (to use it as it is)" in triton.stderr and not (tmp_path / "repo").exists()
     allowed = run_cli("export", str(published_failed), "--triton", str(tmp_path / "repo"), "--allow-failed-parity")
     assert allowed.returncode == 0, allowed.stderr
     assert (tmp_path / "repo" / "seed" / "1" / "model.onnx").is_file()

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from conftest import DATA, run_cli
-from torchport.export.datasets import load_dataset
+from torchport.train.datasets import load_dataset
 from torchport.runtime import DataError, Predictor
 from torchport.runtime.scoring import _score
 from torchport.runtime.tables import detect_delimiter, read_table

@@ -108,7 +108,7 @@ def test_chunked_large_batches_answer_like_a_plain_session(seed_bundle, referenc
     assert got.shape == (CHUNKED_ROWS, 1) and got.flags.c_contiguous and got.flags.writeable
     np.testing.assert_array_equal(got, expected)
     assert p.plan.regime(CHUNKED_ROWS).chunk_rows == CHUNK_BYTES // 4  # this batch really ran in chunks
-    assert p._by_regime[p.plan.regime(CHUNKED_ROWS)].answers is not None
+    assert p.engine.runners[p.plan.regime(CHUNKED_ROWS)].answers is not None
     out = np.full_like(x, np.nan)
     assert p.predict(x, out=out) is out
     np.testing.assert_array_equal(out, expected)
@@ -215,6 +215,7 @@ def test_cold_start_needs_no_torch(seed_bundle):
     assert result["mods"] == [] and abs(result["y"][0][0] - 2.40342) < 1e-4
 
 
+@pytest.mark.full
 def test_benchmark_quick_run_writes_complete_json(seed_bundle, tmp_path):
     """The benchmark's smoke run: it completes and records every figure (no timing is asserted)."""
     out = tmp_path / "hot_path.json"

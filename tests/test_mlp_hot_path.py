@@ -59,7 +59,7 @@ def test_shared_chunks_run_on_helper_threads_and_refuse_the_first_bad_row(mlp_bu
     p.predict(x)
     regime = p.plan.regime(len(x))
     assert regime == p.plan.regime(2 * chunk) and regime.chunk_rows == chunk and regime.workers == 2
-    assert p._by_regime[regime]._helpers is not None  # the helper threads took part
+    assert p.engine.runners[regime]._helpers is not None  # the helper threads took part
     for bad in ([15 * chunk + 5], [3 * chunk + 1, 12 * chunk]):
         y = x.copy()
         y[bad, 1] = np.nan

@@ -12,8 +12,8 @@ from torchport.runtime import BundleError, Predictor
 from torchport.runtime.bundle import sha256_file
 
 
-def test_train_prints_the_summary(seed_bundle):
-    out = (seed_bundle.parent / "train_stdout.txt").read_text()
+def test_train_prints_the_summary(trained_seed_bundle):
+    out = (trained_seed_bundle.parent / "train_stdout.txt").read_text()
     assert "tutorial (published)" in out and "exact least squares" in out
     assert "parity: PASSED" in out
     m = re.search(r"prediction at area = 3 through ONNX Runtime \(CPUExecutionProvider\): ([\d.]+)", out)
@@ -106,7 +106,7 @@ def test_existing_output_needs_force(seed_bundle):
     before = sha256_file(seed_bundle / "model.onnx")
     proc = run_cli("train", "--out", str(seed_bundle), "--epochs", "10", "--no-progress")
     assert proc.returncode == 2
-    assert "exists; pass --force" in proc.stderr and "Traceback" not in proc.stderr
+    assert "exists; use --force" in proc.stderr and "Traceback" not in proc.stderr
     assert sha256_file(seed_bundle / "model.onnx") == before
 
 

@@ -130,8 +130,8 @@ def test_slot_pools_stay_bounded(seed_bundle):
     x = np.random.default_rng(1).uniform(0, 4, size=(SLOT_ROWS + MAX_POOLS + 20, 1)).astype(np.float32)
     for n in range(SLOT_ROWS + 1, len(x) + 1):
         np.testing.assert_array_equal(p.predict(x[:n]), plain.run(None, {"features": x[:n]})[0])
-    assert sum(len(s.pools) for s in p._slot_sets.values()) <= MAX_POOLS + SLOT_ROWS
-    assert len(p._slot_sets[p.plan.regime(SLOT_ROWS + 1)].pools) == MAX_POOLS
+    assert sum(len(s.pools) for s in p.engine.slot_sets.values()) <= MAX_POOLS + SLOT_ROWS
+    assert len(p.engine.slot_sets[p.plan.regime(SLOT_ROWS + 1)].pools) == MAX_POOLS
 
 
 def test_steps_hold_bound_regimes_only_as_far_as_a_slot_does():
@@ -142,6 +142,7 @@ def test_steps_hold_bound_regimes_only_as_far_as_a_slot_does():
     assert [s.from_rows for s in steps] == [1, 9, 16385]
 
 
+@pytest.mark.full
 def test_the_under_load_benchmark_records_every_condition(seed_bundle, tmp_path):
     """Its smoke run: every condition, backend and size has a figure (no timing is asserted)."""
     out = tmp_path / "under_load.json"
@@ -159,6 +160,7 @@ def test_the_under_load_benchmark_records_every_condition(seed_bundle, tmp_path)
     assert "busy process per CPU" in proc.stdout and "held:" in proc.stdout
 
 
+@pytest.mark.full
 @pytest.mark.parametrize("table", ["diabetes", "longley"])
 def test_plans_on_real_tables_answer_within_the_parity_bound(tmp_path, table):
     """scikit-learn's diabetes (10 raw features, a 64-64 MLP: the width at which the rules use both threads) and
@@ -166,7 +168,8 @@ def test_plans_on_real_tables_answer_within_the_parity_bound(tmp_path, table):
     like a plain session on model.onnx within the bundle's parity bound, on rows from the table itself."""
     from sklearn.datasets import load_diabetes
     from torchport.benchmarks.hot_path import agrees
-    from torchport.export import load_dataset, write_from_regressor
+    from torchport.export import write_from_regressor
+    from torchport.train import load_dataset
     from torchport.train import Regressor
     if table == "diabetes":
         path = tmp_path / "diabetes.csv"

@@ -312,7 +312,7 @@ def test_predict_command_checks_its_flags(tmp_path, capsys):
     for argv, parameter, message in (
             (["-i", str(tmp_path / "x.csv"), "-o", str(dst)], "input", f"input file {tmp_path / 'x.csv'} does not "
                                                                          "exist"),
-            (["-i", str(src), "-o", str(src)], "output", f"{src} exists; pass --force to replace it"),
+            (["-i", str(src), "-o", str(src)], "output", f"{src} exists; use force=True (to replace it)"),
             (["-i", str(src), "-o", str(src), "--force"], "output", "--output must differ from --input")):
         with pytest.raises(InputError) as e:
             cli_predict.run(command(*argv))

@@ -1,23 +1,98 @@
-"""Regressor under scikit-learn's estimator contract: clone, Pipeline and GridSearchCV from the real library
-(a dev dependency only: torchport.train never imports it)."""
+"""Regressor under scikit-learn's estimator contract: its own estimator checks, clone, Pipeline and
+GridSearchCV from the real library (a dev dependency only: torchport.train never imports it)."""
+import copy
+import pickle
 import subprocess
 import sys
+import warnings
 
 import numpy as np
 import pytest
+import torch
 from sklearn.base import clone, is_regressor
 from sklearn.datasets import load_diabetes
+from sklearn.exceptions import NotFittedError as SklearnNotFittedError
 from sklearn.model_selection import GridSearchCV, train_test_split
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
+from sklearn.utils.estimator_checks import parametrize_with_checks
 
-from torchport.train import Regressor, SettingsError, load_dataset
+from torchport.train import DataError, DataTypeError, NotFittedError, Regressor, SettingsError, load_dataset
+
+# Every check passes, so none is listed as an expected failure: predictions are float64 for both models (the
+# fitted module run in float64). Small settings keep the run short: the exact solution, and a small MLP.
+CHECKED = [Regressor(device="cpu"), Regressor(model="mlp", hidden=(8,), lr=0.01, epochs=200, device="cpu")]
 
 
 @pytest.fixture(scope="module")
 def diabetes():
     X, y = load_diabetes(return_X_y=True)
     return train_test_split(X, y, test_size=0.25, random_state=0)
+
+
+with warnings.catch_warnings():  # the Regressor keeps the contract without BaseEstimator: train never imports sklearn
+    warnings.filterwarnings("ignore", "Estimator Regressor does not inherit from", UserWarning)
+    CHECKS = parametrize_with_checks(CHECKED)
+
+
+@CHECKS
+def test_sklearn_estimator_checks(estimator, check):
+    check(estimator)
+
+
+def test_not_fitted_is_sklearns_not_fitted_error_once_sklearn_is_loaded():
+    with pytest.raises(SklearnNotFittedError, match="this Regressor is not fitted yet; call fit") as e:
+        Regressor().predict([[1.0]])
+    assert isinstance(e.value, NotFittedError) and isinstance(e.value, ValueError)
+    again = pickle.loads(pickle.dumps(e.value))  # as joblib's workers send it back to GridSearchCV
+    assert isinstance(again, SklearnNotFittedError) and isinstance(again, NotFittedError) and str(again) == str(e.value)
+    code = "import sys; from torchport.train import Regressor, NotFittedError\n" \
+           "try:\n    Regressor().coef_\nexcept NotFittedError as e:\n" \
+           "    sys.exit(type(e) is not NotFittedError or 'sklearn' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0  # without sklearn: torchport's own class
+
+
+@pytest.mark.parametrize("X, y, error, message", [
+    (np.ones(3), np.ones(3), DataError, r"X must have shape \(rows, features\); got shape \(3,\)\. Reshape your "
+                                        r"data: X\.reshape\(-1, 1\) if it is one feature"),
+    (np.ones((3, 1)), None, DataError, "Regressor requires y to be passed, but the target y is None"),
+    (np.ones((3, 1)) + 1j, np.ones(3), DataTypeError, r"Complex data not supported: X holds complex numbers"),
+    (np.array([[1.0], [{"a": 1}]], dtype=object), np.ones(2), DataTypeError,
+     "X must be real numbers .*argument must be a string or a real number, not 'dict'"),
+    (np.ones((4, 0)), np.ones(4), DataError, r"X has 0 feature\(s\) \(shape=\(4, 0\)\) while a minimum of 1"),
+    (np.ones((0, 2)), np.ones(0), DataError, r"X has 0 row\(s\) \(shape=\(0, 2\)\) while a minimum of 1"),
+    (np.ones((3, 1)), np.ones((3, 0)), DataError, r"y has 0 target\(s\) \(shape=\(3, 0\)\)"),
+    (np.ones((3, 1)), [1.0, np.inf, 2.0], DataError, r"y\[1, 0\] is inf, not a finite float32 number"),
+])
+def test_bad_training_input_is_refused_in_sklearns_words(X, y, error, message):
+    with pytest.raises(error, match=message):
+        Regressor(device="cpu").fit(X, y)
+
+
+def test_sparse_input_is_refused_naming_the_fix():
+    from scipy import sparse
+    with pytest.raises(DataError, match=r"X is sparse \(csr_array\), but the Regressor needs dense data; give "
+                                        r"X\.toarray\(\)") as e:
+        Regressor(device="cpu").fit(sparse.csr_array(np.eye(3)), np.ones(3))
+    assert e.value.parameter == "X"
+
+
+def test_predictions_are_float64_from_the_module_run_in_float64():
+    d = load_dataset("plant_richness_mlr")
+    for reg in (Regressor(device="cpu"), Regressor(model="mlp", hidden=(8,), epochs=50, device="cpu")):
+        reg.fit(d.X, d.y)
+        pred = reg.predict(d.X)
+        assert pred.dtype == np.float64 and pred.shape == d.y.shape
+        with torch.no_grad():
+            float32 = reg.module_(torch.from_numpy(d.X.astype(np.float32))).numpy()
+            float64 = copy.deepcopy(reg.module_).double()(torch.from_numpy(d.X.astype(np.float64))).numpy()
+        np.testing.assert_array_equal(pred, float64)
+        np.testing.assert_allclose(pred, float32, rtol=1e-5)  # the float32 module agrees to its rounding
+        assert next(reg.module_.parameters()).dtype == torch.float32  # predict leaves the fitted module as it was
+    with pytest.raises(DataError, match="X has 2 features, but Regressor is expecting 3 features as input") as e:
+        reg.predict(d.X[:, :2])
+    assert e.value.parameter == "X"
+    assert reg.predict(d.X[:0]).shape == (0, 1)
 
 
 def test_clone_gives_equal_params_and_an_unfitted_copy():

@@ -48,7 +48,7 @@ def test_seed_model(seed_bundle, tmp_path):
     assert libtorch.backend == "pytorch" and [i.name for i in libtorch.input] == ["INPUT__0"]
     assert (repo / "seed_libtorch" / "1" / "model.pt").stat().st_size > 0
     again = run_cli("export", str(seed_bundle), "--triton", str(repo))
-    assert again.returncode == 2 and "exists; pass --force" in again.stderr
+    assert again.returncode == 2 and "exists; use --force" in again.stderr
 
 
 def test_a_version_added_to_a_model_keeps_its_config(seed_bundle, tmp_path):
@@ -62,7 +62,7 @@ def test_a_version_added_to_a_model_keeps_its_config(seed_bundle, tmp_path):
     assert parse(config).version_policy.WhichOneof("policy_choice") == "all"  # kept
     assert sha256_file(repo / "seed" / "2" / "model.onnx") == sha256_file(seed_bundle / "model.onnx")
     again = run_cli("export", str(seed_bundle), "--triton", str(repo), "--model-version", "2")
-    assert again.returncode == 2 and "seed/2 exists; pass --force" in again.stderr
+    assert again.returncode == 2 and "seed/2 exists; use --force" in again.stderr
 
 
 def test_mlp_with_several_features_and_targets(tmp_path):

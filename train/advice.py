@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from torchport.train.errors import Fix
+from torchport.runtime.errors import Fix
 
 # A suggested SGD run must bring the slowest direction's error down by this factor (the loss's excess by
 # its square) within its epochs.

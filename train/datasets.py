@@ -1,17 +1,18 @@
-"""Datasets: the bundled 22-island table and the tutorial's derived sets, and the column rules every table
-(a bundled one, a DataFrame, a file read by torchport.export.load_dataset) is picked by."""
+"""Datasets: the bundled 22-island table and the tutorial's derived sets, files read by the runtime's table
+reader, and the column rules every table (a bundled one, a DataFrame, a file) is picked by."""
 from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 
-from torchport.train.errors import DataError
+from torchport.runtime.errors import DataError
+from torchport.runtime.tables import read_table
 
 CITATION = (
     "McMaster RT (2005). Factors influencing vascular plant diversity on 22 islands off the coast of "
@@ -129,8 +130,8 @@ def _numeric_column(frame: pd.DataFrame, column: str, source: str) -> np.ndarray
 
 def from_columns(columns: Mapping[str, np.ndarray], target: Sequence[str], features: Sequence[str], name: str,
                  source: str, recipe: Mapping[str, Any] | None = None) -> Dataset:
-    """A Dataset of float64 columns already read and checked (``torchport.export.load_dataset`` reads files
-    into them with the rules `torchport predict` uses)."""
+    """A Dataset of float64 columns already read and checked (``load_dataset`` reads files into them with
+    the rules `torchport predict` uses)."""
     target, features = list(target), list(features)
     rows = len(next(iter(columns.values()))) if columns else 0
     if rows == 0:
@@ -155,16 +156,34 @@ def from_frame(frame: pd.DataFrame, target: Sequence[str], features: Sequence[st
                         source)
 
 
-def load_dataset(name: str, target: Sequence[str] | None = None, features: Sequence[str] | None = None) -> Dataset:
-    """A bundled dataset by name, with target/features by column name (the dataset's own by default). Files
-    are read by ``torchport.export.load_dataset``, with the same reader as `torchport predict`."""
-    if name not in DATASETS:
-        looks_like_file = Path(str(name)).suffix != ""
-        hint = ("; files are read by torchport.export.load_dataset (the reader `torchport predict` uses)"
-                if looks_like_file else ", or give the path to a CSV, TSV or Parquet file to "
-                "torchport.export.load_dataset")
-        raise DataError(f"unknown dataset {name!r}; bundled datasets: {', '.join(DATASETS)}{hint}",
-                        parameter="name_or_path")
+def load_dataset(name_or_path: str, target: Sequence[str] | None = None, features: Sequence[str] | None = None,
+                 *, delimiter: str | None = None, on_rows: Callable[[int], None] | None = None) -> Dataset:
+    """A bundled dataset by name, or a CSV/TSV/Parquet file by path, with target/features by column name (a
+    bundled dataset's own by default; a file's features default to every other column). A file is read by
+    the runtime's table reader, the one `torchport predict` uses (byte order mark, delimiter from the header
+    unless ``delimiter`` is given, one-column files, repeated names refused, '.' decimals); ``on_rows(rows_read)``
+    follows a long read."""
+    if name_or_path in DATASETS:
+        return _bundled(name_or_path, target, features)
+    path = Path(name_or_path)
+    if path.suffix == "" and not path.exists():
+        raise DataError(f"unknown dataset {name_or_path!r}; bundled datasets: {', '.join(DATASETS)}, "
+                        "or give the path to a CSV, TSV or Parquet file", parameter="name_or_path")
+    if not path.exists():
+        raise DataError(f"data file {path} does not exist; give the path to a CSV, TSV or Parquet file "
+                        f"or one of the bundled datasets: {', '.join(DATASETS)}", parameter="name_or_path")
+    chosen: dict[str, list[str]] = {}
+
+    def pick(columns: list[str]) -> list[str]:
+        chosen["target"], chosen["features"] = select_columns(columns, target, features, str(path))
+        return chosen["target"] + chosen["features"]
+
+    _, columns = read_table(path, pick, delimiter=delimiter, parameter="name_or_path", on_rows=on_rows)
+    return from_columns(columns, chosen["target"], chosen["features"], path.stem, str(path))
+
+
+def _bundled(name: str, target: Sequence[str] | None, features: Sequence[str] | None) -> Dataset:
+    """A bundled dataset with target/features by column name (the dataset's own by default)."""
     build, default_target, default_features, _ = DATASETS[name]
     frame = build()
     data = from_frame(frame, target or default_target, features or (None if target else default_features),

@@ -1,6 +1,6 @@
 """Regressor: fit/predict for the tutorial's linear model and MLPs. It follows scikit-learn's estimator
-contract (get_params/set_params, clone, Pipeline, GridSearchCV) without importing scikit-learn, which only
-the tests need.
+contract (get_params/set_params, clone, Pipeline, GridSearchCV, and its estimator checks) without importing
+scikit-learn, which only the tests need; train/validation.py checks its inputs in scikit-learn's words.
 
 Defaults that reach the optimum: a linear model is solved exactly (float64 least squares, standardised
 inside the model when the raw features are ill-conditioned) unless an iterative run is asked for; the
@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import inspect
+import io
 import json
 import math
 import numbers
@@ -27,7 +28,9 @@ from torch import nn
 
 from torchport.train import advice
 from torchport.train.choices import DEFAULT_LR, OPTIMIZERS, SCALES, SCHEDULES
-from torchport.train.errors import DataError, Fix, FitWarning, SettingsError, TrainingDiverged
+from torchport.runtime.errors import DataError, Fix
+from torchport.runtime.files import write_bytes
+from torchport.train.errors import FitWarning, SettingsError, TrainingDiverged
 from torchport.train.fast import fit_full_batch_sgd
 from torchport.train.metrics import exact_least_squares, mse, r2_score
 from torchport.train.models import (
@@ -35,6 +38,7 @@ from torchport.train.models import (
     set_scaling, whole_number,
 )
 from torchport.train.progress import Reporter
+from torchport.train.validation import check_is_fitted, features, training_arrays
 
 CHECKS_PER_RUN = 100  # reading the loss syncs the host: the divergence check and checkpoints happen this often
 # The settings of an iterative run, at their defaults; giving any of them to a linear model without an
@@ -52,6 +56,7 @@ UNDERFIT = 0.01            # an iterative linear fit whose MSE is this much abov
 # A CPU step over at most this many values (batch rows x the widest layer) runs on one thread: a thread
 # pool's wake-ups cost more than they save on such small ops, and far more when other work shares the cores.
 ONE_THREAD_VALUES = 1 << 17
+PREDICT_ROWS = 1 << 16     # predict runs the float64 module on this many rows at a time (bounded memory)
 
 
 def resolve_device(device: str) -> torch.device:
@@ -158,7 +163,7 @@ class _Run:
 
 class Regressor:
     """Fits a torch regression model with MSE loss; ``module_`` is the fitted module (raw features in,
-    targets in their own units out) on the CPU, in eval mode.
+    targets in their own units out) on the CPU, in eval mode, and ``predict`` runs it in float64.
 
     ``optimizer`` None picks for the model: a linear model is solved exactly ('exact': float64 least
     squares), or trained with SGD (the tutorial's: full batch, lr 0.002, 6000 epochs) when an iterative
@@ -321,9 +326,8 @@ class Regressor:
         if resume and self.checkpoint is None:
             raise SettingsError("resume=True needs checkpoint=, the path the interrupted run was given",
                                 parameter="checkpoint")
-        X32, y32, one_d = _arrays(X, y)
-        X64 = np.asarray(X, np.float64).reshape(X32.shape)
-        y64 = np.asarray(y, np.float64).reshape(y32.shape)
+        X64, y64, one_d = training_arrays(X, y)
+        X32, y32 = X64.astype(np.float32), y64.astype(np.float32)
         train_idx, val_idx = self._split_rows(len(X32), s)
         widest = max([X32.shape[1], y32.shape[1], *(self.hidden if self.model == "mlp" else ())])
         s = s.plan(X64[train_idx], widest)
@@ -586,9 +590,9 @@ class Regressor:
                    "losses": run.losses[:epochs_done].cpu(), "val_losses": torch.tensor(run.val_losses),
                    "best_val": run.best_val, "best_epoch": run.best_epoch, "best_state": run.best_state or {},
                    "theta": run.theta}
-        tmp = f"{os.fspath(self.checkpoint)}.tmp"
-        torch.save(payload, tmp)
-        os.replace(tmp, self.checkpoint)
+        buffer = io.BytesIO()  # serialised in memory, written by Python: a full disk is an OSError naming the file
+        torch.save(payload, buffer)
+        write_bytes(self.checkpoint, buffer.getvalue())
 
     def _restore(self, run: _Run) -> None:
         """Continue from the training state in ``checkpoint``, written by a run with the same settings and data."""
@@ -623,16 +627,15 @@ class Regressor:
     # --- using the fitted model ---
 
     def predict(self, X: np.ndarray) -> np.ndarray:
-        """Predictions of the fitted module, float32: shape (rows,) when fit was given a 1-D y, else
-        (rows, targets)."""
-        if not hasattr(self, "module_"):
-            raise RuntimeError("this Regressor is not fitted yet; call fit(X, y) first")
-        X = _features(X)
-        if X.shape[1] != self.n_features_in_:
-            raise DataError(f"X has {X.shape[1]} feature column(s); this Regressor was fitted on "
-                            f"{self.n_features_in_}", parameter="X")
+        """Predictions in float64, of the fitted module run in float64 (the reference its exported copies are
+        verified against): shape (rows,) when fit was given a 1-D y, else (rows, targets)."""
+        check_is_fitted(self)
+        X = features(X, self.n_features_in_)
+        wide = copy.deepcopy(self.module_).double()  # a copy: predict changes nothing, and threads may share self
+        pred = np.empty((len(X), self.spec_.n_targets))
         with torch.no_grad():
-            pred = self.module_(torch.from_numpy(X)).numpy()
+            for start in range(0, len(X), PREDICT_ROWS):
+                pred[start:start + PREDICT_ROWS] = wide(torch.from_numpy(X[start:start + PREDICT_ROWS])).numpy()
         return pred[:, 0] if self._predicts_1d else pred
 
     def score(self, X: np.ndarray, y: np.ndarray) -> float:
@@ -643,11 +646,13 @@ class Regressor:
     @property
     def coef_(self) -> np.ndarray:
         """Weights of a linear model in raw units, shape (targets, features)."""
+        check_is_fitted(self)
         return linear_coefficients(self.module_)[0].numpy()
 
     @property
     def intercept_(self) -> np.ndarray:
         """Bias of a linear model in raw units, shape (targets,)."""
+        check_is_fitted(self)
         return linear_coefficients(self.module_)[1].numpy()
 
 
@@ -657,39 +662,6 @@ def _same(a: Any, b: Any) -> bool:
         return a is b or bool(a == b)
     except Exception:  # arrays and other values without a plain truth value
         return False
-
-
-def _features(X: Any) -> np.ndarray:
-    """X as a C-contiguous float32 (rows, features) array of finite numbers; DataError otherwise."""
-    return _matrix(X, "X", "(rows, features)")
-
-
-def _matrix(values: Any, name: str, shape: str) -> np.ndarray:
-    try:
-        with np.errstate(over="ignore"):  # a value beyond float32 becomes inf and is named below
-            a = np.ascontiguousarray(values, dtype=np.float32)
-    except (TypeError, ValueError) as e:
-        raise DataError(f"{name} must be numbers of shape {shape} ({e})", parameter=name) from None
-    if a.ndim != 2:
-        raise DataError(f"{name} must have shape {shape}; got shape {a.shape}", parameter=name)
-    bad = ~np.isfinite(a)
-    if bad.any():
-        row, column = (int(i) for i in np.argwhere(bad)[0])
-        raise DataError(f"{name}[{row}, {column}] is {a[row, column]}, not a finite float32 number; clean or drop "
-                        "that row", parameter=name)
-    return a
-
-
-def _arrays(X: Any, y: Any) -> tuple[np.ndarray, np.ndarray, bool]:
-    """X (rows, features) and y (rows, targets) as float32 training arrays, and whether y was 1-D."""
-    y_array = np.asarray(y)
-    one_d = y_array.ndim == 1
-    X = _features(X)
-    y = _matrix(y_array.reshape(-1, 1) if one_d else y_array, "y", "(rows,) or (rows, targets)")
-    if len(X) != len(y) or len(X) == 0:
-        raise DataError(f"expected X of shape (rows, features) and y of shape (rows, targets) with the same number "
-                        f"of rows; got X {X.shape} and y {y.shape}", parameter="y")
-    return X, y, one_d
 
 
 def _state_key(s: _Settings, spec: ModelSpec, X: np.ndarray, y: np.ndarray) -> str:

@@ -9,8 +9,8 @@ from typing import Any, ClassVar, Sequence
 
 import numpy as np
 
-from torchport.train.errors import DataError
-from torchport.train.jsonfields import Fields, finite
+from torchport.runtime.errors import DataError
+from torchport.runtime.jsonfields import Fields, finite
 
 INTERCEPT = "(intercept)"
 

@@ -6,7 +6,7 @@ from typing import Any, ClassVar, Sequence
 
 import numpy as np
 
-from torchport.train.jsonfields import Fields, as_lists, finite, finite_array, has_none
+from torchport.runtime.jsonfields import Fields, as_lists, finite, finite_array, has_none
 
 
 def _columns(values: Any) -> np.ndarray:

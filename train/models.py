@@ -16,7 +16,7 @@ from torch import nn
 
 from torchport.train.choices import MODEL_KINDS
 from torchport.train.errors import SettingsError
-from torchport.train.jsonfields import Fields, settings_error
+from torchport.runtime.jsonfields import Fields
 
 ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "gelu": nn.GELU, "silu": nn.SiLU}
 
@@ -118,7 +118,7 @@ class ModelSpec:
     def from_json(cls, obj: Any) -> "ModelSpec":
         """The spec from ``to_json``'s object; missing scale_* default to True for an mlp, False for linear.
         SettingsError (naming the key) for anything else."""
-        f = Fields(obj, "model spec", settings_error)
+        f = Fields(obj, "model spec", lambda message, key: SettingsError(message, parameter=key))
         kind = f.get("kind", str)
         scaled = kind == "mlp"
         mlp: dict = {}

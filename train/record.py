@@ -13,7 +13,7 @@ import numpy as np
 from torchport.train.datasets import Dataset
 from torchport.train.estimator import Regressor
 from torchport.train.inference import Inference, InferenceUnavailable, ols_inference
-from torchport.train.jsonfields import Fields, finite, finite_array
+from torchport.runtime.jsonfields import Fields, finite, finite_array
 from torchport.train.metrics import FitMetrics, LeastSquares, exact_least_squares
 
 # Constructor arguments that change how a run is watched or where it checkpoints, never its result.

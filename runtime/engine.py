@@ -1,0 +1,268 @@
+"""The engine under the Predictor: runs a batch of one model in any regime (docs/hot-path.md). It holds the
+graph files' bytes and their sha256, a session per (graph, threads, spin), pooled bound slots and zero-copy
+runners per regime, the golden cases' bytes, and the rules' regimes; the Predictor, tuning, verify and the
+benchmarks all use it through this public interface."""
+from __future__ import annotations
+
+import json
+import math
+import threading
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from torchport.runtime import hot_path
+from torchport.runtime.bundle import LARGE_BATCH_FILE, ONNX_FILE, Manifest, sha256_bytes
+from torchport.runtime.errors import BundleError, InputError
+from torchport.runtime.hot_path import SLOT_ROWS
+from torchport.runtime.inputs import refuse_nonfinite
+from torchport.runtime.plan import CUSTOM, Plan, Regime, Step, flops_per_row, merged
+from torchport.runtime.sessions import session_options
+
+_CPU = "CPUExecutionProvider"
+_finite = hot_path.finite
+
+
+class Engine:
+    """Runs numpy batches of one model in a given ``Regime``, making each session, slot pool and runner on
+    first use. ``graphs`` maps file names (``model.onnx``, and ``model.large_batch.onnx`` when there is one)
+    to their checked bytes; ``providers`` are the ONNX Runtime providers asked for; ``sess_options`` replaces
+    every session with one on ``model.onnx`` built from the caller's options. Names come from ``manifest``,
+    else from the graph's torchport metadata, else x0.., y0..; every session's inputs and outputs are checked
+    against them. Safe to share between threads.
+
+    ``first_session`` is the session made at once (the small batches' one); ``providers`` what it really
+    uses; ``slot_rows`` the most rows a pooled slot holds. ``sessions`` (by graph, threads and spin),
+    ``slot_sets`` and ``runners`` (by regime) hold what was made so far: read them; ``session``, ``slots``
+    and ``runner`` make them."""
+
+    def __init__(self, graphs: dict[str, bytes], source: Path, providers: list[str], *,
+                 manifest: Manifest | None = None, golden: bytes | None = None,
+                 sess_options: ort.SessionOptions | None = None, intra_op_threads: int = 1,
+                 large_batch_rows: int = hot_path.LARGE_ROWS):
+        self.graphs, self.source, self.requested = dict(graphs), source, list(providers)
+        self.manifest, self.golden, self.custom = manifest, golden, sess_options is not None
+        self.intra_op_threads, self.large_batch_rows = intra_op_threads, large_batch_rows
+        if manifest is None and LARGE_BATCH_FILE in self.graphs:
+            raise BundleError(f"{LARGE_BATCH_FILE} is run only from a bundle: give its manifest")
+        if manifest is not None:
+            self._name(list(manifest.features), list(manifest.targets), manifest.input.name, manifest.output.name)
+        # The large-batch graph runs small batches too unless its rewrite adds nodes (the seed's Mul+Add
+        # costs more per call than its one Gemm); MLPs then run one graph at every size.
+        rewrite = manifest.export.large_batch_graph if manifest is not None else None
+        small_on_large = LARGE_BATCH_FILE in self.graphs and rewrite is not None \
+            and "gemm_k1_to_mul_add" not in rewrite.rewrites
+        self.first_graph = LARGE_BATCH_FILE if small_on_large else ONNX_FILE
+        self.first_session = self._new_session(sess_options or session_options(1, arena=self._mlp()),
+                                               self.first_graph)
+        self.sessions = {(self.first_graph, CUSTOM if self.custom else 1, False): self.first_session}
+        self.providers = self.first_session.get_providers()
+        if manifest is None:
+            self._names_from_graph()
+        self._check_io(self.first_session, self.source_of(self.first_graph))
+        self.slot_rows = hot_path.slot_rows(self.n_features, self.n_targets)
+        self.slot_sets: dict[Regime, hot_path.Slots] = {}
+        self.runners: dict[Regime, hot_path.Runner] = {}
+        self._lock = threading.Lock()
+
+    def source_of(self, graph: str) -> Path:
+        """Where ``graph`` was read from (for messages)."""
+        return self.source if graph == ONNX_FILE else self.source.parent / graph
+
+    def graph_digests(self) -> tuple[str, ...]:
+        """The sha256 of each graph file this engine may run, in file-name order ("name:digest")."""
+        return tuple(f"{name}:{sha256_bytes(self.graphs[name])}" for name in sorted(self.graphs))
+
+    @property
+    def widest(self) -> int:
+        """Values a row of the graph's widest layer holds (inputs, hidden layers, outputs), from the
+        manifest's model spec; a bare .onnx file counts its inputs and outputs only."""
+        hidden = (self.manifest.model.get("hidden") or []) if self.manifest is not None else []
+        return max([self.n_features, self.n_targets, *(h for h in hidden if isinstance(h, int))])
+
+    def flops_per_row(self) -> int | None:
+        """The model's multiply-adds per row (2 FLOP each), from the manifest; None when unknown."""
+        model = self.manifest.model if self.manifest is not None else {}
+        hidden = tuple(h for h in (model.get("hidden") or ()) if isinstance(h, int))
+        return flops_per_row(model.get("kind", ""), self.n_features, self.n_targets, hidden)
+
+    def _mlp(self) -> bool:
+        """True for a graph with hidden layers wider than its inputs and outputs, or without a large-batch
+        graph: such graphs run large batches in cache-sized chunks."""
+        return LARGE_BATCH_FILE not in self.graphs or self.widest > max(self.n_features, self.n_targets)
+
+    def _cpu(self) -> bool:
+        return self.providers[0] == _CPU
+
+    def rules(self) -> Plan:
+        """The default plan, from the model's shape (the Predictor's docstring says what it does)."""
+        if self.custom:
+            return Plan((Step(1, Regime(ONNX_FILE, CUSTOM, bound=True)),
+                         Step(SLOT_ROWS + 1, Regime(ONNX_FILE, CUSTOM))))
+        first = self.first_graph
+        large = LARGE_BATCH_FILE if LARGE_BATCH_FILE in self.graphs else ONNX_FILE
+        threads = self.intra_op_threads
+        steps = [Step(1, Regime(first, 1, bound=True))]
+        if self._mlp():
+            chunks = self.shared_chunks(large)
+            chunks_from = chunks.chunk_from + 1 if chunks.chunk_rows else math.inf
+            per_row = self.flops_per_row()
+            threaded_from = math.ceil(hot_path.THREADS_FROM_FLOP / per_row) if per_row and self._cpu() \
+                and threads > 1 and self.widest >= hot_path.THREADS_FROM_WIDTH else math.inf
+            bound_to = min(self.slot_rows, threaded_from - 1, chunks_from - 1)
+            if bound_to > SLOT_ROWS and large != first:
+                steps.append(Step(SLOT_ROWS + 1, Regime(large, 1, bound=True)))
+            if max(bound_to, SLOT_ROWS) + 1 < min(threaded_from, chunks_from):
+                steps.append(Step(max(bound_to, SLOT_ROWS) + 1, Regime(large, 1)))
+            if max(threaded_from, SLOT_ROWS + 1) < chunks_from:
+                steps.append(Step(max(threaded_from, SLOT_ROWS + 1), Regime(large, threads)))
+            if chunks_from < math.inf:
+                steps.append(Step(max(chunks_from, SLOT_ROWS + 1), chunks))
+            return Plan(merged(steps))
+        large_from = max(self.large_batch_rows, SLOT_ROWS + 1)
+        bound_to = min(self.slot_rows, large_from - 1)
+        if bound_to > SLOT_ROWS:
+            steps.append(Step(SLOT_ROWS + 1, Regime(large, 1, bound=True)))
+        if bound_to + 1 < large_from:
+            steps.append(Step(bound_to + 1, self.whole(large, 1)))
+        steps.append(Step(large_from, self.whole(large, threads, spin=threads > 1)))
+        return Plan(merged(steps))
+
+    def whole(self, graph: str, threads: int, spin: bool = False) -> Regime:
+        """A zero-copy regime on ``graph``; a linear model's large-batch graph on the CPU runs inputs over
+        CHUNK_FROM_BYTES in CHUNK_BYTES chunks (the Mul's output then stays in cache)."""
+        if graph == LARGE_BATCH_FILE and not self._mlp() and self._cpu():
+            width = 4 * self.n_features
+            return Regime(graph, threads, chunk_rows=max(1, hot_path.CHUNK_BYTES // width),
+                          chunk_from=hot_path.CHUNK_FROM_BYTES // width, spin=spin)
+        return Regime(graph, threads, spin=spin)
+
+    def shared_chunks(self, graph: str) -> Regime:
+        """Cache-sized chunks of ``graph`` on its one-thread session, shared by ``intra_op_threads`` threads
+        (on the CPU; elsewhere the batch runs whole)."""
+        if not self._cpu():
+            return Regime(graph, 1)
+        chunk = hot_path.cache_chunk_rows(self.widest)
+        return Regime(graph, 1, chunk_rows=chunk, chunk_from=2 * chunk - 1, workers=self.intra_op_threads)
+
+    def check_plan(self, plan: Plan) -> None:
+        """Raise InputError unless every regime of ``plan`` can run on this engine's graphs and sessions."""
+        for regime in plan.regimes():
+            if regime.graph not in self.graphs or (regime.threads == CUSTOM) != self.custom \
+                    or regime.threads < 0 or regime.workers < 1 or regime.chunk_rows < 0:
+                raise InputError(f"the plan's regime {regime.describe()!r} cannot run here: this Predictor runs "
+                                 f"{', '.join(sorted(self.graphs))}", parameter="plan")
+
+    def drop_slots(self) -> None:
+        """Forget every slot pool (a new plan binds fresh ones on first use)."""
+        self.slot_sets = {}
+
+    def session(self, regime: Regime) -> ort.InferenceSession:
+        """The session of ``regime``'s graph and thread count, made once on first use."""
+        key = (regime.graph, regime.threads, regime.spin and regime.threads > 1)
+        session = self.sessions.get(key)
+        if session is None:
+            with self._lock:
+                session = self.sessions.get(key)
+                if session is None:
+                    options = session_options(regime.threads, arena=self._mlp(), spin=key[2])
+                    session = self._new_session(options, regime.graph)
+                    self._check_io(session, self.source_of(regime.graph))
+                    self.sessions[key] = session
+        return session
+
+    def slots(self, regime: Regime) -> hot_path.Slots:
+        """The slot pools of a bound ``regime``, made once on first use."""
+        session = self.session(regime)
+        with self._lock:
+            slots = self.slot_sets.get(regime)
+            if slots is None:
+                slots = self.slot_sets[regime] = hot_path.Slots(session, self.input_name, self.output_name,
+                                                                self.n_features, self.n_targets)
+            return slots
+
+    def runner(self, regime: Regime) -> hot_path.Runner:
+        """The zero-copy runner of ``regime`` (of its zero-copy twin for a bound one), made once on first use."""
+        runner = self.runners.get(regime)
+        if runner is None:
+            session = self.session(regime)
+            with self._lock:
+                runner = self.runners.get(regime)
+                if runner is None:
+                    runner = hot_path.Runner(session, self.input_name, self.output_name, self.n_targets,
+                                             regime.chunk_rows or None, regime.chunk_from, regime.workers)
+                    self.runners[regime] = runner
+        return runner
+
+    def check_rows(self, a: np.ndarray, first_row: int = 0) -> None:
+        """Raise naming the first NaN/inf cell of ``a`` (float32, C-contiguous), rows counted from
+        ``first_row``: one pass, a false alarm cleared by checking each element."""
+        if a.size and not _finite(a):
+            refuse_nonfinite(a, self.feature_names, first_row)
+
+    def run(self, regime: Regime, x: np.ndarray, out: np.ndarray | None = None, check: bool = True,
+            pools: dict | None = None) -> np.ndarray:
+        """``x`` (rows >= 1, any numeric dtype and layout) run in ``regime``: through a pooled slot's bound
+        buffers (one copy in, which converts dtype and layout too) or zero-copy from float32 C-contiguous;
+        into ``out`` when given. ``check``: refuse NaN/inf rows first. ``pools``: where to record the slot
+        pool used, by input shape, so that a caller's own fast path (Predictor.predict's) finds it."""
+        rows = x.shape[0]
+        if regime.bound and rows <= self.slot_rows:
+            slots = self.slot_sets.get(regime) or self.slots(regime)
+            pool = slots.pool(rows)
+            if pool is not None:
+                if pools is not None:
+                    pools[rows, self.n_features] = pool
+                try:
+                    slot = pool.pop()
+                except IndexError:
+                    slot = slots.new(rows)
+                inp, _, run, result, copy_out = slot
+                try:
+                    inp[...] = x
+                    if check:
+                        self.check_rows(inp)
+                    run()
+                    if out is None:
+                        return copy_out()  # the slot serves later calls: never hand it out
+                    out[...] = result
+                    return out
+                finally:
+                    pool.append(slot)
+        matrix = np.ascontiguousarray(x, dtype=np.float32)  # no copy when already float32 C-contiguous
+        runner = self.runners.get(regime) or self.runner(regime)
+        return runner.run(matrix, out, self.check_rows if check else None)
+
+    def _new_session(self, options: ort.SessionOptions, graph: str) -> ort.InferenceSession:
+        try:
+            return ort.InferenceSession(self.graphs[graph], sess_options=options, providers=self.requested)
+        except Exception as e:  # onnxruntime raises its own exception types for invalid models
+            raise BundleError(f"{self.source_of(graph)} is not a model ONNX Runtime can load: {e}") from None
+
+    def _name(self, features: list[str], targets: list[str], input_name: str, output_name: str) -> None:
+        self.feature_names, self.target_names, self.input_name, self.output_name = \
+            features, targets, input_name, output_name
+        self.n_features, self.n_targets = len(features), len(targets)
+
+    def _names_from_graph(self) -> None:
+        """Input/output and column names of a bare .onnx file: from torchport's metadata, else x0.., y0.."""
+        session = self.first_session
+        inputs, outputs = session.get_inputs(), session.get_outputs()
+        meta = session.get_modelmeta().custom_metadata_map
+        n_in, n_out = inputs[0].shape[-1], outputs[0].shape[-1]
+        features = json.loads(meta["torchport.features"]) if "torchport.features" in meta \
+            else [f"x{i}" for i in range(n_in if isinstance(n_in, int) else 1)]
+        targets = json.loads(meta["torchport.targets"]) if "torchport.targets" in meta \
+            else [f"y{i}" for i in range(n_out if isinstance(n_out, int) else 1)]
+        self._name(features, targets, inputs[0].name, outputs[0].name)
+
+    def _check_io(self, session: ort.InferenceSession, source: Path) -> None:
+        """Refuse a graph whose input and output names and widths disagree with the manifest's."""
+        inputs, outputs = session.get_inputs(), session.get_outputs()
+        if len(inputs) != 1 or inputs[0].name != self.input_name or inputs[0].shape[-1] != len(self.feature_names):
+            raise BundleError(f"{source}: the graph's inputs {[(i.name, i.shape) for i in inputs]} disagree "
+                              f"with the manifest ({self.input_name!r}, {len(self.feature_names)} features)")
+        if outputs[0].name != self.output_name or outputs[0].shape[-1] != len(self.target_names):
+            raise BundleError(f"{source}: the graph's outputs {[(o.name, o.shape) for o in outputs]} "
+                              f"disagree with the manifest ({self.output_name!r}, {len(self.target_names)} targets)")
