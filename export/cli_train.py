@@ -20,6 +20,7 @@ examples:
   torchport train                                   # the tutorial on the bundled data -> bundles/plant_richness_lr
   torchport train --out bundles/seed
   torchport train --data plant_richness_mlr --out bundles/mlr               # exact least squares
+  torchport train --data data.csv --target y --features x --no-intercept    # y = b x, no intercept
   torchport train --data plant_richness_mlr --model mlp --hidden 32,32 --out bundles/mlr-mlp
   torchport train --data big.csv --target y --model mlp --val-fraction 0.1
   torchport train --data islands.csv --target ntv_rich --features area,latitude --optimizer sgd --lr 0.01
@@ -56,6 +57,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--activation", default="relu", choices=ACTIVATION_NAMES, help="mlp activation (default: relu)")
     p.add_argument("--dropout", type=number, default=0.0, help="mlp dropout while training, in [0, 1) "
                    "(off at inference; default: 0)")
+    p.add_argument("--no-intercept", action="store_true",
+                   help="fit a linear model without an intercept (its bias is held at zero; the inference table "
+                        "then gives the uncentred R^2 and the F test against the zero model, as statsmodels does "
+                        "for a model without a constant)")
     p.add_argument("--scale", default="auto", choices=["auto", "on", "off"],
                    help="standardise features and targets inside the model (auto: on for mlp, and for a linear "
                         "model whose raw features are ill-conditioned: cond([X, 1]) above 100)")
@@ -99,8 +104,9 @@ def _flag(name: str) -> str:
 
 
 def check_report_modules(plots: bool) -> None:
-    """statsmodels and matplotlib are imported late (they are slow to import): say before training if missing."""
-    needed = ["statsmodels", "matplotlib"] if plots else ["statsmodels"]
+    """scipy (the inference table's t and F distributions) and matplotlib are imported late (they are slow to
+    import): say before training if missing."""
+    needed = ["scipy", "matplotlib"] if plots else ["scipy"]
     missing = [m for m in needed if importlib.util.find_spec(m) is None]
     if missing:
         raise InputError(f"needs {' and '.join(missing)} from the 'train' extra: pip install 'torchport[train]'")
@@ -130,10 +136,14 @@ def _run(args: argparse.Namespace, status: Status) -> int:
     from torchport.export.formats import check_opset
     from torchport.train.estimator import Regressor
     check_opset(args.opset)
+    if args.no_intercept and args.model != "linear":
+        raise InputError("--no-intercept is for --model linear: an mlp's layers keep their biases; drop "
+                         "--no-intercept", parameter="no_intercept")
     settings = dict(model=args.model, hidden=args.hidden, activation=args.activation, dropout=args.dropout,
-                    scale=args.scale, optimizer=args.optimizer, lr=args.lr, momentum=args.momentum,
-                    epochs=args.epochs, batch_size=args.batch_size, val_fraction=args.val_fraction,
-                    patience=args.patience, lr_schedule=args.lr_schedule, seed=args.seed, device=args.device)
+                    fit_intercept=not args.no_intercept, scale=args.scale, optimizer=args.optimizer, lr=args.lr,
+                    momentum=args.momentum, epochs=args.epochs, batch_size=args.batch_size,
+                    val_fraction=args.val_fraction, patience=args.patience, lr_schedule=args.lr_schedule,
+                    seed=args.seed, device=args.device)
     if args.model == "linear":  # the data's own recipe (the tutorial's data: its SGD) where nothing was said
         settings.update({k: v for k, v in data.recipe.items() if settings.get(k) is None})
     Regressor(**settings).check_params()

@@ -64,6 +64,8 @@ def fit_lines(reg: Regressor, data: Dataset, record: TrainingRecord,
     model = spec.kind if spec.kind == "linear" else f"mlp {','.join(map(str, spec.hidden))} {spec.activation}"
     trained, held = record.rows_trained, record.validation_rows
     split = f"{_rows(trained, 'training')}, {_rows(held, 'held-out')}" if held else f"{_rows(trained, 'training')}"
+    if not getattr(reg, "fit_intercept", True):
+        model += " without intercept"
     lines = [f"trained {model}{' (standardised inside the model)' if spec.scale_features else ''} on {data.source}: "
              f"{split}, {', '.join(data.target_names)} ~ {', '.join(data.feature_names)}; {_method(reg)}, seed "
              f"{reg.seed}, device {reg.device_}, final loss {reg.final_loss_:.6g}", ""]

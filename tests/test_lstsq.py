@@ -3,7 +3,9 @@
 import numpy as np
 import pytest
 
-from nist import CERTIFIED, NAMES, digits, exact_fit_of_the_data, raw_rows, table
+from nist import CERTIFIED, NAMES, digits, exact_fit_of_the_data, exact_fit_of_the_table, raw_rows, table
+from torchport.train.inference import InferenceUnavailable, ols_inference
+from torchport.train.lstsq import fit_least_squares
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -26,3 +28,113 @@ def test_the_tables_are_float64_columns_of_the_data():
     assert filip.X.shape == (82, 10) and filip.X.dtype == np.float64
     assert filip.X[0, 9] == float("-6.860120914") ** 10 and filip.features[-1] == "x10"
     assert table("noint1").intercept is False and table("longley").X.shape == (16, 6)
+
+
+def table_digits(fit, reference: dict) -> dict:
+    """The least digits (LRE) of the fit's estimates, standard errors, residual SD and R^2 against a
+    reference (NIST's certified values, or an exact fit)."""
+    n, k = fit.n_rows, fit.n_params
+    scale = fit.residual_ss[0] / (n - k)
+    se = np.sqrt(scale * np.diag(fit.covariance))
+    r2 = 1.0 - fit.residual_ss[0] / fit.total_ss[0]
+    return {"estimate": min(digits(v, c) for v, c in zip(fit.params[:, 0], reference["estimate"])),
+            "std_error": min(digits(v, c) for v, c in zip(se, reference["std_error"])),
+            "residual_sd": digits(float(np.sqrt(scale)), reference["residual_sd"]),
+            "r_squared": digits(float(r2), reference["r_squared"])}
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_the_core_reaches_nists_certified_values(name):
+    """Every estimate and standard error, the residual SD and R^2 to 9 significant digits or more (LRE);
+    Filip, read as float64 columns x^1 .. x^10, is a slightly different problem: 9 digits or more of that
+    table's own exact solution, and 7 or more of NIST's values."""
+    t = table(name)
+    fit = fit_least_squares(t.X, t.y, fit_intercept=t.intercept)
+    assert fit.full_rank and fit.n_params == len(CERTIFIED[name]["estimate"])
+    if name == "filip":
+        assert min(table_digits(fit, exact_fit_of_the_table(t)).values()) >= 9
+        assert min(table_digits(fit, CERTIFIED[name]).values()) >= 7
+    else:
+        assert min(table_digits(fit, CERTIFIED[name]).values()) >= 9, table_digits(fit, CERTIFIED[name])
+
+
+def test_the_lre_tells_a_near_miss():
+    """The digit count this file relies on: 1 + 1e-9 has 9 digits of 1, and 1e-12 has 12 of zero."""
+    assert digits(1 + 1e-9, 1.0) == pytest.approx(9.0) and digits(1e-12, 0.0) == pytest.approx(12.0)
+    assert digits(2.0, 2.0) == 15.0
+
+
+def unix_times(n: int = 5000):
+    """Hourly-ish Unix times near 1.7e9 s (spread 3e6 s) beside a temperature with a daily cycle."""
+    rng = np.random.default_rng(1)
+    t = 1.7e9 + np.sort(rng.uniform(0, 3e6, n))
+    temperature = 12 + 8 * np.sin(2 * np.pi * (t - 1.7e9) / 86400) + rng.normal(0, 1, n)
+    y = 40 + 3e-7 * (t - 1.7e9) - 0.8 * temperature + rng.normal(0, 2, n)
+    return np.column_stack([t, temperature]), y
+
+
+def test_a_unix_time_feature_gets_statsmodels_qr_table_to_8_digits():
+    import statsmodels.api as sm
+    X, y = unix_times()
+    design = sm.add_constant(X)
+    assert np.linalg.matrix_rank(design) == 2  # the raw design's rank test calls the offset collinear
+    table = ols_inference(X, y, ["time", "temperature"], ["y"]).targets[0]
+    reference = sm.OLS(y, design).fit(method="qr")
+    ci = reference.conf_int(0.05)
+    for key, values in [("estimate", reference.params), ("std_error", reference.bse), ("t", reference.tvalues),
+                        ("ci_low", ci[:, 0]), ("ci_high", ci[:, 1])]:
+        for c, v in zip(table.coefficients, values):
+            assert digits(getattr(c, key), v) >= 8, (key, c.term, getattr(c, key), v)
+    for key, v in [("r2", reference.rsquared), ("adj_r2", reference.rsquared_adj), ("f", reference.fvalue),
+                   ("residual_se", np.sqrt(reference.scale))]:
+        assert digits(getattr(table, key), v) >= 8, key
+    assert table.coefficients[1].p < 1e-10 and table.df_resid == len(y) - 3
+
+
+@pytest.mark.parametrize("fit_intercept", [True, False])
+def test_a_duplicated_column_is_still_collinear(fit_intercept):
+    X, y = unix_times(200)
+    doubled = np.column_stack([X, X[:, 1]])
+    fit = fit_least_squares(doubled, y, fit_intercept=fit_intercept)
+    assert fit.rank == fit.n_params - 1 and not fit.full_rank and fit.covariance is None
+    expected = f"rank {fit.rank} of {fit.n_params}"
+    with pytest.raises(InferenceUnavailable, match=f"collinear \\({expected}\\): drop a redundant feature"):
+        ols_inference(doubled, y, ["time", "temperature", "temperature again"], ["y"], fit_intercept=fit_intercept)
+    # the estimates are still a least-squares solution: its predictions are the full-rank fit's
+    full = fit_least_squares(X, y, fit_intercept=fit_intercept)
+    np.testing.assert_allclose(fit.predict(doubled), full.predict(X), rtol=1e-9, atol=1e-9 * np.abs(y).max())
+
+
+def test_the_rank_is_decided_by_the_datas_own_precision_not_its_offset():
+    """The rank's tolerance is the data's float64 rounding on centred, scaled columns: x3 = x1 + x2 computed in
+    float64 is collinear; the same columns moved by 1e9, or shrunk to 1e-3 around 5e7, are not; columns whose
+    spread (1e-12 around 5e7) is below float64's resolution there hold nothing, and are not counted."""
+    rng = np.random.default_rng(3)
+    X = rng.normal(size=(300, 2))
+    y = X @ [1.0, 2.0] + rng.normal(size=300)
+    assert fit_least_squares(np.column_stack([X, X[:, 0] + X[:, 1]]), y).rank == 3
+    assert fit_least_squares(X + 1e9, y).full_rank and fit_least_squares(X * 1e-3 + 5e7, y).full_rank
+    assert fit_least_squares(X * 1e-12 + 5e7, y).rank == 1
+
+
+def test_the_core_agrees_with_numpy_on_easy_data_for_several_targets():
+    rng = np.random.default_rng(5)
+    X = rng.normal(size=(400, 5)) * [1, 10, 100, 0.1, 1e4]
+    Y = X @ rng.normal(size=(5, 3)) + 7 + rng.normal(size=(400, 3))
+    fit = fit_least_squares(X, Y)
+    coef, *_ = np.linalg.lstsq(np.column_stack([np.ones(400), X]), Y, rcond=None)
+    np.testing.assert_allclose(fit.params, coef, rtol=1e-10)
+    np.testing.assert_allclose(fit.residual_ss, ((Y - fit.predict(X)) ** 2).sum(axis=0), rtol=1e-10)
+    assert fit.coef.shape == (3, 5) and fit.intercept.shape == (3,) and fit.covariance.shape == (6, 6)
+    none = fit_least_squares(X, Y, fit_intercept=False)
+    np.testing.assert_allclose(none.coef.T, np.linalg.lstsq(X, Y, rcond=None)[0], rtol=1e-10)
+    assert np.all(none.intercept == 0) and np.allclose(none.total_ss, (Y * Y).sum(axis=0))
+
+
+@pytest.mark.parametrize("X", [np.full((6, 1), 2.5), np.arange(3.0).reshape(1, 3), np.zeros((4, 2))],
+                         ids=["constant column", "one row", "zeros"])
+def test_degenerate_designs_give_a_least_squares_solution(X):
+    y = np.arange(len(X), dtype=float) + 1
+    fit = fit_least_squares(X, y)
+    assert not fit.full_rank and fit.covariance is None and np.all(fit.coef == 0)
+    assert fit.intercept[0] == pytest.approx(y.mean())

@@ -7,6 +7,7 @@ from typing import Any, ClassVar, Sequence
 import numpy as np
 
 from torchport.runtime.jsonfields import Fields, as_lists, finite, finite_array, has_none
+from torchport.train.lstsq import LeastSquaresFit, fit_least_squares
 
 
 def _columns(values: Any) -> np.ndarray:
@@ -92,7 +93,8 @@ class FitMetrics:
 
 @dataclass(frozen=True)
 class LeastSquares(FitMetrics):
-    """The closed-form ordinary least-squares fit with an intercept, in float64 (``exact_least_squares``)."""
+    """The ordinary least-squares fit (with an intercept, or none: then the bias is zero) in float64
+    (``exact_least_squares``)."""
 
     KEYS: ClassVar[tuple[str, ...]] = ("weight", "bias", "mse", "r2")
 
@@ -106,25 +108,21 @@ class LeastSquares(FitMetrics):
         return np.asarray(X, np.float64) @ w.T + b
 
 
-def least_squares_coefficients(X: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Weight (targets x features) and bias (targets) of ordinary least squares with an intercept, in float64:
-    solved by SVD on the standardised features and taken back to raw units, which keeps the digits an
-    ill-conditioned raw design (the NIST Longley table) would lose."""
-    X = np.asarray(X, np.float64)
-    y = np.asarray(y, np.float64).reshape(len(X), -1)
-    mean = X.mean(axis=0)
-    std = X.std(axis=0)
-    std = np.where(std > 0, std, 1.0)
-    A = np.column_stack([(X - mean) / std, np.ones(len(X))])
-    coef, *_ = np.linalg.lstsq(A, y, rcond=None)
-    weight = (coef[:-1] / std[:, None]).T
-    return weight, coef[-1] - weight @ mean
+def least_squares_coefficients(X: np.ndarray, y: np.ndarray,
+                               fit_intercept: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """Weight (targets x features) and bias (targets; zeros without an intercept) of ordinary least squares in
+    float64, from the least-squares core (train/lstsq.py: QR with refinement in double-double)."""
+    fit = fit_least_squares(X, y, fit_intercept, covariance=False)
+    return fit.coef, fit.intercept
 
 
-def exact_least_squares(X: np.ndarray, y: np.ndarray, target_names: Sequence[str] | None = None) -> LeastSquares:
-    """Closed-form ordinary least squares with an intercept, in float64: the optimum that full-batch SGD on
-    MSE converges to."""
+def exact_least_squares(X: np.ndarray, y: np.ndarray, target_names: Sequence[str] | None = None,
+                        fit_intercept: bool = True, fit: LeastSquaresFit | None = None) -> LeastSquares:
+    """The exact ordinary least-squares fit in float64 (with an intercept unless ``fit_intercept`` is False):
+    the optimum that full-batch SGD on MSE converges to. ``fit``: the core's fit of these rows, where the
+    caller has it already. R^2 is scikit-learn's (about the mean), as for every other fit's metrics."""
     X = np.asarray(X, np.float64)
     y = np.asarray(y, np.float64).reshape(len(X), -1)
-    weight, bias = least_squares_coefficients(X, y)
-    return LeastSquares.of(y, X @ weight.T + bias, weight, bias, target_names)
+    if fit is None:
+        fit = fit_least_squares(X, y, fit_intercept, covariance=False)
+    return LeastSquares.of(y, fit.predict(X), fit.coef, fit.intercept, target_names)

@@ -161,14 +161,18 @@ def build_model(spec: ModelSpec) -> nn.Module:
     return nn.Sequential(OrderedDict(parts))
 
 
-def set_scaling(module: nn.Module, X: torch.Tensor, y: torch.Tensor) -> None:
+def set_scaling(module: nn.Module, X: torch.Tensor, y: torch.Tensor, centre: bool = True) -> None:
     """Learn the standardisation from training data, summed in float64 (std of a constant column is taken
-    as 1)."""
+    as 1). ``centre`` False (a model without an intercept) scales by the root mean square about zero and keeps
+    the means at zero, so the scaling adds no intercept."""
     def stats(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         a64 = a.double()
-        std = a64.std(dim=0, unbiased=False)
+        if centre:
+            mean, std = a64.mean(dim=0), a64.std(dim=0, unbiased=False)
+        else:
+            mean, std = torch.zeros_like(a64[0]), (a64 * a64).mean(dim=0).sqrt()
         std = torch.where(std > 0, std, torch.ones_like(std))
-        return a64.mean(dim=0).to(a.dtype), std.to(a.dtype)
+        return mean.to(a.dtype), std.to(a.dtype)
     if hasattr(module, "scale_in"):
         module.scale_in.mean, module.scale_in.std = stats(X)
     if hasattr(module, "scale_out"):
