@@ -86,6 +86,9 @@ def fit_lines(reg: Regressor, data: Dataset, record: TrainingRecord,
                               zip(data.feature_names, m.weight[j], exact.weight[j]))
                 lines.append(f"  {name}: bias {m.bias[j]:+.6g} (exact {exact.bias[j]:+.6g}); {w}")
     lines += [f"  {name}: {why}" for name, why in {**m.undefined, **exact.undefined}.items()]
+    if not getattr(reg, "fit_intercept", True) and m.r2 is not None:
+        lines.append("  R^2 above is about the mean (scikit-learn's score); without an intercept the inference "
+                     "table gives the uncentred R^2, about zero (statsmodels', NIST's)")
     lines += [f"warning: {w.render(flag_of)}" for w in getattr(reg, "fit_warnings_", ())]
     if record.inference is not None:
         lines += ["", format_inference(record.inference) + (f"\n(on the {_rows(trained, 'training')} only)"
