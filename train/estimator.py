@@ -31,13 +31,14 @@ from torchport.runtime.errors import DataError, Fix
 from torchport.train.errors import FitWarning, SettingsError, TrainingDiverged
 from torchport.train.fast import fit_full_batch_sgd
 from torchport.train.lstsq import fit_least_squares
+from torchport.train.tsqr import Reduction
 from torchport.train.metrics import exact_least_squares, mse, r2_score
 from torchport.train.models import (
     MODEL_KINDS, ModelSpec, build_model, check_activation, core_and_scalers, linear_coefficients, number_in,
-    set_scaling, whole_number,
+    set_scaling, set_scaling_stats, whole_number,
 )
 from torchport.train.progress import Reporter
-from torchport.train.validation import check_is_fitted, features, training_arrays
+from torchport.train.validation import check_is_fitted, features, is_dask_collection, training_arrays
 
 CHECKS_PER_RUN = 100  # reading the loss syncs the host: the divergence check and checkpoints happen this often
 # The settings of an iterative run, at their defaults; giving any of them to a linear model without an
@@ -247,9 +248,10 @@ class Regressor:
 
     # --- settings ---
 
-    def check_params(self) -> None:
-        """Raise SettingsError naming the first bad setting, before any work is done."""
-        self._settings()
+    def check_params(self) -> str:
+        """Raise SettingsError naming the first bad setting, before any work is done; returns the optimizer
+        the fit will use ('exact' for a linear model given no iterative setting)."""
+        return self._settings().optimizer
 
     def _settings(self) -> _Settings:
         """The one check of the settings (SettingsError with ``parameter``), defaults filled in."""
@@ -331,7 +333,16 @@ class Regressor:
         With ``checkpoint`` set, the training state of an iterative run is saved there (atomically) at every
         check, about 100 times a run, so an interrupted or crashed run can go on with ``fit(X, y,
         resume=True)`` and reach the same final weights as an uninterrupted run. An iterative linear fit
-        much worse than the exact one warns (FitWarning) and says so in ``fit_warnings_``."""
+        much worse than the exact one warns (FitWarning) and says so in ``fit_warnings_``.
+
+        A Dask DataFrame or Array (y a Dask Series or DataFrame of the same rows, or an Array) is reduced where
+        it lives, partition by partition on the workers (train/dask_fit.py), for the exact solution of a linear
+        model: the client holds only small square matrices (``fit_reduced``)."""
+        if is_dask_collection(X):
+            from torchport.train.dask_fit import reduce_dask
+            self.check_reducible(self._settings())
+            reduction, one_d = reduce_dask(X, y, fit_intercept=bool(self.fit_intercept))
+            return self.fit_reduced(reduction, one_d)
         started = time.perf_counter()
         s = self._settings()
         self._estimates = None
@@ -367,6 +378,53 @@ class Regressor:
         for w in self.fit_warnings_:
             warnings.warn(w, stacklevel=2)
         return self
+
+    def fit_reduced(self, reduction: Reduction, one_d: bool = False) -> "Regressor":
+        """Fit a linear model exactly from a least-squares reduction of rows it never holds (train/tsqr.py: a
+        file read in chunks, a Dask collection reduced on its workers). ``coef_`` and ``intercept_`` are the
+        reduction's float64 estimates; the scaling (``scale``, or raw features ill-conditioned) comes from its
+        column statistics; ``loss_history_`` holds the exact fit's float64 loss in the space the model was
+        fitted in; ``train_rows_`` is every row. ``one_d``: predict answers (rows,), as for a 1-D y."""
+        started = time.perf_counter()
+        s = self._settings()
+        self.check_reducible(s)
+        if reduction.fit_intercept != s.fit_intercept:
+            raise SettingsError(f"the reduction was made with fit_intercept={reduction.fit_intercept}; the Regressor "
+                                f"has fit_intercept={s.fit_intercept}", parameter="fit_intercept")
+        fit = reduction.fit()
+        f, t = reduction.n_features, reduction.n_targets
+        scaled = {"on": True, "off": False}.get(s.scale)
+        if scaled is None:
+            scaled = reduction.raw_condition() > SCALE_ABOVE_CONDITION
+        s = replace(s, scaled=scaled, epochs=0, batch_size=None, patience=None, threads=None)
+        spec = self._spec(f, t, scaled)
+        torch.manual_seed(s.seed)
+        module = build_model(spec)
+        mean, std = reduction.moments()
+        set_scaling_stats(module, mean[:f], std[:f], mean[f:], std[f:])
+        core, _, s_out = core_and_scalers(module)
+        if not s.fit_intercept:
+            core.bias.requires_grad_(False)
+        self._estimates = (fit.coef, fit.intercept)
+        self._set_linear_core(module, fit.coef, fit.intercept)
+        _, std_out = _stats(s_out, t)
+        loss = float(np.mean(fit.residual_ss / fit.n_rows / std_out ** 2))
+        empty = torch.empty(0, f)
+        run = _Run("", spec, module, core, empty, torch.empty(0, t), empty, torch.empty(0, t), None, None,
+                   torch.Generator().manual_seed(s.seed), torch.tensor([loss]))
+        self._finish(run, s, f, one_d, np.arange(fit.n_rows), np.arange(0))
+        self.fit_seconds_ = time.perf_counter() - started
+        self.fit_warnings_ = []
+        return self
+
+    def check_reducible(self, s: _Settings | None = None) -> None:
+        """Raise SettingsError unless these settings fit from a reduction: the exact solution of a linear model
+        on every row, nothing else."""
+        s = self._settings() if s is None else s
+        if self.model != "linear" or s.optimizer != "exact" or s.val_fraction:
+            raise SettingsError("rows reduced without being held (a Dask collection, a file read in chunks) fit "
+                                "only the exact solution of a linear model on every row: use model='linear', "
+                                "optimizer=None or 'exact', val_fraction=0", parameter="optimizer")
 
     @staticmethod
     def _split_rows(n: int, s: _Settings) -> tuple[np.ndarray, np.ndarray]:
@@ -424,17 +482,25 @@ class Regressor:
         own float32 statistics), so the module computes the optimum up to float32 rounding."""
         fit = fit_least_squares(X, y, fit_intercept, covariance=False)
         self._estimates = (fit.coef, fit.intercept)
-        core, s_in, s_out = core_and_scalers(run.module)
-        mean_in, std_in = _stats(s_in, fit.coef.shape[1])
-        mean_out, std_out = _stats(s_out, fit.coef.shape[0])
-        weight = fit.coef * std_in[None, :] / std_out[:, None]
-        bias = (fit.intercept + fit.coef @ mean_in - mean_out) / std_out
+        self._set_linear_core(run.module, fit.coef, fit.intercept)
+        core = run.core
         with torch.no_grad():
-            core.weight.copy_(torch.from_numpy(np.ascontiguousarray(weight)))
-            core.bias.copy_(torch.from_numpy(bias))
             run.losses[0] = run.loss_fn(core(run.X_tr), run.y_tr)
             if len(run.X_va):
                 run.val_losses.append(float(run.loss_fn(core(run.X_va), run.y_va)))
+
+    @staticmethod
+    def _set_linear_core(module: nn.Module, coef: np.ndarray, intercept: np.ndarray) -> None:
+        """Set a linear module's core to the raw-unit estimates, in the space the core sees (the features and
+        targets scaled by the module's own float32 statistics)."""
+        core, s_in, s_out = core_and_scalers(module)
+        mean_in, std_in = _stats(s_in, coef.shape[1])
+        mean_out, std_out = _stats(s_out, coef.shape[0])
+        weight = coef * std_in[None, :] / std_out[:, None]
+        bias = (intercept + coef @ mean_in - mean_out) / std_out
+        with torch.no_grad():
+            core.weight.copy_(torch.from_numpy(np.ascontiguousarray(weight)))
+            core.bias.copy_(torch.from_numpy(bias))
 
     def _fit_closed_form(self, run: _Run, s: _Settings) -> None:
         start = run.start

@@ -117,28 +117,42 @@ def ols_inference(X: np.ndarray, y: np.ndarray, feature_names: Sequence[str], ta
     X = np.asarray(X, np.float64)
     y = np.asarray(y, np.float64).reshape(len(X), -1)
     n, p = X.shape
-    k = p + int(fit_intercept)
-    what = "features and intercept" if fit_intercept else "features"
-    if n <= k:
-        raise InferenceUnavailable(f"{n} rows cannot give standard errors for {k} coefficients ({what}): it "
-                                   f"needs at least {k + 1} rows")
+    _check_rows(n, p + int(fit_intercept), fit_intercept)
     if fit is None:
         fit = fit_least_squares(X, y, fit_intercept)
+    low, high = (y.min(axis=0), y.max(axis=0)) if n else (np.zeros(y.shape[1]), np.zeros(y.shape[1]))
+    return inference_of(fit, feature_names, target_names, low, high, confidence)
+
+
+def _check_rows(n: int, k: int, fit_intercept: bool) -> None:
+    if n <= k:
+        what = "features and intercept" if fit_intercept else "features"
+        raise InferenceUnavailable(f"{n} rows cannot give standard errors for {k} coefficients ({what}): it "
+                                   f"needs at least {k + 1} rows")
+
+
+def inference_of(fit: LeastSquaresFit, feature_names: Sequence[str], target_names: Sequence[str],
+                 y_min: np.ndarray, y_max: np.ndarray, confidence: float = 0.95) -> Inference:
+    """The inference table of a least-squares fit with its covariance (of rows held or reduced), given each
+    target's smallest and largest value; raises InferenceUnavailable as ``ols_inference`` does."""
+    k = fit.n_params
+    _check_rows(fit.n_rows, k, fit.fit_intercept)
     if not fit.full_rank or fit.covariance is None:
         names = ", ".join(feature_names)
-        collinear = f"the features {names} and the intercept are" if fit_intercept else f"the features {names} are"
+        collinear = f"the features {names} and the intercept are" if fit.fit_intercept \
+            else f"the features {names} are"
         raise InferenceUnavailable(f"{collinear} collinear (rank {fit.rank} of {k}): drop a redundant feature")
     for j, target in enumerate(target_names):
-        if fit_intercept and np.ptp(y[:, j]) == 0:
+        if fit.fit_intercept and y_min[j] == y_max[j]:
             raise InferenceUnavailable(f"the target {target} is constant: R^2 and the F test are undefined")
-        if not fit_intercept and not np.any(y[:, j]):
+        if not fit.fit_intercept and y_min[j] == 0 == y_max[j]:
             raise InferenceUnavailable(f"the target {target} is zero throughout: R^2 and the F test are undefined")
-    terms = [INTERCEPT, *feature_names] if fit_intercept else list(feature_names)
+    terms = [INTERCEPT, *feature_names] if fit.fit_intercept else list(feature_names)
     targets = tuple(_target_table(fit, j, target, terms, confidence) for j, target in enumerate(target_names))
     import scipy
-    return Inference(f"ordinary least squares {'with' if fit_intercept else 'without'} intercept: {fit.method}",
-                     f"torchport.train.lstsq, scipy {scipy.__version__}", confidence, tuple(feature_names), targets,
-                     fit_intercept)
+    return Inference(f"ordinary least squares {'with' if fit.fit_intercept else 'without'} intercept: "
+                     f"{fit.method}", f"torchport.train.lstsq, scipy {scipy.__version__}", confidence,
+                     tuple(feature_names), targets, fit.fit_intercept)
 
 
 def _target_table(fit: LeastSquaresFit, j: int, target: str, terms: list[str], confidence: float) -> TargetInference:

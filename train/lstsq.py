@@ -94,7 +94,7 @@ class _Design:
         return T
 
 
-def _power_of_two_near_inverse(norms: np.ndarray) -> np.ndarray:
+def power_of_two_near_inverse(norms: np.ndarray) -> np.ndarray:
     """2^-round(log2(norm)) per entry (1 where the norm is zero): a scale that changes no digit."""
     norms = np.asarray(norms, np.float64)
     safe = np.where(norms > 0, norms, 1.0)
@@ -111,11 +111,11 @@ def _design(X: np.ndarray, fit_intercept: bool) -> _Design:
     else:
         shift = np.zeros(X.shape[1])
         hi, lo = X.copy(), np.zeros_like(X)
-    scale = _power_of_two_near_inverse(np.sqrt((hi * hi).sum(axis=0)))
+    scale = power_of_two_near_inverse(np.sqrt((hi * hi).sum(axis=0)))
     noise = 0.5 * EPS * float(np.sqrt(np.sum((scale * np.sqrt((X * X).sum(axis=0))) ** 2)))
     hi, lo = hi * scale, lo * scale
     if fit_intercept:
-        s0 = float(_power_of_two_near_inverse(np.array([math.sqrt(max(n, 1))]))[0])
+        s0 = float(power_of_two_near_inverse(np.array([math.sqrt(max(n, 1))]))[0])
         hi = np.column_stack([np.full(n, s0), hi])
         lo = np.column_stack([np.zeros(n), lo])
         scale = np.concatenate([[s0], scale])
@@ -212,7 +212,7 @@ def fit_least_squares(X: np.ndarray, y: np.ndarray, fit_intercept: bool = True,
     tolerance = RANK_MARGIN * math.sqrt(max(n, p)) * max(design.noise, EPS)
     rank = int(np.sum(singular > tolerance))
     condition = float(singular[0] / singular[-1]) if rank == p and p else math.inf
-    y_scale = _power_of_two_near_inverse(np.sqrt((Y * Y).sum(axis=0)))
+    y_scale = power_of_two_near_inverse(np.sqrt((Y * Y).sum(axis=0)))
     b = Y * y_scale
     steps, unscaled = 0, None
     if rank < p:

@@ -179,6 +179,19 @@ def set_scaling(module: nn.Module, X: torch.Tensor, y: torch.Tensor, centre: boo
         module.scale_out.mean, module.scale_out.std = stats(y)
 
 
+def set_scaling_stats(module: nn.Module, x_mean: np.ndarray, x_std: np.ndarray, y_mean: np.ndarray,
+                      y_std: np.ndarray) -> None:
+    """Set the standardisation from statistics already computed (float64; a zero std is taken as 1), as
+    ``set_scaling`` would learn them from the rows."""
+    def buffers(mean: np.ndarray, std: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        std = np.where(np.asarray(std) > 0, std, 1.0)
+        return torch.tensor(mean, dtype=torch.float32), torch.tensor(std, dtype=torch.float32)
+    if hasattr(module, "scale_in"):
+        module.scale_in.mean, module.scale_in.std = buffers(x_mean, x_std)
+    if hasattr(module, "scale_out"):
+        module.scale_out.mean, module.scale_out.std = buffers(y_mean, y_std)
+
+
 def core_and_scalers(module: nn.Module) -> tuple[nn.Module, nn.Module | None, nn.Module | None]:
     """(core, input scaler or None, output scaler or None) of a module built by build_model."""
     if isinstance(module, nn.Linear):

@@ -150,18 +150,33 @@ class TrainingRecord:
                                           fit=fit)
             except InferenceUnavailable as e:
                 unavailable = str(e)
-        settings = {k: _jsonable(v) for k, v in reg.get_params().items() if k not in RUN_ONLY_SETTINGS}
-        plan = {"epochs": reg.epochs_, "batch_size": reg.batch_size_, "patience": reg.patience_,
-                "scaled": reg.scaled_, "threads": reg.threads_}
         return cls(
-            dataset=DatasetRecord.of(data), settings=settings, optimizer=reg.optimizer_, lr=reg.lr_,
-            device=reg.device_, epochs_run=reg.n_epochs_, best_epoch=reg.best_epoch_, final_loss=finite(reg.final_loss_),
-            val_loss=finite(reg.val_loss_history_[-1]) if len(reg.val_loss_history_) else None, metrics=metrics,
-            exact_least_squares=exact, inference=inference, inference_unavailable=unavailable,
-            feature_stats=FeatureStats.of(X), training_rows=int(len(tr)), validation_rows=int(len(va)),
-            validation_metrics=validation, exact_validation=exact_validation, plan=plan,
-            warnings=tuple(str(w) for w in getattr(reg, "fit_warnings_", ())),
-            fit_seconds=finite(reg.fit_seconds_))
+            dataset=DatasetRecord.of(data), **cls._run(reg), metrics=metrics, exact_least_squares=exact,
+            inference=inference, inference_unavailable=unavailable, feature_stats=FeatureStats.of(X),
+            training_rows=int(len(tr)), validation_rows=int(len(va)), validation_metrics=validation,
+            exact_validation=exact_validation)
+
+    @classmethod
+    def from_summary(cls, reg: Regressor, dataset: DatasetRecord, metrics: FitMetrics, exact: LeastSquares,
+                     inference: Inference | None, inference_unavailable: str | None,
+                     feature_stats: FeatureStats) -> "TrainingRecord":
+        """The record of ``reg`` fitted on every row of a dataset it never held (read in chunks), from
+        figures summed over those rows."""
+        return cls(dataset=dataset, **cls._run(reg), metrics=metrics, exact_least_squares=exact, inference=inference,
+                   inference_unavailable=inference_unavailable, feature_stats=feature_stats,
+                   training_rows=dataset.rows, validation_rows=0)
+
+    @staticmethod
+    def _run(reg: Regressor) -> dict:
+        """What the record says of the run itself: the settings, the optimizer and its plan, the loss, the time."""
+        return dict(
+            settings={k: _jsonable(v) for k, v in reg.get_params().items() if k not in RUN_ONLY_SETTINGS},
+            optimizer=reg.optimizer_, lr=reg.lr_, device=reg.device_, epochs_run=reg.n_epochs_,
+            best_epoch=reg.best_epoch_, final_loss=finite(reg.final_loss_),
+            val_loss=finite(reg.val_loss_history_[-1]) if len(reg.val_loss_history_) else None,
+            plan={"epochs": reg.epochs_, "batch_size": reg.batch_size_, "patience": reg.patience_,
+                  "scaled": reg.scaled_, "threads": reg.threads_},
+            warnings=tuple(str(w) for w in getattr(reg, "fit_warnings_", ())), fit_seconds=finite(reg.fit_seconds_))
 
     @property
     def rows_trained(self) -> int:
