@@ -233,3 +233,12 @@ def test_an_iterative_fit_without_intercept_keeps_its_bias_at_zero():
     reference = fit_least_squares(d.X, d.y, fit_intercept=False)
     assert np.array_equal(exact.coef_, reference.coef) and np.all(exact.intercept_ == 0)
     assert exact.coef_.dtype == np.float64
+
+
+def test_the_core_and_the_reduction_do_not_import_torch():
+    import subprocess
+    import sys
+    code = ("import sys, torchport.train.lstsq, torchport.train.tsqr, torchport.train.inference; "
+            "assert 'torch' not in sys.modules, 'torch was imported'")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
