@@ -37,7 +37,9 @@ import warnings
 from pathlib import Path
 
 from torchport.export.format_choices import DEFAULT_FORMATS
+from torchport.runtime.bundle import MANIFEST, SIGNATURE_FILE
 from torchport.runtime.errors import Fix, InputError
+from torchport.runtime.files import MACHINE_ERRNOS, remove_leftovers
 from torchport.runtime.options import delimiter, names, number, whole_number, widths
 from torchport.runtime.status import Status
 from torchport.train.choices import (
@@ -154,8 +156,15 @@ def _run(args: argparse.Namespace, status: Status) -> int:
         if lock.stale:
             status.say(f"torchport train: note: took over the lock {lock.path} left by a run that was killed "
                        f"({lock.stale})")
+        for done in remove_leftovers(out):
+            status.say(f"torchport train: note: {done}")
         _refuse_existing(out, args.force)  # another run may have finished it while this one waited to start
-        return _train_and_export(args, status, settings, data, out)
+        signed = (out / SIGNATURE_FILE).is_file()
+        code = _train_and_export(args, status, settings, data, out)
+        if signed and (out / MANIFEST).is_file() and not (out / SIGNATURE_FILE).exists():
+            print(f"torchport train: note: the bundle this run replaced was signed; the new one at {out} is not "
+                  f"(its manifest is new): sign it with `torchport sign {out} --key KEY`", file=sys.stderr)
+        return code
 
 
 def _may_stream(args: argparse.Namespace) -> bool:
@@ -226,6 +235,10 @@ def _train_and_export(args: argparse.Namespace, status: Status, settings: dict, 
         with warnings.catch_warnings():  # the summary gives them, in the command's terms
             warnings.simplefilter("ignore", FitWarning)
             reg.fit(data.X, data.y, resume=args.resume)
+    except OSError as e:
+        if e.errno in MACHINE_ERRNOS:  # a full disk: nothing is left behind, the training state included
+            state.unlink(missing_ok=True)
+        raise
     except TrainingDiverged as e:
         state.unlink(missing_ok=True)
         raise TrainingDiverged(f"{e.message}; no bundle was written", parameter=e.parameter, fixes=e.fixes) from None
@@ -260,6 +273,10 @@ def _export(args: argparse.Namespace, status: Status, reg, data, record, out: Pa
             state.unlink(missing_ok=True)
         status.stop()
         print("\n".join(summary + failed_lines(e.report)))
+        raise
+    except OSError as e:
+        if e.errno in MACHINE_ERRNOS and state is not None:
+            state.unlink(missing_ok=True)
         raise
     if state is not None:
         state.unlink(missing_ok=True)

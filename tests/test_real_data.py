@@ -85,7 +85,8 @@ def tables(tmp_path_factory):
 
 
 @pytest.mark.parametrize("name", ["longley", "norris", "plant_richness_mlr", "diabetes"])
-@pytest.mark.parametrize("settings", [{}, {"model": "mlp"}, {"optimizer": "lbfgs", "scale": "on"}],
+@pytest.mark.parametrize("settings", [{}, pytest.param({"model": "mlp"}, marks=pytest.mark.full),
+                                      {"optimizer": "lbfgs", "scale": "on"}],
                          ids=["linear", "mlp", "lbfgs"])
 def test_every_model_kind_passes_parity_on_every_table(tables, tmp_path, name, settings):
     """Outputs from 0.1 (Norris) to 70,000 (Longley): float32 rounding passes the default criterion."""

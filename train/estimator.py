@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import inspect
+import io
 import json
 import math
 import numbers
@@ -28,6 +29,7 @@ from torch import nn
 from torchport.train import advice
 from torchport.train.choices import DEFAULT_LR, OPTIMIZERS, SCALES, SCHEDULES
 from torchport.runtime.errors import DataError, Fix
+from torchport.runtime.files import write_bytes
 from torchport.train.errors import FitWarning, SettingsError, TrainingDiverged
 from torchport.train.fast import fit_full_batch_sgd
 from torchport.train.lstsq import fit_least_squares
@@ -674,9 +676,9 @@ class Regressor:
                    "losses": run.losses[:epochs_done].cpu(), "val_losses": torch.tensor(run.val_losses),
                    "best_val": run.best_val, "best_epoch": run.best_epoch, "best_state": run.best_state or {},
                    "theta": run.theta}
-        tmp = f"{os.fspath(self.checkpoint)}.tmp"
-        torch.save(payload, tmp)
-        os.replace(tmp, self.checkpoint)
+        buffer = io.BytesIO()  # serialised in memory, written by Python: a full disk is an OSError naming the file
+        torch.save(payload, buffer)
+        write_bytes(self.checkpoint, buffer.getvalue())
 
     def _restore(self, run: _Run) -> None:
         """Continue from the training state in ``checkpoint``, written by a run with the same settings and data."""
