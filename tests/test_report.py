@@ -116,7 +116,7 @@ def test_reexport_carries_the_report_and_refuses_a_tampered_one(trained_seed_bun
     assert not (tmp_path / "worse").exists()
 
 
-@pytest.mark.parametrize("blocked", ["statsmodels", "matplotlib"])
+@pytest.mark.parametrize("blocked", ["scipy", "matplotlib"])
 def test_missing_report_library_is_named_before_training(monkeypatch, capsys, tmp_path, blocked):
     from torchport.runtime.cli import main
     monkeypatch.setitem(sys.modules, blocked, None)  # makes `import <blocked>` fail as if not installed
