@@ -1,66 +1,89 @@
-"""The ASGI application: the Open Inference Protocol (KServe V2) REST endpoints over every served model and
-version, Triton's repository, statistics and model configuration extensions, /metrics, and lifespan. Plain
-ASGI (no framework) because the per-request cost is what the server's speed is made of."""
+"""The REST transport: an ASGI application that decodes the Open Inference Protocol (KServe V2) REST
+endpoints, with Triton's repository, statistics and model configuration extensions and /metrics, into calls
+of the data plane (``dataplane.DataPlane``) and encodes its answers. Plain ASGI (no framework) because the
+per-request cost is what the server's speed is made of."""
 from __future__ import annotations
 
 import time
 import zlib
-from importlib.metadata import PackageNotFoundError, version
 from typing import Awaitable, Callable
 
-import numpy as np
 import orjson
 
-from torchport.runtime.serve import metrics
-from torchport.runtime.serve.control import Control
-from torchport.runtime.serve.models import ServedModel
-from torchport.runtime.serve.protocol import ProtocolError, error_body, parse_infer_request
-from torchport.runtime.serve.registry import Registry, RepositoryError
+from torchport.runtime.serve.dataplane import DataPlane
+from torchport.runtime.serve.inference import ProtocolError
+from torchport.runtime.serve.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from torchport.runtime.serve.protocol import decode_request, error_body
 from torchport.runtime.serve.repository import config_json
-from torchport.runtime.serve.security import RETRY_AFTER_S, Gate
-from torchport.runtime.serve.stats import ServerStats, merge, merge_server, triton_statistics
+from torchport.runtime.serve.security import RETRY_AFTER_S
 
-SERVER_NAME = "torchport"
-EXTENSIONS = ["binary_tensor_data", "model_repository", "statistics", "model_configuration"]
-HEALTH = {("v2", "health", "live"): b'{"live":true}', ("v2", "health", "ready"): b'{"ready":true}'}
 _JSON = [(b"content-type", b"application/json")]
 _BINARY = [(b"content-type", b"application/octet-stream")]
-# torchport models have no dependents, so unloading them is what Triton's unload_dependents asks for too
-IGNORED_REPOSITORY_PARAMETERS = {"unload_dependents"}
-_OUTCOME = {400: "bad_request", 413: "too_large", 499: "disconnected", 503: "overloaded", 504: "timeout"}
+_RETRY = [*_JSON, (b"retry-after", str(RETRY_AFTER_S).encode())]
+# endpoints that answer without the API key
+PUBLIC = {"live", "ready"}
+# the longest Inference-Header-Content-Length taken as a number (a body is far smaller than 10**19 bytes)
+MAX_LENGTH_DIGITS = 19
 _now = time.perf_counter_ns
 
 
-def server_version() -> str:
-    try:
-        return version("torchport")
-    except PackageNotFoundError:  # run from a source tree without installing
-        return "unknown"
+def infer_target(path: str) -> tuple[str, str | None] | None:
+    """(model, version or None) of an infer path (/v2/models/NAME[/versions/V]/infer, empty segments
+    ignored), or None."""
+    parts = [p for p in path.split("/") if p]
+    if len(parts) == 4 and parts[0] == "v2" and parts[1] == "models" and parts[3] == "infer":
+        return parts[2], None
+    if len(parts) == 6 and parts[0] == "v2" and parts[1] == "models" and parts[3] == "versions" \
+            and parts[5] == "infer":
+        return parts[2], parts[4]
+    return None
 
 
-def server_metadata() -> dict:
-    return {"name": SERVER_NAME, "version": server_version(), "extensions": EXTENSIONS}
+def endpoint(parts: tuple[str, ...]) -> tuple[str, str, tuple]:
+    """What a path other than infer asks for: (kind, the method it takes, its arguments); ProtocolError 404
+    when it is no endpoint."""
+    if parts == ("v2", "health", "live"):
+        return "live", "GET", ()
+    if parts == ("v2", "health", "ready"):
+        return "ready", "GET", ()
+    if parts == ("v2",):
+        return "server", "GET", ()
+    if parts == ("metrics",):
+        return "metrics", "GET", ()
+    if parts == ("v2", "models", "stats"):
+        return "stats", "GET", (None, None)
+    if parts == ("v2", "repository", "index"):
+        return "index", "POST", ()
+    if len(parts) == 5 and parts[:3] == ("v2", "repository", "models") and parts[4] in ("load", "unload"):
+        return parts[4], "POST", (parts[3],)
+    if len(parts) >= 3 and parts[:2] == ("v2", "models"):
+        name, rest, version = parts[2], parts[3:], None
+        if rest[:1] == ("versions",) and len(rest) >= 2:
+            version, rest = rest[1], rest[2:]
+        kind = {(): "metadata", ("ready",): "model_ready", ("infer",): "infer", ("config",): "config",
+                ("stats",): "stats"}.get(rest)
+        if kind is not None:
+            return kind, "POST" if kind == "infer" else "GET", (name, version)
+    raise ProtocolError(404, f"no such endpoint: /{'/'.join(parts)}")
 
 
 class InferenceApp:
-    """ASGI app over a Registry of served models; ``startup`` and ``shutdown`` run in the lifespan (the
-    server starts gRPC, the repository poll and the worker sockets there)."""
+    """ASGI app over a DataPlane; ``startup`` and ``shutdown`` run in the lifespan (the server starts gRPC,
+    the repository poll and the worker sockets there)."""
 
-    def __init__(self, registry: Registry, control: Control, gate: Gate, server_stats: ServerStats,
-                 max_body_bytes: int, control_mode: str,
+    def __init__(self, plane: DataPlane, max_body_bytes: int,
                  startup: Callable[[], Awaitable[None]] | None = None,
                  shutdown: Callable[[], Awaitable[None]] | None = None):
-        self.registry, self.control, self.gate, self.server_stats = registry, control, gate, server_stats
-        self.max_body_bytes, self.control_mode = max_body_bytes, control_mode
+        self.plane, self.registry, self.max_body_bytes = plane, plane.registry, max_body_bytes
         self._startup, self._shutdown = startup, shutdown
-        self._server_metadata = orjson.dumps(server_metadata())
+        self._server_metadata = orjson.dumps(plane.metadata)
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
         if scope["type"] == "http":
             if scope["method"] == "POST":
-                model = self.registry.routes.get(scope["path"])
-                if model is not None:
-                    return await self._infer(model, scope, receive, send)
+                target = infer_target(scope["path"])
+                if target is not None:
+                    return await self._infer(target[0], target[1], scope, receive, send)
             await self._route(scope, receive, send)
         elif scope["type"] == "lifespan":
             await self._lifespan(receive, send)
@@ -77,7 +100,7 @@ class InferenceApp:
                     return
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
-                for served in self.registry.served():
+                for served in self.plane.registry.served():
                     served.batcher.flush()
                 if self._shutdown is not None:
                     await self._shutdown()
@@ -85,56 +108,49 @@ class InferenceApp:
                 return
 
     # --- inference -------------------------------------------------------------------------------------
-    async def _infer(self, model: ServedModel, scope: dict, receive: Callable, send: Callable) -> None:
+    async def _infer(self, name: str, version: str | None, scope: dict, receive: Callable, send: Callable) -> None:
         started = _now()
         header_length, encoding, authorization, length = self._read_headers(scope["headers"])
-        gate = self.gate
-        if not gate.authorized(authorization):
+        plane = self.plane
+        if not plane.authorized(authorization):
             return await self._unauthenticated(send)
-        stats = model.stats
-        task = gate.admit()
-        if task is None:
-            status, message = 503, gate.overloaded()
-        else:
-            try:
-                if header_length is not None and not header_length.isdigit():
+        try:
+            served = plane.model(name, version)
+        except ProtocolError as e:
+            return await self._error(send, e.status, str(e))
+        try:
+            if header_length is not None:
+                if not header_length.isdigit() or len(header_length) > MAX_LENGTH_DIGITS:
                     raise ProtocolError(400, f"Inference-Header-Content-Length must be a byte count, got "
-                                             f"{header_length!r}")
-                if length > self.max_body_bytes:
-                    raise ProtocolError(413, self._too_large(f"the request body ({length} bytes)"))
-                body = await self._body(receive)
-                if encoding:
-                    body = self._decompress(body, encoding)
-                request = parse_infer_request(body, None if header_length is None else int(header_length), model.info)
-                if len(request.rows):
-                    out = await model.batcher.submit(request.rows)
-                else:  # an empty batch is answered as the Predictor answers it
-                    out = np.empty((0, len(model.info.target_names)), dtype=np.float32)
-                payload, json_length = model.encoder.encode(request.request_id, out, request.binary_output)
-                status = 200
-            except BaseException as e:
-                status, message = gate.failure(task, e)
-            finally:
-                gate.release(task)
-        if status != 200:
-            stats.finished(_OUTCOME.get(status, "error"), _now() - started)
-            headers = [*_JSON, (b"retry-after", str(RETRY_AFTER_S).encode())] if status == 503 else _JSON
-            return await self._respond(send, status, error_body(message), headers)
+                                             f"{header_length[:40].decode('latin-1')!r}")
+                header_length = int(header_length)
+            if length > self.max_body_bytes:
+                raise ProtocolError(413, self._too_large(f"the request body ({length} bytes)"))
+            body = await self._body(receive)
+            if encoding:
+                body = self._decompress(body, encoding)
+            request, binary = decode_request(body, header_length, name, version)
+            out = await plane.infer(served, request)
+            payload, json_length = served.encoder.encode(request.id, out, binary)
+        except ProtocolError as e:
+            plane.finished(served, e.status, started)
+            return await self._respond(send, e.status, error_body(str(e)), _RETRY if e.status == 503 else _JSON)
         if json_length is None:
             await self._respond(send, 200, payload, _JSON)
         else:
             await self._respond(send, 200, payload,
                                 [*_BINARY, (b"inference-header-content-length", str(json_length).encode())])
-        stats.finished("success", _now() - started)
+        plane.finished(served, 200, started)
 
-    def _read_headers(self, headers: list[tuple[bytes, bytes]]) -> tuple[bytes | None, bytes, bytes | None, int]:
+    @staticmethod
+    def _read_headers(headers: list[tuple[bytes, bytes]]) -> tuple[bytes | None, bytes, bytes | None, int]:
         """Inference-Header-Content-Length (as sent), Content-Encoding, Authorization and Content-Length (0 if
-        absent or not a number)."""
+        absent; the HTTP parser has checked it is a number)."""
         header_length, encoding, authorization, length = None, b"", None, 0
         for key, value in headers:
             if key == b"inference-header-content-length":
                 header_length = value
-            elif key == b"content-length" and value.isdigit():
+            elif key == b"content-length" and value.isdigit() and len(value) <= MAX_LENGTH_DIGITS:
                 length = int(value)
             elif key == b"content-encoding":
                 encoding = value.strip().lower()
@@ -180,130 +196,64 @@ class InferenceApp:
 
     # --- everything else ---------------------------------------------------------------------------------
     async def _route(self, scope: dict, receive: Callable, send: Callable) -> None:
-        method, path = scope["method"], scope["path"]
-        parts = tuple(path.strip("/").split("/"))
-        if parts in HEALTH:
-            if method != "GET":
-                return await self._error(send, 405, f"{path} takes GET, not {method}")
-            return await self._respond(send, 200, HEALTH[parts], _JSON)
-        if method == "POST":  # an infer path written another way (a trailing or doubled slash)
-            model = self.registry.routes.get("/" + "/".join(p for p in parts if p))
-            if model is not None:
-                return await self._infer(model, scope, receive, send)
-        if not self.gate.authorized(dict(scope["headers"]).get(b"authorization")):
-            return await self._unauthenticated(send)
+        method, path, plane = scope["method"], scope["path"], self.plane
         try:
-            handler, wanted = self._endpoint(parts)
+            kind, wanted, args = endpoint(tuple(p for p in path.split("/") if p))
         except ProtocolError as e:
-            self.server_stats.rejected["not_found" if e.status == 404 else "bad_request"] += 1
-            return await self._error(send, e.status, str(e))
+            kind, wanted, args, unknown = None, None, (), e
+        if kind not in PUBLIC and not plane.authorized(dict(scope["headers"]).get(b"authorization")):
+            return await self._unauthenticated(send)
+        if kind is None:
+            plane.rejected(404)
+            return await self._error(send, 404, str(unknown))
         if method != wanted:
-            self.server_stats.rejected["bad_request"] += 1
+            plane.rejected(405)
             return await self._error(send, 405, f"{path} takes {wanted}, not {method}")
+        if kind == "infer":  # an infer path that infer_target did not take: not reached, kept for safety
+            return await self._infer(*args, scope, receive, send)
         try:
             body = await self._body(receive) if method == "POST" else b""
-            status, answer = await handler(body)
+            status, answer = await self._answer(kind, args, body)
         except ProtocolError as e:
-            if e.status == 404:
-                self.server_stats.rejected["not_found"] += 1
             return await self._error(send, e.status, str(e))
         if isinstance(answer, tuple):  # (bytes, content type)
             return await self._respond(send, status, answer[0], [(b"content-type", answer[1].encode())])
         await self._respond(send, status, answer if isinstance(answer, bytes) else orjson.dumps(answer), _JSON)
 
-    def _endpoint(self, parts: tuple[str, ...]) -> tuple[Callable[[bytes], Awaitable[tuple[int, object]]], str]:
-        """The handler of a path other than infer, and the method it takes; ProtocolError 404 for none."""
-        if parts == ("v2",):
-            return self._constant(self._server_metadata), "GET"
-        if parts == ("metrics",):
-            return self._metrics, "GET"
-        if parts == ("v2", "models", "stats"):
-            return lambda body: self._stats(None, None), "GET"
-        if parts == ("v2", "repository", "index"):
-            return self._index, "POST"
-        if len(parts) == 5 and parts[:3] == ("v2", "repository", "models") and parts[4] in ("load", "unload"):
-            name, op = parts[3], parts[4]
-            return (lambda body: self._repository(op, name, body)), "POST"
-        if len(parts) >= 3 and parts[:2] == ("v2", "models"):
-            name, rest, version = parts[2], parts[3:], None
-            if rest[:1] == ("versions",):
-                if len(rest) < 2 or not rest[1]:
-                    raise ProtocolError(404, f"no such endpoint: /{'/'.join(parts)}")
-                version, rest = rest[1], rest[2:]
-            kind = {(): "metadata", ("ready",): "ready", ("infer",): "infer", ("config",): "config",
-                    ("stats",): "stats"}.get(rest)
-            if kind is None:
-                raise ProtocolError(404, f"no such endpoint: /{'/'.join(parts)}")
-            if kind == "stats":
-                return (lambda body: self._stats(name, version)), "GET"
-            return (lambda body: self._model(kind, name, version)), "POST" if kind == "infer" else "GET"
-        raise ProtocolError(404, f"no such endpoint: /{'/'.join(parts)}")
-
-    @staticmethod
-    def _constant(body: bytes):
-        async def answer(_: bytes) -> tuple[int, bytes]:
-            return 200, body
-        return answer
-
-    def served_or_404(self, name: str, version: str | None) -> ServedModel:
-        """The served version, or ProtocolError 404 saying what is served instead."""
-        served = self.registry.lookup(name, version)
-        if served is not None:
-            return served
-        versions = self.registry.versions(name)
-        if versions:
-            raise ProtocolError(404, f"model {name!r} has no version {version!r} being served; it serves version(s) "
-                                     f"{', '.join(versions)}")
-        state = self.registry.reason(name)
-        raise ProtocolError(404, f"model {name!r} is not served here" + (f" ({state})" if state else "")
-                            + f"; this server serves {', '.join(sorted(self.registry.models)) or 'no model'}")
-
-    async def _model(self, kind: str, name: str, version: str | None) -> tuple[int, object]:
-        served = self.served_or_404(name, version)
-        if kind == "metadata":
-            return 200, served.info.metadata(self.registry.versions(name))
+    async def _answer(self, kind: str, args: tuple, body: bytes) -> tuple[int, object]:
+        """The status and answer of an endpoint other than infer (bytes, (bytes, content type), or JSON)."""
+        plane = self.plane
+        if kind == "live":
+            return 200, b'{"live":true}'
         if kind == "ready":
-            return 200, {"name": name, "ready": True}
-        if kind == "config":
-            return 200, config_json(served.config())
-        raise AssertionError(kind)  # _route sends infer on a served version to _infer before this
-
-    async def _stats(self, name: str | None, version: str | None) -> tuple[int, object]:
-        if name is not None:
-            self.served_or_404(name, version)
-        models, _ = await self.control.statistics()
-        merged = [s for s in merge(models)  # Triton: without a version, every version of the model
-                  if (name is None or s["name"] == name) and (version is None or s["version"] == version)]
-        return 200, {"model_stats": [triton_statistics(s) for s in merged]}
-
-    async def _metrics(self, _: bytes) -> tuple[int, object]:
-        models, servers = await self.control.statistics()
-        return 200, (metrics.render(merge(models), merge_server(servers), len(servers)), metrics.CONTENT_TYPE)
-
-    async def _index(self, body: bytes) -> tuple[int, object]:
-        request = _json_object(body, "the repository index request")
-        ready = request.get("ready", False)
-        if not isinstance(ready, bool):
-            raise ProtocolError(400, f"'ready' must be true or false, got {ready!r}")
-        return 200, self.registry.index(ready_only=ready)
-
-    async def _repository(self, op: str, name: str, body: bytes) -> tuple[int, object]:
-        request = _json_object(body, f"the {op} request")
-        parameters = request.get("parameters") or {}
-        if not isinstance(parameters, dict) or set(parameters) - IGNORED_REPOSITORY_PARAMETERS:
-            raise ProtocolError(400, f"{op} parameters (config and file overrides) are not supported; the model is "
-                                     "read from the repository as it is on disk")
-        if self.control_mode != "explicit":
-            raise ProtocolError(400, f"explicit model {op} is not allowed: this server's model control mode is "
-                                     f"{self.control_mode!r} (explicit mode allows it)")
-        try:
-            await (self.control.load if op == "load" else self.control.unload)(name)
-        except RepositoryError as e:
-            raise ProtocolError(400, str(e)) from None
-        return 200, b"{}"
+            return (200, b'{"ready":true}') if plane.ready else (503, b'{"ready":false}')
+        if kind == "server":
+            return 200, self._server_metadata
+        if kind == "metrics":
+            return 200, (await plane.metrics(), METRICS_CONTENT_TYPE)
+        if kind == "stats":
+            return 200, {"model_stats": await plane.statistics(*args)}
+        if kind == "index":
+            ready = _json_object(body, "the repository index request").get("ready", False)
+            if not isinstance(ready, bool):
+                raise ProtocolError(400, f"'ready' must be true or false, got {ready!r}")
+            return 200, plane.repository_index(ready_only=ready)
+        if kind in ("load", "unload"):
+            parameters = _json_object(body, f"the {kind} request").get("parameters") or {}
+            if not isinstance(parameters, dict):
+                raise ProtocolError(400, f"{kind} 'parameters' must be a JSON object")
+            await (plane.load if kind == "load" else plane.unload)(args[0], set(parameters))
+            return 200, b"{}"
+        if kind == "metadata":
+            return 200, plane.model_metadata(*args)
+        if kind == "model_ready":
+            plane.model(*args)
+            return 200, {"name": args[0], "ready": True}
+        return 200, config_json(plane.model_config(*args))  # "config"
 
     # --- answers -------------------------------------------------------------------------------------
-    async def _respond(self, send: Callable, status: int, body: bytes, headers: list) -> None:
+    @staticmethod
+    async def _respond(send: Callable, status: int, body: bytes, headers: list) -> None:
         await send({"type": "http.response.start", "status": status,
                     "headers": [*headers, (b"content-length", str(len(body)).encode())]})
         await send({"type": "http.response.body", "body": body})
@@ -312,7 +262,6 @@ class InferenceApp:
         await self._respond(send, status, error_body(message), _JSON)
 
     async def _unauthenticated(self, send: Callable) -> None:
-        self.server_stats.rejected["unauthenticated"] += 1
         await self._respond(send, 401, error_body("this server needs an API key: send the header "
                                                      "'Authorization: Bearer <key>'"),
                             [*_JSON, (b"www-authenticate", b'Bearer realm="torchport"')])

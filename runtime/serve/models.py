@@ -13,7 +13,8 @@ from torchport.runtime.bundle import Bundle, refuse_failed_parity
 from torchport.runtime.errors import BundleError, ParityError
 from torchport.runtime.predictor import Predictor
 from torchport.runtime.serve.batching import Batcher
-from torchport.runtime.serve.protocol import ModelInfo, ResponseEncoder
+from torchport.runtime.serve.inference import ModelInfo
+from torchport.runtime.serve.protocol import ResponseEncoder
 from torchport.runtime.serve.repository import model_config
 from torchport.runtime.serve.stats import ModelStats
 

@@ -2,8 +2,9 @@
 on every poll (``poll`` mode) and on load and unload requests (``explicit`` mode). A new or changed version
 is loaded in a thread (checked by ``models.load_model``) and swapped in on the event loop, so a request in
 flight keeps the version it started with; a version that does not check is refused with a log line and
-whatever served before keeps serving. An unloaded version is gone from the routes at once (404) and its
-batcher finishes what it had queued."""
+whatever served before keeps serving. A version is visible to requests (``lookup``) from the moment it
+is swapped in, with its state READY at the same time, so that it answers 404 until it can be served and
+200 from then on. An unloaded version is gone at once (404) and its batcher finishes what it had queued."""
 from __future__ import annotations
 
 import asyncio
@@ -33,7 +34,7 @@ class _Plan:
 
 
 class Registry:
-    """Served models by name and version, the routes of their infer endpoints, and each version's state."""
+    """Served models by name and version, the highest of each, and each version's state."""
 
     def __init__(self, root: Path, load_settings: LoadSettings, control_mode: str = "none",
                  model_name: str | None = None, log: Callable[[str], None] = print):
@@ -42,7 +43,7 @@ class Registry:
         self.single = is_single_model(root)
         self.models: dict[str, dict[str, ServedModel]] = {}
         self.states: dict[str, dict[str, tuple[str, str]]] = {}  # name -> version ("" for the model) -> state
-        self.routes: dict[str, ServedModel] = {}  # infer path -> the version it reaches
+        self._latest: dict[str, ServedModel] = {}  # name -> its highest served version
         self._refused: dict[tuple[str, str], str] = {}  # (name, version) -> fingerprint refused
         self._problems: dict[str, str] = {}  # name -> why the whole model is refused, as last logged
         self._lock: asyncio.Lock | None = None
@@ -50,12 +51,10 @@ class Registry:
     # --- reading -------------------------------------------------------------------------------------
     def lookup(self, name: str, version: str | None = None) -> ServedModel | None:
         """The served version (the highest when ``version`` is None), or None."""
+        if not version:
+            return self._latest.get(name)
         versions = self.models.get(name)
-        if not versions:
-            return None
-        if version is None or version == "":
-            return versions[max(versions, key=int)]
-        return versions.get(version)
+        return versions.get(version) if versions else None
 
     def reason(self, name: str) -> str | None:
         """Why ``name`` is not served, as far as this process knows (no repository scan: 404s stay cheap)."""
@@ -110,7 +109,6 @@ class Registry:
                 self.log(f"refused {name}: {problems[name][0]}")
                 continue
             problems[name] = self._apply(name, entry, self._prepare(name, entry, retry=True))
-        self._reroute()
         return {k: v for k, v in problems.items() if v}
 
     def _entry(self, name: str) -> ModelEntry | None:
@@ -163,7 +161,6 @@ class Registry:
                     continue
                 plan = await loop.run_in_executor(None, self._prepare, name, entry, retry)
                 problems[name] = self._apply(name, entry, plan)
-            self._reroute()
         return {k: v for k, v in problems.items() if v}
 
     def _prepare(self, name: str, entry: ModelEntry, retry: bool) -> _Plan:
@@ -220,6 +217,7 @@ class Registry:
             replaced = version in current
             current[version] = served
             states[version] = (READY, "")
+            self._relatest(name)
             self._refused.pop((name, version), None)
             self.log(f"{'reloaded' if replaced else 'loaded'} {name} version {version} from {served.path} "
                      f"({served.checks})")
@@ -233,12 +231,14 @@ class Registry:
                      f"its policy asks for ({', '.join(sorted(wanted, key=int))}) load")
         if not current:
             self.models.pop(name, None)
+        self._relatest(name)
         return problems
 
     def _unload_version(self, name: str, version: str, why: str) -> None:
         served = self.models.get(name, {}).pop(version, None)
         if served is None:
             return
+        self._relatest(name)
         self.states.setdefault(name, {})[version] = (UNAVAILABLE, f"unloaded: {why}")
         queued = served.stats.queued
         self.log(f"unloaded {name} version {version} ({why})" +
@@ -248,18 +248,16 @@ class Registry:
         for version in list(self.models.get(name, {})):
             self._unload_version(name, version, why)
         self.models.pop(name, None)
+        self._relatest(name)
         states = self.states.setdefault(name, {})
         if not states:
             states[""] = (UNAVAILABLE, why)
-        self._reroute()
 
-    def _reroute(self) -> None:
-        """Rebuild the infer routes from the served versions (one dict lookup per request)."""
-        routes = {}
-        for name, versions in self.models.items():
-            if not versions:
-                continue
-            for version, served in versions.items():
-                routes[f"/v2/models/{name}/versions/{version}/infer"] = served
-            routes[f"/v2/models/{name}/infer"] = versions[max(versions, key=int)]
-        self.routes = routes
+    def _relatest(self, name: str) -> None:
+        """Keep the highest served version of ``name`` in step with its versions, in the same step as they
+        change (so that ``lookup`` never sees one without the other)."""
+        versions = self.models.get(name)
+        if versions:
+            self._latest[name] = versions[max(versions, key=int)]
+        else:
+            self._latest.pop(name, None)

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 from torchport.runtime.errors import InputError
-from torchport.runtime.serve.protocol import ProtocolError
+from torchport.runtime.serve.inference import ProtocolError
 
 RETRY_AFTER_S = 1
 _monotonic = time.monotonic

@@ -21,6 +21,7 @@ from torchport.runtime.errors import InputError
 from torchport.runtime.serve.app import InferenceApp
 from torchport.runtime.serve.config import ServeConfig
 from torchport.runtime.serve.control import Control
+from torchport.runtime.serve.dataplane import DataPlane
 from torchport.runtime.serve.models import LoadSettings
 from torchport.runtime.serve.registry import Registry
 from torchport.runtime.serve.security import Gate, check_tls, read_api_key
@@ -59,19 +60,17 @@ def build(config: ServeConfig, log: Callable[[str], None]) -> tuple[InferenceApp
     gate = Gate(read_api_key(config.api_key_file) if config.api_key_file else None,
                 config.max_concurrent_requests, config.request_timeout_s)
     tls = check_tls(config.tls_cert, config.tls_key) if config.tls_cert else None
-    services = _Services(config, control, registry, tls, log)
-    app = InferenceApp(registry, control, gate, server_stats, config.max_body_bytes, config.model_control_mode,
-                       services.start, services.stop)
-    services.app = app
-    return app, problems
+    plane = DataPlane(registry, control, gate, server_stats, config.model_control_mode)
+    services = _Services(config, plane, tls, log)
+    return InferenceApp(plane, config.max_body_bytes, services.start, services.stop), problems
 
 
 class _Services:
     """What runs beside REST on the event loop: gRPC, the repository poll and the worker sockets."""
 
-    def __init__(self, config: ServeConfig, control: Control, registry: Registry, tls, log):
-        self.config, self.control, self.registry, self.tls, self.log = config, control, registry, tls, log
-        self.app: InferenceApp | None = None
+    def __init__(self, config: ServeConfig, plane: DataPlane, tls, log):
+        self.config, self.plane, self.tls, self.log = config, plane, tls, log
+        self.control, self.registry = plane.control, plane.registry
         self._grpc = None
         self._poll: asyncio.Task | None = None
 
@@ -79,7 +78,7 @@ class _Services:
         await self.control.start()
         if self.config.grpc_port is not None:
             from torchport.runtime.serve.grpc_service import start_grpc
-            self._grpc = await start_grpc(self.app, self.config.host, self.config.grpc_port,
+            self._grpc = await start_grpc(self.plane, self.config.host, self.config.grpc_port,
                                           self.config.max_body_bytes, self.config.workers > 1, self.tls)
         if self.config.model_control_mode == "poll":
             self._poll = asyncio.create_task(self._poll_forever())
