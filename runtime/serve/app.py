@@ -1,18 +1,21 @@
 """The REST transport: an ASGI application that decodes the Open Inference Protocol (KServe V2) REST
 endpoints, with Triton's repository, statistics and model configuration extensions and /metrics, into calls
-of the data plane (``dataplane.DataPlane``) and encodes its answers. Plain ASGI (no framework) because the
-per-request cost is what the server's speed is made of."""
+of the data plane (``dataplane.DataPlane``) and encodes its answers; HEAD wherever GET is served, 405 with
+``Allow`` for any other method, and /openapi.json describing all of it (``openapi``). Plain ASGI (no
+framework) because the per-request cost is what the server's speed is made of."""
 from __future__ import annotations
 
 import time
 import zlib
 from typing import Awaitable, Callable
+from urllib.parse import unquote
 
 import orjson
 
 from torchport.runtime.serve.dataplane import DataPlane
 from torchport.runtime.serve.inference import ProtocolError
 from torchport.runtime.serve.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from torchport.runtime.serve.openapi import openapi_document
 from torchport.runtime.serve.protocol import decode_request, error_body
 from torchport.runtime.serve.repository import config_json
 from torchport.runtime.serve.security import RETRY_AFTER_S
@@ -27,10 +30,17 @@ MAX_LENGTH_DIGITS = 19
 _now = time.perf_counter_ns
 
 
-def infer_target(path: str) -> tuple[str, str | None] | None:
-    """(model, version or None) of an infer path (/v2/models/NAME[/versions/V]/infer, empty segments
-    ignored), or None."""
-    parts = [p for p in path.split("/") if p]
+def segments(scope: dict) -> list[str]:
+    """The path's segments, empty ones dropped; each percent-decoded on its own, so that an encoded '/' stays
+    inside its segment (a model named 'a%2Finfer' is the model 'a/infer', not an infer path)."""
+    raw = scope.get("raw_path")
+    if raw is not None and b"%" in raw:
+        return [unquote(p) for p in raw.decode("latin-1").split("/") if p]
+    return [p for p in scope["path"].split("/") if p]
+
+
+def infer_target(parts: list[str]) -> tuple[str, str | None] | None:
+    """(model, version or None) of an infer path (/v2/models/NAME[/versions/V]/infer), or None."""
     if len(parts) == 4 and parts[0] == "v2" and parts[1] == "models" and parts[3] == "infer":
         return parts[2], None
     if len(parts) == 6 and parts[0] == "v2" and parts[1] == "models" and parts[3] == "versions" \
@@ -50,6 +60,8 @@ def endpoint(parts: tuple[str, ...]) -> tuple[str, str, tuple]:
         return "server", "GET", ()
     if parts == ("metrics",):
         return "metrics", "GET", ()
+    if parts == ("openapi.json",):
+        return "openapi", "GET", ()
     if parts == ("v2", "models", "stats"):
         return "stats", "GET", (None, None)
     if parts == ("v2", "repository", "index"):
@@ -77,11 +89,12 @@ class InferenceApp:
         self.plane, self.registry, self.max_body_bytes = plane, plane.registry, max_body_bytes
         self._startup, self._shutdown = startup, shutdown
         self._server_metadata = orjson.dumps(plane.metadata)
+        self._openapi = orjson.dumps(openapi_document(plane.metadata["version"]))
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
         if scope["type"] == "http":
             if scope["method"] == "POST":
-                target = infer_target(scope["path"])
+                target = infer_target(segments(scope))
                 if target is not None:
                     return await self._infer(target[0], target[1], scope, receive, send)
             await self._route(scope, receive, send)
@@ -198,7 +211,7 @@ class InferenceApp:
     async def _route(self, scope: dict, receive: Callable, send: Callable) -> None:
         method, path, plane = scope["method"], scope["path"], self.plane
         try:
-            kind, wanted, args = endpoint(tuple(p for p in path.split("/") if p))
+            kind, wanted, args = endpoint(tuple(segments(scope)))
         except ProtocolError as e:
             kind, wanted, args, unknown = None, None, (), e
         if kind not in PUBLIC and not plane.authorized(dict(scope["headers"]).get(b"authorization")):
@@ -206,11 +219,11 @@ class InferenceApp:
         if kind is None:
             plane.rejected(404)
             return await self._error(send, 404, str(unknown))
-        if method != wanted:
+        if method != wanted and not (method == "HEAD" and wanted == "GET"):  # HEAD wherever GET is served
             plane.rejected(405)
-            return await self._error(send, 405, f"{path} takes {wanted}, not {method}")
-        if kind == "infer":  # an infer path that infer_target did not take: not reached, kept for safety
-            return await self._infer(*args, scope, receive, send)
+            allow = b"GET, HEAD" if wanted == "GET" else wanted.encode()
+            return await self._respond(send, 405, error_body(f"{path} takes {allow.decode()}, not {method}"),
+                                       [*_JSON, (b"allow", allow)])
         try:
             body = await self._body(receive) if method == "POST" else b""
             status, answer = await self._answer(kind, args, body)
@@ -229,6 +242,8 @@ class InferenceApp:
             return (200, b'{"ready":true}') if plane.ready else (503, b'{"ready":false}')
         if kind == "server":
             return 200, self._server_metadata
+        if kind == "openapi":
+            return 200, self._openapi
         if kind == "metrics":
             return 200, (await plane.metrics(), METRICS_CONTENT_TYPE)
         if kind == "stats":
