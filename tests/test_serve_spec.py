@@ -17,22 +17,23 @@ CHECKS = ("not_a_server_error,unsupported_method,content_type_conformance,respon
           "response_headers_conformance")
 
 
-def _schemathesis(location: str, server, checks: str, seconds: int) -> tuple[int, str, int]:
-    """Run schemathesis for at most ``seconds`` (its whole run); (exit code, output, test cases passed)."""
+def _schemathesis(location: str, server, checks: str, seconds: int, cwd) -> tuple[int, str, int]:
+    """Run schemathesis for at most ``seconds`` (its whole run) in ``cwd`` (where it keeps its cache); (exit
+    code, output, test cases passed)."""
     proc = subprocess.run([str(BIN / "schemathesis"), "--config-file", str(DATA / "schemathesis.toml"), "--no-color",
                            "run", location, "--url", f"http://{server.url}", "--checks", checks,
                            "--max-time", str(seconds), "--seed", "24"],
-                          capture_output=True, text=True, timeout=seconds + 60)
+                          capture_output=True, text=True, timeout=seconds + 60, cwd=cwd)
     found = re.search(r"(\d+) generated, (\d+) passed", proc.stdout)
     return proc.returncode, proc.stdout + proc.stderr, int(found.group(2)) if found else 0
 
 
-def test_the_protocols_spec_and_torchports_own_document_hold(seed_bundle):
+def test_the_protocols_spec_and_torchports_own_document_hold(seed_bundle, tmp_path):
     with serving(seed_bundle, "--model-control-mode", "explicit", "--load-model", "seed") as server:
-        code, output, passed = _schemathesis(str(DATA / "open_inference_rest.yaml"), server, CHECKS, 40)
+        code, output, passed = _schemathesis(str(DATA / "open_inference_rest.yaml"), server, CHECKS, 40, tmp_path)
         assert code == 0 and passed >= 300, output[-4000:]
         own, own_output, own_passed = _schemathesis(f"http://{server.url}/openapi.json", server,
-                                                    CHECKS + ",status_code_conformance", 15)
+                                                    CHECKS + ",status_code_conformance", 15, tmp_path)
         assert own == 0 and own_passed >= 100, own_output[-4000:]
         assert "Traceback" not in server.log
     print(f"schemathesis: {passed} cases on the protocol's spec, {own_passed} on /openapi.json, all passed")
