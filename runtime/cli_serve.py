@@ -77,6 +77,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "unloads, statistics and /metrics act on all of them (default: 1)")
     p.add_argument("--providers", default="auto",
                    help="auto (CUDA then CPU), cpu, cuda, or ONNX Runtime provider names, comma-separated")
+    p.add_argument("--model-load-timeout-s", type=positive_float, default=60.0, metavar="S",
+                   help="a model version whose load takes longer is given up and refused with a log line; other "
+                        "loads, polls and shutdown never wait for it (default: 60)")
     p.add_argument("--allow-failed-parity", action="store_true",
                    help="serve bundles whose parity check or self-check failed (for inspection)")
     security = p.add_argument_group("security and limits")
@@ -111,7 +114,7 @@ def _config(args: argparse.Namespace) -> ServeConfig:
         load_models=tuple(args.load_models), api_key_file=text(args.api_key_file), tls_cert=text(args.tls_cert),
         tls_key=text(args.tls_key),
         trusted_keys=None if args.trusted_keys is None else tuple(str(k) for k in args.trusted_keys),
-        allow_failed_parity=args.allow_failed_parity)
+        allow_failed_parity=args.allow_failed_parity, model_load_timeout_s=args.model_load_timeout_s)
 
 
 def run(args: argparse.Namespace) -> int:

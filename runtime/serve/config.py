@@ -17,7 +17,8 @@ _SCHEMA = {"path": TEXT, "model_name": (str, NULL), "host": TEXT, "port": INT, "
            "max_body_bytes": INT, "max_concurrent_requests": INT, "request_timeout_s": NUMBER,
            "model_control_mode": TEXT, "repository_poll_secs": NUMBER, "load_models": (list,),
            "api_key_file": (str, NULL), "tls_cert": (str, NULL), "tls_key": (str, NULL),
-           "trusted_keys": (list, NULL), "control_dir": (str, NULL), "allow_failed_parity": FLAG}
+           "trusted_keys": (list, NULL), "control_dir": (str, NULL), "allow_failed_parity": FLAG,
+           "model_load_timeout_s": NUMBER}
 
 
 @dataclass(frozen=True)
@@ -25,7 +26,8 @@ class ServeConfig:
     """Everything a server process needs. ``path``: a bundle, an .onnx file or a model repository;
     ``trusted_keys``: PEM files of public keys a bundle must be signed by (None: not asked);
     ``control_dir``: where the workers of one server find each other (set by the command when there are
-    several); ``allow_failed_parity``: serve bundles whose parity check or self-check failed."""
+    several); ``allow_failed_parity``: serve bundles whose parity check or self-check failed;
+    ``model_load_timeout_s``: how long one version's load may take before it is given up."""
     path: str
     model_name: str | None = None
     host: str = "127.0.0.1"
@@ -47,13 +49,15 @@ class ServeConfig:
     trusted_keys: tuple[str, ...] | None = None
     control_dir: str | None = None
     allow_failed_parity: bool = False
+    model_load_timeout_s: float = 60.0
 
     def __post_init__(self) -> None:
         checks = [("max_batch_size", self.max_batch_size >= 1), ("workers", self.workers >= 1),
                   ("max_body_bytes", self.max_body_bytes >= 1), ("max_queue_delay_us", self.max_queue_delay_us >= 0),
                   ("max_concurrent_requests", self.max_concurrent_requests >= 1),
                   ("request_timeout_s", 0 < self.request_timeout_s < math.inf),
-                  ("repository_poll_secs", 0 < self.repository_poll_secs < math.inf)]
+                  ("repository_poll_secs", 0 < self.repository_poll_secs < math.inf),
+                  ("model_load_timeout_s", 0 < self.model_load_timeout_s < math.inf)]
         for name, ok in checks:
             if not ok:
                 raise InputError(f"{name} is out of range: {getattr(self, name)!r}", parameter=name)

@@ -22,13 +22,15 @@ from torchport.runtime.serve.stats import ModelStats
 @dataclass(frozen=True)
 class LoadSettings:
     """How every model version is loaded and batched: ONNX Runtime providers, the batcher's settings, the
-    public keys a bundle must be signed by (None: signatures are not asked for), and whether a bundle whose
-    parity check or self-check failed is served anyway (for inspection)."""
+    public keys a bundle must be signed by (None: signatures are not asked for), whether a bundle whose
+    parity check or self-check failed is served anyway (for inspection), and the seconds a version's load may
+    take before it is given up."""
     providers: Any = "auto"
     max_batch_size: int = 64
     max_queue_delay_us: int = 0
     trusted_keys: tuple | None = None
     allow_failed_parity: bool = False
+    load_timeout_s: float = 60.0
 
 
 class ServedModel:

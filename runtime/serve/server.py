@@ -51,7 +51,7 @@ def build(config: ServeConfig, log: Callable[[str], None]) -> tuple[InferenceApp
         from torchport.runtime.signing import trusted_key_list
         keys = tuple(trusted_key_list(config.trusted_keys))
     settings = LoadSettings(config.providers, config.max_batch_size, config.max_queue_delay_us, keys,
-                            config.allow_failed_parity)
+                            config.allow_failed_parity, config.model_load_timeout_s)
     registry = Registry(Path(config.path), settings, config.model_control_mode, config.model_name, log)
     server_stats = ServerStats()
     control = Control(registry, server_stats, config.control_dir, log)
