@@ -7,11 +7,13 @@ Every bundle is checked before it is served (sha256 of every file it loads, a pa
 cases run on this machine's providers, and with --trusted-keys a signature); one that does not check is
 refused with a log line and what served before keeps serving (--allow-failed-parity serves one whose parity
 check or golden cases failed, for inspection). Requests that arrive together are merged into one ONNX Runtime call (dynamic batching).
-SIGTERM or Ctrl+C stops accepting, finishes the requests in flight and exits 0.
+SIGTERM or Ctrl+C reports the server draining (not ready; gRPC health NOT_SERVING), stops accepting, finishes
+the requests in flight and exits 0; SIGHUP reads the repository again in modes poll and explicit.
 
 REST endpoints:
   GET  /v2/health/live, /v2/health/ready                    (never need the API key)
-  GET  /v2, /v2/models/NAME[/versions/V], .../ready, .../config, .../stats, /v2/models/stats, /metrics
+  GET  /v2, /v2/models/NAME[/versions/V], .../ready, .../config, .../stats, /v2/models/stats, /metrics,
+       /openapi.json (every GET also answers HEAD)
   POST /v2/models/NAME[/versions/V]/infer
   POST /v2/repository/index, /v2/repository/models/NAME/load, /v2/repository/models/NAME/unload
 

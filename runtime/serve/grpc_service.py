@@ -1,7 +1,8 @@
 """The gRPC transport: ``inference.GRPCInferenceService`` of the Open Inference Protocol on grpcio's asyncio
 server, on the same event loop as REST, decoding each call into the data plane (``dataplane.DataPlane``) and
-encoding its answers. The message classes are the generated modules tritonclient[grpc] ships
-(``tritonclient.grpc.service_pb2``). The data plane's statuses become codes: 400 INVALID_ARGUMENT (FAILED_PRECONDITION
+encoding its answers; and ``grpc.health.v1.Health`` (grpcio-health-checking: SERVING when ready,
+NOT_SERVING while draining), which Kubernetes' gRPC probes and gRPC load balancers call. The message classes
+are the generated modules tritonclient[grpc] ships (``tritonclient.grpc.service_pb2``). The data plane's statuses become codes: 400 INVALID_ARGUMENT (FAILED_PRECONDITION
 for what the server's settings do not allow), 401 UNAUTHENTICATED, 404 NOT_FOUND, 413 RESOURCE_EXHAUSTED,
 503 UNAVAILABLE, 504 DEADLINE_EXCEEDED, 500 INTERNAL."""
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import AsyncIterator
 import grpc
 import numpy as np
 from google.protobuf import json_format
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 from torchport.runtime.serve.dataplane import DataPlane
@@ -24,6 +26,8 @@ CODES = {400: grpc.StatusCode.INVALID_ARGUMENT, 401: grpc.StatusCode.UNAUTHENTIC
          504: grpc.StatusCode.DEADLINE_EXCEEDED, 500: grpc.StatusCode.INTERNAL}
 # the typed contents field of each datatype the data plane accepts, and its numpy type
 _CONTENTS = {"FP32": ("fp32_contents", np.float32), "FP64": ("fp64_contents", np.float64)}
+# what grpc.health.v1.Health answers for: the whole server ("") and the inference service by name
+HEALTH_SERVICES = ("", "inference.GRPCInferenceService")
 _now = time.perf_counter_ns
 
 
@@ -205,16 +209,22 @@ class InferenceService(service_pb2_grpc.GRPCInferenceServiceServicer):
 
 
 async def start_grpc(plane: DataPlane, host: str, port: int, max_message_bytes: int, reuse_port: bool,
-                     tls: tuple[bytes, bytes] | None = None) -> grpc.aio.Server:
-    """Start the gRPC server on ``host:port`` (TLS when ``tls`` is (certificate chain, key) PEM bytes)."""
+                     tls: tuple[bytes, bytes] | None = None) -> tuple[grpc.aio.Server, health.aio.HealthServicer]:
+    """Start the gRPC server on ``host:port`` (TLS when ``tls`` is (certificate chain, key) PEM bytes), with
+    ``grpc.health.v1.Health`` answering SERVING for the server ("") and the inference service; the health
+    servicer is returned too (its ``enter_graceful_shutdown`` turns every status to NOT_SERVING)."""
     server = grpc.aio.server(options=[("grpc.max_receive_message_length", max_message_bytes),
                                       ("grpc.max_send_message_length", -1),
                                       ("grpc.so_reuseport", 1 if reuse_port else 0)])
     service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceService(plane), server)
+    checks = health.aio.HealthServicer()
+    for service in HEALTH_SERVICES:
+        await checks.set(service, health_pb2.HealthCheckResponse.SERVING)
+    health_pb2_grpc.add_HealthServicer_to_server(checks, server)
     address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     if tls is None:
         server.add_insecure_port(address)
     else:
         server.add_secure_port(address, grpc.ssl_server_credentials([(tls[1], tls[0])]))
     await server.start()
-    return server
+    return server, checks

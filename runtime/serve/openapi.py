@@ -168,7 +168,10 @@ def openapi_document(version: str) -> dict:
     """The document, for torchport ``version``."""
     paths = {
         "/v2/health/live": _get("Server live (no API key needed)", _ok("the server answers", _schema("live"))),
-        "/v2/health/ready": _get("Server ready (no API key needed)", _ok("ready", _schema("ready"))),
+        "/v2/health/ready": _get("Server ready (no API key needed)", {
+            **_ok("ready", _schema("ready")),
+            "503": {"description": "stopping (SIGTERM): finishing the requests in flight",
+                    "content": _json(_schema("ready"))}}),
         "/v2": _get("Server metadata", _ok("name, version and extensions", _schema("server_metadata")), "401"),
         **_model_paths("/v2/models/{MODEL_NAME}", (_NAME,)),
         **_model_paths("/v2/models/{MODEL_NAME}/versions/{MODEL_VERSION}", (_NAME, _VERSION)),

@@ -1,7 +1,8 @@
 """Build a server from its settings and run it: the registry loaded from the repository, the REST app on
 uvicorn (httptools parser, uvloop when installed), and, started in the app's lifespan on the same event
-loop, gRPC, the repository poll and the sockets workers use to reach each other. On SIGTERM or SIGINT it
-stops accepting, finishes the requests in flight, and returns normally (exit code 0)."""
+loop, gRPC, the repository poll, the sockets workers use to reach each other and the signal handlers. On
+SIGTERM or SIGINT it reports itself draining, stops accepting, finishes the requests in flight, and returns
+normally (exit code 0); SIGHUP reads the repository again (``signals``)."""
 from __future__ import annotations
 
 import asyncio
@@ -25,6 +26,7 @@ from torchport.runtime.serve.dataplane import DataPlane
 from torchport.runtime.serve.models import LoadSettings
 from torchport.runtime.serve.registry import Registry
 from torchport.runtime.serve.security import Gate, check_tls, read_api_key
+from torchport.runtime.serve.signals import SignalHandlers
 from torchport.runtime.serve.stats import ServerStats
 
 GRACEFUL_TIMEOUT_S = 30
@@ -66,11 +68,13 @@ def build(config: ServeConfig, log: Callable[[str], None]) -> tuple[InferenceApp
 
 
 class _Services:
-    """What runs beside REST on the event loop: gRPC, the repository poll and the worker sockets."""
+    """What runs beside REST on the event loop: gRPC with its health service, the repository poll, the worker
+    sockets and the signal handlers."""
 
     def __init__(self, config: ServeConfig, plane: DataPlane, tls, log):
         self.config, self.plane, self.tls, self.log = config, plane, tls, log
         self.control, self.registry = plane.control, plane.registry
+        self.signals = SignalHandlers(plane, config.path, log)
         self._grpc = None
         self._poll: asyncio.Task | None = None
 
@@ -78,10 +82,12 @@ class _Services:
         await self.control.start()
         if self.config.grpc_port is not None:
             from torchport.runtime.serve.grpc_service import start_grpc
-            self._grpc = await start_grpc(self.plane, self.config.host, self.config.grpc_port,
-                                          self.config.max_body_bytes, self.config.workers > 1, self.tls)
+            self._grpc, health = await start_grpc(self.plane, self.config.host, self.config.grpc_port,
+                                                  self.config.max_body_bytes, self.config.workers > 1, self.tls)
+            self.signals.on_drain.append(health.enter_graceful_shutdown)
         if self.config.model_control_mode == "poll":
             self._poll = asyncio.create_task(self._poll_forever())
+        self.signals.install(asyncio.get_running_loop())
 
     async def _poll_forever(self) -> None:
         while True:
@@ -93,6 +99,7 @@ class _Services:
                          f"{self.config.repository_poll_secs:g} s")
 
     async def stop(self) -> None:
+        self.signals.uninstall()
         if self._poll is not None:
             self._poll.cancel()
             with contextlib.suppress(asyncio.CancelledError):
