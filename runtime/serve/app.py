@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import time
 import zlib
+from asyncio import CancelledError, current_task
 from typing import Awaitable, Callable
 from urllib.parse import unquote
 
@@ -16,13 +17,17 @@ from torchport.runtime.serve.dataplane import DataPlane
 from torchport.runtime.serve.inference import ProtocolError
 from torchport.runtime.serve.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from torchport.runtime.serve.openapi import openapi_document
-from torchport.runtime.serve.protocol import decode_request, error_body
+from torchport.runtime.serve.parsing import BodyParser
+from torchport.runtime.serve.protocol import error_body
 from torchport.runtime.serve.repository import config_json
-from torchport.runtime.serve.security import RETRY_AFTER_S
+from torchport.runtime.serve.security import RETRY_AFTER_S, Deadlines
 
 _JSON = [(b"content-type", b"application/json")]
 _BINARY = [(b"content-type", b"application/octet-stream")]
-_RETRY = [*_JSON, (b"retry-after", str(RETRY_AFTER_S).encode())]
+# the headers of error answers that need more than the content type: 503 says when to retry; after 408 the
+# rest of the body may still be on its way, so the connection is closed
+_ERROR_HEADERS = {503: [*_JSON, (b"retry-after", str(RETRY_AFTER_S).encode())],
+                  408: [*_JSON, (b"connection", b"close")]}
 # endpoints that answer without the API key
 PUBLIC = {"live", "ready"}
 # the longest Inference-Header-Content-Length taken as a number (a body is far smaller than 10**19 bytes)
@@ -83,10 +88,12 @@ class InferenceApp:
     """ASGI app over a DataPlane; ``startup`` and ``shutdown`` run in the lifespan (the server starts gRPC,
     the repository poll and the worker sockets there)."""
 
-    def __init__(self, plane: DataPlane, max_body_bytes: int,
+    def __init__(self, plane: DataPlane, max_body_bytes: int, body_timeout_s: float = 5.0,
                  startup: Callable[[], Awaitable[None]] | None = None,
                  shutdown: Callable[[], Awaitable[None]] | None = None):
         self.plane, self.registry, self.max_body_bytes = plane, plane.registry, max_body_bytes
+        self._body_clock = Deadlines(body_timeout_s)
+        self._parser = BodyParser()
         self._startup, self._shutdown = startup, shutdown
         self._server_metadata = orjson.dumps(plane.metadata)
         self._openapi = orjson.dumps(openapi_document(plane.metadata["version"]))
@@ -117,6 +124,7 @@ class InferenceApp:
                     served.batcher.flush()
                 if self._shutdown is not None:
                     await self._shutdown()
+                self._parser.close()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 
@@ -142,12 +150,15 @@ class InferenceApp:
             body = await self._body(receive)
             if encoding:
                 body = self._decompress(body, encoding)
-            request, binary = decode_request(body, header_length, name, version)
+            request, binary = await self._parser.decode(body, header_length, name, version)
             out = await plane.infer(served, request)
-            payload, json_length = served.encoder.encode(request.id, out, binary)
+            if binary or out.size <= served.encoder.STEP_VALUES:
+                payload, json_length = served.encoder.encode(request.id, out, binary)
+            else:
+                payload, json_length = await served.encoder.encode_in_steps(request.id, out), None
         except ProtocolError as e:
             plane.finished(served, e.status, started)
-            return await self._respond(send, e.status, error_body(str(e)), _RETRY if e.status == 503 else _JSON)
+            return await self._respond(send, e.status, error_body(str(e)), _ERROR_HEADERS.get(e.status, _JSON))
         if json_length is None:
             await self._respond(send, 200, payload, _JSON)
         else:
@@ -176,23 +187,34 @@ class InferenceApp:
                 "or raise --max-body-bytes")
 
     async def _body(self, receive: Callable) -> bytes:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise ProtocolError(499, "the client closed the connection before sending the whole request")
-        body = message.get("body", b"")
-        if not message.get("more_body"):
-            return body
-        chunks, size = [body], len(body)
-        while message.get("more_body", False):
+        """The whole request body, within the body's time limit (408 past it) and the size limit (413)."""
+        task, clock = current_task(), self._body_clock
+        clock.start(task)
+        try:
             message = await receive()
             if message["type"] == "http.disconnect":
                 raise ProtocolError(499, "the client closed the connection before sending the whole request")
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > self.max_body_bytes:
-                raise ProtocolError(413, self._too_large("the request body"))
-            chunks.append(chunk)
-        return b"".join(chunks)
+            body = message.get("body", b"")
+            if not message.get("more_body"):
+                return body
+            chunks, size = [body], len(body)
+            while message.get("more_body", False):
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    raise ProtocolError(499, "the client closed the connection before sending the whole request")
+                chunk = message.get("body", b"")
+                size += len(chunk)
+                if size > self.max_body_bytes:
+                    raise ProtocolError(413, self._too_large("the request body"))
+                chunks.append(chunk)
+            return b"".join(chunks)
+        except CancelledError:
+            if not clock.expired(task):
+                raise
+            raise ProtocolError(408, f"the request body did not arrive within this server's limit of "
+                                     f"{clock.timeout_s:g} s; send it at once, or raise --body-timeout-s") from None
+        finally:
+            clock.stop(task)
 
     def _decompress(self, body: bytes, encoding: bytes) -> bytes:
         if encoding not in (b"gzip", b"deflate"):
@@ -228,7 +250,7 @@ class InferenceApp:
             body = await self._body(receive) if method == "POST" else b""
             status, answer = await self._answer(kind, args, body)
         except ProtocolError as e:
-            return await self._error(send, e.status, str(e))
+            return await self._respond(send, e.status, error_body(str(e)), _ERROR_HEADERS.get(e.status, _JSON))
         if isinstance(answer, tuple):  # (bytes, content type)
             return await self._respond(send, status, answer[0], [(b"content-type", answer[1].encode())])
         await self._respond(send, status, answer if isinstance(answer, bytes) else orjson.dumps(answer), _JSON)

@@ -25,7 +25,7 @@ EXTENSIONS = ["binary_tensor_data", "model_repository", "statistics", "model_con
 # torchport models have no dependents, so unloading them is what Triton's unload_dependents asks for too
 IGNORED_REPOSITORY_PARAMETERS = {"unload_dependents"}
 # The outcome an answer's status counts as, for requests that reached a model version.
-OUTCOME_OF = {200: "success", 400: "bad_request", 413: "too_large", 499: "disconnected",
+OUTCOME_OF = {200: "success", 400: "bad_request", 408: "body_timeout", 413: "too_large", 499: "disconnected",
             503: "overloaded", 504: "timeout"}
 _now = time.perf_counter_ns
 

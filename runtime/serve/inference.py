@@ -108,6 +108,20 @@ def _refuse_unusable(values: np.ndarray, where: str, info: ModelInfo) -> None:
     raise _bad(f"{where}: row {row} (0-based), column {col} ({info.feature_names[col]!r}) holds {value:g}: {why}")
 
 
+def json_values(data: object, where: str) -> np.ndarray:
+    """The numbers of a JSON tensor's 'data' (flat or nested lists) as a float64 array of the same shape; a
+    ProtocolError 400 naming ``where`` for anything that is not a regular array of numbers."""
+    bad = _first_non_number(data)
+    if bad is not None:
+        raise _bad(f"{where}: 'data' must hold numbers only, got {bad!r}")
+    try:
+        return np.asarray(data, dtype=np.float64)
+    except OverflowError:
+        raise _bad(f"{where}: 'data' holds an integer beyond float32's range (about ±3.4e38)") from None
+    except ValueError as e:
+        raise _bad(f"{where}: 'data' is not a regular array of numbers ({e})") from None
+
+
 def _plain(data: list, count: int) -> bool:
     """Whether ``data`` is a flat list of ``count`` plain numbers within float32's range (the commonest request,
     checked in one pass; anything else gets the full checks, which also say what is wrong)."""
@@ -155,15 +169,7 @@ def input_rows(request: InferRequest, info: ModelInfo) -> np.ndarray | list:
     elif isinstance(data, np.ndarray):
         values = data
     else:
-        bad = _first_non_number(data)
-        if bad is not None:
-            raise _bad(f"{where}: 'data' must hold numbers only, got {bad!r}")
-        try:
-            values = np.asarray(data, dtype=np.float64)
-        except OverflowError:
-            raise _bad(f"{where}: 'data' holds an integer beyond float32's range (about ±3.4e38)") from None
-        except ValueError as e:
-            raise _bad(f"{where}: 'data' is not a regular array of numbers ({e})") from None
+        values = json_values(data, where)
     if values.size != count:
         raise _bad(f"{where}: the data has {values.size} values but shape {shape} needs {count}")
     values = values.reshape(rows, n_features)

@@ -1,6 +1,6 @@
 """The OpenAPI 3.1 document of torchport's REST answers, served at /openapi.json: the Open Inference
 Protocol's endpoints as torchport answers them, with the statuses the protocol's own spec leaves out (401,
-404, 413, 500, 503, 504), Triton's extensions (binary tensor data, model repository, statistics, model
+404, 408, 413, 431, 500, 503, 504), Triton's extensions (binary tensor data, model repository, statistics, model
 configuration) and /metrics. Every operation also answers HEAD when it is a GET, and 405 with ``Allow`` to
 any other method."""
 from __future__ import annotations
@@ -86,13 +86,18 @@ _RESPONSES = {
                         {"WWW-Authenticate": {"required": True, "schema": {"type": "string"}}}),
     "not_found": ("no such model or version is served now; the message says what is served", {}),
     "too_large": ("the body is over --max-body-bytes", {}),
+    "body_timeout": ("the body did not all arrive within --body-timeout-s; the connection is closed",
+                     {"Connection": {"required": True, "schema": {"type": "string", "enum": ["close"]}}}),
+    "headers_too_large": ("the request line and headers passed --max-header-bytes; the connection is closed "
+                          "(or cut off before this answer is read)",
+                          {"Connection": {"required": True, "schema": {"type": "string", "enum": ["close"]}}}),
     "overloaded": ("--max-concurrent-requests inference requests are in flight; retry after Retry-After seconds",
                    {"Retry-After": {"required": True, "schema": {"type": "integer"}}}),
     "timeout": ("the request was not answered within --request-timeout-s", {}),
     "failed": ("the model itself failed on the batch", {}),
 }
-_STATUS = {"400": "bad_request", "401": "unauthenticated", "404": "not_found", "413": "too_large",
-           "500": "failed", "503": "overloaded", "504": "timeout"}
+_STATUS = {"400": "bad_request", "401": "unauthenticated", "404": "not_found", "408": "body_timeout",
+           "413": "too_large", "431": "headers_too_large", "500": "failed", "503": "overloaded", "504": "timeout"}
 
 
 def _json(schema: dict) -> dict:
@@ -104,7 +109,8 @@ def _ok(description: str, schema: dict) -> dict:
 
 
 def _get(summary: str, ok: dict, *statuses: str, parameters: tuple = ()) -> dict:
-    return {"get": {"summary": summary, "parameters": list(parameters), "responses": {**ok, **_refs(statuses)}}}
+    return {"get": {"summary": summary, "parameters": list(parameters),
+                    "responses": {**ok, **_refs((*statuses, "431"))}}}
 
 
 def _refs(statuses: tuple[str, ...]) -> dict:
@@ -132,7 +138,7 @@ def _infer(parameters: tuple) -> dict:
                                                                      "schema": {"type": "integer"}}},
                     "content": {**_json(_schema("inference_response")),
                                 "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}},
-            **_refs(("400", "401", "404", "413", "500", "503", "504"))}}}
+            **_refs(("400", "401", "404", "408", "413", "431", "500", "503", "504"))}}}
 
 
 def _model_paths(prefix: str, parameters: tuple) -> dict:
@@ -161,7 +167,8 @@ def _repository(op: str) -> dict:
                      "parameters": [_NAME],
                      "requestBody": {"required": False, "content": _json({"type": "object", "properties": {
                          "parameters": _PARAMETERS}})},
-                     "responses": {**_ok(f"{op}ed in every worker", {"type": "object"}), **_refs(("400", "401"))}}}
+                     "responses": {**_ok(f"{op}ed in every worker", {"type": "object"}),
+                                   **_refs(("400", "401", "408", "431"))}}}
 
 
 def openapi_document(version: str) -> dict:
@@ -180,7 +187,7 @@ def openapi_document(version: str) -> dict:
             "summary": "Repository index: every model and version with its state",
             "requestBody": {"required": False, "content": _json({"type": "object", "properties": {
                 "ready": {"type": "boolean"}}})},
-            "responses": {**_ok("the index", _schema("repository_index")), **_refs(("400", "401"))}}},
+            "responses": {**_ok("the index", _schema("repository_index")), **_refs(("400", "401", "408", "431"))}}},
         "/v2/repository/models/{MODEL_NAME}/load": _repository("load"),
         "/v2/repository/models/{MODEL_NAME}/unload": _repository("unload"),
         "/metrics": _get("Prometheus metrics", {"200": {"description": "Prometheus text exposition",

@@ -5,6 +5,8 @@ tensors, sized by each tensor's ``binary_data_size`` parameter), decoded into th
 of the model is checked by the data plane (``inference.input_rows``)."""
 from __future__ import annotations
 
+import asyncio
+
 import numpy as np
 import orjson
 
@@ -120,7 +122,10 @@ def decode_request(body: bytes, header_length: int | None, model: str,
 
 
 class ResponseEncoder:
-    """Writes V2 inference responses for one model; the JSON around the numbers is prepared once."""
+    """Writes V2 inference responses for one model; the JSON around the numbers is prepared once. Answers of
+    more than ``STEP_VALUES`` numbers in JSON are written in steps of that many (``encode_in_steps``), the
+    event loop running others' requests in between."""
+    STEP_VALUES = 65536
 
     def __init__(self, info: ModelInfo):
         self._head = orjson.dumps({"model_name": info.name, "model_version": info.version})[:-1]
@@ -140,6 +145,21 @@ class ResponseEncoder:
         # orjson writes float32 in its shortest exact form
         parts += [b',"data":', orjson.dumps(out.ravel(), option=orjson.OPT_SERIALIZE_NUMPY), b"}]}"]
         return b"".join(parts), None
+
+    async def encode_in_steps(self, request_id: str | None, out: np.ndarray) -> bytes:
+        """``encode(request_id, out, binary=False)``'s bytes, written STEP_VALUES numbers at a time."""
+        flat, step = out.ravel(), self.STEP_VALUES
+        parts = [self._head]
+        if request_id is not None:
+            parts += [b',"id":', orjson.dumps(request_id)]
+        parts += [b',"outputs":[', self._tensor, b"%d,%d]" % out.shape, b',"data":[']
+        for start in range(0, flat.size, step):
+            if start:
+                parts.append(b",")
+                await asyncio.sleep(0)
+            parts.append(orjson.dumps(flat[start:start + step], option=orjson.OPT_SERIALIZE_NUMPY)[1:-1])
+        parts.append(b"]}]}")
+        return b"".join(parts)
 
 
 def error_body(message: str) -> bytes:

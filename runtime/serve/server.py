@@ -20,9 +20,10 @@ import uvicorn
 
 from torchport.runtime.errors import InputError
 from torchport.runtime.serve.app import InferenceApp
-from torchport.runtime.serve.config import ServeConfig
+from torchport.runtime.serve.config import DEFAULT_MAX_HEADER_BYTES, ServeConfig
 from torchport.runtime.serve.control import Control
 from torchport.runtime.serve.dataplane import DataPlane
+from torchport.runtime.serve.front_door import CappedHttpProtocol, ServerConfig
 from torchport.runtime.serve.models import LoadSettings
 from torchport.runtime.serve.registry import Registry
 from torchport.runtime.serve.security import Gate, check_tls, read_api_key
@@ -64,7 +65,7 @@ def build(config: ServeConfig, log: Callable[[str], None]) -> tuple[InferenceApp
     tls = check_tls(config.tls_cert, config.tls_key) if config.tls_cert else None
     plane = DataPlane(registry, control, gate, server_stats, config.model_control_mode)
     services = _Services(config, plane, tls, log)
-    return InferenceApp(plane, config.max_body_bytes, services.start, services.stop), problems
+    return InferenceApp(plane, config.max_body_bytes, config.body_timeout_s, services.start, services.stop), problems
 
 
 class _Services:
@@ -136,14 +137,15 @@ def bind(host: str, port: int, parameter: str = "port") -> socket.socket:
 
 
 def run_server(app: Any, host: str, port: int, workers: int = 1, factory: bool = False,
-               log_level: str = "warning", sock: Any = None, tls: tuple[str, str] | None = None) -> None:
+               log_level: str = "warning", sock: Any = None, tls: tuple[str, str] | None = None,
+               max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES) -> None:
     """Serve ``app`` (an ASGI app, or with ``workers`` > 1 an import string of an app factory) until a signal;
-    ``tls``: the certificate and key files."""
-    config = uvicorn.Config(app, host=host, port=port, workers=workers, factory=factory, loop=_loop(),
-                            http="httptools", lifespan="on", access_log=False, log_level=log_level,
-                            backlog=4096, timeout_graceful_shutdown=GRACEFUL_TIMEOUT_S, server_header=False,
-                            proxy_headers=False, ssl_certfile=tls[0] if tls else None,
-                            ssl_keyfile=tls[1] if tls else None)
+    ``tls``: the certificate and key files; ``max_header_bytes``: the cap on a request's line and headers."""
+    config = ServerConfig(app, max_header_bytes, host=host, port=port, workers=workers, factory=factory,
+                          loop=_loop(), http=CappedHttpProtocol, lifespan="on", access_log=False,
+                          log_level=log_level, backlog=4096, timeout_graceful_shutdown=GRACEFUL_TIMEOUT_S,
+                          server_header=False, proxy_headers=False, ssl_certfile=tls[0] if tls else None,
+                          ssl_keyfile=tls[1] if tls else None)
     sock = sock or bind(host, port)  # a caller may bind first, to fail before announcing anything
     if workers > 1:
         from uvicorn.supervisors import Multiprocess
