@@ -5,6 +5,7 @@ of the data plane (``dataplane.DataPlane``) and encodes its answers; HEAD wherev
 framework) because the per-request cost is what the server's speed is made of."""
 from __future__ import annotations
 
+import asyncio
 import time
 import zlib
 from asyncio import CancelledError, current_task
@@ -17,8 +18,8 @@ from torchport.runtime.serve.dataplane import DataPlane
 from torchport.runtime.serve.inference import ProtocolError
 from torchport.runtime.serve.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from torchport.runtime.serve.openapi import openapi_document
-from torchport.runtime.serve.parsing import BodyParser
-from torchport.runtime.serve.protocol import error_body
+from torchport.runtime.serve.parsing import LARGE_JSON_BYTES, BodyParser
+from torchport.runtime.serve.protocol import decode_request, error_body
 from torchport.runtime.serve.repository import config_json
 from torchport.runtime.serve.security import RETRY_AFTER_S, Deadlines
 
@@ -32,6 +33,7 @@ _ERROR_HEADERS = {503: [*_JSON, (b"retry-after", str(RETRY_AFTER_S).encode())],
 PUBLIC = {"live", "ready"}
 # the longest Inference-Header-Content-Length taken as a number (a body is far smaller than 10**19 bytes)
 MAX_LENGTH_DIGITS = 19
+TARGET_CACHE = 4096  # POST paths remembered with what they reach (cleared when full)
 _now = time.perf_counter_ns
 
 
@@ -94,6 +96,7 @@ class InferenceApp:
         self.plane, self.registry, self.max_body_bytes = plane, plane.registry, max_body_bytes
         self._body_clock = Deadlines(body_timeout_s)
         self._parser = BodyParser()
+        self._targets: dict = {}  # POST path as sent -> infer_target of it: one dict lookup per request
         self._startup, self._shutdown = startup, shutdown
         self._server_metadata = orjson.dumps(plane.metadata)
         self._openapi = orjson.dumps(openapi_document(plane.metadata["version"]))
@@ -101,7 +104,12 @@ class InferenceApp:
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
         if scope["type"] == "http":
             if scope["method"] == "POST":
-                target = infer_target(segments(scope))
+                key = scope.get("raw_path") or scope["path"]
+                target = self._targets.get(key, False)
+                if target is False:
+                    if len(self._targets) >= TARGET_CACHE:
+                        self._targets.clear()
+                    target = self._targets[key] = infer_target(segments(scope))
                 if target is not None:
                     return await self._infer(target[0], target[1], scope, receive, send)
             await self._route(scope, receive, send)
@@ -130,7 +138,7 @@ class InferenceApp:
 
     # --- inference -------------------------------------------------------------------------------------
     async def _infer(self, name: str, version: str | None, scope: dict, receive: Callable, send: Callable) -> None:
-        started = _now()
+        started, task = _now(), current_task()
         header_length, encoding, authorization, length = self._read_headers(scope["headers"])
         plane = self.plane
         if not plane.authorized(authorization):
@@ -147,11 +155,14 @@ class InferenceApp:
                 header_length = int(header_length)
             if length > self.max_body_bytes:
                 raise ProtocolError(413, self._too_large(f"the request body ({length} bytes)"))
-            body = await self._body(receive)
+            body = await self._body(receive, task)
             if encoding:
                 body = self._decompress(body, encoding)
-            request, binary = await self._parser.decode(body, header_length, name, version)
-            out = await plane.infer(served, request)
+            if (len(body) if header_length is None else header_length) < LARGE_JSON_BYTES:
+                request, binary = decode_request(body, header_length, name, version)
+            else:
+                request, binary = await self._parser.decode(body, header_length, name, version)
+            out = await plane.infer(served, request, task)
             if binary or out.size <= served.encoder.STEP_VALUES:
                 payload, json_length = served.encoder.encode(request.id, out, binary)
             else:
@@ -186,9 +197,10 @@ class InferenceApp:
         return (f"{what} is over this server's limit of {self.max_body_bytes} bytes; send fewer rows per request "
                 "or raise --max-body-bytes")
 
-    async def _body(self, receive: Callable) -> bytes:
-        """The whole request body, within the body's time limit (408 past it) and the size limit (413)."""
-        task, clock = current_task(), self._body_clock
+    async def _body(self, receive: Callable, task: asyncio.Task) -> bytes:
+        """The whole request body, within the body's time limit (408 past it; ``task`` is the one reading
+        it) and the size limit (413)."""
+        clock = self._body_clock
         clock.start(task)
         try:
             message = await receive()
@@ -247,7 +259,7 @@ class InferenceApp:
             return await self._respond(send, 405, error_body(f"{path} takes {allow.decode()}, not {method}"),
                                        [*_JSON, (b"allow", allow)])
         try:
-            body = await self._body(receive) if method == "POST" else b""
+            body = await self._body(receive, current_task()) if method == "POST" else b""
             status, answer = await self._answer(kind, args, body)
         except ProtocolError as e:
             return await self._respond(send, e.status, error_body(str(e)), _ERROR_HEADERS.get(e.status, _JSON))

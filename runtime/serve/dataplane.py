@@ -7,6 +7,7 @@ metadata, readiness, model configuration, statistics, /metrics and the repositor
 are answered here too, so both transports say the same things with the same counts."""
 from __future__ import annotations
 
+import asyncio
 import time
 from importlib.metadata import PackageNotFoundError, version as package_version
 
@@ -88,18 +89,20 @@ class DataPlane:
         return served.info.metadata(self.registry.versions(name))
 
     # --- inference ---------------------------------------------------------------------------------------
-    async def infer(self, served: ServedModel, request: InferRequest) -> np.ndarray:
+    async def infer(self, served: ServedModel, request: InferRequest, task: asyncio.Task | None = None) -> np.ndarray:
         """The model's answer to ``request`` (looked up as ``served``): validated on its own, admitted
         against the limit of requests in flight and their time limit, batched with whatever else is queued
-        for the version, run. ProtocolError: 400 for what the request got wrong, 503 at the limit, 504 past
-        the time limit, 500 when the model itself failed."""
+        for the version, run. ``task``: the one answering the request, if the caller has it at hand (else
+        the current one). ProtocolError: 400 for what the request got wrong, 503 at the limit, 504 past the
+        time limit, 500 when the model itself failed."""
         info = served.info
         rows = input_rows(request, info)
-        check_outputs(request, info)
+        if request.outputs:
+            check_outputs(request, info)
         if not len(rows):  # an empty batch is answered as the Predictor answers it
             return np.empty((0, len(info.target_names)), dtype=np.float32)
         gate = self.gate
-        task = gate.admit()
+        task = gate.admit(task)
         if task is None:
             raise ProtocolError(503, gate.overloaded())
         try:

@@ -23,7 +23,8 @@ class ServerConfig(uvicorn.Config):
 
 
 class CappedHttpProtocol(HttpToolsProtocol):
-    """uvicorn's httptools protocol, refusing a request whose line and headers pass the cap with 431."""
+    """uvicorn's httptools protocol, refusing a request whose line and headers pass the cap with 431. (The
+    base class's methods are called directly rather than through super(): this runs for every request.)"""
 
     def __init__(self, config: uvicorn.Config, *args: Any, **kwargs: Any):
         super().__init__(config, *args, **kwargs)
@@ -31,29 +32,29 @@ class CappedHttpProtocol(HttpToolsProtocol):
         self._in_head, self._head_bytes, self._heads = True, 0, 0
 
     def on_message_begin(self) -> None:
-        super().on_message_begin()
+        _on_message_begin(self)
         self._in_head, self._head_bytes = True, 0
 
     def on_headers_complete(self) -> None:
         self._in_head = False
         self._heads += 1
-        super().on_headers_complete()
+        _on_headers_complete(self)
 
     def on_message_complete(self) -> None:
-        super().on_message_complete()
+        _on_message_complete(self)
         self._in_head, self._head_bytes = True, 0  # what comes next is the next request's head
 
     def data_received(self, data: bytes) -> None:
         if not self._in_head:
-            return super().data_received(data)
+            return _data_received(self, data)
         room = self.max_header_bytes - self._head_bytes
         if len(data) <= room:
             self._head_bytes += len(data)
-            return super().data_received(data)
+            return _data_received(self, data)
         if room > 0:  # the head may end within the cap, its body (or the next request) following it
             heads = self._heads
             self._head_bytes += room
-            super().data_received(data[:room])
+            _data_received(self, data[:room])
             if self.transport.is_closing():
                 return
             if self._heads != heads:  # it did: the rest is counted against the next head, if it is one
@@ -67,3 +68,9 @@ class CappedHttpProtocol(HttpToolsProtocol):
         self.transport.write(b"".join([STATUS_LINE[431], b"content-type: application/json\r\n",
                                        b"content-length: %d\r\n" % len(body), b"connection: close\r\n\r\n", body]))
         self.transport.close()
+
+
+_on_message_begin = HttpToolsProtocol.on_message_begin
+_on_headers_complete = HttpToolsProtocol.on_headers_complete
+_on_message_complete = HttpToolsProtocol.on_message_complete
+_data_received = HttpToolsProtocol.data_received

@@ -6,6 +6,7 @@ alone whatever it would have been batched with."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Sequence
 
 import numpy as np
 
@@ -71,13 +72,13 @@ class RequestedOutput:
 
 @dataclass(slots=True)
 class InferRequest:
-    """One inference request, whatever transport brought it."""
+    """One inference request, whatever transport brought it (``parameters`` None: none were sent)."""
     model: str
     version: str | None
     inputs: list[InputTensor]
-    outputs: list[RequestedOutput] = field(default_factory=list)
+    outputs: Sequence[RequestedOutput] = ()
     id: str | None = None
-    parameters: dict = field(default_factory=dict)
+    parameters: dict | None = None
 
 
 def _bad(message: str) -> ProtocolError:

@@ -42,16 +42,15 @@ def decode_in_helper(body: bytes, header_length: int | None, model: str,
 
 
 class BodyParser:
-    """Decodes REST request bodies, the large ones in the helper process."""
+    """Decodes large REST request bodies in the helper process."""
 
     def __init__(self) -> None:
         self._pool: ProcessPoolExecutor | None = None
 
     async def decode(self, body: bytes, header_length: int | None, model: str,
                      version: str | None) -> tuple[InferRequest, bool]:
-        """The data plane's request and whether binary output is wanted; ProtocolError for a bad body."""
-        if (len(body) if header_length is None else header_length) < LARGE_JSON_BYTES:
-            return decode_request(body, header_length, model, version)
+        """The data plane's request and whether binary output is wanted, decoded in the helper process (for
+        bodies whose JSON is LARGE_JSON_BYTES or more); ProtocolError for a bad body."""
         if self._pool is None:
             self._pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"), initializer=_quiet)
         try:

@@ -124,12 +124,13 @@ class Gate:
         return hmac.compare_digest(hashlib.sha256(token.strip()).digest(), self._digest) and \
             scheme.lower() == b"bearer"
 
-    def admit(self) -> asyncio.Task | None:
-        """Start the clock on the current task's inference request; None when the server is at its limit
-        of requests in flight (answer 503). Every admitted request ends with ``release``."""
+    def admit(self, task: asyncio.Task | None = None) -> asyncio.Task | None:
+        """Start the clock on the inference request of ``task`` (default: the current one); None when the
+        server is at its limit of requests in flight (answer 503). Every admitted request ends with
+        ``release``."""
         if self.in_flight >= self.max_in_flight:
             return None
-        task = asyncio.current_task()
+        task = task or asyncio.current_task()
         self._clock.start(task)
         self.in_flight += 1
         return task
