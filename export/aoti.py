@@ -106,11 +106,13 @@ def compile_package(program: torch.export.ExportedProgram, path: Path, device: s
     configs = {} if cpu_target == "native" else {"cpp.march": march, "cpp.simdlen": simdlen}
     compiler = compiler_version()
     start = time.perf_counter()
+    package = io.BytesIO()  # packaged in memory, then written by Python: a full disk is an OSError
     try:
         with quiet_torch():
-            torch._inductor.aoti_compile_and_package(program, package_path=str(path), inductor_configs=configs)
+            torch._inductor.aoti_compile_and_package(program, package_path=package, inductor_configs=configs)
     except Exception as e:  # Inductor raises many types (lowering, the C++ compiler's errors)
         raise export_error(f"compile the module with AOTInductor for {device}", e) from e
+    path.write_bytes(package.getvalue())
     seconds = time.perf_counter() - start
     if device == "cuda":
         import triton

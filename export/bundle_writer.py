@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import copy
 import os
-import shutil
 import time
 from dataclasses import replace
 from datetime import datetime, timezone
@@ -33,7 +32,7 @@ from torchport.runtime.bundle import AOTI_CUDA_FILE, AOTI_FILE, CHECKPOINT_FILE,
     LARGE_BATCH_FILE, MANIFEST, ONNX_FILE, TORCHSCRIPT_FILE, Bundle, FileEntry, FileWriter, GoldenCases, Manifest, \
     ParityReport, TensorSpec, golden_json
 from torchport.runtime.errors import Fix, InputError, ParityError
-from torchport.runtime.files import publish_dir, staging_dir, write_json
+from torchport.runtime.files import discard_dir, naming, publish_dir, staging_dir, write_json
 from torchport.train.datasets import Dataset
 from torchport.train.estimator import Regressor
 from torchport.train.models import ModelSpec
@@ -96,38 +95,38 @@ def write_bundle(module: nn.Module | torch.export.ExportedProgram, spec: ModelSp
         raise BundleExistsError(out)
     program = module if isinstance(module, torch.export.ExportedProgram) else None
     module = program.module() if program is not None else evaluating(module.to("cpu"))
-    stage = staging_dir(out)
-    try:
-        manifest = write_files(stage, module, spec, list(feature_names), list(target_names), training, opset,
-                               large_batch_graph, report, formats, aoti_cpu, program)
-        reference = module if isinstance(spec, ModuleSpec) else None
-        parity, golden = verify_with_golden(Bundle(stage, manifest), verify_inputs, tolerance=tolerance,
-                                            module=reference)
-        if _only_the_large_batch_graph_fails(parity):  # a variant that fails parity is not shipped
-            (stage / LARGE_BATCH_FILE).unlink()
-            files = {k: v for k, v in manifest.files.items() if k != LARGE_BATCH_FILE}
-            manifest = replace(manifest, files=files, export=replace(manifest.export, large_batch_graph=None))
+    with naming(out):  # a full disk, a read-only folder: the error names the bundle, not a temp name
+        stage = staging_dir(out)
+        try:
+            manifest = write_files(stage, module, spec, list(feature_names), list(target_names), training, opset,
+                                   large_batch_graph, report, formats, aoti_cpu, program)
+            reference = module if isinstance(spec, ModuleSpec) else None
             parity, golden = verify_with_golden(Bundle(stage, manifest), verify_inputs, tolerance=tolerance,
                                                 module=reference)
-        manifest = add_html_report(Bundle(stage, _with_golden(stage, manifest, golden).with_parity(parity)))
-        write_json(stage / MANIFEST, manifest.to_json())
-        if not parity.passed and not publish_failed:
-            kept = failed_dir(out)
-            shutil.rmtree(kept, ignore_errors=True)
-            os.rename(stage, kept)
-            raise ParityFailed(parity, out, kept)
-        publish_dir(stage, out, replace=force)
-    except ParityFailed:
-        raise
-    except FileExistsError:
-        shutil.rmtree(stage, ignore_errors=True)
-        if out.exists():  # another writer published first
-            raise BundleExistsError(out) from None
-        raise
-    except BaseException:
-        shutil.rmtree(stage, ignore_errors=True)
-        raise
-    return manifest
+            if _only_the_large_batch_graph_fails(parity):  # a variant that fails parity is not shipped
+                (stage / LARGE_BATCH_FILE).unlink()
+                files = {k: v for k, v in manifest.files.items() if k != LARGE_BATCH_FILE}
+                manifest = replace(manifest, files=files, export=replace(manifest.export, large_batch_graph=None))
+                parity, golden = verify_with_golden(Bundle(stage, manifest), verify_inputs, tolerance=tolerance,
+                                                    module=reference)
+            manifest = add_html_report(Bundle(stage, _with_golden(stage, manifest, golden).with_parity(parity)))
+            write_json(stage / MANIFEST, manifest.to_json())
+            if not parity.passed and not publish_failed:
+                kept = failed_dir(out)
+                publish_dir(stage, kept, replace=True)
+                raise ParityFailed(parity, out, kept)
+            publish_dir(stage, out, replace=force)
+        except ParityFailed:
+            raise
+        except FileExistsError:
+            discard_dir(stage)
+            if out.exists():  # another writer published first
+                raise BundleExistsError(out) from None
+            raise
+        except BaseException:
+            discard_dir(stage)
+            raise
+        return manifest
 
 
 def _with_golden(stage: Path, manifest: Manifest, golden: Golden) -> Manifest:

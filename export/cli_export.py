@@ -32,7 +32,8 @@ from torchport.export.module_spec import ModuleSpec
 from torchport.export.parity import format_report
 from torchport.export.triton import write_triton_repository
 from torchport.export.verify import training_record, training_rows
-from torchport.runtime.bundle import EXPORTED_FILE, FORMAT_FILES, Bundle
+from torchport.runtime.bundle import EXPORTED_FILE, FORMAT_FILES, SIGNATURE_FILE, Bundle
+from torchport.runtime.files import remove_leftovers
 from torchport.runtime.options import positive_int
 
 
@@ -67,6 +68,9 @@ def run(args: argparse.Namespace) -> int:
         return 0
     m = bundle.manifest
     out = args.out or args.bundle
+    for done in remove_leftovers(out):
+        print(f"torchport export: note: {done}", file=sys.stderr)
+    signed = [p for p in dict.fromkeys((args.bundle, out)) if (p / SIGNATURE_FILE).is_file()]
     record = training_record(m)
     X, _ = training_rows(record)
     formats = args.formats or held_formats(bundle)
@@ -86,6 +90,9 @@ def run(args: argparse.Namespace) -> int:
     print(f"bundle: {out}/ (opset {new.export.opset})")
     print(large_batch_line(new, not args.no_large_batch_graph))
     print("\n".join(formats_lines(new)))
+    if signed:  # a signature covers one manifest's bytes: the new bundle has a new manifest
+        print(f"torchport export: note: {signed[0]} was signed; the bundle written at {out} is not (its manifest "
+              f"is new): sign it with `torchport sign {out} --key KEY`", file=sys.stderr)
     if not new.parity.passed:
         print(f"torchport export: parity FAILED (see above); published at {out} marked failed, as "
               "--publish-failed asked", file=sys.stderr)

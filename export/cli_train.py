@@ -14,12 +14,15 @@ takes raw features and returns targets in their own units.
 
 Files are read by the rules `torchport predict` uses: a byte order mark is dropped, the delimiter (comma,
 semicolon or tab) is read from the header unless --delimiter says, '.' is the decimal mark, and a header
-that repeats a name is refused. One `torchport train` writes to an output directory at a time.
+that repeats a name is refused. A file of 64 MiB or more is not held for a linear model's exact fit: it is
+read twice in chunks and reduced by a tall-skinny QR, and the bundle is verified on a seeded sample of
+100,000 of its rows. One `torchport train` writes to an output directory at a time.
 
 examples:
   torchport train                                   # the tutorial on the bundled data -> bundles/plant_richness_lr
   torchport train --out bundles/seed
   torchport train --data plant_richness_mlr --out bundles/mlr               # exact least squares
+  torchport train --data data.csv --target y --features x --no-intercept    # y = b x, no intercept
   torchport train --data plant_richness_mlr --model mlp --hidden 32,32 --out bundles/mlr-mlp
   torchport train --data big.csv --target y --model mlp --val-fraction 0.1
   torchport train --data islands.csv --target ntv_rich --features area,latitude --optimizer sgd --lr 0.01
@@ -34,10 +37,14 @@ import warnings
 from pathlib import Path
 
 from torchport.export.format_choices import DEFAULT_FORMATS
+from torchport.runtime.bundle import MANIFEST, SIGNATURE_FILE
 from torchport.runtime.errors import Fix, InputError
+from torchport.runtime.files import MACHINE_ERRNOS, remove_leftovers
 from torchport.runtime.options import delimiter, names, number, whole_number, widths
 from torchport.runtime.status import Status
-from torchport.train.choices import ACTIVATION_NAMES, DATASET_NAMES, MODEL_KINDS, OPTIMIZERS, SCHEDULES
+from torchport.train.choices import (
+    ACTIVATION_NAMES, DATASET_NAMES, MODEL_KINDS, OPTIMIZERS, SCHEDULES, STREAM_BYTES,
+)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -56,6 +63,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--activation", default="relu", choices=ACTIVATION_NAMES, help="mlp activation (default: relu)")
     p.add_argument("--dropout", type=number, default=0.0, help="mlp dropout while training, in [0, 1) "
                    "(off at inference; default: 0)")
+    p.add_argument("--no-intercept", action="store_true",
+                   help="fit a linear model without an intercept (its bias is held at zero; the inference table "
+                        "then gives the uncentred R^2 and the F test against the zero model, as statsmodels does "
+                        "for a model without a constant)")
     p.add_argument("--scale", default="auto", choices=["auto", "on", "off"],
                    help="standardise features and targets inside the model (auto: on for mlp, and for a linear "
                         "model whose raw features are ill-conditioned: cond([X, 1]) above 100)")
@@ -99,8 +110,9 @@ def _flag(name: str) -> str:
 
 
 def check_report_modules(plots: bool) -> None:
-    """statsmodels and matplotlib are imported late (they are slow to import): say before training if missing."""
-    needed = ["statsmodels", "matplotlib"] if plots else ["statsmodels"]
+    """scipy (the inference table's t and F distributions) and matplotlib are imported late (they are slow to
+    import): say before training if missing."""
+    needed = ["scipy", "matplotlib"] if plots else ["scipy"]
     missing = [m for m in needed if importlib.util.find_spec(m) is None]
     if missing:
         raise InputError(f"needs {' and '.join(missing)} from the 'train' extra: pip install 'torchport[train]'")
@@ -122,28 +134,59 @@ def _run(args: argparse.Namespace, status: Status) -> int:
     tolerance(args)  # --atol without --rtol is a mistake to name before anything is read or written
     out = args.out or Path("bundles") / (Path(args.data).stem if args.data not in DATASET_NAMES else args.data)
     _refuse_existing(out, args.force)
-    from torchport.train.datasets import load_dataset
-    status.set(f"reading {args.data}")
-    data = load_dataset(args.data, args.target, args.features, delimiter=args.delimiter,
-                        on_rows=lambda n: status.set(f"reading {args.data}: {n:,} rows"))
+    data = None if _may_stream(args) else _load(args, status)
     status.set("loading torch")
     from torchport.export.formats import check_opset
     from torchport.train.estimator import Regressor
     check_opset(args.opset)
+    if args.no_intercept and args.model != "linear":
+        raise InputError("--no-intercept is for --model linear: an mlp's layers keep their biases; drop "
+                         "--no-intercept", parameter="no_intercept")
     settings = dict(model=args.model, hidden=args.hidden, activation=args.activation, dropout=args.dropout,
-                    scale=args.scale, optimizer=args.optimizer, lr=args.lr, momentum=args.momentum,
-                    epochs=args.epochs, batch_size=args.batch_size, val_fraction=args.val_fraction,
-                    patience=args.patience, lr_schedule=args.lr_schedule, seed=args.seed, device=args.device)
-    if args.model == "linear":  # the data's own recipe (the tutorial's data: its SGD) where nothing was said
+                    fit_intercept=not args.no_intercept, scale=args.scale, optimizer=args.optimizer, lr=args.lr,
+                    momentum=args.momentum, epochs=args.epochs, batch_size=args.batch_size,
+                    val_fraction=args.val_fraction, patience=args.patience, lr_schedule=args.lr_schedule,
+                    seed=args.seed, device=args.device)
+    if args.model == "linear" and data is not None:  # the data's own recipe (the tutorial's: its SGD)
         settings.update({k: v for k, v in data.recipe.items() if settings.get(k) is None})
-    Regressor(**settings).check_params()
+    if Regressor(**settings).check_params() != "exact" and data is None:
+        data = _load(args, status)  # a large file, but an iterative fit: it needs the rows
     from torchport.runtime.locks import OutputLock
     with OutputLock(out, "torchport train") as lock:
         if lock.stale:
             status.say(f"torchport train: note: took over the lock {lock.path} left by a run that was killed "
                        f"({lock.stale})")
+        for done in remove_leftovers(out):
+            status.say(f"torchport train: note: {done}")
         _refuse_existing(out, args.force)  # another run may have finished it while this one waited to start
-        return _train_and_export(args, status, settings, data, out)
+        signed = (out / SIGNATURE_FILE).is_file()
+        code = _train_and_export(args, status, settings, data, out)
+        if signed and (out / MANIFEST).is_file() and not (out / SIGNATURE_FILE).exists():
+            print(f"torchport train: note: the bundle this run replaced was signed; the new one at {out} is not "
+                  f"(its manifest is new): sign it with `torchport sign {out} --key KEY`", file=sys.stderr)
+        return code
+
+
+def _may_stream(args: argparse.Namespace) -> bool:
+    """Whether the data is a file large enough to read in chunks for a linear model's exact fit (checked by its
+    header now, as a read would check it; the settings decide once torch is loaded)."""
+    if args.data in DATASET_NAMES or args.model != "linear" or args.val_fraction or args.resume:
+        return False
+    path = Path(args.data)
+    if not path.is_file() or path.stat().st_size < STREAM_BYTES:
+        return False
+    from torchport.runtime.tables import table_chunks
+    from torchport.train.datasets import select_columns
+    with table_chunks(args.data, lambda columns: sum(select_columns(columns, args.target, args.features, args.data),
+                                                     []), delimiter=args.delimiter, parameter="data"):
+        return True
+
+
+def _load(args: argparse.Namespace, status: Status):
+    from torchport.train.datasets import load_dataset
+    status.set(f"reading {args.data}")
+    return load_dataset(args.data, args.target, args.features, delimiter=args.delimiter,
+                        on_rows=lambda n: status.set(f"reading {args.data}: {n:,} rows"))
 
 
 def _refuse_existing(out: Path, force: bool) -> None:
@@ -152,10 +195,25 @@ def _refuse_existing(out: Path, force: bool) -> None:
         raise BundleExistsError(out)
 
 
+def _stream_and_export(args: argparse.Namespace, status: Status, settings: dict, out: Path) -> int:
+    """A linear model's exact fit on a file read twice in chunks (train/streaming.py); the bundle is verified
+    on a sample of its rows."""
+    from torchport.train.estimator import Regressor
+    from torchport.train.streaming import fit_streamed
+
+    reg = Regressor(**settings)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    streamed = fit_streamed(reg, args.data, args.target, args.features, delimiter=args.delimiter, seed=args.seed,
+                            on_rows=lambda stage, n: status.set(f"{stage} {args.data} in chunks: {n:,} rows"))
+    rows, kept = streamed.record.dataset.rows, len(streamed.sample.X)
+    note = (f"read in chunks ({rows:,} rows, never held at once): the bundle is verified on a seeded sample of "
+            f"{kept:,} of them, which the golden cases and plots also use")
+    return _export(args, status, reg, streamed.sample, streamed.record, out, note=note)
+
+
 def _train_and_export(args: argparse.Namespace, status: Status, settings: dict, data, out: Path) -> int:
-    from torchport.export.bundle_writer import ParityFailed, write_from_regressor
-    from torchport.export.cli_options import tolerance
-    from torchport.export.train_summary import bundle_lines, failed_lines, fit_lines
+    if data is None:
+        return _stream_and_export(args, status, settings, out)
     from torchport.train.errors import FitWarning, TrainingDiverged
     from torchport.train.estimator import Regressor
     from torchport.train.record import TrainingRecord
@@ -177,6 +235,10 @@ def _train_and_export(args: argparse.Namespace, status: Status, settings: dict, 
         with warnings.catch_warnings():  # the summary gives them, in the command's terms
             warnings.simplefilter("ignore", FitWarning)
             reg.fit(data.X, data.y, resume=args.resume)
+    except OSError as e:
+        if e.errno in MACHINE_ERRNOS:  # a full disk: nothing is left behind, the training state included
+            state.unlink(missing_ok=True)
+        raise
     except TrainingDiverged as e:
         state.unlink(missing_ok=True)
         raise TrainingDiverged(f"{e.message}; no bundle was written", parameter=e.parameter, fixes=e.fixes) from None
@@ -186,8 +248,20 @@ def _train_and_export(args: argparse.Namespace, status: Status, settings: dict, 
             if state.exists() else ""
         print(f"torchport train: interrupted, no bundle was written{kept}", file=sys.stderr)
         return 130
-    status.set(f"exporting {', '.join(args.formats or DEFAULT_FORMATS)}, verifying parity against float64")
     record = TrainingRecord.from_fit(reg, data)
+    return _export(args, status, reg, data, record, out, state=state)
+
+
+def _export(args: argparse.Namespace, status: Status, reg, data, record, out: Path, note: str | None = None,
+            state: Path | None = None) -> int:
+    """Write, verify and publish the bundle; print the summary (``note`` after the fit's lines); the training
+    state is removed once the bundle is written or refused."""
+    from torchport.export.bundle_writer import ParityFailed, write_from_regressor
+    from torchport.export.cli_options import tolerance
+    from torchport.export.train_summary import bundle_lines, failed_lines, fit_lines
+
+    status.set(f"exporting {', '.join(args.formats or DEFAULT_FORMATS)}, verifying parity against float64")
+    summary = fit_lines(reg, data, record, _flag) + ([f"({note})"] if note else [])
     try:
         manifest = write_from_regressor(reg, data, out, plots=not args.no_plots, force=args.force,
                                         opset=args.opset, tolerance=tolerance(args),
@@ -195,14 +269,19 @@ def _train_and_export(args: argparse.Namespace, status: Status, settings: dict, 
                                         formats=args.formats or DEFAULT_FORMATS,
                                         aoti_cpu=args.aoti_cpu, publish_failed=args.publish_failed)
     except ParityFailed as e:
-        state.unlink(missing_ok=True)
+        if state is not None:
+            state.unlink(missing_ok=True)
         status.stop()
-        print("\n".join(fit_lines(reg, data, record, _flag) + failed_lines(e.report)))
+        print("\n".join(summary + failed_lines(e.report)))
         raise
-    state.unlink(missing_ok=True)
+    except OSError as e:
+        if e.errno in MACHINE_ERRNOS and state is not None:
+            state.unlink(missing_ok=True)
+        raise
+    if state is not None:
+        state.unlink(missing_ok=True)
     status.stop()
-    print("\n".join(fit_lines(reg, data, record, _flag) +
-                    bundle_lines(data, manifest, out, not args.no_large_batch_graph)))
+    print("\n".join(summary + bundle_lines(data, manifest, out, not args.no_large_batch_graph)))
     if not manifest.parity.passed:
         print(f"torchport train: parity FAILED: the exported copies disagree with the torch model beyond "
               f"float32 rounding (see above); published at {out} marked failed, as --publish-failed asked",

@@ -51,9 +51,11 @@ def export_program(module: nn.Module, n_features: int, device: str = "cpu") -> t
 
 
 def save_program(program: torch.export.ExportedProgram, path: Path) -> None:
-    """Write ``program`` with torch.export.save."""
+    """Write ``program`` with torch.export.save (into memory, then by Python: a full disk is an OSError)."""
+    buffer = io.BytesIO()
     with quiet_torch():
-        torch.export.save(program, str(path))
+        torch.export.save(program, buffer)
+    path.write_bytes(buffer.getvalue())
 
 
 def _expressions(node: object):

@@ -112,13 +112,14 @@ def export_torchscript(module: nn.Module, path: Path) -> str | None:
     """Script ``module`` and save it (TorchScript: deprecated upstream, asked for by users). Returns None,
     or why the installed torch would not (it may refuse or lack TorchScript): the bundle is then written
     without it."""
+    buffer = io.BytesIO()
     try:
         with quiet_torch():
             scripted = torch.jit.script(evaluating(module))
-            torch.jit.save(scripted, str(path))
+            torch.jit.save(scripted, buffer)
     except Exception as e:  # scripting raises many types; a torch without TorchScript, AttributeError
-        path.unlink(missing_ok=True)
         return f"torch {torch.__version__} did not write TorchScript ({first_line(e)})"
+    path.write_bytes(buffer.getvalue())  # by Python: a full disk is an OSError, where torch's writer aborts
     return None
 
 
@@ -137,8 +138,11 @@ class TorchScriptUnavailable(Exception):
 
 
 def save_checkpoint(module: nn.Module, path: Path) -> None:
-    """The module's weights (its state dict, nothing else) for the bundle's checkpoint.pt."""
-    torch.save({"state_dict": module.state_dict()}, path)
+    """The module's weights (its state dict, nothing else) for the bundle's checkpoint.pt (serialised in
+    memory, then written by Python, so that a full disk is an OSError rather than torch's writer failing)."""
+    buffer = io.BytesIO()
+    torch.save({"state_dict": module.state_dict()}, buffer)
+    path.write_bytes(buffer.getvalue())
 
 
 def model_spec(bundle: Bundle) -> ModelSpec | ModuleSpec:

@@ -7,8 +7,9 @@ its answer (an output near zero made from large terms, a target in the millions)
 the target's units tells rounding from error at every scale. The reference instead is the same module in
 float64 on the same float32 inputs, and float32 torch's own distance from it (per target, over every row
 checked) measures how much rounding this computation makes: a backend passes where its distance stays
-within ``multiple`` times that, plus ``floor_ulps`` float32 ulps of the target's largest answer (for the
-case where torch happens to round little). Every candidate is held to the same bound, whichever backends
+within ``multiple`` times that, plus ``floor_ulps`` float32 ulps of the target's largest answer or, when
+larger, of the offset the module's target scaling adds last (for the case where torch happens to round
+little: an answer near zero made by that addition still carries the offset's rounding). Every candidate is held to the same bound, whichever backends
 there are."""
 from __future__ import annotations
 
@@ -53,14 +54,18 @@ class Tolerance:
         if self.fixed:
             return f"|backend - float64| <= {self.atol:g} + {self.rtol:g} * |float64|"
         return (f"|backend - float64| <= {self.multiple:g} x float32 torch's largest error + "
-                f"{self.floor_ulps:g} float32 ulps of the largest answer, per target")
+                f"{self.floor_ulps:g} float32 ulps of the largest answer (or target offset), per target")
 
-    def bounds(self, reference: np.ndarray, torch_error: np.ndarray) -> np.ndarray:
-        """The largest distance from the float64 answers allowed, elementwise (broadcast to ``reference``)."""
+    def bounds(self, reference: np.ndarray, torch_error: np.ndarray, offset: np.ndarray | None = None) -> np.ndarray:
+        """The largest distance from the float64 answers allowed, elementwise (broadcast to ``reference``);
+        ``offset``: per target, the magnitude of the constant the module adds last (None: unknown)."""
         ref = np.abs(np.asarray(reference, np.float64))
         if self.fixed:
             return self.atol + self.rtol * ref
-        floor = self.floor_ulps * EPS32 * ref.max(axis=0, initial=0.0)
+        scale = ref.max(axis=0, initial=0.0)
+        if offset is not None:
+            scale = np.maximum(scale, offset)
+        floor = self.floor_ulps * EPS32 * scale
         return np.broadcast_to(self.multiple * torch_error + floor, ref.shape)
 
 
@@ -71,7 +76,7 @@ def column_errors(candidate: np.ndarray, reference: np.ndarray) -> np.ndarray:
 
 
 def compare(candidate_name: str, reference: np.ndarray, candidate: np.ndarray, torch_error: np.ndarray,
-            labels: list[tuple[str, int]], tolerance: Tolerance) -> PairResult:
+            labels: list[tuple[str, int]], tolerance: Tolerance, offset: np.ndarray | None = None) -> PairResult:
     """One backend's result against the float64 answers: its largest absolute, relative and scaled errors,
     its error over float32 torch's, and the element furthest out of bounds. ``labels[i]`` is (case name, row
     within the case) of stacked row ``i``."""
@@ -79,7 +84,7 @@ def compare(candidate_name: str, reference: np.ndarray, candidate: np.ndarray, t
     diff = np.abs(a - ref)
     diff = np.where(np.isnan(diff), np.inf, diff)  # a NaN answer is as far out as can be
     rel = diff / np.maximum(np.abs(ref), np.finfo(np.float32).tiny)
-    bound = tolerance.bounds(ref, torch_error)
+    bound = tolerance.bounds(ref, torch_error, offset)
     with np.errstate(divide="ignore", invalid="ignore"):
         share = np.where(bound > 0, diff / bound, np.where(diff > 0, np.inf, 0.0))
         vs_torch = np.where(torch_error > 0, diff.max(axis=0, initial=0.0) / torch_error, np.nan)
@@ -94,16 +99,16 @@ def compare(candidate_name: str, reference: np.ndarray, candidate: np.ndarray, t
 
 
 def compare_all(outputs: dict[str, np.ndarray], reference: np.ndarray, labels: list[tuple[str, int]],
-                tolerance: Tolerance, torch_error: np.ndarray | None = None
+                tolerance: Tolerance, torch_error: np.ndarray | None = None, offset: np.ndarray | None = None
                 ) -> tuple[list[PairResult], np.ndarray, np.ndarray]:
     """Every backend in ``outputs`` (float32 torch among them, as SCALE_BACKEND) against the float64
     answers; returns the results, float32 torch's error per target (``torch_error`` if the caller measured
-    it on more rows) and the bound per target."""
+    it on more rows) and the bound per target. ``offset``: as in ``Tolerance.bounds``."""
     if torch_error is None:
         torch_error = column_errors(outputs[SCALE_BACKEND], reference)
-    results = [compare(name, reference, out, torch_error, labels, tolerance) for name, out in outputs.items()
-               if out.shape == reference.shape]
-    bound = tolerance.bounds(reference, torch_error).max(axis=0, initial=0.0)
+    results = [compare(name, reference, out, torch_error, labels, tolerance, offset)
+               for name, out in outputs.items() if out.shape == reference.shape]
+    bound = tolerance.bounds(reference, torch_error, offset).max(axis=0, initial=0.0)
     return results, torch_error, bound
 
 

@@ -165,8 +165,11 @@ def metric_sets(record: TrainingRecord) -> Table:
 
 
 def inference_tables(inference: Inference) -> list[Table]:
-    """statsmodels' coefficient table per target, with the fit statistics as notes."""
+    """The least-squares coefficient table per target, with the fit statistics as notes (R^2 about zero,
+    said so, for a model without an intercept)."""
     level = f"{inference.confidence * 100:g}%"
+    r2 = "R^2" if inference.fit_intercept else "uncentred R^2"
+    model = " + ".join(inference.features) + ("" if inference.fit_intercept else ", no intercept")
     tables = []
     for t_i, t in enumerate(inference.targets):
         key = ("training", "inference", "targets", t_i)
@@ -174,11 +177,11 @@ def inference_tables(inference: Inference) -> list[Table]:
                                 ("estimate", "std_error", "t", "p", "ci_low", "ci_high")))
                      for i, c in enumerate(t.coefficients))
         stat = {k: Cell(getattr(t, k), (*key, k), ".6g") for k in t.NUMBERS}
-        notes = (("R^2 ", stat["r2"], ", adjusted R^2 ", stat["adj_r2"], "; F ", stat["f"], f" on {t.df_model} and "
+        notes = ((f"{r2} ", stat["r2"], f", adjusted {r2} ", stat["adj_r2"], "; F ", stat["f"], f" on {t.df_model} and "
                   f"{t.df_resid} DF, p ", stat["f_p"], "; residual standard error ", stat["residual_se"],
                   f" on {t.df_resid} degrees of freedom"),
                  f"n = {t.n}; {inference.method}; {inference.library}")
-        tables.append(Table(f"{t.target} ~ {' + '.join(inference.features)}",
+        tables.append(Table(f"{t.target} ~ {model}",
                             ("term", "estimate", "std error", "t", "p", f"{level} CI low", f"{level} CI high"),
                             rows, notes))
     return tables

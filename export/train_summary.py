@@ -64,6 +64,8 @@ def fit_lines(reg: Regressor, data: Dataset, record: TrainingRecord,
     model = spec.kind if spec.kind == "linear" else f"mlp {','.join(map(str, spec.hidden))} {spec.activation}"
     trained, held = record.rows_trained, record.validation_rows
     split = f"{_rows(trained, 'training')}, {_rows(held, 'held-out')}" if held else f"{_rows(trained, 'training')}"
+    if not getattr(reg, "fit_intercept", True):
+        model += " without intercept"
     lines = [f"trained {model}{' (standardised inside the model)' if spec.scale_features else ''} on {data.source}: "
              f"{split}, {', '.join(data.target_names)} ~ {', '.join(data.feature_names)}; {_method(reg)}, seed "
              f"{reg.seed}, device {reg.device_}, final loss {reg.final_loss_:.6g}", ""]
@@ -84,6 +86,9 @@ def fit_lines(reg: Regressor, data: Dataset, record: TrainingRecord,
                               zip(data.feature_names, m.weight[j], exact.weight[j]))
                 lines.append(f"  {name}: bias {m.bias[j]:+.6g} (exact {exact.bias[j]:+.6g}); {w}")
     lines += [f"  {name}: {why}" for name, why in {**m.undefined, **exact.undefined}.items()]
+    if not getattr(reg, "fit_intercept", True) and m.r2 is not None:
+        lines.append("  R^2 above is about the mean (scikit-learn's score); without an intercept the inference "
+                     "table gives the uncentred R^2, about zero (statsmodels', NIST's)")
     lines += [f"warning: {w.render(flag_of)}" for w in getattr(reg, "fit_warnings_", ())]
     if record.inference is not None:
         lines += ["", format_inference(record.inference) + (f"\n(on the {_rows(trained, 'training')} only)"

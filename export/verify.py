@@ -123,13 +123,15 @@ class Backends:
     """Every way to run one bundle in float32, the float64 reference, the backend whose error sets the
     scale of rounding (``scale``: float32 torch, or the ExportedProgram for a module torchport did not
     define), and what was found before running any: problems (names, unloadable graphs) and notes (files
-    left out, with why)."""
+    left out, with why), and ``offset``: per target, the magnitude of the constant the module's target
+    scaling adds last (None for a module without one), whose rounding an answer near zero still carries."""
     backends: dict[str, Backend] = field(default_factory=dict)
     reference: Backend | None = None
     scale: str = "torch"
     problems: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     providers: list[str] = field(default_factory=list)
+    offset: np.ndarray | None = None
 
 
 def torch_side(bundle: Bundle, module: nn.Module | None = None) -> tuple[dict[str, Backend], nn.Module, list[str]]:
@@ -171,6 +173,9 @@ def bundle_backends(bundle: Bundle, module: nn.Module | None = None) -> Backends
     features, targets = list(m.features), list(m.targets)
     torch_backends, source, notes = torch_side(bundle, module)
     out = Backends(dict(torch_backends), float64_backend(source), next(iter(torch_backends)), notes=notes)
+    scale_out = getattr(source, "scale_out", None)
+    if scale_out is not None:
+        out.offset = np.abs(scale_out.mean.detach().double().cpu().numpy()).reshape(-1)
     predictor = Predictor(bundle, providers="cpu", allow_failed_parity=True)
     out.providers = predictor.providers
     out.backends["onnxruntime"] = predictor.predict
@@ -216,7 +221,7 @@ def run_cases(found: Backends, cases: list[tuple[str, np.ndarray]], n_targets: i
         extra = column_errors(np.asarray(backends[found.scale](jittered)).reshape(len(jittered), -1),
                               np.asarray(reference(jittered)).reshape(len(jittered), -1))
         torch_error = np.maximum(torch_error, extra)
-    results, torch_error, bound = compare_all(stacked, truth, labels, tolerance, torch_error)
+    results, torch_error, bound = compare_all(stacked, truth, labels, tolerance, torch_error, found.offset)
     report = ParityReport(not problems and all(p.passed for p in results), tolerance.atol, tolerance.rtol,
                           "float32", tuple(ParityCase(label, int(len(rows))) for label, rows in cases),
                           tuple(found.providers), tuple(results), tuple(problems), training_rows_text,

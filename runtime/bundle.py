@@ -34,6 +34,7 @@ AOTI_FILE = "model.aoti.pt2"
 AOTI_CUDA_FILE = "model.aoti.cuda.pt2"
 CHECKPOINT_FILE = "checkpoint.pt"
 GOLDEN_FILE = "golden.json"
+SIGNATURE_FILE = "manifest.sig"  # torchport sign's signature over manifest.json (runtime/signing.py)
 BATCH = "batch"
 # The model formats a bundle may hold, by the names `--formats` takes, and their files. An "aoti" bundle
 # exported where torch saw a GPU also holds AOTI_CUDA_FILE.

@@ -4,6 +4,7 @@ turns torchport's own errors into one line and an exit code. Anything else is a 
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import sys
 import traceback
@@ -62,6 +63,23 @@ def describe(error: BaseException, flag_of) -> str:
     return text
 
 
+# What to do about an error of the machine (torchport's writers name the path: runtime/files.py).
+MACHINE_FIXES = {errno.ENOSPC: "free some space there, or write somewhere else",
+                 errno.EDQUOT: "free some of your quota there, or write somewhere else",
+                 errno.EROFS: "write somewhere else, or mount it read-write",
+                 errno.EACCES: "use a path you may write to, or change its permissions",
+                 errno.EPERM: "use a path you may write to, or change its permissions"}
+
+
+def os_error_line(e: OSError) -> str:
+    """An OSError that names its path, in one line: the path, the cause, and for an error of the machine
+    (disk full, read-only, permission denied) that nothing was written and what to do."""
+    fix = MACHINE_FIXES.get(e.errno)
+    if fix is None:
+        return f"{e.strerror or e}: {e.filename}"
+    return f"{e.filename}: {(e.strerror or str(e)).lower()}; nothing was written: {fix}"
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `torchport` console script; returns the exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -99,8 +117,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"torchport {command}: interrupted", file=sys.stderr)
         return 130
     except Exception as e:
-        if isinstance(e, OSError) and e.filename is not None:  # a path the user gave, or the disk
-            print(f"torchport {command}: error: {e.strerror or e}: {e.filename}", file=sys.stderr)
+        if isinstance(e, OSError) and e.filename is not None:  # a path the user gave, or the machine
+            print(f"torchport {command}: error: {os_error_line(e)}", file=sys.stderr)
             return 2
         traceback.print_exc()
         print(f"torchport {command}: {BUG}", file=sys.stderr)

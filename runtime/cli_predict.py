@@ -1,11 +1,12 @@
 """Score a CSV, TSV or Parquet file with a bundle through ONNX Runtime, in bounded-memory chunks.
 Columns are matched to the model's features by name (extra columns are kept, order does not matter); the
 output (CSV, TSV or Parquet, by its suffix) is the input's columns unchanged plus one `<target>_pred` column
-per target, and appears only once it is complete. The input's delimiter (comma, semicolon or tab) is read
-from its header, as `torchport train` reads it, unless --delimiter gives it; the output is comma-separated
-for .csv/.txt and tab-separated for .tsv/.tab. Numbers use '.' as the decimal mark. An input that already has a `<target>_pred` column is refused. Parquet needs pyarrow (the
-`io` extra), which also makes CSV faster; without it, CSV/TSV go through Python's csv module with the same
-rules and the same output.
+per target, and appears only once it is complete (temp files that killed runs left beside it are removed).
+The input's delimiter (comma, semicolon or tab) is read from its header, as `torchport train` reads it,
+unless --delimiter gives it; the output is comma-separated for .csv/.txt and tab-separated for .tsv/.tab.
+Numbers use '.' as the decimal mark. An input that already has a `<target>_pred` column is refused. Parquet
+needs pyarrow (the `io` extra), which also makes CSV faster; without it, CSV/TSV go through Python's csv
+module with the same rules and the same output.
 
 examples:
   torchport predict bundles/seed --input islands.csv --output scored.csv
@@ -20,6 +21,7 @@ import sys
 from pathlib import Path
 
 from torchport.runtime.errors import Fix, InputError
+from torchport.runtime.files import remove_leftovers
 from torchport.runtime.options import delimiter, positive_int
 from torchport.runtime.predictor import Predictor
 from torchport.runtime.scoring import score_file
@@ -51,6 +53,8 @@ def run(args: argparse.Namespace) -> int:
     if args.output.resolve() == args.input.resolve():
         raise InputError("--output must differ from --input", parameter="output")
     predictor = Predictor(args.bundle, providers=args.providers, plan=args.plan)
+    for done in remove_leftovers(args.output):
+        print(f"torchport predict: note: {done}", file=sys.stderr)
     n = score_file(predictor, args.input, args.output, args.chunk_rows,
                    progress=not args.no_progress and sys.stderr.isatty(), delimiter=args.delimiter)
     print(f"scored {n} rows with {', '.join(predictor.providers)} -> {args.output}", file=sys.stderr)

@@ -46,6 +46,7 @@ import uvicorn  # noqa: F401  (imported first so that a missing 'serve' extra is
 
 from torchport.runtime.bundle import MANIFEST, Bundle
 from torchport.runtime.errors import BundleError, InputError
+from torchport.runtime.files import remove_leftovers
 from torchport.runtime.options import int_at_least, port, positive_float
 from torchport.runtime.predictor import Predictor
 from torchport.runtime.serve.config import CONTROL_MODES, DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_HEADER_BYTES, \
@@ -131,6 +132,8 @@ def _config(args: argparse.Namespace) -> ServeConfig:
 def run(args: argparse.Namespace) -> int:
     config = _config(args)
     path = Path(config.path)
+    for done in remove_leftovers(path):
+        print(f"torchport serve: note: {done}", file=sys.stderr)
     if not path.exists():
         raise BundleError(f"{path} does not exist; give a bundle directory, an .onnx file or a model repository")
     if args.model_name is not None and not (path.is_file() or (path / "manifest.json").is_file()):

@@ -1,7 +1,8 @@
 """Sign a bundle: an ed25519 signature over its manifest.json (which holds the sha256 of every file) into
 manifest.sig, so that `torchport serve --trusted-keys` and Predictor(..., trusted_keys=) can refuse any
-bundle that a trusted key did not sign. Every file is checked against the manifest before signing. Sign
-last: `torchport verify` and re-exports rewrite manifest.json, and a signature no longer matches it then.
+bundle that a trusted key did not sign. Every file is checked against the manifest before signing. A
+signature covers one manifest: `torchport verify` writes nothing into a signed bundle (`--key KEY` records
+its results and signs again), and a re-export writes a new, unsigned bundle, saying so.
 
 examples:
   torchport sign --new-key keys/release.pem          # writes keys/release.pem (private) and keys/release.pem.pub

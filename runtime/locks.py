@@ -78,9 +78,14 @@ class OutputLock:
                 os.close(fd)
             left = _describe(fd) if os.fstat(fd).st_size else None
             self.stale = left
-            os.ftruncate(fd, 0)
-            os.write(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "what": self.what,
-                                     "since": datetime.now(timezone.utc).isoformat(timespec="seconds")}).encode())
+            try:
+                os.ftruncate(fd, 0)
+                os.write(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "what": self.what,
+                                         "since": datetime.now(timezone.utc).isoformat(timespec="seconds")}).encode())
+            except OSError as e:  # a full disk: nothing is left behind, and the error names the lock file
+                self._give_up(fd)
+                e.filename = e.filename or str(self.path)
+                raise
             self._fd, self._depth = fd, 1
             _held[key] = self
             return self
@@ -98,11 +103,20 @@ class OutputLock:
             held.path.unlink(missing_ok=True)  # before unlocking: a waiter then finds no file or a new one
             os.close(held._fd)
             held._fd = None
-            for folder in held._made:  # the folders made for the lock, if nothing else was put there
-                try:
-                    folder.rmdir()
-                except OSError:
-                    break
+            held._remove_made()
+
+    def _give_up(self, fd: int) -> None:
+        """Remove the lock file just made and the folders made for it, then let go of it."""
+        self.path.unlink(missing_ok=True)
+        os.close(fd)
+        self._remove_made()
+
+    def _remove_made(self) -> None:
+        for folder in self._made:  # the folders made for the lock, if nothing else was put there
+            try:
+                folder.rmdir()
+            except OSError:
+                break
 
     def __enter__(self) -> "OutputLock":
         return self.acquire()

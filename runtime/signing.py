@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
-from torchport.runtime.bundle import MANIFEST, Bundle, read_bounded
+from torchport.runtime.bundle import MANIFEST, SIGNATURE_FILE, Bundle, read_bounded
 from torchport.runtime.errors import BundleError, DataError, InputError
 from torchport.runtime.files import atomic_write, strict_json, write_text
 from torchport.runtime.jsonfields import TEXT, values
@@ -26,7 +26,6 @@ except ModuleNotFoundError as e:  # the dispatcher names the extra for `torchpor
 else:
     _MISSING = None
 
-SIGNATURE_FILE = "manifest.sig"
 MAX_SIGNATURE_BYTES = 64 * 1024  # a signature record is a few hundred bytes
 FORMAT = "torchport.signature"
 ALGORITHM = "ed25519"

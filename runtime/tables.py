@@ -45,6 +45,7 @@ SNIFF_CHARS = 1 << 16  # the header and the lines after it within this many char
 # Prediction text: positional for decimal exponents in [LOW, HIGH), else d.ddde+N (pyarrow's layout).
 POSITIONAL_EXPONENTS = (-6, 10)
 BLOCK_BYTES = 1 << 20  # pyarrow reads CSV in blocks of this size: it bounds the reader's memory
+PARQUET_BUFFER_BYTES = 1 << 20  # Parquet column chunks are read through a buffer this large
 WHOLE_TABLE_ROWS = 1 << 18  # read_table's chunks: a reader asked for this many rows reads in bigger blocks
 
 
@@ -391,8 +392,8 @@ class ParquetReader(_Closing):
         self.path, self.chunk_rows = fmt.path, chunk_rows
         if fmt.path.stat().st_size == 0:
             raise DataError(f"{fmt.path} is empty; expected a Parquet file")
-        try:
-            self._file = pq.ParquetFile(fmt.path)
+        try:  # buffered column reads, nothing pre-buffered: memory stays bounded by a chunk, not the file
+            self._file = pq.ParquetFile(fmt.path, buffer_size=PARQUET_BUFFER_BYTES, pre_buffer=False)
         except (pa.ArrowInvalid, OSError) as e:
             raise DataError(f"cannot read {fmt.path} as Parquet: {e}") from None
         self.schema = self._file.schema_arrow.remove_metadata()
@@ -566,28 +567,61 @@ def backend(name: str | None = None) -> Backend:
 
 # ---- whole columns, for training ----------------------------------------------------------------------------
 
-def read_table(path: str | Path, columns: Sequence[str] | Callable[[list[str]], Sequence[str]], *,
-               delimiter: str | None = None, parameter: str = "path", on_rows: Callable[[int], None] | None = None,
-               backend_name: str | None = None) -> tuple[list[str], dict[str, np.ndarray]]:
-    """The file's column names and the chosen columns as float64 arrays, read by the rules `torchport predict`
-    reads with. ``columns`` names them, or picks them from the header (a function of the column names that
-    may raise its own error). ``on_rows(rows_read)`` is called after each chunk."""
+class TableChunks(_Closing):
+    """A table file's chosen columns as float64 chunks (iterate once), with its ``header`` and the chosen
+    ``names``; closing it closes the file."""
+
+    def __init__(self, reader, header: list[str], names: list[str]):
+        self._reader, self.header, self.names = reader, header, names
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        done = 0
+        for chunk in self._reader.chunks():
+            values = self._reader.features(chunk, self.names, done + 1, np.float64)
+            done += len(values)
+            yield values
+
+    def close(self) -> None:
+        self._reader.close()
+
+
+def table_chunks(path: str | Path, columns: Sequence[str] | Callable[[list[str]], Sequence[str]], *,
+                 chunk_rows: int = WHOLE_TABLE_ROWS, delimiter: str | None = None, parameter: str = "path",
+                 backend_name: str | None = None) -> TableChunks:
+    """The file's chosen columns as float64 chunks of up to ``chunk_rows`` rows, read by the rules `torchport
+    predict` reads with (a bad cell is named by its row in the file): memory stays bounded by a chunk.
+    ``columns`` names them, or picks them from the header (a function of the column names that may raise its
+    own error). Use it in a ``with`` block: the file stays open until it is closed."""
     path = Path(path)
     fmt = table_format(path, parameter, delimiter)
     chosen = backend(backend_name)
     chosen.require(fmt, parameter)
     if not path.is_file():
         raise InputError(f"{path} " + ("is not a file" if path.exists() else "does not exist"), parameter=parameter)
-    with chosen.reader(fmt, WHOLE_TABLE_ROWS) as reader:
+    reader = chosen.reader(fmt, chunk_rows)
+    try:
         header = list(reader.columns)
         check_columns(path, header, [], [])
         names = list(columns(header) if callable(columns) else columns)
         check_columns(path, header, names, [])
+    except BaseException:
+        reader.close()
+        raise
+    return TableChunks(reader, header, names)
+
+
+def read_table(path: str | Path, columns: Sequence[str] | Callable[[list[str]], Sequence[str]], *,
+               delimiter: str | None = None, parameter: str = "path", on_rows: Callable[[int], None] | None = None,
+               backend_name: str | None = None) -> tuple[list[str], dict[str, np.ndarray]]:
+    """The file's column names and the chosen columns as float64 arrays, read by the rules `torchport predict`
+    reads with. ``columns`` names them, or picks them from the header (a function of the column names that
+    may raise its own error). ``on_rows(rows_read)`` is called after each chunk."""
+    with table_chunks(path, columns, delimiter=delimiter, parameter=parameter, backend_name=backend_name) as chunks:
         parts, done = [], 0
-        for chunk in reader.chunks():
-            parts.append(reader.features(chunk, names, done + 1, np.float64))
-            done += len(parts[-1])
+        for values in chunks:
+            parts.append(values)
+            done += len(values)
             if on_rows is not None:
                 on_rows(done)
-    values = np.concatenate(parts) if parts else np.empty((0, len(names)))
-    return header, {name: np.ascontiguousarray(values[:, j]) for j, name in enumerate(names)}
+    values = np.concatenate(parts) if parts else np.empty((0, len(chunks.names)))
+    return chunks.header, {name: np.ascontiguousarray(values[:, j]) for j, name in enumerate(chunks.names)}

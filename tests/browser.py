@@ -15,7 +15,7 @@ from typing import Iterator
 
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, with_default_signals
 
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync"]
@@ -80,7 +80,7 @@ def browser(user_data_dir: Path) -> Iterator[object]:
 def web_server(bundle: Path) -> Iterator[str]:
     """examples/web/serve.py for ``bundle`` on a free port of 127.0.0.1; yields the page's URL."""
     assert (WEB / "node_modules" / "onnxruntime-web").is_dir(), "run `make setup` (npm ci in examples/web)"
-    proc = subprocess.Popen([sys.executable, str(WEB / "serve.py"), str(bundle), "--port", "0"],
+    proc = subprocess.Popen(with_default_signals([sys.executable, WEB / "serve.py", bundle, "--port", "0"]),
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     try:
         line = proc.stdout.readline()

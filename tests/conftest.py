@@ -1,32 +1,84 @@
-"""Shared fixtures: one real bundle of the tutorial's model, trained and exported by the real CLI."""
+"""Shared fixtures and the two test tiers.
+
+Tiers: `make test` (plain `pytest`) runs the fast tier; `make test-all` (`pytest --full`) runs every test.
+A test belongs to the full tier only when it carries the `full` marker: `@pytest.mark.full` on a test, or
+`pytestmark = pytest.mark.full` at the top of a module. Mark what is heavy: AOTInductor compiles, native
+builds, the browser, long trainings, property tests with many examples, servers under load. (`slow`, the
+older name, and `--slow` mean the same.) The fast tier leaves them out (deselected, and counted as such).
+
+Bundles: `seed_bundle` and `mlr_mlp_bundle` are copies of bundles checked in under tests/data/current (made
+by the real `torchport train`; its README says how to make them again), so that tests of the runtime, the
+server and the other commands need no training; `trained_seed_bundle` is trained in the session, for the
+tests of what `torchport train` prints and writes. `run_cli` runs `torchport` in this process (tests/
+inprocess.py); `run_script` runs the installed console script as a subprocess."""
 from __future__ import annotations
 
 import os
 import platform
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from inprocess import run_in_process
+
 ROOT = Path(__file__).resolve().parent.parent
 DATA = Path(__file__).resolve().parent / "data"
+CURRENT = DATA / "current"
 BIN = Path(sys.executable).parent
 
 
-def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None, timeout: float = 300,
-            exe: Path | None = None) -> subprocess.CompletedProcess:
-    """Run the installed `torchport` console script; capture text output."""
+# A child inherits ignored signals, and a test run as a background job (`make test &`, nohup, `trap '' INT`)
+# has SIGINT ignored: a child that a test will signal starts through this shim, which puts SIGINT and SIGTERM
+# back to their default actions and then executes the command in the same process (same pid).
+DEFAULT_SIGNALS = ("import os, signal, sys; "
+                   "[signal.signal(s, signal.SIG_DFL) for s in (signal.SIGINT, signal.SIGTERM)]; "
+                   "os.execv(sys.argv[1], sys.argv[1:])")
+
+
+def with_default_signals(command: list[str]) -> list[str]:
+    """``command`` (its first item a path) to run with SIGINT and SIGTERM at their default actions."""
+    return [sys.executable, "-c", DEFAULT_SIGNALS, *map(str, command)]
+
+
+def run_script(*args: str, cwd: Path | None = None, env: dict | None = None, timeout: float = 300,
+               exe: Path | None = None) -> subprocess.CompletedProcess:
+    """Run the installed `torchport` console script (or ``exe``) as a subprocess; capture text output."""
     return subprocess.run([str(exe or BIN / "torchport"), *args], cwd=cwd, capture_output=True, text=True,
                           timeout=timeout, env={**os.environ, **(env or {})})
 
 
+def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None, timeout: float = 300,
+            exe: Path | None = None) -> subprocess.CompletedProcess:
+    """`torchport ARGS`: in this process (no timeout there), or as a subprocess when ``env`` or ``exe`` is
+    given (an environment is read at start-up; another install is another interpreter)."""
+    if env is not None or exe is not None:
+        return run_script(*args, cwd=cwd, env=env, timeout=timeout, exe=exe)
+    return run_in_process(list(args), cwd=cwd)
+
+
+def checked_in(name: str, tmp_path_factory) -> Path:
+    """A copy of tests/data/current/NAME, which tests may change without touching the repository."""
+    out = tmp_path_factory.mktemp("bundles") / name
+    shutil.copytree(CURRENT / name, out)
+    return out
+
+
 @pytest.fixture(scope="session")
 def seed_bundle(tmp_path_factory) -> Path:
-    """`torchport train --out <tmp>/seed` with the defaults: the tutorial's model, exported and verified."""
+    """The tutorial's model as `torchport train --no-plots` writes it (checked in: tests/data/current/seed)."""
+    return checked_in("seed", tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def trained_seed_bundle(tmp_path_factory) -> Path:
+    """`torchport train --out <tmp>/seed` with the defaults, run now by the console script: the tutorial's
+    model, exported and verified, with its plots; what it printed is in train_stdout.txt beside it."""
     out = tmp_path_factory.mktemp("bundles") / "seed"
-    proc = run_cli("train", "--out", str(out), "--no-progress")
+    proc = run_script("train", "--out", str(out), "--no-progress")  # the main job, as users run it
     assert proc.returncode == 0, proc.stderr
     (out.parent / "train_stdout.txt").write_text(proc.stdout)
     return out
@@ -34,12 +86,9 @@ def seed_bundle(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def mlr_mlp_bundle(tmp_path_factory) -> Path:
-    """The 3-32-32-1 MLP on plant_richness_mlr (the hot path's reference MLP), default formats, no plots."""
-    out = tmp_path_factory.mktemp("bundles") / "mlr-mlp"
-    proc = run_cli("train", "--data", "plant_richness_mlr", "--model", "mlp", "--hidden", "32,32", "--epochs", "100",
-                   "--no-progress", "--no-plots", "--out", str(out))
-    assert proc.returncode == 0, proc.stderr
-    return out
+    """The 3-32-32-1 MLP on plant_richness_mlr (the hot path's reference MLP), default formats, no plots
+    (checked in: tests/data/current/mlr-mlp)."""
+    return checked_in("mlr-mlp", tmp_path_factory)
 
 
 STATUS_LINE = re.compile(r"^torchport \w+: \[ *\d+\.\d s\] ")
@@ -114,16 +163,21 @@ def manifest_pair(manifest: dict, reference: str, candidate: str) -> dict | None
 
 
 def pytest_addoption(parser):
-    parser.addoption("--slow", action="store_true", default=False, help="also run tests marked slow")
+    parser.addoption("--full", action="store_true", default=False,
+                     help="run the full tier too: the tests marked full (what `make test-all` runs)")
+    parser.addoption("--slow", action="store_true", default=False, help="the same as --full (its older name)")
 
 
 def pytest_collection_modifyitems(config, items):
-    if config.getoption("--slow"):
+    """The fast tier: every test but those marked full (or slow), which are deselected."""
+    if config.getoption("--full") or config.getoption("--slow"):
         return
-    skip = pytest.mark.skip(reason="slow: run with --slow")
+    fast, full = [], []
     for item in items:
-        if "slow" in item.keywords:
-            item.add_marker(skip)
+        (full if item.get_closest_marker("full") or item.get_closest_marker("slow") else fast).append(item)
+    if full:
+        config.hook.pytest_deselected(items=full)
+        items[:] = fast
 
 
 PARITY_STATS = {"cases": 0, "worst": 0.0, "worst_case": None}

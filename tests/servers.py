@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from conftest import BIN
+from conftest import BIN, with_default_signals
 
 
 def free_port() -> int:
@@ -62,7 +62,7 @@ def serving(path: Path, *options: str, grpc: bool = False, tls_ca: Path | None =
     if grpc_port is not None:
         command += ["--grpc-port", str(grpc_port)]
     with open(log, "w") as err:
-        proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=err, text=True)
+        proc = subprocess.Popen(with_default_signals(command), stdout=subprocess.DEVNULL, stderr=err, text=True)
     server = Server(proc, port, grpc_port, log, tls_ca)
     try:
         deadline = time.monotonic() + 90

@@ -132,6 +132,7 @@ def seed_session(seed_bundle):
     return Predictor(seed_bundle, providers="cpu"), ort.InferenceSession(str(seed_bundle / "model.onnx"))
 
 
+@pytest.mark.full
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(x=arrays())
 def test_predict_never_crashes_or_answers_a_wrong_shape(seed_session, x):
@@ -151,6 +152,7 @@ def test_predict_never_crashes_or_answers_a_wrong_shape(seed_session, x):
         np.testing.assert_array_equal(y, reference)
 
 
+@pytest.mark.full
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(rows=st.lists(st.lists(st.one_of(st.floats(-1e6, 1e6), st.integers(-5, 5), st.text(max_size=2),
                                         st.none()), min_size=0, max_size=3), max_size=6))
@@ -186,6 +188,7 @@ def fuzz_server(seed_bundle):
         yield server.proc, server.port
 
 
+@pytest.mark.full
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(payload=payloads)
 def test_infer_endpoint_never_answers_5xx(fuzz_server, payload):
@@ -198,6 +201,7 @@ def test_infer_endpoint_never_answers_5xx(fuzz_server, payload):
     assert proc.poll() is None
 
 
+@pytest.mark.full
 def test_server_still_answers_after_the_fuzzing(fuzz_server):
     proc, port = fuzz_server
     request = {"inputs": [{"name": "features", "shape": [1, 1], "datatype": "FP32", "data": [3.0]}]}

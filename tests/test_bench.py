@@ -135,6 +135,7 @@ def test_malformed_bench_json_is_refused_naming_the_key(quick_run, change, messa
         BenchReport.from_json(broken)
 
 
+@pytest.mark.full
 def test_mlp_has_no_numpy_floor_and_takes_chosen_batch_sizes(tmp_path):
     bundle = tmp_path / "mlp"
     proc = run_cli("train", "--data", "plant_richness_mlr", "--model", "mlp", "--hidden", "8", "--epochs", "20",

@@ -21,6 +21,8 @@ from torchport.benchmarks.report import cells
 from torchport.runtime import Predictor
 from torchport.runtime.bundle import sha256_file
 
+pytestmark = pytest.mark.full  # a headless Chromium
+
 READY = "body[data-state=ready], body[data-state=error]"
 A4 = {"width": 794, "height": 1123}  # CSS pixels of an A4 page
 
@@ -61,9 +63,9 @@ def page_values(page) -> list[tuple[list, object, str]]:
     return [(json.loads(key), json.loads(value), text) for key, value, text in found]
 
 
-def test_the_bundles_report_shows_the_manifests_figures(seed_bundle, chromium, shots):
-    manifest = json.loads((seed_bundle / "manifest.json").read_text())
-    w = watch(chromium, (seed_bundle / "report" / "index.html").as_uri())
+def test_the_bundles_report_shows_the_manifests_figures(trained_seed_bundle, chromium, shots):
+    manifest = json.loads((trained_seed_bundle / "manifest.json").read_text())
+    w = watch(chromium, (trained_seed_bundle / "report" / "index.html").as_uri())
     values = page_values(w.page)
     for path, value, _ in values:
         assert value == resolve(manifest, path), path
@@ -80,7 +82,7 @@ def test_the_bundles_report_shows_the_manifests_figures(seed_bundle, chromium, s
         assert keys["parity", "pairs", i, "passed"][0] is p["passed"]
     for name in manifest["files"]:
         if name != "report/index.html":
-            assert keys["files", name, "sha256"][0] == sha256_file(seed_bundle / name)
+            assert keys["files", name, "sha256"][0] == sha256_file(trained_seed_bundle / name)
     assert len(w.page.locator("section#plots img").all()) == 3
     assert all(url.startswith("file:") for url in w.requests), w.requests  # plots inline, nothing fetched
     w.shot(shots, "report")

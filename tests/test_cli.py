@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, run_cli
+from conftest import ROOT, run_cli, run_script
 
 
 def test_help_lists_the_commands():
-    proc = run_cli("--help")
+    proc = run_script("--help")  # the console script itself
     assert proc.returncode == 0
     for command in ("train", "export", "verify", "predict", "bench"):
         assert command in proc.stdout
@@ -44,7 +44,7 @@ def test_bad_invocations_exit_2_with_one_line(tmp_path, args, message):
 
 def test_unreadable_csv_is_one_line(tmp_path):
     (tmp_path / "d.csv").write_bytes(b"\xff\xfe\x00garbage\x00")
-    proc = run_cli("train", "--data", "d.csv", "--target", "y", "--no-progress", cwd=tmp_path)
+    proc = run_script("train", "--data", "d.csv", "--target", "y", "--no-progress", cwd=tmp_path)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.count("\n") == 1 and "d.csv" in proc.stderr
 
@@ -60,6 +60,7 @@ def base_venv(tmp_path_factory) -> Path:
     return venv
 
 
+@pytest.mark.full
 def test_base_install_runs_the_runtime_without_torch(base_venv, seed_bundle, tmp_path):
     py = str(base_venv / "bin" / "python")
     assert subprocess.run([py, "-c", "import torch"], capture_output=True).returncode != 0
@@ -75,6 +76,7 @@ def test_base_install_runs_the_runtime_without_torch(base_venv, seed_bundle, tmp
     assert lines[0] == "area,ntv_rich_pred" and abs(float(lines[1].split(",")[1]) - 2.403) < 0.01
 
 
+@pytest.mark.full
 def test_base_install_checks_the_golden_cases_without_torch(base_venv, seed_bundle, tmp_path):
     code = ("import sys; from torchport.runtime import Predictor; c = Predictor(sys.argv[1]).self_check(); "
             "assert 'torch' not in sys.modules; print(c.checked, c.rows, c.of_bound <= 1)")
@@ -85,6 +87,7 @@ def test_base_install_checks_the_golden_cases_without_torch(base_venv, seed_bund
     assert checked == "True" and int(rows) > 128 and within == "True"
 
 
+@pytest.mark.full
 @pytest.mark.parametrize("command", ["train", "export", "verify"])
 def test_base_install_names_the_missing_extra(base_venv, tmp_path, command):
     proc = run_cli(command, exe=base_venv / "bin" / "torchport", cwd=tmp_path,
@@ -140,6 +143,7 @@ def test_an_unexpected_exception_is_reported_as_a_bug(command, capsys):
     assert capsys.readouterr().err == "torchport probe: error: No such file or directory: given.csv\n"
 
 
+@pytest.mark.full
 def test_a_long_train_says_what_it_is_doing_on_stderr(tmp_path):
     """The status line (runtime/status.py): off a terminal, a line at least every 2 s, each saying the stage;
     training lines give the epoch and the loss. (How soon and how often is shown by the benchmark

@@ -10,7 +10,6 @@ import pickle
 import re
 import shutil
 import subprocess
-import sys
 import tempfile
 import zipfile
 
@@ -52,6 +51,7 @@ def _rewrite_manifest(bundle, change):
     path.write_text(json.dumps(obj))
 
 
+@pytest.mark.full
 def test_train_with_every_format_writes_and_verifies_all_four(aoti_seed_bundle):
     m = Bundle.open(aoti_seed_bundle).manifest
     assert m.export.formats == ("onnx", "torchscript", "exported", "aoti")
@@ -66,6 +66,7 @@ def test_train_with_every_format_writes_and_verifies_all_four(aoti_seed_bundle):
     assert {"random 1 rows", "random 2 rows", "random 7 rows", "random 40000 rows"} <= set(cases)
 
 
+@pytest.mark.full
 def test_every_file_says_what_wrote_it(aoti_seed_bundle):
     m = Bundle.open(aoti_seed_bundle).manifest
     for name, entry in m.files.items():
@@ -82,6 +83,7 @@ def test_every_file_says_what_wrote_it(aoti_seed_bundle):
     assert "the same model compiled by AOTInductor for the CPU" in (aoti_seed_bundle / "report" / "index.html").read_text()
 
 
+@pytest.mark.full
 @pytest.mark.parametrize("rows", [1, 2, 1000, 1 << 20])
 def test_plain_torch_loaders_answer_like_model_onnx(aoti_seed_bundle, aoti_mlp_bundle, rows):
     for bundle in (aoti_seed_bundle, aoti_mlp_bundle):
@@ -95,6 +97,7 @@ def test_plain_torch_loaders_answer_like_model_onnx(aoti_seed_bundle, aoti_mlp_b
                 np.testing.assert_allclose(found.numpy(), expected, atol=ATOL, rtol=RTOL)
 
 
+@pytest.mark.full
 def test_packages_answer_like_model_onnx_up_to_16m_rows(aoti_seed_bundle, aoti_mlp_bundle):
     rows = 1 << 24
     for bundle in (aoti_seed_bundle, aoti_mlp_bundle):
@@ -110,6 +113,7 @@ def test_packages_answer_like_model_onnx_up_to_16m_rows(aoti_seed_bundle, aoti_m
         del found, x
 
 
+@pytest.mark.full
 def test_load_model_follows_the_predictors_input_rules(aoti_mlp_bundle):
     import pandas as pd
     predictor = Predictor(aoti_mlp_bundle)
@@ -135,6 +139,7 @@ def test_load_model_follows_the_predictors_input_rules(aoti_mlp_bundle):
         load_model(aoti_mlp_bundle, "onnx")
 
 
+@pytest.mark.full
 @pytest.mark.parametrize("name", [AOTI_FILE, EXPORTED_FILE])
 def test_a_tampered_file_is_refused_before_it_is_loaded(aoti_seed_bundle, tmp_path, name):
     bad = _copy(aoti_seed_bundle, tmp_path)
@@ -149,6 +154,7 @@ def test_a_tampered_file_is_refused_before_it_is_loaded(aoti_seed_bundle, tmp_pa
     assert len(proc.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.full
 def test_a_package_this_machine_cannot_run_is_refused_with_a_message(aoti_seed_bundle, tmp_path):
     cases = {"cpu": lambda r: r.update(cpu_flags=r["cpu_flags"] + ["avx512_imaginary"]),
              "torch": lambda r: r.update(torch="1.0.0"),
@@ -168,6 +174,7 @@ def test_a_package_this_machine_cannot_run_is_refused_with_a_message(aoti_seed_b
     assert "not run: aoti on cpu" in proc.stdout and "AOTInductor" not in proc.stdout.split("not run")[0]
 
 
+@pytest.mark.full
 def test_a_package_without_requirements_is_not_loaded(aoti_seed_bundle, tmp_path):
     other = _copy(aoti_seed_bundle, tmp_path)
     _rewrite_manifest(other, lambda obj: obj["files"][AOTI_FILE].pop("writer"))
@@ -191,6 +198,7 @@ def _zmm_instructions(package_path) -> int:
         return count
 
 
+@pytest.mark.full
 @pytest.mark.skipif(not X86, reason="x86-64 levels are an x86 matter")
 def test_an_x86_64_v3_package_needs_and_uses_no_avx512(aoti_mlp_bundle):
     r = Bundle.open(aoti_mlp_bundle).manifest.files[AOTI_FILE].writer.requires
@@ -199,11 +207,11 @@ def test_an_x86_64_v3_package_needs_and_uses_no_avx512(aoti_mlp_bundle):
     assert _zmm_instructions(aoti_mlp_bundle / AOTI_FILE) == 0
 
 
-def test_load_refuses_a_program_that_would_unpickle_or_run_code(aoti_seed_bundle, tmp_path):
+def test_load_refuses_a_program_that_would_unpickle_or_run_code(seed_bundle, tmp_path):
     """model.pt2 archives that torch.export.load would unpickle objects from, or run code of, are refused
     before torch sees them (the manifest re-hashed, as a hostile bundle would be)."""
     marker = tmp_path / "ran"
-    source = (aoti_seed_bundle / EXPORTED_FILE).read_bytes()
+    source = (seed_bundle / EXPORTED_FILE).read_bytes()
 
     def rebuilt(edit) -> bytes:
         out = io.BytesIO()
@@ -237,7 +245,7 @@ def test_load_refuses_a_program_that_would_unpickle_or_run_code(aoti_seed_bundle
         "a symbolic shape that is code": (json_edit("models/model.json", evil_shape), "not plain arithmetic"),
     }
     for what, (edit, message) in edits.items():
-        bad = _copy(aoti_seed_bundle, tmp_path, what.replace(" ", "_"))
+        bad = _copy(seed_bundle, tmp_path, what.replace(" ", "_"))
         (bad / EXPORTED_FILE).write_bytes(rebuilt(edit))
         _rewrite_manifest(bad, lambda obj: obj["files"][EXPORTED_FILE].update(sha256=sha256_file(bad / EXPORTED_FILE)))
         with pytest.raises(BundleError, match=message):
@@ -255,6 +263,7 @@ class _Touch:
         return (open, (self.path, "w"))
 
 
+@pytest.mark.full
 def test_a_package_that_carries_a_program_with_pickles_is_refused(aoti_seed_bundle, tmp_path):
     """torch's package loader also loads any ExportedProgram in the archive, unpickling its pickled weights
     with the full unpickler: such a package is refused before torch sees it (the manifest re-hashed)."""
@@ -323,6 +332,7 @@ def test_a_module_torchport_does_not_define_can_be_bundled(module_bundle):
     assert f"module {__name__}.Residual" in page and "the same model as a torch.export ExportedProgram" in page
 
 
+@pytest.mark.full
 def test_verify_export_and_bench_work_on_such_a_bundle(module_bundle, tmp_path):
     _, out, _, x = module_bundle
     proc = run_cli("verify", str(out), "--no-record")
@@ -352,18 +362,11 @@ def test_module_bundle_mistakes_are_refused(tmp_path):
     assert not any((tmp_path / "x").iterdir())
 
 
-NO_TORCHSCRIPT = """
-import sys, torch
-del torch.jit.{name}            # as if torch had removed TorchScript
-from torchport.runtime.cli import main
-sys.exit(main(sys.argv[1:]))
-"""
-
-
-def test_without_torchscript_the_bundle_is_written_without_it(seed_bundle, tmp_path):
+def test_without_torchscript_the_bundle_is_written_without_it(seed_bundle, tmp_path, monkeypatch):
     out = tmp_path / "no-ts"
-    proc = subprocess.run([sys.executable, "-c", NO_TORCHSCRIPT.format(name="script"), "export", str(seed_bundle),
-                           "--out", str(out)], capture_output=True, text=True, timeout=300)
+    with monkeypatch.context() as patched:
+        patched.delattr(torch.jit, "script")  # as if torch had removed TorchScript
+        proc = run_cli("export", str(seed_bundle), "--out", str(out))
     assert proc.returncode == 0, proc.stderr
     lines = [line for line in proc.stdout.splitlines() if "torchscript: not written" in line]
     assert len(lines) == 1 and "did not write TorchScript" in lines[0]
@@ -375,16 +378,17 @@ def test_without_torchscript_the_bundle_is_written_without_it(seed_bundle, tmp_p
     assert proc.returncode == 2 and f"holds no {TORCHSCRIPT_FILE} for the libtorch backend" in proc.stderr
 
 
-def test_verify_and_bench_skip_a_torchscript_file_torch_cannot_load(seed_bundle, tmp_path):
+def test_verify_and_bench_skip_a_torchscript_file_torch_cannot_load(seed_bundle, tmp_path, monkeypatch):
+    monkeypatch.delattr(torch.jit, "load")  # as if torch had removed TorchScript
     for args in (["verify", str(seed_bundle), "--no-record"],
                  ["bench", str(seed_bundle), "--quick", "--batch-sizes", "1", "--out", str(tmp_path / "b")]):
-        proc = subprocess.run([sys.executable, "-c", NO_TORCHSCRIPT.format(name="load"), *args],
-                              capture_output=True, text=True, timeout=300)
+        proc = run_cli(*args)
         assert proc.returncode == 0, proc.stderr
         assert "Traceback" not in proc.stderr
         assert f"{TORCHSCRIPT_FILE} not run: torch" in proc.stdout or "not run: torchscript on cpu" in proc.stdout
 
 
+@pytest.mark.full
 def test_assert_parity_covers_every_format_and_old_manifests_stay_readable(aoti_seed_bundle, tmp_path):
     report = assert_parity(aoti_seed_bundle)
     every = {("float64", f) for f in ("torch", "torchscript", "exported", "aoti", "onnxruntime")}

@@ -18,6 +18,8 @@ from torchport.runtime import Predictor
 from torchport.runtime.bundle import AOTI_FILE, MANIFEST
 from torchport.runtime.cpus import usable_cpus
 
+pytestmark = pytest.mark.full  # a CMake build against libtorch and AOTInductor compiles
+
 APP = ROOT / "examples" / "cpp"
 
 

@@ -215,6 +215,7 @@ def test_cold_start_needs_no_torch(seed_bundle):
     assert result["mods"] == [] and abs(result["y"][0][0] - 2.40342) < 1e-4
 
 
+@pytest.mark.full
 def test_benchmark_quick_run_writes_complete_json(seed_bundle, tmp_path):
     """The benchmark's smoke run: it completes and records every figure (no timing is asserted)."""
     out = tmp_path / "hot_path.json"

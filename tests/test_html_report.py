@@ -46,10 +46,10 @@ def page(bundle: Path) -> Page:
     return Page((bundle / REPORT_HTML).read_text(encoding="utf-8"))
 
 
-def test_the_page_is_a_hashed_file_that_loads_nothing(seed_bundle):
-    m = Bundle.open(seed_bundle).manifest
-    assert m.files[REPORT_HTML].sha256 == sha256_file(seed_bundle / REPORT_HTML)
-    p = page(seed_bundle)
+def test_the_page_is_a_hashed_file_that_loads_nothing(trained_seed_bundle):
+    m = Bundle.open(trained_seed_bundle).manifest
+    assert m.files[REPORT_HTML].sha256 == sha256_file(trained_seed_bundle / REPORT_HTML)
+    p = page(trained_seed_bundle)
     assert not [t for t, _ in p.tags if t in ("script", "iframe", "object", "embed")]
     links = [a.get(k) for _, a in p.tags for k in ("src", "href") if a.get(k) is not None]
     assert links and all(v.startswith(("data:", "#")) for v in links), links
@@ -115,24 +115,24 @@ def test_report_of_a_format_1_bundle_with_the_reference_benchmark(tmp_path):
     assert "time to fit" in text and "n/a" in text  # format-1 records did not keep it
 
 
-def test_report_refuses_to_write_into_the_bundle_or_over_a_page(seed_bundle, tmp_path, capsys):
+def test_report_refuses_to_write_into_the_bundle_or_over_a_page(trained_seed_bundle, tmp_path, capsys):
     def report(*args: str) -> tuple[int, str]:
         code = main(["report", *map(str, args)])
         return code, capsys.readouterr().err
 
-    before = sorted(p.name for p in seed_bundle.rglob("*"))
-    code, err = report(seed_bundle, "--out", seed_bundle / "report")
+    before = sorted(p.name for p in trained_seed_bundle.rglob("*"))
+    code, err = report(trained_seed_bundle, "--out", trained_seed_bundle / "report")
     assert code == 2 and "never changes a bundle" in err and "(--out)" in err
-    assert sorted(p.name for p in seed_bundle.rglob("*")) == before
-    assert report(seed_bundle, "--out", tmp_path)[0] == 0
-    code, err = report(seed_bundle, "--out", tmp_path)
+    assert sorted(p.name for p in trained_seed_bundle.rglob("*")) == before
+    assert report(trained_seed_bundle, "--out", tmp_path)[0] == 0
+    code, err = report(trained_seed_bundle, "--out", tmp_path)
     assert code == 2 and "index.html exists; use --force (to replace it)" in err
     code, err = report(DATA / "v1" / "mlp", "--out", tmp_path / "m", "--bench", REFERENCE_BENCH)
     assert code == 2 and "has no results for" in err and "(--bench)" in err
     (tmp_path / "bad.json").write_text('{"format": NaN}')
-    code, err = report(seed_bundle, "--out", tmp_path / "n", "--bench", tmp_path / "bad.json")
+    code, err = report(trained_seed_bundle, "--out", tmp_path / "n", "--bench", tmp_path / "bad.json")
     assert code == 2 and "is not a JSON file" in err and "Traceback" not in err
-    shutil.copytree(seed_bundle, tmp_path / "bad")
+    shutil.copytree(trained_seed_bundle, tmp_path / "bad")
     (tmp_path / "bad" / "report" / "loss.png").write_bytes(b"not the plot")
     code, err = report(tmp_path / "bad", "--out", tmp_path / "t")
     assert code == 2 and "report/loss.png does not match the manifest" in err

@@ -1,8 +1,10 @@
-"""train/inference.py: statsmodels' OLS table checked against an independent closed form to 1e-6.
+"""train/inference.py: the least-squares core's OLS table checked against an independent closed form to 1e-6,
+and against statsmodels' OLS for a model without an intercept.
 
-The reference below shares no code with statsmodels' path: the coefficients come from a QR factorisation
-(statsmodels uses a pseudo-inverse), the covariance from the inverse of R, and the p-values and t quantiles
-from the regularised incomplete beta function and a root finder (statsmodels uses scipy.stats' t and F)."""
+The reference below shares no code with the table's path: the coefficients come from numpy's QR
+factorisation of the raw design (the table's from train/lstsq.py's refined QR of centred, scaled columns),
+the covariance from the inverse of R, and the p-values and t quantiles from the regularised incomplete beta
+function and a root finder (the table uses scipy.stats' t and F)."""
 import json
 import math
 
@@ -69,7 +71,7 @@ def synthetic():
 
 
 @pytest.mark.parametrize("case", ["plant_richness_lr", "plant_richness_mlr", "synthetic"])
-def test_statsmodels_table_matches_the_closed_form_to_1e_6(case):
+def test_the_table_matches_the_closed_form_to_1e_6(case):
     if case == "synthetic":
         X, y, features, targets = synthetic()
     else:
@@ -119,14 +121,39 @@ def test_json_has_todays_layout_and_reads_back():
     d = load_dataset("plant_richness_mlr")
     record = ols_inference(d.X, d.y, d.feature_names, d.target_names)
     obj = json.loads(json.dumps(record.to_json(), allow_nan=False))
-    assert list(obj) == ["method", "library", "confidence", "features", "targets"]
-    assert obj["features"] == d.feature_names and obj["library"].startswith("statsmodels ")
+    assert list(obj) == ["method", "library", "confidence", "fit_intercept", "features", "targets"]
+    assert obj["features"] == d.feature_names and obj["library"].startswith("torchport.train.lstsq, scipy ")
+    assert obj["fit_intercept"] is True and obj["method"].startswith("ordinary least squares with intercept: ")
     table = obj["targets"][0]
     assert list(table) == ["target", "n", "df_model", "df_resid", "coefficients", "r2", "adj_r2", "f", "f_p",
                            "residual_se"]
     assert list(table["coefficients"][0]) == ["term", "estimate", "std_error", "t", "p", "ci_low", "ci_high"]
     assert Inference.from_json(obj) == record
     assert format_inference(Inference.from_json(obj)) == format_inference(record)
+    del obj["fit_intercept"]  # records from before it was kept had an intercept
+    assert Inference.from_json(obj) == record
+
+
+def test_without_an_intercept_the_table_is_statsmodels_for_a_model_without_a_constant():
+    """Uncentred R^2 and adjusted R^2, n - p residual degrees of freedom, the F test against the zero model."""
+    import statsmodels.api as sm
+    X, y, features, targets = synthetic()
+    record = ols_inference(X, y, features, targets, fit_intercept=False)
+    assert record.fit_intercept is False and record.method.startswith("ordinary least squares without intercept")
+    for j, table in enumerate(record.targets):
+        fit = sm.OLS(y[:, j], X).fit(method="qr")
+        assert [c.term for c in table.coefficients] == features
+        ci = fit.conf_int(0.05)
+        for key, reference in [("estimate", fit.params), ("std_error", fit.bse), ("t", fit.tvalues),
+                               ("p", fit.pvalues), ("ci_low", ci[:, 0]), ("ci_high", ci[:, 1])]:
+            np.testing.assert_allclose([getattr(c, key) for c in table.coefficients], reference, rtol=1e-9,
+                                       err_msg=key)
+        np.testing.assert_allclose([table.r2, table.adj_r2, table.f, table.f_p, table.residual_se],
+                                   [fit.rsquared, fit.rsquared_adj, fit.fvalue, fit.f_pvalue, math.sqrt(fit.scale)],
+                                   rtol=1e-9)
+        assert (table.n, table.df_model, table.df_resid) == (60, 4, 56) == (fit.nobs, fit.df_model, fit.df_resid)
+    text = format_inference(record)
+    assert "y1 ~ a + b + c + d, no intercept (" in text and "uncentred R^2 " in text and "(intercept)" not in text
 
 
 def test_a_missing_number_is_null_and_reads_back_as_none():
@@ -152,13 +179,16 @@ def test_bad_json_is_refused_naming_the_key(change, message):
         Inference.from_json(obj)
 
 
-@pytest.mark.parametrize("X, message", [
-    (np.arange(2.0).reshape(2, 1), "2 rows cannot give standard errors for 2 coefficients"),
-    (np.column_stack([np.arange(8.0), 2 * np.arange(8.0)]), r"collinear \(rank 2 of 3\)"),
+@pytest.mark.parametrize("X, intercept, message", [
+    (np.arange(2.0).reshape(2, 1), True, "2 rows cannot give standard errors for 2 coefficients"),
+    (np.column_stack([np.arange(8.0), 2 * np.arange(8.0)]), True, r"collinear \(rank 2 of 3\)"),
+    (np.arange(1.0, 2.0).reshape(1, 1), False, r"1 rows cannot give standard errors for 1 coefficients \(features\)"),
+    (np.column_stack([np.arange(8.0), 2 * np.arange(8.0)]), False, r"x0, x1 are collinear \(rank 1 of 2\)"),
 ])
-def test_unsupported_data_is_explained(X, message):
+def test_unsupported_data_is_explained(X, intercept, message):
     with pytest.raises(InferenceUnavailable, match=message):
-        ols_inference(X, np.arange(len(X), dtype=float) ** 2, [f"x{i}" for i in range(X.shape[1])], ["y"])
+        ols_inference(X, np.arange(len(X), dtype=float) ** 2, [f"x{i}" for i in range(X.shape[1])], ["y"],
+                      fit_intercept=intercept)
 
 
 def test_a_constant_target_is_explained():
@@ -171,7 +201,7 @@ def test_format_shows_the_figures():
     d = load_dataset("plant_richness_lr")
     text = format_inference(ols_inference(d.X, d.y, d.feature_names, d.target_names))
     lines = text.splitlines()
-    assert lines[0].startswith("least-squares inference for ntv_rich ~ area (statsmodels")
+    assert lines[0].startswith("least-squares inference for ntv_rich ~ area (torchport.train.lstsq, scipy ")
     assert "95% confidence interval" in lines[1]
     assert lines[3].split() == ["area", "0.355739", "0.0362821", "9.805", "4.403e-09", "[0.280056,", "0.431422]"]
     assert "on 20 degrees of freedom" in text and "F 96.1346 on 1 and 20 DF, p 4.403e-09" in text

@@ -6,15 +6,16 @@ import signal
 import subprocess
 import time
 
-from conftest import BIN, run_cli
+from conftest import BIN, run_cli, with_default_signals
 from torchport.runtime import InputError
 from torchport.runtime.locks import OutputLock
 
 
 def start_training(out, *args):
     """A long `torchport train` (the tutorial's SGD for many epochs) that has taken its lock."""
-    proc = subprocess.Popen([str(BIN / "torchport"), "train", "--out", str(out), "--no-progress", "--no-plots",
-                             "--epochs", "20000000", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(with_default_signals([BIN / "torchport", "train", "--out", out, "--no-progress",
+                                                  "--no-plots", "--epochs", "20000000", *args]),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     lock = out.parent / f"{out.name}.lock"
     deadline = time.monotonic() + 240
     while not (lock.exists() and lock.stat().st_size):

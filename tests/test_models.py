@@ -17,6 +17,7 @@ def mlr():
     return load_dataset("plant_richness_mlr")
 
 
+@pytest.mark.full
 def test_mlp_acceptance_command(tmp_path, mlr):
     out = tmp_path / "mlr"
     proc = run_cli("train", "--data", "plant_richness_mlr", "--model", "mlp", "--hidden", "32,32",

@@ -56,20 +56,20 @@ def test_only_inner_dimension_one_is_rewritten(tmp_path):
     assert not (tmp_path / "k3.large.onnx").exists()
 
 
-def test_bundle_holds_both_graphs_and_verify_checks_both(seed_bundle, tmp_path):
+def test_bundle_holds_both_graphs_and_verify_checks_both(trained_seed_bundle, tmp_path):
     """`torchport train` writes model.large_batch.onnx by default; verify runs it against torch."""
-    manifest = json.loads((seed_bundle / "manifest.json").read_text())
+    manifest = json.loads((trained_seed_bundle / "manifest.json").read_text())
     assert manifest["export"]["ops"] == ["Gemm"]
     assert manifest["export"]["large_batch_graph"]["ops"] == ["Add", "Mul"]
     assert "model.large_batch.onnx" in manifest["files"]
     assert manifest_pair(manifest, "float64", "onnxruntime_large_batch")["passed"]
     assert "large-batch graph: model.large_batch.onnx (ops Add, Mul)" in \
-        (seed_bundle.parent / "train_stdout.txt").read_text()
+        (trained_seed_bundle.parent / "train_stdout.txt").read_text()
     x = np.linspace(-2, 6, 1001, dtype=np.float32).reshape(-1, 1)
-    run = lambda f: ort.InferenceSession(str(seed_bundle / f), providers=["CPUExecutionProvider"]).run(
+    run = lambda f: ort.InferenceSession(str(trained_seed_bundle / f), providers=["CPUExecutionProvider"]).run(
         None, {"features": x})[0]
     np.testing.assert_array_equal(run("model.large_batch.onnx"), run("model.onnx"))
-    proc = run_cli("verify", str(seed_bundle), "--no-record")
+    proc = run_cli("verify", str(trained_seed_bundle), "--no-record")
     assert proc.returncode == 0, proc.stderr
     torch_line = re.search(r"max \|torch - float64\| = (\S+)", proc.stdout).group(1)
     assert f"max |onnxruntime_large_batch - float64| = {torch_line} (1x torch's)" in proc.stdout

@@ -237,6 +237,7 @@ def _run_case(case):
             f"y scale {y_scale:.3g}, near zero {near_zero}, opset {opset}"
 
 
+@pytest.mark.full
 @settings(max_examples=12, deadline=None, derandomize=True,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(cases())
@@ -244,8 +245,17 @@ def test_parity_property(case):
     _run_case(case)
 
 
-@pytest.mark.slow
+@pytest.mark.full
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(cases())
 def test_parity_property_slow(case):
     _run_case(case)
+
+
+def test_an_answer_near_zero_made_by_the_target_offset_is_held_to_the_offsets_rounding():
+    """Found by the 150-example property test: a 1-unit ReLU bottleneck that is dead everywhere makes every
+    answer the target scaling's offset minus itself (about 1e-8 from terms near 1.6); float32 torch happened
+    to round that almost exactly, and model.onnx by 0.2 ulp of the offset, 10x torch's error. The floor in
+    ulps of the offset (not only of the tiny answers) tells that rounding from an error."""
+    _run_case((ModelSpec("mlp", 1, 3, hidden=(1, 18, 235, 235), activation="relu", scale_features=True,
+                         scale_targets=True), 434, 1.0, 1.5848931924611136, True, 17, 4411590))

@@ -12,8 +12,8 @@ from torchport.runtime import BundleError, Predictor
 from torchport.runtime.bundle import sha256_file
 
 
-def test_train_prints_the_summary(seed_bundle):
-    out = (seed_bundle.parent / "train_stdout.txt").read_text()
+def test_train_prints_the_summary(trained_seed_bundle):
+    out = (trained_seed_bundle.parent / "train_stdout.txt").read_text()
     assert "tutorial (published)" in out and "exact least squares" in out
     assert "parity: PASSED" in out
     m = re.search(r"prediction at area = 3 through ONNX Runtime \(CPUExecutionProvider\): ([\d.]+)", out)

@@ -142,6 +142,7 @@ def test_steps_hold_bound_regimes_only_as_far_as_a_slot_does():
     assert [s.from_rows for s in steps] == [1, 9, 16385]
 
 
+@pytest.mark.full
 def test_the_under_load_benchmark_records_every_condition(seed_bundle, tmp_path):
     """Its smoke run: every condition, backend and size has a figure (no timing is asserted)."""
     out = tmp_path / "under_load.json"
@@ -159,6 +160,7 @@ def test_the_under_load_benchmark_records_every_condition(seed_bundle, tmp_path)
     assert "busy process per CPU" in proc.stdout and "held:" in proc.stdout
 
 
+@pytest.mark.full
 @pytest.mark.parametrize("table", ["diabetes", "longley"])
 def test_plans_on_real_tables_answer_within_the_parity_bound(tmp_path, table):
     """scikit-learn's diabetes (10 raw features, a 64-64 MLP: the width at which the rules use both threads) and

@@ -2,7 +2,8 @@
 Norris tables with their certified values (tests/data/nist), the tutorial's 3-feature table, and
 scikit-learn's diabetes table (10 features, 442 rows). The linear default ends at the least-squares
 optimum (within 1e-3 of the residual standard error, with the certified estimates and standard errors to
-at least 8 significant digits), and every model kind passes parity on every one of them."""
+at least 9 significant digits), and every model kind passes parity on every one of them. tests/test_lstsq.py
+has the other nine NIST datasets."""
 import json
 import math
 import re
@@ -55,9 +56,9 @@ def test_the_default_linear_fit_is_the_least_squares_optimum(name, tmp_path):
         residual_sd = c["residual_sd"]
         for i, coef in enumerate(table["coefficients"]):
             assert coef["term"] == c["terms"][i]
-            assert digits(coef["estimate"], c["estimate"][i]) >= 8, coef
-            assert digits(coef["std_error"], c["std_error"][i]) >= 8, coef
-        assert digits(table["residual_se"], residual_sd) >= 8 and digits(table["r2"], c["r_squared"]) >= 8
+            assert digits(coef["estimate"], c["estimate"][i]) >= 9, coef
+            assert digits(coef["std_error"], c["std_error"][i]) >= 9, coef
+        assert digits(table["residual_se"], residual_sd) >= 9 and digits(table["r2"], c["r_squared"]) >= 9
     else:
         weight, bias = least_squares_coefficients(data.X, data.y)
         exact = (data.X @ weight.T + bias)[:, 0]
@@ -84,7 +85,8 @@ def tables(tmp_path_factory):
 
 
 @pytest.mark.parametrize("name", ["longley", "norris", "plant_richness_mlr", "diabetes"])
-@pytest.mark.parametrize("settings", [{}, {"model": "mlp"}, {"optimizer": "lbfgs", "scale": "on"}],
+@pytest.mark.parametrize("settings", [{}, pytest.param({"model": "mlp"}, marks=pytest.mark.full),
+                                      {"optimizer": "lbfgs", "scale": "on"}],
                          ids=["linear", "mlp", "lbfgs"])
 def test_every_model_kind_passes_parity_on_every_table(tables, tmp_path, name, settings):
     """Outputs from 0.1 (Norris) to 70,000 (Longley): float32 rounding passes the default criterion."""

@@ -34,8 +34,8 @@ def pixels_like(path, rgb, tol=12) -> int:
     return int(np.all(np.abs(img - np.array(rgb)) <= tol, axis=-1).sum())
 
 
-def test_train_prints_the_statsmodels_table(seed_bundle):
-    out = (seed_bundle.parent / "train_stdout.txt").read_text()
+def test_train_prints_the_statsmodels_table(trained_seed_bundle):
+    out = (trained_seed_bundle.parent / "train_stdout.txt").read_text()
     d = load_dataset("plant_richness_lr")
     record = ols_inference(d.X, d.y, d.feature_names, d.target_names)
     assert format_inference(record) in out
@@ -56,19 +56,19 @@ def test_manifest_inference_matches_the_closed_form(seed_bundle):
     assert text == format_inference(Inference.from_json(stored)) + "\n"
 
 
-def test_report_files_are_listed_with_their_sha256(seed_bundle):
-    m = json.loads((seed_bundle / "manifest.json").read_text())
-    report = sorted(p.relative_to(seed_bundle).as_posix() for p in (seed_bundle / "report").iterdir())
+def test_report_files_are_listed_with_their_sha256(trained_seed_bundle):
+    m = json.loads((trained_seed_bundle / "manifest.json").read_text())
+    report = sorted(p.relative_to(trained_seed_bundle).as_posix() for p in (trained_seed_bundle / "report").iterdir())
     assert report == ["report/index.html", "report/inference.txt", "report/loss.png", "report/regression.png",
                       "report/residuals.png"]
     for name in report:
-        assert m["files"][name]["sha256"] == sha256_file(seed_bundle / name)
-    out = (seed_bundle.parent / "train_stdout.txt").read_text()
+        assert m["files"][name]["sha256"] == sha256_file(trained_seed_bundle / name)
+    out = (trained_seed_bundle.parent / "train_stdout.txt").read_text()
     assert "report/: index.html, inference.txt, loss.png, regression.png, residuals.png)" in out
 
 
-def test_seed_plots_show_what_they_claim(seed_bundle):
-    folder = seed_bundle / "report"
+def test_seed_plots_show_what_they_claim(trained_seed_bundle):
+    folder = trained_seed_bundle / "report"
     for name in ("regression.png", "loss.png", "residuals.png"):
         assert (folder / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert imread(folder / name).shape == (576, 768, 4)
@@ -101,22 +101,22 @@ def test_no_plots_keeps_the_table_only(tmp_path):
     assert "least-squares inference for ntv_rich ~ area" in proc.stdout
 
 
-def test_reexport_carries_the_report_and_refuses_a_tampered_one(seed_bundle, tmp_path):
-    proc = run_cli("export", str(seed_bundle), "--out", str(tmp_path / "again"))
+def test_reexport_carries_the_report_and_refuses_a_tampered_one(trained_seed_bundle, tmp_path):
+    proc = run_cli("export", str(trained_seed_bundle), "--out", str(tmp_path / "again"))
     assert proc.returncode == 0, proc.stderr
-    for p in (seed_bundle / "report").iterdir():
+    for p in (trained_seed_bundle / "report").iterdir():
         if p.name != "index.html":  # the new bundle's page is its own: new parity results and hashes
             assert sha256_file(tmp_path / "again" / "report" / p.name) == sha256_file(p)
     again = json.loads((tmp_path / "again" / "manifest.json").read_text())
     assert again["files"]["report/index.html"]["sha256"] == sha256_file(tmp_path / "again" / "report" / "index.html")
-    shutil.copytree(seed_bundle, tmp_path / "bad")
+    shutil.copytree(trained_seed_bundle, tmp_path / "bad")
     (tmp_path / "bad" / "report" / "loss.png").write_bytes(b"not the plot")
     proc = run_cli("export", str(tmp_path / "bad"), "--out", str(tmp_path / "worse"))
     assert proc.returncode == 2 and "report/loss.png does not match the manifest" in proc.stderr
     assert not (tmp_path / "worse").exists()
 
 
-@pytest.mark.parametrize("blocked", ["statsmodels", "matplotlib"])
+@pytest.mark.parametrize("blocked", ["scipy", "matplotlib"])
 def test_missing_report_library_is_named_before_training(monkeypatch, capsys, tmp_path, blocked):
     from torchport.runtime.cli import main
     monkeypatch.setitem(sys.modules, blocked, None)  # makes `import <blocked>` fail as if not installed

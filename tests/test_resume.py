@@ -6,7 +6,7 @@ import time
 import pytest
 import torch
 
-from conftest import BIN, run_cli
+from conftest import BIN, run_cli, with_default_signals
 
 
 def train_state(path):
@@ -16,7 +16,7 @@ def train_state(path):
 def interrupted_then_resumed(tmp_path, args, min_epoch):
     out = tmp_path / "resumed"
     state = tmp_path / "resumed.train-state.pt"
-    proc = subprocess.Popen([str(BIN / "torchport"), "train", "--out", str(out), "--no-progress", *args],
+    proc = subprocess.Popen(with_default_signals([BIN / "torchport", "train", "--out", out, "--no-progress", *args]),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline and proc.poll() is None:
@@ -41,6 +41,7 @@ def interrupted_then_resumed(tmp_path, args, min_epoch):
     return out, stopped_at
 
 
+@pytest.mark.full  # three long trainings each
 @pytest.mark.parametrize("args, min_epoch", [
     (["--data", "plant_richness_mlr", "--model", "mlp", "--hidden", "16", "--dropout", "0.1", "--batch-size", "4",
       "--epochs", "3000", "--lr-schedule", "cosine"], 300),

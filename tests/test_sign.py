@@ -1,6 +1,8 @@
 """Bundle signatures: `torchport sign` (ed25519 over manifest.json) and Predictor(..., trusted_keys=), which
 refuses an unsigned bundle, one signed by another key, and one whose files and manifest were rewritten
-together after signing (what the manifest's own sha256 cannot catch)."""
+together after signing (what the manifest's own sha256 cannot catch). No command leaves a stale signature:
+verify writes nothing into a signed bundle (or records and signs again with --key), export --triton keeps
+it valid, and re-exports drop it saying so."""
 from __future__ import annotations
 
 import json
@@ -8,6 +10,7 @@ import shutil
 import stat
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -99,3 +102,62 @@ def test_missing_extra_is_named():
             "sys.exit(main(['sign', 'x', '--key', 'k']))")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 2 and "needs the 'sign' extra" in proc.stderr and "torchport[sign]" in proc.stderr
+
+
+def test_verify_leaves_a_signed_bundle_signed(signed, keys):
+    before = (signed / "manifest.json").read_bytes()
+    proc = run_cli("verify", str(signed))
+    assert proc.returncode == 0, proc.stderr
+    assert "parity: PASSED" in proc.stdout
+    assert f"{signed} is signed, so nothing was written into it" in proc.stderr and "--key KEY" in proc.stderr
+    assert (signed / "manifest.json").read_bytes() == before
+    key = Predictor(signed, trusted_keys=[keys / "release.pem.pub"]).signed_by  # what broke before: refused
+    proc = run_cli("verify", str(signed), "--key", str(keys / "release.pem"))  # record, and sign again
+    assert proc.returncode == 0, proc.stderr
+    assert f"recorded the results and signed the new manifest with key {key}" in proc.stderr
+    assert (signed / "manifest.json").read_bytes() != before
+    assert Predictor(signed, trusted_keys=[keys / "release.pem.pub"]).signed_by == key
+    assert sorted(p.name for p in signed.parent.iterdir()) == [signed.name]  # no lock, no staging left
+    proc = run_cli("verify", str(signed), "--key", str(keys / "release.pem"), "--no-record")
+    assert proc.returncode == 2 and "give one of them" in proc.stderr
+
+
+@pytest.mark.full
+def test_every_rewriter_keeps_a_signature_valid_or_drops_it_saying_so(signed, keys, tmp_path):
+    trusted = [keys / "release.pem.pub"]
+    key = Predictor(signed, trusted_keys=trusted).signed_by
+    proc = run_cli("export", str(signed), "--triton", str(tmp_path / "repo"))  # the manifest travels as it is
+    assert proc.returncode == 0, proc.stderr
+    assert Predictor(tmp_path / "repo" / "seed" / "1", trusted_keys=trusted).signed_by == key
+    proc = run_cli("export", str(signed), "--out", str(tmp_path / "again"))  # a new manifest, elsewhere
+    assert proc.returncode == 0, proc.stderr
+    assert f"note: {signed} was signed; the bundle written at {tmp_path / 'again'} is not" in proc.stderr
+    assert not (tmp_path / "again" / "manifest.sig").exists()
+    assert Predictor(signed, trusted_keys=trusted).signed_by == key
+    proc = run_cli("export", str(signed), "--force")  # in place: the signature goes, said so; none is stale
+    assert proc.returncode == 0, proc.stderr
+    assert f"note: {signed} was signed; the bundle written at {signed} is not" in proc.stderr
+    with pytest.raises(BundleError, match="is not signed"):
+        Predictor(signed, trusted_keys=trusted)
+    assert run_cli("sign", str(signed), "--key", str(keys / "release.pem")).returncode == 0
+    proc = run_cli("train", "--out", str(signed), "--force", "--optimizer", "exact", "--formats", "onnx",
+                   "--no-plots", "--no-progress")
+    assert proc.returncode == 0, proc.stderr
+    assert "note: the bundle this run replaced was signed; the new one" in proc.stderr
+    with pytest.raises(BundleError, match="is not signed"):
+        Predictor(signed, trusted_keys=trusted)
+
+
+def test_a_signed_format_1_bundle_stays_signed_until_verify_is_given_the_key(keys, tmp_path):
+    bundle = tmp_path / "seed"
+    shutil.copytree(Path(__file__).parent / "data" / "v1" / "seed", bundle)
+    assert run_cli("sign", str(bundle), "--key", str(keys / "release.pem")).returncode == 0
+    before = (bundle / "manifest.json").read_bytes()
+    proc = run_cli("verify", str(bundle))  # would migrate the manifest to format 2: not into a signed bundle
+    assert proc.returncode == 0 and "is signed, so nothing was written" in proc.stderr, proc.stderr
+    assert (bundle / "manifest.json").read_bytes() == before
+    Predictor(bundle, trusted_keys=[keys / "release.pem.pub"])
+    proc = run_cli("verify", str(bundle), "--key", str(keys / "release.pem"))
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads((bundle / "manifest.json").read_text())["format_version"] == 2
+    Predictor(bundle, trusted_keys=[keys / "release.pem.pub"])

@@ -108,9 +108,9 @@ def test_clone_gives_equal_params_and_an_unfitted_copy():
 def test_params_rebuild_the_estimator():
     reg = Regressor(model="mlp", hidden=(4,), optimizer="lbfgs", epochs=7, checkpoint="x.pt")
     params = reg.get_params()
-    assert list(params) == ["model", "hidden", "activation", "dropout", "scale", "optimizer", "lr", "momentum",
-                            "epochs", "batch_size", "val_fraction", "patience", "lr_schedule", "seed", "device",
-                            "progress", "checkpoint"]
+    assert list(params) == ["model", "hidden", "activation", "dropout", "fit_intercept", "scale", "optimizer", "lr",
+                            "momentum", "epochs", "batch_size", "val_fraction", "patience", "lr_schedule", "seed",
+                            "device", "progress", "checkpoint"]
     again = Regressor(**params)
     assert again.get_params() == params
     assert reg.set_params(epochs=9, lr=0.5) is reg and (reg.epochs, reg.lr) == (9, 0.5)

@@ -36,6 +36,7 @@ def peak_mb(code: str, *args: str) -> float:
     return int(proc.stderr.split("peak_rss_kb")[1].split()[0]) / 1024
 
 
+@pytest.mark.full
 def test_ten_million_rows_in_bounded_memory(tmp_path):
     n = 10_000_000
     src, dst = tmp_path / "big.csv", tmp_path / "scored.csv"
@@ -52,6 +53,7 @@ def test_ten_million_rows_in_bounded_memory(tmp_path):
     np.testing.assert_array_equal(out.column("id").to_numpy(), np.arange(n))
 
 
+@pytest.mark.full
 def test_stdlib_backend_in_bounded_memory_and_same_bytes(tmp_path):
     n = 2_000_000
     src, dst = tmp_path / "big.csv", tmp_path / "stdlib.csv"

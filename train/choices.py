@@ -10,3 +10,5 @@ SCALES = ("auto", "on", "off")
 ACTIVATION_NAMES = ("relu", "tanh", "gelu", "silu")
 DATASET_NAMES = ("plant_richness_lr", "plant_richness_mlr", "islands")
 TUTORIAL_DATASET = "plant_richness_lr"
+# `torchport train` reads a data file this large in chunks for a linear model's exact fit (train/streaming.py)
+STREAM_BYTES = 64 << 20

@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import inspect
+import io
 import json
 import math
 import numbers
@@ -28,15 +29,18 @@ from torch import nn
 from torchport.train import advice
 from torchport.train.choices import DEFAULT_LR, OPTIMIZERS, SCALES, SCHEDULES
 from torchport.runtime.errors import DataError, Fix
+from torchport.runtime.files import write_bytes
 from torchport.train.errors import FitWarning, SettingsError, TrainingDiverged
 from torchport.train.fast import fit_full_batch_sgd
+from torchport.train.lstsq import fit_least_squares
+from torchport.train.tsqr import Reduction
 from torchport.train.metrics import exact_least_squares, mse, r2_score
 from torchport.train.models import (
     MODEL_KINDS, ModelSpec, build_model, check_activation, core_and_scalers, linear_coefficients, number_in,
-    set_scaling, whole_number,
+    set_scaling, set_scaling_stats, whole_number,
 )
 from torchport.train.progress import Reporter
-from torchport.train.validation import check_is_fitted, features, training_arrays
+from torchport.train.validation import check_is_fitted, features, is_dask_collection, training_arrays
 
 CHECKS_PER_RUN = 100  # reading the loss syncs the host: the divergence check and checkpoints happen this often
 # The settings of an iterative run, at their defaults; giving any of them to a linear model without an
@@ -91,6 +95,7 @@ class _Settings:
     scale: str
     seed: int
     device: torch.device
+    fit_intercept: bool = True
     scaled: bool | None = None
     threads: int | None = None
 
@@ -103,7 +108,7 @@ class _Settings:
         model whose widest layer has ``widest`` units."""
         scaled = {"on": True, "off": False}.get(self.scale)
         if scaled is None:
-            scaled = self.model == "mlp" or raw_condition(X_train) > SCALE_ABOVE_CONDITION
+            scaled = self.model == "mlp" or raw_condition(X_train, self.fit_intercept) > SCALE_ABOVE_CONDITION
         batch, epochs, n = self.batch_size, self.epochs, len(X_train)
         if batch is None and self.model == "mlp" and self.optimizer != "lbfgs" and n > FULL_BATCH_ROWS:
             batch = BATCH_ROWS
@@ -124,9 +129,11 @@ class _Settings:
         return 1 if self.device.type == "cpu" and rows * widest <= ONE_THREAD_VALUES else None
 
 
-def raw_condition(X: np.ndarray) -> float:
-    """The 2-norm condition number of [X, 1]: how ill-conditioned a linear fit on these features is."""
-    A = np.column_stack([np.asarray(X, np.float64), np.ones(len(X))])
+def raw_condition(X: np.ndarray, fit_intercept: bool = True) -> float:
+    """The 2-norm condition number of [X, 1] (of X without an intercept): how ill-conditioned an iterative
+    linear fit on these raw features is."""
+    A = np.asarray(X, np.float64)
+    A = np.column_stack([A, np.ones(len(A))]) if fit_intercept else A
     with np.errstate(all="ignore"):
         return float(np.linalg.cond(A)) if len(A) else 1.0
 
@@ -164,20 +171,22 @@ class Regressor:
     targets in their own units out) on the CPU, in eval mode, and ``predict`` runs it in float64.
 
     ``optimizer`` None picks for the model: a linear model is solved exactly ('exact': float64 least
-    squares), or trained with SGD (the tutorial's: full batch, lr 0.002, 6000 epochs) when an iterative
-    setting (lr, momentum, epochs, batch_size, patience, lr_schedule) is given; an MLP trains with Adam (lr
-    1e-3). ``scale`` 'auto' standardises an MLP's features and targets inside the model, and a linear
-    model's when its raw features are ill-conditioned (cond([X, 1]) above 100); weight and bias are still
-    reported in the data's units. ``epochs``, ``batch_size`` and ``patience`` None: an MLP trains on the
-    full batch for 6000 epochs up to 4096 training rows, and above that in mini-batches of 1024 rows for
-    about 20,000 steps; with ``val_fraction`` it stops early after ``patience`` epochs (a tenth of them, at
-    least 5) without a better validation loss and keeps the best weights. ``hidden``, ``activation`` and
-    ``dropout`` shape an MLP only. ``progress``: True for a bar on stderr, or a function given a
+    squares by train/lstsq.py, its estimates kept in float64 as ``coef_`` and ``intercept_``), or trained
+    with SGD (the tutorial's: full batch, lr 0.002, 6000 epochs) when an iterative setting (lr, momentum,
+    epochs, batch_size, patience, lr_schedule) is given; an MLP trains with Adam (lr 1e-3). ``scale`` 'auto'
+    standardises an MLP's features and targets inside the model, and a linear model's when its raw features
+    are ill-conditioned (cond([X, 1]) above 100); weight and bias are still reported in the data's units.
+    ``epochs``, ``batch_size`` and ``patience`` None: an MLP trains on the full batch for 6000 epochs up to
+    4096 training rows, and above that in mini-batches of 1024 rows for about 20,000 steps; with
+    ``val_fraction`` it stops early after ``patience`` epochs (a tenth of them, at least 5) without a better
+    validation loss and keeps the best weights. ``hidden``, ``activation`` and ``dropout`` shape an MLP only.
+    ``fit_intercept`` False fits a linear model without an intercept (its bias is held at zero and its
+    scaling does not centre; an MLP is refused). ``progress``: True for a bar on stderr, or a function given a
     ``torchport.train.progress.Progress`` at least every half second. Settings are kept as given and
     checked when ``fit`` starts (``check_params`` checks them earlier), as scikit-learn's estimators do."""
 
     def __init__(self, model: str = "linear", hidden: Sequence[int] = (32, 32), activation: str = "relu",
-                 dropout: float = 0.0, scale: str = "auto", optimizer: str | None = None,
+                 dropout: float = 0.0, fit_intercept: bool = True, scale: str = "auto", optimizer: str | None = None,
                  lr: float | None = None, momentum: float = 0.0, epochs: int | None = None,
                  batch_size: int | None = None, val_fraction: float = 0.0, patience: int | None = None,
                  lr_schedule: str = "none", seed: int = 0, device: str = "auto",
@@ -186,6 +195,7 @@ class Regressor:
         self.hidden = hidden
         self.activation = activation
         self.dropout = dropout
+        self.fit_intercept = fit_intercept
         self.scale = scale
         self.optimizer = optimizer
         self.lr = lr
@@ -240,9 +250,10 @@ class Regressor:
 
     # --- settings ---
 
-    def check_params(self) -> None:
-        """Raise SettingsError naming the first bad setting, before any work is done."""
-        self._settings()
+    def check_params(self) -> str:
+        """Raise SettingsError naming the first bad setting, before any work is done; returns the optimizer
+        the fit will use ('exact' for a linear model given no iterative setting)."""
+        return self._settings().optimizer
 
     def _settings(self) -> _Settings:
         """The one check of the settings (SettingsError with ``parameter``), defaults filled in."""
@@ -274,6 +285,12 @@ class Regressor:
         if self.lr_schedule not in SCHEDULES:
             raise SettingsError(f"lr_schedule must be one of {', '.join(SCHEDULES)}; got {self.lr_schedule!r}",
                                 parameter="lr_schedule")
+        if not isinstance(self.fit_intercept, (bool, np.bool_)):
+            raise SettingsError(f"fit_intercept must be True or False; got {self.fit_intercept!r}",
+                                parameter="fit_intercept")
+        if not self.fit_intercept and self.model != "linear":
+            raise SettingsError("fit_intercept=False (no intercept) is for model='linear'; an mlp's layers keep "
+                                "their biases: leave fit_intercept=True", parameter="fit_intercept")
         if self.scale not in SCALES:
             raise SettingsError(f"scale must be one of {', '.join(SCALES)}; got {self.scale!r}", parameter="scale")
         check_activation(self.activation)
@@ -287,7 +304,7 @@ class Regressor:
                                 parameter="progress")
         return _Settings(self.model, opt, None if lr is None else float(lr), momentum, epochs, batch_size,
                          val_fraction, patience, self.lr_schedule, self.scale, whole_number(self.seed, "seed", 0),
-                         resolve_device(self.device))
+                         resolve_device(self.device), bool(self.fit_intercept))
 
     def _default_optimizer(self) -> str:
         """An MLP's is Adam; a linear model's the exact solution, or SGD when an iterative setting is given."""
@@ -318,9 +335,19 @@ class Regressor:
         With ``checkpoint`` set, the training state of an iterative run is saved there (atomically) at every
         check, about 100 times a run, so an interrupted or crashed run can go on with ``fit(X, y,
         resume=True)`` and reach the same final weights as an uninterrupted run. An iterative linear fit
-        much worse than the exact one warns (FitWarning) and says so in ``fit_warnings_``."""
+        much worse than the exact one warns (FitWarning) and says so in ``fit_warnings_``.
+
+        A Dask DataFrame or Array (y a Dask Series or DataFrame of the same rows, or an Array) is reduced where
+        it lives, partition by partition on the workers (train/dask_fit.py), for the exact solution of a linear
+        model: the client holds only small square matrices (``fit_reduced``)."""
+        if is_dask_collection(X):
+            from torchport.train.dask_fit import reduce_dask
+            self.check_reducible(self._settings())
+            reduction, one_d = reduce_dask(X, y, fit_intercept=bool(self.fit_intercept))
+            return self.fit_reduced(reduction, one_d)
         started = time.perf_counter()
         s = self._settings()
+        self._estimates = None
         if resume and self.checkpoint is None:
             raise SettingsError("resume=True needs checkpoint=, the path the interrupted run was given",
                                 parameter="checkpoint")
@@ -336,7 +363,7 @@ class Regressor:
         threads = torch.get_num_threads()
         try:
             if s.optimizer == "exact":
-                self._fit_exact(run, X64[train_idx], y64[train_idx])
+                self._fit_exact(run, X64[train_idx], y64[train_idx], s.fit_intercept)
             elif self._closed_form_applies(run, s):
                 if run.start < s.epochs:
                     self._fit_closed_form(run, s)
@@ -353,6 +380,53 @@ class Regressor:
         for w in self.fit_warnings_:
             warnings.warn(w, stacklevel=2)
         return self
+
+    def fit_reduced(self, reduction: Reduction, one_d: bool = False) -> "Regressor":
+        """Fit a linear model exactly from a least-squares reduction of rows it never holds (train/tsqr.py: a
+        file read in chunks, a Dask collection reduced on its workers). ``coef_`` and ``intercept_`` are the
+        reduction's float64 estimates; the scaling (``scale``, or raw features ill-conditioned) comes from its
+        column statistics; ``loss_history_`` holds the exact fit's float64 loss in the space the model was
+        fitted in; ``train_rows_`` is every row. ``one_d``: predict answers (rows,), as for a 1-D y."""
+        started = time.perf_counter()
+        s = self._settings()
+        self.check_reducible(s)
+        if reduction.fit_intercept != s.fit_intercept:
+            raise SettingsError(f"the reduction was made with fit_intercept={reduction.fit_intercept}; the Regressor "
+                                f"has fit_intercept={s.fit_intercept}", parameter="fit_intercept")
+        fit = reduction.fit()
+        f, t = reduction.n_features, reduction.n_targets
+        scaled = {"on": True, "off": False}.get(s.scale)
+        if scaled is None:
+            scaled = reduction.raw_condition() > SCALE_ABOVE_CONDITION
+        s = replace(s, scaled=scaled, epochs=0, batch_size=None, patience=None, threads=None)
+        spec = self._spec(f, t, scaled)
+        torch.manual_seed(s.seed)
+        module = build_model(spec)
+        mean, std = reduction.moments()
+        set_scaling_stats(module, mean[:f], std[:f], mean[f:], std[f:])
+        core, _, s_out = core_and_scalers(module)
+        if not s.fit_intercept:
+            core.bias.requires_grad_(False)
+        self._estimates = (fit.coef, fit.intercept)
+        self._set_linear_core(module, fit.coef, fit.intercept)
+        _, std_out = _stats(s_out, t)
+        loss = float(np.mean(fit.residual_ss / fit.n_rows / std_out ** 2))
+        empty = torch.empty(0, f)
+        run = _Run("", spec, module, core, empty, torch.empty(0, t), empty, torch.empty(0, t), None, None,
+                   torch.Generator().manual_seed(s.seed), torch.tensor([loss]))
+        self._finish(run, s, f, one_d, np.arange(fit.n_rows), np.arange(0))
+        self.fit_seconds_ = time.perf_counter() - started
+        self.fit_warnings_ = []
+        return self
+
+    def check_reducible(self, s: _Settings | None = None) -> None:
+        """Raise SettingsError unless these settings fit from a reduction: the exact solution of a linear model
+        on every row, nothing else."""
+        s = self._settings() if s is None else s
+        if self.model != "linear" or s.optimizer != "exact" or s.val_fraction:
+            raise SettingsError("rows reduced without being held (a Dask collection, a file read in chunks) fit "
+                                "only the exact solution of a linear model on every row: use model='linear', "
+                                "optimizer=None or 'exact', val_fraction=0", parameter="optimizer")
 
     @staticmethod
     def _split_rows(n: int, s: _Settings) -> tuple[np.ndarray, np.ndarray]:
@@ -374,8 +448,12 @@ class Regressor:
         torch.manual_seed(s.seed)
         module = build_model(spec).to(s.device)
         Xt, yt = torch.from_numpy(X).to(s.device), torch.from_numpy(y).to(s.device)
-        set_scaling(module, Xt[train_idx], yt[train_idx])
+        set_scaling(module, Xt[train_idx], yt[train_idx], centre=s.fit_intercept)
         core, s_in, s_out = core_and_scalers(module)
+        if not s.fit_intercept:  # no intercept: the bias stays zero (scaling without centring keeps it so)
+            with torch.no_grad():
+                core.bias.zero_()
+            core.bias.requires_grad_(False)
         with torch.no_grad():
             Xs = s_in(Xt) if s_in is not None else Xt
             ys = (yt - s_out.mean) / s_out.std if s_out is not None else yt
@@ -398,23 +476,33 @@ class Regressor:
         """Whether the run is the tutorial's loop (full-batch plain SGD on a linear layer, no validation
         split or schedule), which train/fast.py runs as one closed-form matrix step per epoch."""
         return isinstance(run.core, nn.Linear) and s.optimizer == "sgd" and not s.momentum and \
-            s.batch_size is None and not len(run.X_va) and run.scheduler is None
+            s.batch_size is None and not len(run.X_va) and run.scheduler is None and s.fit_intercept
 
-    def _fit_exact(self, run: _Run, X: np.ndarray, y: np.ndarray) -> None:
-        """The least-squares solution in float64 (SVD), in the space the core sees: the features scaled by
-        the model's own float32 statistics, so the model computes the optimum up to float32 rounding."""
-        core, s_in, s_out = core_and_scalers(run.module)
-        if s_in is not None:
-            X = (X - s_in.mean.double().cpu().numpy()) / s_in.std.double().cpu().numpy()
-        if s_out is not None:
-            y = (y - s_out.mean.double().cpu().numpy()) / s_out.std.double().cpu().numpy()
-        coef, *_ = np.linalg.lstsq(np.column_stack([X, np.ones(len(X))]), y, rcond=None)
+    def _fit_exact(self, run: _Run, X: np.ndarray, y: np.ndarray, fit_intercept: bool) -> None:
+        """The least-squares solution in float64 (train/lstsq.py), kept as ``coef_`` and ``intercept_``, and
+        set as the module's weights in the space its core sees (the features and targets scaled by the model's
+        own float32 statistics), so the module computes the optimum up to float32 rounding."""
+        fit = fit_least_squares(X, y, fit_intercept, covariance=False)
+        self._estimates = (fit.coef, fit.intercept)
+        self._set_linear_core(run.module, fit.coef, fit.intercept)
+        core = run.core
         with torch.no_grad():
-            core.weight.copy_(torch.from_numpy(np.ascontiguousarray(coef[:-1].T)))
-            core.bias.copy_(torch.from_numpy(coef[-1]))
             run.losses[0] = run.loss_fn(core(run.X_tr), run.y_tr)
             if len(run.X_va):
                 run.val_losses.append(float(run.loss_fn(core(run.X_va), run.y_va)))
+
+    @staticmethod
+    def _set_linear_core(module: nn.Module, coef: np.ndarray, intercept: np.ndarray) -> None:
+        """Set a linear module's core to the raw-unit estimates, in the space the core sees (the features and
+        targets scaled by the module's own float32 statistics)."""
+        core, s_in, s_out = core_and_scalers(module)
+        mean_in, std_in = _stats(s_in, coef.shape[1])
+        mean_out, std_out = _stats(s_out, coef.shape[0])
+        weight = coef * std_in[None, :] / std_out[:, None]
+        bias = (intercept + coef @ mean_in - mean_out) / std_out
+        with torch.no_grad():
+            core.weight.copy_(torch.from_numpy(np.ascontiguousarray(weight)))
+            core.bias.copy_(torch.from_numpy(bias))
 
     def _fit_closed_form(self, run: _Run, s: _Settings) -> None:
         start = run.start
@@ -537,7 +625,7 @@ class Regressor:
         """For an iterative linear fit: a warning when its training MSE is well above the exact fit's."""
         if not isinstance(run.core, nn.Linear) or s.optimizer == "exact":
             return []
-        exact = exact_least_squares(X, y)
+        exact = exact_least_squares(X, y, fit_intercept=s.fit_intercept)
         with torch.no_grad():
             fitted = self.module_(torch.from_numpy(X.astype(np.float32))).double().numpy()
         ours, best = mse(y, fitted), exact.mse
@@ -588,9 +676,9 @@ class Regressor:
                    "losses": run.losses[:epochs_done].cpu(), "val_losses": torch.tensor(run.val_losses),
                    "best_val": run.best_val, "best_epoch": run.best_epoch, "best_state": run.best_state or {},
                    "theta": run.theta}
-        tmp = f"{os.fspath(self.checkpoint)}.tmp"
-        torch.save(payload, tmp)
-        os.replace(tmp, self.checkpoint)
+        buffer = io.BytesIO()  # serialised in memory, written by Python: a full disk is an OSError naming the file
+        torch.save(payload, buffer)
+        write_bytes(self.checkpoint, buffer.getvalue())
 
     def _restore(self, run: _Run) -> None:
         """Continue from the training state in ``checkpoint``, written by a run with the same settings and data."""
@@ -643,15 +731,26 @@ class Regressor:
 
     @property
     def coef_(self) -> np.ndarray:
-        """Weights of a linear model in raw units, shape (targets, features)."""
+        """Weights of a linear model in raw units, shape (targets, features): the float64 least-squares
+        estimates of an exact fit, else the module's weights."""
         check_is_fitted(self)
-        return linear_coefficients(self.module_)[0].numpy()
+        estimates = getattr(self, "_estimates", None)
+        return estimates[0].copy() if estimates is not None else linear_coefficients(self.module_)[0].numpy()
 
     @property
     def intercept_(self) -> np.ndarray:
-        """Bias of a linear model in raw units, shape (targets,)."""
+        """Bias of a linear model in raw units, shape (targets,): the float64 least-squares estimate of an
+        exact fit (zeros without an intercept), else the module's bias."""
         check_is_fitted(self)
-        return linear_coefficients(self.module_)[1].numpy()
+        estimates = getattr(self, "_estimates", None)
+        return estimates[1].copy() if estimates is not None else linear_coefficients(self.module_)[1].numpy()
+
+
+def _stats(scaler: nn.Module | None, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """A scaler's mean and std in float64 (as the module computes with them), or the identity's."""
+    if scaler is None:
+        return np.zeros(width), np.ones(width)
+    return scaler.mean.double().cpu().numpy(), scaler.std.double().cpu().numpy()
 
 
 def _same(a: Any, b: Any) -> bool:

@@ -2,11 +2,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Sequence
+from typing import Any, Callable, ClassVar, Sequence
 
 import numpy as np
 
 from torchport.runtime.jsonfields import Fields, as_lists, finite, finite_array, has_none
+from torchport.train.lstsq import LeastSquaresFit, fit_least_squares
 
 
 def _columns(values: Any) -> np.ndarray:
@@ -24,12 +25,18 @@ def mse(y_true: np.ndarray, y_pred: np.ndarray) -> float:
 def r2_undefined(y_true: np.ndarray, target_names: Sequence[str] | None = None) -> str | None:
     """Why R^2 is undefined for these targets (fewer than two rows, or a target that does not vary), or None."""
     yt = _columns(y_true)
-    if len(yt) < 2:
-        return f"R^2 needs at least two rows; there {'is' if len(yt) == 1 else 'are'} {len(yt)}"
-    constant = [j for j in range(yt.shape[1]) if np.ptp(yt[:, j]) == 0]
+    return r2_reason(len(yt), [bool(np.ptp(yt[:, j]) == 0) for j in range(yt.shape[1])], target_names)
+
+
+def r2_reason(rows: int, constant: Sequence[bool], target_names: Sequence[str] | None = None) -> str | None:
+    """``r2_undefined`` from the row count and which targets are constant (for rows it does not hold)."""
+    if rows < 2:
+        return f"R^2 needs at least two rows; there {'is' if rows == 1 else 'are'} {rows}"
+    targets = len(constant)
+    constant = [j for j, flat in enumerate(constant) if flat]
     if not constant:
         return None
-    if yt.shape[1] == 1:
+    if targets == 1:
         return "the target is constant, so R^2 is undefined"
     names = ", ".join(target_names[j] if target_names else f"#{j + 1}" for j in constant)
     return f"the target(s) {names} are constant, so R^2 is undefined"
@@ -63,16 +70,32 @@ class FitMetrics:
     def of(cls, y: np.ndarray, pred: np.ndarray, weight: np.ndarray | None = None, bias: np.ndarray | None = None,
            target_names: Sequence[str] | None = None) -> "FitMetrics":
         """The metrics of predictions ``pred`` for ``y``, with the fit's coefficients if it is linear."""
+        return cls._made(mse(y, pred), lambda: r2_score(y, pred), r2_undefined(y, target_names), weight, bias)
+
+    @classmethod
+    def of_sums(cls, rows: int, residual_ss: np.ndarray, total_ss: np.ndarray, constant: Sequence[bool],
+                weight: np.ndarray | None = None, bias: np.ndarray | None = None,
+                target_names: Sequence[str] | None = None) -> "FitMetrics":
+        """The metrics from per-target sums over rows not held: residual and total (about the mean) sums of
+        squares, and which targets are constant."""
+        residual_ss, total_ss = np.asarray(residual_ss, np.float64), np.asarray(total_ss, np.float64)
+        reason = r2_reason(rows, constant, target_names)
+        return cls._made(float(residual_ss.sum() / (rows * len(residual_ss))),
+                         lambda: float(np.mean(1.0 - residual_ss / total_ss)), reason, weight, bias)
+
+    @classmethod
+    def _made(cls, mse_value: float, r2: Callable[[], float], reason: str | None, weight: np.ndarray | None,
+              bias: np.ndarray | None) -> "FitMetrics":
+        """The metrics from the MSE, R^2 (computed only where defined) and the coefficients."""
         undefined: dict[str, str] = {}
         w = None if weight is None else finite_array(np.asarray(weight).reshape(np.shape(weight)[0], -1))
         b = None if bias is None else finite_array(np.asarray(bias).reshape(-1))
         if (w is not None and has_none(w)) or (b is not None and has_none(b)):
             undefined["weight"] = undefined["bias"] = "the coefficients are not finite in float64"
             w = b = None
-        reason = r2_undefined(y, target_names)
         if reason:
             undefined["r2"] = reason
-        values = {"mse": finite(mse(y, pred)), "r2": None if reason else finite(r2_score(y, pred))}
+        values = {"mse": finite(mse_value), "r2": None if reason else finite(r2())}
         for name, value in values.items():
             if value is None:
                 undefined.setdefault(name, "not a finite number in float64")
@@ -92,7 +115,8 @@ class FitMetrics:
 
 @dataclass(frozen=True)
 class LeastSquares(FitMetrics):
-    """The closed-form ordinary least-squares fit with an intercept, in float64 (``exact_least_squares``)."""
+    """The ordinary least-squares fit (with an intercept, or none: then the bias is zero) in float64
+    (``exact_least_squares``)."""
 
     KEYS: ClassVar[tuple[str, ...]] = ("weight", "bias", "mse", "r2")
 
@@ -106,25 +130,21 @@ class LeastSquares(FitMetrics):
         return np.asarray(X, np.float64) @ w.T + b
 
 
-def least_squares_coefficients(X: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Weight (targets x features) and bias (targets) of ordinary least squares with an intercept, in float64:
-    solved by SVD on the standardised features and taken back to raw units, which keeps the digits an
-    ill-conditioned raw design (the NIST Longley table) would lose."""
-    X = np.asarray(X, np.float64)
-    y = np.asarray(y, np.float64).reshape(len(X), -1)
-    mean = X.mean(axis=0)
-    std = X.std(axis=0)
-    std = np.where(std > 0, std, 1.0)
-    A = np.column_stack([(X - mean) / std, np.ones(len(X))])
-    coef, *_ = np.linalg.lstsq(A, y, rcond=None)
-    weight = (coef[:-1] / std[:, None]).T
-    return weight, coef[-1] - weight @ mean
+def least_squares_coefficients(X: np.ndarray, y: np.ndarray,
+                               fit_intercept: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """Weight (targets x features) and bias (targets; zeros without an intercept) of ordinary least squares in
+    float64, from the least-squares core (train/lstsq.py: QR with refinement in double-double)."""
+    fit = fit_least_squares(X, y, fit_intercept, covariance=False)
+    return fit.coef, fit.intercept
 
 
-def exact_least_squares(X: np.ndarray, y: np.ndarray, target_names: Sequence[str] | None = None) -> LeastSquares:
-    """Closed-form ordinary least squares with an intercept, in float64: the optimum that full-batch SGD on
-    MSE converges to."""
+def exact_least_squares(X: np.ndarray, y: np.ndarray, target_names: Sequence[str] | None = None,
+                        fit_intercept: bool = True, fit: LeastSquaresFit | None = None) -> LeastSquares:
+    """The exact ordinary least-squares fit in float64 (with an intercept unless ``fit_intercept`` is False):
+    the optimum that full-batch SGD on MSE converges to. ``fit``: the core's fit of these rows, where the
+    caller has it already. R^2 is scikit-learn's (about the mean), as for every other fit's metrics."""
     X = np.asarray(X, np.float64)
     y = np.asarray(y, np.float64).reshape(len(X), -1)
-    weight, bias = least_squares_coefficients(X, y)
-    return LeastSquares.of(y, X @ weight.T + bias, weight, bias, target_names)
+    if fit is None:
+        fit = fit_least_squares(X, y, fit_intercept, covariance=False)
+    return LeastSquares.of(y, fit.predict(X), fit.coef, fit.intercept, target_names)

@@ -161,18 +161,35 @@ def build_model(spec: ModelSpec) -> nn.Module:
     return nn.Sequential(OrderedDict(parts))
 
 
-def set_scaling(module: nn.Module, X: torch.Tensor, y: torch.Tensor) -> None:
+def set_scaling(module: nn.Module, X: torch.Tensor, y: torch.Tensor, centre: bool = True) -> None:
     """Learn the standardisation from training data, summed in float64 (std of a constant column is taken
-    as 1)."""
+    as 1). ``centre`` False (a model without an intercept) scales by the root mean square about zero and keeps
+    the means at zero, so the scaling adds no intercept."""
     def stats(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         a64 = a.double()
-        std = a64.std(dim=0, unbiased=False)
+        if centre:
+            mean, std = a64.mean(dim=0), a64.std(dim=0, unbiased=False)
+        else:
+            mean, std = torch.zeros_like(a64[0]), (a64 * a64).mean(dim=0).sqrt()
         std = torch.where(std > 0, std, torch.ones_like(std))
-        return a64.mean(dim=0).to(a.dtype), std.to(a.dtype)
+        return mean.to(a.dtype), std.to(a.dtype)
     if hasattr(module, "scale_in"):
         module.scale_in.mean, module.scale_in.std = stats(X)
     if hasattr(module, "scale_out"):
         module.scale_out.mean, module.scale_out.std = stats(y)
+
+
+def set_scaling_stats(module: nn.Module, x_mean: np.ndarray, x_std: np.ndarray, y_mean: np.ndarray,
+                      y_std: np.ndarray) -> None:
+    """Set the standardisation from statistics already computed (float64; a zero std is taken as 1), as
+    ``set_scaling`` would learn them from the rows."""
+    def buffers(mean: np.ndarray, std: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        std = np.where(np.asarray(std) > 0, std, 1.0)
+        return torch.tensor(mean, dtype=torch.float32), torch.tensor(std, dtype=torch.float32)
+    if hasattr(module, "scale_in"):
+        module.scale_in.mean, module.scale_in.std = buffers(x_mean, x_std)
+    if hasattr(module, "scale_out"):
+        module.scale_out.mean, module.scale_out.std = buffers(y_mean, y_std)
 
 
 def core_and_scalers(module: nn.Module) -> tuple[nn.Module, nn.Module | None, nn.Module | None]:

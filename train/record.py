@@ -14,6 +14,7 @@ from torchport.train.datasets import Dataset
 from torchport.train.estimator import Regressor
 from torchport.train.inference import Inference, InferenceUnavailable, ols_inference
 from torchport.runtime.jsonfields import Fields, finite, finite_array
+from torchport.train.lstsq import fit_least_squares
 from torchport.train.metrics import FitMetrics, LeastSquares, exact_least_squares
 
 # Constructor arguments that change how a run is watched or where it checkpoints, never its result.
@@ -96,7 +97,8 @@ class TrainingRecord:
     the result); ``optimizer``, ``lr`` and ``plan`` (epochs, batch_size, patience, scaled) as resolved;
     ``fit_seconds`` is the wall time of the fit (of the last process, for a resumed run; None in records
     written before it was kept).
-    ``metrics``, ``exact_least_squares`` and ``inference`` use the ``training_rows`` the model was fitted on;
+    ``metrics``, ``exact_least_squares`` and ``inference`` use the ``training_rows`` the model was fitted on
+    (with an intercept unless ``settings["fit_intercept"]`` is False);
     with a validation split, ``validation_metrics`` and ``exact_validation`` are the model's and the exact
     fit's on the ``validation_rows`` held out (None without one). ``metrics`` carry the weight and bias of a
     linear model in raw units. ``inference`` is the least-squares table of a linear model, or None with the
@@ -134,7 +136,9 @@ class TrainingRecord:
         X, y = data.X[tr], data.y[tr]
         coef = (reg.coef_, reg.intercept_) if linear else (None, None)
         metrics = FitMetrics.of(y, reg.predict(X), *coef, data.target_names)
-        exact = exact_least_squares(X, y, data.target_names)
+        intercept = bool(getattr(reg, "fit_intercept", True))
+        fit = fit_least_squares(X, y, intercept, covariance=linear)
+        exact = exact_least_squares(X, y, data.target_names, intercept, fit=fit)
         validation = exact_validation = None
         if len(va):
             validation = FitMetrics.of(data.y[va], reg.predict(data.X[va]), target_names=data.target_names)
@@ -142,21 +146,37 @@ class TrainingRecord:
         inference, unavailable = None, None
         if linear:
             try:
-                inference = ols_inference(X, y, data.feature_names, data.target_names)
+                inference = ols_inference(X, y, data.feature_names, data.target_names, fit_intercept=intercept,
+                                          fit=fit)
             except InferenceUnavailable as e:
                 unavailable = str(e)
-        settings = {k: _jsonable(v) for k, v in reg.get_params().items() if k not in RUN_ONLY_SETTINGS}
-        plan = {"epochs": reg.epochs_, "batch_size": reg.batch_size_, "patience": reg.patience_,
-                "scaled": reg.scaled_, "threads": reg.threads_}
         return cls(
-            dataset=DatasetRecord.of(data), settings=settings, optimizer=reg.optimizer_, lr=reg.lr_,
-            device=reg.device_, epochs_run=reg.n_epochs_, best_epoch=reg.best_epoch_, final_loss=finite(reg.final_loss_),
-            val_loss=finite(reg.val_loss_history_[-1]) if len(reg.val_loss_history_) else None, metrics=metrics,
-            exact_least_squares=exact, inference=inference, inference_unavailable=unavailable,
-            feature_stats=FeatureStats.of(X), training_rows=int(len(tr)), validation_rows=int(len(va)),
-            validation_metrics=validation, exact_validation=exact_validation, plan=plan,
-            warnings=tuple(str(w) for w in getattr(reg, "fit_warnings_", ())),
-            fit_seconds=finite(reg.fit_seconds_))
+            dataset=DatasetRecord.of(data), **cls._run(reg), metrics=metrics, exact_least_squares=exact,
+            inference=inference, inference_unavailable=unavailable, feature_stats=FeatureStats.of(X),
+            training_rows=int(len(tr)), validation_rows=int(len(va)), validation_metrics=validation,
+            exact_validation=exact_validation)
+
+    @classmethod
+    def from_summary(cls, reg: Regressor, dataset: DatasetRecord, metrics: FitMetrics, exact: LeastSquares,
+                     inference: Inference | None, inference_unavailable: str | None,
+                     feature_stats: FeatureStats) -> "TrainingRecord":
+        """The record of ``reg`` fitted on every row of a dataset it never held (read in chunks), from
+        figures summed over those rows."""
+        return cls(dataset=dataset, **cls._run(reg), metrics=metrics, exact_least_squares=exact, inference=inference,
+                   inference_unavailable=inference_unavailable, feature_stats=feature_stats,
+                   training_rows=dataset.rows, validation_rows=0)
+
+    @staticmethod
+    def _run(reg: Regressor) -> dict:
+        """What the record says of the run itself: the settings, the optimizer and its plan, the loss, the time."""
+        return dict(
+            settings={k: _jsonable(v) for k, v in reg.get_params().items() if k not in RUN_ONLY_SETTINGS},
+            optimizer=reg.optimizer_, lr=reg.lr_, device=reg.device_, epochs_run=reg.n_epochs_,
+            best_epoch=reg.best_epoch_, final_loss=finite(reg.final_loss_),
+            val_loss=finite(reg.val_loss_history_[-1]) if len(reg.val_loss_history_) else None,
+            plan={"epochs": reg.epochs_, "batch_size": reg.batch_size_, "patience": reg.patience_,
+                  "scaled": reg.scaled_, "threads": reg.threads_},
+            warnings=tuple(str(w) for w in getattr(reg, "fit_warnings_", ())), fit_seconds=finite(reg.fit_seconds_))
 
     @property
     def rows_trained(self) -> int:

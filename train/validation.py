@@ -60,6 +60,11 @@ def features(X: Any, n_features: int | None = None, float32: bool = False) -> np
     return a
 
 
+def is_dask_collection(value: Any) -> bool:
+    """Whether ``value`` is a Dask collection (DataFrame, Series, Array), without importing Dask."""
+    return type(value).__module__.split(".")[0] == "dask" and hasattr(value, "__dask_graph__")
+
+
 def training_arrays(X: Any, y: Any) -> tuple[np.ndarray, np.ndarray, bool]:
     """X (rows, features) and y (rows, targets) as float64 arrays of finite numbers within float32's range
     (training runs in float32), and whether y was 1-D; DataError otherwise."""

@@ -11,6 +11,7 @@ from tritonclient.grpc import model_config_pb2
 
 from torchport.runtime.bundle import Bundle, refuse_failed_parity
 from torchport.runtime.errors import BundleError, ParityError
+from torchport.runtime.files import remove_leftovers
 from torchport.runtime.predictor import Predictor
 from torchport.runtime.serve.batching import Batcher
 from torchport.runtime.serve.inference import ModelInfo
@@ -64,7 +65,11 @@ def load_model(path: Path, name: str, version: str, settings: LoadSettings, fing
     ParityError, the reason named) a malformed manifest, a file whose sha256 differs from it, a bundle whose
     parity record is missing or failed or whose golden cases fail here (check_bundle), and, with trusted
     keys, one that none of them signed. An .onnx file (only ever the single model of a server) carries none
-    of these and is served unchecked, unless keys are trusted."""
+    of these and is served unchecked, unless keys are trusted. Leftovers of killed writers beside the
+    bundle are removed first."""
+    remove_leftovers(path)  # of writers killed beside it (a live writer's are left alone)
+    if path.name.isdigit():  # a version directory: its model directory too may have been written beside
+        remove_leftovers(path.parent)
     if path.is_file():
         predictor = Predictor(path, providers=settings.providers, trusted_keys=settings.trusted_keys)
         return ServedModel(name, version, path, predictor, settings, fingerprint, config,
