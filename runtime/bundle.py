@@ -12,6 +12,7 @@ import json
 import math
 import os
 import platform
+import stat
 import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -38,6 +39,39 @@ BATCH = "batch"
 # The model formats a bundle may hold, by the names `--formats` takes, and their files. An "aoti" bundle
 # exported where torch saw a GPU also holds AOTI_CUDA_FILE.
 FORMAT_FILES = {"onnx": ONNX_FILE, "torchscript": TORCHSCRIPT_FILE, "exported": EXPORTED_FILE, "aoti": AOTI_FILE}
+
+
+# The largest manifest.json read (a manifest is a few kilobytes; its size is recorded nowhere).
+MAX_MANIFEST_BYTES = 16 * 1024 * 1024
+_NOT_REGULAR = ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+                (stat.S_ISSOCK, "a socket"), (stat.S_ISDIR, "a directory"))
+
+
+def read_bounded(path: str | os.PathLike, limit: int | None, too_large: str = "is too large",
+                 fix: str = "re-export the bundle") -> bytes:
+    """The bytes of ``path``, refused (BundleError, ending with ``fix``) unless it is a regular file (a
+    symbolic link is followed: one to /dev/zero is a device) of at most ``limit`` bytes (None: any size;
+    ``too_large`` says what a larger file is); at most ``limit`` + 1 bytes are read, so that a FIFO, a device
+    or a file that grows can neither block the reader nor fill its memory. FileNotFoundError when there is
+    no such file."""
+    def refuse_kind(mode: int) -> None:
+        if not stat.S_ISREG(mode):
+            kind = next((name for test, name in _NOT_REGULAR if test(mode)), "a special file")
+            raise BundleError(f"{path} is {kind}, not a regular file, and is not read; {fix}")
+
+    refuse_kind(os.stat(path).st_mode)  # before opening: a FIFO or a device is not even opened
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0)
+                 | getattr(os, "O_BINARY", 0))
+    with open(fd, "rb", closefd=True) as f:
+        st = os.fstat(fd)
+        refuse_kind(st.st_mode)  # what was opened, had it been swapped in between
+        if limit is not None and st.st_size > limit:
+            raise BundleError(f"{path} {too_large}: it has {st.st_size} bytes, more than {limit}, and is not read; "
+                              f"{fix}")
+        data = f.read() if limit is None else f.read(limit + 1)
+    if limit is not None and len(data) > limit:
+        raise BundleError(f"{path} {too_large}: it grew past {limit} bytes while it was read; {fix}")
+    return data
 
 
 def sha256_bytes(data: bytes) -> str:
@@ -533,7 +567,7 @@ class Bundle:
             raise BundleError(f"{path} is not a bundle directory (no such directory); give the directory "
                               "written by `torchport train` or `torchport export`")
         try:
-            raw = (path / MANIFEST).read_bytes()
+            raw = read_bounded(path / MANIFEST, MAX_MANIFEST_BYTES, "is too large for a manifest")
             text = raw.decode("utf-8")
         except FileNotFoundError:
             raise BundleError(f"{path / MANIFEST} is missing: {path} is not a torchport bundle") from None
@@ -549,7 +583,8 @@ class Bundle:
         return name in self.manifest.files
 
     def read(self, name: str) -> bytes:
-        """The bytes of one file, refused unless they match the manifest's sha256."""
+        """The bytes of one file, refused unless it is a regular file of at most the size the manifest
+        records (at most that many bytes are read) and they match the manifest's sha256."""
         if name in self._checked:
             return self._checked[name]
         where = self.path / name
@@ -557,7 +592,7 @@ class Bundle:
         if entry is None:
             raise BundleError(f"{where}: the manifest has no sha256 for this file; re-export the bundle")
         try:
-            data = where.read_bytes()
+            data = read_bounded(where, entry.bytes, "does not match the manifest (its size)")
         except FileNotFoundError:
             raise BundleError(f"{where} is missing from the bundle; re-export the bundle") from None
         digest = sha256_bytes(data)

@@ -7,11 +7,13 @@ Every bundle is checked before it is served (sha256 of every file it loads, a pa
 cases run on this machine's providers, and with --trusted-keys a signature); one that does not check is
 refused with a log line and what served before keeps serving (--allow-failed-parity serves one whose parity
 check or golden cases failed, for inspection). Requests that arrive together are merged into one ONNX Runtime call (dynamic batching).
-SIGTERM or Ctrl+C stops accepting, finishes the requests in flight and exits 0.
+SIGTERM or Ctrl+C reports the server draining (not ready; gRPC health NOT_SERVING), stops accepting, finishes
+the requests in flight and exits 0; SIGHUP reads the repository again in modes poll and explicit.
 
 REST endpoints:
   GET  /v2/health/live, /v2/health/ready                    (never need the API key)
-  GET  /v2, /v2/models/NAME[/versions/V], .../ready, .../config, .../stats, /v2/models/stats, /metrics
+  GET  /v2, /v2/models/NAME[/versions/V], .../ready, .../config, .../stats, /v2/models/stats, /metrics,
+       /openapi.json (every GET also answers HEAD)
   POST /v2/models/NAME[/versions/V]/infer
   POST /v2/repository/index, /v2/repository/models/NAME/load, /v2/repository/models/NAME/unload
 
@@ -47,7 +49,8 @@ from torchport.runtime.errors import BundleError, InputError
 from torchport.runtime.files import remove_leftovers
 from torchport.runtime.options import int_at_least, port, positive_float
 from torchport.runtime.predictor import Predictor
-from torchport.runtime.serve.config import CONTROL_MODES, DEFAULT_MAX_BODY_BYTES, ServeConfig
+from torchport.runtime.serve.config import CONTROL_MODES, DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_HEADER_BYTES, \
+    ServeConfig
 from torchport.runtime.serve.models import check_bundle
 from torchport.runtime.serve.security import is_loopback
 from torchport.runtime.serve.server import CONFIG_ENV, bind, build, logger, run_server
@@ -78,6 +81,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "unloads, statistics and /metrics act on all of them (default: 1)")
     p.add_argument("--providers", default="auto",
                    help="auto (CUDA then CPU), cpu, cuda, or ONNX Runtime provider names, comma-separated")
+    p.add_argument("--model-load-timeout-s", type=positive_float, default=60.0, metavar="S",
+                   help="a model version whose load takes longer is given up and refused with a log line; other "
+                        "loads, polls and shutdown never wait for it (default: 60)")
     p.add_argument("--allow-failed-parity", action="store_true",
                    help="serve bundles whose parity check or self-check failed (for inspection)")
     security = p.add_argument_group("security and limits")
@@ -95,6 +101,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     security.add_argument("--max-concurrent-requests", type=int_at_least(1), default=1024, metavar="N",
                           help="inference requests in flight per worker beyond which new ones get 503 with "
                                "Retry-After / UNAVAILABLE (default: 1024)")
+    security.add_argument("--body-timeout-s", type=positive_float, default=5.0, metavar="S",
+                          help="a request body not all arrived in this time gets 408 and its connection is closed; "
+                               "a request counts against --max-concurrent-requests only once its body is in "
+                               "(default: 5)")
+    security.add_argument("--max-header-bytes", type=int_at_least(1024), default=DEFAULT_MAX_HEADER_BYTES,
+                          metavar="N", help="a request whose line and headers pass this size gets 431 and its "
+                                            f"connection is closed, the rest unread (default: {DEFAULT_MAX_HEADER_BYTES})")
     security.add_argument("--request-timeout-s", type=positive_float, default=30.0, metavar="S",
                           help="an inference request not answered in this time gets 504 / DEADLINE_EXCEEDED "
                                "(default: 30)")
@@ -112,7 +125,8 @@ def _config(args: argparse.Namespace) -> ServeConfig:
         load_models=tuple(args.load_models), api_key_file=text(args.api_key_file), tls_cert=text(args.tls_cert),
         tls_key=text(args.tls_key),
         trusted_keys=None if args.trusted_keys is None else tuple(str(k) for k in args.trusted_keys),
-        allow_failed_parity=args.allow_failed_parity)
+        allow_failed_parity=args.allow_failed_parity, model_load_timeout_s=args.model_load_timeout_s,
+        body_timeout_s=args.body_timeout_s, max_header_bytes=args.max_header_bytes)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -166,10 +180,10 @@ def run(args: argparse.Namespace) -> int:
         try:
             os.environ[CONFIG_ENV] = json.dumps({**config.to_json(), "control_dir": control_dir})
             run_server("torchport.runtime.serve.server:app_from_env", args.host, args.port, args.workers,
-                       factory=True, sock=sock, tls=tls)
+                       factory=True, sock=sock, tls=tls, max_header_bytes=config.max_header_bytes)
         finally:
             shutil.rmtree(control_dir, ignore_errors=True)
     else:
-        run_server(app, args.host, args.port, sock=sock, tls=tls)
+        run_server(app, args.host, args.port, sock=sock, tls=tls, max_header_bytes=config.max_header_bytes)
     print("torchport serve: stopped after finishing the requests in flight", file=sys.stderr)
     return 0

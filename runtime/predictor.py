@@ -11,7 +11,8 @@ import numpy as np
 import onnxruntime as ort
 
 from torchport.runtime import hot_path
-from torchport.runtime.bundle import LARGE_BATCH_FILE, MANIFEST, ONNX_FILE, Bundle, Manifest, refuse_failed_parity
+from torchport.runtime.bundle import LARGE_BATCH_FILE, MANIFEST, ONNX_FILE, Bundle, Manifest, read_bounded, \
+    refuse_failed_parity
 from torchport.runtime.golden import SelfCheck, load_golden, self_check
 from torchport.runtime.cpus import usable_cpus
 from torchport.runtime.device import DLPACK_CUDA, dlpack_device, run_on_device
@@ -82,7 +83,7 @@ class Predictor:
                                   "give a signed bundle directory")
             self.manifest = None
             source = Path(path)
-            model_bytes = source.read_bytes()
+            model_bytes = read_bounded(source, None, fix="give the .onnx file itself")
         else:
             raise BundleError(f"{path} does not exist; give a bundle directory (with {MANIFEST}) "
                               "or an .onnx file")

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
-from torchport.runtime.bundle import MANIFEST, SIGNATURE_FILE, Bundle
+from torchport.runtime.bundle import MANIFEST, SIGNATURE_FILE, Bundle, read_bounded
 from torchport.runtime.errors import BundleError, DataError, InputError
 from torchport.runtime.files import atomic_write, strict_json, write_text
 from torchport.runtime.jsonfields import TEXT, values
@@ -26,6 +26,7 @@ except ModuleNotFoundError as e:  # the dispatcher names the extra for `torchpor
 else:
     _MISSING = None
 
+MAX_SIGNATURE_BYTES = 64 * 1024  # a signature record is a few hundred bytes
 FORMAT = "torchport.signature"
 ALGORITHM = "ed25519"
 
@@ -156,7 +157,9 @@ def verify_bundle(bundle: Bundle, trusted_keys: Iterable[Any]) -> str:
         raise BundleError(f"{bundle.path}: the bundle was not read from disk, so there is no manifest to check "
                           "a signature against; open it with Bundle.open")
     try:
-        signature = Signature.from_json(json.loads(where.read_text(encoding="utf-8")), str(where))
+        raw = read_bounded(where, MAX_SIGNATURE_BYTES, "is too large for a signature record",
+                           "sign the bundle again with `torchport sign`")
+        signature = Signature.from_json(json.loads(raw.decode("utf-8")), str(where))
     except FileNotFoundError:
         raise BundleError(f"{bundle.path} is not signed ({SIGNATURE_FILE} is missing) and only signed bundles "
                           "are trusted; sign it with `torchport sign`") from None

@@ -250,6 +250,7 @@ def _rehash(bundle, name):
     from torchport.runtime.bundle import sha256_file
     m = json.loads((bundle / "manifest.json").read_text())
     m["files"][name]["sha256"] = sha256_file(bundle / name)
+    m["files"][name]["bytes"] = (bundle / name).stat().st_size  # the loaders read no more than the size recorded
     (bundle / "manifest.json").write_text(json.dumps(m))
 
 

@@ -10,6 +10,7 @@ from torchport.runtime.errors import InputError
 from torchport.runtime.jsonfields import FLAG, INT, NULL, NUMBER, TEXT, items, scalar, values
 
 DEFAULT_MAX_BODY_BYTES = 16 * 1024 * 1024
+DEFAULT_MAX_HEADER_BYTES = 64 * 1024
 CONTROL_MODES = ("none", "poll", "explicit")
 
 _SCHEMA = {"path": TEXT, "model_name": (str, NULL), "host": TEXT, "port": INT, "grpc_port": (int, NULL),
@@ -17,7 +18,8 @@ _SCHEMA = {"path": TEXT, "model_name": (str, NULL), "host": TEXT, "port": INT, "
            "max_body_bytes": INT, "max_concurrent_requests": INT, "request_timeout_s": NUMBER,
            "model_control_mode": TEXT, "repository_poll_secs": NUMBER, "load_models": (list,),
            "api_key_file": (str, NULL), "tls_cert": (str, NULL), "tls_key": (str, NULL),
-           "trusted_keys": (list, NULL), "control_dir": (str, NULL), "allow_failed_parity": FLAG}
+           "trusted_keys": (list, NULL), "control_dir": (str, NULL), "allow_failed_parity": FLAG,
+           "model_load_timeout_s": NUMBER, "body_timeout_s": NUMBER, "max_header_bytes": INT}
 
 
 @dataclass(frozen=True)
@@ -25,7 +27,10 @@ class ServeConfig:
     """Everything a server process needs. ``path``: a bundle, an .onnx file or a model repository;
     ``trusted_keys``: PEM files of public keys a bundle must be signed by (None: not asked);
     ``control_dir``: where the workers of one server find each other (set by the command when there are
-    several); ``allow_failed_parity``: serve bundles whose parity check or self-check failed."""
+    several); ``allow_failed_parity``: serve bundles whose parity check or self-check failed;
+    ``model_load_timeout_s``: how long one version's load may take before it is given up;
+    ``body_timeout_s``: how long a request's body may take to arrive; ``max_header_bytes``: the cap on a
+    request's line and headers together."""
     path: str
     model_name: str | None = None
     host: str = "127.0.0.1"
@@ -47,13 +52,19 @@ class ServeConfig:
     trusted_keys: tuple[str, ...] | None = None
     control_dir: str | None = None
     allow_failed_parity: bool = False
+    model_load_timeout_s: float = 60.0
+    body_timeout_s: float = 5.0
+    max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES
 
     def __post_init__(self) -> None:
         checks = [("max_batch_size", self.max_batch_size >= 1), ("workers", self.workers >= 1),
                   ("max_body_bytes", self.max_body_bytes >= 1), ("max_queue_delay_us", self.max_queue_delay_us >= 0),
                   ("max_concurrent_requests", self.max_concurrent_requests >= 1),
                   ("request_timeout_s", 0 < self.request_timeout_s < math.inf),
-                  ("repository_poll_secs", 0 < self.repository_poll_secs < math.inf)]
+                  ("repository_poll_secs", 0 < self.repository_poll_secs < math.inf),
+                  ("model_load_timeout_s", 0 < self.model_load_timeout_s < math.inf),
+                  ("body_timeout_s", 0 < self.body_timeout_s < math.inf),
+                  ("max_header_bytes", self.max_header_bytes >= 1024)]
         for name, ok in checks:
             if not ok:
                 raise InputError(f"{name} is out of range: {getattr(self, name)!r}", parameter=name)

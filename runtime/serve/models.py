@@ -14,7 +14,8 @@ from torchport.runtime.errors import BundleError, ParityError
 from torchport.runtime.files import remove_leftovers
 from torchport.runtime.predictor import Predictor
 from torchport.runtime.serve.batching import Batcher
-from torchport.runtime.serve.protocol import ModelInfo, ResponseEncoder
+from torchport.runtime.serve.inference import ModelInfo
+from torchport.runtime.serve.protocol import ResponseEncoder
 from torchport.runtime.serve.repository import model_config
 from torchport.runtime.serve.stats import ModelStats
 
@@ -22,13 +23,15 @@ from torchport.runtime.serve.stats import ModelStats
 @dataclass(frozen=True)
 class LoadSettings:
     """How every model version is loaded and batched: ONNX Runtime providers, the batcher's settings, the
-    public keys a bundle must be signed by (None: signatures are not asked for), and whether a bundle whose
-    parity check or self-check failed is served anyway (for inspection)."""
+    public keys a bundle must be signed by (None: signatures are not asked for), whether a bundle whose
+    parity check or self-check failed is served anyway (for inspection), and the seconds a version's load may
+    take before it is given up."""
     providers: Any = "auto"
     max_batch_size: int = 64
     max_queue_delay_us: int = 0
     trusted_keys: tuple | None = None
     allow_failed_parity: bool = False
+    load_timeout_s: float = 60.0
 
 
 class ServedModel:

@@ -1,13 +1,17 @@
 """The models one server process serves, by name and version, kept in step with the repository: at start,
-on every poll (``poll`` mode) and on load and unload requests (``explicit`` mode). A new or changed version
-is loaded in a thread (checked by ``models.load_model``) and swapped in on the event loop, so a request in
-flight keeps the version it started with; a version that does not check is refused with a log line and
-whatever served before keeps serving. An unloaded version is gone from the routes at once (404) and its
-batcher finishes what it had queued."""
+on every poll (``poll`` mode) and on load and unload requests (``explicit`` mode). Each new or changed
+version is loaded in a daemon thread of its own (checked by ``models.load_model``) within a time limit, and
+swapped in on the event loop, so a request in flight keeps the version it started with; a version that does
+not check, or whose load fails or runs past the limit, is refused with a log line naming it, and whatever
+served before keeps serving. A version is visible to requests (``lookup``) from the moment it
+is swapped in, with its state READY at the same time, so that it answers 404 until it can be served and
+200 from then on. An unloaded version is gone at once (404) and its batcher finishes what it had queued."""
 from __future__ import annotations
 
 import asyncio
 import re
+import threading
+from concurrent import futures
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable
@@ -15,6 +19,7 @@ from typing import Callable, Iterable
 from torchport.runtime.errors import TorchportError
 from torchport.runtime.serve.models import LoadSettings, ServedModel, load_model
 from torchport.runtime.serve.repository import ModelEntry, fingerprint, is_single_model, scan, scan_model
+from torchport.runtime.serve.stats import ModelStats
 
 READY, UNAVAILABLE = "READY", "UNAVAILABLE"
 MODEL_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
@@ -26,14 +31,17 @@ class RepositoryError(Exception):
 
 @dataclass
 class _Plan:
-    """What bringing one model in step with its entry takes, worked out (and loaded) off the event loop."""
+    """What bringing one model in step with its entry takes: worked out off the event loop, then the versions
+    to load (``pending``: version -> (path, fingerprint, the statistics a reload keeps)) loaded each in a
+    thread of its own, within the load time limit."""
     loaded: dict[str, ServedModel] = field(default_factory=dict)
     refused: dict[str, tuple[str, str]] = field(default_factory=dict)  # version -> (fingerprint, reason)
     unchanged: set[str] = field(default_factory=set)
+    pending: dict[str, tuple[Path, str, ModelStats | None]] = field(default_factory=dict)
 
 
 class Registry:
-    """Served models by name and version, the routes of their infer endpoints, and each version's state."""
+    """Served models by name and version, the highest of each, and each version's state."""
 
     def __init__(self, root: Path, load_settings: LoadSettings, control_mode: str = "none",
                  model_name: str | None = None, log: Callable[[str], None] = print):
@@ -42,20 +50,19 @@ class Registry:
         self.single = is_single_model(root)
         self.models: dict[str, dict[str, ServedModel]] = {}
         self.states: dict[str, dict[str, tuple[str, str]]] = {}  # name -> version ("" for the model) -> state
-        self.routes: dict[str, ServedModel] = {}  # infer path -> the version it reaches
+        self._latest: dict[str, ServedModel] = {}  # name -> its highest served version
         self._refused: dict[tuple[str, str], str] = {}  # (name, version) -> fingerprint refused
         self._problems: dict[str, str] = {}  # name -> why the whole model is refused, as last logged
+        self._loading: set[tuple[str, str]] = set()  # (name, version) whose load thread is running
         self._lock: asyncio.Lock | None = None
 
     # --- reading -------------------------------------------------------------------------------------
     def lookup(self, name: str, version: str | None = None) -> ServedModel | None:
         """The served version (the highest when ``version`` is None), or None."""
+        if not version:
+            return self._latest.get(name)
         versions = self.models.get(name)
-        if not versions:
-            return None
-        if version is None or version == "":
-            return versions[max(versions, key=int)]
-        return versions.get(version)
+        return versions.get(version) if versions else None
 
     def reason(self, name: str) -> str | None:
         """Why ``name`` is not served, as far as this process knows (no repository scan: 404s stay cheap)."""
@@ -108,9 +115,12 @@ class Registry:
             if entry is None:
                 problems[name] = [f"{self.root} has no model {name!r}"]
                 self.log(f"refused {name}: {problems[name][0]}")
-                continue
-            problems[name] = self._apply(name, entry, self._prepare(name, entry, retry=True))
-        self._reroute()
+        plans = {name: self._plan(name, entry, retry=True) for name, entry in wanted.items() if entry is not None}
+        loads = {name: self._start_loads(name, wanted[name], plan) for name, plan in plans.items()}
+        futures.wait([f for each in loads.values() for f in each.values()], timeout=self.load_settings.load_timeout_s)
+        for name, plan in plans.items():
+            self._collect(plan, loads[name])
+            problems[name] = self._apply(name, wanted[name], plan)
         return {k: v for k, v in problems.items() if v}
 
     def _entry(self, name: str) -> ModelEntry | None:
@@ -154,20 +164,33 @@ class Registry:
         return self._lock
 
     async def _reconcile(self, entries: dict[str, ModelEntry | None], retry: bool) -> dict[str, list[str]]:
+        """Bring the models of ``entries`` in step with them (None: gone from the repository): every version to
+        load is loaded in a thread of its own, all at once, and waited for at most the load time limit; a
+        load that fails or runs past it is refused, and nothing else waits for it."""
         loop = asyncio.get_running_loop()
         problems = {}
         async with self._get_lock():
+            plans = {}
             for name, entry in entries.items():
                 if entry is None:
                     self._unload(name, "removed from the repository")
-                    continue
-                plan = await loop.run_in_executor(None, self._prepare, name, entry, retry)
-                problems[name] = self._apply(name, entry, plan)
-            self._reroute()
+                else:
+                    plans[name] = await loop.run_in_executor(None, self._plan, name, entry, retry)
+            loads = {name: {version: asyncio.wrap_future(f) for version, f in
+                            self._start_loads(name, entries[name], plan).items()} for name, plan in plans.items()}
+            waiting = [f for each in loads.values() for f in each.values()]
+            if waiting:
+                await asyncio.wait(waiting, timeout=self.load_settings.load_timeout_s)
+            for name, plan in plans.items():
+                self._collect(plan, loads[name])
+                problems[name] = self._apply(name, entries[name], plan)
+            for late in waiting:
+                late.cancel()  # a load past the time limit: its thread ends on its own, unheard
         return {k: v for k, v in problems.items() if v}
 
-    def _prepare(self, name: str, entry: ModelEntry, retry: bool) -> _Plan:
-        """Load (in the calling thread) every version the policy wants that is new or changed."""
+    def _plan(self, name: str, entry: ModelEntry, retry: bool) -> _Plan:
+        """Which versions the policy wants that are new or changed (their fingerprints read the disk, so this
+        runs off the event loop); nothing is loaded yet."""
         plan = _Plan()
         if entry.problem is not None:
             return plan
@@ -177,18 +200,52 @@ class Registry:
             served = current.get(version)
             if served is not None and served.fingerprint == fp:
                 plan.unchanged.add(version)
-                continue
-            if not retry and self._refused.get((name, version)) == fp:
+            elif not retry and self._refused.get((name, version)) == fp:
                 plan.refused[version] = (fp, "")  # refused before and unchanged since: not tried again
-                continue
-            try:
-                plan.loaded[version] = load_model(path, name, version, self.load_settings, fp, entry.config,
-                                                  served.stats if served is not None else None)
-            except TorchportError as e:
-                plan.refused[version] = (fp, str(e))
-            except Exception as e:  # onnxruntime and the file system raise their own kinds
-                plan.refused[version] = (fp, f"{type(e).__name__}: {e}")
+            elif (name, version) in self._loading:
+                plan.refused[version] = (fp, "an earlier load of this version is still running past the load "
+                                             "time limit; it is tried again once its files change")
+            else:
+                plan.pending[version] = (path, fp, served.stats if served is not None else None)
         return plan
+
+    def _start_loads(self, name: str, entry: ModelEntry, plan: _Plan) -> dict[str, futures.Future]:
+        """Start loading each of the plan's pending versions in a daemon thread of its own (a load that never
+        ends holds neither another load, nor the next poll, nor the process's exit)."""
+        started = {}
+        for version, (path, fp, stats) in plan.pending.items():
+            future: futures.Future = futures.Future()
+            key = (name, version)
+
+            def load(path=path, version=version, fp=fp, stats=stats, future=future, key=key) -> None:
+                try:
+                    future.set_result(load_model(path, name, version, self.load_settings, fp, entry.config, stats))
+                except BaseException as e:
+                    future.set_exception(e)
+                finally:
+                    self._loading.discard(key)
+
+            self._loading.add(key)
+            threading.Thread(target=load, name=f"torchport load {name} {version}", daemon=True).start()
+            started[version] = future
+        return started
+
+    def _collect(self, plan: _Plan, loads: dict) -> None:
+        """Move each started load's outcome into the plan: loaded, refused with its reason, or refused for
+        running past the time limit."""
+        for version, future in loads.items():
+            fp = plan.pending[version][1]
+            if not future.done():
+                plan.refused[version] = (fp, f"loading took longer than {self.load_settings.load_timeout_s:g} s "
+                                             "(--model-load-timeout-s) and was given up; it is tried again once "
+                                             "its files change")
+            elif isinstance(future.exception(), TorchportError):
+                plan.refused[version] = (fp, str(future.exception()))
+            elif future.exception() is not None:  # onnxruntime and the file system raise their own kinds
+                error = future.exception()
+                plan.refused[version] = (fp, f"{type(error).__name__}: {error}")
+            else:
+                plan.loaded[version] = future.result()
 
     def _apply(self, name: str, entry: ModelEntry, plan: _Plan) -> list[str]:
         """Swap the plan's versions in (on the event loop's thread); returns the refusals."""
@@ -220,6 +277,7 @@ class Registry:
             replaced = version in current
             current[version] = served
             states[version] = (READY, "")
+            self._relatest(name)
             self._refused.pop((name, version), None)
             self.log(f"{'reloaded' if replaced else 'loaded'} {name} version {version} from {served.path} "
                      f"({served.checks})")
@@ -233,12 +291,14 @@ class Registry:
                      f"its policy asks for ({', '.join(sorted(wanted, key=int))}) load")
         if not current:
             self.models.pop(name, None)
+        self._relatest(name)
         return problems
 
     def _unload_version(self, name: str, version: str, why: str) -> None:
         served = self.models.get(name, {}).pop(version, None)
         if served is None:
             return
+        self._relatest(name)
         self.states.setdefault(name, {})[version] = (UNAVAILABLE, f"unloaded: {why}")
         queued = served.stats.queued
         self.log(f"unloaded {name} version {version} ({why})" +
@@ -248,18 +308,16 @@ class Registry:
         for version in list(self.models.get(name, {})):
             self._unload_version(name, version, why)
         self.models.pop(name, None)
+        self._relatest(name)
         states = self.states.setdefault(name, {})
         if not states:
             states[""] = (UNAVAILABLE, why)
-        self._reroute()
 
-    def _reroute(self) -> None:
-        """Rebuild the infer routes from the served versions (one dict lookup per request)."""
-        routes = {}
-        for name, versions in self.models.items():
-            if not versions:
-                continue
-            for version, served in versions.items():
-                routes[f"/v2/models/{name}/versions/{version}/infer"] = served
-            routes[f"/v2/models/{name}/infer"] = versions[max(versions, key=int)]
-        self.routes = routes
+    def _relatest(self, name: str) -> None:
+        """Keep the highest served version of ``name`` in step with its versions, in the same step as they
+        change (so that ``lookup`` never sees one without the other)."""
+        versions = self.models.get(name)
+        if versions:
+            self._latest[name] = versions[max(versions, key=int)]
+        else:
+            self._latest.pop(name, None)

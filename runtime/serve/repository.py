@@ -12,9 +12,11 @@ from pathlib import Path
 from google.protobuf import json_format, text_format
 from tritonclient.grpc import model_config_pb2
 
-from torchport.runtime.bundle import MANIFEST
+from torchport.runtime.bundle import MANIFEST, MAX_MANIFEST_BYTES, read_bounded
+from torchport.runtime.errors import BundleError
 
 CONFIG_FILE = "config.pbtxt"
+MAX_CONFIG_BYTES = 1024 * 1024  # a config.pbtxt is a few hundred bytes
 ONNX_BACKENDS = ("", "onnxruntime")
 ONNX_PLATFORMS = ("", "onnxruntime_onnx")
 _INT64_FIELDS = ("dims", "versions", "max_queue_delay_microseconds")
@@ -72,9 +74,12 @@ def _read_config(model_dir: Path, name: str) -> tuple[model_config_pb2.ModelConf
     """The parsed config.pbtxt (None when absent) and the reason it makes the model unservable, if any."""
     path = model_dir / CONFIG_FILE
     try:
-        text = path.read_text(encoding="utf-8")
+        text = read_bounded(path, MAX_CONFIG_BYTES, "is too large for a model configuration",
+                            "write it as `torchport export --triton` does").decode("utf-8")
     except FileNotFoundError:
         return None, None
+    except BundleError as e:
+        return None, str(e)
     except (OSError, UnicodeDecodeError) as e:
         return None, f"{path} cannot be read ({e})"
     try:
@@ -134,9 +139,9 @@ def fingerprint(path: Path) -> str:
             h.update(f"{p.relative_to(path) if p != path else p.name}\0{st.st_size}\0{st.st_mtime_ns}\0"
                      f"{st.st_ino}\n".encode())
         if path.is_dir() and (path / MANIFEST).is_file():
-            h.update((path / MANIFEST).read_bytes())
-    except OSError as e:  # a file vanished while the directory was being copied: changed, try again later
-        h.update(f"unreadable: {e}".encode())
+            h.update(read_bounded(path / MANIFEST, MAX_MANIFEST_BYTES))
+    except (OSError, BundleError) as e:  # a file vanished while the directory was being copied, or the manifest
+        h.update(f"unreadable: {e}".encode())  # is no regular file: changed, try again later
     return h.hexdigest()
 
 

@@ -1,7 +1,8 @@
 """Who may call the server and how much: the API key (a bearer token, compared in constant time), TLS
 files checked before serving, the warning for a server open to the network without a key, and the limits
-on inference requests in flight and on the time one may take. REST and gRPC share one Gate, and answer
-every inference request through ``admit``, ``failure`` and ``release``."""
+on inference requests in flight and on the time one may take (``Deadlines``, also the REST body's time
+limit). REST and gRPC share one Gate, and the data plane answers every inference request through ``admit``,
+``failure`` and ``release``."""
 from __future__ import annotations
 
 import asyncio
@@ -13,7 +14,7 @@ import time
 from pathlib import Path
 
 from torchport.runtime.errors import InputError
-from torchport.runtime.serve.protocol import ProtocolError
+from torchport.runtime.serve.inference import ProtocolError
 
 RETRY_AFTER_S = 1
 _monotonic = time.monotonic
@@ -50,6 +51,52 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+class Deadlines:
+    """A time limit for tasks: ``start`` the clock on a task, ``stop`` it when its work is done; a task still
+    running past the limit is cancelled, and ``expired`` then says so (once). Every task has the same limit,
+    so the order they started in is the order they expire in, and one timer for all (``_sweep``, running
+    while any clock runs) notices within a tenth of the limit, a second at most."""
+
+    def __init__(self, timeout_s: float):
+        self.timeout_s = timeout_s
+        self._deadlines: dict[asyncio.Task, float] = {}
+        self._expired: set[asyncio.Task] = set()
+        self._sweeper: asyncio.TimerHandle | None = None
+        self._tick = max(0.01, min(1.0, timeout_s / 10))
+
+    def start(self, task: asyncio.Task) -> None:
+        self._deadlines[task] = _monotonic() + self.timeout_s
+        if self._sweeper is None:
+            self._sweeper = asyncio.get_running_loop().call_later(self._tick, self._sweep)
+
+    def stop(self, task: asyncio.Task) -> None:
+        """The task's work is done: stop its clock. Call it with no await after the work's last one, so
+        that a late expiry cannot land outside the work."""
+        self._deadlines.pop(task, None)
+
+    def expired(self, task: asyncio.Task) -> bool:
+        """Whether ``task``'s cancellation was this limit's doing; if so, it is answered here (Python 3.11+:
+        the task is uncancelled)."""
+        if task not in self._expired:
+            return False
+        self._expired.discard(task)
+        uncancel = getattr(task, "uncancel", None)
+        if uncancel is not None:
+            uncancel()
+        return True
+
+    def _sweep(self) -> None:
+        now, deadlines = _monotonic(), self._deadlines
+        while deadlines:
+            task, at = next(iter(deadlines.items()))
+            if at > now:
+                break
+            del deadlines[task]
+            self._expired.add(task)
+            task.cancel()
+        self._sweeper = asyncio.get_running_loop().call_later(self._tick, self._sweep) if deadlines else None
+
+
 class Gate:
     """The checks every request passes: the bearer token (when a key is set; health checks are exempt),
     the number of inference requests in flight, and their time limit."""
@@ -58,12 +105,7 @@ class Gate:
         self._digest = hashlib.sha256(api_key).digest() if api_key is not None else None
         self.max_in_flight, self.timeout_s = max_in_flight, timeout_s
         self.in_flight = 0
-        # the tasks of the requests in flight with their deadlines; every request has the same time limit,
-        # so the dict's order is the order they expire in, and one timer for all (``_sweep``) finds them
-        self._deadlines: dict[asyncio.Task, float] = {}
-        self._expired: set[asyncio.Task] = set()
-        self._sweeper: asyncio.TimerHandle | None = None
-        self._tick = max(0.01, min(1.0, timeout_s / 10))
+        self._clock = Deadlines(timeout_s)
 
     @property
     def needs_key(self) -> bool:
@@ -82,37 +124,32 @@ class Gate:
         return hmac.compare_digest(hashlib.sha256(token.strip()).digest(), self._digest) and \
             scheme.lower() == b"bearer"
 
-    def admit(self) -> asyncio.Task | None:
-        """Start the clock on the current task's inference request; None when the server is at its limit
-        of requests in flight (answer 503). Every admitted request ends with ``release``."""
+    def admit(self, task: asyncio.Task | None = None) -> asyncio.Task | None:
+        """Start the clock on the inference request of ``task`` (default: the current one); None when the
+        server is at its limit of requests in flight (answer 503). Every admitted request ends with
+        ``release``."""
         if self.in_flight >= self.max_in_flight:
             return None
-        task = asyncio.current_task()
-        self._deadlines[task] = _monotonic() + self.timeout_s
-        if self._sweeper is None:
-            self._sweeper = asyncio.get_running_loop().call_later(self._tick, self._sweep)
+        task = task or asyncio.current_task()
+        self._clock.start(task)
         self.in_flight += 1
         return task
 
     def release(self, task: asyncio.Task) -> None:
         """The request is answered (or failed): stop its clock. Call it with no await after the last one
         of the request's work, so that a late expiry cannot land outside the handler."""
-        self._deadlines.pop(task, None)
+        self._clock.stop(task)
         self.in_flight -= 1
 
     def failure(self, task: asyncio.Task, error: BaseException) -> tuple[int, str]:
         """The status and message for an admitted request whose work raised ``error``: a ProtocolError's
-        status, 504 when it ran past the time limit (noticed within a tenth of it, a second at most), 500
-        when the model itself failed. A cancellation that is not the time limit's is raised again."""
+        status, 504 when it ran past the time limit, 500 when the model itself failed. A cancellation that
+        is not the time limit's is raised again."""
         if isinstance(error, ProtocolError):
             return error.status, str(error)
         if isinstance(error, asyncio.CancelledError):
-            if task not in self._expired:
+            if not self._clock.expired(task):
                 raise error
-            self._expired.discard(task)
-            uncancel = getattr(task, "uncancel", None)  # Python 3.11+: the cancellation is answered here
-            if uncancel is not None:
-                uncancel()
             return 504, f"the request took longer than this server's limit of {self.timeout_s:g} s"
         if isinstance(error, Exception):  # a failure of the model itself, not of the request
             return 500, f"inference failed: {type(error).__name__}: {error}"
@@ -120,15 +157,3 @@ class Gate:
 
     def overloaded(self) -> str:
         return f"the server is at its limit of {self.max_in_flight} requests in flight; retry shortly"
-
-    def _sweep(self) -> None:
-        """Cancel the tasks of requests past their deadline; the timer runs while requests are in flight."""
-        now, deadlines = _monotonic(), self._deadlines
-        while deadlines:
-            task, at = next(iter(deadlines.items()))
-            if at > now:
-                break
-            del deadlines[task]
-            self._expired.add(task)
-            task.cancel()
-        self._sweeper = asyncio.get_running_loop().call_later(self._tick, self._sweep) if deadlines else None

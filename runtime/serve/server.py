@@ -1,7 +1,8 @@
 """Build a server from its settings and run it: the registry loaded from the repository, the REST app on
 uvicorn (httptools parser, uvloop when installed), and, started in the app's lifespan on the same event
-loop, gRPC, the repository poll and the sockets workers use to reach each other. On SIGTERM or SIGINT it
-stops accepting, finishes the requests in flight, and returns normally (exit code 0)."""
+loop, gRPC, the repository poll, the sockets workers use to reach each other and the signal handlers. On
+SIGTERM or SIGINT it reports itself draining, stops accepting, finishes the requests in flight, and returns
+normally (exit code 0); SIGHUP reads the repository again (``signals``)."""
 from __future__ import annotations
 
 import asyncio
@@ -19,11 +20,14 @@ import uvicorn
 
 from torchport.runtime.errors import InputError
 from torchport.runtime.serve.app import InferenceApp
-from torchport.runtime.serve.config import ServeConfig
+from torchport.runtime.serve.config import DEFAULT_MAX_HEADER_BYTES, ServeConfig
 from torchport.runtime.serve.control import Control
+from torchport.runtime.serve.dataplane import DataPlane
+from torchport.runtime.serve.front_door import CappedHttpProtocol, ServerConfig
 from torchport.runtime.serve.models import LoadSettings
 from torchport.runtime.serve.registry import Registry
 from torchport.runtime.serve.security import Gate, check_tls, read_api_key
+from torchport.runtime.serve.signals import SignalHandlers
 from torchport.runtime.serve.stats import ServerStats
 
 GRACEFUL_TIMEOUT_S = 30
@@ -50,7 +54,7 @@ def build(config: ServeConfig, log: Callable[[str], None]) -> tuple[InferenceApp
         from torchport.runtime.signing import trusted_key_list
         keys = tuple(trusted_key_list(config.trusted_keys))
     settings = LoadSettings(config.providers, config.max_batch_size, config.max_queue_delay_us, keys,
-                            config.allow_failed_parity)
+                            config.allow_failed_parity, config.model_load_timeout_s)
     registry = Registry(Path(config.path), settings, config.model_control_mode, config.model_name, log)
     server_stats = ServerStats()
     control = Control(registry, server_stats, config.control_dir, log)
@@ -59,19 +63,19 @@ def build(config: ServeConfig, log: Callable[[str], None]) -> tuple[InferenceApp
     gate = Gate(read_api_key(config.api_key_file) if config.api_key_file else None,
                 config.max_concurrent_requests, config.request_timeout_s)
     tls = check_tls(config.tls_cert, config.tls_key) if config.tls_cert else None
-    services = _Services(config, control, registry, tls, log)
-    app = InferenceApp(registry, control, gate, server_stats, config.max_body_bytes, config.model_control_mode,
-                       services.start, services.stop)
-    services.app = app
-    return app, problems
+    plane = DataPlane(registry, control, gate, server_stats, config.model_control_mode)
+    services = _Services(config, plane, tls, log)
+    return InferenceApp(plane, config.max_body_bytes, config.body_timeout_s, services.start, services.stop), problems
 
 
 class _Services:
-    """What runs beside REST on the event loop: gRPC, the repository poll and the worker sockets."""
+    """What runs beside REST on the event loop: gRPC with its health service, the repository poll, the worker
+    sockets and the signal handlers."""
 
-    def __init__(self, config: ServeConfig, control: Control, registry: Registry, tls, log):
-        self.config, self.control, self.registry, self.tls, self.log = config, control, registry, tls, log
-        self.app: InferenceApp | None = None
+    def __init__(self, config: ServeConfig, plane: DataPlane, tls, log):
+        self.config, self.plane, self.tls, self.log = config, plane, tls, log
+        self.control, self.registry = plane.control, plane.registry
+        self.signals = SignalHandlers(plane, config.path, log)
         self._grpc = None
         self._poll: asyncio.Task | None = None
 
@@ -79,10 +83,12 @@ class _Services:
         await self.control.start()
         if self.config.grpc_port is not None:
             from torchport.runtime.serve.grpc_service import start_grpc
-            self._grpc = await start_grpc(self.app, self.config.host, self.config.grpc_port,
-                                          self.config.max_body_bytes, self.config.workers > 1, self.tls)
+            self._grpc, health = await start_grpc(self.plane, self.config.host, self.config.grpc_port,
+                                                  self.config.max_body_bytes, self.config.workers > 1, self.tls)
+            self.signals.on_drain.append(health.enter_graceful_shutdown)
         if self.config.model_control_mode == "poll":
             self._poll = asyncio.create_task(self._poll_forever())
+        self.signals.install(asyncio.get_running_loop())
 
     async def _poll_forever(self) -> None:
         while True:
@@ -94,6 +100,7 @@ class _Services:
                          f"{self.config.repository_poll_secs:g} s")
 
     async def stop(self) -> None:
+        self.signals.uninstall()
         if self._poll is not None:
             self._poll.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -130,14 +137,15 @@ def bind(host: str, port: int, parameter: str = "port") -> socket.socket:
 
 
 def run_server(app: Any, host: str, port: int, workers: int = 1, factory: bool = False,
-               log_level: str = "warning", sock: Any = None, tls: tuple[str, str] | None = None) -> None:
+               log_level: str = "warning", sock: Any = None, tls: tuple[str, str] | None = None,
+               max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES) -> None:
     """Serve ``app`` (an ASGI app, or with ``workers`` > 1 an import string of an app factory) until a signal;
-    ``tls``: the certificate and key files."""
-    config = uvicorn.Config(app, host=host, port=port, workers=workers, factory=factory, loop=_loop(),
-                            http="httptools", lifespan="on", access_log=False, log_level=log_level,
-                            backlog=4096, timeout_graceful_shutdown=GRACEFUL_TIMEOUT_S, server_header=False,
-                            proxy_headers=False, ssl_certfile=tls[0] if tls else None,
-                            ssl_keyfile=tls[1] if tls else None)
+    ``tls``: the certificate and key files; ``max_header_bytes``: the cap on a request's line and headers."""
+    config = ServerConfig(app, max_header_bytes, host=host, port=port, workers=workers, factory=factory,
+                          loop=_loop(), http=CappedHttpProtocol, lifespan="on", access_log=False,
+                          log_level=log_level, backlog=4096, timeout_graceful_shutdown=GRACEFUL_TIMEOUT_S,
+                          server_header=False, proxy_headers=False, ssl_certfile=tls[0] if tls else None,
+                          ssl_keyfile=tls[1] if tls else None)
     sock = sock or bind(host, port)  # a caller may bind first, to fail before announcing anything
     if workers > 1:
         from uvicorn.supervisors import Multiprocess

@@ -11,7 +11,7 @@ from typing import Iterable
 
 LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 # Outcomes of inference requests that reached a model: success, or the status class of the answer.
-OUTCOMES = ("success", "bad_request", "too_large", "disconnected", "overloaded", "timeout", "error")
+OUTCOMES = ("success", "bad_request", "body_timeout", "too_large", "disconnected", "overloaded", "timeout", "error")
 # Requests answered before any model was chosen.
 REJECTIONS = ("not_found", "unauthenticated", "bad_request", "overloaded")
 PHASES = ("queue", "compute_input", "compute_infer", "compute_output")
