@@ -82,6 +82,7 @@ def _until_closed(sock: socket.socket) -> bytes:
     return data
 
 
+@pytest.mark.full  # a server under load: the full tier
 def test_slow_bodies_take_no_slot_and_get_408(seed_bundle):
     with serving(seed_bundle, "--body-timeout-s", "4", grpc=True) as server:
         slow = []
@@ -131,6 +132,7 @@ def _send_head(port: int, size: int) -> tuple[int, bytes, float]:
     return sent, answer, time.perf_counter() - started
 
 
+@pytest.mark.full  # a server under load: the full tier
 def test_a_huge_header_is_refused_while_others_stay_fast(seed_bundle):
     with serving(seed_bundle, grpc=True) as server:
         (sent, answer, seconds), good = _run_beside(server, lambda: _send_head(server.port, 64 * 1024 * 1024))
@@ -166,6 +168,7 @@ def test_numeric_headers_out_of_bounds_get_400(seed_bundle, name, value):
                                                     outcome="error") == 0
 
 
+@pytest.mark.full  # a server under load: the full tier
 def test_a_large_json_body_does_not_stall_others(seed_bundle):
     rows = np.random.default_rng(0).uniform(0.5, 50, 1_000_000).round(4)
     body = infer_body([[0.0]], shape=[len(rows), 1], data=rows.tolist())  # about 9 MiB of JSON

@@ -10,6 +10,8 @@ import json
 import re
 import subprocess
 
+import pytest
+
 from conftest import BIN, DATA
 from servers import request, serving
 
@@ -28,6 +30,7 @@ def _schemathesis(location: str, server, checks: str, seconds: int, cwd) -> tupl
     return proc.returncode, proc.stdout + proc.stderr, int(found.group(2)) if found else 0
 
 
+@pytest.mark.full  # a server under load: the full tier
 def test_the_protocols_spec_and_torchports_own_document_hold(seed_bundle, tmp_path):
     with serving(seed_bundle, "--model-control-mode", "explicit", "--load-model", "seed") as server:
         code, output, passed = _schemathesis(str(DATA / "open_inference_rest.yaml"), server, CHECKS, 40, tmp_path)
