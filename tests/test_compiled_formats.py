@@ -247,7 +247,8 @@ def test_load_refuses_a_program_that_would_unpickle_or_run_code(seed_bundle, tmp
     for what, (edit, message) in edits.items():
         bad = _copy(seed_bundle, tmp_path, what.replace(" ", "_"))
         (bad / EXPORTED_FILE).write_bytes(rebuilt(edit))
-        _rewrite_manifest(bad, lambda obj: obj["files"][EXPORTED_FILE].update(sha256=sha256_file(bad / EXPORTED_FILE)))
+        _rewrite_manifest(bad, lambda obj: obj["files"][EXPORTED_FILE].update(sha256=sha256_file(bad / EXPORTED_FILE),
+                                                                    bytes=(bad / EXPORTED_FILE).stat().st_size))
         with pytest.raises(BundleError, match=message):
             load_model(bad, "exported")
         assert not marker.exists(), what
@@ -285,7 +286,8 @@ def test_a_package_that_carries_a_program_with_pickles_is_refused(aoti_seed_bund
         for name, data in added.items():
             new.writestr(f"{root}/{name}", data)
     (bad / AOTI_FILE).write_bytes(out.getvalue())
-    _rewrite_manifest(bad, lambda obj: obj["files"][AOTI_FILE].update(sha256=sha256_file(bad / AOTI_FILE)))
+    _rewrite_manifest(bad, lambda obj: obj["files"][AOTI_FILE].update(sha256=sha256_file(bad / AOTI_FILE),
+                                                                    bytes=(bad / AOTI_FILE).stat().st_size))
     with pytest.raises(BundleError, match=f"{AOTI_FILE} holds members an AOTInductor package does not"):
         load_model(bad, "aoti")
     proc = run_cli("verify", str(bad), "--no-record")
