@@ -8,6 +8,7 @@ import socket
 import ssl
 import subprocess
 import tempfile
+import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -123,3 +124,44 @@ def metric(text: str, name: str, **labels: str) -> float:
         if (line.startswith(name + "{") or line.startswith(name + " ")) and all(w in line for w in wanted):
             return float(line.rsplit(" ", 1)[1])
     raise AssertionError(f"metric {name} {labels} not found in:\n{text}")
+
+
+class Caller(threading.Thread):
+    """Calls ``model`` with one row, without pause, over REST (one keep-alive connection) or gRPC
+    (tritonclient) until ``stop`` is set; keeps (status, model version, seconds) of each call: status 200, the
+    HTTP status, or the error's repr."""
+
+    def __init__(self, server: Server, model: str = "seed", grpc: bool = False):
+        super().__init__(daemon=True)
+        self.server, self.model, self.grpc, self.results, self.stop = server, model, grpc, [], threading.Event()
+
+    def run(self) -> None:
+        if self.grpc:
+            import numpy as np
+            import tritonclient.grpc as grpcclient
+            client = grpcclient.InferenceServerClient(self.server.grpc_url)
+            tensor = grpcclient.InferInput("features", [1, 1], "FP32")
+            tensor.set_data_from_numpy(np.array([[3.0]], np.float32))
+            while not self.stop.is_set():
+                started = time.perf_counter()
+                try:
+                    version = client.infer(self.model, [tensor], client_timeout=30).get_response().model_version
+                    self.results.append((200, version, time.perf_counter() - started))
+                except Exception as e:
+                    self.results.append((repr(e), None, time.perf_counter() - started))
+            client.close()
+            return
+        conn = http.client.HTTPConnection("127.0.0.1", self.server.port, timeout=30)
+        body = infer_body([[3.0]])
+        while not self.stop.is_set():
+            started = time.perf_counter()
+            try:
+                conn.request("POST", f"/v2/models/{self.model}/infer", body)
+                response = conn.getresponse()
+                answer = response.read()
+                version = json.loads(answer).get("model_version") if response.status == 200 else None
+                self.results.append((response.status, version, time.perf_counter() - started))
+            except Exception as e:
+                self.results.append((repr(e), None, time.perf_counter() - started))
+                conn = http.client.HTTPConnection("127.0.0.1", self.server.port, timeout=30)
+        conn.close()

@@ -8,14 +8,13 @@ from __future__ import annotations
 import http.client
 import json
 import socket
-import threading
 import time
 
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 
-from servers import infer_body, metric, request, serving
+from servers import Caller, infer_body, metric, request, serving
 from torchport.runtime import Predictor
 
 SLOW_CONNECTIONS = 1100
@@ -23,42 +22,9 @@ SLOW_HEAD = (b"POST /v2/models/seed/infer HTTP/1.1\r\nHost: 127.0.0.1\r\nContent
              b"Content-Length: 1000\r\n\r\n")
 
 
-class Good(threading.Thread):
-    """Good one-row requests without pause, over REST (one keep-alive connection) or gRPC, until stopped;
-    keeps (status, seconds) of each."""
-
-    def __init__(self, server, grpc: bool = False):
-        super().__init__(daemon=True)
-        self.server, self.grpc, self.results, self.stop = server, grpc, [], threading.Event()
-
-    def run(self) -> None:
-        if self.grpc:
-            client = grpcclient.InferenceServerClient(self.server.grpc_url)
-            tensor = grpcclient.InferInput("features", [1, 1], "FP32")
-            tensor.set_data_from_numpy(np.array([[3.0]], np.float32))
-            while not self.stop.is_set():
-                started = time.perf_counter()
-                try:
-                    client.infer("seed", [tensor], client_timeout=30)
-                    self.results.append((200, time.perf_counter() - started))
-                except Exception as e:
-                    self.results.append((repr(e), time.perf_counter() - started))
-            client.close()
-            return
-        conn = http.client.HTTPConnection("127.0.0.1", self.server.port, timeout=30)
-        body = infer_body([[3.0]])
-        while not self.stop.is_set():
-            started = time.perf_counter()
-            conn.request("POST", "/v2/models/seed/infer", body)
-            response = conn.getresponse()
-            response.read()
-            self.results.append((response.status, time.perf_counter() - started))
-        conn.close()
-
-
 def _run_beside(server, work):
     """Run ``work()`` while good REST and gRPC requests go on; (its result, every good (status, seconds))."""
-    good = [Good(server), Good(server, grpc=True)]
+    good = [Caller(server), Caller(server, grpc=True)]
     for g in good:
         g.start()
     time.sleep(0.3)
@@ -70,7 +36,7 @@ def _run_beside(server, work):
             g.stop.set()
         for g in good:
             g.join(60)
-    return result, [r for g in good for r in g.results]
+    return result, [(status, seconds) for g in good for status, _, seconds in g.results]
 
 
 def _until_closed(sock: socket.socket) -> bytes:

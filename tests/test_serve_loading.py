@@ -17,9 +17,8 @@ import time
 
 import numpy as np
 import pytest
-import tritonclient.grpc as grpcclient
 
-from servers import infer_body, infer_json, request, serving
+from servers import Caller, infer_body, infer_json, request, serving
 from torchport.export.triton import write_triton_repository
 from torchport.runtime import Predictor
 from torchport.runtime.signing import load_private_key, new_key, sign_bundle
@@ -50,37 +49,6 @@ def _publish(bundle, repo, name: str, version: int, model_onnx=None) -> None:
         (stage / "model.onnx").unlink()
         model_onnx(stage / "model.onnx")
     stage.rename(repo / name / str(version))
-
-
-class Caller(threading.Thread):
-    """Calls one model over REST (one keep-alive connection) or gRPC until stopped; keeps (status, version)."""
-
-    def __init__(self, server, model: str, grpc: bool = False):
-        super().__init__(daemon=True)
-        self.server, self.model, self.grpc, self.results, self.stop = server, model, grpc, [], threading.Event()
-
-    def run(self) -> None:
-        if self.grpc:
-            client = grpcclient.InferenceServerClient(self.server.grpc_url)
-            tensor = grpcclient.InferInput("features", [1, 1], "FP32")
-            tensor.set_data_from_numpy(np.array([[3.0]], np.float32))
-            while not self.stop.is_set():
-                try:
-                    self.results.append((200, client.infer(self.model, [tensor]).get_response().model_version))
-                except Exception as e:
-                    self.results.append((repr(e), None))
-            client.close()
-            return
-        conn = http.client.HTTPConnection("127.0.0.1", self.server.port, timeout=30)
-        while not self.stop.is_set():
-            try:
-                conn.request("POST", f"/v2/models/{self.model}/infer", infer_body([[3.0]]))
-                response = conn.getresponse()
-                self.results.append((response.status, json.loads(response.read()).get("model_version")))
-            except Exception as e:
-                self.results.append((repr(e), None))
-                conn = http.client.HTTPConnection("127.0.0.1", self.server.port, timeout=30)
-        conn.close()
 
 
 def _peak_rss_kb(pid: int) -> int:
@@ -127,7 +95,7 @@ def test_a_fifo_and_a_dev_zero_link_are_refused_and_nothing_waits_for_them(signe
     assert status == 200 and np.allclose(answer["outputs"][0]["data"],
                                          Predictor(bundles["mlp", "2"]).predict(rows).ravel(), rtol=1e-6)
     assert seed[0] == 200 and seed[1]["model_version"] == "1"
-    results = [r for c in callers for r in c.results]
+    results = [(status, version) for c in callers for status, version, _ in c.results]
     assert results and all(r == (200, "1") for r in results), [r for r in results if r != (200, "1")][:5]
     assert peak_kb < MAX_RSS_KB, f"peak RSS {peak_kb} kB"
     assert code == 0 and stopped_s < 15, (code, stopped_s)
