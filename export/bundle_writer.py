@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from torchport.export.aoti import compile_package
+from torchport.export.encoded import Encoded
 from torchport.export.exported import export_program, save_program
 from torchport.export.formats import DEFAULT_OPSET, EXPORTER, INPUT_NAME, OUTPUT_NAME, TORCHSCRIPT_TOOL, \
     export_onnx, export_torchscript, save_checkpoint, torchport_version, versions
@@ -31,6 +32,7 @@ from torchport.export.verify import Golden, verify_with_golden
 from torchport.runtime.bundle import AOTI_CUDA_FILE, AOTI_FILE, CHECKPOINT_FILE, EXPORTED_FILE, GOLDEN_FILE, \
     LARGE_BATCH_FILE, MANIFEST, ONNX_FILE, TORCHSCRIPT_FILE, Bundle, FileEntry, FileWriter, GoldenCases, Manifest, \
     ParityReport, TensorSpec, golden_json
+from torchport.runtime.encoding import Encoding
 from torchport.runtime.errors import Fix, InputError, ParityError
 from torchport.runtime.files import discard_dir, naming, publish_dir, staging_dir, write_json
 from torchport.train.datasets import Dataset
@@ -75,7 +77,7 @@ def write_bundle(module: nn.Module | torch.export.ExportedProgram, spec: ModelSp
                  force: bool = False, verify_inputs: np.ndarray | None = None, large_batch_graph: bool = True,
                  tolerance: Tolerance = Tolerance(), report: ReportWriter | None = None,
                  formats: Iterable[str] = DEFAULT_FORMATS, aoti_cpu: str = "native",
-                 publish_failed: bool = False) -> Manifest:
+                 publish_failed: bool = False, encoding: Encoding | None = None) -> Manifest:
     """Export ``module`` into the bundle directory ``out``, verified; returns its manifest. With ``force`` an
     existing bundle is replaced once the new one is complete. ``formats``: the model formats to write
     (FORMAT_FILES' names; "onnx" always); "aoti" also writes a CUDA package when torch sees a GPU, and
@@ -86,7 +88,8 @@ def write_bundle(module: nn.Module | torch.export.ExportedProgram, spec: ModelSp
     (replacing an older one there); with ``publish_failed`` it is published, its manifest marked failed.
     A ModuleSpec bundle (a module torchport did not define) always holds model.pt2, its torch-side source;
     ``module`` may then be that ExportedProgram (re-exporting such a bundle), which every format is written
-    from as it is."""
+    from as it is. ``encoding``: the categorical and imputed columns ``module`` (an ``Encoded``) takes, recorded
+    in the manifest."""
     out = Path(out)
     formats = check_formats(formats)
     if isinstance(spec, ModuleSpec) and "exported" not in formats:
@@ -100,6 +103,7 @@ def write_bundle(module: nn.Module | torch.export.ExportedProgram, spec: ModelSp
         try:
             manifest = write_files(stage, module, spec, list(feature_names), list(target_names), training, opset,
                                    large_batch_graph, report, formats, aoti_cpu, program)
+            manifest = replace(manifest, encoding=encoding)
             reference = module if isinstance(spec, ModuleSpec) else None
             parity, golden = verify_with_golden(Bundle(stage, manifest), verify_inputs, tolerance=tolerance,
                                                 module=reference)
@@ -257,9 +261,10 @@ def write_from_regressor(reg: Regressor, data: Dataset, out: str | os.PathLike, 
     table, plots unless ``plots`` is False), verifying on the training rows too; ``kwargs`` go to
     write_bundle."""
     record = record or TrainingRecord.from_fit(reg, data)
-    return write_bundle(reg.module_, reg.spec_, data.feature_names, data.target_names, out, training=record,
-                        verify_inputs=data.X, report=lambda stage: write_report(stage, reg, data, record, plots),
-                        **kwargs)
+    module = reg.module_ if data.encoding is None else Encoded(data.encoding, reg.module_)
+    return write_bundle(module, reg.spec_, data.input_names, data.target_names, out, training=record,
+                        verify_inputs=data.inputs, report=lambda stage: write_report(stage, reg, data, record, plots),
+                        encoding=data.encoding, **kwargs)
 
 
 def report_copier(bundle: Bundle) -> ReportWriter:

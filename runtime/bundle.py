@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from torchport.runtime.cpus import cpu_flags
+from torchport.runtime.encoding import Encoding
 from torchport.runtime.errors import BundleError, DataError, Fix, ParityError
 from torchport.runtime.jsonfields import FLAG, INT, NULL, NUMBER, TEXT, Flat, items, json_object, present, scalar, \
     values
@@ -418,9 +419,11 @@ class GoldenCases:
 
 
 def golden_json(inputs: Any, answers: Any, bound: Any, features: Any, targets: Any) -> dict:
-    """The content of golden.json: the rows (float32 values), their float64 answers, the bound per target."""
+    """The content of golden.json: the rows (float32 values; null for a missing cell an encoding imputes),
+    their float64 answers, the bound per target."""
     return {"format": "torchport.golden", "features": list(features), "targets": list(targets),
-            "bound": [float(b) for b in bound], "inputs": [[float(v) for v in row] for row in inputs],
+            "bound": [float(b) for b in bound],
+            "inputs": [[None if math.isnan(v) else float(v) for v in row] for row in inputs],  # None: a missing cell
             "answers": [[float(v) for v in row] for row in answers]}
 
 
@@ -440,6 +443,7 @@ class Manifest:
     created: str = ""
     format_version: int = FORMAT_VERSION
     golden: GoldenCases | None = None
+    encoding: Encoding | None = None  # categorical and imputed columns (None: every feature a plain number)
 
     def with_parity(self, parity: ParityReport) -> "Manifest":
         return replace(self, parity=parity)
@@ -456,7 +460,8 @@ class Manifest:
                 "files": {name: entry.to_json() for name, entry in self.files.items()},
                 "model": self.model, "training": self.training, "export": self.export.to_json(),
                 "parity": self.parity.to_json() if self.parity else None,
-                "golden": self.golden.to_json() if self.golden else None}
+                "golden": self.golden.to_json() if self.golden else None,
+                **({"encoding": self.encoding.to_json()} if self.encoding else {})}
 
     @classmethod
     def from_json(cls, obj: Any, where: str = MANIFEST) -> "Manifest":
@@ -502,10 +507,15 @@ class Manifest:
         if golden is not None and (golden.file not in files or len(golden.bound) != len(targets)):
             raise DataError(f"{where}.golden names {golden.file!r} with {len(golden.bound)} bound(s); expected a "
                             f"file the manifest lists and one bound per target ({len(targets)})")
+        encoding = present(obj, where, {"encoding": (dict, NULL)}).get("encoding")
+        encoding = Encoding.from_json(encoding, f"{where}.encoding") if encoding else None
+        if encoding is not None and tuple(encoding.features) != features:
+            raise DataError(f"{where}.encoding describes the columns {encoding.features}, not the features "
+                            f"{list(features)}")
         return cls(features, targets, tin, tout, files, json_object(v["model"], f"{where}.model"),
                    ExportRecord.from_json(v["export"], f"{where}.export"), v["training"],
                    ParityReport.from_json(parity, f"{where}.parity") if parity else None, v["created"] or "",
-                   golden=golden)
+                   golden=golden, encoding=encoding)
 
 
 def _migrate_v1(obj: dict) -> dict:
