@@ -162,12 +162,13 @@ class Encoding:
     # ---- cells to codes ------------------------------------------------------------------------------------
 
     def codes(self, columns: Sequence[Any], *, unseen: str = "refuse", first_row: int = 0,
-              dtype: Any = np.float32) -> tuple[np.ndarray, np.ndarray]:
+              dtype: Any = np.float32, rows_are: str = "0-based") -> tuple[np.ndarray, np.ndarray]:
         """The graph's input for cells given column by column (one sequence per feature, in order): numbers,
         level codes, NaN where a missing cell is imputed; and per row whether an unseen level was mapped to
         the reference level (``unseen="reference"``). InputError naming the row (0-based, counted from
         ``first_row``), the column and the value for a missing cell without imputation, an unseen level, or
-        a cell of a numeric column that is not a number."""
+        a cell of a numeric column that is not a number (``rows_are`` says how rows are counted: a file's
+        reader counts data rows from 1)."""
         if unseen not in UNSEEN:
             raise InputError(f"unseen must be one of {', '.join(UNSEEN)}; got {unseen!r}", parameter="unseen")
         rows = len(columns[0]) if len(columns) else 0
@@ -175,34 +176,34 @@ class Encoding:
         flagged = np.zeros(rows, dtype=bool)
         for j, (column, cells) in enumerate(zip(self.columns, columns)):
             if column.kind == NUMERIC:
-                out[:, j] = self._numbers(column, cells, first_row)
+                out[:, j] = self._numbers(column, cells, first_row, rows_are)
             else:
-                out[:, j] = self._levels(column, cells, unseen, flagged, first_row)
+                out[:, j] = self._levels(column, cells, unseen, flagged, first_row, rows_are)
             missing = np.isnan(out[:, j])
             if missing.any() and column.impute is None:
                 row = int(np.argmax(missing))
-                raise InputError(f"row {row + first_row} (0-based), column {column.name!r} is missing (got "
+                raise InputError(f"row {row + first_row} ({rows_are}), column {column.name!r} is missing (got "
                                  f"{_shown(cells[row])}); this model imputes no value for {column.name!r}: fill "
                                  "the cell, or train the model with --impute")
         return out, flagged
 
-    def _numbers(self, column: ColumnEncoding, cells: Any, first_row: int) -> np.ndarray:
+    def _numbers(self, column: ColumnEncoding, cells: Any, first_row: int, rows_are: str) -> np.ndarray:
         a = np.asarray(cells)
         if a.dtype.kind in "fiu":
             values_ = a.astype(np.float64)
         else:
             values_ = np.empty(len(a), dtype=np.float64)
             for i, cell in enumerate(a):
-                values_[i] = _number(cell, column.name, i + first_row)
+                values_[i] = _number(cell, column.name, f"{i + first_row} ({rows_are})")
         bad = np.isinf(values_)
         if bad.any():
             row = int(np.argmax(bad))
-            raise InputError(f"row {row + first_row} (0-based), column {column.name!r} holds {values_[row]}: "
+            raise InputError(f"row {row + first_row} ({rows_are}), column {column.name!r} holds {values_[row]}: "
                              "infinite inputs are refused; clean the data")
         return values_
 
     def _levels(self, column: ColumnEncoding, cells: Any, unseen: str, flagged: np.ndarray,
-                first_row: int) -> np.ndarray:
+                first_row: int, rows_are: str) -> np.ndarray:
         index = {level: float(k) for k, level in enumerate(column.levels)}
         out = np.empty(len(cells), dtype=np.float64)
         for i, cell in enumerate(cells):
@@ -214,7 +215,7 @@ class Encoding:
             if code is None:
                 if unseen == "refuse":
                     shown = ", ".join(map(repr, column.levels[:12])) + (", ..." if len(column.levels) > 12 else "")
-                    raise InputError(f"row {i + first_row} (0-based), column {column.name!r}: {text!r} is not a "
+                    raise InputError(f"row {i + first_row} ({rows_are}), column {column.name!r}: {text!r} is not a "
                                      f"level the model was trained on ({shown})", parameter="unseen",
                                      fixes=(Fix({"unseen": "reference"}, "to score it as the reference level "
                                                 f"{(column.reference or column.levels[0])!r} and flag the row"),))
@@ -272,7 +273,7 @@ def _shown(cell: Any) -> str:
     return "an empty cell" if cell is None or cell == "" else repr(cell)
 
 
-def _number(cell: Any, name: str, row: int) -> float:
+def _number(cell: Any, name: str, row: str) -> float:
     """A numeric column's cell as a float (NaN: missing); InputError for text that is not a number."""
     if cell is None or (isinstance(cell, float) and math.isnan(cell)):
         return math.nan
@@ -284,11 +285,11 @@ def _number(cell: Any, name: str, row: int) -> float:
         try:
             return float(cell)
         except ValueError:
-            raise InputError(f"row {row} (0-based), column {name!r} holds {cell!r}; expected a number") from None
+            raise InputError(f"row {row}, column {name!r} holds {cell!r}; expected a number") from None
     if isinstance(cell, (bool, np.bool_)) or not isinstance(cell, numbers.Real):
         if type(cell).__name__ in ("NAType", "NaTType"):
             return math.nan
-        raise InputError(f"row {row} (0-based), column {name!r} holds {cell!r}; expected a number")
+        raise InputError(f"row {row}, column {name!r} holds {cell!r}; expected a number")
     return float(cell)
 
 

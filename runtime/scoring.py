@@ -7,10 +7,15 @@ import os
 import sys
 from pathlib import Path
 
+import numpy as np
+
 from torchport.runtime import tables
 from torchport.runtime.errors import InputError
 from torchport.runtime.files import atomic_write
 from torchport.runtime.predictor import Predictor
+
+
+UNSEEN_COLUMN = "unseen_level"  # 1 where an unseen level was scored as the reference level (unseen="reference")
 
 
 def score_file(predictor: Predictor, src: str | os.PathLike, dst: str | os.PathLike, chunk_rows: int = 65536,
@@ -18,7 +23,9 @@ def score_file(predictor: Predictor, src: str | os.PathLike, dst: str | os.PathL
     """Score ``src`` (CSV, TSV or Parquet, by suffix) into ``dst`` in chunks of ``chunk_rows`` rows; returns
     the number of rows scored. Uses pyarrow when it is installed, else Python's csv module (CSV/TSV only);
     ``progress`` shows a tqdm bar on stderr when tqdm is installed. ``delimiter`` (comma, semicolon or tab)
-    is read from the input's header unless given; the output uses its own suffix's."""
+    is read from the input's header unless given; the output uses its own suffix's. A bundle with categorical
+    or imputed columns reads their cells as text (Parquet: as stored); with the Predictor's
+    ``unseen="reference"`` an ``unseen_level`` column (1 or 0) follows the predictions."""
     return _score(predictor, src, dst, chunk_rows, progress, tables.backend(), delimiter)
 
 
@@ -41,6 +48,9 @@ def _score(predictor: Predictor, src: str | os.PathLike, dst: str | os.PathLike,
     if dst.exists() and dst.samefile(src):
         raise InputError(f"dst must differ from src (both are {src})", parameter="dst")
     predictions = [f"{t}_pred" for t in predictor.target_names]
+    flag = predictor.encoding is not None and predictor.unseen == "reference"
+    if flag:
+        predictions.append(UNSEEN_COLUMN)
     done = 0
     with backend.reader(src_format, chunk_rows) as reader:
         tables.check_columns(src, reader.columns, predictor.feature_names, predictions)
@@ -50,8 +60,15 @@ def _score(predictor: Predictor, src: str | os.PathLike, dst: str | os.PathLike,
             nonlocal done
             with backend.writer(tmp, dst_format, reader, predictions) as writer:
                 for chunk in reader.chunks():
-                    x = reader.features(chunk, predictor.feature_names, done + 1)
-                    writer.write(chunk, predictor.predict(x))
+                    if predictor.encoding is None:
+                        x = reader.features(chunk, predictor.feature_names, done + 1)
+                        writer.write(chunk, predictor.predict(x))
+                    else:
+                        x, unseen = predictor.encoding.codes(
+                            [reader.cells(chunk, name) for name in predictor.feature_names], unseen=predictor.unseen,
+                            first_row=done + 1, rows_are="data row, 1-based")
+                        y = predictor.predict(x)
+                        writer.write(chunk, np.column_stack([y, unseen.astype(y.dtype)]) if flag else y)
                     done += len(x)
                     if bar is not None:
                         bar.update(len(x))

@@ -15,6 +15,7 @@ import numpy as np
 
 from torchport.runtime.serve import metrics
 from torchport.runtime.serve.control import Control
+from torchport.runtime.serve.encoded_inputs import encoded_rows, metadata_inputs
 from torchport.runtime.serve.inference import InferRequest, NotAllowed, ProtocolError, check_outputs, input_rows
 from torchport.runtime.serve.models import ServedModel
 from torchport.runtime.serve.registry import Registry, RepositoryError
@@ -86,7 +87,12 @@ class DataPlane:
 
     def model_metadata(self, name: str, version: str | None) -> dict:
         served = self.model(name, version)
-        return served.info.metadata(self.registry.versions(name))
+        meta = served.info.metadata(self.registry.versions(name))
+        encoding = served.predictor.encoding
+        if encoding is not None:  # one input per column (or the split layout its parameters describe)
+            meta["inputs"], layouts = metadata_inputs(encoding, served.info.input_name)
+            meta["parameters"] = {**meta["parameters"], **layouts}
+        return meta
 
     # --- inference ---------------------------------------------------------------------------------------
     async def infer(self, served: ServedModel, request: InferRequest, task: asyncio.Task | None = None) -> np.ndarray:
@@ -96,7 +102,9 @@ class DataPlane:
         the current one). ProtocolError: 400 for what the request got wrong, 503 at the limit, 504 past the
         time limit, 500 when the model itself failed."""
         info = served.info
-        rows = input_rows(request, info)
+        encoding = served.predictor.encoding
+        rows = input_rows(request, info) if encoding is None else \
+            encoded_rows(request.inputs, encoding, info.input_name, info.name)
         if request.outputs:
             check_outputs(request, info)
         if not len(rows):  # an empty batch is answered as the Predictor answers it
