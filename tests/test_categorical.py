@@ -1,0 +1,244 @@
+"""Tables as they come: categorical columns and missing values coded inside the bundle. statsmodels' Grunfeld
+data (invest ~ value + capital + C(firm)) against statsmodels' own OLS; the same answers from the Predictor
+(DataFrame, rows, object arrays), the torch-side formats, `torchport predict` (CSV and Parquet) and
+`torchport serve` (tritonclient over REST and gRPC in both input layouts, plain JSON); unseen levels refused
+naming them (or scored as the reference level and flagged); an MLP on statsmodels' Fair data with two
+categorical columns; missing values refused without --impute and filled with the training mean with it."""
+import json
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+import statsmodels.formula.api as smf
+from statsmodels.datasets import fair, grunfeld
+
+from conftest import run_cli
+from servers import infer_json, request, serving
+from torchport.runtime import Predictor
+from torchport.runtime.bundle import load_manifest
+from torchport.runtime.encoding import design
+from torchport.runtime.errors import InputError
+from torchport.runtime.predictor import UnseenLevelWarning
+from torchport.train.datasets import load_dataset
+from torchport.train.lstsq import fit_least_squares
+from torchport.train.record import TrainingRecord
+
+FEATURES = ["value", "capital", "firm"]
+
+
+@pytest.fixture(scope="module")
+def grunfeld_csv(tmp_path_factory):
+    path = tmp_path_factory.mktemp("grunfeld") / "grunfeld.csv"
+    grunfeld.load_pandas().data.to_csv(path, index=False)
+    return path
+
+
+@pytest.fixture(scope="module")
+def grunfeld_bundle(grunfeld_csv):
+    out = grunfeld_csv.parent / "bundle"
+    proc = run_cli("train", "--data", str(grunfeld_csv), "--target", "invest", "--features", ",".join(FEATURES),
+                   "--out", str(out), "--no-plots", "--no-progress")
+    assert proc.returncode == 0, proc.stderr
+    return out
+
+
+@pytest.fixture(scope="module")
+def statsmodels_fit():
+    return smf.ols("invest ~ value + capital + C(firm)", data=grunfeld.load_pandas().data).fit()
+
+
+def test_grunfeld_fits_what_statsmodels_fits(grunfeld_csv, grunfeld_bundle, statsmodels_fit):
+    data = load_dataset(str(grunfeld_csv), ["invest"], FEATURES)
+    assert data.encoding.categorical == ["firm"]
+    assert sorted(data.feature_names) == sorted(n for n in statsmodels_fit.params.index if n != "Intercept")
+    fit = fit_least_squares(data.X, data.y)
+    fitted = data.X @ fit.coef.reshape(-1) + fit.intercept.reshape(-1)
+    expected = statsmodels_fit.fittedvalues.to_numpy()
+    assert np.max(np.abs(fitted - expected) / np.abs(expected)) < 1e-8
+    record = TrainingRecord.from_json(load_manifest(grunfeld_bundle).training)
+    rows = {c.term: c for c in record.inference.targets[0].coefficients}
+    for term in ("value", "capital"):
+        for ours, theirs in ((rows[term].estimate, statsmodels_fit.params[term]),
+                             (rows[term].std_error, statsmodels_fit.bse[term]),
+                             (rows[term].t, statsmodels_fit.tvalues[term])):
+            assert ours == pytest.approx(theirs, rel=1e-8)
+        assert rows[term].p == pytest.approx(statsmodels_fit.pvalues[term], rel=1e-8, abs=1e-300)
+    assert set(rows) == {"(intercept)", *data.feature_names}  # one row per level but the reference
+
+
+def test_the_bundle_answers_on_string_firms(grunfeld_bundle, statsmodels_fit):
+    frame = grunfeld.load_pandas().data
+    expected = statsmodels_fit.fittedvalues.to_numpy()
+    tolerance = 1e-5 * np.abs(expected).max()  # float32 rounding of answers up to ~1500
+    predictor = Predictor(grunfeld_bundle)
+    from_frame = predictor.predict(frame[FEATURES])
+    assert list(from_frame.columns) == ["invest"]
+    answers = from_frame.to_numpy()[:, 0]
+    assert np.max(np.abs(answers - expected)) < tolerance
+    rows = frame[FEATURES].astype(object).to_numpy()
+    assert np.array_equal(np.asarray(predictor.predict(rows.tolist()))[:, 0], answers)
+    assert np.array_equal(predictor.predict(rows)[:, 0], answers)
+    codes, flags = predictor.encode(rows)
+    assert not flags.any() and np.array_equal(predictor.predict(codes)[:, 0], answers)
+    assert predictor.self_check().checked
+    manifest = load_manifest(grunfeld_bundle)
+    firm = manifest.encoding.columns[2]
+    assert firm.levels == tuple(sorted(frame["firm"].unique())) and firm.reference == "American Steel"
+    from torchport.export import load_model
+    for fmt in ("exported", "torchscript", "module"):
+        torch_answers = load_model(grunfeld_bundle, fmt).predict(rows)[:, 0]
+        assert np.max(np.abs(torch_answers - expected)) < tolerance, fmt
+
+
+def test_an_unseen_firm_is_refused_naming_it_or_scored_as_the_reference_and_flagged(grunfeld_bundle):
+    rows = [[3078.5, 2.8, "General Motors"], [3078.5, 2.8, "Ford"]]
+    with pytest.raises(InputError, match=r"row 1 \(0-based\), column 'firm': 'Ford' is not a level") as e:
+        Predictor(grunfeld_bundle).predict(rows)
+    assert e.value.fixes[0].settings == {"unseen": "reference"}
+    lenient = Predictor(grunfeld_bundle, unseen="reference")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        answers = lenient.predict(rows)
+    assert [w.message.rows for w in caught if isinstance(w.message, UnseenLevelWarning)] == [[1]]
+    reference = lenient.predict([[3078.5, 2.8, "American Steel"]])
+    assert answers[1] == reference[0]
+
+
+def test_predict_scores_string_columns_in_csv_and_parquet(grunfeld_bundle, tmp_path):
+    frame = grunfeld.load_pandas().data
+    expected = Predictor(grunfeld_bundle).predict(frame[FEATURES]).to_numpy()[:, 0]
+    for suffix in (".csv", ".parquet"):
+        src, dst = tmp_path / f"in{suffix}", tmp_path / f"out{suffix}"
+        frame.to_csv(src, index=False) if suffix == ".csv" else frame.to_parquet(src)
+        proc = run_cli("predict", str(grunfeld_bundle), "-i", str(src), "-o", str(dst), "--no-progress")
+        assert proc.returncode == 0, proc.stderr
+        scored = pd.read_csv(dst) if suffix == ".csv" else pd.read_parquet(dst)
+        assert np.array_equal(scored["invest_pred"].to_numpy(np.float32), expected)
+    frame.loc[5, "firm"] = "Ford"
+    frame.to_csv(tmp_path / "unseen.csv", index=False)
+    proc = run_cli("predict", str(grunfeld_bundle), "-i", str(tmp_path / "unseen.csv"), "-o", str(tmp_path / "u.csv"))
+    assert proc.returncode == 2 and "row 6 (data row, 1-based), column 'firm': 'Ford' is not a level" in proc.stderr
+    assert "--unseen reference" in proc.stderr and not (tmp_path / "u.csv").exists()
+    proc = run_cli("predict", str(grunfeld_bundle), "-i", str(tmp_path / "unseen.csv"), "-o", str(tmp_path / "u.csv"),
+                   "--unseen", "reference")
+    assert proc.returncode == 0, proc.stderr
+    flagged = pd.read_csv(tmp_path / "u.csv")
+    assert flagged["unseen_level"].tolist() == [1 if i == 5 else 0 for i in range(len(frame))]
+
+
+def _tritonclient_inputs(module, frame, layout):
+    """tritonclient inputs for the rows of ``frame`` in one of the two layouts."""
+    def tensor(name, values, datatype):
+        item = module.InferInput(name, list(values.shape), datatype)
+        if module.__name__.endswith("http"):
+            item.set_data_from_numpy(values, binary_data=True)
+        else:
+            item.set_data_from_numpy(values)
+        return item
+    numeric = frame[["value", "capital"]].to_numpy(np.float32)
+    firms = frame[["firm"]].astype(object).to_numpy()
+    if layout == "columns":
+        return [tensor("value", numeric[:, :1].copy(), "FP32"), tensor("capital", numeric[:, 1:].copy(), "FP32"),
+                tensor("firm", firms, "BYTES")]
+    return [tensor("features", numeric, "FP32"), tensor("categories", firms, "BYTES")]
+
+
+def test_serve_answers_string_firms_over_rest_and_grpc_in_both_layouts(grunfeld_bundle):
+    import tritonclient.grpc as grpcclient
+    import tritonclient.http as httpclient
+    from tritonclient.utils import InferenceServerException
+
+    frame = grunfeld.load_pandas().data.iloc[::7].reset_index(drop=True)
+    expected = Predictor(grunfeld_bundle).predict(frame[FEATURES]).to_numpy()
+    with serving(grunfeld_bundle, grpc=True) as server:
+        status, _, body = request(server, "GET", "/v2/models/bundle")
+        meta = json.loads(body)
+        assert status == 200 and [(t["name"], t["datatype"]) for t in meta["inputs"]] == \
+            [("value", "FP32"), ("capital", "FP32"), ("firm", "BYTES")]
+        assert [t["name"] for t in meta["parameters"]["input_layouts"]["split"]] == ["features", "categories"]
+        for module, url in ((httpclient, server.url), (grpcclient, server.grpc_url)):
+            client = module.InferenceServerClient(url)
+            for layout in ("columns", "split"):
+                answer = client.infer("bundle", _tritonclient_inputs(module, frame, layout)).as_numpy("targets")
+                assert np.array_equal(answer, expected), (module.__name__, layout)
+            unseen = frame.head(1).assign(firm="Ford")
+            with pytest.raises(InferenceServerException, match="column 'firm': 'Ford' is not a level"):
+                client.infer("bundle", _tritonclient_inputs(module, unseen, "split"))
+        body = {"inputs": [{"name": "value", "shape": [len(frame), 1], "datatype": "FP32",
+                            "data": frame["value"].tolist()},
+                           {"name": "capital", "shape": [len(frame), 1], "datatype": "FP32",
+                            "data": frame["capital"].tolist()},
+                           {"name": "firm", "shape": [len(frame), 1], "datatype": "BYTES",
+                            "data": frame["firm"].tolist()}]}
+        status, _, raw = request(server, "POST", "/v2/models/bundle/infer", json.dumps(body).encode(),
+                                 {"Content-Type": "application/json"})
+        assert status == 200, raw
+        answer = json.loads(raw)["outputs"][0]["data"]
+        assert np.array_equal(np.asarray(answer, np.float32), expected[:, 0])
+        status, answer = infer_json(server, [[1.0, 2.0]], model="bundle")
+        assert status == 400 and "one input per feature column" in answer["error"]
+
+
+def test_an_mlp_on_a_second_public_table_with_categorical_columns(tmp_path):
+    """statsmodels' Fair data (6,366 women, Redbook 1974): occupation and the husband's occupation are codes
+    1-6, taken as categorical; one-hot inside the bundle, parity passed, strings or numbers accepted."""
+    data = fair.load_pandas().data
+    src, out = tmp_path / "fair.csv", tmp_path / "fair-mlp"
+    data.to_csv(src, index=False)
+    proc = run_cli("train", "--data", str(src), "--target", "affairs", "--categorical",
+                   "occupation,occupation_husb", "--model", "mlp", "--hidden", "16", "--epochs", "5",
+                   "--no-plots", "--no-progress", "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    manifest = load_manifest(out)
+    assert manifest.parity.passed and manifest.encoding.coding == "one-hot"
+    occupation = manifest.encoding.columns[list(manifest.features).index("occupation")]
+    assert occupation.levels == ("1", "2", "3", "4", "5", "6") and occupation.reference is None
+    predictor = Predictor(out)
+    assert predictor.self_check().checked
+    features = list(manifest.features)
+    as_text = data[features].astype({"occupation": str, "occupation_husb": str})
+    assert np.array_equal(predictor.predict(data[features]).to_numpy(), predictor.predict(as_text).to_numpy())
+    with pytest.raises(InputError, match="column 'occupation': '7' is not a level"):
+        predictor.predict(data[features].head(1).assign(occupation=7.0))
+
+
+def test_missing_values_are_refused_without_impute_and_filled_with_the_training_mean_with_it(
+        grunfeld_csv, grunfeld_bundle, tmp_path):
+    frame = pd.read_csv(grunfeld_csv)
+    frame.loc[[3, 40], "capital"] = np.nan
+    src = tmp_path / "holes.csv"
+    frame.to_csv(src, index=False)
+    proc = run_cli("train", "--data", str(src), "--target", "invest", "--features", ",".join(FEATURES),
+                   "--out", str(tmp_path / "refused"), "--no-plots", "--no-progress")
+    assert proc.returncode == 2 and not (tmp_path / "refused").exists()
+    assert "column 'capital', row 4 (data row, 1-based) is missing" in proc.stderr and "--impute mean" in proc.stderr
+    out = tmp_path / "imputed"
+    proc = run_cli("train", "--data", str(src), "--target", "invest", "--features", ",".join(FEATURES),
+                   "--impute", "mean", "--out", str(out), "--no-plots", "--no-progress")
+    assert proc.returncode == 0, proc.stderr
+    manifest = load_manifest(out)
+    capital = manifest.encoding.columns[1]
+    assert capital.impute == "mean" and capital.fill == pytest.approx(frame["capital"].mean(), rel=1e-12)
+    predictor = Predictor(out)
+    assert predictor.self_check().checked
+    holes = [[3078.5, None, "IBM"], [3078.5, float("nan"), "IBM"]]
+    filled = [[3078.5, capital.fill, "IBM"]]
+    assert np.array_equal(predictor.predict(holes), predictor.predict(filled * 2))
+    codes, _ = predictor.encode(holes)
+    assert np.isnan(codes[:, 1]).all() and design(manifest.encoding, codes)[0, 1] == capital.fill
+    scored = tmp_path / "scored.csv"
+    proc = run_cli("predict", str(out), "-i", str(src), "-o", str(scored), "--no-progress")
+    assert proc.returncode == 0, proc.stderr
+    again = pd.read_csv(scored)
+    assert again.loc[3, "invest_pred"] == pytest.approx(
+        float(predictor.predict(frame.loc[[3], FEATURES].fillna({"capital": capital.fill})).iloc[0, 0]), rel=1e-6)
+    with serving(out) as server:
+        body = {"inputs": [{"name": "features", "shape": [1, 2], "datatype": "FP32", "data": [3078.5, None]},
+                           {"name": "categories", "shape": [1, 1], "datatype": "BYTES", "data": ["IBM"]}]}
+        status, _, raw = request(server, "POST", "/v2/models/imputed/infer", json.dumps(body).encode(),
+                                 {"Content-Type": "application/json"})
+        assert status == 200, raw
+        assert json.loads(raw)["outputs"][0]["data"][0] == pytest.approx(float(predictor.predict(filled)[0][0]))
+    with pytest.raises(InputError, match=r"row 0 \(0-based\), column 'capital' is missing"):
+        Predictor(grunfeld_bundle).predict([[3078.5, None, "IBM"]])  # a bundle that imputes nothing
