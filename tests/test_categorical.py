@@ -240,5 +240,58 @@ def test_missing_values_are_refused_without_impute_and_filled_with_the_training_
                                  {"Content-Type": "application/json"})
         assert status == 200, raw
         assert json.loads(raw)["outputs"][0]["data"][0] == pytest.approx(float(predictor.predict(filled)[0][0]))
+    from test_node_example import score_with_node
+    proc = score_with_node(out, holes[:1])  # golden rows with null cells checked there too
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)[0][0] == pytest.approx(float(predictor.predict(filled)[0][0]), rel=1e-6)
     with pytest.raises(InputError, match=r"row 0 \(0-based\), column 'capital' is missing"):
         Predictor(grunfeld_bundle).predict([[3078.5, None, "IBM"]])  # a bundle that imputes nothing
+
+
+def test_node_example_maps_levels_and_missing_cells_from_the_manifest(grunfeld_bundle, tmp_path):
+    """examples/node/score.mjs (through examples/web/encoding.mjs): string firms, by position or by name, its
+    self-check on golden rows of level codes, an unseen firm refused naming it."""
+    from test_node_example import score_with_node
+
+    frame = grunfeld.load_pandas().data.iloc[::5]
+    rows = frame[FEATURES].astype(object).to_numpy().tolist()
+    proc = score_with_node(grunfeld_bundle, rows)
+    assert proc.returncode == 0, proc.stderr
+    expected = Predictor(grunfeld_bundle).predict(rows)
+    np.testing.assert_allclose(np.array(json.loads(proc.stdout)), expected, atol=1e-6 * np.abs(expected).max(), rtol=0)
+    by_name = [{"firm": r[2], "capital": r[1], "value": r[0]} for r in rows]
+    assert json.loads(score_with_node(grunfeld_bundle, by_name).stdout) == json.loads(proc.stdout)
+    proc = score_with_node(grunfeld_bundle, [[1.0, 2.0, "Ford"]])
+    assert proc.returncode == 2 and '"Ford" is not a level' in proc.stderr
+
+
+@pytest.mark.full  # a headless Chromium
+def test_the_web_example_offers_the_levels_and_equals_python(grunfeld_bundle, tmp_path_factory):
+    """examples/web: the firm is a list of the levels; the page's answers for typed rows and a pasted batch
+    of string firms equal the Predictor's."""
+    from browser import browser, watch, web_server
+
+    frame = grunfeld.load_pandas().data.iloc[::11]
+    csv = "firm,value,capital\n" + "\n".join(f"{r.firm},{r.value!r},{r.capital!r}" for r in frame.itertuples())
+    python = Predictor(grunfeld_bundle).predict(frame[FEATURES]).to_numpy()
+    with browser(tmp_path_factory.mktemp("chromium-profile")) as context, web_server(grunfeld_bundle) as url:
+        w = watch(context, url)
+        w.page.wait_for_selector("body[data-state=ready], body[data-state=error]")
+        assert w.page.evaluate("document.body.dataset.state") == "ready", w.page.text_content("#load-error")
+        options = w.page.eval_on_selector_all("#feature-2 option", "els => els.map(e => e.value)")
+        assert options == list(load_manifest(grunfeld_bundle).encoding.columns[2].levels)
+        w.page.fill("#feature-0", "3078.5")
+        w.page.fill("#feature-1", "2.8")
+        w.page.select_option("#feature-2", "IBM")
+        w.page.wait_for_function(
+            "document.getElementById('prediction-0').dataset.inputs === '[3078.5,2.8,\"IBM\"]'")
+        typed = float(w.page.get_attribute("#prediction-0", "data-value"))
+        w.page.click("#batch summary")
+        w.page.fill("#batch-rows", csv)
+        w.page.click("#batch-form button")
+        w.page.wait_for_function(f"document.querySelectorAll('td.answer').length === {len(frame)}")
+        web = np.array([float(v) for v in w.page.eval_on_selector_all(
+            "td.answer", "els => els.map(e => e.dataset.value)")]).reshape(-1, 1)
+    assert typed == pytest.approx(float(Predictor(grunfeld_bundle).predict([[3078.5, 2.8, "IBM"]])[0][0]), rel=1e-6)
+    assert np.all(np.abs(web - python) <= 1e-6 * np.maximum(1.0, np.abs(python)))
+    assert w.errors == []

@@ -6,11 +6,14 @@
 // rows with onnxruntime-node (CPU) and prints one JSON array of predictions per input row.
 //
 //   node score.mjs BUNDLE_DIR < rows.json
-// rows.json: [[3.0], [1.5]] (features in manifest order) or [{"area": 3.0}, ...] (matched by name).
+// rows.json: [[3.0], [1.5]] (features in manifest order) or [{"area": 3.0}, ...] (matched by name); a bundle
+// with categorical columns takes their levels as strings ([[3078.5, 2.8, "IBM"]]), and one with imputed
+// columns takes null there (../web/encoding.mjs maps them as the manifest's encoding says).
 import { createHash } from "node:crypto";
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import * as ort from "onnxruntime-node";
+import { encodeRows } from "../web/encoding.mjs";
 
 function fail(message) {
   process.stderr.write(`torchport-score: error: ${message}\n`);
@@ -29,7 +32,7 @@ function checkedFile(dir, manifest, name) {
 export async function selfCheck(dir, { manifest, session }) {
   if (!manifest.golden) return { checked: false, rows: 0 };  // a bundle from before golden cases
   const golden = JSON.parse(checkedFile(dir, manifest, manifest.golden.file).toString("utf8"));
-  const out = await predict({ manifest, session }, golden.inputs);
+  const out = await predict({ manifest, session }, golden.inputs, { codes: true });
   let worst = { share: 0 };
   out.forEach((row, i) => row.forEach((value, j) => {
     const error = Math.abs(value - golden.answers[i][j]);
@@ -62,7 +65,10 @@ export async function loadBundle(dir) {
   return bundle;
 }
 
-export function toMatrix(rows, features) {
+export function toMatrix(rows, features, manifest = null, codes = false) {
+  if (manifest && manifest.encoding) {  // categorical and imputed columns: ../web/encoding.mjs
+    return new ort.Tensor("float32", encodeRows(manifest, rows, codes), [rows.length, features.length]);
+  }
   const data = new Float32Array(rows.length * features.length);
   rows.forEach((row, i) => {
     features.forEach((name, j) => {
@@ -79,8 +85,8 @@ export function toMatrix(rows, features) {
   return new ort.Tensor("float32", data, [rows.length, features.length]);
 }
 
-export async function predict({ manifest, session }, rows) {
-  const input = toMatrix(rows, manifest.features);
+export async function predict({ manifest, session }, rows, { codes = false } = {}) {
+  const input = toMatrix(rows, manifest.features, manifest, codes);
   const result = await session.run({ [manifest.inputs[0].name]: input });
   const out = result[manifest.outputs[0].name];
   const width = manifest.targets.length;
