@@ -106,7 +106,10 @@ def bundle_lines(data: Dataset, manifest: Manifest, out: Path, asked_large_batch
     lines.append(f"bundle: {out}/ ({', '.join(files)}" + (f"; report/: {', '.join(report)})" if report else ")"))
     lines.append(large_batch_line(manifest, asked_large_batch))
     lines += formats_lines(manifest)
-    if len(data.feature_names) == 1 and len(data.target_names) == 1:
+    if manifest.encoding is not None:
+        lines.append(f"encoding: {manifest.encoding.describe()} (inside every format; the runtimes take the "
+                     "levels as text)")
+    if len(data.feature_names) == 1 and len(data.target_names) == 1 and data.encoding is None:
         predictor = Predictor(out, providers="auto", allow_failed_parity=True)
         onnx3 = float(predictor.predict(np.array([[3.0]], dtype=np.float32))[0, 0])
         lines.append(f"prediction at {data.feature_names[0]} = 3 through ONNX Runtime "

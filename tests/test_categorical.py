@@ -295,3 +295,16 @@ def test_the_web_example_offers_the_levels_and_equals_python(grunfeld_bundle, tm
     assert typed == pytest.approx(float(Predictor(grunfeld_bundle).predict([[3078.5, 2.8, "IBM"]])[0][0]), rel=1e-6)
     assert np.all(np.abs(web - python) <= 1e-6 * np.maximum(1.0, np.abs(python)))
     assert w.errors == []
+
+
+@pytest.mark.full  # an AOTInductor compile
+def test_the_aoti_package_takes_codes_and_load_model_maps_the_strings(grunfeld_csv, tmp_path):
+    out = tmp_path / "aoti"
+    proc = run_cli("train", "--data", str(grunfeld_csv), "--target", "invest", "--features", ",".join(FEATURES),
+                   "--formats", "onnx,exported,aoti", "--out", str(out), "--no-plots", "--no-progress")
+    assert proc.returncode == 0, proc.stderr
+    assert any(p.candidate == "aoti" and p.passed for p in load_manifest(out).parity.pairs)
+    from torchport.export import load_model
+    rows = grunfeld.load_pandas().data[FEATURES].astype(object).to_numpy()
+    ours, onnx = load_model(out, "aoti").predict(rows), Predictor(out).predict(rows)
+    assert np.max(np.abs(ours - onnx)) < 1e-5 * np.abs(onnx).max()
