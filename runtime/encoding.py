@@ -155,8 +155,10 @@ class Encoding:
         parts = [f"{c.name} ({len(c.levels)} levels" + (f", reference {c.reference!r})" if c.reference else ")")
                  for c in self.columns if c.kind == CATEGORICAL]
         said = [f"categorical {', '.join(parts)}, {self.coding} coding"] if parts else []
-        said += [f"missing {c.name} imputed with the training {c.impute.replace('_', ' ')}"
-                 for c in self.columns if c.impute]
+        imputed = [f"{c.name} ({c.impute.replace('_', ' ')}" + (" level)" if c.kind == CATEGORICAL else ")")
+                   for c in self.columns if c.impute]
+        if imputed:
+            said.append(f"missing cells filled with the training statistic: {', '.join(imputed)}")
         return "; ".join(said)
 
     # ---- cells to codes ------------------------------------------------------------------------------------

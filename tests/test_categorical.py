@@ -308,3 +308,30 @@ def test_the_aoti_package_takes_codes_and_load_model_maps_the_strings(grunfeld_c
     rows = grunfeld.load_pandas().data[FEATURES].astype(object).to_numpy()
     ours, onnx = load_model(out, "aoti").predict(rows), Predictor(out).predict(rows)
     assert np.max(np.abs(ours - onnx)) < 1e-5 * np.abs(onnx).max()
+
+
+def test_the_encoding_is_learned_recorded_and_read_back():
+    """fit_encoding on a small table: text and named columns categorical, levels in statsmodels' order,
+    most frequent level for a categorical hole, an indicator where a column had holes; the record
+    round-trips through strict JSON and design() computes the dummy, filled and indicator columns."""
+    from torchport.runtime.encoding import Encoding
+    from torchport.train.categorical import fit_encoding
+
+    cells = {"x": [1.0, np.nan, 3.0, 4.0], "colour": ["red", "blue", None, "blue"], "size": [10, 2, 2, 10]}
+    encoding, codes = fit_encoding(cells, ["x", "colour", "size"], "t", categorical=["size"], impute="mean",
+                                   missing_indicator=True)
+    x, colour, size = encoding.columns
+    assert (x.kind, x.fill, x.indicator) == ("numeric", pytest.approx(8 / 3), True)
+    assert (colour.levels, colour.reference, colour.impute, colour.fill, colour.indicator) == \
+        (("blue", "red"), "blue", "most_frequent", 0.0, True)
+    assert (size.levels, size.reference, size.indicator) == (("2", "10"), "2", False)  # numeric order
+    assert encoding.design_names() == ["x", "x[missing]", "C(colour)[T.red]", "colour[missing]", "C(size)[T.10]"]
+    assert Encoding.from_json(json.loads(json.dumps(encoding.to_json())), "e") == encoding
+    np.testing.assert_array_equal(design(encoding, codes), [[1, 0, 1, 0, 1], [8 / 3, 1, 0, 0, 0],
+                                                            [3, 0, 0, 1, 0], [4, 0, 0, 0, 1]])
+    again, flags = encoding.codes([[4.0, None], ["red", "green"], ["10", 2.0]], unseen="reference")
+    np.testing.assert_array_equal(again[:, 1:], [[1, 1], [0, 0]])
+    assert np.isnan(again[1, 0]) and flags.tolist() == [False, True]
+    from torchport.runtime.errors import DataError
+    with pytest.raises(DataError, match=r"column 'colour', row 3 \(data row, 1-based\) is missing"):
+        fit_encoding({**cells, "x": [1.0, 2.0, 3.0, 4.0]}, ["x", "colour"], "t")

@@ -96,7 +96,7 @@ def fit_encoding(cells: Mapping[str, Sequence[Any]], features: Sequence[str], so
             counts = Counter(values[~missing].astype(int).tolist())
             most = min(counts, key=lambda k: (-counts[k], k))
             column = ColumnEncoding(name, CATEGORICAL, levels, levels[0] if coding == TREATMENT else None,
-                                    impute=impute, fill=float(most) if impute else None,
+                                    impute="most_frequent" if impute else None, fill=float(most) if impute else None,
                                     indicator=missing_indicator and bool(missing.any()))
         columns.append(column)
         codes.append(values)
