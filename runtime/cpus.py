@@ -87,5 +87,6 @@ class Neighbours:
         return self.cpus - self.busy_cpus
 
     def crowded(self, threads: int) -> bool:
-        """True when fewer than ``threads`` CPUs were left free by other processes (with half a CPU of slack)."""
-        return self.free() < threads - 0.5
+        """True when other processes left fewer than ``threads`` CPUs free, less a slack of a quarter of them
+        (at least half a CPU): on 2 CPUs, when others took more than half of one."""
+        return self.free() < threads - max(0.5, threads / 4)

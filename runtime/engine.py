@@ -8,7 +8,6 @@ import json
 import math
 import threading
 from dataclasses import replace
-from importlib.util import find_spec
 from pathlib import Path
 
 import numpy as np
@@ -110,14 +109,14 @@ class Engine:
     def openvino_unavailable(self, precision: str = "f32") -> str | None:
         """Why OpenVINO cannot run this engine's graphs in ``precision`` (None when it can): float32 graphs on
         the CPU only, with the ``openvino`` extra installed (looked up without importing it)."""
-        from torchport.runtime.openvino_runner import INSTALL, bf16_unavailable
+        from torchport.runtime.openvino_runner import INSTALL, bf16_unavailable, installed
         if self.custom:
             return "the Predictor was made with sess_options (one ONNX Runtime session)"
         if not self._cpu():
             return f"OpenVINO runs here on the CPU only, and this Predictor runs on {self.providers[0]}"
         if not self.float32:
             return "the graph computes in float64; OpenVINO runs float32 graphs only"
-        if find_spec("openvino") is None:
+        if not installed():
             return f"openvino is not installed ({INSTALL})"
         return bf16_unavailable() if precision == "bf16" else None
 
@@ -134,6 +133,8 @@ class Engine:
         """``plan`` as it can run here: each OpenVINO regime OpenVINO cannot run replaced by its ONNX Runtime
         stand-in, with a note saying so (a reduced-precision plan cannot run without OpenVINO: InputError)."""
         wanted = [r for r in plan.regimes() if r.openvino]
+        if not wanted:
+            return plan
         from torchport.runtime.openvino_runner import unavailable
         why = {p: self.openvino_unavailable(p) or unavailable() for p in {r.precision for r in wanted}}
         if not any(why.values()):

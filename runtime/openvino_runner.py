@@ -3,7 +3,9 @@ per (graph, performance hint, precision) and a pool of infer requests, run on nu
 ``hot_path.Runner``. Imported only when a plan asks for OpenVINO; the base install never needs it."""
 from __future__ import annotations
 
+import sys
 from functools import lru_cache
+from importlib.util import find_spec
 from typing import Callable
 
 import numpy as np
@@ -13,6 +15,13 @@ import numpy as np
 HINTS = ("LATENCY", "THROUGHPUT")
 PRECISIONS = ("f32", "bf16")
 INSTALL = "pip install 'torchport[openvino]'"
+
+
+def installed() -> bool:
+    """Whether openvino can be imported, looked up without importing it (a Predictor's cold start skips it)."""
+    if "openvino" in sys.modules:
+        return sys.modules["openvino"] is not None
+    return find_spec("openvino") is not None
 
 
 @lru_cache(maxsize=1)
