@@ -44,7 +44,12 @@ class Predictor:
     ``intra_op_threads - 1`` helpers.
     ``plan="measure"`` (or ``tune()``) measures those regimes and the others on this machine and keeps the
     fastest for each size; a saved plan (a path, or a ``Plan``) is taken only on the machine and graphs it
-    was measured on. Sessions other than the first are made on first use. ``sess_options`` replaces them
+    was measured on. With the ``openvino`` extra, a measured plan may run steps through OpenVINO (float32
+    graphs on the CPU; where openvino is missing ONNX Runtime runs them and the plan's description says so).
+    A multi-threaded step runs on one thread while other processes hold the CPUs its threads need.
+    ``precision="bf16"`` (asked for, never chosen otherwise) runs an MLP's batches past 64 rows in bf16
+    through OpenVINO; the plan records their error on the golden cases against float64 and the bound that
+    ``self_check`` then holds answers to. Sessions other than the first are made on first use. ``sess_options`` replaces them
     all with one session on ``model.onnx`` built from the caller's options. One Predictor may serve many
     threads at once. NaN and infinite inputs are refused (the error names the first bad row and column)
     unless ``allow_nonfinite``. A bundle whose recorded parity check failed (published with
