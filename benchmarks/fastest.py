@@ -57,7 +57,7 @@ README_BEGIN, README_END = "<!-- fastest: begin -->", "<!-- fastest: end -->"
 
 
 @dataclass(frozen=True)
-class Cell(Flat):
+class FastestCell(Flat):
     """One model at one batch size: seconds per call (medians) of the Predictor and of each other runtime,
     the fastest other, the Predictor's time over its (``ratio``), and whether the cell was measured twice
     (``first_ratio``: the first measurement's ratio, kept for the record). In a busy-neighbour cell the
@@ -100,8 +100,8 @@ class FastestReport:
     machine: str
     environment: dict
     models: tuple[Model, ...]
-    cells: tuple[Cell, ...]
-    busy: tuple[Cell, ...]
+    cells: tuple[FastestCell, ...]
+    busy: tuple[FastestCell, ...]
 
     def to_json(self) -> dict[str, Any]:
         return {"format": FORMAT, "created": self.created, "command": self.command, "quick": self.quick,
@@ -119,7 +119,7 @@ class FastestReport:
         for i, m in enumerate(models):
             items(m.plan, f"{where}.models[{i}].plan", scalar(TEXT))
             items(m.load_before + m.load_after, f"{where}.models[{i}].load", scalar(NUMBER))
-        cells, busy = (items(v[k], f"{where}.{k}", Cell.from_json) for k in ("cells", "busy"))
+        cells, busy = (items(v[k], f"{where}.{k}", FastestCell.from_json) for k in ("cells", "busy"))
         for i, c in enumerate(cells + busy):
             values(c.peers_s, f"{where} cell {i}.peers_s", {k: NUMBER for k in c.peers_s})
         return cls(v["created"], v["command"], v["quick"], v["machine"], v["environment"], models, cells, busy)
@@ -158,7 +158,7 @@ def _rows(bundle: Bundle, n: int) -> np.ndarray:
     return np.ascontiguousarray(x, dtype=np.float32)
 
 
-def _cell(name: str, predictor: Backend, others: list[Backend], x: np.ndarray, budget: Budget) -> Cell:
+def _cell(name: str, predictor: Backend, others: list[Backend], x: np.ndarray, budget: Budget) -> FastestCell:
     """The Predictor against ``others`` on ``x``, interleaved; measured once more when over LIMIT."""
     first = None
     while True:
@@ -168,13 +168,13 @@ def _cell(name: str, predictor: Backend, others: list[Backend], x: np.ndarray, b
         fastest = min(by, key=by.get)
         ratio = medians[0] / by[fastest]
         if ratio <= LIMIT or first is not None:
-            return Cell(name, len(x), medians[0], by, fastest, ratio, first is not None,
+            return FastestCell(name, len(x), medians[0], by, fastest, ratio, first is not None,
                         first if first is not None else ratio)
         first = ratio
 
 
 def measure_model(name: str, bundle: Bundle, sizes: tuple[int, ...], budget: Budget, threads: int,
-                  busy_seconds: float) -> tuple[Model, list[Cell], list[Cell]]:
+                  busy_seconds: float) -> tuple[Model, list[FastestCell], list[FastestCell]]:
     """One reference bundle's cells alone and beside a busy process (see the module's docstring)."""
     load_before = list(os.getloadavg())
     with warnings.catch_warnings():
@@ -209,7 +209,7 @@ def measure_model(name: str, bundle: Bundle, sizes: tuple[int, ...], budget: Bud
                  list(os.getloadavg())), cells, busy
 
 
-def render(report: FastestReport) -> str:
+def render_table(report: FastestReport) -> str:
     """The README's table (Markdown): per model and batch size the Predictor's time, the fastest other
     runtime's and the ratio; then the busy-neighbour ratios; then how the figures were measured."""
     label = {**BACKEND_LABELS, "ort_plain": "plain ORT"}
@@ -282,7 +282,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.render:
             import json
             report = FastestReport.from_json(json.loads(args.render.read_text(encoding="utf-8")), str(args.render))
-            rendered = render(report)
+            rendered = render_table(report)
             if args.readme:
                 into_readme(args.readme, rendered)
             print(rendered)
