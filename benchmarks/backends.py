@@ -1,6 +1,7 @@
 """The ways to run a bundle that `torchport bench` compares, each as a callable from a float32 numpy batch
 (on the host) to a numpy result: numpy floors, torch eager, TorchScript, the ExportedProgram, the
-AOTInductor package, plain ONNX Runtime, the Predictor. Every one is built from the bundle's files as
+AOTInductor package, plain ONNX Runtime, OpenVINO (f32 with each hint, and bf16, where installed), the
+Predictor. Every one is built from the bundle's files as
 checked against its manifest; a file this process cannot run is skipped with the reason."""
 from __future__ import annotations
 
@@ -37,6 +38,7 @@ class Backend:
     call: Callable[[np.ndarray], np.ndarray]
     threads: str
     computes_model: bool = True
+    reduced: bool = False  # computes in reduced precision (bf16), by choice: not held to float32's tolerance
 
     @property
     def label(self) -> str:
@@ -49,10 +51,12 @@ class Backend:
 
 @dataclass
 class BundleBackends:
-    """The backends built for one bundle, and those that could not be built (with the reason)."""
+    """The backends built for one bundle, and those that could not be built (with the reason); ``float64``:
+    the model's module run in float64 on the CPU (None for a module torchport did not define)."""
     bundle: Bundle
     backends: list[Backend] = field(default_factory=list)
     skipped: list[Skipped] = field(default_factory=list)
+    float64: Callable[[np.ndarray], np.ndarray] | None = None
 
 
 def _ort_call(session: ort.InferenceSession, input_name: str, output_name: str) -> Callable[[np.ndarray], np.ndarray]:
@@ -94,6 +98,41 @@ def _torch_side(bundle: Bundle, device: str, threads: str, out: BundleBackends) 
             out.backends.append(Backend(backend, device, module_runner(make(), device), threads))
         except (TorchScriptUnavailable, PackageCannotRun) as e:
             out.skipped.append(Skipped(backend, device, str(e)))
+
+
+OPENVINO_ROWS = {"openvino_latency": ("LATENCY", "f32"), "openvino_throughput": ("THROUGHPUT", "f32"),
+                 "openvino_bf16": ("LATENCY", "bf16")}
+
+
+def openvino_backends(bundle: Bundle, threads: int, out: BundleBackends) -> None:
+    """OpenVINO on the CPU running model.onnx as an app would (its own API, the precision set explicitly): f32
+    with each performance hint, and bf16 where the CPU has it; each skipped with the reason where it cannot."""
+    from torchport.runtime.openvino_runner import OpenVinoRunner, bf16_unavailable, unavailable, version
+    graph = bundle.read(ONNX_FILE)
+    for backend, (hint, precision) in OPENVINO_ROWS.items():
+        why = bf16_unavailable() if precision == "bf16" else unavailable()
+        if why is None and bundle.manifest.input.dtype != "float32":
+            why = f"the graph takes {bundle.manifest.input.dtype}; OpenVINO runs float32 graphs only here"
+        if why is not None:
+            out.skipped.append(Skipped(backend, "cpu", why))
+            continue
+        runner = OpenVinoRunner(graph, hint, precision, threads)
+        out.backends.append(Backend(backend, "cpu", runner.run, f"openvino {version()}, INFERENCE_NUM_THREADS="
+                                    f"{threads}, PERFORMANCE_HINT={hint}, INFERENCE_PRECISION_HINT={precision}",
+                                    reduced=precision != "f32"))
+
+
+def _float64(bundle: Bundle) -> Callable[[np.ndarray], np.ndarray] | None:
+    """The bundle's torch module in float64 on the CPU (the figure reduced precision is measured against)."""
+    if isinstance(model_spec(bundle), ModuleSpec):
+        return None
+    import torch
+    module = load_module(bundle).to("cpu").double().eval()
+
+    def call(x: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            return module(torch.from_numpy(np.asarray(x, np.float64))).numpy()
+    return call
 
 
 def _tuned(bundle: Bundle, threads: int | None, seconds: float) -> Backend:
@@ -158,5 +197,8 @@ def build_backends(bundle: str | os.PathLike | Bundle, devices: list[str], threa
             else:
                 out.skipped.append(Skipped(backend.id, device,
                                            f"onnxruntime could not start {wanted} (got {providers_used})"))
+    if "cpu" in devices:
+        openvino_backends(bundle, threads, out)
+    out.float64 = _float64(bundle)
     out.backends.sort(key=lambda b: (b.device != "cpu", BACKEND_ORDER.index(b.id)))
     return out

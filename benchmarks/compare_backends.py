@@ -66,12 +66,9 @@ def machine_name() -> str:
     return "-".join(parts + [_slug(g.name) for g in gpu_description()[:1]])
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m torchport.benchmarks.compare_backends", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="passed on to `torchport bench`: a short run")
-    parser.add_argument("--threads", type=positive_int, help="passed on to `torchport bench`")
-    args, bench_options = parser.parse_known_args(argv)
+def reference_bundles() -> list[str] | int:
+    """The three reference bundles' paths, each trained (or given the formats it lacks) where needed; the
+    exit code of the `torchport` command that failed instead."""
     bundles = []
     for name, options in BUNDLES.items():
         path = BUNDLES_DIR / name
@@ -88,6 +85,18 @@ def main(argv: list[str] | None = None) -> int:
             if made.returncode:
                 return made.returncode
         bundles.append(str(path))
+    return bundles
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m torchport.benchmarks.compare_backends", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="passed on to `torchport bench`: a short run")
+    parser.add_argument("--threads", type=positive_int, help="passed on to `torchport bench`")
+    args, bench_options = parser.parse_known_args(argv)
+    bundles = reference_bundles()
+    if isinstance(bundles, int):
+        return bundles
     suffix = "-quick" * args.quick + (f"-threads{args.threads}" if args.threads else "")
     bench_options += ["--quick"] * args.quick + (["--threads", str(args.threads)] if args.threads else [])
     out = RESULTS_DIR / (machine_name() + suffix)

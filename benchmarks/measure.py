@@ -73,34 +73,40 @@ def measure_cell(backends: list[Backend], x: np.ndarray, plan: Plan) -> tuple[li
     return [np.asarray(s, dtype=np.float64) * 1e-9 for s in samples], rounds
 
 
-def _agreement(backends: list[Backend], x: np.ndarray) -> list[tuple[float | None, bool | None]]:
-    """(max |output - torch eager on the CPU|, within tolerance) per backend on ``x`` (for a module torchport
-    did not define, against its ExportedProgram): the figures of a backend that answers wrongly are void.
-    (None, None) for the copy floor, which is not the model."""
+def _agreement(built: BundleBackends, x: np.ndarray) -> list[tuple[float | None, bool | None, float | None]]:
+    """(max |output - torch eager on the CPU|, within tolerance, max |output - the module in float64|) per
+    backend on ``x`` (for a module torchport did not define, against its ExportedProgram, and no float64
+    figure): the figures of a backend that answers wrongly are void; a reduced-precision one (bf16, asked
+    for) is not held to the tolerance. (None, None, None) for the copy floor, which is not the model."""
+    backends = built.backends
     reference = next(b for b in backends if b.id in REFERENCES and b.device == "cpu").call(x).astype(np.float64)
-    out: list[tuple[float | None, bool | None]] = []
+    exact = np.asarray(built.float64(x), np.float64).reshape(reference.shape) if built.float64 else None
+    out: list[tuple[float | None, bool | None, float | None]] = []
     for b in backends:
         if not b.computes_model:
-            out.append((None, None))
+            out.append((None, None, None))
             continue
-        diff = np.abs(np.asarray(b.call(x), np.float64).reshape(reference.shape) - reference)
+        answer = np.asarray(b.call(x), np.float64).reshape(reference.shape)
+        diff = np.abs(answer - reference)
         factor = 1 if b.device == "cpu" else GPU_TOLERANCE_FACTOR
-        out.append((finite(diff.max()), bool(np.all(diff <= factor * (AGREE_ATOL + AGREE_RTOL * np.abs(reference))))))
+        agrees = None if b.reduced else bool(np.all(diff <= factor * (AGREE_ATOL + AGREE_RTOL * np.abs(reference))))
+        error = finite(np.abs(answer - exact).max()) if exact is not None and answer.size else None
+        out.append((finite(diff.max()) if diff.size else None, agrees, error))
     return out
 
 
 def _cell_rows(built: BundleBackends, model_name: str, x: np.ndarray, plan: Plan) -> list[ResultRow]:
     """One result row per backend at the batch ``x``, with ratios to the others at the same batch size and
     the model's FLOP/s (its share of the matmul peak is set once the run is over)."""
-    diffs = _agreement(built.backends, x)
+    diffs = _agreement(built, x)
     samples, rounds = measure_cell(built.backends, x, plan)
     medians = [float(np.median(s)) for s in samples]
-    best = min(m for m, b in zip(medians, built.backends) if b.computes_model)
+    best = min(m for m, b in zip(medians, built.backends) if b.computes_model and not b.reduced)
     plain = {b.device: m for m, b in zip(medians, built.backends) if b.id == "ort_plain"}
     spec = model_spec(built.bundle)
     per_row = flops_per_row(spec.kind, spec.n_features, spec.n_targets, tuple(getattr(spec, "hidden", ())))
     rows = []
-    for b, s, median, (diff, agrees) in zip(built.backends, samples, medians, diffs):
+    for b, s, median, (diff, agrees, error) in zip(built.backends, samples, medians, diffs):
         flops = per_row * len(x) / median if b.computes_model and per_row else None
         reference = plain.get(b.device, next(iter(plain.values()), None))
         rows.append(ResultRow(
@@ -108,7 +114,8 @@ def _cell_rows(built: BundleBackends, model_name: str, x: np.ndarray, plan: Plan
             rounds=rounds, median_s=median, p99_s=float(np.percentile(s, 99)), mean_s=float(s.mean()),
             min_s=float(s.min()), rows_per_s=len(x) / median, threads=b.threads, max_abs_diff_vs_torch=diff,
             agrees_with_torch=agrees, x_fastest=median / best,
-            x_ort_plain=median / reference if reference else None, flops_per_s=flops))
+            x_ort_plain=median / reference if reference else None, flops_per_s=flops,
+            max_abs_error_vs_float64=error))
     return rows
 
 

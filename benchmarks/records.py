@@ -21,6 +21,8 @@ BENCH_FORMAT_VERSION = 1
 BACKEND_LABELS = {"numpy_copy": "numpy copy (floor)", "numpy_matmul": "numpy X@W.T+b", "torch_eager": "torch eager",
                   "torchscript": "TorchScript", "exported": "ExportedProgram", "aoti": "AOTInductor",
                   "ort_plain": "ORT session.run", "ort_plain_threads": "ORT session.run, threads set",
+                  "openvino_latency": "OpenVINO f32, LATENCY hint", "openvino_throughput": "OpenVINO f32, THROUGHPUT hint",
+                  "openvino_bf16": "OpenVINO bf16, LATENCY hint",
                   "predictor": "torchport Predictor", "predictor_tuned": "torchport Predictor, tuned"}
 BACKEND_ORDER = tuple(BACKEND_LABELS)
 TIMING = ("per-call wall time (time.perf_counter_ns) of host numpy in -> host numpy out, GC off while timing; "
@@ -143,7 +145,9 @@ class ResultRow(Flat):
     call (median, p99, mean, min), rows/s at the median, how far its answers were from torch eager's, and
     its median over the fastest backend's that computes the model and over plain ORT's on its device; the
     model's FLOP/s at the median and its share of the run's matmul peak (None in reports made before
-    they were recorded, and for the copy floor)."""
+    they were recorded, and for the copy floor); its largest error against the module run in float64. A
+    reduced-precision row (bf16) is not held to torch eager's float32 tolerance: ``agrees_with_torch`` is
+    None there and its error against float64 is the figure to read."""
     model: str
     backend: str
     label: str
@@ -163,13 +167,15 @@ class ResultRow(Flat):
     x_ort_plain: float | None            # None: no plain ORT row to compare with
     flops_per_s: float | None = None
     x_matmul_peak: float | None = None
+    max_abs_error_vs_float64: float | None = None  # against the module run in float64 (torchport's models)
 
-    OPTIONAL = ("flops_per_s", "x_matmul_peak")
+    OPTIONAL = ("flops_per_s", "x_matmul_peak", "max_abs_error_vs_float64")
     SCHEMA = {"model": TEXT, "backend": TEXT, "label": TEXT, "device": TEXT, "batch_size": INT,
               "calls": INT, "rounds": INT, "median_s": NUMBER, "p99_s": NUMBER, "mean_s": NUMBER,
               "min_s": NUMBER, "rows_per_s": NUMBER, "threads": TEXT, "max_abs_diff_vs_torch": (*NUMBER, NULL),
               "agrees_with_torch": (bool, NULL), "x_fastest": NUMBER, "x_ort_plain": (*NUMBER, NULL),
-              "flops_per_s": (*NUMBER, NULL), "x_matmul_peak": (*NUMBER, NULL)}
+              "flops_per_s": (*NUMBER, NULL), "x_matmul_peak": (*NUMBER, NULL),
+              "max_abs_error_vs_float64": (*NUMBER, NULL)}
 
     @classmethod
     def from_json(cls, obj: Any, where: str) -> "ResultRow":

@@ -71,9 +71,28 @@ def disagreements(report: BenchReport) -> list[str]:
             f"by up to {by(r)}; its figures are void" for r in report.disagreements()]
 
 
+def reduced_lines(report: BenchReport) -> list[str]:
+    """One line per model run in reduced precision (bf16): its largest error against the module in float64,
+    beside plain ORT's (float32), over the batch sizes measured."""
+    lines = []
+    for m in report.models:
+        rows = report.rows(m.name)
+        for backend in dict.fromkeys(r.backend for r in rows if r.agrees_with_torch is None and r.max_abs_diff_vs_torch
+                                     is not None):
+            errors = [r.max_abs_error_vs_float64 for r in rows if r.backend == backend]
+            plain = [r.max_abs_error_vs_float64 for r in rows if r.backend == "ort_plain" and r.device == "cpu"]
+            if None in errors or not errors:
+                continue
+            label = next(r.label for r in rows if r.backend == backend)
+            lines.append(f"reduced precision: {label} on {m.name}: largest error against the model in float64 "
+                         f"{max(errors):.3g}" + (f" (plain ORT, float32: {max(plain):.3g})" if plain and None not in
+                                                 plain else "") + "; not counted in x fastest")
+    return lines
+
+
 def skipped_lines(report: BenchReport) -> list[str]:
     return [f"not run: {s.backend} on {s.device} for {m.name}: {s.reason}"
-            for m in report.models for s in m.skipped] + disagreements(report)
+            for m in report.models for s in m.skipped] + reduced_lines(report) + disagreements(report)
 
 
 def _aligned(row: list[str], widths: list[int]) -> str:

@@ -5,8 +5,9 @@ threads of this process calling the same backend at once; with one busy process 
 loop, one core's worth); and with a busy process per usable CPU (a test suite, say). Within a condition the
 backends take turns of about 0.2 s (rotating order), so that drift falls on all alike; each backend's
 figure is rows/s over all its callers. Prints, per size, rows/s, the Predictor's rows/s over plain ORT's in
-the same condition, and each backend's rows/s over its own alone figure (1.0: it held); saves the figures
-as JSON.
+the same condition, and each backend's rows/s over its own alone figure (1.0: it held), and the
+busy-neighbour figure per size (the Predictor's time over plain ORT's beside one busy process); saves the
+figures as JSON.
 
 examples:
   python -m torchport.benchmarks.under_load --bundle bundles/mlr-mlp
@@ -70,7 +71,8 @@ def _turns(calls: dict[str, Callable[[], object]], rows: int, seconds: float, ca
     return {k: done[k] * rows / spent[k] for k in calls}
 
 
-def _busy(n: int) -> list[subprocess.Popen]:
+def busy_processes(n: int) -> list[subprocess.Popen]:
+    """``n`` processes that each keep a core busy (a Python loop) until killed."""
     return [subprocess.Popen([sys.executable, "-c", BUSY]) for _ in range(n)]
 
 
@@ -92,7 +94,7 @@ def measure(bundle: Bundle, sizes: list[int], seconds: float, tune_seconds: floa
         assert agrees(rules, rules.predict(x), expected) and agrees(rules, tuned.predict(x), expected)
         inputs[n] = x
     for condition in CONDITIONS:
-        procs = _busy({"one busy process": 1, "busy process per CPU": usable_cpus()}.get(condition, 0))
+        procs = busy_processes({"one busy process": 1, "busy process per CPU": usable_cpus()}.get(condition, 0))
         try:
             time.sleep(0.2 if procs else 0)
             for n in sizes:
@@ -105,6 +107,17 @@ def measure(bundle: Bundle, sizes: list[int], seconds: float, tune_seconds: floa
             for p in procs:
                 p.kill()
                 p.wait()
+    out["busy_neighbour"] = busy_neighbour(out["sizes"])
+    return out
+
+
+def busy_neighbour(sizes: dict) -> dict:
+    """Per size, beside one busy process: the Predictor's time over plain ONNX Runtime's (its rules, and its
+    plan measured while quiet), the figure `python -m torchport.benchmarks.fastest` holds to 1.10."""
+    out = {}
+    for n, by_condition in sizes.items():
+        rate = by_condition["one busy process"]
+        out[n] = {k: rate["ort_plain"] / rate[k] for k in ("predictor", "predictor_tuned")}
     return out
 
 
@@ -147,6 +160,9 @@ def main(argv: list[str] | None = None) -> int:
               "method": __doc__.split("\n\n")[0], **figures}
     print(f"plan measured in {figures['plan_measured_s']:.1f} s: " + "; ".join(figures["plan"]))
     print("\n".join(table(figures)))
+    print("beside one busy process, time over plain ORT's: " + "; ".join(
+        f"{int(n):,} rows: rules {r['predictor']:.2f}, tuned {r['predictor_tuned']:.2f}"
+        for n, r in figures["busy_neighbour"].items()))
     target = args.json or RESULTS_DIR / f"under_load-{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%SZ}.json"
     target.parent.mkdir(parents=True, exist_ok=True)
     write_json(target, report)

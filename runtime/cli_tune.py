@@ -1,6 +1,7 @@
 """Measure how a bundle runs fastest on this machine: every regime that can run each batch size (each graph
 file of the bundle; one thread or all of them; pooled bound buffers or zero-copy; whole or in cache-sized
-chunks shared by the threads), interleaved, from 1 row to --max-rows. Prints what it measured and the plan
+chunks shared by the threads; OpenVINO with each performance hint where the openvino extra is installed),
+interleaved, from 1 row to --max-rows. Prints what it measured and the plan
 it chose (the regime for each range of batch sizes); --out saves the plan as JSON, which
 `Predictor(bundle, plan=PATH)` and `torchport predict --plan PATH` take on this machine (a plan measured
 elsewhere, or for other graph files, is refused). Without a plan the Predictor follows rules from the
@@ -29,6 +30,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seconds", type=positive_float, default=2.0,
                    help="about how long to measure (default: 2; more when one call takes longer)")
     p.add_argument("--threads", type=positive_int, help="intra-op threads of the Predictor (default: every usable CPU)")
+    p.add_argument("--precision", choices=["f32", "bf16"], default="f32",
+                   help="bf16: let the plan run an MLP's larger batches in bf16 through OpenVINO (the openvino extra), "
+                        "its error on the golden cases measured against float64 and recorded in the plan, which "
+                        "Predictor(bundle, plan=PATH, precision='bf16') takes (default: f32)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -36,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"{args.out} is a directory; give the plan's file name", parameter="out")
     if args.out is not None and not args.out.parent.is_dir():  # found now, not after measuring
         raise InputError(f"{args.out.parent} does not exist; make it or write the plan elsewhere", parameter="out")
-    predictor = Predictor(args.bundle, providers="cpu", intra_op_threads=args.threads)
+    predictor = Predictor(args.bundle, providers="cpu", intra_op_threads=args.threads, precision=args.precision)
     plan = predictor.tune(max_rows=args.max_rows, seconds=args.seconds)
     print(f"measured on {plan.machine} in {plan.measured_s:.1f} s: median time per call (NaN/inf check included)")
     rows = sorted({t.rows for t in plan.timings})

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import time
 from functools import lru_cache
 from pathlib import Path
 
@@ -44,3 +45,48 @@ def cpu_flags() -> frozenset[str]:
         if key.strip() in ("flags", "Features"):
             return frozenset(value.split())
     return frozenset()
+
+
+class Neighbours:
+    """How many CPUs other processes kept busy lately, from /proc/stat's busy time less this process's own
+    (os.times), measured over the time since the last look and looked at most every ``every_s`` seconds, so
+    that asking costs a clock read. A multi-threaded session whose threads would wait for a core another
+    process holds (ONNX Runtime's threads spin, and split the work evenly up front) is then not used."""
+
+    def __init__(self, every_s: float = 0.25):
+        self.every_s = every_s
+        self.cpus = usable_cpus()
+        self._next = 0.0
+        self._last: tuple[float, float, float] | None = None
+        self.busy_cpus = 0.0
+        self._tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+    def _sample(self) -> tuple[float, float, float] | None:
+        """(now, seconds of CPU time every process used, seconds this process used), or None off Linux."""
+        try:
+            with open("/proc/stat", "rb") as f:
+                fields = f.readline().split()[1:]
+        except OSError:
+            return None
+        ticks = [int(v) for v in fields]
+        idle = ticks[3] + (ticks[4] if len(ticks) > 4 else 0)
+        busy = (sum(ticks[:8]) - idle) / self._tick  # user..steal; guest time is counted in user already
+        own = os.times()
+        return time.monotonic(), busy, own.user + own.system
+
+    def free(self) -> float:
+        """CPUs of this process's share that no other process used over the last interval measured."""
+        now = time.monotonic()
+        if now >= self._next:
+            self._next = now + self.every_s
+            sample = self._sample()
+            if sample is not None and self._last is not None and sample[0] > self._last[0]:
+                wall = sample[0] - self._last[0]
+                self.busy_cpus = max(0.0, (sample[1] - self._last[1]) - (sample[2] - self._last[2])) / wall
+            self._last = sample
+        return self.cpus - self.busy_cpus
+
+    def crowded(self, threads: int) -> bool:
+        """True when other processes left fewer than ``threads`` CPUs free, less a slack of a quarter of them
+        (at least half a CPU): on 2 CPUs, when others took more than half of one."""
+        return self.free() < threads - max(0.5, threads / 4)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import math
 import threading
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -17,10 +18,14 @@ from torchport.runtime.bundle import LARGE_BATCH_FILE, ONNX_FILE, Manifest, sha2
 from torchport.runtime.errors import BundleError, InputError
 from torchport.runtime.hot_path import SLOT_ROWS
 from torchport.runtime.inputs import refuse_nonfinite
-from torchport.runtime.plan import CUSTOM, Plan, Regime, Step, flops_per_row, merged
+from torchport.runtime.cpus import Neighbours
+from torchport.runtime.plan import CUSTOM, OPENVINO, Plan, Regime, Step, flops_per_row, merged
 from torchport.runtime.sessions import session_options
 
 _CPU = "CPUExecutionProvider"
+# A bf16 plan's answers are held to this many times the largest error measured on the golden cases (rows
+# other than those may round a little further).
+BF16_MARGIN = 2.0
 _finite = hot_path.finite
 
 
@@ -30,7 +35,9 @@ class Engine:
     to their checked bytes; ``providers`` are the ONNX Runtime providers asked for; ``sess_options`` replaces
     every session with one on ``model.onnx`` built from the caller's options. Names come from ``manifest``,
     else from the graph's torchport metadata, else x0.., y0..; every session's inputs and outputs are checked
-    against them. Safe to share between threads.
+    against them. ``precision``: "f32", or "bf16" for rules that run an MLP's batches past the small ones
+    in bf16 through OpenVINO (asked for only). Multi-threaded regimes run on one thread while other
+    processes hold the CPUs their threads need (``neighbours``, ``calm``). Safe to share between threads.
 
     ``first_session`` is the session made at once (the small batches' one); ``providers`` what it really
     uses; ``slot_rows`` the most rows a pooled slot holds. ``sessions`` (by graph, threads and spin),
@@ -40,10 +47,11 @@ class Engine:
     def __init__(self, graphs: dict[str, bytes], source: Path, providers: list[str], *,
                  manifest: Manifest | None = None, golden: bytes | None = None,
                  sess_options: ort.SessionOptions | None = None, intra_op_threads: int = 1,
-                 large_batch_rows: int = hot_path.LARGE_ROWS):
+                 large_batch_rows: int = hot_path.LARGE_ROWS, precision: str = "f32"):
         self.graphs, self.source, self.requested = dict(graphs), source, list(providers)
         self.manifest, self.golden, self.custom = manifest, golden, sess_options is not None
         self.intra_op_threads, self.large_batch_rows = intra_op_threads, large_batch_rows
+        self.precision = precision
         if manifest is None and LARGE_BATCH_FILE in self.graphs:
             raise BundleError(f"{LARGE_BATCH_FILE} is run only from a bundle: give its manifest")
         if manifest is not None:
@@ -62,8 +70,11 @@ class Engine:
             self._names_from_graph()
         self._check_io(self.first_session, self.source_of(self.first_graph))
         self.slot_rows = hot_path.slot_rows(self.n_features, self.n_targets)
+        self.float32 = self.first_session.get_inputs()[0].type == "tensor(float)"
         self.slot_sets: dict[Regime, hot_path.Slots] = {}
         self.runners: dict[Regime, hot_path.Runner] = {}
+        self.neighbours = Neighbours()
+        self._calm: dict[Regime, Regime] = {}
         self._lock = threading.Lock()
 
     def source_of(self, graph: str) -> Path:
@@ -95,6 +106,76 @@ class Engine:
     def _cpu(self) -> bool:
         return self.providers[0] == _CPU
 
+    def openvino_unavailable(self, precision: str = "f32") -> str | None:
+        """Why OpenVINO cannot run this engine's graphs in ``precision`` (None when it can): float32 graphs on
+        the CPU only, with the ``openvino`` extra installed (looked up without importing it)."""
+        from torchport.runtime.openvino_runner import INSTALL, bf16_unavailable, installed
+        if self.custom:
+            return "the Predictor was made with sess_options (one ONNX Runtime session)"
+        if not self._cpu():
+            return f"OpenVINO runs here on the CPU only, and this Predictor runs on {self.providers[0]}"
+        if not self.float32:
+            return "the graph computes in float64; OpenVINO runs float32 graphs only"
+        if not installed():
+            return f"openvino is not installed ({INSTALL})"
+        return bf16_unavailable() if precision == "bf16" else None
+
+    def openvino(self, graph: str, hint: str = "LATENCY", precision: str = "f32") -> Regime:
+        """OpenVINO running ``graph`` whole with ``hint`` in ``precision``, on ``intra_op_threads`` threads."""
+        return Regime(graph, self.intra_op_threads, runtime=OPENVINO, hint=hint, precision=precision)
+
+    def on_onnxruntime(self, regime: Regime) -> Regime:
+        """The ONNX Runtime regime that stands in for an OpenVINO one where OpenVINO cannot run: the same graph
+        whole on the same threads (its threads sleeping between runs)."""
+        return self.whole(regime.graph, regime.threads) if regime.openvino else regime
+
+    def runnable(self, plan: Plan) -> Plan:
+        """``plan`` as it can run here: each OpenVINO regime OpenVINO cannot run replaced by its ONNX Runtime
+        stand-in, with a note saying so (a reduced-precision plan cannot run without OpenVINO: InputError)."""
+        wanted = [r for r in plan.regimes() if r.openvino]
+        if not wanted:
+            return plan
+        from torchport.runtime.openvino_runner import unavailable
+        why = {p: self.openvino_unavailable(p) or unavailable() for p in {r.precision for r in wanted}}
+        if not any(why.values()):
+            return plan
+        if why.get("bf16"):
+            raise InputError(f"this plan runs in bf16 through OpenVINO, which cannot run here: {why['bf16']}; "
+                             "use a float32 plan (precision='f32')", parameter="plan")
+        steps = merged([Step(s.from_rows, self.on_onnxruntime(s.regime) if s.regime.openvino else s.regime)
+                        for s in plan.steps])
+        note = f"its OpenVINO steps run on ONNX Runtime: {why['f32']}"
+        return replace(plan, steps=steps, notes=plan.notes + (note,))
+
+    def held_to(self, plan: Plan) -> Plan:
+        """``plan``, and for a bf16 plan what its answers are held to: each bf16 regime runs the golden cases
+        whole; ``error`` is the largest difference from their float64 answers per target, ``bound`` the larger
+        of the export's float32 bound and BF16_MARGIN times that error (self_check holds answers to it)."""
+        if plan.precision == "f32":
+            return plan
+        from torchport.runtime.golden import load_golden
+        if self.golden is None:
+            raise InputError("reduced precision needs the bundle's golden cases to measure its error against "
+                             "float64; re-export the bundle with this torchport", parameter="precision")
+        golden = load_golden(self.golden, self.feature_names, self.target_names)
+        error = np.zeros(self.n_targets)
+        for regime in plan.regimes():
+            if regime.precision != "f32" and len(golden.inputs):
+                got = np.asarray(self.run(regime, golden.inputs, check=False, calm=False), np.float64)
+                error = np.maximum(error, np.nan_to_num(np.abs(got - golden.answers), nan=np.inf).max(axis=0))
+        bound = np.maximum(golden.bound, BF16_MARGIN * error)
+        return replace(plan, error=tuple(map(float, error)), bound=tuple(map(float, bound)))
+
+    def calm(self, regime: Regime) -> Regime:
+        """What runs instead of a multi-threaded regime while other processes hold the cores its threads
+        need (``neighbours``): the same graph on one thread, so that no thread waits for a descheduled one."""
+        calm = self._calm.get(regime)
+        if calm is None:
+            calm = self._calm[regime] = replace(self.whole(regime.graph, 1), chunk_rows=regime.chunk_rows,
+                                                chunk_from=regime.chunk_from, workers=regime.workers) \
+                if not regime.openvino else self.whole(regime.graph, 1)
+        return calm
+
     def rules(self) -> Plan:
         """The default plan, from the model's shape (the Predictor's docstring says what it does)."""
         if self.custom:
@@ -116,10 +197,13 @@ class Engine:
             if max(bound_to, SLOT_ROWS) + 1 < min(threaded_from, chunks_from):
                 steps.append(Step(max(bound_to, SLOT_ROWS) + 1, Regime(large, 1)))
             if max(threaded_from, SLOT_ROWS + 1) < chunks_from:
-                steps.append(Step(max(threaded_from, SLOT_ROWS + 1), Regime(large, threads)))
+                steps.append(Step(max(threaded_from, SLOT_ROWS + 1), Regime(large, threads, spin=True)))
             if chunks_from < math.inf:
                 steps.append(Step(max(chunks_from, SLOT_ROWS + 1), chunks))
-            return Plan(merged(steps))
+            if self.precision == "bf16":  # asked for: every batch past the small ones runs in bf16
+                steps = [s for s in steps if s.from_rows <= SLOT_ROWS] + \
+                    [Step(SLOT_ROWS + 1, self.openvino(large, "LATENCY", "bf16"))]
+            return Plan(merged(steps), precision=self.precision)
         large_from = max(self.large_batch_rows, SLOT_ROWS + 1)
         bound_to = min(self.slot_rows, large_from - 1)
         if bound_to > SLOT_ROWS:
@@ -150,7 +234,9 @@ class Engine:
         """Raise InputError unless every regime of ``plan`` can run on this engine's graphs and sessions."""
         for regime in plan.regimes():
             if regime.graph not in self.graphs or (regime.threads == CUSTOM) != self.custom \
-                    or regime.threads < 0 or regime.workers < 1 or regime.chunk_rows < 0:
+                    or regime.threads < 0 or regime.workers < 1 or regime.chunk_rows < 0 \
+                    or (regime.openvino and (regime.bound or regime.hint not in ("LATENCY", "THROUGHPUT")
+                                             or regime.threads < 1)):
                 raise InputError(f"the plan's regime {regime.describe()!r} cannot run here: this Predictor runs "
                                  f"{', '.join(sorted(self.graphs))}", parameter="plan")
 
@@ -183,8 +269,16 @@ class Engine:
             return slots
 
     def runner(self, regime: Regime) -> hot_path.Runner:
-        """The zero-copy runner of ``regime`` (of its zero-copy twin for a bound one), made once on first use."""
+        """The zero-copy runner of ``regime`` (of its zero-copy twin for a bound one), made once on first use;
+        an OpenVINO regime's is an ``OpenVinoRunner``."""
         runner = self.runners.get(regime)
+        if runner is None and regime.openvino:
+            from torchport.runtime.openvino_runner import OpenVinoRunner
+            with self._lock:
+                runner = self.runners.get(regime)
+                if runner is None:
+                    runner = self.runners[regime] = OpenVinoRunner(self.graphs[regime.graph], regime.hint,
+                                                                   regime.precision, regime.threads)
         if runner is None:
             session = self.session(regime)
             with self._lock:
@@ -202,11 +296,13 @@ class Engine:
             refuse_nonfinite(a, self.feature_names, first_row)
 
     def run(self, regime: Regime, x: np.ndarray, out: np.ndarray | None = None, check: bool = True,
-            pools: dict | None = None) -> np.ndarray:
+            pools: dict | None = None, calm: bool = True) -> np.ndarray:
         """``x`` (rows >= 1, any numeric dtype and layout) run in ``regime``: through a pooled slot's bound
         buffers (one copy in, which converts dtype and layout too) or zero-copy from float32 C-contiguous;
         into ``out`` when given. ``check``: refuse NaN/inf rows first. ``pools``: where to record the slot
-        pool used, by input shape, so that a caller's own fast path (Predictor.predict's) finds it."""
+        pool used, by input shape, so that a caller's own fast path (Predictor.predict's) finds it.
+        ``calm``: a multi-threaded regime runs on one thread while other processes hold the CPUs (False:
+        in the regime as given, for checks and measurements of the regime itself)."""
         rows = x.shape[0]
         if regime.bound and rows <= self.slot_rows:
             slots = self.slot_sets.get(regime) or self.slots(regime)
@@ -231,6 +327,8 @@ class Engine:
                 finally:
                     pool.append(slot)
         matrix = np.ascontiguousarray(x, dtype=np.float32)  # no copy when already float32 C-contiguous
+        if regime.threads > 1 and calm and self.neighbours.crowded(regime.threads):
+            regime = self.calm(regime)
         runner = self.runners.get(regime) or self.runner(regime)
         return runner.run(matrix, out, self.check_rows if check else None)
 

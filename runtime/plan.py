@@ -17,10 +17,11 @@ import onnxruntime as ort
 
 from torchport.runtime.cpus import usable_cpus
 from torchport.runtime.errors import InputError
-from torchport.runtime.jsonfields import FLAG, INT, NUMBER, TEXT, items, scalar, values
+from torchport.runtime.jsonfields import FLAG, INT, NUMBER, TEXT, items, present, scalar, values
 
 PLAN_FORMAT = "torchport.plan"
 PLAN_FORMAT_VERSION = 1
+ONNXRUNTIME, OPENVINO = "onnxruntime", "openvino"  # Regime.runtime
 CUSTOM = 0  # Regime.threads of the one session built from the caller's sess_options
 
 
@@ -38,9 +39,18 @@ class Regime:
     chunk_from: int = 0
     workers: int = 1
     spin: bool = False
+    runtime: str = ONNXRUNTIME
+    hint: str = ""
+    precision: str = "f32"
+
+    @property
+    def openvino(self) -> bool:
+        return self.runtime == OPENVINO
 
     def describe(self) -> str:
         """The regime in a few words, for tables and notes."""
+        if self.openvino:
+            return f"{self.graph}, OpenVINO {self.hint.lower()} hint, {self.precision}, {self.threads} threads"
         threads = "sess_options" if self.threads == CUSTOM else f"{self.threads} thread{'s' * (self.threads > 1)}"
         if self.spin:
             threads += " (spinning)"
@@ -53,12 +63,18 @@ class Regime:
 
     def to_json(self) -> dict[str, Any]:
         return {"graph": self.graph, "threads": self.threads, "bound": self.bound, "chunk_rows": self.chunk_rows,
-                "chunk_from": self.chunk_from, "workers": self.workers, "spin": self.spin}
+                "chunk_from": self.chunk_from, "workers": self.workers, "spin": self.spin, "runtime": self.runtime,
+                "hint": self.hint, "precision": self.precision}
 
     @classmethod
     def from_json(cls, obj: Any, where: str) -> "Regime":
         v = values(obj, where, {"graph": TEXT, "threads": INT, "bound": FLAG, "chunk_rows": INT, "chunk_from": INT,
                                 "workers": INT, "spin": FLAG})
+        v.update(present(obj, where, {"runtime": TEXT, "hint": TEXT, "precision": TEXT}))  # later than version 1
+        if v.get("runtime", ONNXRUNTIME) not in (ONNXRUNTIME, OPENVINO) or v.get("precision", "f32") not in ("f32", "bf16"):
+            raise InputError(f"{where}: runtime {v.get('runtime')!r} or precision {v.get('precision')!r} is not one "
+                             f"torchport knows ({ONNXRUNTIME!r} or {OPENVINO!r}; 'f32' or 'bf16'); measure the plan "
+                             "again with this torchport", parameter="plan")
         return cls(**v)
 
 
@@ -83,13 +99,21 @@ class Timing:
 class Plan:
     """The regime for every batch size: ``steps`` sorted by ``from_rows``, the first from 1 row. ``source``
     is "rules" or "measured"; a measured plan keeps what it measured (``timings``), where (``machine``),
-    on which graphs (``models``: their sha256) and how long measuring took (``measured_s``)."""
+    on which graphs (``models``: their sha256) and how long measuring took (``measured_s``). ``precision``
+    is "f32", or "bf16" for a plan asked to run in reduced precision: ``error`` then holds, per target, the
+    largest error of its bf16 regimes on the golden cases against their float64 answers, and ``bound`` what
+    answers are held to (self_check included). ``notes`` say where the plan does not run as written (an
+    OpenVINO regime run by ONNX Runtime where openvino is missing)."""
     steps: tuple[Step, ...]
     source: str = "rules"
     machine: str = ""
     models: tuple[str, ...] = ()
     timings: tuple[Timing, ...] = ()
     measured_s: float = 0.0
+    precision: str = "f32"
+    error: tuple[float, ...] = ()
+    bound: tuple[float, ...] = ()
+    notes: tuple[str, ...] = ()
     _starts: tuple[int, ...] = field(default=(), init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -111,15 +135,22 @@ class Plan:
     def describe(self) -> list[str]:
         """One line per step: the row range and its regime."""
         ends = [s.from_rows - 1 for s in self.steps[1:]] + [None]
-        return [f"{s.from_rows}-{end if end is not None else ''} rows: {s.regime.describe()}"
-                for s, end in zip(self.steps, ends)]
+        lines = [f"{s.from_rows}-{end if end is not None else ''} rows: {s.regime.describe()}"
+                 for s, end in zip(self.steps, ends)]
+        if self.precision != "f32":
+            lines.append(f"reduced precision ({self.precision}), asked for: largest error on the golden cases "
+                         f"{', '.join(f'{e:.3g}' for e in self.error)}; answers held to "
+                         f"{', '.join(f'{b:.3g}' for b in self.bound)}")
+        return lines + list(self.notes)
 
     def to_json(self) -> dict[str, Any]:
         return {"format": PLAN_FORMAT, "format_version": PLAN_FORMAT_VERSION, "source": self.source,
                 "machine": self.machine, "models": list(self.models), "measured_s": self.measured_s,
                 "steps": [{"from_rows": s.from_rows, "regime": s.regime.to_json()} for s in self.steps],
                 "timings": [{"rows": t.rows, "regime": t.regime.to_json(), "median_s": t.median_s, "again": t.again}
-                            for t in self.timings]}
+                            for t in self.timings],
+                "precision": self.precision, "error": list(self.error), "bound": list(self.bound),
+                "notes": list(self.notes)}
 
     @classmethod
     def from_json(cls, obj: Any, where: str = "plan") -> "Plan":
@@ -133,7 +164,15 @@ class Plan:
         timings = tuple(Timing(t["rows"], Regime.from_json(t["regime"], f"{where}.timings[{i}].regime"), t["median_s"],
                                t["again"]) for i, t in enumerate(items(v["timings"], f"{where}.timings", _timing_fields)))
         models = items(v["models"], f"{where}.models", scalar(TEXT))
-        return cls(steps, v["source"], v["machine"], models, timings, float(v["measured_s"]))
+        more = present(obj, where, {"precision": TEXT, "error": (list,), "bound": (list,), "notes": (list,)})
+        precision = more.get("precision", "f32")
+        if precision not in ("f32", "bf16"):
+            raise InputError(f"{where}.precision is {precision!r}; torchport knows 'f32' and 'bf16'", parameter="plan")
+        error, bound = (tuple(float(e) for e in items(more.get(k, []), f"{where}.{k}", scalar(NUMBER)))
+                        for k in ("error", "bound"))
+        notes = items(more.get("notes", []), f"{where}.notes", scalar(TEXT))
+        return cls(steps, v["source"], v["machine"], models, timings, float(v["measured_s"]), precision, error, bound,
+                   notes)
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write the plan as JSON (atomically: a temp file renamed into place)."""

@@ -13,7 +13,7 @@ import onnxruntime as ort
 from torchport.runtime import hot_path
 from torchport.runtime.bundle import LARGE_BATCH_FILE, MANIFEST, ONNX_FILE, Bundle, Manifest, read_bounded, \
     refuse_failed_parity
-from torchport.runtime.golden import SelfCheck, load_golden, self_check
+from torchport.runtime.golden import Golden, SelfCheck, load_golden, self_check
 from torchport.runtime.cpus import usable_cpus
 from torchport.runtime.device import DLPACK_CUDA, dlpack_device, run_on_device
 from torchport.runtime.encoding import UNSEEN, Encoding
@@ -54,7 +54,12 @@ class Predictor:
     ``intra_op_threads - 1`` helpers.
     ``plan="measure"`` (or ``tune()``) measures those regimes and the others on this machine and keeps the
     fastest for each size; a saved plan (a path, or a ``Plan``) is taken only on the machine and graphs it
-    was measured on. Sessions other than the first are made on first use. ``sess_options`` replaces them
+    was measured on. With the ``openvino`` extra, a measured plan may run steps through OpenVINO (float32
+    graphs on the CPU; where openvino is missing ONNX Runtime runs them and the plan's description says so).
+    A multi-threaded step runs on one thread while other processes hold the CPUs its threads need.
+    ``precision="bf16"`` (asked for, never chosen otherwise) runs an MLP's batches past 64 rows in bf16
+    through OpenVINO; the plan records their error on the golden cases against float64 and the bound that
+    ``self_check`` then holds answers to. Sessions other than the first are made on first use. ``sess_options`` replaces them
     all with one session on ``model.onnx`` built from the caller's options. One Predictor may serve many
     threads at once. NaN and infinite inputs are refused (the error names the first bad row and column)
     unless ``allow_nonfinite``. A bundle whose recorded parity check failed (published with
@@ -75,7 +80,7 @@ class Predictor:
                  sess_options: ort.SessionOptions | None = None, intra_op_threads: int | None = None,
                  large_batch_rows: int = hot_path.LARGE_ROWS, allow_nonfinite: bool = False,
                  allow_failed_parity: bool = False, trusted_keys: Any = None,
-                 plan: Plan | str | os.PathLike | None = None, unseen: str = "refuse"):
+                 plan: Plan | str | os.PathLike | None = None, precision: str = "f32", unseen: str = "refuse"):
         self.allow_nonfinite = allow_nonfinite
         if unseen not in UNSEEN:
             raise InputError(f"unseen must be one of {', '.join(UNSEEN)}; got {unseen!r}", parameter="unseen")
@@ -107,16 +112,18 @@ class Predictor:
             raise BundleError(f"{path} does not exist; give a bundle directory (with {MANIFEST}) "
                               "or an .onnx file")
         self._open(model_bytes, large_bytes, golden, source, providers, sess_options, intra_op_threads,
-                   large_batch_rows)
+                   large_batch_rows, precision)
         if plan is not None:
             self._take_plan(plan)
 
     def _open(self, model_bytes: bytes, large_bytes: bytes | None, golden: bytes | None, source: Path,
               providers: str | list[str], sess_options: ort.SessionOptions | None, intra_op_threads: int | None,
-              large_batch_rows: int) -> None:
+              large_batch_rows: int, precision: str = "f32") -> None:
         """Build the engine (its first session) and the plan's state from the graphs' bytes (also used when
         unpickling)."""
-        self._init_args = (providers, intra_op_threads, large_batch_rows, sess_options is not None)
+        self._init_args = (providers, intra_op_threads, large_batch_rows, sess_options is not None, precision)
+        if precision not in ("f32", "bf16"):
+            raise InputError(f"precision must be 'f32' or 'bf16'; got {precision!r}", parameter="precision")
         if intra_op_threads is not None and (not isinstance(intra_op_threads, int) or intra_op_threads < 1):
             raise InputError(f"intra_op_threads must be a whole number >= 1; got {intra_op_threads!r}",
                              parameter="intra_op_threads")
@@ -132,7 +139,9 @@ class Predictor:
         requested, notes = resolve_providers(providers)
         self.engine = engine = Engine(graphs, source, requested, manifest=self.manifest, golden=golden,
                                       sess_options=sess_options, intra_op_threads=self.intra_op_threads,
-                                      large_batch_rows=large_batch_rows)
+                                      large_batch_rows=large_batch_rows, precision=precision)
+        if precision != "f32":
+            _check_reduced(engine)
         self.providers = engine.providers
         lost = [p for p in requested if p not in self.providers]
         notes += [f"{p} could not be initialised by onnxruntime {ort.__version__} (CUDA 13 / cuDNN 9 "
@@ -145,11 +154,17 @@ class Predictor:
         self.input_name, self.output_name = engine.input_name, engine.output_name
         self._run = engine.run
         self._plan_arg: Plan | str | None = None
-        self._use(engine.rules())
+        self._use(engine.held_to(engine.rules()))
 
     def _use(self, plan: Plan) -> None:
-        """Run batches by ``plan`` from now on (with fresh slot pools, bound to its sessions)."""
+        """Run batches by ``plan`` from now on (with fresh slot pools, bound to its sessions); OpenVINO steps
+        run on ONNX Runtime where OpenVINO cannot run (the plan's notes say so)."""
+        if plan.precision != self.engine.precision:
+            raise InputError(f"this plan runs in {plan.precision} and this Predictor was made for "
+                             f"{self.engine.precision}; pass precision={plan.precision!r} to run it",
+                             parameter="precision")
         self.engine.check_plan(plan)
+        plan = self.engine.runnable(plan)
         self.plan = plan
         self.engine.drop_slots()
         self._pools: dict[tuple[int, int], list[tuple]] = {}  # by input shape: the pools of the plan's regimes
@@ -188,7 +203,7 @@ class Predictor:
         if self.engine.custom:
             raise InputError("tune() needs the Predictor's own sessions; this one was made with sess_options",
                              parameter="sess_options")
-        plan = measure_plan(self.engine, max_rows, seconds, check=not self.allow_nonfinite)
+        plan = self.engine.held_to(measure_plan(self.engine, max_rows, seconds, check=not self.allow_nonfinite))
         self._use(plan)
         return plan
 
@@ -196,7 +211,7 @@ class Predictor:
         """Pickle as the model's bytes and names; the receiving process (a Dask worker, say) builds its own
         ONNX Runtime sessions, resolving ``providers`` ("auto" included) on its own machine, and measures
         its own plan where this one was made with plan="measure"."""
-        providers, threads, large_rows, custom_options = self._init_args
+        providers, threads, large_rows, custom_options, precision = self._init_args
         if custom_options:
             raise InputTypeError("a Predictor made with sess_options cannot be pickled (SessionOptions do not "
                             "pickle); use intra_op_threads instead")
@@ -205,7 +220,7 @@ class Predictor:
                  self.allow_nonfinite, engine.golden)
         plan = self._plan_arg.to_json() if isinstance(self._plan_arg, Plan) else self._plan_arg
         return _unpickle, (engine.graphs[ONNX_FILE], str(engine.source), names, providers, threads, large_rows,
-                           engine.graphs.get(LARGE_BATCH_FILE), plan)
+                           engine.graphs.get(LARGE_BATCH_FILE), plan, precision)
 
     def _new_slot(self, rows: int) -> tuple:
         """A fresh slot for predict's fast path, whose pool for ``rows`` rows was empty."""
@@ -332,8 +347,10 @@ class Predictor:
             return SelfCheck(False, 0, self.providers, "this model has no golden cases (a bundle written before "
                              "torchport kept them, or a bare .onnx file): nothing was checked")
         golden = load_golden(self.engine.golden, self.feature_names, self.target_names)
+        if self.plan.bound:  # a reduced-precision plan: its answers are held to the bound recorded in it
+            golden = Golden(golden.inputs, golden.answers, np.asarray(self.plan.bound, np.float64))
         check = not self.allow_nonfinite and self.encoding is None  # imputed golden rows hold NaN
-        regimes = [(regime.describe(), lambda x, r=regime: self._run(r, x, None, check) if len(x) else
+        regimes = [(regime.describe(), lambda x, r=regime: self._run(r, x, None, check, calm=False) if len(x) else
                     np.empty((0, self.n_targets), np.float32)) for regime in self.plan.regimes()]
         return self_check(self.predict, golden, self.target_names, self.providers, regimes)
 
@@ -342,12 +359,23 @@ class Predictor:
                 f"providers={self.providers})")
 
 
+def _check_reduced(engine: Engine) -> None:
+    """Refuse precision='bf16' where it cannot run or gains nothing."""
+    why = engine.openvino_unavailable("bf16")
+    if why is not None:
+        raise InputError(f"precision='bf16' runs through OpenVINO, which cannot run here: {why}",
+                         parameter="precision")
+    if engine.widest <= max(engine.n_features, engine.n_targets):
+        raise InputError("precision='bf16' runs an MLP's hidden layers in bf16; this model has none: leave "
+                         "precision='f32'", parameter="precision")
+
+
 def _unpickle(model_bytes: bytes, source: str, names: tuple, providers, threads, large_rows,
-              large_bytes: bytes | None = None, plan: dict | str | None = None) -> Predictor:
+              large_bytes: bytes | None = None, plan: dict | str | None = None, precision: str = "f32") -> Predictor:
     predictor = Predictor.__new__(Predictor)
     predictor.signed_by, predictor.unseen = None, "refuse"
     predictor.manifest, *_, predictor.allow_nonfinite, golden = names
-    predictor._open(model_bytes, large_bytes, golden, Path(source), providers, None, threads, large_rows)
+    predictor._open(model_bytes, large_bytes, golden, Path(source), providers, None, threads, large_rows, precision)
     if plan is not None:
         predictor._take_plan(Plan.from_json(plan) if isinstance(plan, dict) else plan)
     return predictor

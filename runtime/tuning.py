@@ -11,6 +11,7 @@ import numpy as np
 from torchport.runtime.engine import Engine
 from torchport.runtime.errors import InputError
 from torchport.runtime.hot_path import SLOT_ROWS, cache_chunk_rows
+from torchport.runtime.openvino_runner import HINTS
 from torchport.runtime.plan import Plan, Regime, Timing, machine_key, steps_from_winners
 
 SIZES = (1, 8, 64, 256, 512, 1024, 2048, 4096, 16384, 65536, 262144, 1 << 20)
@@ -24,9 +25,11 @@ DROP_AFTER = 2.5  # from 4096 rows on, a regime this many times slower than the 
 
 def candidates(engine: Engine, rows: int) -> list[Regime]:
     """The regimes that can run ``rows`` rows: for each graph file, bound buffers (small batches), zero-copy
-    on one thread and on ``intra_op_threads`` (its threads spinning or not), and cache-sized chunks shared
-    by the threads (two chunks or more); the rules' regime among them."""
+    on one thread and on ``intra_op_threads`` (its threads spinning or not), cache-sized chunks shared by
+    the threads (two chunks or more), and where OpenVINO can run the graph, OpenVINO with each performance
+    hint (in bf16 too for a plan asked for bf16); the rules' regime among them."""
     threads = engine.intra_op_threads
+    precisions = [p for p in dict.fromkeys(("f32", engine.precision)) if engine.openvino_unavailable(p) is None]
     out: list[Regime] = []
     for graph in engine.graphs:
         if rows <= engine.slot_rows:
@@ -38,6 +41,7 @@ def candidates(engine: Engine, rows: int) -> list[Regime]:
                 chunks = engine.shared_chunks(graph)
                 if rows >= 2 * cache_chunk_rows(engine.widest) and chunks.chunk_rows:
                     out.append(chunks)
+            out += [engine.openvino(graph, hint, p) for p in precisions for hint in HINTS]
     rules = engine.rules().regime(rows)
     return list(dict.fromkeys([rules] + out))
 
@@ -60,8 +64,9 @@ def _medians(engine: Engine, regimes: list[Regime], x: np.ndarray, budget_s: flo
     """Median seconds per call of each regime on ``x`` (``check``: with the NaN/inf check, as predict runs
     it): two warm-up calls each (sessions and slots are made then), then ROUNDS interleaved rounds, the
     order rotating, of individually timed calls, with a pause after each turn (ONNX Runtime's
-    multi-threaded sessions spin a while after a run, taking the cores from whatever runs next)."""
-    runs = [lambda r=r: engine.run(r, x, None, check) for r in regimes]
+    multi-threaded sessions spin a while after a run, taking the cores from whatever runs next). Each regime
+    runs as given, whatever other processes do: a plan measured under load keeps what held up under it."""
+    runs = [lambda r=r: engine.run(r, x, None, check, calm=False) for r in regimes]
     typical = []
     for run in runs:
         run()
@@ -138,4 +143,4 @@ def measure_plan(engine: Engine, max_rows: int = 65536, seconds: float = 2.0, ch
         beyond = min(chunked, key=previous.get)
         winners.append((sizes[-1] + 1, beyond, beyond))
     return Plan(steps_from_winners(winners, engine.slot_rows), "measured", machine_key(), engine.graph_digests(),
-                tuple(timings), time.perf_counter() - started)
+                tuple(timings), time.perf_counter() - started, engine.precision)

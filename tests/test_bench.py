@@ -9,10 +9,14 @@ import struct
 import pytest
 
 from conftest import ROOT, run_cli
+from torchport.runtime.openvino_runner import bf16_unavailable, unavailable
 
 DEFAULT_SIZES = [1, 8, 64, 512, 4096, 65536, 1 << 20]
+# OpenVINO's rows where the openvino extra is installed (bf16 where the CPU has it)
+OPENVINO = (set() if unavailable() else {"openvino_latency", "openvino_throughput"}) | \
+    ({"openvino_bf16"} if bf16_unavailable() is None else set())
 CPU_BACKENDS = {"numpy_copy", "numpy_matmul", "torch_eager", "torchscript", "exported", "ort_plain",
-                "ort_plain_threads", "predictor", "predictor_tuned"}
+                "ort_plain_threads", "predictor", "predictor_tuned"} | OPENVINO
 FIGURES = ("calls", "rounds", "median_s", "p99_s", "mean_s", "min_s", "rows_per_s", "x_fastest", "x_ort_plain")
 
 
@@ -51,7 +55,9 @@ def test_quick_run_json_has_every_backend_and_batch_size(quick_run, seed_bundle)
         assert r["model"] == "seed" and r["calls"] >= 1 and all(r[k] is not None for k in FIGURES if k != "x_ort_plain")
         assert 0 < r["min_s"] <= r["median_s"] <= r["p99_s"]
         assert r["rows_per_s"] == pytest.approx(r["batch_size"] / r["median_s"])
-        assert r["agrees_with_torch"] is (None if r["backend"] == "numpy_copy" else True)
+        # bf16 is asked for, not held to float32's tolerance: its error against float64 is the figure
+        assert r["agrees_with_torch"] is (None if r["backend"] in ("numpy_copy", "openvino_bf16") else True)
+        assert (r["max_abs_error_vs_float64"] is None) is (r["backend"] == "numpy_copy")
         if r["device"] == "cpu":
             assert r["x_ort_plain"] is not None
         if r["backend"] == "numpy_copy":
@@ -147,10 +153,9 @@ def test_mlp_has_no_numpy_floor_and_takes_chosen_batch_sizes(tmp_path):
     report = json.loads((tmp_path / "out" / "bench.json").read_text())
     assert report["settings"]["batch_sizes"] == [1, 64, 1024]
     assert {r["backend"] for r in report["results"]} == CPU_BACKENDS - {"numpy_matmul"}
-    assert report["models"][0]["skipped"] == [{"backend": "numpy_matmul", "device": "cpu",
-                                               "reason": "the model is mlp, not linear"},
-                                              {"backend": "aoti", "device": "cpu",
-                                               "reason": "the bundle has no model.aoti.pt2"}]
+    assert [s for s in report["models"][0]["skipped"] if s["backend"] != "openvino_bf16"] == [
+        {"backend": "numpy_matmul", "device": "cpu", "reason": "the model is mlp, not linear"},
+        {"backend": "aoti", "device": "cpu", "reason": "the bundle has no model.aoti.pt2"}]
     assert report["environment"]["threads"]["torch_num_threads"] == 1
     assert report["environment"]["threads"]["predictor"] == "intra_op_num_threads=1"
     assert "not run: numpy_matmul on cpu for mlp" in proc.stdout

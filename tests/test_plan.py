@@ -158,6 +158,11 @@ def test_the_under_load_benchmark_records_every_condition(seed_bundle, tmp_path)
         for rate in by_condition.values():
             assert set(rate) == {"ort_plain", "predictor", "predictor_tuned"} and min(rate.values()) > 0
     assert "busy process per CPU" in proc.stdout and "held:" in proc.stdout
+    # the busy-neighbour figure per size: time over plain ORT's beside one busy process, from the rates above
+    for n, figure in report["busy_neighbour"].items():
+        rate = report["sizes"][n]["one busy process"]
+        assert figure["predictor"] == pytest.approx(rate["ort_plain"] / rate["predictor"])
+    assert "beside one busy process, time over plain ORT's" in proc.stdout
 
 
 @pytest.mark.full
