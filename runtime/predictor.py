@@ -203,7 +203,8 @@ class Predictor:
         if self.engine.custom:
             raise InputError("tune() needs the Predictor's own sessions; this one was made with sess_options",
                              parameter="sess_options")
-        plan = self.engine.held_to(measure_plan(self.engine, max_rows, seconds, check=not self.allow_nonfinite))
+        plan = self.engine.held_to(measure_plan(self.engine, max_rows, seconds,
+                                                check=not self.allow_nonfinite and self.encoding is None))
         self._use(plan)
         return plan
 

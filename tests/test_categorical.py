@@ -335,3 +335,18 @@ def test_the_encoding_is_learned_recorded_and_read_back():
     from torchport.runtime.errors import DataError
     with pytest.raises(DataError, match=r"column 'colour', row 3 \(data row, 1-based\) is missing"):
         fit_encoding({**cells, "x": [1.0, 2.0, 3.0, 4.0]}, ["x", "colour"], "t")
+
+
+def test_a_measured_plan_runs_imputed_rows(grunfeld_csv, tmp_path):
+    """tune() times the golden rows, NaN cells included, without refusing them: they are the graph's input."""
+    frame = pd.read_csv(grunfeld_csv)
+    frame.loc[3, "capital"] = np.nan
+    frame.to_csv(tmp_path / "holes.csv", index=False)
+    out = tmp_path / "imputed"
+    proc = run_cli("train", "--data", str(tmp_path / "holes.csv"), "--target", "invest", "--features",
+                   ",".join(FEATURES), "--impute", "median", "--out", str(out), "--no-plots", "--no-progress")
+    assert proc.returncode == 0, proc.stderr
+    predictor = Predictor(out)
+    before = predictor.predict([[3078.5, None, "IBM"]])
+    predictor.tune(max_rows=128, seconds=0.2)
+    assert predictor.predict([[3078.5, None, "IBM"]]) == before and predictor.self_check().checked
