@@ -50,7 +50,8 @@ def test_every_candidate_regime_runs_like_a_plain_session(seed_bundle):
         assert regimes[0] == p.plan.regime(rows)  # the rules' regime first
         assert {r.graph for r in regimes} == {ONNX_FILE, LARGE_BATCH_FILE}
         for regime in regimes:  # the seed's Mul+Add graph is bit-identical to its Gemm
-            np.testing.assert_array_equal(engine.run(regime, x[:rows]), expected[:rows], err_msg=regime.describe())
+            np.testing.assert_array_equal(engine.run(regime, x[:rows], calm=False), expected[:rows],
+                                          err_msg=regime.describe())  # as given, whatever the load
     assert {(g, t) for g, t, _ in engine.sessions} == {(ONNX_FILE, 1), (ONNX_FILE, 2), (LARGE_BATCH_FILE, 1),
                                                        (LARGE_BATCH_FILE, 2)}
     bound = Regime(ONNX_FILE, 1, bound=True)
