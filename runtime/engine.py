@@ -46,6 +46,8 @@ class Engine:
         self.intra_op_threads, self.large_batch_rows = intra_op_threads, large_batch_rows
         if manifest is None and LARGE_BATCH_FILE in self.graphs:
             raise BundleError(f"{LARGE_BATCH_FILE} is run only from a bundle: give its manifest")
+        # what the graphs take and answer: float32, or float64 where the manifest's precision says so
+        self.dtype = np.dtype(manifest.dtype if manifest is not None else np.float32)
         if manifest is not None:
             self._name(list(manifest.features), list(manifest.targets), manifest.input.name, manifest.output.name)
         # The large-batch graph runs small batches too unless its rewrite adds nodes (the seed's Mul+Add
@@ -133,7 +135,7 @@ class Engine:
         """A zero-copy regime on ``graph``; a linear model's large-batch graph on the CPU runs inputs over
         CHUNK_FROM_BYTES in CHUNK_BYTES chunks (the Mul's output then stays in cache)."""
         if graph == LARGE_BATCH_FILE and not self._mlp() and self._cpu():
-            width = 4 * self.n_features
+            width = self.dtype.itemsize * self.n_features
             return Regime(graph, threads, chunk_rows=max(1, hot_path.CHUNK_BYTES // width),
                           chunk_from=hot_path.CHUNK_FROM_BYTES // width, spin=spin)
         return Regime(graph, threads, spin=spin)
@@ -179,7 +181,7 @@ class Engine:
             slots = self.slot_sets.get(regime)
             if slots is None:
                 slots = self.slot_sets[regime] = hot_path.Slots(session, self.input_name, self.output_name,
-                                                                self.n_features, self.n_targets)
+                                                                self.n_features, self.n_targets, self.dtype)
             return slots
 
     def runner(self, regime: Regime) -> hot_path.Runner:
@@ -191,7 +193,8 @@ class Engine:
                 runner = self.runners.get(regime)
                 if runner is None:
                     runner = hot_path.Runner(session, self.input_name, self.output_name, self.n_targets,
-                                             regime.chunk_rows or None, regime.chunk_from, regime.workers)
+                                             regime.chunk_rows or None, regime.chunk_from, regime.workers,
+                                             self.dtype)
                     self.runners[regime] = runner
         return runner
 
@@ -230,7 +233,7 @@ class Engine:
                     return out
                 finally:
                     pool.append(slot)
-        matrix = np.ascontiguousarray(x, dtype=np.float32)  # no copy when already float32 C-contiguous
+        matrix = np.ascontiguousarray(x, dtype=self.dtype)  # no copy when already of the dtype, C-contiguous
         runner = self.runners.get(regime) or self.runner(regime)
         return runner.run(matrix, out, self.check_rows if check else None)
 

@@ -53,7 +53,7 @@ def _rows(engine: Engine, rows: int) -> np.ndarray:
         base = np.random.default_rng(0).standard_normal((256, n_features))
     if not len(base):
         base = np.zeros((1, n_features))
-    return np.ascontiguousarray(np.resize(base, (rows, n_features)), dtype=np.float32)
+    return np.ascontiguousarray(np.resize(base, (rows, n_features)), dtype=engine.dtype)
 
 
 def _medians(engine: Engine, regimes: list[Regime], x: np.ndarray, budget_s: float, check: bool) -> list[float]:
