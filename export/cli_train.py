@@ -257,6 +257,7 @@ def _export(args: argparse.Namespace, status: Status, reg, data, record, out: Pa
     """Write, verify and publish the bundle; print the summary (``note`` after the fit's lines); the training
     state is removed once the bundle is written or refused."""
     from torchport.export.bundle_writer import ParityFailed, write_from_regressor
+    from torchport.export.precision import PrecisionError
     from torchport.export.cli_options import tolerance
     from torchport.export.train_summary import bundle_lines, failed_lines, fit_lines
 
@@ -273,6 +274,12 @@ def _export(args: argparse.Namespace, status: Status, reg, data, record, out: Pa
             state.unlink(missing_ok=True)
         status.stop()
         print("\n".join(summary + failed_lines(e.report)))
+        raise
+    except PrecisionError:  # refused before anything was written: the fit's summary, then the one-line error
+        if state is not None:
+            state.unlink(missing_ok=True)
+        status.stop()
+        print("\n".join(summary))
         raise
     except OSError as e:
         if e.errno in MACHINE_ERRNOS and state is not None:

@@ -30,9 +30,12 @@ def _exact(reg: Regressor) -> bool:
 
 def reference_answers(reg: Regressor, X: np.ndarray) -> tuple[np.ndarray, str]:
     """The float64 fit's answers on ``X`` (rows, targets), and what that fit is in words: X @ coef_.T +
-    intercept_ for an exact linear fit, else the trained module run in float64."""
-    if _exact(reg):
-        return X @ reg.coef_.T + reg.intercept_[None, :], "the float64 least-squares estimates (coef_, intercept_)"
+    intercept_ for an exact linear fit (summed in extended precision), else the trained module run in
+    float64."""
+    if _exact(reg):  # evaluated in extended precision (80-bit on x86-64), so that its own rounding stays out
+        wide = np.longdouble
+        answers = X.astype(wide) @ reg.coef_.T.astype(wide) + reg.intercept_.astype(wide)[None, :]
+        return answers.astype(np.float64), "the float64 least-squares estimates (coef_, intercept_)"
     return _run(reg.float64_module(), X, torch.float64), "the trained module run in float64"
 
 
@@ -53,12 +56,13 @@ def _run(module: nn.Module, X: np.ndarray, dtype: torch.dtype) -> np.ndarray:
     return out.double().numpy().reshape(len(X), -1)
 
 
-def _errors(answers: np.ndarray, reference: np.ndarray) -> np.ndarray:
+def _errors(answers: np.ndarray, reference: np.ndarray) -> tuple[float, ...]:
+    """The largest |answer - reference| per target (NaN counts as infinitely far)."""
     diff = np.abs(answers - reference)
-    return np.where(np.isnan(diff), np.inf, diff).max(axis=0, initial=0.0)
+    return tuple(float(v) for v in np.where(np.isnan(diff), np.inf, diff).max(axis=0, initial=0.0))
 
 
-def _g(values: np.ndarray) -> str:
+def _g(values: tuple[float, ...]) -> str:
     return ", ".join(f"{v:.3g}" for v in values)
 
 
@@ -70,20 +74,20 @@ def choose_precision(reg: Regressor, data: Dataset) -> tuple[nn.Module, Precisio
         rows = np.linspace(0, len(X) - 1, ROWS).round().astype(int)
         X, y = X[rows], y[rows]
     reference, what = reference_answers(reg, X)
-    bound = fit_bound(reg, y, reference)
+    bound = tuple(float(b) for b in fit_bound(reg, y, reference))
     narrow = _errors(_run(reg.module_.eval(), X.astype(np.float32), torch.float32), reference)
     criterion = (f"the model's answers on {len(X)} training rows within max({RSE_SHARE:g} x the residual standard "
                  f"error, {Y_SHARE:g} x the largest |y|) = {_g(bound)} of {what}")
-    if np.all(narrow <= bound):
+    if all(e <= b for e, b in zip(narrow, bound)):
         return reg.module_, Precision("float32", f"float32 holds the fit: {criterion}; float32 is off by at most "
-                                      f"{_g(narrow)}", what, len(X), tuple(bound), tuple(narrow))
+                                      f"{_g(narrow)}", what, len(X), bound, narrow)
     module = reg.float64_module()
     wide = _errors(_run(module, X, torch.float64), reference)
-    if not np.all(wide <= bound):
+    if not all(e <= b for e, b in zip(wide, bound)):
         raise PrecisionError(f"neither float32 nor float64 holds this fit: {criterion} is asked for, and float32 "
                              f"answers are off by up to {_g(narrow)}, float64 ones by up to {_g(wide)}; nothing was "
                              "written. Rescale or centre the features (for example subtract a large offset) so "
                              "that float64 can hold them", parameter="data")
     return module, Precision("float64", f"float32 cannot hold the fit: {criterion} is asked for, and float32 "
                              f"answers are off by up to {_g(narrow)}; float64 ones by up to {_g(wide)}", what,
-                             len(X), tuple(bound), tuple(narrow), tuple(wide))
+                             len(X), bound, narrow, wide)
