@@ -102,7 +102,7 @@ def write_bundle(module: nn.Module | torch.export.ExportedProgram, spec: ModelSp
         try:
             manifest = write_files(stage, module, spec, list(feature_names), list(target_names), training, opset,
                                    large_batch_graph, report, formats, aoti_cpu, program)
-            manifest = replace(manifest, precision=precision)
+            manifest = replace(manifest, precision=precision or _given(manifest))
             reference = module if isinstance(spec, ModuleSpec) else None
             parity, golden = verify_with_golden(Bundle(stage, manifest), verify_inputs, tolerance=tolerance,
                                                 module=reference)
@@ -218,6 +218,14 @@ def write_files(stage: Path, module: nn.Module, spec: ModelSpec | ModuleSpec, fe
 
 
 _DTYPE_NAMES = {torch.float32: "float32", torch.float64: "float64"}
+
+
+def _given(manifest: Manifest) -> Precision | None:
+    """The precision record of a float64 module written without one (not chosen by a fit: given)."""
+    if manifest.dtype == "float32":
+        return None
+    return Precision(manifest.dtype, f"the module given computes in {manifest.dtype} (not measured against a fit)",
+                     "the module run in float64", 0, (), ())
 
 
 def module_dtype(module: nn.Module) -> torch.dtype:
