@@ -12,6 +12,11 @@ mini-batches of 1024 rows for about 20,000 steps; with --val-fraction it stops e
 weights. The scaling is learned from the training rows and baked into the exported graph, so every copy
 takes raw features and returns targets in their own units.
 
+Precision is chosen by the data: the bundle is float32 where the float32 model answers the training rows
+within max(1e-3 x the residual standard error, 1e-7 x the largest |y|) of the float64 fit, else float64
+(inputs, weights and arithmetic, in every format; the summary's precision: line says why); a fit float64
+cannot hold either is refused (exit 2) and nothing is written.
+
 Files are read by the rules `torchport predict` uses: a byte order mark is dropped, the delimiter (comma,
 semicolon or tab) is read from the header unless --delimiter says, '.' is the decimal mark, and a header
 that repeats a name is refused. A file of 64 MiB or more is not held for a linear model's exact fit: it is

@@ -21,6 +21,7 @@ from torchport.runtime.plan import CUSTOM, Plan, Regime, Step, flops_per_row, me
 from torchport.runtime.sessions import session_options
 
 _CPU = "CPUExecutionProvider"
+_ORT_TYPES = {np.dtype(np.float32): "tensor(float)", np.dtype(np.float64): "tensor(double)"}
 _finite = hot_path.finite
 
 
@@ -259,6 +260,7 @@ class Engine:
         targets = json.loads(meta["torchport.targets"]) if "torchport.targets" in meta \
             else [f"y{i}" for i in range(n_out if isinstance(n_out, int) else 1)]
         self._name(features, targets, inputs[0].name, outputs[0].name)
+        self.dtype = np.dtype(np.float64 if inputs[0].type == _ORT_TYPES[np.dtype(np.float64)] else np.float32)
 
     def _check_io(self, session: ort.InferenceSession, source: Path) -> None:
         """Refuse a graph whose input and output names and widths disagree with the manifest's."""
@@ -269,3 +271,7 @@ class Engine:
         if outputs[0].name != self.output_name or outputs[0].shape[-1] != len(self.target_names):
             raise BundleError(f"{source}: the graph's outputs {[(o.name, o.shape) for o in outputs]} "
                               f"disagree with the manifest ({self.output_name!r}, {len(self.target_names)} targets)")
+        expected = _ORT_TYPES.get(self.dtype)
+        if inputs[0].type != expected or outputs[0].type != expected:
+            raise BundleError(f"{source}: the graph takes {inputs[0].type} and answers {outputs[0].type}; the "
+                              f"manifest says {self.dtype} ({expected}); re-export the bundle")

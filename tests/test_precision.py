@@ -12,13 +12,17 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
-from conftest import run_cli
+from conftest import CURRENT, run_cli
 from nist import CERTIFIED, NAMES, table
 from servers import infer_json, request, serving
 from torchport.export import load_model
+from torchport.export.formats import load_module
+from torchport.export.verify import verify_bundle
 from torchport.runtime import Predictor
-from torchport.runtime.bundle import load_manifest
+from torchport.runtime.bundle import Manifest, load_manifest
+from torchport.runtime.errors import BundleError
 
 FILIP_R2 = 0.99672741618562  # NIST's certified R^2; the float32 model of issue 26 had -4.10
 
@@ -184,3 +188,31 @@ def test_every_nist_dataset_holds_its_certified_fit(name, tmp_path):
     bundle, _ = train(name, tmp_path, "--formats", "onnx")
     assert load_manifest(bundle).dtype == ("float64" if name == "filip" else "float32")
     assert_holds_the_certified_fit(name, bundle)
+
+
+def test_float64_parity_tells_a_defect_from_float64_rounding(filip):
+    """The float64 criterion can fail: the bundle's copies against a module whose bias moved by 1e-4 of the
+    target's scale (far below float32's error here, far above float64 rounding) fail; against its own module,
+    they pass."""
+    bundle, _ = filip
+    X = table("filip").X
+    assert verify_bundle(bundle, X, module=load_module(bundle)).passed
+    moved = load_module(bundle)
+    with torch.no_grad():
+        moved.core.bias += 1e-4
+    report = verify_bundle(bundle, X, module=moved)
+    assert not report.passed and report.dtype == "float64"
+    assert {p.candidate for p in report.pairs if not p.passed} >= {"onnxruntime", "onnxruntime_model"}
+
+
+def test_the_manifest_says_the_precision_and_old_bundles_read_as_float32(filip):
+    bundle, _ = filip
+    obj = json.loads((bundle / "manifest.json").read_text())
+    assert Manifest.from_json(obj).to_json() == obj
+    old = json.loads((CURRENT / "seed" / "manifest.json").read_text())
+    old.pop("precision")  # a bundle from before the precision was chosen
+    m = Manifest.from_json(old)
+    assert m.precision is None and m.dtype == "float32" and "precision" not in m.to_json()
+    wide = dict(old, inputs=[dict(old["inputs"][0], dtype="float64")])
+    with pytest.raises(BundleError, match="dtype 'float64'; expected float32"):
+        Manifest.from_json(wide)
