@@ -120,6 +120,17 @@ def test_verify_and_predict_take_a_float64_bundle(filip, tmp_path):
     np.testing.assert_array_equal(answers, Predictor(bundle).predict(t.X)[:, 0])  # float64 in, float64 out
 
 
+def test_export_keeps_a_float64_bundle_float64(filip, tmp_path):
+    bundle, _ = filip
+    proc = run_cli("export", str(bundle), "--out", str(tmp_path / "again"), "--formats", "onnx")
+    assert proc.returncode == 0 and "parity: PASSED" in proc.stdout, proc.stderr
+    again = load_manifest(tmp_path / "again")
+    assert again.dtype == "float64" and again.precision == load_manifest(bundle).precision
+    proc = run_cli("export", str(bundle), "--triton", str(tmp_path / "repo"))
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "repo" / "filip" / "config.pbtxt").read_text().count("data_type: TYPE_FP64") == 2
+
+
 def test_serve_says_fp64_and_takes_fp32_and_fp64_over_rest_and_grpc(filip):
     import tritonclient.grpc as grpcclient
     import tritonclient.http as httpclient
@@ -216,3 +227,17 @@ def test_the_manifest_says_the_precision_and_old_bundles_read_as_float32(filip):
     wide = dict(old, inputs=[dict(old["inputs"][0], dtype="float64")])
     with pytest.raises(BundleError, match="dtype 'float64'; expected float32"):
         Manifest.from_json(wide)
+
+
+@pytest.mark.full
+def test_a_float64_bundle_compiles_its_aoti_package_in_float64(tmp_path):
+    """--formats onnx,aoti on Filip: the AOTInductor package is compiled from the float64 program, verified
+    with the others, and loads and answers float64 within the parity bound."""
+    bundle, _ = train("filip", tmp_path, "--formats", "onnx,aoti")
+    m = load_manifest(bundle)
+    assert m.dtype == "float64" and "aoti" in m.export.formats
+    assert any(p.candidate == "aoti" and p.passed for p in m.parity.pairs)
+    X = table("filip").X
+    answers = load_model(bundle, "aoti").predict(X)
+    assert answers.dtype == np.float64
+    np.testing.assert_allclose(answers, Predictor(bundle).predict(X), rtol=0, atol=m.golden.bound[0])
