@@ -25,8 +25,8 @@ TORCH_FORMATS = {"module": (CHECKPOINT_FILE, "cpu"), "torchscript": (TORCHSCRIPT
 
 class TorchModel:
     """One torch-side format of a bundle as a callable: ``model(x)`` / ``model.predict(x)`` take what
-    ``Predictor.predict`` takes and answer the same kind. ``run`` is the bare call: a float32 C-contiguous
-    (rows, features) array in, a float32 (rows, targets) array out."""
+    ``Predictor.predict`` takes and answer the same kind. ``run`` is the bare call: a C-contiguous
+    (rows, features) array of the bundle's dtype (``dtype``: float32, or float64) in, (rows, targets) out."""
 
     def __init__(self, bundle: Bundle, fmt: str, run: Callable[[np.ndarray], np.ndarray],
                  allow_nonfinite: bool = False):
@@ -34,15 +34,16 @@ class TorchModel:
         self.feature_names = list(bundle.manifest.features)
         self.target_names = list(bundle.manifest.targets)
         self.allow_nonfinite = allow_nonfinite
+        self.dtype = np.dtype(bundle.manifest.dtype)
         self.run = run
 
     def predict(self, x: Any) -> Any:
         if isinstance(x, (list, tuple)) and len(x) == 0:
             return []
-        a = np.ascontiguousarray(as_matrix(x, self.feature_names), dtype=np.float32)
+        a = np.ascontiguousarray(as_matrix(x, self.feature_names), dtype=self.dtype)
         if not self.allow_nonfinite and a.size and not finite(a):
             refuse_nonfinite(a, self.feature_names)
-        result = self.run(a) if len(a) else np.empty((0, len(self.target_names)), dtype=np.float32)
+        result = self.run(a) if len(a) else np.empty((0, len(self.target_names)), dtype=self.dtype)
         return answer_like(x, result, self.target_names)
 
     __call__ = predict

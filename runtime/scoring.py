@@ -48,9 +48,9 @@ def _score(predictor: Predictor, src: str | os.PathLike, dst: str | os.PathLike,
 
         def write(tmp: Path) -> None:
             nonlocal done
-            with backend.writer(tmp, dst_format, reader, predictions) as writer:
+            with backend.writer(tmp, dst_format, reader, predictions, predictor.dtype) as writer:
                 for chunk in reader.chunks():
-                    x = reader.features(chunk, predictor.feature_names, done + 1)
+                    x = reader.features(chunk, predictor.feature_names, done + 1, predictor.dtype)
                     writer.write(chunk, predictor.predict(x))
                     done += len(x)
                     if bar is not None:

@@ -38,10 +38,12 @@ export async function loadBundle(base) {
 }
 
 // rows: arrays of numbers in the manifest's feature order. Returns one array of target values per row
-// (float32 answers, as JavaScript numbers).
+// (answers in the model's dtype, the manifest's input dtype: float32, or float64 for a float64 bundle, as
+// JavaScript numbers).
 export async function predict({ manifest, session }, rows) {
   const width = manifest.features.length;
-  const data = new Float32Array(rows.length * width);
+  const dtype = manifest.inputs[0].dtype === "float64" ? "float64" : "float32";
+  const data = dtype === "float64" ? new Float64Array(rows.length * width) : new Float32Array(rows.length * width);
   rows.forEach((row, i) => {
     if (row.length !== width) throw new Error(`row ${i + 1}: expected ${width} values, got ${row.length}`);
     row.forEach((value, j) => {
@@ -51,7 +53,7 @@ export async function predict({ manifest, session }, rows) {
       data[i * width + j] = value;
     });
   });
-  const input = new ort.Tensor("float32", data, [rows.length, width]);
+  const input = new ort.Tensor(dtype, data, [rows.length, width]);
   const result = await session.run({ [manifest.inputs[0].name]: input });
   const out = result[manifest.outputs[0].name].data;
   const targets = manifest.targets.length;

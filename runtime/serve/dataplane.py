@@ -100,7 +100,7 @@ class DataPlane:
         if request.outputs:
             check_outputs(request, info)
         if not len(rows):  # an empty batch is answered as the Predictor answers it
-            return np.empty((0, len(info.target_names)), dtype=np.float32)
+            return np.empty((0, len(info.target_names)), dtype=info.dtype)
         gate = self.gate
         task = gate.admit(task)
         if task is None:
