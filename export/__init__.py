@@ -11,6 +11,7 @@ _NAMES = {
     "write_from_regressor": "bundle_writer", "write_module_bundle": "bundle_writer",
     "load_module": "formats", "TorchModel": "loading", "load_model": "loading", "Tolerance": "parity",
     "assert_parity": "testing", "verify_bundle": "verify", "ParityError": "torchport.runtime.errors",
+    "PrecisionError": "precision", "choose_precision": "precision",
 }
 __all__ = sorted(_NAMES)
 

@@ -27,11 +27,12 @@ from torchport.export.format_choices import DEFAULT_FORMATS, check_formats
 from torchport.export.html_report import REPORT_HTML, add_html_report
 from torchport.export.module_spec import ModuleSpec
 from torchport.export.parity import Tolerance, describe_worst
+from torchport.export.precision import choose_precision
 from torchport.export.torch_calls import evaluating
 from torchport.export.verify import Golden, verify_with_golden
 from torchport.runtime.bundle import AOTI_CUDA_FILE, AOTI_FILE, CHECKPOINT_FILE, EXPORTED_FILE, GOLDEN_FILE, \
     LARGE_BATCH_FILE, MANIFEST, ONNX_FILE, TORCHSCRIPT_FILE, Bundle, FileEntry, FileWriter, GoldenCases, Manifest, \
-    ParityReport, TensorSpec, golden_json
+    ParityReport, Precision, TensorSpec, golden_json
 from torchport.runtime.encoding import Encoding
 from torchport.runtime.errors import Fix, InputError, ParityError
 from torchport.runtime.files import discard_dir, naming, publish_dir, staging_dir, write_json
@@ -77,8 +78,10 @@ def write_bundle(module: nn.Module | torch.export.ExportedProgram, spec: ModelSp
                  force: bool = False, verify_inputs: np.ndarray | None = None, large_batch_graph: bool = True,
                  tolerance: Tolerance = Tolerance(), report: ReportWriter | None = None,
                  formats: Iterable[str] = DEFAULT_FORMATS, aoti_cpu: str = "native",
-                 publish_failed: bool = False, encoding: Encoding | None = None) -> Manifest:
-    """Export ``module`` into the bundle directory ``out``, verified; returns its manifest. With ``force`` an
+                 publish_failed: bool = False, precision: Precision | None = None,
+                 encoding: Encoding | None = None) -> Manifest:
+    """Export ``module`` into the bundle directory ``out``, verified; returns its manifest. The graphs take,
+    compute and answer in ``module``'s dtype (float32, or float64 where ``precision`` says why). With ``force`` an
     existing bundle is replaced once the new one is complete. ``formats``: the model formats to write
     (FORMAT_FILES' names; "onnx" always); "aoti" also writes a CUDA package when torch sees a GPU, and
     ``aoti_cpu`` says which CPUs its native code is for ("native": this one; or an x86-64 level).
@@ -103,7 +106,7 @@ def write_bundle(module: nn.Module | torch.export.ExportedProgram, spec: ModelSp
         try:
             manifest = write_files(stage, module, spec, list(feature_names), list(target_names), training, opset,
                                    large_batch_graph, report, formats, aoti_cpu, program)
-            manifest = replace(manifest, encoding=encoding)
+            manifest = replace(manifest, precision=precision or _given(manifest), encoding=encoding)
             reference = module if isinstance(spec, ModuleSpec) else None
             parity, golden = verify_with_golden(Bundle(stage, manifest), verify_inputs, tolerance=tolerance,
                                                 module=reference)
@@ -177,11 +180,12 @@ def write_files(stage: Path, module: nn.Module, spec: ModelSpec | ModuleSpec, fe
     """Every file of the bundle into ``stage`` (each format from ``program``, or from ``module``'s
     ExportedProgram); returns the manifest that lists them (parity not yet run)."""
     files, torch_version = _Files(stage), {"torch": torch.__version__}
+    dtype = module_dtype(module)
     if isinstance(spec, ModelSpec):
         save_checkpoint(module, stage / CHECKPOINT_FILE)
         files.add([CHECKPOINT_FILE], "torch.save(state_dict)", torch_version, "any")
     if program is None:
-        program = export_program(module, len(features))
+        program = export_program(module, len(features), dtype=dtype)
     traced = files.step()
     export = export_onnx(program, stage / ONNX_FILE, opset, features, targets,
                          large_batch_path=stage / LARGE_BATCH_FILE if large_batch_graph else None)
@@ -202,7 +206,7 @@ def write_files(stage: Path, module: nn.Module, spec: ModelSpec | ModuleSpec, fe
     if "aoti" in formats:
         files.put([AOTI_FILE], compile_package(program, stage / AOTI_FILE, "cpu", aoti_cpu))
         if torch.cuda.is_available():
-            on_gpu = export_program(copy.deepcopy(module).to("cuda"), len(features), device="cuda")
+            on_gpu = export_program(copy.deepcopy(module).to("cuda"), len(features), device="cuda", dtype=dtype)
             files.put([AOTI_CUDA_FILE], compile_package(on_gpu, stage / AOTI_CUDA_FILE, "cuda", aoti_cpu))
             written.append("aoti_cuda")
         else:
@@ -210,11 +214,28 @@ def write_files(stage: Path, module: nn.Module, spec: ModelSpec | ModuleSpec, fe
     if report is not None:
         files.add(report(stage), "torchport report", {}, "any")
     return Manifest(features=tuple(features), targets=tuple(targets),
-                    input=TensorSpec(INPUT_NAME, "float32", len(features)),
-                    output=TensorSpec(OUTPUT_NAME, "float32", len(targets)), files=files.entries,
+                    input=TensorSpec(INPUT_NAME, _DTYPE_NAMES[dtype], len(features)),
+                    output=TensorSpec(OUTPUT_NAME, _DTYPE_NAMES[dtype], len(targets)), files=files.entries,
                     model=spec.to_json(), export=replace(export, formats=tuple(written), not_written=not_written),
                     training=training.to_json() if training else None,
                     created=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+
+
+_DTYPE_NAMES = {torch.float32: "float32", torch.float64: "float64"}
+
+
+def _given(manifest: Manifest) -> Precision | None:
+    """The precision record of a float64 module written without one (not chosen by a fit: given)."""
+    if manifest.dtype == "float32":
+        return None
+    return Precision(manifest.dtype, f"the module given computes in {manifest.dtype} (not measured against a fit)",
+                     "the module run in float64", 0, (), ())
+
+
+def module_dtype(module: nn.Module) -> torch.dtype:
+    """The dtype a module computes in: that of its first parameter or buffer (float32 without either)."""
+    tensor = next(iter([*module.parameters(), *module.buffers()]), None)
+    return tensor.dtype if tensor is not None and tensor.dtype in _DTYPE_NAMES else torch.float32
 
 
 def _only_the_large_batch_graph_fails(parity) -> bool:
@@ -259,12 +280,15 @@ def write_from_regressor(reg: Regressor, data: Dataset, out: str | os.PathLike, 
                          record: TrainingRecord | None = None, **kwargs) -> Manifest:
     """Bundle a fitted Regressor with its training record (``record``, or made here) and report (inference
     table, plots unless ``plots`` is False), verifying on the training rows too; ``kwargs`` go to
-    write_bundle."""
+    write_bundle. The bundle is float32 where the float32 model holds the float64 fit on the training rows,
+    else float64 (export/precision.py); PrecisionError, with nothing written, where neither does."""
     record = record or TrainingRecord.from_fit(reg, data)
-    module = reg.module_ if data.encoding is None else Encoded(data.encoding, reg.module_)
+    module, precision = choose_precision(reg, data)
+    if data.encoding is not None:  # the coding of categorical and imputed columns, in front of the model
+        module = Encoded(data.encoding, module)
     return write_bundle(module, reg.spec_, data.input_names, data.target_names, out, training=record,
-                        verify_inputs=data.inputs, report=lambda stage: write_report(stage, reg, data, record, plots),
-                        encoding=data.encoding, **kwargs)
+                        verify_inputs=data.inputs, precision=precision, encoding=data.encoding,
+                        report=lambda stage: write_report(stage, reg, data, record, plots), **kwargs)
 
 
 def report_copier(bundle: Bundle) -> ReportWriter:

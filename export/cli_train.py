@@ -12,6 +12,11 @@ mini-batches of 1024 rows for about 20,000 steps; with --val-fraction it stops e
 weights. The scaling is learned from the training rows and baked into the exported graph, so every copy
 takes raw features and returns targets in their own units.
 
+Precision is chosen by the data: the bundle is float32 where the float32 model answers the training rows
+within max(1e-3 x the residual standard error, 1e-7 x the largest |y|) of the float64 fit, else float64
+(inputs, weights and arithmetic, in every format; the summary's precision: line says why); a fit float64
+cannot hold either is refused (exit 2) and nothing is written.
+
 Files are read by the rules `torchport predict` uses: a byte order mark is dropped, the delimiter (comma,
 semicolon or tab) is read from the header unless --delimiter says, '.' is the decimal mark, and a header
 that repeats a name is refused. A file of 64 MiB or more is not held for a linear model's exact fit: it is
@@ -274,6 +279,7 @@ def _export(args: argparse.Namespace, status: Status, reg, data, record, out: Pa
     """Write, verify and publish the bundle; print the summary (``note`` after the fit's lines); the training
     state is removed once the bundle is written or refused."""
     from torchport.export.bundle_writer import ParityFailed, write_from_regressor
+    from torchport.export.precision import PrecisionError
     from torchport.export.cli_options import tolerance
     from torchport.export.train_summary import bundle_lines, failed_lines, fit_lines
 
@@ -290,6 +296,12 @@ def _export(args: argparse.Namespace, status: Status, reg, data, record, out: Pa
             state.unlink(missing_ok=True)
         status.stop()
         print("\n".join(summary + failed_lines(e.report)))
+        raise
+    except PrecisionError:  # refused before anything was written: the fit's summary, then the one-line error
+        if state is not None:
+            state.unlink(missing_ok=True)
+        status.stop()
+        print("\n".join(summary))
         raise
     except OSError as e:
         if e.errno in MACHINE_ERRNOS and state is not None:

@@ -37,10 +37,11 @@ SYMBOL = re.compile(r"[a-z]+\d+")
 TARGETS = ("torch.ops.", "_operator.", "math.")
 
 
-def export_program(module: nn.Module, n_features: int, device: str = "cpu") -> torch.export.ExportedProgram:
+def export_program(module: nn.Module, n_features: int, device: str = "cpu",
+                   dtype: torch.dtype = torch.float32) -> torch.export.ExportedProgram:
     """``module`` (rows x features -> rows x targets) as an ExportedProgram whose batch dimension is dynamic
-    (from 1 row up), traced with an example batch of EXAMPLE_ROWS rows on ``device``."""
-    example = (torch.zeros(EXAMPLE_ROWS, n_features, dtype=torch.float32, device=device),)
+    (from 1 row up), traced with an example batch of EXAMPLE_ROWS rows of ``dtype`` on ``device``."""
+    example = (torch.zeros(EXAMPLE_ROWS, n_features, dtype=dtype, device=device),)
     batch = torch.export.Dim("batch", min=1)
     try:
         with quiet_torch():

@@ -25,10 +25,10 @@ TORCH_FORMATS = {"module": (CHECKPOINT_FILE, "cpu"), "torchscript": (TORCHSCRIPT
 
 class TorchModel:
     """One torch-side format of a bundle as a callable: ``model(x)`` / ``model.predict(x)`` take what
-    ``Predictor.predict`` takes and answer the same kind. ``run`` is the bare call: a float32 C-contiguous
-    (rows, features) array in, a float32 (rows, targets) array out. A bundle with categorical or imputed
-    columns takes their cells as the Predictor does (strings mapped to level codes, NaN where imputed); ``run``
-    takes the codes."""
+    ``Predictor.predict`` takes and answer the same kind. ``run`` is the bare call: a C-contiguous
+    (rows, features) array of the bundle's dtype (``dtype``: float32, or float64) in, (rows, targets) out. A
+    bundle with categorical or imputed columns takes their cells as the Predictor does (strings mapped to level
+    codes, NaN where imputed); ``run`` takes the codes."""
 
     def __init__(self, bundle: Bundle, fmt: str, run: Callable[[np.ndarray], np.ndarray],
                  allow_nonfinite: bool = False):
@@ -37,6 +37,7 @@ class TorchModel:
         self.target_names = list(bundle.manifest.targets)
         self.allow_nonfinite = allow_nonfinite
         self.encoding = bundle.manifest.encoding
+        self.dtype = np.dtype(bundle.manifest.dtype)
         self.run = run
 
     def predict(self, x: Any) -> Any:
@@ -44,14 +45,14 @@ class TorchModel:
             return []
         columns = self.encoding.columns_of(x) if self.encoding is not None else None
         if columns is not None:
-            a = self.encoding.codes(columns)[0]
+            a = self.encoding.codes(columns, dtype=self.dtype)[0]
         else:
-            a = np.ascontiguousarray(as_matrix(x, self.feature_names), dtype=np.float32)
+            a = np.ascontiguousarray(as_matrix(x, self.feature_names), dtype=self.dtype)
             if self.encoding is not None:
                 self.encoding.check_codes(a)
         if self.encoding is None and not self.allow_nonfinite and a.size and not finite(a):
             refuse_nonfinite(a, self.feature_names)
-        result = self.run(a) if len(a) else np.empty((0, len(self.target_names)), dtype=np.float32)
+        result = self.run(a) if len(a) else np.empty((0, len(self.target_names)), dtype=self.dtype)
         return answer_like(x, result, self.target_names)
 
     __call__ = predict

@@ -11,6 +11,8 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+FLOATS = (np.dtype(np.float32), np.dtype(np.float64))  # the dtypes torchport's graphs compute in
+
 
 def _attr(node: onnx.NodeProto, name: str, default: float | int) -> float | int:
     for a in node.attribute:
@@ -39,8 +41,8 @@ def gemm_k1_to_mul_add(model: onnx.ModelProto) -> int:
             w = w.T  # now (K, N)
         b = numpy_helper.to_array(bias)
         n = w.shape[1]
-        if w.shape[0] != 1 or b.shape not in ((), (1,), (n,), (1, 1), (1, n)) or w.dtype != np.float32 \
-                or b.dtype != np.float32:
+        if w.shape[0] != 1 or b.shape not in ((), (1,), (n,), (1, 1), (1, n)) or w.dtype not in FLOATS \
+                or b.dtype != w.dtype:
             nodes.append(node)
             continue
         out = node.output[0]
@@ -82,15 +84,21 @@ def _gemm_weights(node: onnx.NodeProto, inits: dict) -> tuple[np.ndarray, np.nda
     return w, b
 
 
-def _set_gemm(graph: onnx.GraphProto, node: onnx.NodeProto, w: np.ndarray, b: np.ndarray, tag: str) -> None:
-    """Point the Gemm at new (K, N) weights and (N,) bias, stored float32, transB=0."""
+def _set_gemm(graph: onnx.GraphProto, node: onnx.NodeProto, w: np.ndarray, b: np.ndarray, tag: str,
+              dtype: np.dtype) -> None:
+    """Point the Gemm at new (K, N) weights and (N,) bias, stored in ``dtype`` (the graph's), transB=0."""
     w_name, b_name = f"{node.output[0]}_{tag}_weight", f"{node.output[0]}_{tag}_bias"
-    graph.initializer.extend([numpy_helper.from_array(np.ascontiguousarray(w, dtype=np.float32), w_name),
-                              numpy_helper.from_array(np.ascontiguousarray(b, dtype=np.float32), b_name)])
+    graph.initializer.extend([numpy_helper.from_array(np.ascontiguousarray(w, dtype=dtype), w_name),
+                              numpy_helper.from_array(np.ascontiguousarray(b, dtype=dtype), b_name)])
     node.input[1], node.input[2] = w_name, b_name
     for a in node.attribute:
         if a.name == "transB":
             a.i = 0
+
+
+def _stored(node: onnx.NodeProto, inits: dict) -> np.dtype:
+    """The dtype the Gemm's weights are stored in (float32, or float64 in a float64 graph)."""
+    return numpy_helper.to_array(inits[node.input[1]]).dtype
 
 
 def _const(inits: dict, name: str, n: int) -> np.ndarray | None:
@@ -124,7 +132,7 @@ def _fold_input(graph: onnx.GraphProto, inits: dict) -> int:
     else:
         gemm.input[0] = sub.output[0]
         removed = [div]
-    _set_gemm(graph, gemm, w, b, "folded_in")
+    _set_gemm(graph, gemm, w, b, "folded_in", _stored(gemm, inits))
     for node in removed:
         graph.node.remove(node)
     return len(removed)
@@ -146,7 +154,7 @@ def _fold_output(graph: onnx.GraphProto, inits: dict) -> int:
     std, mean = _const(inits, mul.input[1], w.shape[1]), _const(inits, add.input[1], w.shape[1])
     if std is None or mean is None:
         return 0
-    _set_gemm(graph, gemm, w * std[None, :], b * std + mean, "folded_out")
+    _set_gemm(graph, gemm, w * std[None, :], b * std + mean, "folded_out", _stored(gemm, inits))
     gemm.output[0] = y
     graph.node.remove(mul)
     graph.node.remove(add)
@@ -155,9 +163,9 @@ def _fold_output(graph: onnx.GraphProto, inits: dict) -> int:
 
 def fold_scaling(model: onnx.ModelProto) -> int:
     """Fold the exporter's feature scaling ((x - mean) / std before the first Gemm) and target scaling
-    (* std + mean after the last) into those Gemms' weights, computed in float64 and stored float32; in
-    place. ONNX Runtime runs these broadcasts slowly (about as long as the first two layers of the 3-32-32-1
-    MLP together). Returns how many nodes were removed."""
+    (* std + mean after the last) into those Gemms' weights, computed in float64 and stored in the graph's
+    dtype; in place. ONNX Runtime runs these broadcasts slowly (about as long as the first two layers of the
+    3-32-32-1 MLP together). Returns how many nodes were removed."""
     graph = model.graph
     inits = {i.name: i for i in graph.initializer}
     removed = _fold_input(graph, inits) + _fold_output(graph, inits)

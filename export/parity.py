@@ -23,6 +23,9 @@ from torchport.runtime.errors import InputError, ParityError
 REFERENCE = "float64"
 SCALE_BACKEND = "torch"  # float32 torch's distance from the float64 run sets the scale of rounding
 EPS32 = float(np.finfo(np.float32).eps)
+EPS64 = float(np.finfo(np.float64).eps)
+# A float64 bundle's rounding scale: float32 torch's error (the same computation rounded at float32) times this
+EPS_RATIO = EPS64 / EPS32
 
 
 @dataclass(frozen=True)
@@ -50,22 +53,29 @@ class Tolerance:
     def fixed(self) -> bool:
         return self.atol is not None
 
-    def describe(self) -> str:
+    def describe(self, dtype: str = "float32") -> str:
+        """The criterion in words, for a bundle computing in ``dtype``."""
         if self.fixed:
             return f"|backend - float64| <= {self.atol:g} + {self.rtol:g} * |float64|"
+        if dtype == "float64":
+            return (f"|backend - float64| <= {self.multiple:g} x float64 rounding (float32 torch's largest error "
+                    f"x 2^-29) + {self.floor_ulps:g} float64 ulps of the largest answer (or target offset), per "
+                    "target")
         return (f"|backend - float64| <= {self.multiple:g} x float32 torch's largest error + "
                 f"{self.floor_ulps:g} float32 ulps of the largest answer (or target offset), per target")
 
-    def bounds(self, reference: np.ndarray, torch_error: np.ndarray, offset: np.ndarray | None = None) -> np.ndarray:
+    def bounds(self, reference: np.ndarray, torch_error: np.ndarray, offset: np.ndarray | None = None,
+               eps: float = EPS32) -> np.ndarray:
         """The largest distance from the float64 answers allowed, elementwise (broadcast to ``reference``);
-        ``offset``: per target, the magnitude of the constant the module adds last (None: unknown)."""
+        ``offset``: per target, the magnitude of the constant the module adds last (None: unknown); ``eps``:
+        the machine epsilon of the bundle's dtype (its ulps make the floor)."""
         ref = np.abs(np.asarray(reference, np.float64))
         if self.fixed:
             return self.atol + self.rtol * ref
         scale = ref.max(axis=0, initial=0.0)
         if offset is not None:
             scale = np.maximum(scale, offset)
-        floor = self.floor_ulps * EPS32 * scale
+        floor = self.floor_ulps * eps * scale
         return np.broadcast_to(self.multiple * torch_error + floor, ref.shape)
 
 
@@ -76,7 +86,8 @@ def column_errors(candidate: np.ndarray, reference: np.ndarray) -> np.ndarray:
 
 
 def compare(candidate_name: str, reference: np.ndarray, candidate: np.ndarray, torch_error: np.ndarray,
-            labels: list[tuple[str, int]], tolerance: Tolerance, offset: np.ndarray | None = None) -> PairResult:
+            labels: list[tuple[str, int]], tolerance: Tolerance, offset: np.ndarray | None = None,
+            eps: float = EPS32) -> PairResult:
     """One backend's result against the float64 answers: its largest absolute, relative and scaled errors,
     its error over float32 torch's, and the element furthest out of bounds. ``labels[i]`` is (case name, row
     within the case) of stacked row ``i``."""
@@ -84,7 +95,7 @@ def compare(candidate_name: str, reference: np.ndarray, candidate: np.ndarray, t
     diff = np.abs(a - ref)
     diff = np.where(np.isnan(diff), np.inf, diff)  # a NaN answer is as far out as can be
     rel = diff / np.maximum(np.abs(ref), np.finfo(np.float32).tiny)
-    bound = tolerance.bounds(ref, torch_error, offset)
+    bound = tolerance.bounds(ref, torch_error, offset, eps)
     with np.errstate(divide="ignore", invalid="ignore"):
         share = np.where(bound > 0, diff / bound, np.where(diff > 0, np.inf, 0.0))
         vs_torch = np.where(torch_error > 0, diff.max(axis=0, initial=0.0) / torch_error, np.nan)
@@ -99,16 +110,16 @@ def compare(candidate_name: str, reference: np.ndarray, candidate: np.ndarray, t
 
 
 def compare_all(outputs: dict[str, np.ndarray], reference: np.ndarray, labels: list[tuple[str, int]],
-                tolerance: Tolerance, torch_error: np.ndarray | None = None, offset: np.ndarray | None = None
-                ) -> tuple[list[PairResult], np.ndarray, np.ndarray]:
+                tolerance: Tolerance, torch_error: np.ndarray | None = None, offset: np.ndarray | None = None,
+                eps: float = EPS32) -> tuple[list[PairResult], np.ndarray, np.ndarray]:
     """Every backend in ``outputs`` (float32 torch among them, as SCALE_BACKEND) against the float64
     answers; returns the results, float32 torch's error per target (``torch_error`` if the caller measured
-    it on more rows) and the bound per target. ``offset``: as in ``Tolerance.bounds``."""
+    it on more rows) and the bound per target. ``offset``, ``eps``: as in ``Tolerance.bounds``."""
     if torch_error is None:
         torch_error = column_errors(outputs[SCALE_BACKEND], reference)
-    results = [compare(name, reference, out, torch_error, labels, tolerance, offset)
+    results = [compare(name, reference, out, torch_error, labels, tolerance, offset, eps)
                for name, out in outputs.items() if out.shape == reference.shape]
-    bound = tolerance.bounds(reference, torch_error, offset).max(axis=0, initial=0.0)
+    bound = tolerance.bounds(reference, torch_error, offset, eps).max(axis=0, initial=0.0)
     return results, torch_error, bound
 
 

@@ -26,7 +26,7 @@ def _f(value: float | None, spec: str) -> str:
 def _method(reg: Regressor) -> str:
     """How the model was fitted, in a few words."""
     if reg.optimizer_ == "exact":
-        return "exact least squares (float64 solve, float32 weights)"
+        return "exact least squares (float64 solve)"
     batch = "full batch" if reg.batch_size_ is None else f"mini-batches of {reg.batch_size_}"
     stopped = f" (early stop; best epoch {reg.best_epoch_})" if reg.n_epochs_ < reg.epochs_ else ""
     return f"{reg.optimizer_.upper()} lr {reg.lr_:g}, {batch}, {reg.n_epochs_} epochs{stopped}"
@@ -106,6 +106,9 @@ def bundle_lines(data: Dataset, manifest: Manifest, out: Path, asked_large_batch
     lines.append(f"bundle: {out}/ ({', '.join(files)}" + (f"; report/: {', '.join(report)})" if report else ")"))
     lines.append(large_batch_line(manifest, asked_large_batch))
     lines += formats_lines(manifest)
+    if manifest.dtype != "float32":  # a float32 bundle says nothing: the tutorial's summary stays as it was
+        lines.append(f"precision: {manifest.dtype} inputs, weights and arithmetic in every format, as "
+                     f"{manifest.precision.reason}")
     if manifest.encoding is not None:
         lines.append(f"encoding: {manifest.encoding.describe()} (inside every format; the runtimes take the "
                      "levels as text)")

@@ -19,16 +19,17 @@ NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 CONFIG_FILE = "config.pbtxt"
 
 
-def _tensor(name: str, width: int) -> str:
-    return f'  {{\n    name: "{name}"\n    data_type: TYPE_FP32\n    dims: [ {width} ]\n  }}'
+def _tensor(name: str, width: int, datatype: str) -> str:
+    return f'  {{\n    name: "{name}"\n    data_type: TYPE_{datatype}\n    dims: [ {width} ]\n  }}'
 
 
 def model_config(name: str, backend: str, inputs: list[tuple[str, int]], outputs: list[tuple[str, int]],
-                 max_batch_size: int, max_queue_delay_us: int) -> str:
-    """config.pbtxt text (protobuf text format of Triton's ModelConfig); dims exclude the batch dimension."""
+                 max_batch_size: int, max_queue_delay_us: int, datatype: str = "FP32") -> str:
+    """config.pbtxt text (protobuf text format of Triton's ModelConfig); dims exclude the batch dimension;
+    ``datatype``: the tensors' (FP32, or FP64 for a float64 bundle)."""
     lines = [f'name: "{name}"', f'backend: "{backend}"', f"max_batch_size: {max_batch_size}",
-             "input [", ",\n".join(_tensor(n, w) for n, w in inputs), "]",
-             "output [", ",\n".join(_tensor(n, w) for n, w in outputs), "]",
+             "input [", ",\n".join(_tensor(n, w, datatype) for n, w in inputs), "]",
+             "output [", ",\n".join(_tensor(n, w, datatype) for n, w in outputs), "]",
              "dynamic_batching {", f"  max_queue_delay_microseconds: {max_queue_delay_us}", "}"]
     return "\n".join(lines) + "\n"
 
@@ -97,12 +98,14 @@ def write_triton_repository(bundle: Bundle | str | os.PathLike, repo: str | os.P
     repo.mkdir(parents=True, exist_ok=True)
     n_in, n_out = len(manifest.features), len(manifest.targets)
     inp, out = manifest.input.name, manifest.output.name
+    datatype = "FP64" if manifest.dtype == "float64" else "FP32"
     written = [_write_model(repo, name, version, model_config(name, "onnxruntime", [(inp, n_in)], [(out, n_out)],
-                                                              max_batch_size, max_queue_delay_us), files, force)]
+                                                              max_batch_size, max_queue_delay_us, datatype),
+                            files, force)]
     if libtorch:
         # libtorch models name their tensors by position: INPUT__0 is forward's first argument.
         ts_name = f"{name}_libtorch"
         config = model_config(ts_name, "pytorch", [("INPUT__0", n_in)], [("OUTPUT__0", n_out)],
-                              max_batch_size, max_queue_delay_us)
+                              max_batch_size, max_queue_delay_us, datatype)
         written.append(_write_model(repo, ts_name, version, config, {"model.pt": script_bytes}, force))
     return written

@@ -23,7 +23,7 @@ from torchport.train.datasets import load_dataset
 from torchport.export.exported import load_program
 from torchport.export.formats import TorchScriptUnavailable, load_module, load_torchscript
 from torchport.export.loading import module_runner
-from torchport.export.parity import REFERENCE, Tolerance, column_errors, compare_all
+from torchport.export.parity import EPS32, EPS64, EPS_RATIO, REFERENCE, Tolerance, column_errors, compare_all
 from torchport.export.torch_calls import evaluating
 from torchport.runtime.bundle import AOTI_CUDA_FILE, AOTI_FILE, CHECKPOINT_FILE, EXPORTED_FILE, LARGE_BATCH_FILE, \
     ONNX_FILE, TORCHSCRIPT_FILE, Bundle, Manifest, ParityCase, ParityReport
@@ -138,6 +138,17 @@ def float64_backend(module: nn.Module) -> Backend:
     return run
 
 
+def float32_shadow(module: nn.Module) -> Backend:
+    """A float32 copy of a float64 module, run on the rows rounded to float32: the same computation rounded at
+    float32, whose distance from the float64 run (times EPS_RATIO) sets a float64 bundle's rounding scale."""
+    narrow = copy.deepcopy(module).float()
+
+    def run(x: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            return narrow(torch.from_numpy(np.ascontiguousarray(x, np.float32))).numpy()
+    return run
+
+
 def session_backend(session: ort.InferenceSession, input_name: str, output_name: str) -> Backend:
     return lambda x: session.run([output_name], {input_name: x})[0]
 
@@ -148,7 +159,9 @@ class Backends:
     scale of rounding (``scale``: float32 torch, or the ExportedProgram for a module torchport did not
     define), and what was found before running any: problems (names, unloadable graphs) and notes (files
     left out, with why), and ``offset``: per target, the magnitude of the constant the module's target
-    scaling adds last (None for a module without one), whose rounding an answer near zero still carries."""
+    scaling adds last (None for a module without one), whose rounding an answer near zero still carries.
+    ``dtype``: what the backends take and answer; in a float64 bundle ``scale_run`` is the float32 shadow of
+    the torch module (float32_shadow), its error taken times ``scale_factor`` (EPS_RATIO) as the scale."""
     backends: dict[str, Backend] = field(default_factory=dict)
     reference: Backend | None = None
     scale: str = "torch"
@@ -156,6 +169,9 @@ class Backends:
     notes: list[str] = field(default_factory=list)
     providers: list[str] = field(default_factory=list)
     offset: np.ndarray | None = None
+    dtype: np.dtype = np.dtype(np.float32)
+    scale_run: Backend | None = None
+    scale_factor: float = 1.0
 
 
 def torch_side(bundle: Bundle, module: nn.Module | None = None) -> tuple[dict[str, Backend], nn.Module, list[str]]:
@@ -196,7 +212,10 @@ def bundle_backends(bundle: Bundle, module: nn.Module | None = None) -> Backends
     m = bundle.manifest
     features, targets = list(m.features), list(m.targets)
     torch_backends, source, notes = torch_side(bundle, module)
-    out = Backends(dict(torch_backends), float64_backend(source), next(iter(torch_backends)), notes=notes)
+    out = Backends(dict(torch_backends), float64_backend(source), next(iter(torch_backends)), notes=notes,
+                   dtype=np.dtype(m.dtype))
+    if m.dtype == "float64":
+        out.scale_run, out.scale_factor = float32_shadow(source), EPS_RATIO
     scale_out = getattr(source, "scale_out", None)
     if scale_out is not None:
         out.offset = np.abs(scale_out.mean.detach().double().cpu().numpy()).reshape(-1)
@@ -217,39 +236,44 @@ def bundle_backends(bundle: Bundle, module: nn.Module | None = None) -> Backends
 
 def run_cases(found: Backends, cases: list[tuple[str, np.ndarray]], n_targets: int, tolerance: Tolerance,
               training_rows_text: str | None = None) -> tuple[ParityReport, Golden]:
-    """Run every case through every float32 backend and the float64 reference; check shapes and dtypes and
-    compare each backend's stacked answers with the reference's. Returns the report and up to GOLDEN_ROWS
+    """Run every case through every backend (in the bundle's dtype) and the float64 reference; check shapes
+    and dtypes and compare each backend's stacked answers with the reference's. Returns the report and up to GOLDEN_ROWS
     of the rows with their float64 answers."""
     backends, reference, problems = found.backends, found.reference, list(found.problems)
     outputs: dict[str, list[np.ndarray]] = {b: [] for b in backends}
     answers, inputs, labels = [], [], []
+    dtype = found.dtype
     for label, rows in cases:
-        x32 = np.ascontiguousarray(rows, dtype=np.float32)
+        xd = np.ascontiguousarray(rows, dtype=dtype)
         for backend, run in backends.items():
-            out = np.asarray(run(x32))
-            if out.dtype != np.float32 or out.shape not in ((len(x32), n_targets), (len(x32),)):
+            out = np.asarray(run(xd))
+            if out.dtype != dtype or out.shape not in ((len(xd), n_targets), (len(xd),)):
                 problems.append(f"{label}: {backend} returned {out.dtype}{list(out.shape)}, expected "
-                                f"float32[{len(x32)}, {n_targets}]")
-            outputs[backend].append(out.reshape(len(x32), -1).astype(np.float32))
-        answers.append(np.asarray(reference(x32), np.float64).reshape(len(x32), n_targets))
-        inputs.append(x32)
-        labels += [(label, i) for i in range(len(x32))]
+                                f"{dtype}[{len(xd)}, {n_targets}]")
+            outputs[backend].append(out.reshape(len(xd), -1).astype(dtype))
+        answers.append(np.asarray(reference(xd), np.float64).reshape(len(xd), n_targets))
+        inputs.append(xd)
+        labels += [(label, i) for i in range(len(xd))]
     stacked = {k: np.concatenate(v) for k, v in outputs.items()}
     truth = np.concatenate(answers)
     x = np.concatenate(inputs)
-    torch_error = column_errors(stacked[found.scale], truth)
+    scale_run = found.scale_run or backends[found.scale]
+    torch_error = column_errors(stacked[found.scale] if found.scale_run is None else
+                                np.asarray(scale_run(x)).reshape(len(x), -1), truth)
     if 0 < len(x) < SCALE_ROWS:
         jittered = (np.repeat(x, -(-SCALE_ROWS // len(x)), axis=0) *
                     (1 + 1e-3 * np.random.default_rng(0).standard_normal((len(x) * -(-SCALE_ROWS // len(x)),
-                                                                          x.shape[1])))).astype(np.float32)
-        extra = column_errors(np.asarray(backends[found.scale](jittered)).reshape(len(jittered), -1),
+                                                                          x.shape[1])))).astype(dtype)
+        extra = column_errors(np.asarray(scale_run(jittered)).reshape(len(jittered), -1),
                               np.asarray(reference(jittered)).reshape(len(jittered), -1))
         torch_error = np.maximum(torch_error, extra)
-    results, torch_error, bound = compare_all(stacked, truth, labels, tolerance, torch_error, found.offset)
+    torch_error = torch_error * found.scale_factor
+    eps = EPS64 if dtype == np.float64 else EPS32
+    results, torch_error, bound = compare_all(stacked, truth, labels, tolerance, torch_error, found.offset, eps)
     report = ParityReport(not problems and all(p.passed for p in results), tolerance.atol, tolerance.rtol,
-                          "float32", tuple(ParityCase(label, int(len(rows))) for label, rows in cases),
+                          str(dtype), tuple(ParityCase(label, int(len(rows))) for label, rows in cases),
                           tuple(found.providers), tuple(results), tuple(problems), training_rows_text,
-                          criterion=tolerance.describe(), reference=REFERENCE,
+                          criterion=tolerance.describe(str(dtype)), reference=REFERENCE,
                           multiple=None if tolerance.fixed else tolerance.multiple,
                           floor_ulps=None if tolerance.fixed else tolerance.floor_ulps,
                           torch_error=tuple(float(e) for e in torch_error), bound=tuple(float(b) for b in bound),

@@ -418,6 +418,44 @@ class GoldenCases:
         return cls(v["file"], v["rows"], items(v["bound"], f"{where}.bound", scalar(NUMBER)))
 
 
+# The dtypes a bundle's graphs may take and answer: float32 by default, float64 where float32 cannot hold the fit.
+DTYPES = ("float32", "float64")
+
+
+@dataclass(frozen=True)
+class Precision:
+    """Which precision the bundle's graphs compute in (``dtype``, also that of the input and output tensors)
+    and why: the float32 model's largest distance from the float64 fit on the training rows
+    (``float32_error``, per target), the float64 model's (``float64_error``, None when float32 held it), and
+    the most either may be off (``bound``: max(1e-3 x the residual standard error, 1e-7 x the largest |y|)).
+    ``reference`` names the float64 fit; ``reason`` says it in words."""
+    dtype: str
+    reason: str
+    reference: str
+    rows: int
+    bound: tuple[float, ...]
+    float32_error: tuple[float, ...]
+    float64_error: tuple[float, ...] | None = None
+
+    def to_json(self) -> dict:
+        return {"dtype": self.dtype, "reason": self.reason, "reference": self.reference, "rows": self.rows,
+                "bound": [_number(v) for v in self.bound], "float32_error": [_number(v) for v in self.float32_error],
+                "float64_error": None if self.float64_error is None else [_number(v) for v in self.float64_error]}
+
+    @classmethod
+    def from_json(cls, obj: Any, where: str) -> "Precision":
+        maybe = (*NUMBER, NULL)
+        v = values(obj, where, {"dtype": TEXT, "reason": TEXT, "reference": TEXT, "rows": INT, "bound": (list,),
+                                "float32_error": (list,), "float64_error": (list, NULL)})
+        if v["dtype"] not in DTYPES:
+            raise DataError(f"{where}.dtype must be one of {', '.join(DTYPES)}, got {v['dtype']!r}")
+        wide = v["float64_error"]
+        return cls(v["dtype"], v["reason"], v["reference"], v["rows"],
+                   items(v["bound"], f"{where}.bound", scalar(maybe)),
+                   items(v["float32_error"], f"{where}.float32_error", scalar(maybe)),
+                   None if wide is None else items(wide, f"{where}.float64_error", scalar(maybe)))
+
+
 def golden_json(inputs: Any, answers: Any, bound: Any, features: Any, targets: Any) -> dict:
     """The content of golden.json: the rows (float32 values; null for a missing cell an encoding imputes),
     their float64 answers, the bound per target."""
@@ -443,10 +481,16 @@ class Manifest:
     created: str = ""
     format_version: int = FORMAT_VERSION
     golden: GoldenCases | None = None
+    precision: Precision | None = None  # None: a bundle from before the precision was chosen (float32)
     encoding: Encoding | None = None  # categorical and imputed columns (None: every feature a plain number)
 
     def with_parity(self, parity: ParityReport) -> "Manifest":
         return replace(self, parity=parity)
+
+    @property
+    def dtype(self) -> str:
+        """The dtype the graphs take and answer ("float32" or "float64")."""
+        return self.input.dtype
 
     @property
     def parity_failed(self) -> bool:
@@ -461,6 +505,7 @@ class Manifest:
                 "model": self.model, "training": self.training, "export": self.export.to_json(),
                 "parity": self.parity.to_json() if self.parity else None,
                 "golden": self.golden.to_json() if self.golden else None,
+                **({"precision": self.precision.to_json()} if self.precision else {}),
                 **({"encoding": self.encoding.to_json()} if self.encoding else {})}
 
     @classmethod
@@ -507,6 +552,12 @@ class Manifest:
         if golden is not None and (golden.file not in files or len(golden.bound) != len(targets)):
             raise DataError(f"{where}.golden names {golden.file!r} with {len(golden.bound)} bound(s); expected a "
                             f"file the manifest lists and one bound per target ({len(targets)})")
+        precision = present(obj, where, {"precision": (dict,)}).get("precision")
+        precision = Precision.from_json(precision, f"{where}.precision") if precision else None
+        for tensor in (tin, tout):
+            if tensor.dtype not in DTYPES or tensor.dtype != (precision.dtype if precision else "float32"):
+                raise DataError(f"{where}: tensor {tensor.name!r} has dtype {tensor.dtype!r}; expected "
+                                f"{precision.dtype if precision else 'float32'} (the manifest's precision)")
         encoding = present(obj, where, {"encoding": (dict, NULL)}).get("encoding")
         encoding = Encoding.from_json(encoding, f"{where}.encoding") if encoding else None
         if encoding is not None and tuple(encoding.features) != features:
@@ -515,7 +566,7 @@ class Manifest:
         return cls(features, targets, tin, tout, files, json_object(v["model"], f"{where}.model"),
                    ExportRecord.from_json(v["export"], f"{where}.export"), v["training"],
                    ParityReport.from_json(parity, f"{where}.parity") if parity else None, v["created"] or "",
-                   golden=golden, encoding=encoding)
+                   golden=golden, precision=precision, encoding=encoding)
 
 
 def _migrate_v1(obj: dict) -> dict:

@@ -26,6 +26,7 @@ _CPU = "CPUExecutionProvider"
 # A bf16 plan's answers are held to this many times the largest error measured on the golden cases (rows
 # other than those may round a little further).
 BF16_MARGIN = 2.0
+_ORT_TYPES = {np.dtype(np.float32): "tensor(float)", np.dtype(np.float64): "tensor(double)"}
 _finite = hot_path.finite
 
 
@@ -54,6 +55,8 @@ class Engine:
         self.precision = precision
         if manifest is None and LARGE_BATCH_FILE in self.graphs:
             raise BundleError(f"{LARGE_BATCH_FILE} is run only from a bundle: give its manifest")
+        # what the graphs take and answer: float32, or float64 where the manifest's precision says so
+        self.dtype = np.dtype(manifest.dtype if manifest is not None else np.float32)
         if manifest is not None:
             self._name(list(manifest.features), list(manifest.targets), manifest.input.name, manifest.output.name)
         # The large-batch graph runs small batches too unless its rewrite adds nodes (the seed's Mul+Add
@@ -70,7 +73,6 @@ class Engine:
             self._names_from_graph()
         self._check_io(self.first_session, self.source_of(self.first_graph))
         self.slot_rows = hot_path.slot_rows(self.n_features, self.n_targets)
-        self.float32 = self.first_session.get_inputs()[0].type == "tensor(float)"
         self.slot_sets: dict[Regime, hot_path.Slots] = {}
         self.runners: dict[Regime, hot_path.Runner] = {}
         self.neighbours = Neighbours()
@@ -114,7 +116,7 @@ class Engine:
             return "the Predictor was made with sess_options (one ONNX Runtime session)"
         if not self._cpu():
             return f"OpenVINO runs here on the CPU only, and this Predictor runs on {self.providers[0]}"
-        if not self.float32:
+        if self.dtype != np.float32:
             return "the graph computes in float64; OpenVINO runs float32 graphs only"
         if not installed():
             return f"openvino is not installed ({INSTALL})"
@@ -217,7 +219,7 @@ class Engine:
         """A zero-copy regime on ``graph``; a linear model's large-batch graph on the CPU runs inputs over
         CHUNK_FROM_BYTES in CHUNK_BYTES chunks (the Mul's output then stays in cache)."""
         if graph == LARGE_BATCH_FILE and not self._mlp() and self._cpu():
-            width = 4 * self.n_features
+            width = self.dtype.itemsize * self.n_features
             return Regime(graph, threads, chunk_rows=max(1, hot_path.CHUNK_BYTES // width),
                           chunk_from=hot_path.CHUNK_FROM_BYTES // width, spin=spin)
         return Regime(graph, threads, spin=spin)
@@ -265,7 +267,7 @@ class Engine:
             slots = self.slot_sets.get(regime)
             if slots is None:
                 slots = self.slot_sets[regime] = hot_path.Slots(session, self.input_name, self.output_name,
-                                                                self.n_features, self.n_targets)
+                                                                self.n_features, self.n_targets, self.dtype)
             return slots
 
     def runner(self, regime: Regime) -> hot_path.Runner:
@@ -285,7 +287,8 @@ class Engine:
                 runner = self.runners.get(regime)
                 if runner is None:
                     runner = hot_path.Runner(session, self.input_name, self.output_name, self.n_targets,
-                                             regime.chunk_rows or None, regime.chunk_from, regime.workers)
+                                             regime.chunk_rows or None, regime.chunk_from, regime.workers,
+                                             self.dtype)
                     self.runners[regime] = runner
         return runner
 
@@ -326,7 +329,7 @@ class Engine:
                     return out
                 finally:
                     pool.append(slot)
-        matrix = np.ascontiguousarray(x, dtype=np.float32)  # no copy when already float32 C-contiguous
+        matrix = np.ascontiguousarray(x, dtype=self.dtype)  # no copy when already of the dtype, C-contiguous
         if regime.threads > 1 and calm and self.neighbours.crowded(regime.threads):
             regime = self.calm(regime)
         runner = self.runners.get(regime) or self.runner(regime)
@@ -354,6 +357,7 @@ class Engine:
         targets = json.loads(meta["torchport.targets"]) if "torchport.targets" in meta \
             else [f"y{i}" for i in range(n_out if isinstance(n_out, int) else 1)]
         self._name(features, targets, inputs[0].name, outputs[0].name)
+        self.dtype = np.dtype(np.float64 if inputs[0].type == _ORT_TYPES[np.dtype(np.float64)] else np.float32)
 
     def _check_io(self, session: ort.InferenceSession, source: Path) -> None:
         """Refuse a graph whose input and output names and widths disagree with the manifest's."""
@@ -364,3 +368,7 @@ class Engine:
         if outputs[0].name != self.output_name or outputs[0].shape[-1] != len(self.target_names):
             raise BundleError(f"{source}: the graph's outputs {[(o.name, o.shape) for o in outputs]} "
                               f"disagree with the manifest ({self.output_name!r}, {len(self.target_names)} targets)")
+        expected = _ORT_TYPES.get(self.dtype)
+        if inputs[0].type != expected or outputs[0].type != expected:
+            raise BundleError(f"{source}: the graph takes {inputs[0].type} and answers {outputs[0].type}; the "
+                              f"manifest says {self.dtype} ({expected}); re-export the bundle")

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 
@@ -19,7 +19,7 @@ FORMAT = "torchport.golden"
 
 @dataclass(frozen=True)
 class Golden:
-    """The rows (float32), their float64 answers and the bound per target."""
+    """The rows (in the model's dtype), their float64 answers and the bound per target."""
     inputs: np.ndarray
     answers: np.ndarray
     bound: np.ndarray
@@ -43,8 +43,9 @@ class SelfCheck:
                 f"(largest error {self.max_abs:.3g}, {self.of_bound:.2g} of the bound)")
 
 
-def load_golden(data: bytes, features: list[str], targets: list[str]) -> Golden:
-    """golden.json's content, checked against the model's names; BundleError for anything else."""
+def load_golden(data: bytes, features: list[str], targets: list[str], dtype: Any = np.float32) -> Golden:
+    """golden.json's content, checked against the model's names, its rows in the model's ``dtype``; BundleError
+    for anything else."""
     try:
         obj = json.loads(data)
         v = values(obj, "golden.json", {"format": TEXT, "features": (list,), "targets": (list,), "bound": (list,),
@@ -63,7 +64,7 @@ def load_golden(data: bytes, features: list[str], targets: list[str]) -> Golden:
     if len(inputs) != len(answers) or len(bound) != len(targets):
         raise BundleError(f"golden.json holds {len(inputs)} rows, {len(answers)} answers and {len(bound)} bounds; "
                           "re-export the bundle")
-    return Golden(inputs.astype(np.float32), answers, bound)
+    return Golden(inputs.astype(dtype), answers, bound)
 
 
 Run = Callable[[np.ndarray], np.ndarray]
@@ -95,6 +96,6 @@ def self_check(predict: Run, golden: Golden, targets: list[str], providers: list
     if worst_share > 1.0:
         raise ParityError(f"self-check failed on {', '.join(providers)}: golden row {i}, target {targets[j]!r} "
                           f"(run {how}): the float64 answer is {golden.answers[i, j]:.9g}, this model gives "
-                          f"{value:.9g}, off by {error:.3g}, beyond the {golden.bound[j]:.3g} that float32 rounding "
-                          "may account for: the model does not compute here what it computed at export")
+                          f"{value:.9g}, off by {error:.3g}, beyond the {golden.bound[j]:.3g} that "
+                          f"{golden.inputs.dtype} rounding may account for: the model does not compute here what it computed at export")
     return SelfCheck(True, len(golden.inputs), providers, "", worst_share, error)

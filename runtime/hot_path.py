@@ -80,7 +80,7 @@ class _Lease:
     def __init__(self, memory: np.ndarray, shape: tuple[int, int]):
         self.memory = memory
         self.__array_interface__ = {"data": (memory.__array_interface__["data"][0], False), "shape": shape,
-                                    "typestr": "<f4", "version": 3}
+                                    "typestr": memory.dtype.str, "version": 3}
 
 
 class Answers:
@@ -88,13 +88,13 @@ class Answers:
     64 MB array costs a page-zeroing pass (about as long as the run itself), which ONNX Runtime's arena
     spares plain runs. Keeps at most ``keep`` blocks; each is reused for answers of half to all its size."""
 
-    def __init__(self, keep: int = 2):
-        self.keep = keep
+    def __init__(self, keep: int = 2, dtype: np.dtype = np.dtype(np.float32)):
+        self.keep, self.dtype = keep, dtype
         self._blocks: list[tuple[np.ndarray, weakref.ref]] = []
         self._lock = threading.Lock()
 
     def new(self, rows: int, cols: int) -> np.ndarray:
-        """A float32 (rows, cols) array, in a block no live array uses, or in new memory."""
+        """A (rows, cols) array of ``dtype``, in a block no live array uses, or in new memory."""
         need = rows * cols
         with self._lock:
             blocks = self._blocks
@@ -103,7 +103,7 @@ class Answers:
             if fits:
                 memory = blocks.pop(fits[0])[0]
             else:
-                memory = np.empty(need, dtype=np.float32)
+                memory = np.empty(need, dtype=self.dtype)
                 if len(blocks) >= self.keep:
                     blocks.pop(free[0] if free else 0)
             lease = _Lease(memory, (rows, cols))
@@ -120,10 +120,11 @@ class Runner:
     one-thread one), so a core busy with other work simply takes fewer chunks."""
 
     def __init__(self, session: ort.InferenceSession, input_name: str, output_name: str, n_targets: int,
-                 chunk_rows: int | None = None, chunk_from: int = 0, workers: int = 1):
+                 chunk_rows: int | None = None, chunk_from: int = 0, workers: int = 1,
+                 dtype: np.dtype = np.dtype(np.float32)):
         self.session, self.n_targets = session, n_targets
         self.chunk_rows, self.chunk_from = chunk_rows, max(chunk_from, chunk_rows or 0)
-        self.answers = Answers() if chunk_rows else None
+        self.answers = Answers(dtype=dtype) if chunk_rows else None
         self.workers = max(1, workers) if chunk_rows else 1
         self._helpers: ThreadPoolExecutor | None = None
         self._helpers_lock = threading.Lock()
@@ -206,9 +207,9 @@ class Slots:
     two runs ever share a slot, and no lock or thread-local lookup is paid per call."""
 
     def __init__(self, session: ort.InferenceSession, input_name: str, output_name: str, n_features: int,
-                 n_targets: int):
+                 n_targets: int, dtype: np.dtype = np.dtype(np.float32)):
         self.session, self.input_name, self.output_name = session, input_name, output_name
-        self.n_features, self.n_targets = n_features, n_targets
+        self.n_features, self.n_targets, self.dtype = n_features, n_targets, np.dtype(dtype)
         self.pools: dict[tuple[int, int], list[tuple]] = {}
 
     def pool(self, rows: int) -> list[tuple] | None:
@@ -222,8 +223,8 @@ class Slots:
 
     def new(self, rows: int) -> tuple:
         """A fresh slot for ``rows`` rows, for a caller that found its pool empty."""
-        inp = np.zeros((rows, self.n_features), dtype=np.float32)
-        out = np.zeros((rows, self.n_targets), dtype=np.float32)
-        cell = memoryview(inp).cast("B").cast("f") if inp.size == 1 else None
+        inp = np.zeros((rows, self.n_features), dtype=self.dtype)
+        out = np.zeros((rows, self.n_targets), dtype=self.dtype)
+        cell = memoryview(inp).cast("B").cast(self.dtype.char) if inp.size == 1 else None
         run = bound_run(self.session, self.input_name, self.output_name, inp, out)
         return inp, cell, run, out, out.copy

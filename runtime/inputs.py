@@ -16,7 +16,8 @@ def is_dataframe(x: Any) -> bool:
 
 
 def as_matrix(x: Any, features: Sequence[str]) -> np.ndarray:
-    """The input as a 2-D numeric numpy array with one column per feature, in order (not yet float32)."""
+    """The input as a 2-D numeric numpy array with one column per feature, in order (not yet of the model's
+    dtype)."""
     features = list(features)
     if is_dataframe(x):
         missing = [c for c in features if c not in x.columns]
@@ -26,7 +27,7 @@ def as_matrix(x: Any, features: Sequence[str]) -> np.ndarray:
         x = x[features].to_numpy()
     elif not isinstance(x, np.ndarray):
         try:
-            x = np.asarray(x, dtype=np.float32)
+            x = np.asarray(x, dtype=np.float64)  # rounded once, to the model's dtype, when it runs
         except (ValueError, TypeError) as e:
             raise InputError(f"cannot turn the input into a (rows, {len(features)}) float array: "
                              f"{e}; give a 2-D array, a DataFrame or a list of equal-length rows") from None

@@ -241,8 +241,13 @@ class Predictor:
         manifest's model spec; a bare .onnx file counts its inputs and outputs only."""
         return self.engine.widest
 
+    @property
+    def dtype(self) -> np.dtype:
+        """What the model takes and answers: float32, or float64 where the bundle's precision says so."""
+        return self.engine.dtype
+
     def _as_array(self, x: Any) -> np.ndarray:
-        """The input as a 2-D numeric numpy array of the right width (not yet float32)."""
+        """The input as a 2-D numeric numpy array of the right width (not yet of the model's dtype)."""
         return as_matrix(x, self.feature_names)
 
     def _refuse_nonfinite(self, a: np.ndarray, first_row: int = 0) -> None:
@@ -251,10 +256,11 @@ class Predictor:
         refuse_nonfinite(a, self.feature_names, first_row)
 
     def _check_out(self, out: np.ndarray, rows: int) -> None:
-        if not (isinstance(out, np.ndarray) and out.dtype == np.float32 and out.shape == (rows, self.n_targets)
+        dtype = self.engine.dtype
+        if not (isinstance(out, np.ndarray) and out.dtype == dtype and out.shape == (rows, self.n_targets)
                 and out.flags.c_contiguous and out.flags.writeable):
             got = f"{type(out).__name__} {getattr(out, 'dtype', '')} {getattr(out, 'shape', '')}"
-            raise InputError(f"out must be a writeable C-contiguous float32 array of shape ({rows}, "
+            raise InputError(f"out must be a writeable C-contiguous {dtype} array of shape ({rows}, "
                              f"{self.n_targets}); got {got.strip()}")
 
     def _predict_array(self, x: np.ndarray, out: np.ndarray | None) -> np.ndarray:
@@ -263,13 +269,15 @@ class Predictor:
         if out is not None:
             self._check_out(out, rows)
         if rows == 0:
-            return np.empty((0, self.n_targets), dtype=np.float32) if out is None else out
+            return np.empty((0, self.n_targets), dtype=self.engine.dtype) if out is None else out
         return self._run(self.plan.regime(rows), x, out, not self.allow_nonfinite, self._pools)
 
     def predict(self, x: Any, out: np.ndarray | None = None) -> Any:
         """Predict targets for rows of raw features; returns the same kind as given (array, DataFrame, list).
 
-        Every call returns a new array unless ``out`` (float32, shape (rows, n_targets)) is given for numpy
+        Answers are float32, or float64 for a bundle whose manifest says float64 (``dtype``); numpy input of
+        either dtype (or integers) is taken. Every call returns a new array unless ``out`` (of ``dtype``, shape
+        (rows, n_targets)) is given for numpy
         input, which is then filled and returned (when a NaN/inf row is refused, rows before it may already
         be written there). A CUDA array (DLPack) on a CUDA session is run where it
         lies and answered with an OrtValue on the GPU."""
@@ -281,7 +289,7 @@ class Predictor:
             if out is not None:
                 self._check_out(out, rows)
             result = self._run(self.plan.regime(rows), codes, out, False, self._pools) if rows else \
-                np.empty((0, self.n_targets), dtype=np.float32)
+                np.empty((0, self.n_targets), dtype=self.dtype)
             return answer_like(x, result, self.target_names)
         if type(x) is _ndarray and out is None:
             pool = self._pools.get(x.shape)  # found only for 2-D shapes of the model's width, <= SLOT_ROWS rows
@@ -322,14 +330,14 @@ class Predictor:
         return answer_like(x, self._predict_array(self._as_array(x), out), self.target_names)
 
     def encode(self, x: Any, first_row: int = 0) -> tuple[np.ndarray, np.ndarray]:
-        """The graph's input for ``x`` (float32 codes, NaN where a missing cell is imputed) and per row whether
+        """The graph's input for ``x`` (codes of the model's dtype, NaN where a missing cell is imputed) and per row whether
         an unseen level was scored as the reference level; InputError for a cell the bundle cannot take."""
         columns = self.encoding.columns_of(x)
         if columns is None:
-            codes = np.ascontiguousarray(as_matrix(x, self.feature_names), dtype=np.float32)
+            codes = np.ascontiguousarray(as_matrix(x, self.feature_names), dtype=self.dtype)
             self.encoding.check_codes(codes, first_row)
             return codes, np.zeros(len(codes), dtype=bool)
-        codes, flagged = self.encoding.codes(columns, unseen=self.unseen, first_row=first_row)
+        codes, flagged = self.encoding.codes(columns, unseen=self.unseen, first_row=first_row, dtype=self.dtype)
         if flagged.any():
             rows = [int(i) + first_row for i in np.flatnonzero(flagged)]
             warnings.warn(UnseenLevelWarning(f"{len(rows)} row(s) held a level the model was not trained on and "
@@ -347,12 +355,12 @@ class Predictor:
         if self.engine.golden is None:
             return SelfCheck(False, 0, self.providers, "this model has no golden cases (a bundle written before "
                              "torchport kept them, or a bare .onnx file): nothing was checked")
-        golden = load_golden(self.engine.golden, self.feature_names, self.target_names)
+        golden = load_golden(self.engine.golden, self.feature_names, self.target_names, self.engine.dtype)
         if self.plan.bound:  # a reduced-precision plan: its answers are held to the bound recorded in it
             golden = Golden(golden.inputs, golden.answers, np.asarray(self.plan.bound, np.float64))
         check = not self.allow_nonfinite and self.encoding is None  # imputed golden rows hold NaN
         regimes = [(regime.describe(), lambda x, r=regime: self._run(r, x, None, check, calm=False) if len(x) else
-                    np.empty((0, self.n_targets), np.float32)) for regime in self.plan.regimes()]
+                    np.empty((0, self.n_targets), self.engine.dtype)) for regime in self.plan.regimes()]
         return self_check(self.predict, golden, self.target_names, self.providers, regimes)
 
     def __repr__(self) -> str:

@@ -58,15 +58,15 @@ def _score(predictor: Predictor, src: str | os.PathLike, dst: str | os.PathLike,
 
         def write(tmp: Path) -> None:
             nonlocal done
-            with backend.writer(tmp, dst_format, reader, predictions) as writer:
+            with backend.writer(tmp, dst_format, reader, predictions, predictor.dtype) as writer:
                 for chunk in reader.chunks():
                     if predictor.encoding is None:
-                        x = reader.features(chunk, predictor.feature_names, done + 1)
+                        x = reader.features(chunk, predictor.feature_names, done + 1, predictor.dtype)
                         writer.write(chunk, predictor.predict(x))
                     else:
                         x, unseen = predictor.encoding.codes(
                             [reader.cells(chunk, name) for name in predictor.feature_names], unseen=predictor.unseen,
-                            first_row=done + 1, rows_are="data row, 1-based")
+                            first_row=done + 1, rows_are="data row, 1-based", dtype=predictor.dtype)
                         y = predictor.predict(x)
                         writer.write(chunk, np.column_stack([y, unseen.astype(y.dtype)]) if flag else y)
                     done += len(x)

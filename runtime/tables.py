@@ -4,16 +4,16 @@ interface. The pyarrow backend (the `io` extra) reads and writes CSV/TSV and Par
 refuse the same mistakes with the same messages, and write the same bytes.
 
 The same rules serve `torchport train` (``read_table``: whole columns as float64) and `torchport predict`
-(chunks as float32): a UTF-8 byte order mark is dropped; the delimiter (comma, semicolon or tab) is read
+(chunks as float32, or float64 for a float64 model): a UTF-8 byte order mark is dropped; the delimiter (comma, semicolon or tab) is read
 from the header, the same way for both, unless it is given; one-column files work; a header that repeats a
 name is refused naming it; a number cell is a plain decimal number with '.' as the decimal mark (a decimal
 comma is refused with a hint).
 
 A reader has ``columns`` and ``total_rows`` (None when unknown), yields chunks of at most ``chunk_rows``
 rows from ``chunks()``, and turns a chunk's feature columns into one array with ``features``. A writer
-appends each chunk, its columns unchanged (CSV cells as their text), plus float32 prediction columns. CSV
-output quotes a cell only when it holds the separator, a quote or a line break; prediction numbers are
-written unquoted with the shortest digits that read back as the same float32."""
+appends each chunk, its columns unchanged (CSV cells as their text), plus prediction columns (float32, or
+float64 from a float64 model). CSV output quotes a cell only when it holds the separator, a quote or a line
+break; prediction numbers are written unquoted with the shortest digits that read back as the same number."""
 from __future__ import annotations
 
 import csv
@@ -163,12 +163,13 @@ def _not_utf8(source: Path) -> DataError:
     return DataError(f"{source} is not UTF-8 text; save it as UTF-8 CSV/TSV")
 
 
-def float32_text(values: np.ndarray) -> list[str]:
-    """Prediction cells as text: shortest float32 digits in pyarrow's layout (1.5, 0.000001, 1e-7, 1e+10)."""
+def float_text(values: np.ndarray) -> list[str]:
+    """Prediction cells as text: the shortest digits of float32 (float64 for float64 values) in pyarrow's
+    layout (1.5, 0.000001, 1e-7, 1e+10)."""
     low, high = POSITIONAL_EXPONENTS
     out = []
-    for value in values.astype(np.float32, copy=False):
-        text = str(value)  # numpy: the shortest digits that read back as this float32
+    for value in values if values.dtype == np.float64 else values.astype(np.float32, copy=False):
+        text = str(value)  # numpy: the shortest digits that read back as this float32 (or float64)
         if text in ("nan", "inf", "-inf"):
             out.append(text)
             continue
@@ -307,13 +308,13 @@ class CsvReader(_Closing):
 class CsvWriter(_Closing):
     """CSV/TSV text written with Python; cells of the input are written as they were read."""
 
-    def __init__(self, path: Path, fmt: Format, reader, predictions: list[str]):
+    def __init__(self, path: Path, fmt: Format, reader, predictions: list[str], dtype: type = np.float32):
         self.separator = fmt.separator
         self._file = open(path, "w", newline="", encoding="utf-8")
         self._file.write(csv_line(list(reader.columns) + predictions, self.separator) + "\n")
 
     def write(self, chunk: list[list[str]], predictions: np.ndarray) -> None:
-        texts = [float32_text(predictions[:, k]) for k in range(predictions.shape[1])]
+        texts = [float_text(predictions[:, k]) for k in range(predictions.shape[1])]
         sep = self.separator
         self._file.writelines(f"{csv_line(row, sep)}{sep}{sep.join(p)}\n" for row, *p in zip(chunk, *texts))
 
@@ -476,7 +477,7 @@ def _arrow_text(column):
 class ArrowCsvWriter(_Closing):
     """CSV/TSV text built with pyarrow compute, chunk by chunk; the same bytes as CsvWriter."""
 
-    def __init__(self, path: Path, fmt: Format, reader, predictions: list[str]):
+    def __init__(self, path: Path, fmt: Format, reader, predictions: list[str], dtype: type = np.float32):
         import pyarrow as pa
         import pyarrow.compute as pc
 
@@ -519,14 +520,16 @@ class ArrowCsvWriter(_Closing):
 
 
 class ParquetWriter(_Closing):
-    """Parquet through pyarrow: the input's columns with their types, then float32 predictions."""
+    """Parquet through pyarrow: the input's columns with their types, then the predictions (float32, or
+    float64 from a float64 model: ``dtype``)."""
 
-    def __init__(self, path: Path, fmt: Format, reader, predictions: list[str]):
+    def __init__(self, path: Path, fmt: Format, reader, predictions: list[str], dtype: type = np.float32):
         import pyarrow as pa
         import pyarrow.parquet as pq
 
         self._pa = pa
-        self.schema = pa.schema(list(reader.schema) + [pa.field(p, pa.float32()) for p in predictions])
+        kind = pa.float64() if np.dtype(dtype) == np.float64 else pa.float32()
+        self.schema = pa.schema(list(reader.schema) + [pa.field(p, kind) for p in predictions])
         self._writer = pq.ParquetWriter(path, self.schema)
 
     def write(self, batch, predictions: np.ndarray) -> None:
@@ -556,9 +559,9 @@ class Backend:
     def reader(self, fmt: Format, chunk_rows: int):
         return (self.parquet_reader if fmt.parquet else self.csv_reader)(fmt, chunk_rows)
 
-    def writer(self, path: Path, fmt: Format, reader, predictions: list[str]):
-        """A writer of ``fmt``'s format into ``path`` for rows read by ``reader``."""
-        return (self.parquet_writer if fmt.parquet else self.csv_writer)(path, fmt, reader, predictions)
+    def writer(self, path: Path, fmt: Format, reader, predictions: list[str], dtype: type = np.float32):
+        """A writer of ``fmt``'s format into ``path`` for rows read by ``reader``, predictions of ``dtype``."""
+        return (self.parquet_writer if fmt.parquet else self.csv_writer)(path, fmt, reader, predictions, dtype)
 
 
 ARROW = Backend("pyarrow", ArrowCsvReader, ArrowCsvWriter, ParquetReader, ParquetWriter)

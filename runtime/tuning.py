@@ -52,12 +52,12 @@ def _rows(engine: Engine, rows: int) -> np.ndarray:
     n_features = engine.n_features
     if engine.golden is not None:
         from torchport.runtime.golden import load_golden
-        base = load_golden(engine.golden, engine.feature_names, engine.target_names).inputs
+        base = load_golden(engine.golden, engine.feature_names, engine.target_names, engine.dtype).inputs
     else:
         base = np.random.default_rng(0).standard_normal((256, n_features))
     if not len(base):
         base = np.zeros((1, n_features))
-    return np.ascontiguousarray(np.resize(base, (rows, n_features)), dtype=np.float32)
+    return np.ascontiguousarray(np.resize(base, (rows, n_features)), dtype=engine.dtype)
 
 
 def _medians(engine: Engine, regimes: list[Regime], x: np.ndarray, budget_s: float, check: bool) -> list[float]:

@@ -16,6 +16,7 @@ import pytest
 import conftest
 from browser import PHONE, browser, watch, web_server
 from conftest import run_cli
+from nist import table
 from torchport.benchmarks.records import BenchReport
 from torchport.benchmarks.report import cells
 from torchport.runtime import Predictor
@@ -135,6 +136,33 @@ def test_the_web_example_equals_python_on_the_mlp(mlp_bundle, chromium, shots):
         w.shot(shots, "web-mlp")
     python = Predictor(mlp_bundle).predict(rows)
     assert np.all(np.abs(web - python) <= 1e-6 * np.maximum(1.0, np.abs(python)))
+    assert w.errors == []
+
+
+def test_the_web_example_runs_a_float64_bundle_in_float64(chromium, shots, tmp_path):
+    """NIST's Filip, which float32 cannot hold: onnxruntime-web is fed float64 rows, as the manifest says, and
+    answers as Python's Predictor does, within the bundle's parity bound (float32 rows would be off by 0.39)."""
+    t = table("filip")
+    out = tmp_path / "filip"
+    proc = run_cli("train", "--data", str(t.csv(tmp_path / "filip.csv")), "--target", "y", "--out", str(out),
+                   "--no-progress", "--no-plots", "--formats", "onnx")
+    assert proc.returncode == 0, proc.stderr
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["inputs"][0]["dtype"] == "float64"
+    csv = ",".join(t.features) + "\n" + "\n".join(",".join(repr(float(v)) for v in row) for row in t.X)
+    with web_server(out) as url:
+        w = watch(chromium, url)
+        w.page.wait_for_selector(READY)
+        assert w.page.evaluate("document.body.dataset.state") == "ready", w.page.text_content("#load-error")
+        w.page.click("#batch summary")
+        w.page.fill("#batch-rows", csv)
+        w.page.click("#batch-form button")
+        w.page.wait_for_function(f"document.querySelectorAll('td.answer').length === {len(t.X)}")
+        web = np.array([float(v) for v in w.page.eval_on_selector_all(
+            "td.answer", "els => els.map(e => e.dataset.value)")]).reshape(-1, 1)
+        w.shot(shots, "web-filip-float64")
+    python = Predictor(out).predict(t.X)
+    assert np.abs(web - python).max() <= manifest["golden"]["bound"][0]
     assert w.errors == []
 
 

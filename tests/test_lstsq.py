@@ -170,7 +170,7 @@ def manifest_digits(manifest: dict, reference: dict) -> dict:
 def test_torchport_train_stores_the_certified_table(name, tmp_path):
     """The inference table in the manifest, from the real command: 9 digits or more of every certified
     estimate, standard error, residual SD and R^2 (Filip: of its float64 table's exact fit, and 7 of NIST's).
-    Filip's float32 model itself cannot hold that fit (issue 26's float64 graphs): only its table is checked."""
+    Filip's model, written in float64 because float32 cannot hold that fit, is checked in test_precision.py."""
     manifest = train_nist(name, tmp_path)
     c = CERTIFIED[name]
     stored = manifest["training"]["inference"]["targets"][0]

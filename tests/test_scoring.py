@@ -14,7 +14,7 @@ from conftest import DATA
 from torchport.runtime import DataError, InputError, Predictor
 from torchport.runtime import cli_predict
 from torchport.runtime.scoring import _score, score_file
-from torchport.runtime.tables import float32_text
+from torchport.runtime.tables import float_text
 
 BACKENDS = ["pyarrow", "stdlib"]
 
@@ -98,15 +98,15 @@ def test_prediction_text_is_pyarrows_for_every_kind_of_float32():
         rng.integers(0, 2**32, 100_000, dtype=np.uint64).astype(np.uint32).view(np.float32),
         (10.0 ** rng.uniform(-9, 12, 20_000)).astype(np.float32),
         np.float32([0, -0.0, 1, 1e-6, 1e-7, 9.999999e-7, 1e9, 1e10, 123456789, 3.4e38, 1e-45, np.inf, -np.inf])])
-    assert float32_text(values) == pc.cast(pa.array(values), pa.string()).to_pylist()
-    assert float32_text(np.float32([2.4034166, 1e-7, 1e10])) == ["2.4034166", "1e-7", "1e+10"]
+    assert float_text(values) == pc.cast(pa.array(values), pa.string()).to_pylist()
+    assert float_text(np.float32([2.4034166, 1e-7, 1e10])) == ["2.4034166", "1e-7", "1e+10"]
 
 
 def test_blank_lines_and_empty_pass_through_cells_are_kept_apart(seed, tmp_path):
     src = tmp_path / "in.csv"
     src.write_text("\narea,b\n1,\n\n2,\"\"\n\n")
     out = outputs(seed, src, tmp_path)
-    one, two = float32_text(seed.predict(np.float32([[1], [2]]))[:, 0])
+    one, two = float_text(seed.predict(np.float32([[1], [2]]))[:, 0])
     assert out["pyarrow"] == out["stdlib"] == f"area,b,ntv_rich_pred\n1,,{one}\n2,,{two}\n".encode()
 
 

@@ -77,7 +77,9 @@ def test_sparse_input_is_refused_naming_the_fix():
     assert e.value.parameter == "X"
 
 
-def test_predictions_are_float64_from_the_module_run_in_float64():
+def test_predictions_are_float64_from_the_float64_fit():
+    """predict runs float64_module(): an exact linear fit with its float64 estimates as weights (X @ coef_.T +
+    intercept_ up to float64 rounding), an iterative fit's module widened to float64."""
     d = load_dataset("plant_richness_mlr")
     for reg in (Regressor(device="cpu"), Regressor(model="mlp", hidden=(8,), epochs=50, device="cpu")):
         reg.fit(d.X, d.y)
@@ -85,8 +87,13 @@ def test_predictions_are_float64_from_the_module_run_in_float64():
         assert pred.dtype == np.float64 and pred.shape == d.y.shape
         with torch.no_grad():
             float32 = reg.module_(torch.from_numpy(d.X.astype(np.float32))).numpy()
-            float64 = copy.deepcopy(reg.module_).double()(torch.from_numpy(d.X.astype(np.float64))).numpy()
+            float64 = reg.float64_module()(torch.from_numpy(d.X.astype(np.float64))).numpy()
+            widened = copy.deepcopy(reg.module_).double()(torch.from_numpy(d.X.astype(np.float64))).numpy()
         np.testing.assert_array_equal(pred, float64)
+        if reg.optimizer_ == "exact":
+            np.testing.assert_allclose(pred, d.X @ reg.coef_.T + reg.intercept_, rtol=1e-12)
+        else:
+            np.testing.assert_array_equal(pred, widened)
         np.testing.assert_allclose(pred, float32, rtol=1e-5)  # the float32 module agrees to its rounding
         assert next(reg.module_.parameters()).dtype == torch.float32  # predict leaves the fitted module as it was
     with pytest.raises(DataError, match="X has 2 features, but Regressor is expecting 3 features as input") as e:

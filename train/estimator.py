@@ -37,7 +37,7 @@ from torchport.train.tsqr import Reduction
 from torchport.train.metrics import exact_least_squares, mse, r2_score
 from torchport.train.models import (
     MODEL_KINDS, ModelSpec, build_model, check_activation, core_and_scalers, linear_coefficients, number_in,
-    set_scaling, set_scaling_stats, whole_number,
+    scaler_stats, set_linear_estimates, set_scaling, set_scaling_stats, whole_number,
 )
 from torchport.train.progress import Reporter
 from torchport.train.validation import check_is_fitted, features, is_dask_collection, training_arrays
@@ -408,8 +408,8 @@ class Regressor:
         if not s.fit_intercept:
             core.bias.requires_grad_(False)
         self._estimates = (fit.coef, fit.intercept)
-        self._set_linear_core(module, fit.coef, fit.intercept)
-        _, std_out = _stats(s_out, t)
+        set_linear_estimates(module, fit.coef, fit.intercept)
+        _, std_out = scaler_stats(s_out, t)
         loss = float(np.mean(fit.residual_ss / fit.n_rows / std_out ** 2))
         empty = torch.empty(0, f)
         run = _Run("", spec, module, core, empty, torch.empty(0, t), empty, torch.empty(0, t), None, None,
@@ -484,25 +484,12 @@ class Regressor:
         own float32 statistics), so the module computes the optimum up to float32 rounding."""
         fit = fit_least_squares(X, y, fit_intercept, covariance=False)
         self._estimates = (fit.coef, fit.intercept)
-        self._set_linear_core(run.module, fit.coef, fit.intercept)
+        set_linear_estimates(run.module, fit.coef, fit.intercept)
         core = run.core
         with torch.no_grad():
             run.losses[0] = run.loss_fn(core(run.X_tr), run.y_tr)
             if len(run.X_va):
                 run.val_losses.append(float(run.loss_fn(core(run.X_va), run.y_va)))
-
-    @staticmethod
-    def _set_linear_core(module: nn.Module, coef: np.ndarray, intercept: np.ndarray) -> None:
-        """Set a linear module's core to the raw-unit estimates, in the space the core sees (the features and
-        targets scaled by the module's own float32 statistics)."""
-        core, s_in, s_out = core_and_scalers(module)
-        mean_in, std_in = _stats(s_in, coef.shape[1])
-        mean_out, std_out = _stats(s_out, coef.shape[0])
-        weight = coef * std_in[None, :] / std_out[:, None]
-        bias = (intercept + coef @ mean_in - mean_out) / std_out
-        with torch.no_grad():
-            core.weight.copy_(torch.from_numpy(np.ascontiguousarray(weight)))
-            core.bias.copy_(torch.from_numpy(bias))
 
     def _fit_closed_form(self, run: _Run, s: _Settings) -> None:
         start = run.start
@@ -712,12 +699,22 @@ class Regressor:
 
     # --- using the fitted model ---
 
+    def float64_module(self) -> nn.Module:
+        """The fitted module in float64, a copy (``module_`` is float32): an exact linear fit with its float64
+        estimates (``coef_``, ``intercept_``) as weights, any other fit with its own weights widened."""
+        check_is_fitted(self)
+        wide = copy.deepcopy(self.module_).double().eval()
+        estimates = getattr(self, "_estimates", None)
+        if estimates is not None:
+            set_linear_estimates(wide, *estimates)
+        return wide
+
     def predict(self, X: np.ndarray) -> np.ndarray:
-        """Predictions in float64, of the fitted module run in float64 (the reference its exported copies are
-        verified against): shape (rows,) when fit was given a 1-D y, else (rows, targets)."""
+        """Predictions in float64, of ``float64_module()`` (the float64 fit, which the exported copies are held
+        to): shape (rows,) when fit was given a 1-D y, else (rows, targets)."""
         check_is_fitted(self)
         X = features(X, self.n_features_in_)
-        wide = copy.deepcopy(self.module_).double()  # a copy: predict changes nothing, and threads may share self
+        wide = self.float64_module()  # a copy: predict changes nothing, and threads may share self
         pred = np.empty((len(X), self.spec_.n_targets))
         with torch.no_grad():
             for start in range(0, len(X), PREDICT_ROWS):
@@ -744,13 +741,6 @@ class Regressor:
         check_is_fitted(self)
         estimates = getattr(self, "_estimates", None)
         return estimates[1].copy() if estimates is not None else linear_coefficients(self.module_)[1].numpy()
-
-
-def _stats(scaler: nn.Module | None, width: int) -> tuple[np.ndarray, np.ndarray]:
-    """A scaler's mean and std in float64 (as the module computes with them), or the identity's."""
-    if scaler is None:
-        return np.zeros(width), np.ones(width)
-    return scaler.mean.double().cpu().numpy(), scaler.std.double().cpu().numpy()
 
 
 def _same(a: Any, b: Any) -> bool:

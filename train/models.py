@@ -212,3 +212,24 @@ def linear_coefficients(module: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
         w = w * s_out.std.double()[:, None]
         b = b * s_out.std.double() + s_out.mean.double()
     return w, b
+
+
+def scaler_stats(scaler: nn.Module | None, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """A scaler's mean and std in float64 (as the module computes with them), or the identity's."""
+    if scaler is None:
+        return np.zeros(width), np.ones(width)
+    return scaler.mean.double().cpu().numpy(), scaler.std.double().cpu().numpy()
+
+
+def set_linear_estimates(module: nn.Module, coef: np.ndarray, intercept: np.ndarray) -> None:
+    """Set a linear module's core to raw-unit estimates (coef: targets x features, intercept: targets), in
+    the space the core sees (features and targets scaled by the module's own statistics), computed in
+    float64 and stored in the module's dtype."""
+    core, s_in, s_out = core_and_scalers(module)
+    mean_in, std_in = scaler_stats(s_in, coef.shape[1])
+    mean_out, std_out = scaler_stats(s_out, coef.shape[0])
+    weight = coef * std_in[None, :] / std_out[:, None]
+    bias = (intercept + coef @ mean_in - mean_out) / std_out
+    with torch.no_grad():
+        core.weight.copy_(torch.from_numpy(np.ascontiguousarray(weight)))
+        core.bias.copy_(torch.from_numpy(bias))

@@ -1,8 +1,8 @@
 #!/usr/bin/env node
 // Score rows with a torchport bundle from Node.js.
 // Reads manifest.json for the feature order and tensor names, checks model.onnx against its sha256,
-// runs the bundle's golden cases (golden.json: rows with their float64 answers and the bound float32
-// rounding may account for) to check the model computes here what it computed at export, then runs the
+// runs the bundle's golden cases (golden.json: rows with their float64 answers and the bound rounding may
+// account for) to check the model computes here what it computed at export, then runs the
 // rows with onnxruntime-node (CPU) and prints one JSON array of predictions per input row.
 //
 //   node score.mjs BUNDLE_DIR < rows.json
@@ -43,7 +43,7 @@ export async function selfCheck(dir, { manifest, session }) {
     const { i, j, value, error } = worst;
     throw new Error(`self-check failed: golden row ${i}, target ${JSON.stringify(manifest.targets[j])}: the ` +
       `float64 answer is ${golden.answers[i][j]}, this model gives ${value}, off by ${error}, beyond the ` +
-      `${golden.bound[j]} that float32 rounding may account for`);
+      `${golden.bound[j]} that ${dtypeOf(manifest)} rounding may account for`);
   }
   return { checked: true, rows: golden.inputs.length, share: worst.share };
 }
@@ -65,11 +65,17 @@ export async function loadBundle(dir) {
   return bundle;
 }
 
-export function toMatrix(rows, features, manifest = null, codes = false) {
+// The model's dtype (its input tensor's, in the manifest): float32, or float64 for a float64 bundle.
+export function dtypeOf(manifest) {
+  return manifest.inputs[0].dtype === "float64" ? "float64" : "float32";
+}
+
+export function toMatrix(rows, features, dtype = "float32", manifest = null, codes = false) {
   if (manifest && manifest.encoding) {  // categorical and imputed columns: ../web/encoding.mjs
-    return new ort.Tensor("float32", encodeRows(manifest, rows, codes), [rows.length, features.length]);
+    return new ort.Tensor(dtype, encodeRows(manifest, rows, codes, dtype), [rows.length, features.length]);
   }
-  const data = new Float32Array(rows.length * features.length);
+  const size = rows.length * features.length;
+  const data = dtype === "float64" ? new Float64Array(size) : new Float32Array(size);
   rows.forEach((row, i) => {
     features.forEach((name, j) => {
       const value = Array.isArray(row) ? row[j] : row[name];
@@ -82,11 +88,11 @@ export function toMatrix(rows, features, manifest = null, codes = false) {
       throw new Error(`row ${i + 1}: expected ${features.length} values (${features.join(", ")}), got ${row.length}`);
     }
   });
-  return new ort.Tensor("float32", data, [rows.length, features.length]);
+  return new ort.Tensor(dtype, data, [rows.length, features.length]);
 }
 
 export async function predict({ manifest, session }, rows, { codes = false } = {}) {
-  const input = toMatrix(rows, manifest.features, manifest, codes);
+  const input = toMatrix(rows, manifest.features, dtypeOf(manifest), manifest, codes);
   const result = await session.run({ [manifest.inputs[0].name]: input });
   const out = result[manifest.outputs[0].name];
   const width = manifest.targets.length;

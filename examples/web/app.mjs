@@ -1,6 +1,6 @@
 // The page: a form built from the manifest's feature names, the prediction, and a box to score several
-// rows at once. Values are shown rounded; each <output> and table cell keeps the exact float32 answer in
-// its data-value attribute.
+// rows at once. Values are shown rounded; each <output> and table cell keeps the exact answer (float32, or
+// float64 for a float64 bundle) in its data-value attribute.
 import { loadBundle, predict } from "./bundle.mjs";
 
 const $ = (id) => document.getElementById(id);

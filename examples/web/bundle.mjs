@@ -39,12 +39,13 @@ export async function loadBundle(base) {
 }
 
 // rows: arrays in the manifest's feature order (numbers; a categorical column's level as text; null where
-// the bundle imputes: ./encoding.mjs). Returns one array of target values per row (float32 answers, as
-// JavaScript numbers).
+// the bundle imputes: ./encoding.mjs). Returns one array of target values per row (answers in the model's
+// dtype, the manifest's input dtype: float32, or float64 for a float64 bundle, as JavaScript numbers).
 export async function predict({ manifest, session }, rows) {
   const width = manifest.features.length;
-  const data = encodeRows(manifest, rows);
-  const input = new ort.Tensor("float32", data, [rows.length, width]);
+  const dtype = manifest.inputs[0].dtype === "float64" ? "float64" : "float32";
+  const data = encodeRows(manifest, rows, false, dtype);
+  const input = new ort.Tensor(dtype, data, [rows.length, width]);
   const result = await session.run({ [manifest.inputs[0].name]: input });
   const out = result[manifest.outputs[0].name].data;
   const targets = manifest.targets.length;

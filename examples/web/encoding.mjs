@@ -57,11 +57,11 @@ export function encodeCell(manifest, j, value, where, codes = false) {
   return number;
 }
 
-// Rows (arrays in the manifest's feature order, or objects by feature name) as one Float32Array; `codes`:
-// categorical cells are level codes (golden.json's rows).
-export function encodeRows(manifest, rows, codes = false) {
+// Rows (arrays in the manifest's feature order, or objects by feature name) as one Float32Array (a
+// Float64Array for dtype "float64"); `codes`: categorical cells are level codes (golden.json's rows).
+export function encodeRows(manifest, rows, codes = false, dtype = "float32") {
   const width = manifest.features.length;
-  const data = new Float32Array(rows.length * width);
+  const data = dtype === "float64" ? new Float64Array(rows.length * width) : new Float32Array(rows.length * width);
   rows.forEach((row, i) => {
     if (Array.isArray(row) && row.length !== width) {
       throw new Error(`row ${i + 1}: expected ${width} values (${manifest.features.join(", ")}), got ${row.length}`);

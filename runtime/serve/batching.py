@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import time
 from itertools import chain
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 
@@ -27,7 +27,7 @@ class Batcher:
     ``max_batch_size`` 1 turns batching off: every request is its own model call."""
 
     def __init__(self, predict: Callable[[np.ndarray], np.ndarray], max_batch_size: int = 64,
-                 max_queue_delay: float = 0.0, stats: ModelStats | None = None):
+                 max_queue_delay: float = 0.0, stats: ModelStats | None = None, dtype: Any = np.float32):
         if max_batch_size < 1:
             raise InputError(f"max_batch_size must be >= 1, got {max_batch_size}", parameter="max_batch_size")
         if max_queue_delay < 0:
@@ -36,12 +36,13 @@ class Batcher:
         self.max_batch_size = max_batch_size
         self.max_queue_delay = max_queue_delay
         self.stats = stats
+        self.dtype = np.dtype(dtype)  # what the model takes: rows sent as lists become one array of it
         self._pending: list[tuple[np.ndarray, asyncio.Future, int]] = []
         self._pending_rows = 0
         self._timer: asyncio.Handle | None = None
 
     def submit(self, rows: np.ndarray | list) -> asyncio.Future:
-        """Queue ``rows`` (a 2-D float32 array, or a list of equal-length rows of numbers); the future
+        """Queue ``rows`` (a 2-D array of ``dtype``, or a list of equal-length rows of numbers); the future
         resolves to the model's output for them."""
         future = asyncio.get_running_loop().create_future()
         n = len(rows)
@@ -72,7 +73,7 @@ class Batcher:
             stats.queued -= len(pending)
         started = _now()
         try:
-            batch = _stack([p[0] for p in pending])
+            batch = _stack([p[0] for p in pending], self.dtype)
             stacked = _now()
             out = self.predict(batch)
         except Exception as e:  # the model failed for the whole batch: every caller gets the error
@@ -92,11 +93,11 @@ class Batcher:
                         _now() - done, time.time_ns() // 1_000_000)
 
 
-def _stack(parts: list) -> np.ndarray:
-    """One float32 matrix of the parts' rows, in order; lists of rows become one array in a single step."""
+def _stack(parts: list, dtype: np.dtype) -> np.ndarray:
+    """One matrix of ``dtype`` of the parts' rows, in order; lists of rows become one array in a single step."""
     if all(type(p) is list for p in parts):
         values = list(chain.from_iterable(chain.from_iterable(parts)))
-        return np.array(values, dtype=np.float32).reshape(-1, len(parts[0][0]))
+        return np.array(values, dtype=dtype).reshape(-1, len(parts[0][0]))
     if len(parts) == 1:
         return parts[0]
-    return np.concatenate([np.asarray(p, dtype=np.float32) for p in parts])
+    return np.concatenate([np.asarray(p, dtype=dtype) for p in parts])

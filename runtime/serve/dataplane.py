@@ -90,7 +90,7 @@ class DataPlane:
         meta = served.info.metadata(self.registry.versions(name))
         encoding = served.predictor.encoding
         if encoding is not None:  # one input per column (or the split layout its parameters describe)
-            meta["inputs"], layouts = metadata_inputs(encoding, served.info.input_name)
+            meta["inputs"], layouts = metadata_inputs(encoding, served.info)
             meta["parameters"] = {**meta["parameters"], **layouts}
         return meta
 
@@ -104,11 +104,11 @@ class DataPlane:
         info = served.info
         encoding = served.predictor.encoding
         rows = input_rows(request, info) if encoding is None else \
-            encoded_rows(request.inputs, encoding, info.input_name, info.name)
+            encoded_rows(request.inputs, encoding, info)
         if request.outputs:
             check_outputs(request, info)
         if not len(rows):  # an empty batch is answered as the Predictor answers it
-            return np.empty((0, len(info.target_names)), dtype=np.float32)
+            return np.empty((0, len(info.target_names)), dtype=info.dtype)
         gate = self.gate
         task = gate.admit(task)
         if task is None:

@@ -14,7 +14,7 @@ import numpy as np
 
 from torchport.runtime.encoding import NUMERIC, Encoding
 from torchport.runtime.errors import InputError
-from torchport.runtime.serve.inference import INPUT_DTYPES, InputTensor, ProtocolError
+from torchport.runtime.serve.inference import INPUT_DTYPES, InputTensor, ModelInfo, ProtocolError
 
 CATEGORIES = "categories"  # the BYTES input of the split layout
 
@@ -23,12 +23,13 @@ def _bad(message: str) -> ProtocolError:
     return ProtocolError(400, message)
 
 
-def metadata_inputs(encoding: Encoding, input_name: str) -> tuple[list[dict], dict]:
-    """The per-column layout as metadata's ``inputs``, and both layouts described for its ``parameters``."""
-    columns = [{"name": c.name, "datatype": "FP32" if c.kind == NUMERIC else "BYTES", "shape": [-1, 1]}
+def metadata_inputs(encoding: Encoding, info: ModelInfo) -> tuple[list[dict], dict]:
+    """The per-column layout as metadata's ``inputs``, and both layouts described for its ``parameters``
+    (numbers in the model's datatype, FP32 or FP64; either is taken)."""
+    columns = [{"name": c.name, "datatype": info.datatype if c.kind == NUMERIC else "BYTES", "shape": [-1, 1]}
                for c in encoding.columns]
     numeric = [c.name for c in encoding.columns if c.kind == NUMERIC]
-    split = [{"name": input_name, "datatype": "FP32", "shape": [-1, len(numeric)]}] if numeric else []
+    split = [{"name": info.input_name, "datatype": info.datatype, "shape": [-1, len(numeric)]}] if numeric else []
     split.append({"name": CATEGORIES, "datatype": "BYTES", "shape": [-1, len(encoding.categorical)]})
     parameters = {"input_layouts": {"columns": columns, "split": split}, "numeric_features": numeric,
                   "categorical_features": encoding.categorical, "imputed_features": encoding.imputed,
@@ -113,9 +114,10 @@ def _texts(tensor: InputTensor, rows: int, width: int, where: str) -> list:
     return [values[i::width] for i in range(width)]
 
 
-def encoded_rows(inputs: list[InputTensor], encoding: Encoding, input_name: str, model: str) -> np.ndarray:
-    """The request's rows as the graph's float32 input (level codes, NaN where imputed), from either layout;
-    a ProtocolError 400 names what does not fit."""
+def encoded_rows(inputs: list[InputTensor], encoding: Encoding, info: ModelInfo) -> np.ndarray:
+    """The request's rows as the graph's input in the model's dtype (level codes, NaN where imputed), from
+    either layout; a ProtocolError 400 names what does not fit."""
+    input_name, model = info.input_name, info.name
     names = [t.name for t in inputs]
     features = encoding.features
     numeric = [c.name for c in encoding.columns if c.kind == NUMERIC]
@@ -147,7 +149,7 @@ def encoded_rows(inputs: list[InputTensor], encoding: Encoding, input_name: str,
     if len(set(rows_of.values())) > 1:
         raise _bad(f"the inputs hold different numbers of rows ({rows_of})")
     try:
-        codes, _ = encoding.codes([columns[name] for name in features])
+        codes, _ = encoding.codes([columns[name] for name in features], dtype=info.dtype)
     except InputError as e:
         raise _bad(e.message) from None
     return codes

@@ -128,9 +128,9 @@ class InferenceService(service_pb2_grpc.GRPCInferenceServiceServicer):
         info = served.info
         response = service_pb2.ModelInferResponse(
             model_name=info.name, model_version=info.version, id=request.id,
-            outputs=[service_pb2.ModelInferResponse.InferOutputTensor(name=info.output_name, datatype="FP32",
+            outputs=[service_pb2.ModelInferResponse.InferOutputTensor(name=info.output_name, datatype=info.datatype,
                                                                       shape=out.shape)],
-            raw_output_contents=[np.ascontiguousarray(out, dtype="<f4").tobytes()])
+            raw_output_contents=[np.ascontiguousarray(out, dtype=info.dtype).tobytes()])
         plane.finished(served, 200, started)
         return response
 

@@ -1,7 +1,7 @@
 """The typed inference request that every transport decodes into (model, version, input tensors, requested
 outputs, parameters), the error with a status that every transport answers in its own terms, and the checks
 of one request against a served model's input description: names, shapes, datatypes, and every value finite
-and within float32's range. The checks run per request, before it joins a batch, so that a bad request fails
+and within the range of the model's datatype (FP32, or FP64 for a float64 bundle; both are accepted). The checks run per request, before it joins a batch, so that a bad request fails
 alone whatever it would have been batched with."""
 from __future__ import annotations
 
@@ -15,6 +15,8 @@ INPUT_DTYPES = {"FP32": np.dtype("<f4"), "FP64": np.dtype("<f8")}
 # The smallest magnitude that rounds to infinity in float32: (2 - 2**-24) * 2**127. A number at or beyond it
 # (1e39 in JSON, an FP64 value) would reach the model as inf.
 FLOAT32_OVERFLOW = 3.4028235677973366e38
+# The model's datatype (V2 name) for each dtype a bundle computes in
+DATATYPES = {"float32": "FP32", "float64": "FP64"}
 
 
 class ProtocolError(Exception):
@@ -43,12 +45,24 @@ class ModelInfo:
     target_names: tuple[str, ...]
     version: str = "1"
     platform: str = "onnxruntime_onnx"
+    datatype: str = "FP32"  # what the model takes and answers: FP32, or FP64 (a float64 bundle)
+
+    @property
+    def dtype(self) -> np.dtype:
+        return INPUT_DTYPES[self.datatype]
+
+    @property
+    def limit(self) -> float:
+        """The smallest magnitude the model's datatype cannot hold (infinity for FP64)."""
+        return FLOAT32_OVERFLOW if self.datatype == "FP32" else float("inf")
 
     def metadata(self, versions: list[str]) -> dict:
         """The V2 model metadata response; ``versions``: the model's versions being served."""
         return {"name": self.name, "versions": versions, "platform": self.platform,
-                "inputs": [{"name": self.input_name, "datatype": "FP32", "shape": [-1, len(self.feature_names)]}],
-                "outputs": [{"name": self.output_name, "datatype": "FP32", "shape": [-1, len(self.target_names)]}],
+                "inputs": [{"name": self.input_name, "datatype": self.datatype,
+                            "shape": [-1, len(self.feature_names)]}],
+                "outputs": [{"name": self.output_name, "datatype": self.datatype,
+                             "shape": [-1, len(self.target_names)]}],
                 "parameters": {"features": list(self.feature_names), "targets": list(self.target_names)}}
 
 
@@ -98,9 +112,10 @@ def _first_non_number(data: object) -> object:
 
 
 def _refuse_unusable(values: np.ndarray, where: str, info: ModelInfo) -> None:
-    """A 400 naming this request's first row and column whose value is NaN, infinite or beyond float32's range."""
+    """A 400 naming this request's first row and column whose value is NaN, infinite or beyond the range of
+    the model's datatype (float32's for FP32)."""
     with np.errstate(invalid="ignore"):
-        bad = ~(np.abs(values) < FLOAT32_OVERFLOW)
+        bad = ~(np.abs(values) < info.limit)
     if not bad.any():
         return
     row, col = (int(i) for i in np.argwhere(bad)[0])
@@ -123,19 +138,19 @@ def json_values(data: object, where: str) -> np.ndarray:
         raise _bad(f"{where}: 'data' is not a regular array of numbers ({e})") from None
 
 
-def _plain(data: list, count: int) -> bool:
-    """Whether ``data`` is a flat list of ``count`` plain numbers within float32's range (the commonest request,
-    checked in one pass; anything else gets the full checks, which also say what is wrong)."""
+def _plain(data: list, count: int, limit: float = FLOAT32_OVERFLOW) -> bool:
+    """Whether ``data`` is a flat list of ``count`` plain numbers of magnitude below ``limit`` (the commonest
+    request, checked in one pass; anything else gets the full checks, which also say what is wrong)."""
     if len(data) != count:
         return False
     for value in data:
-        if (type(value) is not float and type(value) is not int) or not -FLOAT32_OVERFLOW < value < FLOAT32_OVERFLOW:
+        if (type(value) is not float and type(value) is not int) or not -limit < value < limit:
             return False
     return True
 
 
 def input_rows(request: InferRequest, info: ModelInfo) -> np.ndarray | list:
-    """The rows to score of ``request`` for the model ``info``: a (rows, n_features) float32 array, or for a
+    """The rows to score of ``request`` for the model ``info``: a (rows, n_features) array of its dtype, or for a
     flat JSON list of plain numbers, its rows as lists (the batcher makes one array of many requests' rows).
     A ProtocolError 400 names the first thing that does not fit the model."""
     if len(request.inputs) != 1:
@@ -156,7 +171,7 @@ def input_rows(request: InferRequest, info: ModelInfo) -> np.ndarray | list:
     if dtype is None:
         raise _bad(f"{where}: datatype {datatype!r} is not supported; send FP32 or FP64")
     rows, count, data = shape[0], shape[0] * n_features, tensor.data
-    if type(data) is list and _plain(data, count):
+    if type(data) is list and _plain(data, count, info.limit):
         return [data] if rows == 1 else [data[i:i + n_features] for i in range(0, count, n_features)]
     if data is None:
         raise _bad(f"{where}: no data; send the tensor's values (JSON 'data', binary_data_size with binary data, "
@@ -175,7 +190,7 @@ def input_rows(request: InferRequest, info: ModelInfo) -> np.ndarray | list:
         raise _bad(f"{where}: the data has {values.size} values but shape {shape} needs {count}")
     values = values.reshape(rows, n_features)
     _refuse_unusable(values, where, info)
-    return values.astype(np.float32)
+    return values.astype(info.dtype)
 
 
 def check_outputs(request: InferRequest, info: ModelInfo) -> None:

@@ -14,7 +14,7 @@ from torchport.runtime.errors import BundleError, ParityError
 from torchport.runtime.files import remove_leftovers
 from torchport.runtime.predictor import Predictor
 from torchport.runtime.serve.batching import Batcher
-from torchport.runtime.serve.inference import ModelInfo
+from torchport.runtime.serve.inference import DATATYPES, ModelInfo
 from torchport.runtime.serve.protocol import ResponseEncoder
 from torchport.runtime.serve.repository import model_config
 from torchport.runtime.serve.stats import ModelStats
@@ -45,10 +45,11 @@ class ServedModel:
         self.settings = settings
         self.info = ModelInfo(name=name, version=version, input_name=predictor.input_name,
                               output_name=predictor.output_name, feature_names=tuple(predictor.feature_names),
-                              target_names=tuple(predictor.target_names))
+                              target_names=tuple(predictor.target_names),
+                              datatype=DATATYPES[str(predictor.dtype)])
         self.stats = stats or ModelStats(name, version, settings.max_batch_size)
         self.batcher = Batcher(predictor.predict, settings.max_batch_size, settings.max_queue_delay_us / 1e6,
-                               self.stats)
+                               self.stats, predictor.dtype)
         self.encoder = ResponseEncoder(self.info)
 
     def config(self) -> model_config_pb2.ModelConfig:
@@ -56,7 +57,7 @@ class ServedModel:
         info = self.info
         return model_config(self.entry_config, self.name, info.input_name, len(info.feature_names),
                             info.output_name, len(info.target_names), self.settings.max_batch_size,
-                            self.settings.max_queue_delay_us)
+                            self.settings.max_queue_delay_us, info.datatype)
 
 
 def load_model(path: Path, name: str, version: str, settings: LoadSettings, fingerprint: str,

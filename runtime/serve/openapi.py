@@ -126,14 +126,16 @@ def _infer(parameters: tuple) -> dict:
               "description": "with a binary body: the length of its JSON header",
               "schema": {"type": "integer", "minimum": 1}}
     return {"post": {
-        "summary": "Inference: the rows of one FP32 or FP64 input, answered with the model's FP32 output",
+        "summary": "Inference: the rows of one FP32 or FP64 input, answered with the model's output (FP32, or FP64 "
+                   "for a float64 bundle)",
         "parameters": [*parameters, length],
         "requestBody": {"required": True, "content": {
             **_json(_schema("inference_request")),
             "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}},
         "responses": {
             "200": {"description": "the answer, in JSON, or with binary output a JSON header of "
-                                   "Inference-Header-Content-Length bytes and then the raw FP32 values",
+                                   "Inference-Header-Content-Length bytes and then the raw values (FP32, or FP64 for a "
+                                   "float64 bundle)",
                     "headers": {"Inference-Header-Content-Length": {"required": False,
                                                                      "schema": {"type": "integer"}}},
                     "content": {**_json(_schema("inference_response")),

@@ -129,7 +129,8 @@ class ResponseEncoder:
 
     def __init__(self, info: ModelInfo):
         self._head = orjson.dumps({"model_name": info.name, "model_version": info.version})[:-1]
-        self._tensor = orjson.dumps({"name": info.output_name, "datatype": "FP32"})[:-1] + b',"shape":['
+        self._tensor = orjson.dumps({"name": info.output_name, "datatype": info.datatype})[:-1] + b',"shape":['
+        self._raw = info.dtype  # binary answers: little-endian values of the model's datatype
 
     def encode(self, request_id: str | None, out: np.ndarray, binary: bool) -> tuple[bytes, int | None]:
         """The response body and, for binary output, the length of its JSON header."""
@@ -138,11 +139,11 @@ class ResponseEncoder:
             parts += [b',"id":', orjson.dumps(request_id)]
         parts += [b',"outputs":[', self._tensor, b"%d,%d]" % out.shape]
         if binary:
-            raw = np.ascontiguousarray(out, dtype="<f4").tobytes()
+            raw = np.ascontiguousarray(out, dtype=self._raw).tobytes()
             parts.append(b',"parameters":{"binary_data_size":%d}}]}' % len(raw))
             header = b"".join(parts)
             return header + raw, len(header)
-        # orjson writes float32 in its shortest exact form
+        # orjson writes float32 and float64 in their shortest exact forms
         parts += [b',"data":', orjson.dumps(out.ravel(), option=orjson.OPT_SERIALIZE_NUMPY), b"}]}"]
         return b"".join(parts), None
 

@@ -153,9 +153,9 @@ def config_json(config: model_config_pb2.ModelConfig) -> dict:
 
 def model_config(entry_config: model_config_pb2.ModelConfig | None, name: str, input_name: str, n_features: int,
                  output_name: str, n_targets: int, max_batch_size: int,
-                 max_queue_delay_us: int) -> model_config_pb2.ModelConfig:
+                 max_queue_delay_us: int, datatype: str = "FP32") -> model_config_pb2.ModelConfig:
     """The ModelConfig message of a served model: its config.pbtxt when there is one, with the served
-    model's tensors, and the server's batching where the file says nothing."""
+    model's tensors (of ``datatype``, FP32 or FP64), and the server's batching where the file says nothing."""
     config = model_config_pb2.ModelConfig()
     if entry_config is not None:
         config.CopyFrom(entry_config)
@@ -164,8 +164,9 @@ def model_config(entry_config: model_config_pb2.ModelConfig | None, name: str, i
         config.max_batch_size = max_batch_size
     del config.input[:]
     del config.output[:]
-    config.input.add(name=input_name, data_type=model_config_pb2.TYPE_FP32, dims=[n_features])
-    config.output.add(name=output_name, data_type=model_config_pb2.TYPE_FP32, dims=[n_targets])
+    data_type = model_config_pb2.DataType.Value(f"TYPE_{datatype}")
+    config.input.add(name=input_name, data_type=data_type, dims=[n_features])
+    config.output.add(name=output_name, data_type=data_type, dims=[n_targets])
     if not config.HasField("dynamic_batching"):
         config.dynamic_batching.max_queue_delay_microseconds = max_queue_delay_us
     if not config.HasField("version_policy"):
