@@ -350,3 +350,32 @@ def test_a_measured_plan_runs_imputed_rows(grunfeld_csv, tmp_path):
     before = predictor.predict([[3078.5, None, "IBM"]])
     predictor.tune(max_rows=128, seconds=0.2)
     assert predictor.predict([[3078.5, None, "IBM"]]) == before and predictor.self_check().checked
+
+
+def test_a_float64_bundle_with_a_categorical_column(tmp_path):
+    """NIST's Filip (float32 cannot hold its fit) with a categorical column beside its ten powers of x: the
+    bundle is float64, the coding inside it; strings and codes give the same float64 answers, within the
+    precision bound of the float64 fit on the design."""
+    from nist import table
+
+    t = table("filip")
+    path = t.csv(tmp_path / "filip.csv")
+    frame = pd.read_csv(path)
+    frame["half"] = np.where(np.arange(len(frame)) % 2 == 0, "even", "odd")
+    frame.to_csv(path, index=False)
+    out = tmp_path / "bundle"
+    proc = run_cli("train", "--data", str(path), "--target", "y", "--out", str(out), "--no-progress", "--no-plots")
+    assert proc.returncode == 0, proc.stderr
+    manifest = load_manifest(out)
+    assert manifest.dtype == "float64" and manifest.encoding.categorical == ["half"] and manifest.parity.passed
+    features = list(manifest.features)
+    predictor = Predictor(out)
+    answers = predictor.predict(frame[features])
+    assert answers.to_numpy().dtype == np.float64
+    codes, _ = predictor.encode(frame[features])
+    assert codes.dtype == np.float64 and np.array_equal(predictor.predict(codes), answers.to_numpy())
+    data = load_dataset(str(path), ["y"], features)
+    fit = fit_least_squares(data.X, data.y)
+    exact = data.X @ fit.coef.reshape(-1) + fit.intercept.reshape(-1)
+    assert np.abs(answers.to_numpy()[:, 0] - exact).max() <= manifest.precision.bound[0]
+    assert predictor.self_check().checked
