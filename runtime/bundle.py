@@ -20,6 +20,7 @@ from typing import Any
 
 from torchport.runtime.cpus import cpu_flags
 from torchport.runtime.errors import BundleError, DataError, Fix, ParityError
+from torchport.runtime.intervals import IntervalRecord
 from torchport.runtime.jsonfields import FLAG, INT, NULL, NUMBER, TEXT, Flat, items, json_object, present, scalar, \
     values
 
@@ -440,6 +441,7 @@ class Manifest:
     created: str = ""
     format_version: int = FORMAT_VERSION
     golden: GoldenCases | None = None
+    intervals: IntervalRecord | None = None  # what prediction intervals need (None: bundles from before them)
 
     def with_parity(self, parity: ParityReport) -> "Manifest":
         return replace(self, parity=parity)
@@ -456,7 +458,8 @@ class Manifest:
                 "files": {name: entry.to_json() for name, entry in self.files.items()},
                 "model": self.model, "training": self.training, "export": self.export.to_json(),
                 "parity": self.parity.to_json() if self.parity else None,
-                "golden": self.golden.to_json() if self.golden else None}
+                "golden": self.golden.to_json() if self.golden else None,
+                "intervals": self.intervals.to_json() if self.intervals else None}
 
     @classmethod
     def from_json(cls, obj: Any, where: str = MANIFEST) -> "Manifest":
@@ -502,10 +505,13 @@ class Manifest:
         if golden is not None and (golden.file not in files or len(golden.bound) != len(targets)):
             raise DataError(f"{where}.golden names {golden.file!r} with {len(golden.bound)} bound(s); expected a "
                             f"file the manifest lists and one bound per target ({len(targets)})")
+        intervals = present(obj, where, {"intervals": (dict, NULL)}).get("intervals")
+        intervals = IntervalRecord.from_json(intervals, f"{where}.intervals", len(features), len(targets)) \
+            if intervals else None
         return cls(features, targets, tin, tout, files, json_object(v["model"], f"{where}.model"),
                    ExportRecord.from_json(v["export"], f"{where}.export"), v["training"],
                    ParityReport.from_json(parity, f"{where}.parity") if parity else None, v["created"] or "",
-                   golden=golden)
+                   golden=golden, intervals=intervals)
 
 
 def _migrate_v1(obj: dict) -> dict:
