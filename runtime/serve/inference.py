@@ -10,11 +10,17 @@ from typing import Sequence
 
 import numpy as np
 
+from torchport.runtime.intervals import IntervalRecord
+
 # V2 datatypes accepted for the features tensor, with their little-endian numpy types.
 INPUT_DTYPES = {"FP32": np.dtype("<f4"), "FP64": np.dtype("<f8")}
 # The smallest magnitude that rounds to infinity in float32: (2 - 2**-24) * 2**127. A number at or beyond it
 # (1e39 in JSON, an FP64 value) would reach the model as inf.
 FLOAT32_OVERFLOW = 3.4028235677973366e38
+# The outputs beside the model's own that a request may name, for a bundle that keeps what intervals need
+# (serve/interval_outputs.py makes them).
+LOWER, UPPER, OUT_OF_DOMAIN = "lower", "upper", "out_of_domain"
+INTERVAL_OUTPUTS = (LOWER, UPPER, OUT_OF_DOMAIN)
 
 
 class ProtocolError(Exception):
@@ -35,7 +41,8 @@ class NotAllowed(ProtocolError):
 
 @dataclass(frozen=True)
 class ModelInfo:
-    """What the protocol needs to know about one served model version: names, tensors and sizes."""
+    """What the protocol needs to know about one served model version: names, tensors and sizes, and what
+    its intervals need (None: the bundle keeps nothing for them)."""
     name: str
     input_name: str
     output_name: str
@@ -43,13 +50,24 @@ class ModelInfo:
     target_names: tuple[str, ...]
     version: str = "1"
     platform: str = "onnxruntime_onnx"
+    intervals: IntervalRecord | None = None
 
     def metadata(self, versions: list[str]) -> dict:
         """The V2 model metadata response; ``versions``: the model's versions being served."""
         return {"name": self.name, "versions": versions, "platform": self.platform,
                 "inputs": [{"name": self.input_name, "datatype": "FP32", "shape": [-1, len(self.feature_names)]}],
-                "outputs": [{"name": self.output_name, "datatype": "FP32", "shape": [-1, len(self.target_names)]}],
+                "outputs": [{"name": self.output_name, "datatype": "FP32", "shape": [-1, len(self.target_names)]},
+                            *self._interval_outputs()],
                 "parameters": {"features": list(self.feature_names), "targets": list(self.target_names)}}
+
+
+    def _interval_outputs(self) -> list[dict]:
+        if self.intervals is None:
+            return []
+        width = len(self.target_names)
+        return [{"name": LOWER, "datatype": "FP64", "shape": [-1, width]},
+                {"name": UPPER, "datatype": "FP64", "shape": [-1, width]},
+                {"name": OUT_OF_DOMAIN, "datatype": "BOOL", "shape": [-1]}]
 
 
 @dataclass(slots=True)
@@ -180,7 +198,10 @@ def input_rows(request: InferRequest, info: ModelInfo) -> np.ndarray | list:
 
 def check_outputs(request: InferRequest, info: ModelInfo) -> None:
     """A ProtocolError 400 when the request asks for an output the model does not have."""
+    names = (info.output_name, *(INTERVAL_OUTPUTS if info.intervals is not None else ()))
     for out in request.outputs:
-        if out.name != info.output_name:
-            raise _bad(f"unknown output {out.name!r}; the model {info.name!r} has one output named "
-                       f"{info.output_name!r}")
+        if out.name not in names:
+            more = "" if info.intervals is not None or out.name not in INTERVAL_OUTPUTS else \
+                " (its bundle keeps nothing to make intervals from: retrain it with this torchport)"
+            raise _bad(f"unknown output {out.name!r}; the model {info.name!r} has the output(s) "
+                       f"{', '.join(map(repr, names))}{more}")
