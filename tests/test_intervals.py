@@ -229,3 +229,24 @@ def test_mlp_calibration_split_of_its_own(tmp_path):
         p.predict_interval(Xt, 0.9, "mean")
     far = p.predict_interval(np.vstack([X.max(axis=0) * 10, X[0]]))
     assert list(far.out_of_domain) == [True, False] and "above the training range" in far.reasons[0]
+
+
+def test_report_gives_coverage_on_held_out_rows(tmp_path):
+    """A linear fit with held-out rows: the manifest's coverage is that of the bundle's own 90% intervals on
+    those rows (recomputed here through the Predictor), and the report page shows it tied to the manifest."""
+    out = tmp_path / "mlr"
+    proc = run_cli("train", "--data", "plant_richness_mlr", "--val-fraction", "0.3", "--no-progress", "--out",
+                   str(out))
+    assert proc.returncode == 0, proc.stderr
+    manifest = json.loads((out / "manifest.json").read_text())
+    coverage = manifest["intervals"]["coverage"]
+    data = load_dataset("plant_richness_mlr")
+    held = np.sort(np.random.default_rng(0).permutation(len(data.X))[:coverage["rows"]])  # the seeded split
+    assert coverage["rows"] == manifest["training"]["validation_rows"]
+    r = Predictor(out).predict_interval(data.X[held], coverage["level"])
+    inside = (data.y[held] >= r.lower) & (data.y[held] <= r.upper)
+    assert coverage["covered"][0] == pytest.approx(inside.mean(), abs=1e-12)
+    page = (out / "report" / "index.html").read_text()
+    assert "Prediction intervals" in page and "validation rows, not used by the fit" in page
+    key = '[&#34;intervals&#34;, &#34;coverage&#34;, &#34;covered&#34;, 0]'
+    assert key in page

@@ -191,10 +191,10 @@ class Regressor:
     def __init__(self, model: str = "linear", hidden: Sequence[int] = (32, 32), activation: str = "relu",
                  dropout: float = 0.0, fit_intercept: bool = True, scale: str = "auto", optimizer: str | None = None,
                  lr: float | None = None, momentum: float = 0.0, epochs: int | None = None,
-                 batch_size: int | None = None, val_fraction: float = 0.0, patience: int | None = None,
+                 batch_size: int | None = None, val_fraction: float = 0.0, calibration_fraction: float = 0.0,
+                 patience: int | None = None,
                  lr_schedule: str = "none", seed: int = 0, device: str = "auto",
-                 progress: bool | Callable[..., Any] = False, checkpoint: str | os.PathLike | None = None,
-                 calibration_fraction: float = 0.0):
+                 progress: bool | Callable[..., Any] = False, checkpoint: str | os.PathLike | None = None):
         self.model = model
         self.hidden = hidden
         self.activation = activation
@@ -207,13 +207,13 @@ class Regressor:
         self.epochs = epochs
         self.batch_size = batch_size
         self.val_fraction = val_fraction
+        self.calibration_fraction = calibration_fraction
         self.patience = patience
         self.lr_schedule = lr_schedule
         self.seed = seed
         self.device = device
         self.progress = progress
         self.checkpoint = checkpoint
-        self.calibration_fraction = calibration_fraction
 
     # --- scikit-learn's estimator contract ---
 

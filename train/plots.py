@@ -69,10 +69,10 @@ def regression_plot(x: np.ndarray, y: np.ndarray, predict: Callable[[np.ndarray]
     fitted = _columns(predict(x.reshape(-1, 1)), len(x))
     half = _columns(band[1](grid.reshape(-1, 1)), len(grid)) if band else None
     for j, name in enumerate(y_names):
-        _points(ax, x, y[:, j], j, f"{name} (observed)")
-        if half is not None:
+        if half is not None:  # first, so that the points are drawn over it
             ax.fill_between(grid, line[:, j] - half[:, j], line[:, j] + half[:, j], color="tab:red", alpha=0.15,
-                            label=band[0] + ("" if len(y_names) == 1 else f" ({name})"))
+                            linewidth=0, label=band[0] + ("" if len(y_names) == 1 else f" ({name})"))
+        _points(ax, x, y[:, j], j, f"{name} (observed)")
         ax.plot(grid, line[:, j], color="tab:red" if len(y_names) == 1 else COLORS[j % len(COLORS)], linewidth=2,
                 label=f"fitted line{'' if len(y_names) == 1 else f' ({name})'}, "
                       f"R$^2$ = {_r2_label(y[:, j], fitted[:, j])}")
