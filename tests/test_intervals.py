@@ -250,3 +250,21 @@ def test_report_gives_coverage_on_held_out_rows(tmp_path):
     assert "Prediction intervals" in page and "validation rows, not used by the fit" in page
     key = '[&#34;intervals&#34;, &#34;coverage&#34;, &#34;covered&#34;, 0]'
     assert key in page
+
+
+def test_a_streamed_fit_keeps_the_same_intervals(tmp_path):
+    """A linear fit read in chunks (train/streaming.py) keeps the in-memory fit's intervals: the covariance and
+    residual variance from the reduction, the largest leverage from the second pass."""
+    from torchport.train.calibration import interval_record
+    from torchport.train.streaming import fit_streamed
+    data = load_dataset("plant_richness_mlr")
+    path = tmp_path / "mlr.csv"
+    pd.DataFrame(np.column_stack([data.y, data.X]), columns=data.target_names + data.feature_names).to_csv(
+        path, index=False)
+    streamed = fit_streamed(Regressor(), path, ["ntv_rich"], chunk_rows=4).intervals
+    whole = interval_record(Regressor().fit(data.X, data.y), data)
+    np.testing.assert_allclose(streamed.linear.covariance, whole.linear.covariance, rtol=1e-9)
+    np.testing.assert_allclose(streamed.linear.residual_variance, whole.linear.residual_variance, rtol=1e-9)
+    np.testing.assert_allclose(streamed.linear.mean, whole.linear.mean, rtol=1e-12)
+    assert streamed.domain.max_leverage == pytest.approx(whole.domain.max_leverage, rel=1e-9)
+    assert (streamed.domain.low, streamed.domain.high) == (whole.domain.low, whole.domain.high)
