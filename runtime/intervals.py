@@ -222,7 +222,8 @@ def half_widths(record: IntervalRecord, x: np.ndarray, level: float, kind: str =
     return np.broadcast_to(record.conformal.half_width(level), (rows, len(record.conformal.scores))).copy()
 
 
-def domain_flags(record: IntervalRecord, x: np.ndarray, features: tuple[str, ...]) -> tuple[np.ndarray, tuple[str, ...]]:
+def domain_flags(record: IntervalRecord, x: np.ndarray,
+                 features: tuple[str, ...]) -> tuple[np.ndarray, tuple[str, ...]]:
     """Per row of raw features ``x`` (float64): whether it lies outside the training domain, and why ("" when
     it does not): a feature beyond the training range by more than ``margin`` of the range, or (linear
     models) a leverage above the largest of the training rows."""

@@ -446,8 +446,11 @@ class Regressor:
         n_val = max(1, int(round(n * s.val_fraction))) if s.val_fraction else 0
         n_cal = max(1, int(round(n * s.calibration_fraction))) if s.calibration_fraction else 0
         if n_val + n_cal >= n:
-            raise SettingsError(f"val_fraction {s.val_fraction} and calibration_fraction {s.calibration_fraction} "
-                                f"leave no training rows out of {n}", parameter="val_fraction")
+            held = " and ".join(f"{name} {value}" for name, value in (("val_fraction", s.val_fraction),
+                                                                      ("calibration_fraction", s.calibration_fraction))
+                                if value)
+            raise SettingsError(f"{held} {'leave' if n_val and n_cal else 'leaves'} no training rows out of {n}",
+                                parameter="val_fraction" if n_val else "calibration_fraction")
         perm = np.random.default_rng(s.seed).permutation(n)
         return np.sort(perm[n_val + n_cal:]), np.sort(perm[:n_val]), np.sort(perm[n_val:n_val + n_cal])
 

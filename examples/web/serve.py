@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Serve the web example on 127.0.0.1: the page (this folder, and the Node.js example's intervals.mjs),
-onnxruntime-web's files from the installed npm package (node_modules/onnxruntime-web/dist, at /ort/), and one bundle's manifest.json and the files
-it lists (at /bundle/), read-only. Python's standard library only: no torchport, no torch.
+onnxruntime-web's files from the installed npm package (node_modules/onnxruntime-web/dist, at /ort/), and
+one bundle's manifest.json and the files it lists (at /bundle/), read-only. Python's standard library only:
+no torchport, no torch.
 
     python examples/web/serve.py BUNDLE [--host 127.0.0.1] [--port 8000]
 
