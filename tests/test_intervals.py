@@ -240,6 +240,8 @@ def test_report_gives_coverage_on_held_out_rows(tmp_path):
     assert proc.returncode == 0, proc.stderr
     manifest = json.loads((out / "manifest.json").read_text())
     coverage = manifest["intervals"]["coverage"]
+    assert (f"intervals: exact t intervals of the least-squares fit (predict_interval, predict --interval); 90% "
+            f"intervals covered {coverage['covered'][0]:.3f} of {coverage['rows']} validation rows") in proc.stdout
     data = load_dataset("plant_richness_mlr")
     held = np.sort(np.random.default_rng(0).permutation(len(data.X))[:coverage["rows"]])  # the seeded split
     assert coverage["rows"] == manifest["training"]["validation_rows"]
