@@ -20,6 +20,7 @@ from typing import Any
 
 from torchport.runtime.cpus import cpu_flags
 from torchport.runtime.errors import BundleError, DataError, Fix, ParityError
+from torchport.runtime.intervals import IntervalRecord
 from torchport.runtime.jsonfields import FLAG, INT, NULL, NUMBER, TEXT, Flat, items, json_object, present, scalar, \
     values
 
@@ -479,6 +480,7 @@ class Manifest:
     format_version: int = FORMAT_VERSION
     golden: GoldenCases | None = None
     precision: Precision | None = None  # None: a bundle from before the precision was chosen (float32)
+    intervals: IntervalRecord | None = None  # what prediction intervals need (None: bundles from before them)
 
     def with_parity(self, parity: ParityReport) -> "Manifest":
         return replace(self, parity=parity)
@@ -501,7 +503,8 @@ class Manifest:
                 "model": self.model, "training": self.training, "export": self.export.to_json(),
                 "parity": self.parity.to_json() if self.parity else None,
                 "golden": self.golden.to_json() if self.golden else None,
-                **({"precision": self.precision.to_json()} if self.precision else {})}
+                **({"precision": self.precision.to_json()} if self.precision else {}),
+                "intervals": self.intervals.to_json() if self.intervals else None}
 
     @classmethod
     def from_json(cls, obj: Any, where: str = MANIFEST) -> "Manifest":
@@ -553,10 +556,13 @@ class Manifest:
             if tensor.dtype not in DTYPES or tensor.dtype != (precision.dtype if precision else "float32"):
                 raise DataError(f"{where}: tensor {tensor.name!r} has dtype {tensor.dtype!r}; expected "
                                 f"{precision.dtype if precision else 'float32'} (the manifest's precision)")
+        intervals = present(obj, where, {"intervals": (dict, NULL)}).get("intervals")
+        intervals = IntervalRecord.from_json(intervals, f"{where}.intervals", len(features), len(targets)) \
+            if intervals else None
         return cls(features, targets, tin, tout, files, json_object(v["model"], f"{where}.model"),
                    ExportRecord.from_json(v["export"], f"{where}.export"), v["training"],
                    ParityReport.from_json(parity, f"{where}.parity") if parity else None, v["created"] or "",
-                   golden=golden, precision=precision)
+                   golden=golden, precision=precision, intervals=intervals)
 
 
 def _migrate_v1(obj: dict) -> dict:

@@ -298,6 +298,15 @@ class Predictor:
             return []
         return answer_like(x, self._predict_array(self._as_array(x), out), self.target_names)
 
+    def predict_interval(self, x: Any, level: float = 0.95, kind: str = "prediction") -> "PredictionInterval":
+        """Predictions of ``x`` with their ``level`` intervals and a domain flag per row (a
+        ``torchport.runtime.interval_prediction.PredictionInterval``): exact t intervals for a linear model
+        (``kind`` "prediction" for a new observation, "mean" for the expected value), split-conformal
+        prediction intervals for an MLP; a row beyond the training range of a feature, or (linear) of higher
+        leverage than any training row, is flagged with the reason. See docs/intervals.md."""
+        from torchport.runtime.interval_prediction import predict_interval
+        return predict_interval(self, x, level, kind)
+
     def self_check(self) -> SelfCheck:
         """Run the bundle's golden cases (rows kept at export with their float64 answers) through this
         Predictor, on its providers, as one batch and in batches of up to 64 rows, and through every other

@@ -1,11 +1,14 @@
 """Scoring a file with a Predictor: read a chunk, predict, append, repeat, so that memory holds about one
-chunk. The output is the input's columns plus one ``<target>_pred`` column per target, and appears only
-once it is complete: a failure leaves neither it nor a temp file behind."""
+chunk. The output is the input's columns plus one ``<target>_pred`` column per target (with an interval
+level, then ``<target>_lower`` and ``<target>_upper`` per target and ``out_of_domain``, 1 or 0), and appears
+only once it is complete: a failure leaves neither it nor a temp file behind."""
 from __future__ import annotations
 
 import os
 import sys
 from pathlib import Path
+
+import numpy as np
 
 from torchport.runtime import tables
 from torchport.runtime.errors import InputError
@@ -14,17 +17,18 @@ from torchport.runtime.predictor import Predictor
 
 
 def score_file(predictor: Predictor, src: str | os.PathLike, dst: str | os.PathLike, chunk_rows: int = 65536,
-               progress: bool = False, delimiter: str | None = None) -> int:
+               progress: bool = False, delimiter: str | None = None, interval: float | None = None) -> int:
     """Score ``src`` (CSV, TSV or Parquet, by suffix) into ``dst`` in chunks of ``chunk_rows`` rows; returns
     the number of rows scored. Uses pyarrow when it is installed, else Python's csv module (CSV/TSV only);
     ``progress`` shows a tqdm bar on stderr when tqdm is installed. ``delimiter`` (comma, semicolon or tab)
-    is read from the input's header unless given; the output uses its own suffix's."""
-    return _score(predictor, src, dst, chunk_rows, progress, tables.backend(), delimiter)
+    is read from the input's header unless given; the output uses its own suffix's. ``interval``: a level
+    (0.9) adds each row's prediction interval and domain flag (``Predictor.predict_interval``)."""
+    return _score(predictor, src, dst, chunk_rows, progress, tables.backend(), delimiter, interval)
 
 
 def _score(predictor: Predictor, src: str | os.PathLike, dst: str | os.PathLike, chunk_rows: int = 65536,
            progress: bool = False, backend: tables.Backend | str | None = None,
-           delimiter: str | None = None) -> int:
+           delimiter: str | None = None, interval: float | None = None) -> int:
     """score_file with the table backend chosen by the caller (an instance, its name, or None for the default)."""
     if not isinstance(backend, tables.Backend):
         backend = tables.backend(backend)
@@ -41,6 +45,15 @@ def _score(predictor: Predictor, src: str | os.PathLike, dst: str | os.PathLike,
     if dst.exists() and dst.samefile(src):
         raise InputError(f"dst must differ from src (both are {src})", parameter="dst")
     predictions = [f"{t}_pred" for t in predictor.target_names]
+    answer = predictor.predict
+    if interval is not None:
+        predictor.predict_interval(np.empty((0, predictor.n_features)), interval)  # refuses before any reading
+        targets = predictor.target_names
+        predictions += [f"{t}_lower" for t in targets] + [f"{t}_upper" for t in targets] + ["out_of_domain"]
+
+        def answer(x):
+            r = predictor.predict_interval(x, interval)
+            return np.column_stack([r.prediction, r.lower, r.upper, r.out_of_domain]).astype(np.float32)
     done = 0
     with backend.reader(src_format, chunk_rows) as reader:
         tables.check_columns(src, reader.columns, predictor.feature_names, predictions)
@@ -51,7 +64,7 @@ def _score(predictor: Predictor, src: str | os.PathLike, dst: str | os.PathLike,
             with backend.writer(tmp, dst_format, reader, predictions, predictor.dtype) as writer:
                 for chunk in reader.chunks():
                     x = reader.features(chunk, predictor.feature_names, done + 1, predictor.dtype)
-                    writer.write(chunk, predictor.predict(x))
+                    writer.write(chunk, answer(x))
                     done += len(x)
                     if bar is not None:
                         bar.update(len(x))

@@ -16,6 +16,7 @@ import numpy as np
 from torchport.runtime.serve import metrics
 from torchport.runtime.serve.control import Control
 from torchport.runtime.serve.inference import InferRequest, NotAllowed, ProtocolError, check_outputs, input_rows
+from torchport.runtime.serve.interval_outputs import OutputTensor, answer
 from torchport.runtime.serve.models import ServedModel
 from torchport.runtime.serve.registry import Registry, RepositoryError
 from torchport.runtime.serve.security import Gate
@@ -112,6 +113,12 @@ class DataPlane:
             raise ProtocolError(status, message) from None
         finally:
             gate.release(task)
+
+    def outputs(self, served: ServedModel, request: InferRequest, targets: np.ndarray) -> list[OutputTensor]:
+        """The outputs a request names when it names an interval output (``wants_intervals``), in its order,
+        from the model's answer ``targets`` (serve/interval_outputs.py); ProtocolError 400 for what the
+        intervals cannot give."""
+        return answer(request, served.info, input_rows(request, served.info), targets)
 
     def finished(self, served: ServedModel, status: int, started_ns: int) -> None:
         """Count one inference request that reached ``served``, answered with ``status`` (HTTP's terms)."""
