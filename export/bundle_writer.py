@@ -35,11 +35,13 @@ from torchport.runtime.bundle import AOTI_CUDA_FILE, AOTI_FILE, CHECKPOINT_FILE,
     ParityReport, Precision, TensorSpec, golden_json
 from torchport.runtime.encoding import Encoding
 from torchport.runtime.errors import Fix, InputError, ParityError
+from torchport.runtime.intervals import IntervalRecord
 from torchport.runtime.files import discard_dir, naming, publish_dir, staging_dir, write_json
 from torchport.train.datasets import Dataset
 from torchport.train.estimator import Regressor
 from torchport.train.models import ModelSpec
-from torchport.train.record import TrainingRecord
+from torchport.train.calibration import interval_record
+from torchport.train.record import TrainingRecord, training_fit
 from torchport.train.report import REPORT_DIR, write_report
 
 # report(dir) adds files to a staged bundle and returns their bundle-relative names
@@ -79,13 +81,14 @@ def write_bundle(module: nn.Module | torch.export.ExportedProgram, spec: ModelSp
                  tolerance: Tolerance = Tolerance(), report: ReportWriter | None = None,
                  formats: Iterable[str] = DEFAULT_FORMATS, aoti_cpu: str = "native",
                  publish_failed: bool = False, precision: Precision | None = None,
-                 encoding: Encoding | None = None) -> Manifest:
+                 intervals: IntervalRecord | None = None, encoding: Encoding | None = None) -> Manifest:
     """Export ``module`` into the bundle directory ``out``, verified; returns its manifest. The graphs take,
     compute and answer in ``module``'s dtype (float32, or float64 where ``precision`` says why). With ``force`` an
     existing bundle is replaced once the new one is complete. ``formats``: the model formats to write
     (FORMAT_FILES' names; "onnx" always); "aoti" also writes a CUDA package when torch sees a GPU, and
     ``aoti_cpu`` says which CPUs its native code is for ("native": this one; or an x86-64 level).
     ``large_batch_graph``: also write model.large_batch.onnx when the model has a Gemm over one feature.
+    ``intervals``: what the bundle's prediction intervals and domain flags need (manifest field).
     ``report(dir)`` may add report files to the staged bundle; report/index.html is written last, once
     parity is known. A bundle that fails parity raises ParityFailed and stays in ``<out>.parity-failed``
     (replacing an older one there); with ``publish_failed`` it is published, its manifest marked failed.
@@ -106,7 +109,8 @@ def write_bundle(module: nn.Module | torch.export.ExportedProgram, spec: ModelSp
         try:
             manifest = write_files(stage, module, spec, list(feature_names), list(target_names), training, opset,
                                    large_batch_graph, report, formats, aoti_cpu, program)
-            manifest = replace(manifest, precision=precision or _given(manifest), encoding=encoding)
+            manifest = replace(manifest, precision=precision or _given(manifest), intervals=intervals,
+                               encoding=encoding)
             reference = module if isinstance(spec, ModuleSpec) else None
             parity, golden = verify_with_golden(Bundle(stage, manifest), verify_inputs, tolerance=tolerance,
                                                 module=reference)
@@ -277,18 +281,22 @@ def write_module_bundle(module: nn.Module, feature_names: list[str], target_name
 
 
 def write_from_regressor(reg: Regressor, data: Dataset, out: str | os.PathLike, plots: bool = True,
-                         record: TrainingRecord | None = None, **kwargs) -> Manifest:
-    """Bundle a fitted Regressor with its training record (``record``, or made here) and report (inference
-    table, plots unless ``plots`` is False), verifying on the training rows too; ``kwargs`` go to
-    write_bundle. The bundle is float32 where the float32 model holds the float64 fit on the training rows,
-    else float64 (export/precision.py); PrecisionError, with nothing written, where neither does."""
-    record = record or TrainingRecord.from_fit(reg, data)
+                         record: TrainingRecord | None = None, intervals: IntervalRecord | None = None,
+                         **kwargs) -> Manifest:
+    """Bundle a fitted Regressor with its training record (``record``, or made here), what its prediction
+    intervals need (``intervals``, or made here) and report (inference table, plots unless ``plots`` is
+    False), verifying on the training rows too; ``kwargs`` go to write_bundle. The bundle is float32 where
+    the float32 model holds the float64 fit on the training rows, else float64 (export/precision.py);
+    PrecisionError, with nothing written, where neither does."""
+    fit = training_fit(reg, data) if record is None or intervals is None else None
+    record = record or TrainingRecord.from_fit(reg, data, fit)
+    intervals = intervals or interval_record(reg, data, fit)
     module, precision = choose_precision(reg, data)
     if data.encoding is not None:  # the coding of categorical and imputed columns, in front of the model
         module = Encoded(data.encoding, module)
     return write_bundle(module, reg.spec_, data.input_names, data.target_names, out, training=record,
-                        verify_inputs=data.inputs, precision=precision, encoding=data.encoding,
-                        report=lambda stage: write_report(stage, reg, data, record, plots), **kwargs)
+                        verify_inputs=data.inputs, precision=precision, intervals=intervals, encoding=data.encoding,
+                        report=lambda stage: write_report(stage, reg, data, record, plots, intervals), **kwargs)
 
 
 def report_copier(bundle: Bundle) -> ReportWriter:

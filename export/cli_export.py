@@ -82,7 +82,8 @@ def run(args: argparse.Namespace) -> int:
                            training=record, opset=args.opset, force=args.force, verify_inputs=X,
                            tolerance=tolerance(args), large_batch_graph=not args.no_large_batch_graph,
                            report=report_copier(bundle), formats=formats, aoti_cpu=args.aoti_cpu,
-                           publish_failed=args.publish_failed, precision=m.precision, encoding=m.encoding)
+                           publish_failed=args.publish_failed, precision=m.precision, intervals=m.intervals,
+                           encoding=m.encoding)
     except ParityFailed as e:
         print("\n".join([format_report(e.report), *notes_lines(e.report)]))
         raise

@@ -98,6 +98,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--val-fraction", type=number, default=0.0,
                    help="rows held out for validation, in [0, 1): their figures are printed and stored beside "
                         "the training rows' (default: 0)")
+    p.add_argument("--calibration-fraction", type=number, default=0.0,
+                   help="rows held out of training and validation alike, in [0, 1), on which an mlp's "
+                        "prediction intervals are calibrated (default: 0, the validation rows are)")
     p.add_argument("--patience", type=whole_number,
                    help="early stopping: stop after this many epochs without a better validation loss and "
                         "keep the best weights (default with --val-fraction: a tenth of the epochs, at least 5)")
@@ -161,7 +164,7 @@ def _run(args: argparse.Namespace, status: Status) -> int:
                     fit_intercept=not args.no_intercept, scale=args.scale, optimizer=args.optimizer, lr=args.lr,
                     momentum=args.momentum, epochs=args.epochs, batch_size=args.batch_size,
                     val_fraction=args.val_fraction, patience=args.patience, lr_schedule=args.lr_schedule,
-                    seed=args.seed, device=args.device)
+                    seed=args.seed, device=args.device, calibration_fraction=args.calibration_fraction)
     if args.model == "linear" and data is not None:  # the data's own recipe (the tutorial's: its SGD)
         settings.update({k: v for k, v in data.recipe.items() if settings.get(k) is None})
     if Regressor(**settings).check_params() != "exact" and data is None:
@@ -185,8 +188,8 @@ def _run(args: argparse.Namespace, status: Status) -> int:
 def _may_stream(args: argparse.Namespace) -> bool:
     """Whether the data is a file large enough to read in chunks for a linear model's exact fit (checked by its
     header now, as a read would check it; the settings decide once torch is loaded)."""
-    if args.data in DATASET_NAMES or args.model != "linear" or args.val_fraction or args.resume or \
-            args.categorical or args.impute:
+    if args.data in DATASET_NAMES or args.model != "linear" or args.val_fraction or args.calibration_fraction \
+            or args.resume or args.categorical or args.impute:
         return False
     path = Path(args.data)
     if not path.is_file() or path.stat().st_size < STREAM_BYTES:
@@ -230,7 +233,7 @@ def _stream_and_export(args: argparse.Namespace, status: Status, settings: dict,
     rows, kept = streamed.record.dataset.rows, len(streamed.sample.X)
     note = (f"read in chunks ({rows:,} rows, never held at once): the bundle is verified on a seeded sample of "
             f"{kept:,} of them, which the golden cases and plots also use")
-    return _export(args, status, reg, streamed.sample, streamed.record, out, note=note)
+    return _export(args, status, reg, streamed.sample, streamed.record, out, note=note, intervals=streamed.intervals)
 
 
 def _train_and_export(args: argparse.Namespace, status: Status, settings: dict, data, out: Path) -> int:
@@ -238,7 +241,8 @@ def _train_and_export(args: argparse.Namespace, status: Status, settings: dict, 
         return _stream_and_export(args, status, settings, out)
     from torchport.train.errors import FitWarning, TrainingDiverged
     from torchport.train.estimator import Regressor
-    from torchport.train.record import TrainingRecord
+    from torchport.train.calibration import interval_record
+    from torchport.train.record import TrainingRecord, training_fit
 
     state = out.parent / f"{out.name}.train-state.pt"
     if state.exists() and not (args.resume or args.force):
@@ -270,12 +274,13 @@ def _train_and_export(args: argparse.Namespace, status: Status, settings: dict, 
             if state.exists() else ""
         print(f"torchport train: interrupted, no bundle was written{kept}", file=sys.stderr)
         return 130
-    record = TrainingRecord.from_fit(reg, data)
-    return _export(args, status, reg, data, record, out, state=state)
+    fit = training_fit(reg, data)
+    record = TrainingRecord.from_fit(reg, data, fit)
+    return _export(args, status, reg, data, record, out, state=state, intervals=interval_record(reg, data, fit))
 
 
 def _export(args: argparse.Namespace, status: Status, reg, data, record, out: Path, note: str | None = None,
-            state: Path | None = None) -> int:
+            state: Path | None = None, intervals=None) -> int:
     """Write, verify and publish the bundle; print the summary (``note`` after the fit's lines); the training
     state is removed once the bundle is written or refused."""
     from torchport.export.bundle_writer import ParityFailed, write_from_regressor
@@ -289,6 +294,7 @@ def _export(args: argparse.Namespace, status: Status, reg, data, record, out: Pa
         manifest = write_from_regressor(reg, data, out, plots=not args.no_plots, force=args.force,
                                         opset=args.opset, tolerance=tolerance(args),
                                         large_batch_graph=not args.no_large_batch_graph, record=record,
+                                        intervals=intervals,
                                         formats=args.formats or DEFAULT_FORMATS,
                                         aoti_cpu=args.aoti_cpu, publish_failed=args.publish_failed)
     except ParityFailed as e:

@@ -13,8 +13,8 @@ from typing import Any, Sequence
 
 import jinja2
 
-from torchport.export.report_view import Cell, Table, fit_table, files_table, inference_tables, metric_sets, \
-    parity_table, plots, summary
+from torchport.export.report_view import Cell, Table, fit_table, files_table, inference_tables, \
+    interval_table, metric_sets, parity_table, plots, summary
 from torchport.export.verify import training_record
 from torchport.export.formats import model_spec, torchport_version
 from torchport.runtime.bundle import Bundle, FileEntry, FileWriter, Manifest
@@ -79,7 +79,7 @@ def render_report(bundle: Bundle, extra: Sequence[Table] = (), extra_title: str 
         inference_unavailable=(record.inference_unavailable if record else None) or
         (None if spec.kind == "linear" else
          f"the model is {'an MLP' if spec.kind == 'mlp' else spec.description}, which has no coefficients to test"),
-        plots=plots(bundle), parity=parity_table(m.parity) if m.parity else None,
+        intervals=interval_table(m), plots=plots(bundle), parity=parity_table(m.parity) if m.parity else None,
         files=files_table(m, REPORT_HTML), export=m.export, extra=list(extra), extra_title=extra_title,
         extra_notes=list(extra_notes))
 

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 from torchport.runtime.bundle import Bundle, Manifest, PairResult, ParityReport
+from torchport.runtime.intervals import LEVERAGE_SLACK, T_METHOD
 from torchport.train.datasets import published_fit
 from torchport.train.inference import Inference
 from torchport.train.metrics import FitMetrics, LeastSquares
@@ -187,6 +188,34 @@ def inference_tables(inference: Inference) -> list[Table]:
                             ("term", "estimate", "std error", "t", "p", f"{level} CI low", f"{level} CI high"),
                             rows, notes))
     return tables
+
+
+def interval_table(m: Manifest) -> Table | None:
+    """The prediction intervals the bundle gives: how they are made, their coverage and mean width on
+    held-out rows measured at training, per target, and when a row is flagged out of domain."""
+    iv = m.intervals
+    if iv is None:
+        return None
+    how = ("exact t intervals of the linear model (from the least-squares fit's (X'X)^-1 and residual variance, "
+           "centred on the model's own prediction)" if iv.method == T_METHOD else
+           f"split-conformal intervals from the absolute residuals of {iv.conformal.source}")
+    cov = iv.coverage
+    rows = tuple((t, Cell(cov.covered[j], ("intervals", "coverage", "covered", j), ".3f"),
+                  Cell(cov.width[j], ("intervals", "coverage", "width", j), ".4g")) for j, t in enumerate(m.targets)) \
+        if cov else ()
+    notes: list = [how]
+    if cov:
+        notes.append((f"{cov.level:.0%} prediction intervals over ", Cell(cov.rows, ("intervals", "coverage", "rows"),
+                                                                           "d"), f" {cov.how}"))
+    else:
+        notes.append("no held-out rows to measure coverage on: train with --val-fraction (or --calibration-fraction)")
+    domain = (f"a row is flagged out of domain when a feature lies beyond its training range by more than "
+              f"{iv.domain.margin:.0%} of that range")
+    if iv.domain.max_leverage is not None:
+        domain += (f", or its leverage x'(X'X)^-1 x exceeds the largest of the training rows "
+                   f"({iv.domain.max_leverage:.4g}, relative slack {LEVERAGE_SLACK:g})")
+    notes.append(domain)
+    return Table("prediction intervals", ("target", "coverage on held-out rows", "mean width"), rows, tuple(notes))
 
 
 def plots(bundle: Bundle) -> list[Plot]:

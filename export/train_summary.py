@@ -11,6 +11,7 @@ import numpy as np
 from torchport.export.cli_options import formats_lines, large_batch_line, notes_lines
 from torchport.export.parity import format_report
 from torchport.runtime.bundle import Manifest, ParityReport
+from torchport.runtime.intervals import T_METHOD
 from torchport.runtime.predictor import Predictor
 from torchport.train.datasets import Dataset, published_fit
 from torchport.train.estimator import Regressor
@@ -112,12 +113,27 @@ def bundle_lines(data: Dataset, manifest: Manifest, out: Path, asked_large_batch
     if manifest.encoding is not None:
         lines.append(f"encoding: {manifest.encoding.describe()} (inside every format; the runtimes take the "
                      "levels as text)")
+    lines.append(intervals_line(manifest))
     if len(data.feature_names) == 1 and len(data.target_names) == 1 and data.encoding is None:
         predictor = Predictor(out, providers="auto", allow_failed_parity=True)
         onnx3 = float(predictor.predict(np.array([[3.0]], dtype=np.float32))[0, 0])
         lines.append(f"prediction at {data.feature_names[0]} = 3 through ONNX Runtime "
                      f"({', '.join(predictor.providers)}): {onnx3:.5f}")
     return lines
+
+
+def intervals_line(manifest: Manifest) -> str:
+    """How the bundle's prediction intervals are made and their coverage on held-out rows (docs/intervals.md)."""
+    iv = manifest.intervals
+    if iv is None:
+        return ("intervals: none (an MLP's are calibrated on held-out rows: train with --val-fraction 0.2 or "
+                "--calibration-fraction 0.1)")
+    how = "exact t intervals of the least-squares fit" if iv.method == T_METHOD else \
+        f"split-conformal, calibrated on the {iv.conformal.source}"
+    cov = iv.coverage
+    measured = "coverage not measured (no held-out rows, or too few for 90%)" if cov is None else \
+        f"{cov.level:.0%} intervals covered {', '.join(f'{c:.3f}' for c in cov.covered)} of {cov.rows} {cov.how}"
+    return f"intervals: {how} (predict_interval, predict --interval); {measured}"
 
 
 def failed_lines(report: ParityReport) -> list[str]:

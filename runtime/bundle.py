@@ -21,6 +21,7 @@ from typing import Any
 from torchport.runtime.cpus import cpu_flags
 from torchport.runtime.encoding import Encoding
 from torchport.runtime.errors import BundleError, DataError, Fix, ParityError
+from torchport.runtime.intervals import IntervalRecord
 from torchport.runtime.jsonfields import FLAG, INT, NULL, NUMBER, TEXT, Flat, items, json_object, present, scalar, \
     values
 
@@ -482,6 +483,7 @@ class Manifest:
     format_version: int = FORMAT_VERSION
     golden: GoldenCases | None = None
     precision: Precision | None = None  # None: a bundle from before the precision was chosen (float32)
+    intervals: IntervalRecord | None = None  # what prediction intervals need (None: bundles from before them)
     encoding: Encoding | None = None  # categorical and imputed columns (None: every feature a plain number)
 
     def with_parity(self, parity: ParityReport) -> "Manifest":
@@ -506,6 +508,7 @@ class Manifest:
                 "parity": self.parity.to_json() if self.parity else None,
                 "golden": self.golden.to_json() if self.golden else None,
                 **({"precision": self.precision.to_json()} if self.precision else {}),
+                "intervals": self.intervals.to_json() if self.intervals else None,
                 **({"encoding": self.encoding.to_json()} if self.encoding else {})}
 
     @classmethod
@@ -563,10 +566,14 @@ class Manifest:
         if encoding is not None and tuple(encoding.features) != features:
             raise DataError(f"{where}.encoding describes the columns {encoding.features}, not the features "
                             f"{list(features)}")
+        design = len(encoding.design_names()) if encoding is not None else len(features)  # what intervals see
+        intervals = present(obj, where, {"intervals": (dict, NULL)}).get("intervals")
+        intervals = IntervalRecord.from_json(intervals, f"{where}.intervals", design, len(targets)) \
+            if intervals else None
         return cls(features, targets, tin, tout, files, json_object(v["model"], f"{where}.model"),
                    ExportRecord.from_json(v["export"], f"{where}.export"), v["training"],
                    ParityReport.from_json(parity, f"{where}.parity") if parity else None, v["created"] or "",
-                   golden=golden, precision=precision, encoding=encoding)
+                   golden=golden, precision=precision, intervals=intervals, encoding=encoding)
 
 
 def _migrate_v1(obj: dict) -> dict:

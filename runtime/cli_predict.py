@@ -1,7 +1,9 @@
 """Score a CSV, TSV or Parquet file with a bundle through ONNX Runtime, in bounded-memory chunks.
 Columns are matched to the model's features by name (extra columns are kept, order does not matter); the
 output (CSV, TSV or Parquet, by its suffix) is the input's columns unchanged plus one `<target>_pred` column
-per target, and appears only once it is complete (temp files that killed runs left beside it are removed).
+per target (with --interval L, also `<target>_lower` and `<target>_upper`, the bounds of each row's
+prediction interval at level L, and `out_of_domain`, 1 for a row outside the training domain; see
+docs/intervals.md), and appears only once it is complete (temp files that killed runs left beside it are removed).
 The input's delimiter (comma, semicolon or tab) is read from its header, as `torchport train` reads it,
 unless --delimiter gives it; the output is comma-separated for .csv/.txt and tab-separated for .tsv/.tab.
 Numbers use '.' as the decimal mark. An input that already has a `<target>_pred` column is refused. Parquet
@@ -12,6 +14,7 @@ takes empty cells (and NA, NaN, null) in its features.
 
 examples:
   torchport predict bundles/seed --input islands.csv --output scored.csv
+  torchport predict bundles/seed -i islands.csv -o scored.csv --interval 0.9
   torchport predict bundles/seed -i big.parquet -o scored.parquet --chunk-rows 1000000
   torchport tune bundles/seed --out seed.plan.json
   torchport predict bundles/seed -i big.csv -o scored.csv --plan seed.plan.json
@@ -43,6 +46,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--chunk-rows", type=positive_int, default=65536, help="rows per chunk (default: 65536)")
     p.add_argument("--plan", type=Path, help="a plan written by `torchport tune --out` on this machine "
                                             "(default: the Predictor's rules)")
+    p.add_argument("--interval", dest="level", type=float, metavar="L",
+                   help="add each row's prediction interval at level L, in (0, 1), and its out_of_domain flag")
     p.add_argument("--unseen", choices=UNSEEN, default="refuse",
                    help="a categorical cell holding a level the model was not trained on: refuse (default: exit 2 "
                         "naming the row, column and value) or reference (score it as the reference level and "
@@ -63,6 +68,7 @@ def run(args: argparse.Namespace) -> int:
     for done in remove_leftovers(args.output):
         print(f"torchport predict: note: {done}", file=sys.stderr)
     n = score_file(predictor, args.input, args.output, args.chunk_rows,
-                   progress=not args.no_progress and sys.stderr.isatty(), delimiter=args.delimiter)
+                   progress=not args.no_progress and sys.stderr.isatty(), delimiter=args.delimiter,
+                   interval=args.level)
     print(f"scored {n} rows with {', '.join(predictor.providers)} -> {args.output}", file=sys.stderr)
     return 0

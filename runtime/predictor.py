@@ -329,6 +329,15 @@ class Predictor:
             return []
         return answer_like(x, self._predict_array(self._as_array(x), out), self.target_names)
 
+    def predict_interval(self, x: Any, level: float = 0.95, kind: str = "prediction") -> "PredictionInterval":
+        """Predictions of ``x`` with their ``level`` intervals and a domain flag per row (a
+        ``torchport.runtime.interval_prediction.PredictionInterval``): exact t intervals for a linear model
+        (``kind`` "prediction" for a new observation, "mean" for the expected value), split-conformal
+        prediction intervals for an MLP; a row beyond the training range of a feature, or (linear) of higher
+        leverage than any training row, is flagged with the reason. See docs/intervals.md."""
+        from torchport.runtime.interval_prediction import predict_interval
+        return predict_interval(self, x, level, kind)
+
     def encode(self, x: Any, first_row: int = 0) -> tuple[np.ndarray, np.ndarray]:
         """The graph's input for ``x`` (codes of the model's dtype, NaN where a missing cell is imputed) and per row whether
         an unseen level was scored as the reference level; InputError for a cell the bundle cannot take."""

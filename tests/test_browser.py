@@ -200,3 +200,33 @@ def test_torchport_report_adds_the_benchmark_and_leaves_the_bundle_alone(seed_bu
     assert all(value == resolve(manifest, path) for path, value, _ in page_values(w.page))
     w.shot(shots, "report-with-bench")
     assert w.errors == []
+
+
+def test_the_web_example_shows_intervals_and_the_domain_flag(seed_bundle, chromium, shots):
+    """examples/node/intervals.mjs in the page: the form's 95% interval and the batch table's equal Python's
+    predict_interval to 1e-5; a row 10x beyond the training range is flagged, the training rows are not."""
+    rows = [[0.5], [3.0], [44.0]] + np.random.default_rng(3).normal(2.5, 1, size=(20, 1)).tolist()
+    expected = Predictor(seed_bundle).predict_interval(np.array(rows), 0.95)
+    with web_server(seed_bundle) as url:
+        w = watch(chromium, url)
+        w.page.wait_for_selector(READY)
+        w.page.fill("#feature-0", "3")
+        w.page.wait_for_function("document.getElementById('interval-0').dataset.inputs === '[3]'")
+        lower, upper = (float(w.page.get_attribute("#interval-0", f"data-{b}")) for b in ("lower", "upper"))
+        assert abs(lower - expected.lower[1, 0]) <= 1e-5 and abs(upper - expected.upper[1, 0]) <= 1e-5
+        assert w.page.get_attribute("#domain", "data-flag") == "false" and w.page.is_hidden("#domain")
+        w.page.fill("#feature-0", "44")
+        w.page.wait_for_function("document.getElementById('domain').dataset.flag === 'true'")
+        assert "above the training range" in w.page.text_content("#domain")
+        w.shot(shots, "web-seed-interval")
+        w.page.click("#batch summary")
+        w.page.fill("#batch-rows", "area\n" + "\n".join(repr(r[0]) for r in rows))
+        w.page.click("#batch-form button")
+        w.page.wait_for_function(f"document.querySelectorAll('td.interval').length === {len(rows)}")
+        bands = w.page.eval_on_selector_all("td.interval", "els => els.map(e => [e.dataset.lower, e.dataset.upper])")
+        flags = w.page.eval_on_selector_all("td.domain", "els => els.map(e => e.dataset.flag === 'true')")
+    web = np.array(bands, dtype=np.float64)
+    assert np.max(np.abs(web[:, 0] - expected.lower[:, 0])) <= 1e-5
+    assert np.max(np.abs(web[:, 1] - expected.upper[:, 0])) <= 1e-5
+    assert flags == expected.out_of_domain.tolist() and flags[2] and not flags[1]
+    assert w.errors == []

@@ -1,5 +1,6 @@
 """The Node.js example app (examples/node, onnxruntime-node) answers like Python's Predictor to 1e-6 (a float64
-bundle: within its parity bound)."""
+bundle: within its parity bound), and its prediction intervals and domain flags (examples/node/intervals.mjs)
+like predict_interval to 1e-5."""
 import json
 import shutil
 import subprocess
@@ -70,3 +71,43 @@ def test_node_scores_a_float64_bundle_in_float64(tmp_path):
     assert proc.returncode == 0, proc.stderr
     np.testing.assert_allclose(np.array(json.loads(proc.stdout)), Predictor(out).predict(t.X),
                                atol=manifest["golden"]["bound"][0], rtol=0)
+def _node_intervals(bundle, rows, *options):
+    proc = subprocess.run(["node", str(APP / "score.mjs"), str(bundle), *options], input=json.dumps(rows),
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)
+
+
+def test_node_intervals_equal_pythons(seed_bundle):
+    """examples/node/intervals.mjs (the t quantile computed in JavaScript) against predict_interval, both kinds,
+    with a row 10x beyond the training range."""
+    rows = [[0.5], [3.0], [44.0]] + np.random.default_rng(0).normal(2, 1, size=(50, 1)).tolist()
+    p = Predictor(seed_bundle)
+    for level, options in ((0.9, ()), (0.8, ("--mean",))):
+        ours = _node_intervals(seed_bundle, rows, "--interval", str(level), *options)
+        expected = p.predict_interval(np.array(rows), level, "mean" if options else "prediction")
+        for key in ("lower", "upper", "prediction"):
+            np.testing.assert_allclose(np.array(ours[key]), getattr(expected, key), atol=1e-5, rtol=0)
+        assert ours["out_of_domain"] == expected.out_of_domain.tolist() and ours["out_of_domain"][2]
+
+
+def test_node_conformal_intervals_equal_pythons(tmp_path):
+    from sklearn.datasets import load_diabetes
+    from torchport.export.bundle_writer import write_from_regressor
+    from torchport.train.datasets import Dataset
+    from torchport.train.estimator import Regressor
+    X, y = load_diabetes(return_X_y=True)
+    names = ["age", "sex", "bmi", "bp", "s1", "s2", "s3", "s4", "s5", "s6"]
+    reg = Regressor(model="mlp", hidden=(8,), epochs=40, val_fraction=0.3).fit(X, y.reshape(-1, 1))
+    write_from_regressor(reg, Dataset("diabetes", "sklearn", X, y.reshape(-1, 1), names, ["y"]), tmp_path / "b",
+                         plots=False)
+    rows = [dict(zip(names, map(float, r))) for r in X[:20]] + [dict(zip(names, map(float, X[0] * 10)))]
+    ours = _node_intervals(tmp_path / "b", rows, "--interval", "0.9")
+    expected = Predictor(tmp_path / "b").predict_interval(np.vstack([X[:20], X[0] * 10]), 0.9)
+    # bounds to 1e-5 of their size (targets of about 25-350: the two runtimes' float32 answers may differ by an
+    # ulp, as Python runs model.large_batch.onnx), the half-widths computed the same to 1e-12
+    np.testing.assert_allclose(np.array(ours["lower"]), expected.lower, rtol=1e-5)
+    np.testing.assert_allclose(np.array(ours["upper"]), expected.upper, rtol=1e-5)
+    np.testing.assert_allclose(np.array(ours["upper"]) - np.array(ours["prediction"]),
+                               expected.upper - np.asarray(expected.prediction, np.float64), rtol=1e-12)
+    assert ours["out_of_domain"] == expected.out_of_domain.tolist() and ours["out_of_domain"][-1]

@@ -72,9 +72,13 @@ def test_seed_plots_show_what_they_claim(trained_seed_bundle):
     for name in ("regression.png", "loss.png", "residuals.png"):
         assert (folder / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert imread(folder / name).shape == (576, 768, 4)
-    # regression: 22 blue data points and a red fitted line (about 600 px long, 2 px wide) across the data
+    # regression: 22 blue data points and a red fitted line (about 600 px long, 2 px wide) across the data,
+    # inside the pale red band of the 90% prediction interval (points inside it are drawn over the band)
+    band = on_white(TAB_RED, 0.15)
     assert pixels_like(folder / "regression.png", TAB_RED) > 1000
-    assert pixels_like(folder / "regression.png", on_white(TAB_BLUE)) > 22 * MARKER_PIXELS
+    assert pixels_like(folder / "regression.png", band) > 50_000
+    points = on_white(TAB_BLUE), tuple(0.8 * c + 0.2 * b for c, b in zip(TAB_BLUE, band))
+    assert sum(pixels_like(folder / "regression.png", colour) for colour in points) > 22 * MARKER_PIXELS
     assert pixels_like(folder / "residuals.png", on_white(TAB_BLUE)) > 22 * MARKER_PIXELS
     assert pixels_like(folder / "loss.png", TAB_BLUE) > 600
 

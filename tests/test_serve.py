@@ -67,7 +67,7 @@ def test_tritonclient_works_unchanged(server, seed_bundle):
     meta = client.get_model_metadata("seed")
     assert meta["name"] == "seed" and meta["versions"] == ["1"]
     assert meta["inputs"] == [{"name": "features", "datatype": "FP32", "shape": [-1, 1]}]
-    assert meta["outputs"] == [{"name": "targets", "datatype": "FP32", "shape": [-1, 1]}]
+    assert meta["outputs"][0] == {"name": "targets", "datatype": "FP32", "shape": [-1, 1]}  # then the intervals'
     assert "binary_tensor_data" in client.get_server_metadata()["extensions"]
 
     # The client's default: binary tensors both ways (Inference-Header-Content-Length).

@@ -116,7 +116,8 @@ def test_params_rebuild_the_estimator():
     reg = Regressor(model="mlp", hidden=(4,), optimizer="lbfgs", epochs=7, checkpoint="x.pt")
     params = reg.get_params()
     assert list(params) == ["model", "hidden", "activation", "dropout", "fit_intercept", "scale", "optimizer", "lr",
-                            "momentum", "epochs", "batch_size", "val_fraction", "patience", "lr_schedule", "seed",
+                            "momentum", "epochs", "batch_size", "val_fraction", "calibration_fraction", "patience",
+                            "lr_schedule", "seed",
                             "device", "progress", "checkpoint"]
     again = Regressor(**params)
     assert again.get_params() == params

@@ -98,6 +98,7 @@ class _Settings:
     fit_intercept: bool = True
     scaled: bool | None = None
     threads: int | None = None
+    calibration_fraction: float = 0.0
 
     @property
     def check_every(self) -> int:
@@ -179,7 +180,9 @@ class Regressor:
     ``epochs``, ``batch_size`` and ``patience`` None: an MLP trains on the full batch for 6000 epochs up to
     4096 training rows, and above that in mini-batches of 1024 rows for about 20,000 steps; with
     ``val_fraction`` it stops early after ``patience`` epochs (a tenth of them, at least 5) without a better
-    validation loss and keeps the best weights. ``hidden``, ``activation`` and ``dropout`` shape an MLP only.
+    validation loss and keeps the best weights. ``calibration_fraction`` holds out a seeded random share of the
+    rows of its own (``calibration_rows_``), used neither to fit nor to stop: the rows a model's split-conformal
+    prediction intervals are calibrated on (without it, the validation rows). ``hidden``, ``activation`` and ``dropout`` shape an MLP only.
     ``fit_intercept`` False fits a linear model without an intercept (its bias is held at zero and its
     scaling does not centre; an MLP is refused). ``progress``: True for a bar on stderr, or a function given a
     ``torchport.train.progress.Progress`` at least every half second. Settings are kept as given and
@@ -188,7 +191,8 @@ class Regressor:
     def __init__(self, model: str = "linear", hidden: Sequence[int] = (32, 32), activation: str = "relu",
                  dropout: float = 0.0, fit_intercept: bool = True, scale: str = "auto", optimizer: str | None = None,
                  lr: float | None = None, momentum: float = 0.0, epochs: int | None = None,
-                 batch_size: int | None = None, val_fraction: float = 0.0, patience: int | None = None,
+                 batch_size: int | None = None, val_fraction: float = 0.0, calibration_fraction: float = 0.0,
+                 patience: int | None = None,
                  lr_schedule: str = "none", seed: int = 0, device: str = "auto",
                  progress: bool | Callable[..., Any] = False, checkpoint: str | os.PathLike | None = None):
         self.model = model
@@ -203,6 +207,7 @@ class Regressor:
         self.epochs = epochs
         self.batch_size = batch_size
         self.val_fraction = val_fraction
+        self.calibration_fraction = calibration_fraction
         self.patience = patience
         self.lr_schedule = lr_schedule
         self.seed = seed
@@ -278,6 +283,7 @@ class Regressor:
         if batch_size is not None and opt == "lbfgs":
             raise SettingsError("lbfgs trains on the full batch; leave batch_size=None", parameter="batch_size")
         val_fraction = number_in(self.val_fraction, "val_fraction", 0.0, 1.0)
+        calibration_fraction = number_in(self.calibration_fraction, "calibration_fraction", 0.0, 1.0)
         patience = None if self.patience is None else whole_number(self.patience, "patience", 1)
         if patience is not None and not val_fraction:
             raise SettingsError("patience (early stopping) needs a validation split (val_fraction > 0); got "
@@ -304,7 +310,8 @@ class Regressor:
                                 parameter="progress")
         return _Settings(self.model, opt, None if lr is None else float(lr), momentum, epochs, batch_size,
                          val_fraction, patience, self.lr_schedule, self.scale, whole_number(self.seed, "seed", 0),
-                         resolve_device(self.device), bool(self.fit_intercept))
+                         resolve_device(self.device), bool(self.fit_intercept),
+                         calibration_fraction=calibration_fraction)
 
     def _default_optimizer(self) -> str:
         """An MLP's is Adam; a linear model's the exact solution, or SGD when an iterative setting is given."""
@@ -353,7 +360,7 @@ class Regressor:
                                 parameter="checkpoint")
         X64, y64, one_d = training_arrays(X, y)
         X32, y32 = X64.astype(np.float32), y64.astype(np.float32)
-        train_idx, val_idx = self._split_rows(len(X32), s)
+        train_idx, val_idx, calibration_idx = self._split_rows(len(X32), s)
         widest = max([X32.shape[1], y32.shape[1], *(self.hidden if self.model == "mlp" else ())])
         s = s.plan(X64[train_idx], widest)
         run = self._start(X32, y32, s, train_idx, val_idx)
@@ -375,6 +382,7 @@ class Regressor:
             if run.reporter is not None:
                 run.reporter.close()
         self._finish(run, s, X32.shape[1], one_d, train_idx, val_idx)
+        self.calibration_rows_ = calibration_idx
         self.fit_seconds_ = time.perf_counter() - started
         self.fit_warnings_ = self._underfit(run, s, X64[train_idx], y64[train_idx])
         for w in self.fit_warnings_:
@@ -423,22 +431,28 @@ class Regressor:
         """Raise SettingsError unless these settings fit from a reduction: the exact solution of a linear model
         on every row, nothing else."""
         s = self._settings() if s is None else s
-        if self.model != "linear" or s.optimizer != "exact" or s.val_fraction:
+        if self.model != "linear" or s.optimizer != "exact" or s.val_fraction or s.calibration_fraction:
             raise SettingsError("rows reduced without being held (a Dask collection, a file read in chunks) fit "
                                 "only the exact solution of a linear model on every row: use model='linear', "
-                                "optimizer=None or 'exact', val_fraction=0", parameter="optimizer")
+                                "optimizer=None or 'exact', val_fraction=0, calibration_fraction=0",
+                                parameter="optimizer")
 
     @staticmethod
-    def _split_rows(n: int, s: _Settings) -> tuple[np.ndarray, np.ndarray]:
-        """(training rows, validation rows): a seeded random ``val_fraction`` of the rows is held out."""
-        if not s.val_fraction:
-            return np.arange(n), np.arange(0)
-        n_val = max(1, int(round(n * s.val_fraction)))
-        if n_val >= n:
-            raise SettingsError(f"val_fraction {s.val_fraction} leaves no training rows out of {n}",
-                                parameter="val_fraction")
+    def _split_rows(n: int, s: _Settings) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(training rows, validation rows, calibration rows): seeded random shares ``val_fraction`` and
+        ``calibration_fraction`` of the rows are held out (the validation rows first, as without calibration)."""
+        if not s.val_fraction and not s.calibration_fraction:
+            return np.arange(n), np.arange(0), np.arange(0)
+        n_val = max(1, int(round(n * s.val_fraction))) if s.val_fraction else 0
+        n_cal = max(1, int(round(n * s.calibration_fraction))) if s.calibration_fraction else 0
+        if n_val + n_cal >= n:
+            held = " and ".join(f"{name} {value}" for name, value in (("val_fraction", s.val_fraction),
+                                                                      ("calibration_fraction", s.calibration_fraction))
+                                if value)
+            raise SettingsError(f"{held} {'leave' if n_val and n_cal else 'leaves'} no training rows out of {n}",
+                                parameter="val_fraction" if n_val else "calibration_fraction")
         perm = np.random.default_rng(s.seed).permutation(n)
-        return np.sort(perm[n_val:]), np.sort(perm[:n_val])
+        return np.sort(perm[n_val + n_cal:]), np.sort(perm[:n_val]), np.sort(perm[n_val:n_val + n_cal])
 
     def _start(self, X: np.ndarray, y: np.ndarray, s: _Settings, train_idx: np.ndarray,
                val_idx: np.ndarray) -> _Run:
@@ -648,6 +662,7 @@ class Regressor:
         self.n_epochs_ = run.epochs_run
         self.n_features_in_ = n_features
         self.train_rows_, self.val_rows_ = train_idx, val_idx
+        self.calibration_rows_ = np.arange(0)
         self._predicts_1d = one_d
 
     # --- training checkpoints ---

@@ -54,16 +54,24 @@ def _r2_label(observed: np.ndarray, predicted: np.ndarray) -> str:
     return "n/a" if np.isnan(r2) else f"{r2:.4f}"
 
 
+Band = tuple[str, Callable[[np.ndarray], np.ndarray]]  # (what it is, raw features -> half-widths per target)
+
+
 def regression_plot(x: np.ndarray, y: np.ndarray, predict: Callable[[np.ndarray], np.ndarray], x_name: str,
-                    y_names: list[str], path: Path) -> Path:
-    """Data points and the fitted curve over the data's range, R^2 in the legend (one feature)."""
+                    y_names: list[str], path: Path, band: Band | None = None) -> Path:
+    """Data points and the fitted curve over the data's range, R^2 in the legend (one feature), with the
+    prediction interval's ``band`` about it when given."""
     fig, ax = _figure()
     x = np.asarray(x, np.float64).ravel()
     y = _columns(y, len(x))
     grid = np.linspace(x.min(), x.max(), 200)
     line = _columns(predict(grid.reshape(-1, 1)), len(grid))
     fitted = _columns(predict(x.reshape(-1, 1)), len(x))
+    half = _columns(band[1](grid.reshape(-1, 1)), len(grid)) if band else None
     for j, name in enumerate(y_names):
+        if half is not None:  # first, so that the points are drawn over it
+            ax.fill_between(grid, line[:, j] - half[:, j], line[:, j] + half[:, j], color="tab:red", alpha=0.15,
+                            linewidth=0, label=band[0] + ("" if len(y_names) == 1 else f" ({name})"))
         _points(ax, x, y[:, j], j, f"{name} (observed)")
         ax.plot(grid, line[:, j], color="tab:red" if len(y_names) == 1 else COLORS[j % len(COLORS)], linewidth=2,
                 label=f"fitted line{'' if len(y_names) == 1 else f' ({name})'}, "
@@ -94,11 +102,17 @@ def residuals_plot(fitted: np.ndarray, observed: np.ndarray, y_names: list[str],
                    "residuals against fitted values", path)
 
 
-def predicted_vs_observed(observed: np.ndarray, predicted: np.ndarray, y_names: list[str], path: Path) -> Path:
-    """Predictions against observations with the identity line, R^2 in the legend (several features)."""
+def predicted_vs_observed(observed: np.ndarray, predicted: np.ndarray, y_names: list[str], path: Path,
+                          band: tuple[str, np.ndarray] | None = None) -> Path:
+    """Predictions against observations with the identity line, R^2 in the legend (several features), with
+    each prediction's interval as an error bar when ``band`` (what it is, half-widths) is given."""
     fig, ax = _figure()
     observed, predicted = _columns(observed, len(observed)), _columns(predicted, len(observed))
     for j, name in enumerate(y_names):
+        if band is not None:
+            ax.errorbar(observed[:, j], predicted[:, j], yerr=band[1][:, j], fmt="none",
+                        ecolor=COLORS[j % len(COLORS)], alpha=0.3, label=band[0] + ("" if len(y_names) == 1 else
+                                                                                    f" ({name})"))
         _points(ax, observed[:, j], predicted[:, j], j,
                 f"{name}, R$^2$ = {_r2_label(observed[:, j], predicted[:, j])}")
     lo = float(min(observed.min(), predicted.min()))
@@ -109,18 +123,22 @@ def predicted_vs_observed(observed: np.ndarray, predicted: np.ndarray, y_names: 
 
 
 def write_plots(folder: Path, X: np.ndarray, y: np.ndarray, predict: Callable[[np.ndarray], np.ndarray],
-                losses: np.ndarray, feature_names: list[str], target_names: list[str]) -> list[Path]:
+                losses: np.ndarray, feature_names: list[str], target_names: list[str],
+                band: Band | None = None) -> list[Path]:
     """Every plot that fits the data into ``folder``: regression.png (one feature) or predicted_vs_observed.png
-    (several), loss.png and residuals.png; returns the paths written."""
+    (several), with the prediction intervals' ``band`` when given, loss.png and residuals.png; returns the
+    paths written."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     X = np.asarray(X, np.float64)
     y, fitted = _columns(y, len(X)), _columns(predict(X), len(X))
     written = []
     if X.shape[1] == 1:
-        written.append(regression_plot(X[:, 0], y, predict, feature_names[0], target_names, folder / "regression.png"))
+        written.append(regression_plot(X[:, 0], y, predict, feature_names[0], target_names, folder / "regression.png",
+                                       band))
     else:
-        written.append(predicted_vs_observed(y, fitted, target_names, folder / "predicted_vs_observed.png"))
+        bars = (band[0], _columns(band[1](X), len(X))) if band else None
+        written.append(predicted_vs_observed(y, fitted, target_names, folder / "predicted_vs_observed.png", bars))
     written.append(loss_curve(losses, folder / "loss.png"))
     written.append(residuals_plot(fitted, y, target_names, folder / "residuals.png"))
     return written

@@ -14,7 +14,7 @@ from torchport.train.datasets import Dataset
 from torchport.train.estimator import Regressor
 from torchport.train.inference import Inference, InferenceUnavailable, ols_inference
 from torchport.runtime.jsonfields import Fields, finite, finite_array
-from torchport.train.lstsq import fit_least_squares
+from torchport.train.lstsq import LeastSquaresFit, fit_least_squares
 from torchport.train.metrics import FitMetrics, LeastSquares, exact_least_squares
 
 # Constructor arguments that change how a run is watched or where it checkpoints, never its result.
@@ -89,6 +89,14 @@ class FeatureStats:
         return cls(*(f.numbers(key) for key in cls.KEYS))
 
 
+def training_fit(reg: Regressor, data: Dataset) -> LeastSquaresFit:
+    """The exact least-squares fit of ``reg``'s training rows (with the covariance for a linear model), which
+    the training record and the bundle's intervals share."""
+    tr = reg.train_rows_
+    linear = reg.spec_.kind == "linear"
+    return fit_least_squares(data.X[tr], data.y[tr], bool(getattr(reg, "fit_intercept", True)), covariance=linear)
+
+
 @dataclass(frozen=True)
 class TrainingRecord:
     """How a model was trained and how well it fits.
@@ -129,15 +137,16 @@ class TrainingRecord:
     fit_seconds: float | None = None
 
     @classmethod
-    def from_fit(cls, reg: Regressor, data: Dataset) -> "TrainingRecord":
-        """The record of ``reg`` fitted on ``data`` (its training and held-out rows as the fit split them)."""
+    def from_fit(cls, reg: Regressor, data: Dataset, fit: LeastSquaresFit | None = None) -> "TrainingRecord":
+        """The record of ``reg`` fitted on ``data`` (its training and held-out rows as the fit split them);
+        ``fit``: ``training_fit(reg, data)`` where the caller has it."""
         linear = reg.spec_.kind == "linear"
         tr, va = reg.train_rows_, reg.val_rows_
         X, y = data.X[tr], data.y[tr]
         coef = (reg.coef_, reg.intercept_) if linear else (None, None)
         metrics = FitMetrics.of(y, reg.predict(X), *coef, data.target_names)
         intercept = bool(getattr(reg, "fit_intercept", True))
-        fit = fit_least_squares(X, y, intercept, covariance=linear)
+        fit = fit or training_fit(reg, data)
         exact = exact_least_squares(X, y, data.target_names, intercept, fit=fit)
         validation = exact_validation = None
         if len(va):

@@ -16,7 +16,9 @@ from typing import Callable, Sequence
 import numpy as np
 
 from torchport.runtime.errors import DataError
+from torchport.runtime.intervals import RANGE_MARGIN, T_METHOD, Domain, IntervalRecord
 from torchport.runtime.tables import TableChunks, table_chunks
+from torchport.train.calibration import linear_intervals
 from torchport.train.datasets import Dataset, select_columns
 from torchport.train.estimator import Regressor
 from torchport.train.inference import InferenceUnavailable, inference_of
@@ -83,10 +85,12 @@ class _Sample:
 
 @dataclass(frozen=True)
 class Streamed:
-    """What a streamed fit leaves: the training record (of every row) and a sample of the rows."""
+    """What a streamed fit leaves: the training record (of every row), a sample of the rows, and what the
+    bundle's prediction intervals need (of every row; None where the fit has no covariance)."""
 
     record: TrainingRecord
     sample: Dataset
+    intervals: IntervalRecord | None = None
 
 
 def fit_streamed(reg: Regressor, path: str | Path, target: Sequence[str] | None = None,
@@ -113,11 +117,14 @@ def fit_streamed(reg: Regressor, path: str | Path, target: Sequence[str] | None 
                                                                     sample_rows, on_rows)
     reg.fit_reduced(reduction)
     t = len(targets)
+    linear = linear_intervals(reduction.fit(), moments.mean[t:])
     residual_ss = np.zeros(t)
-    done = 0
+    done, max_leverage = 0, 0.0
     with chunks(names) as second:
         for values in second:
             residual_ss += ((values[:, :t] - reg.predict(values[:, t:])) ** 2).sum(axis=0)
+            if linear is not None:
+                max_leverage = max(max_leverage, float(linear.leverage(values[:, t:]).max(initial=0.0)))
             fingerprint.update(np.ascontiguousarray(values[:, :t], dtype="<f8").tobytes())
             done += len(values)
             if on_rows is not None:
@@ -127,7 +134,10 @@ def fit_streamed(reg: Regressor, path: str | Path, target: Sequence[str] | None 
     record = _record(reg, reduction, moments, residual_ss,
                      DatasetRecord(path.stem, str(path), rows, tuple(feature_names), tuple(targets),
                                    fingerprint.hexdigest()))
-    return Streamed(record, data)
+    intervals = None if linear is None else IntervalRecord(
+        T_METHOD, Domain(tuple(float(v) for v in moments.low[t:]), tuple(float(v) for v in moments.high[t:]),
+                         RANGE_MARGIN, max_leverage), linear=linear)
+    return Streamed(record, data, intervals)
 
 
 def _first_pass(source: TableChunks, path: Path, targets: list[str], feature_names: list[str], reg: Regressor,

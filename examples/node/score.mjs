@@ -5,15 +5,18 @@
 // account for) to check the model computes here what it computed at export, then runs the
 // rows with onnxruntime-node (CPU) and prints one JSON array of predictions per input row.
 //
-//   node score.mjs BUNDLE_DIR < rows.json
+//   node score.mjs BUNDLE_DIR [--interval LEVEL [--mean]] < rows.json
 // rows.json: [[3.0], [1.5]] (features in manifest order) or [{"area": 3.0}, ...] (matched by name); a bundle
 // with categorical columns takes their levels as strings ([[3078.5, 2.8, "IBM"]]), and one with imputed
 // columns takes null there (../web/encoding.mjs maps them as the manifest's encoding says).
+// With --interval 0.9 it prints one JSON object instead: prediction, lower, upper (one array per row),
+// out_of_domain (one bool per row) and reasons (intervals.mjs; --mean: a linear model's interval for the mean).
 import { createHash } from "node:crypto";
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import * as ort from "onnxruntime-node";
-import { encodeRows } from "../web/encoding.mjs";
+import { encodeRows, forIntervals } from "../web/encoding.mjs";
+import { intervalsOf } from "./intervals.mjs";
 
 function fail(message) {
   process.stderr.write(`torchport-score: error: ${message}\n`);
@@ -99,9 +102,24 @@ export async function predict({ manifest, session }, rows, { codes = false } = {
   return rows.map((_, i) => Array.from(out.data.slice(i * width, (i + 1) * width)));
 }
 
+// The rows as arrays of numbers in the manifest's feature order (objects matched by name).
+export function inOrder(rows, features) {
+  return rows.map((row) => features.map((name, j) => (Array.isArray(row) ? row[j] : row[name])));
+}
+
+export async function predictInterval(bundle, rows, level = 0.95, kind = "prediction") {
+  const predictions = await predict(bundle, rows);
+  const seen = forIntervals(bundle.manifest, inOrder(rows, bundle.manifest.features));  // an encoding: the design
+  return intervalsOf(seen.manifest, seen.rows, predictions, level, kind);
+}
+
 async function main() {
-  const dir = process.argv[2];
-  if (!dir) fail("usage: node score.mjs BUNDLE_DIR < rows.json");
+  const [dir, ...options] = process.argv.slice(2);
+  if (!dir) fail("usage: node score.mjs BUNDLE_DIR [--interval LEVEL [--mean]] < rows.json");
+  const at = options.indexOf("--interval");
+  const level = at >= 0 ? Number(options[at + 1]) : null;
+  if (at >= 0 && !(level > 0 && level < 1)) fail(`--interval takes a level between 0 and 1 (0.9), got ${options[at + 1]}`);
+  const kind = options.includes("--mean") ? "mean" : "prediction";
   let rows;
   try {
     rows = JSON.parse(readFileSync(0, "utf8"));
@@ -111,7 +129,8 @@ async function main() {
   if (!Array.isArray(rows)) fail("stdin must hold a JSON array of rows");
   try {
     const bundle = await loadBundle(dir);
-    process.stdout.write(JSON.stringify(await predict(bundle, rows)) + "\n");
+    const answer = level === null ? await predict(bundle, rows) : await predictInterval(bundle, rows, level, kind);
+    process.stdout.write(JSON.stringify(answer) + "\n");
   } catch (e) {
     fail(e.message);
   }

@@ -1,7 +1,19 @@
 // The page: a form built from the manifest's feature names, the prediction, and a box to score several
-// rows at once. Values are shown rounded; each <output> and table cell keeps the exact answer (float32, or
-// float64 for a float64 bundle) in its data-value attribute.
+// rows at once, each with its 95% prediction interval and whether it lies outside the training data (when
+// the bundle keeps what intervals need: intervals.mjs). Values are shown rounded; each <output> and table
+// cell keeps the exact answer (float32, or float64 for a float64 bundle) in its data-value (data-lower,
+// data-upper) attribute.
 import { loadBundle, predict } from "./bundle.mjs";
+import { forIntervals } from "./encoding.mjs";
+import { intervalsOf } from "./intervals.mjs";
+
+const LEVEL = 0.95;
+// intervals of the model's design (with an encoding: ./encoding.mjs)
+const withIntervals = (manifest, rows, answers) => {
+  if (!manifest.intervals) return null;
+  const seen = forIntervals(manifest, rows);
+  return intervalsOf(seen.manifest, seen.rows, answers, LEVEL);
+};
 
 const $ = (id) => document.getElementById(id);
 const shown = (v) => (Number.isFinite(v) ? Number(v.toPrecision(6)).toString() : String(v));
@@ -66,8 +78,13 @@ function buildForm(manifest) {
     const line = element("p", { class: "result" });
     line.append(element("span", { class: "target" }, `${name} = `));
     line.append(element("output", { id: `prediction-${k}`, for: manifest.features.map((_, j) => `feature-${j}`).join(" ") }));
+    if (manifest.intervals) {
+      line.append(element("span", { class: "muted" }, ` ${LEVEL * 100}% prediction interval `));
+      line.append(element("output", { id: `interval-${k}`, class: "interval" }));
+    }
     results.append(line);
   });
+  results.append(element("p", { id: "domain", class: "warning", role: "status", hidden: "" }));
 }
 
 function formRow(manifest) {
@@ -91,13 +108,24 @@ async function predictForm(bundle) {
   error.hidden = true;
   try {
     const row = formRow(bundle.manifest);
-    const [answer] = await predict(bundle, [row]);
-    answer.forEach((v, k) => {
+    const answers = await predict(bundle, [row]);
+    const bands = withIntervals(bundle.manifest, [row], answers);
+    answers[0].forEach((v, k) => {
       const out = $(`prediction-${k}`);
       out.value = shown(v);
       out.dataset.value = String(v);
       out.dataset.inputs = JSON.stringify(row);
+      if (bands) {
+        const band = $(`interval-${k}`);
+        const [lower, upper] = [bands.lower[0][k], bands.upper[0][k]];
+        band.value = `${shown(lower)} to ${shown(upper)}`;
+        Object.assign(band.dataset, { lower: String(lower), upper: String(upper), inputs: JSON.stringify(row) });
+      }
     });
+    const domain = $("domain");
+    domain.hidden = !(bands && bands.out_of_domain[0]);
+    domain.textContent = domain.hidden ? "" : `Outside the training data: ${bands.reasons[0]}; the model extrapolates here.`;
+    domain.dataset.flag = String(Boolean(bands && bands.out_of_domain[0]));
   } catch (e) {
     bundle.manifest.targets.forEach((_, k) => {
       const out = $(`prediction-${k}`);
@@ -150,9 +178,11 @@ async function scoreRows(bundle) {
   try {
     const rows = parseRows($("batch-rows").value, manifest.features, manifest);
     const answers = await predict(bundle, rows);
+    const bands = withIntervals(manifest, rows, answers);
     const head = element("tr");
     // the answers first, so that they show on a narrow screen before the table scrolls
-    ["#", ...manifest.targets, ...manifest.features].forEach((c) => head.append(element("th", { scope: "col" }, c)));
+    const bandColumns = bands ? [...manifest.targets.map((t) => `${t} ${LEVEL * 100}% interval`), "outside the training data"] : [];
+    ["#", ...manifest.targets, ...bandColumns, ...manifest.features].forEach((c) => head.append(element("th", { scope: "col" }, c)));
     table.append(element("thead"));
     table.tHead.append(head);
     const body = element("tbody");
@@ -161,6 +191,13 @@ async function scoreRows(bundle) {
       tr.append(element("th", { scope: "row" }, String(i + 1)));
       answers[i].forEach((v, k) => tr.append(element("td", { class: "answer", "data-row": i, "data-target": k,
                                                               "data-value": String(v) }, shown(v))));
+      if (bands) {
+        answers[i].forEach((_, k) => tr.append(element("td", { class: "interval", "data-row": i, "data-target": k,
+          "data-lower": String(bands.lower[i][k]), "data-upper": String(bands.upper[i][k]) },
+          `${shown(bands.lower[i][k])} to ${shown(bands.upper[i][k])}`)));
+        tr.append(element("td", { class: "domain", "data-row": i, "data-flag": String(bands.out_of_domain[i]),
+                                  title: bands.reasons[i] }, bands.out_of_domain[i] ? "yes" : "no"));
+      }
       row.forEach((v) => tr.append(element("td", {}, shown(v))));
       body.append(tr);
     });

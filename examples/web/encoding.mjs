@@ -72,3 +72,36 @@ export function encodeRows(manifest, rows, codes = false, dtype = "float32") {
   });
   return data;
 }
+
+// The model's design, as torchport.runtime.encoding.design computes it: what prediction intervals and domain
+// flags are of (intervals.mjs) for a bundle with categorical or imputed columns. Names as statsmodels'
+// formulas give them (C(firm)[T.IBM]; name[missing] for a missing-value indicator).
+export function designNames(manifest) {
+  return manifest.encoding.columns.flatMap((c) => {
+    const names = c.kind !== "categorical" ? [c.name]
+      : c.levels.filter((l) => l !== c.reference).map((l) => (c.reference !== null ? `C(${c.name})[T.${l}]` : `C(${c.name})[${l}]`));
+    return c.indicator ? [...names, `${c.name}[missing]`] : names;
+  });
+}
+
+// Rows (as encodeRows takes them) as design rows of numbers: missing cells filled with the training
+// statistic, level codes as dummy or one-hot columns, missing-value indicators.
+export function designRows(manifest, rows) {
+  const width = manifest.features.length;
+  const codes = encodeRows(manifest, rows, false, "float64");
+  return rows.map((_, i) => manifest.encoding.columns.flatMap((c, j) => {
+    const cell = codes[i * width + j];
+    const missing = Number.isNaN(cell);
+    const value = missing && c.impute !== null ? c.fill : cell;
+    const out = c.kind !== "categorical" ? [value]
+      : c.levels.map((l, k) => [l, k]).filter(([l]) => l !== c.reference).map(([, k]) => (value === k ? 1 : 0));
+    return c.indicator ? [...out, missing ? 1 : 0] : out;
+  }));
+}
+
+// What intervalsOf (intervals.mjs) takes for these rows: the manifest with the design's names as its
+// features, and the design rows; the manifest and the rows as they are without an encoding.
+export function forIntervals(manifest, rows) {
+  if (!manifest.encoding) return { manifest, rows };
+  return { manifest: { ...manifest, features: designNames(manifest) }, rows: designRows(manifest, rows) };
+}

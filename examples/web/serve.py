@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
-"""Serve the web example on 127.0.0.1: the page (this folder), onnxruntime-web's files from the installed
-npm package (node_modules/onnxruntime-web/dist, at /ort/), and one bundle's manifest.json and the files
-it lists (at /bundle/), read-only. Python's standard library only: no torchport, no torch.
+"""Serve the web example on 127.0.0.1: the page (this folder, and the Node.js example's intervals.mjs),
+onnxruntime-web's files from the installed npm package (node_modules/onnxruntime-web/dist, at /ort/), and
+one bundle's manifest.json and the files it lists (at /bundle/), read-only. Python's standard library only:
+no torchport, no torch.
 
     python examples/web/serve.py BUNDLE [--host 127.0.0.1] [--port 8000]
 
@@ -20,6 +21,7 @@ from urllib.parse import unquote, urlsplit
 HERE = Path(__file__).resolve().parent
 PAGE_FILES = ("index.html", "app.mjs", "bundle.mjs", "encoding.mjs", "style.css")
 ORT_DIST = HERE / "node_modules" / "onnxruntime-web" / "dist"
+INTERVALS = HERE.parent / "node" / "intervals.mjs"  # prediction intervals, shared with the Node.js example
 # Content types the browser insists on: ES modules must be JavaScript, WebAssembly must be application/wasm
 # (for streaming compilation).
 TYPES = {".html": "text/html; charset=utf-8", ".mjs": "text/javascript; charset=utf-8",
@@ -32,6 +34,7 @@ def routes(bundle: Path) -> dict[str, Path]:
     manifest = json.loads((bundle / "manifest.json").read_text(encoding="utf-8"))
     out = {f"/{name}": HERE / name for name in PAGE_FILES}
     out["/"] = HERE / "index.html"
+    out["/intervals.mjs"] = INTERVALS
     out["/bundle/manifest.json"] = bundle / "manifest.json"
     out.update({f"/bundle/{name}": bundle / name for name in manifest.get("files", {})})
     return out

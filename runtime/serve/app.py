@@ -16,6 +16,7 @@ import orjson
 
 from torchport.runtime.serve.dataplane import DataPlane
 from torchport.runtime.serve.inference import ProtocolError
+from torchport.runtime.serve.interval_outputs import wants_intervals
 from torchport.runtime.serve.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from torchport.runtime.serve.openapi import openapi_document
 from torchport.runtime.serve.parsing import LARGE_JSON_BYTES, BodyParser
@@ -163,7 +164,10 @@ class InferenceApp:
             else:
                 request, binary = await self._parser.decode(body, header_length, name, version)
             out = await plane.infer(served, request, task)
-            if binary or out.size <= served.encoder.STEP_VALUES:
+            if request.outputs and wants_intervals(request):
+                payload, json_length = served.encoder.encode_outputs(request.id, plane.outputs(served, request, out),
+                                                                     binary)
+            elif binary or out.size <= served.encoder.STEP_VALUES:
                 payload, json_length = served.encoder.encode(request.id, out, binary)
             else:
                 payload, json_length = await served.encoder.encode_in_steps(request.id, out), None

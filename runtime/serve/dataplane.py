@@ -9,14 +9,17 @@ from __future__ import annotations
 
 import asyncio
 import time
+from dataclasses import replace
 from importlib.metadata import PackageNotFoundError, version as package_version
 
 import numpy as np
 
+from torchport.runtime.encoding import design
 from torchport.runtime.serve import metrics
 from torchport.runtime.serve.control import Control
 from torchport.runtime.serve.encoded_inputs import encoded_rows, metadata_inputs
 from torchport.runtime.serve.inference import InferRequest, NotAllowed, ProtocolError, check_outputs, input_rows
+from torchport.runtime.serve.interval_outputs import OutputTensor, answer
 from torchport.runtime.serve.models import ServedModel
 from torchport.runtime.serve.registry import Registry, RepositoryError
 from torchport.runtime.serve.security import Gate
@@ -120,6 +123,17 @@ class DataPlane:
             raise ProtocolError(status, message) from None
         finally:
             gate.release(task)
+
+    def outputs(self, served: ServedModel, request: InferRequest, targets: np.ndarray) -> list[OutputTensor]:
+        """The outputs a request names when it names an interval output (``wants_intervals``), in its order,
+        from the model's answer ``targets`` (serve/interval_outputs.py); ProtocolError 400 for what the
+        intervals cannot give."""
+        encoding = served.predictor.encoding
+        if encoding is None:
+            return answer(request, served.info, input_rows(request, served.info), targets)
+        codes = encoded_rows(request.inputs, encoding, served.info)  # intervals see the model's design
+        return answer(request, replace(served.info, feature_names=tuple(encoding.design_names())),
+                      design(encoding, codes), targets)
 
     def finished(self, served: ServedModel, status: int, started_ns: int) -> None:
         """Count one inference request that reached ``served``, answered with ``status`` (HTTP's terms)."""

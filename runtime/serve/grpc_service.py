@@ -19,6 +19,8 @@ from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 from torchport.runtime.serve.dataplane import DataPlane
 from torchport.runtime.serve.inference import InferRequest, InputTensor, NotAllowed, ProtocolError, RequestedOutput
+from torchport.runtime.serve.interval_outputs import wants_intervals
+from torchport.runtime.serve.protocol import WIRE_TYPES as _WIRE
 from torchport.runtime.serve.security import RETRY_AFTER_S
 
 CODES = {400: grpc.StatusCode.INVALID_ARGUMENT, 401: grpc.StatusCode.UNAUTHENTICATED, 404: grpc.StatusCode.NOT_FOUND,
@@ -58,7 +60,14 @@ def decode_message(request: service_pb2.ModelInferRequest) -> InferRequest:
             data = None
         inputs.append(InputTensor(tensor.name, tensor.datatype, list(tensor.shape), data))
     return InferRequest(request.model_name, request.model_version or None, inputs,
-                        [RequestedOutput(out.name) for out in request.outputs], request.id or None)
+                        [RequestedOutput(out.name) for out in request.outputs], request.id or None,
+                        {key: _parameter(value) for key, value in request.parameters.items()} or None)
+
+
+def _parameter(value: service_pb2.InferParameter) -> object:
+    """A request parameter's value (bool, int, float or str), whichever of InferParameter's fields is set."""
+    field = value.WhichOneof("parameter_choice")
+    return getattr(value, field) if field else None
 
 
 class InferenceService(service_pb2_grpc.GRPCInferenceServiceServicer):
@@ -121,16 +130,26 @@ class InferenceService(service_pb2_grpc.GRPCInferenceServiceServicer):
         plane = self.plane
         served = plane.model(request.model_name, request.model_version or None)
         try:
-            out = await plane.infer(served, decode_message(request))
+            decoded = decode_message(request)
+            out = await plane.infer(served, decoded)
+            outputs = plane.outputs(served, decoded, out) if decoded.outputs and wants_intervals(decoded) else None
         except ProtocolError as e:
             plane.finished(served, e.status, started)
             raise
         info = served.info
-        response = service_pb2.ModelInferResponse(
-            model_name=info.name, model_version=info.version, id=request.id,
-            outputs=[service_pb2.ModelInferResponse.InferOutputTensor(name=info.output_name, datatype=info.datatype,
-                                                                      shape=out.shape)],
-            raw_output_contents=[np.ascontiguousarray(out, dtype=info.dtype).tobytes()])
+        if outputs is None:
+            response = service_pb2.ModelInferResponse(
+                model_name=info.name, model_version=info.version, id=request.id,
+                outputs=[service_pb2.ModelInferResponse.InferOutputTensor(name=info.output_name,
+                                                                          datatype=info.datatype, shape=out.shape)],
+                raw_output_contents=[np.ascontiguousarray(out, dtype=info.dtype).tobytes()])
+        else:
+            tensor = service_pb2.ModelInferResponse.InferOutputTensor
+            response = service_pb2.ModelInferResponse(
+                model_name=info.name, model_version=info.version, id=request.id,
+                outputs=[tensor(name=o.name, datatype=o.datatype, shape=o.values.shape) for o in outputs],
+                raw_output_contents=[np.ascontiguousarray(o.values, dtype=_WIRE[o.datatype]).tobytes()
+                                     for o in outputs])
         plane.finished(served, 200, started)
         return response
 

@@ -10,6 +10,8 @@ from typing import Sequence
 
 import numpy as np
 
+from torchport.runtime.intervals import IntervalRecord
+
 # V2 datatypes accepted for the features tensor, with their little-endian numpy types.
 INPUT_DTYPES = {"FP32": np.dtype("<f4"), "FP64": np.dtype("<f8")}
 # The smallest magnitude that rounds to infinity in float32: (2 - 2**-24) * 2**127. A number at or beyond it
@@ -17,6 +19,10 @@ INPUT_DTYPES = {"FP32": np.dtype("<f4"), "FP64": np.dtype("<f8")}
 FLOAT32_OVERFLOW = 3.4028235677973366e38
 # The model's datatype (V2 name) for each dtype a bundle computes in
 DATATYPES = {"float32": "FP32", "float64": "FP64"}
+# The outputs beside the model's own that a request may name, for a bundle that keeps what intervals need
+# (serve/interval_outputs.py makes them).
+LOWER, UPPER, OUT_OF_DOMAIN = "lower", "upper", "out_of_domain"
+INTERVAL_OUTPUTS = (LOWER, UPPER, OUT_OF_DOMAIN)
 
 
 class ProtocolError(Exception):
@@ -37,7 +43,8 @@ class NotAllowed(ProtocolError):
 
 @dataclass(frozen=True)
 class ModelInfo:
-    """What the protocol needs to know about one served model version: names, tensors and sizes."""
+    """What the protocol needs to know about one served model version: names, tensors and sizes, and what
+    its intervals need (None: the bundle keeps nothing for them)."""
     name: str
     input_name: str
     output_name: str
@@ -46,6 +53,7 @@ class ModelInfo:
     version: str = "1"
     platform: str = "onnxruntime_onnx"
     datatype: str = "FP32"  # what the model takes and answers: FP32, or FP64 (a float64 bundle)
+    intervals: IntervalRecord | None = None
 
     @property
     def dtype(self) -> np.dtype:
@@ -62,8 +70,17 @@ class ModelInfo:
                 "inputs": [{"name": self.input_name, "datatype": self.datatype,
                             "shape": [-1, len(self.feature_names)]}],
                 "outputs": [{"name": self.output_name, "datatype": self.datatype,
-                             "shape": [-1, len(self.target_names)]}],
+                             "shape": [-1, len(self.target_names)]},
+                            *self._interval_outputs()],
                 "parameters": {"features": list(self.feature_names), "targets": list(self.target_names)}}
+
+    def _interval_outputs(self) -> list[dict]:
+        if self.intervals is None:
+            return []
+        width = len(self.target_names)
+        return [{"name": LOWER, "datatype": "FP64", "shape": [-1, width]},
+                {"name": UPPER, "datatype": "FP64", "shape": [-1, width]},
+                {"name": OUT_OF_DOMAIN, "datatype": "BOOL", "shape": [-1]}]
 
 
 @dataclass(slots=True)
@@ -195,7 +212,10 @@ def input_rows(request: InferRequest, info: ModelInfo) -> np.ndarray | list:
 
 def check_outputs(request: InferRequest, info: ModelInfo) -> None:
     """A ProtocolError 400 when the request asks for an output the model does not have."""
+    names = (info.output_name, *(INTERVAL_OUTPUTS if info.intervals is not None else ()))
     for out in request.outputs:
-        if out.name != info.output_name:
-            raise _bad(f"unknown output {out.name!r}; the model {info.name!r} has one output named "
-                       f"{info.output_name!r}")
+        if out.name not in names:
+            more = "" if info.intervals is not None or out.name not in INTERVAL_OUTPUTS else \
+                " (its bundle keeps nothing to make intervals from: retrain it with this torchport)"
+            raise _bad(f"unknown output {out.name!r}; the model {info.name!r} has the output(s) "
+                       f"{', '.join(map(repr, names))}{more}")

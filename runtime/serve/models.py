@@ -46,7 +46,8 @@ class ServedModel:
         self.info = ModelInfo(name=name, version=version, input_name=predictor.input_name,
                               output_name=predictor.output_name, feature_names=tuple(predictor.feature_names),
                               target_names=tuple(predictor.target_names),
-                              datatype=DATATYPES[str(predictor.dtype)])
+                              datatype=DATATYPES[str(predictor.dtype)],
+                              intervals=predictor.manifest.intervals if predictor.manifest else None)
         self.stats = stats or ModelStats(name, version, settings.max_batch_size)
         self.batcher = Batcher(predictor.predict, settings.max_batch_size, settings.max_queue_delay_us / 1e6,
                                self.stats, predictor.dtype)

@@ -51,7 +51,12 @@ _SCHEMAS = {
         "type": "object", "required": ["inputs"],
         "properties": {"id": {"type": "string"},
                        "parameters": {"type": "object",
-                                      "properties": {"binary_data_output": {"type": "boolean"}}},
+                                      "properties": {"binary_data_output": {"type": "boolean"},
+                                                     "interval_level": {"type": "number", "description":
+                                                                        "the level of the intervals that the "
+                                                                        "outputs lower and upper give (0.95)"},
+                                                     "interval_kind": {"type": "string",
+                                                                       "enum": ["prediction", "mean"]}}},
                        "inputs": {"type": "array", "items": {"$ref": "#/components/schemas/request_input"}},
                        "outputs": {"type": "array", "items": {"$ref": "#/components/schemas/request_output"}}}},
     "response_output": {
@@ -61,8 +66,9 @@ _SCHEMAS = {
                        "parameters": {"type": "object",
                                       "properties": {"binary_data_size": {"type": "integer"}}},
                        "data": {"type": "array", "description": "row-major; null where the model's answer "
-                                                                "is not a finite number",
-                                "items": {"type": ["number", "null"]}}}},
+                                                                "is not a finite number; booleans for BOOL "
+                                                                "(out_of_domain)",
+                                "items": {"type": ["number", "null", "boolean"]}}}},
     "inference_response": {
         "type": "object", "required": ["model_name", "model_version", "outputs"],
         "properties": {"model_name": {"type": "string"}, "model_version": {"type": "string"},
@@ -127,7 +133,8 @@ def _infer(parameters: tuple) -> dict:
               "schema": {"type": "integer", "minimum": 1}}
     return {"post": {
         "summary": "Inference: the rows of one FP32 or FP64 input, answered with the model's output (FP32, or FP64 "
-                   "for a float64 bundle)",
+                   "for a float64 bundle; and, named in 'outputs', each row's interval bounds lower and upper, FP64, "
+                   "and out_of_domain, BOOL)",
         "parameters": [*parameters, length],
         "requestBody": {"required": True, "content": {
             **_json(_schema("inference_request")),

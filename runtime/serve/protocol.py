@@ -13,6 +13,10 @@ import orjson
 from torchport.runtime.serve.inference import InferRequest, InputTensor, ModelInfo, ProtocolError, RequestedOutput
 
 
+# Little-endian wire types of the datatypes an answer holds (BOOL: one byte per value, as Triton sends it).
+WIRE_TYPES = {"FP32": "<f4", "FP64": "<f8", "BOOL": "?"}
+
+
 def _bad(message: str) -> ProtocolError:
     return ProtocolError(400, message)
 
@@ -128,6 +132,7 @@ class ResponseEncoder:
     STEP_VALUES = 65536
 
     def __init__(self, info: ModelInfo):
+        self._name, self._version = info.name, info.version
         self._head = orjson.dumps({"model_name": info.name, "model_version": info.version})[:-1]
         self._tensor = orjson.dumps({"name": info.output_name, "datatype": info.datatype})[:-1] + b',"shape":['
         self._raw = info.dtype  # binary answers: little-endian values of the model's datatype
@@ -146,6 +151,25 @@ class ResponseEncoder:
         # orjson writes float32 and float64 in their shortest exact forms
         parts += [b',"data":', orjson.dumps(out.ravel(), option=orjson.OPT_SERIALIZE_NUMPY), b"}]}"]
         return b"".join(parts), None
+
+    def encode_outputs(self, request_id: str | None, outputs: list, binary: bool) -> tuple[bytes, int | None]:
+        """A response of several named outputs (``interval_outputs.OutputTensor``: FP32, FP64, BOOL), in JSON
+        or binary as ``encode``; the body and, for binary output, the length of its JSON header."""
+        head = {"model_name": self._name, "model_version": self._version}
+        if request_id is not None:
+            head["id"] = request_id
+        tensors, raws = [], []
+        for out in outputs:
+            tensor = {"name": out.name, "datatype": out.datatype, "shape": list(out.values.shape)}
+            if binary:
+                raw = np.ascontiguousarray(out.values, dtype=WIRE_TYPES[out.datatype]).tobytes()
+                tensor["parameters"] = {"binary_data_size": len(raw)}
+                raws.append(raw)
+            else:
+                tensor["data"] = out.values.ravel()
+            tensors.append(tensor)
+        body = orjson.dumps({**head, "outputs": tensors}, option=orjson.OPT_SERIALIZE_NUMPY)
+        return (body + b"".join(raws), len(body)) if binary else (body, None)
 
     async def encode_in_steps(self, request_id: str | None, out: np.ndarray) -> bytes:
         """``encode(request_id, out, binary=False)``'s bytes, written STEP_VALUES numbers at a time."""

@@ -1,0 +1,112 @@
+"""Prediction intervals over the wire: a real `torchport serve` of the seed on 127.0.0.1, asked for the outputs
+lower, upper and out_of_domain by stock tritonclient (HTTP with binary output, gRPC) and plain JSON; the
+bounds equal Python's Predictor.predict_interval for the same float32 rows, at the request's interval_level
+and interval_kind; a request naming no outputs gets targets alone, as before; a model without intervals and a
+bad level are 400 / INVALID_ARGUMENT naming the problem."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+import tritonclient.http as httpclient
+from tritonclient.utils import InferenceServerException
+
+from servers import request, serving
+from torchport.runtime import Predictor
+
+ROWS = np.array([[0.5], [3.0], [4.4], [40.0]], np.float32)  # the last is 10x beyond the training range
+
+
+@pytest.fixture(scope="module")
+def server(seed_bundle):
+    with serving(seed_bundle, grpc=True) as server:
+        yield server
+
+
+def _outputs(client_module, names, binary=None):
+    if binary is None:
+        return [client_module.InferRequestedOutput(n) for n in names]
+    return [client_module.InferRequestedOutput(n, binary_data=binary) for n in names]
+
+
+def _python(seed_bundle, level=0.95, kind="prediction"):
+    return Predictor(seed_bundle).predict_interval(ROWS.astype(np.float64), level, kind)
+
+
+def test_metadata_lists_the_interval_outputs(server):
+    meta = httpclient.InferenceServerClient(server.url).get_model_metadata("seed")
+    assert [(o["name"], o["datatype"], o["shape"]) for o in meta["outputs"]] == [
+        ("targets", "FP32", [-1, 1]), ("lower", "FP64", [-1, 1]), ("upper", "FP64", [-1, 1]),
+        ("out_of_domain", "BOOL", [-1])]
+    grpc_meta = grpcclient.InferenceServerClient(server.grpc_url).get_model_metadata("seed")
+    assert [o.name for o in grpc_meta.outputs] == ["targets", "lower", "upper", "out_of_domain"]
+
+
+@pytest.mark.parametrize("binary", [True, False])
+def test_rest_tritonclient_bounds_equal_pythons(server, seed_bundle, binary):
+    client = httpclient.InferenceServerClient(server.url)
+    tensor = httpclient.InferInput("features", list(ROWS.shape), "FP32")
+    tensor.set_data_from_numpy(ROWS, binary_data=binary)
+    names = ["targets", "lower", "upper", "out_of_domain"]
+    answer = client.infer("seed", [tensor], outputs=_outputs(httpclient, names, binary),
+                          parameters={"interval_level": 0.9})
+    expected = _python(seed_bundle, 0.9)
+    np.testing.assert_array_equal(answer.as_numpy("lower"), expected.lower)
+    np.testing.assert_array_equal(answer.as_numpy("upper"), expected.upper)
+    np.testing.assert_array_equal(answer.as_numpy("targets"), expected.prediction)
+    assert answer.as_numpy("out_of_domain").tolist() == [False, False, False, True]
+
+
+def test_grpc_bounds_equal_pythons_for_the_mean(server, seed_bundle):
+    client = grpcclient.InferenceServerClient(server.grpc_url)
+    tensor = grpcclient.InferInput("features", list(ROWS.shape), "FP32")
+    tensor.set_data_from_numpy(ROWS)
+    answer = client.infer("seed", [tensor], outputs=_outputs(grpcclient, ["lower", "upper", "out_of_domain"]),
+                          parameters={"interval_level": 0.8, "interval_kind": "mean"})
+    expected = _python(seed_bundle, 0.8, "mean")
+    np.testing.assert_array_equal(answer.as_numpy("lower"), expected.lower)
+    np.testing.assert_array_equal(answer.as_numpy("upper"), expected.upper)
+    assert answer.as_numpy("out_of_domain").tolist() == [False, False, False, True]
+    assert answer.as_numpy("targets") is None
+
+
+def test_plain_json_default_level_and_no_outputs(server, seed_bundle):
+    body = {"inputs": [{"name": "features", "shape": [4, 1], "datatype": "FP32", "data": ROWS.ravel().tolist()}],
+            "outputs": [{"name": "upper"}, {"name": "out_of_domain"}]}
+    status, _, raw = request(server, "POST", "/v2/models/seed/infer", json.dumps(body).encode())
+    assert status == 200, raw
+    outputs = {o["name"]: o for o in json.loads(raw)["outputs"]}
+    assert list(outputs) == ["upper", "out_of_domain"]
+    assert outputs["upper"]["datatype"] == "FP64" and outputs["upper"]["shape"] == [4, 1]
+    assert outputs["upper"]["data"] == _python(seed_bundle).upper.ravel().tolist()
+    assert outputs["out_of_domain"]["data"] == [False, False, False, True]
+    plain = {"inputs": body["inputs"]}
+    status, _, raw = request(server, "POST", "/v2/models/seed/infer", json.dumps(plain).encode())
+    assert status == 200 and [o["name"] for o in json.loads(raw)["outputs"]] == ["targets"]
+
+
+def test_bad_levels_and_kinds_fail_alone(server):
+    client = grpcclient.InferenceServerClient(server.grpc_url)
+    tensor = grpcclient.InferInput("features", [1, 1], "FP32")
+    tensor.set_data_from_numpy(np.array([[3.0]], np.float32))
+    with pytest.raises(InferenceServerException, match="level must be a number strictly between 0 and 1") as e:
+        client.infer("seed", [tensor], outputs=_outputs(grpcclient, ["lower"]), parameters={"interval_level": 1.5})
+    assert "INVALID_ARGUMENT" in str(e.value.status())
+    body = {"inputs": [{"name": "features", "shape": [1, 1], "datatype": "FP32", "data": [3.0]}],
+            "outputs": [{"name": "lower"}], "parameters": {"interval_kind": "median"}}
+    status, _, raw = request(server, "POST", "/v2/models/seed/infer", json.dumps(body).encode())
+    assert status == 400 and "kind must be 'prediction' or 'mean'" in json.loads(raw)["error"]
+
+
+def test_a_model_without_intervals_says_so(mlr_mlp_bundle):
+    with serving(mlr_mlp_bundle) as server:
+        meta = httpclient.InferenceServerClient(server.url).get_model_metadata("mlr-mlp")
+        assert [o["name"] for o in meta["outputs"]] == ["targets"]
+        body = {"inputs": [{"name": "features", "shape": [1, 3], "datatype": "FP32", "data": [1.0, 42.0, 3.0]}],
+                "outputs": [{"name": "lower"}]}
+        status, _, raw = request(server, "POST", "/v2/models/mlr-mlp/infer", json.dumps(body).encode())
+        assert status == 400
+        assert "unknown output 'lower'" in json.loads(raw)["error"]
+        assert "keeps nothing to make intervals from" in json.loads(raw)["error"]
