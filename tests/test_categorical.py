@@ -5,6 +5,8 @@ data (invest ~ value + capital + C(firm)) against statsmodels' own OLS; the same
 naming them (or scored as the reference level and flagged); an MLP on statsmodels' Fair data with two
 categorical columns; missing values refused without --impute and filled with the training mean with it."""
 import json
+import shutil
+import subprocess
 import warnings
 
 import numpy as np
@@ -13,7 +15,7 @@ import pytest
 import statsmodels.formula.api as smf
 from statsmodels.datasets import fair, grunfeld
 
-from conftest import run_cli
+from conftest import ROOT, run_cli
 from servers import infer_json, request, serving
 from torchport.runtime import Predictor
 from torchport.runtime.bundle import load_manifest
@@ -379,3 +381,45 @@ def test_a_float64_bundle_with_a_categorical_column(tmp_path):
     exact = data.X @ fit.coef.reshape(-1) + fit.intercept.reshape(-1)
     assert np.abs(answers.to_numpy()[:, 0] - exact).max() <= manifest.precision.bound[0]
     assert predictor.self_check().checked
+
+
+def test_intervals_on_string_firms_equal_statsmodels_in_every_runtime(grunfeld_bundle, statsmodels_fit):
+    """The t prediction intervals of invest ~ value + capital + C(firm) from string firms: the Predictor's
+    equal statsmodels' get_prediction; serve's lower/upper/out_of_domain outputs and Node's equal the
+    Predictor's; an unseen firm scored as the reference level is flagged out of domain."""
+    frame = grunfeld.load_pandas().data
+    expected = statsmodels_fit.get_prediction(frame).summary_frame(alpha=0.05)
+    predictor = Predictor(grunfeld_bundle)
+    r = predictor.predict_interval(frame[FEATURES], level=0.95)
+    scale = np.abs(expected["mean"]).max()
+    lower, upper = r.lower.to_numpy()[:, 0], r.upper.to_numpy()[:, 0]
+    assert np.abs(lower - expected["obs_ci_lower"].to_numpy()).max() < 1e-5 * scale
+    assert np.abs(upper - expected["obs_ci_upper"].to_numpy()).max() < 1e-5 * scale
+    assert not r.out_of_domain.any()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UnseenLevelWarning)
+        lenient = Predictor(grunfeld_bundle, unseen="reference").predict_interval([[3078.5, 2.8, "Ford"]])
+    assert lenient.out_of_domain == [True] and "not trained on" in lenient.reasons[0]
+    rows = frame[FEATURES].iloc[::9]
+    few = predictor.predict_interval(rows.astype(object).to_numpy())
+    assert shutil.which("node"), "node is not installed: see README (make setup needs Node.js 18+)"
+    proc = subprocess.run(["node", str(ROOT / "examples" / "node" / "score.mjs"), str(grunfeld_bundle), "--interval",
+                           "0.95"], input=json.dumps(rows.astype(object).to_numpy().tolist()), capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    node = json.loads(proc.stdout)
+    np.testing.assert_allclose(np.array(node["lower"]), few.lower, rtol=0, atol=1e-5 * scale)
+    np.testing.assert_allclose(np.array(node["upper"]), few.upper, rtol=0, atol=1e-5 * scale)
+    with serving(grunfeld_bundle) as server:
+        body = {"inputs": [{"name": "features", "shape": [len(rows), 2], "datatype": "FP32",
+                            "data": rows[["value", "capital"]].to_numpy().ravel().tolist()},
+                           {"name": "categories", "shape": [len(rows), 1], "datatype": "BYTES",
+                            "data": rows["firm"].tolist()}],
+                "outputs": [{"name": "targets"}, {"name": "lower"}, {"name": "upper"}, {"name": "out_of_domain"}]}
+        status, _, raw = request(server, "POST", "/v2/models/bundle/infer", json.dumps(body).encode(),
+                                 {"Content-Type": "application/json"})
+        assert status == 200, raw
+        outputs = {o["name"]: o["data"] for o in json.loads(raw)["outputs"]}
+    np.testing.assert_allclose(outputs["lower"], few.lower[:, 0], rtol=0, atol=1e-5 * scale)
+    np.testing.assert_allclose(outputs["upper"], few.upper[:, 0], rtol=0, atol=1e-5 * scale)
+    assert outputs["out_of_domain"] == [False] * len(rows)
