@@ -288,6 +288,9 @@ def test_the_web_example_offers_the_levels_and_equals_python(grunfeld_bundle, tm
         w.page.wait_for_function(
             "document.getElementById('prediction-0').dataset.inputs === '[3078.5,2.8,\"IBM\"]'")
         typed = float(w.page.get_attribute("#prediction-0", "data-value"))
+        w.page.wait_for_function(
+            "document.getElementById('interval-0').dataset.inputs === '[3078.5,2.8,\"IBM\"]'")
+        band = [float(w.page.get_attribute("#interval-0", f"data-{b}")) for b in ("lower", "upper")]
         w.page.click("#batch summary")
         w.page.fill("#batch-rows", csv)
         w.page.click("#batch-form button")
@@ -295,6 +298,8 @@ def test_the_web_example_offers_the_levels_and_equals_python(grunfeld_bundle, tm
         web = np.array([float(v) for v in w.page.eval_on_selector_all(
             "td.answer", "els => els.map(e => e.dataset.value)")]).reshape(-1, 1)
     assert typed == pytest.approx(float(Predictor(grunfeld_bundle).predict([[3078.5, 2.8, "IBM"]])[0][0]), rel=1e-6)
+    r = Predictor(grunfeld_bundle).predict_interval([[3078.5, 2.8, "IBM"]])  # intervals of the design, in JS too
+    assert band == pytest.approx([r.lower[0][0], r.upper[0][0]], abs=1e-5 * abs(r.prediction[0][0]))
     assert np.all(np.abs(web - python) <= 1e-6 * np.maximum(1.0, np.abs(python)))
     assert w.errors == []
 
