@@ -428,3 +428,25 @@ def test_intervals_on_string_firms_equal_statsmodels_in_every_runtime(grunfeld_b
     np.testing.assert_allclose(outputs["lower"], few.lower[:, 0], rtol=0, atol=1e-5 * scale)
     np.testing.assert_allclose(outputs["upper"], few.upper[:, 0], rtol=0, atol=1e-5 * scale)
     assert outputs["out_of_domain"] == [False] * len(rows)
+
+
+def test_serve_scores_an_unseen_firm_as_the_reference_when_asked_and_flags_it(grunfeld_bundle):
+    ibm = grunfeld.load_pandas().data.query("firm == 'IBM'").iloc[0]  # a training row: inside the domain
+    value, capital = float(ibm["value"]), float(ibm["capital"])
+    body = {"inputs": [{"name": "features", "shape": [2, 2], "datatype": "FP32", "data": [value, capital] * 2},
+                       {"name": "categories", "shape": [2, 1], "datatype": "BYTES", "data": ["Ford", "IBM"]}],
+            "outputs": [{"name": "targets"}, {"name": "out_of_domain"}]}
+    with serving(grunfeld_bundle) as server:
+        status, _, raw = request(server, "POST", "/v2/models/bundle/infer", json.dumps(body).encode())
+        assert status == 400 and "'Ford' is not a level" in json.loads(raw)["error"]
+        assert "'unseen': 'reference'" in json.loads(raw)["error"]
+        status, _, raw = request(server, "POST", "/v2/models/bundle/infer",
+                                 json.dumps({**body, "parameters": {"unseen": "reference"}}).encode())
+        assert status == 200, raw
+        outputs = {o["name"]: o["data"] for o in json.loads(raw)["outputs"]}
+        status, _, bad = request(server, "POST", "/v2/models/bundle/infer",
+                                 json.dumps({**body, "parameters": {"unseen": "maybe"}}).encode())
+    assert status == 400 and "parameter 'unseen'" in json.loads(bad)["error"]
+    reference = Predictor(grunfeld_bundle).predict([[value, capital, "American Steel"], [value, capital, "IBM"]])
+    assert outputs["out_of_domain"] == [True, False]
+    assert np.array_equal(np.asarray(outputs["targets"], np.float32), np.asarray(reference, np.float32)[:, 0])

@@ -17,8 +17,9 @@ import numpy as np
 from torchport.runtime.encoding import design
 from torchport.runtime.serve import metrics
 from torchport.runtime.serve.control import Control
-from torchport.runtime.serve.encoded_inputs import encoded_rows, metadata_inputs
-from torchport.runtime.serve.inference import InferRequest, NotAllowed, ProtocolError, check_outputs, input_rows
+from torchport.runtime.serve.encoded_inputs import encoded_rows, metadata_inputs, unseen_policy
+from torchport.runtime.serve.inference import OUT_OF_DOMAIN, InferRequest, NotAllowed, ProtocolError, check_outputs, \
+    input_rows
 from torchport.runtime.serve.interval_outputs import OutputTensor, answer
 from torchport.runtime.serve.models import ServedModel
 from torchport.runtime.serve.registry import Registry, RepositoryError
@@ -107,7 +108,7 @@ class DataPlane:
         info = served.info
         encoding = served.predictor.encoding
         rows = input_rows(request, info) if encoding is None else \
-            encoded_rows(request.inputs, encoding, info)
+            encoded_rows(request.inputs, encoding, info, unseen_policy(request.parameters))[0]
         if request.outputs:
             check_outputs(request, info)
         if not len(rows):  # an empty batch is answered as the Predictor answers it
@@ -131,9 +132,10 @@ class DataPlane:
         encoding = served.predictor.encoding
         if encoding is None:
             return answer(request, served.info, input_rows(request, served.info), targets)
-        codes = encoded_rows(request.inputs, encoding, served.info)  # intervals see the model's design
-        return answer(request, replace(served.info, feature_names=tuple(encoding.design_names())),
-                      design(encoding, codes), targets)
+        codes, unseen = encoded_rows(request.inputs, encoding, served.info, unseen_policy(request.parameters))
+        made = answer(request, replace(served.info, feature_names=tuple(encoding.design_names())),
+                      design(encoding, codes), targets)  # intervals see the model's design
+        return [replace(t, values=t.values | unseen) if t.name == OUT_OF_DOMAIN else t for t in made]
 
     def finished(self, served: ServedModel, status: int, started_ns: int) -> None:
         """Count one inference request that reached ``served``, answered with ``status`` (HTTP's terms)."""

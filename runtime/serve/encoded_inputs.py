@@ -5,18 +5,20 @@ columns]``, in the manifest's order) beside ``categories`` (BYTES ``[rows, categ
 manifest's order). Numbers may be null (JSON) or NaN where the model imputes; BYTES come as JSON strings, as
 Triton's binary BYTES (each element a 4-byte little-endian length, then its UTF-8 bytes) or as gRPC
 bytes_contents. The cells become the graph's level codes, so that an unseen level or a missing cell is a
-400 naming the column and the value."""
+400 naming the column and the value, unless the request's parameter ``unseen`` is "reference": the level is
+then scored as the reference level and the row flagged in the ``out_of_domain`` output."""
 from __future__ import annotations
 
 import struct
 
 import numpy as np
 
-from torchport.runtime.encoding import NUMERIC, Encoding
+from torchport.runtime.encoding import NUMERIC, UNSEEN, Encoding
 from torchport.runtime.errors import InputError
 from torchport.runtime.serve.inference import INPUT_DTYPES, InputTensor, ModelInfo, ProtocolError
 
 CATEGORIES = "categories"  # the BYTES input of the split layout
+UNSEEN_PARAMETER = "unseen"  # "refuse" (default) or "reference"
 
 
 def _bad(message: str) -> ProtocolError:
@@ -114,9 +116,19 @@ def _texts(tensor: InputTensor, rows: int, width: int, where: str) -> list:
     return [values[i::width] for i in range(width)]
 
 
-def encoded_rows(inputs: list[InputTensor], encoding: Encoding, info: ModelInfo) -> np.ndarray:
+def unseen_policy(parameters: dict | None) -> str:
+    """The request's ``unseen`` parameter (default "refuse"); a ProtocolError 400 for anything else."""
+    value = (parameters or {}).get(UNSEEN_PARAMETER, "refuse")
+    if value not in UNSEEN:
+        raise _bad(f"parameter {UNSEEN_PARAMETER!r} must be one of {', '.join(map(repr, UNSEEN))}, got {value!r}")
+    return value
+
+
+def encoded_rows(inputs: list[InputTensor], encoding: Encoding, info: ModelInfo,
+                 unseen: str = "refuse") -> tuple[np.ndarray, np.ndarray]:
     """The request's rows as the graph's input in the model's dtype (level codes, NaN where imputed), from
-    either layout; a ProtocolError 400 names what does not fit."""
+    either layout, and per row whether an unseen level was scored as the reference level (``unseen``
+    "reference"); a ProtocolError 400 names what does not fit."""
     input_name, model = info.input_name, info.name
     names = [t.name for t in inputs]
     features = encoding.features
@@ -149,7 +161,8 @@ def encoded_rows(inputs: list[InputTensor], encoding: Encoding, info: ModelInfo)
     if len(set(rows_of.values())) > 1:
         raise _bad(f"the inputs hold different numbers of rows ({rows_of})")
     try:
-        codes, _ = encoding.codes([columns[name] for name in features], dtype=info.dtype)
+        codes, flagged = encoding.codes([columns[name] for name in features], dtype=info.dtype, unseen=unseen)
     except InputError as e:
-        raise _bad(e.message) from None
-    return codes
+        raise _bad(e.message + (f" (or send the parameter {UNSEEN_PARAMETER!r}: 'reference' to score it as the "
+                                "reference level, flagged out of domain)" if e.parameter == "unseen" else "")) from None
+    return codes, flagged
