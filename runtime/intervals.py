@@ -1,5 +1,5 @@
 """Prediction intervals and domain flags from what the bundle keeps (manifest field ``intervals``), with numpy
-alone: exact t intervals for linear models (from the exact fit's unscaled covariance (X'X)^-1 and residual
+alone: exact t intervals for linear models (from a factor W of the exact fit's (X_c'X_c)^-1 and the residual
 variance, as statsmodels' ``get_prediction(...).summary_frame`` gives them), split-conformal intervals for
 other models (from the sorted absolute residuals of held-out calibration rows), and per row whether it lies
 outside what the model was trained on, with the reason. The t quantile is computed here (the base install has
@@ -57,37 +57,40 @@ class Domain:
 
 @dataclass(frozen=True)
 class LinearIntervals:
-    """What a linear model's t intervals need, in float64: the exact least-squares fit's unscaled covariance
-    (X'X)^-1 (the intercept first, when there is one), the training rows' feature means, the rows and residual
-    degrees of freedom, and each target's residual variance (residual sum of squares / df)."""
+    """What a linear model's t intervals need, in float64: the training rows' feature means, the rows and
+    residual degrees of freedom, each target's residual variance (residual sum of squares / df), and the
+    ``whitening`` factor W (features x features) of the exact fit: (X_c'X_c)^-1 = W W' for the centred
+    training features X_c (uncentred without an intercept), from the inverse of its R factor, so that a row's
+    leverage is a sum of squares and keeps its digits on ill-conditioned designs (NIST's Filip)."""
     fit_intercept: bool
     n_rows: int
     df_resid: int
     mean: tuple[float, ...]
-    covariance: tuple[tuple[float, ...], ...]
+    whitening: tuple[tuple[float, ...], ...]
     residual_variance: tuple[float, ...]
 
     def to_json(self) -> dict:
         return {"fit_intercept": self.fit_intercept, "n_rows": self.n_rows, "df_resid": self.df_resid,
-                "mean": list(self.mean), "covariance": [list(r) for r in self.covariance],
+                "mean": list(self.mean), "whitening": [list(r) for r in self.whitening],
                 "residual_variance": list(self.residual_variance)}
 
     @classmethod
     def from_json(cls, obj: Any, where: str) -> "LinearIntervals":
         v = values(obj, where, {"fit_intercept": FLAG, "n_rows": INT, "df_resid": INT, "mean": (list,),
-                                "covariance": (list,), "residual_variance": (list,)})
-        cov = items(v["covariance"], f"{where}.covariance", _tuple)
-        return cls(v["fit_intercept"], v["n_rows"], v["df_resid"], _tuple(v["mean"], f"{where}.mean"), cov,
+                                "whitening": (list,), "residual_variance": (list,)})
+        w = items(v["whitening"], f"{where}.whitening", _tuple)
+        return cls(v["fit_intercept"], v["n_rows"], v["df_resid"], _tuple(v["mean"], f"{where}.mean"), w,
                    _tuple(v["residual_variance"], f"{where}.residual_variance"))
 
     def leverage(self, x: np.ndarray) -> np.ndarray:
-        """x'(X'X)^-1 x per row (with the intercept's 1 in x): 1/n + (x - mean)' S^-1 (x - mean), S^-1 being
-        the covariance's slope block, which equals it and keeps the digits an offset would cancel."""
-        cov = np.asarray(self.covariance, np.float64)
+        """x'(X'X)^-1 x per row (with the intercept's 1 in x): 1/n + |(x - mean) W|^2 with an intercept,
+        |x W|^2 without."""
+        w = np.asarray(self.whitening, np.float64)
         if self.fit_intercept:
-            d = x - np.asarray(self.mean, np.float64)
-            return 1.0 / self.n_rows + np.einsum("ij,jk,ik->i", d, cov[1:, 1:], d)
-        return np.einsum("ij,jk,ik->i", x, cov, x)
+            z = (x - np.asarray(self.mean, np.float64)) @ w
+            return 1.0 / self.n_rows + np.einsum("ij,ij->i", z, z)
+        z = x @ w
+        return np.einsum("ij,ij->i", z, z)
 
 
 @dataclass(frozen=True)
@@ -183,11 +186,11 @@ class IntervalRecord:
         if features and not len(self.domain.low) == len(self.domain.high) == features:
             raise DataError(f"{where}.domain must give one low and high per feature ({features})")
         if self.linear and targets:
-            p = features + int(self.linear.fit_intercept)
-            if len(self.linear.residual_variance) != targets or len(self.linear.covariance) != p or \
-                    any(len(r) != p for r in self.linear.covariance) or self.linear.df_resid < 1:
-                raise DataError(f"{where}.linear must hold a {p} x {p} covariance, df_resid >= 1 and one residual "
-                                f"variance per target ({targets})")
+            f = features
+            if len(self.linear.residual_variance) != targets or len(self.linear.whitening) != f or \
+                    any(len(r) != f for r in self.linear.whitening) or self.linear.df_resid < 1:
+                raise DataError(f"{where}.linear must hold a {f} x {f} whitening factor, df_resid >= 1 and one "
+                                f"residual variance per target ({targets})")
         if self.conformal and targets and (len(self.conformal.scores) != targets or
                                            len({len(s) for s in self.conformal.scores}) > 1):
             raise DataError(f"{where}.conformal must hold as many scores for each of the {targets} targets")

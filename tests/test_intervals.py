@@ -170,7 +170,9 @@ def test_manifest_keeps_intervals_in_float64(seed_bundle):
     assert record["method"] == "t" and record["linear"]["df_resid"] == 20
     data = load_dataset("plant_richness_lr")
     D = sm.add_constant(data.X)
-    np.testing.assert_allclose(record["linear"]["covariance"], np.linalg.inv(D.T @ D), rtol=1e-9)
+    W = np.array(record["linear"]["whitening"])
+    Xc = data.X - data.X.mean(axis=0)
+    np.testing.assert_allclose(W @ W.T, np.linalg.inv(Xc.T @ Xc), rtol=1e-9)
     res = sm.OLS(data.y.ravel(), D).fit()
     assert record["linear"]["residual_variance"][0] == pytest.approx(res.scale, rel=1e-12)
 
@@ -255,7 +257,7 @@ def test_report_gives_coverage_on_held_out_rows(tmp_path):
 
 
 def test_a_streamed_fit_keeps_the_same_intervals(tmp_path):
-    """A linear fit read in chunks (train/streaming.py) keeps the in-memory fit's intervals: the covariance and
+    """A linear fit read in chunks (train/streaming.py) keeps the in-memory fit's intervals: the whitening factor and
     residual variance from the reduction, the largest leverage from the second pass."""
     from torchport.train.calibration import interval_record
     from torchport.train.streaming import fit_streamed
@@ -265,7 +267,8 @@ def test_a_streamed_fit_keeps_the_same_intervals(tmp_path):
         path, index=False)
     streamed = fit_streamed(Regressor(), path, ["ntv_rich"], chunk_rows=4).intervals
     whole = interval_record(Regressor().fit(data.X, data.y), data)
-    np.testing.assert_allclose(streamed.linear.covariance, whole.linear.covariance, rtol=1e-9)
+    W, V = np.array(streamed.linear.whitening), np.array(whole.linear.whitening)  # unique up to R's row signs
+    np.testing.assert_allclose(W @ W.T, V @ V.T, rtol=1e-9)
     np.testing.assert_allclose(streamed.linear.residual_variance, whole.linear.residual_variance, rtol=1e-9)
     np.testing.assert_allclose(streamed.linear.mean, whole.linear.mean, rtol=1e-12)
     assert streamed.domain.max_leverage == pytest.approx(whole.domain.max_leverage, rel=1e-9)

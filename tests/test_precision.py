@@ -241,3 +241,35 @@ def test_a_float64_bundle_compiles_its_aoti_package_in_float64(tmp_path):
     answers = load_model(bundle, "aoti").predict(X)
     assert answers.dtype == np.float64
     np.testing.assert_allclose(answers, Predictor(bundle).predict(X), rtol=0, atol=m.golden.bound[0])
+
+
+def test_a_float64_bundles_intervals_keep_their_digits(filip):
+    """Filip's leverages (the centred, scaled design's condition number is about 4e9) against exact ones from
+    60-digit arithmetic: the bundle's factored (X'X)^-1 keeps ~7 digits where a quadratic form in (X'X)^-1
+    would lose them all; the interval outputs over gRPC equal predict_interval's, the targets in FP64."""
+    import mpmath
+    import tritonclient.grpc as grpcclient
+    bundle, _ = filip
+    t = table("filip")
+    mpmath.mp.dps = 60
+    D = mpmath.matrix([[1.0, *map(float, row)] for row in t.X])
+    inverse = (D.T * D) ** -1
+    exact = np.array([float((D[i, :] * inverse * D[i, :].T)[0]) for i in range(D.rows)])
+    p = Predictor(bundle)
+    lin = p.manifest.intervals.linear
+    np.testing.assert_allclose(lin.leverage(t.X), exact, rtol=1e-5)
+    ours = p.predict_interval(t.X, 0.95)
+    assert ours.prediction.dtype == np.float64 and not ours.out_of_domain.any()
+    s = CERTIFIED["filip"]["residual_sd"]
+    half = (ours.upper - ours.lower)[:, 0] / 2
+    from scipy.stats import t as student
+    np.testing.assert_allclose(half, student.ppf(0.975, len(t.X) - 11) * s * np.sqrt(1 + exact), rtol=1e-6)
+    with serving(bundle, grpc=True) as server:
+        client = grpcclient.InferenceServerClient(server.grpc_url)
+        tensor = grpcclient.InferInput("features", list(t.X.shape), "FP64")
+        tensor.set_data_from_numpy(t.X)
+        names = ("targets", "lower", "upper")
+        got = client.infer("filip", [tensor], outputs=[grpcclient.InferRequestedOutput(n) for n in names])
+        assert got.as_numpy("targets").dtype == np.float64
+        for name, mine in zip(names, (ours.prediction, ours.lower, ours.upper)):
+            np.testing.assert_array_equal(got.as_numpy(name), mine)

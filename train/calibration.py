@@ -1,5 +1,5 @@
 """What a bundle keeps for prediction intervals and domain flags (the manifest's ``intervals``), made from a
-fitted Regressor: a linear model's exact-fit covariance and residual variance (from the least-squares core's
+fitted Regressor: a linear model's exact-fit whitening factor and residual variance (from the least-squares core's
 fit, not computed again), or the sorted absolute residuals of an MLP's held-out calibration rows; and the
 coverage of those intervals measured on held-out rows, for the report."""
 from __future__ import annotations
@@ -31,18 +31,18 @@ def calibration_rows(reg) -> tuple[np.ndarray, str]:
 
 def linear_intervals(fit: LeastSquaresFit, mean: np.ndarray) -> LinearIntervals | None:
     """The t intervals' record of a least-squares fit of rows whose features average ``mean``; None when the
-    fit has no covariance (collinear features) or no residual degrees of freedom."""
+    fit has no whitening factor (collinear features) or no residual degrees of freedom."""
     df = fit.n_rows - fit.n_params
-    if fit.covariance is None or df < 1:
+    if fit.whitening is None or df < 1:
         return None
     return LinearIntervals(fit.fit_intercept, fit.n_rows, df, tuple(float(v) for v in mean),
-                           tuple(tuple(float(v) for v in row) for row in fit.covariance),
+                           tuple(tuple(float(v) for v in row) for row in fit.whitening),
                            tuple(float(v) / df for v in fit.residual_ss))
 
 
 def interval_record(reg, data: Dataset, fit: LeastSquaresFit | None = None) -> IntervalRecord | None:
     """The manifest's ``intervals`` for ``reg`` fitted on ``data``, with their coverage on held-out rows: t
-    intervals for a linear model (``fit``: the core's fit of the training rows with its covariance, made here
+    intervals for a linear model (``fit``: the core's fit of the training rows with its whitening factor, made here
     if not given), conformal ones for an MLP with held-out rows; None where neither can be made (then
     predict_interval says why)."""
     record = _record(reg, data, fit)
@@ -53,7 +53,7 @@ def _record(reg, data: Dataset, fit: LeastSquaresFit | None) -> IntervalRecord |
     X = np.asarray(data.X[reg.train_rows_], np.float64)
     low, high = tuple(float(v) for v in X.min(axis=0)), tuple(float(v) for v in X.max(axis=0))
     if reg.spec_.kind == "linear":
-        if fit is None or fit.covariance is None:
+        if fit is None or fit.whitening is None:
             fit = fit_least_squares(X, _targets(data.y[reg.train_rows_], len(X)), bool(reg.fit_intercept))
         lin = linear_intervals(fit, X.mean(axis=0))
         if lin is None:

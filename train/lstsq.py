@@ -38,7 +38,10 @@ class LeastSquaresFit:
     zero without an intercept, as statsmodels and NIST count them for a model without a constant);
     ``covariance`` the unscaled covariance (D^T D)^-1 of the parameters in ``terms`` order (the intercept
     first), None when the design is rank-deficient (then the estimates are the minimum-norm solution in the
-    centred, scaled coordinates). ``rank`` counts the intercept; ``condition`` is the 2-norm condition number
+    centred, scaled coordinates). ``whitening`` (features x features, None where ``covariance`` is) is W with
+    x'(X_c'X_c)^-1 x = |x W|^2 for centred rows x (uncentred without an intercept): the slopes' column scales
+    times the inverse of the centred, scaled design's R, from which a row's leverage keeps its digits where
+    the quadratic form in (X_c'X_c)^-1 would cancel them. ``rank`` counts the intercept; ``condition`` is the 2-norm condition number
     of the centred, scaled design; ``refinement_steps`` how many corrections the refinement took."""
 
     coef: np.ndarray
@@ -52,6 +55,7 @@ class LeastSquaresFit:
     covariance: np.ndarray | None
     refinement_steps: int
     method: str = METHOD
+    whitening: np.ndarray | None = None
 
     @property
     def n_params(self) -> int:
@@ -197,6 +201,14 @@ def _unscaled_covariance(design: _Design, Q: np.ndarray, R: np.ndarray, conditio
     return np.asarray(T @ Z @ T.T, np.float64)
 
 
+def whitening_factor(R: np.ndarray, scale: np.ndarray, fit_intercept: bool) -> np.ndarray:
+    """W = diag(slope scales) R_s^-1, R_s being the slopes' block of the R factor of the centred, scaled design
+    (the intercept's column first when there is one; centring makes its row of R zero past the diagonal)."""
+    k = int(fit_intercept)
+    slopes = R[k:, k:]
+    return scale[k:, None] * _triangular(slopes, np.eye(len(slopes)))
+
+
 def fit_least_squares(X: np.ndarray, y: np.ndarray, fit_intercept: bool = True,
                       covariance: bool = True) -> LeastSquaresFit:
     """Ordinary least squares of each column of ``y`` (rows, or rows x targets) on ``X`` (rows x features),
@@ -214,7 +226,7 @@ def fit_least_squares(X: np.ndarray, y: np.ndarray, fit_intercept: bool = True,
     condition = float(singular[0] / singular[-1]) if rank == p and p else math.inf
     y_scale = power_of_two_near_inverse(np.sqrt((Y * Y).sum(axis=0)))
     b = Y * y_scale
-    steps, unscaled = 0, None
+    steps, unscaled, whitening = 0, None, None
     if rank < p:
         z64 = np.linalg.lstsq(design.a[0], b, rcond=tolerance / singular[0])[0] if rank else np.zeros((p, t))
         z = dd.of(z64)
@@ -223,6 +235,7 @@ def fit_least_squares(X: np.ndarray, y: np.ndarray, fit_intercept: bool = True,
         residual, z, steps = _refine(design, Q, R, b, np.zeros((p, t)))
         if covariance:
             unscaled = _unscaled_covariance(design, Q, R, condition)
+            whitening = whitening_factor(R, design.scale, fit_intercept)
     params = design.transform() @ dd.to_longdouble(z) / y_scale.astype(np.longdouble)
     params = np.asarray(params, np.float64)
     r = dd.to_longdouble(residual)
@@ -233,4 +246,4 @@ def fit_least_squares(X: np.ndarray, y: np.ndarray, fit_intercept: bool = True,
     intercept = params[0] if fit_intercept else np.zeros(t)
     coef = params[int(fit_intercept):].T.copy()
     return LeastSquaresFit(coef, np.asarray(intercept, np.float64), fit_intercept, n, rank, condition,
-                           residual_ss, total_ss, unscaled, steps)
+                           residual_ss, total_ss, unscaled, steps, whitening=whitening)

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from torchport.train.lstsq import EPS, RANK_MARGIN, LeastSquaresFit, power_of_two_near_inverse
+from torchport.train.lstsq import EPS, RANK_MARGIN, LeastSquaresFit, power_of_two_near_inverse, whitening_factor
 
 METHOD = "tall-skinny QR (TSQR) of centred columns in float64, reduced chunk by chunk"
 
@@ -96,12 +96,13 @@ class Reduction:
         T[np.arange(p), np.arange(p)] = scale
         if self.fit_intercept:
             T[0, 1:] = -(self.shift[:f].astype(np.longdouble) * scale[1:])
-        covariance = None
+        covariance, whitening = None, None
         if rank == p:
             from scipy.linalg import solve_triangular
             z = solve_triangular(R11, R12)
             R_inv = solve_triangular(R11, np.eye(p))
             covariance = np.asarray(T @ (R_inv @ R_inv.T).astype(np.longdouble) @ T.T, np.float64)
+            whitening = whitening_factor(R11, scale, self.fit_intercept)
             condition = float(singular[0] / singular[-1])
         else:
             z = np.linalg.lstsq(R11, R12, rcond=tolerance / singular[0])[0] if rank else np.zeros((p, t))
@@ -111,7 +112,7 @@ class Reduction:
         total_ss = (R[k:, p:] ** 2).sum(axis=0)  # about the mean: all but the ones' row; about zero: all rows
         intercept = params[0] + self.shift[f:] if self.fit_intercept else np.zeros(t)
         return LeastSquaresFit(params[k:].T.copy(), np.asarray(intercept, np.float64), self.fit_intercept, self.rows,
-                               rank, condition, residual_ss, total_ss, covariance, 0, self.method)
+                               rank, condition, residual_ss, total_ss, covariance, 0, self.method, whitening)
 
 
     def full_r(self) -> np.ndarray:

@@ -61,15 +61,18 @@ export function tQuantile(p, df) {
   return 0.5 * (lo + hi);
 }
 
+// x'(X'X)^-1 x: |d W|^2 with d the row less the training means (the row itself without an intercept), W the
+// manifest's whitening factor, plus 1/n with an intercept.
 function leverage(linear, row) {
-  const cov = linear.covariance;
-  const quad = (d, offset) => {
-    let s = 0;
-    for (let i = 0; i < d.length; i++) for (let j = 0; j < d.length; j++) s += d[i] * cov[i + offset][j + offset] * d[j];
-    return s;
-  };
-  if (linear.fit_intercept) return 1 / linear.n_rows + quad(row.map((v, j) => v - linear.mean[j]), 1);
-  return quad(row, 0);
+  const w = linear.whitening;
+  const d = linear.fit_intercept ? row.map((v, j) => v - linear.mean[j]) : row;
+  let s = 0;
+  for (let k = 0; k < d.length; k++) {
+    let z = 0;
+    for (let j = 0; j < d.length; j++) z += d[j] * w[j][k];
+    s += z * z;
+  }
+  return (linear.fit_intercept ? 1 / linear.n_rows : 0) + s;
 }
 
 // Half-widths (one array per row, one value per target) of the level intervals of kind "prediction" or "mean".
