@@ -339,8 +339,9 @@ class Predictor:
         return predict_interval(self, x, level, kind)
 
     def encode(self, x: Any, first_row: int = 0) -> tuple[np.ndarray, np.ndarray]:
-        """The graph's input for ``x`` (codes of the model's dtype, NaN where a missing cell is imputed) and per row whether
-        an unseen level was scored as the reference level; InputError for a cell the bundle cannot take."""
+        """The graph's input for ``x`` (codes of the model's dtype, NaN where a missing cell is imputed) and per
+        row whether an unseen level was scored as the reference level; InputError for a cell the bundle cannot
+        take."""
         columns = self.encoding.columns_of(x)
         if columns is None:
             codes = np.ascontiguousarray(as_matrix(x, self.feature_names), dtype=self.dtype)
