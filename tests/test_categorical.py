@@ -2,8 +2,10 @@
 data (invest ~ value + capital + C(firm)) against statsmodels' own OLS; the same answers from the Predictor
 (DataFrame, rows, object arrays), the torch-side formats, `torchport predict` (CSV and Parquet) and
 `torchport serve` (tritonclient over REST and gRPC in both input layouts, plain JSON); unseen levels refused
-naming them (or scored as the reference level and flagged); an MLP on statsmodels' Fair data with two
-categorical columns; missing values refused without --impute and filled with the training mean with it."""
+naming them (or scored as the reference level and flagged); t intervals against statsmodels' get_prediction;
+the Node.js and web examples; an MLP on statsmodels' Fair data with two categorical columns; a float64 bundle
+(NIST's Filip) with a categorical column; missing values refused without --impute and filled with the training
+mean with it."""
 import json
 import shutil
 import subprocess
