@@ -161,7 +161,10 @@ def build_backends(bundle: str | os.PathLike | Bundle, devices: list[str], threa
 
     out.backends.append(Backend("numpy_copy", "cpu", lambda x: x.copy(), f"numpy, {threads} BLAS threads",
                                 computes_model=False))
-    if spec.kind == "linear":
+    if spec.kind == "linear" and manifest.encoding is not None:
+        out.skipped.append(Skipped("numpy_matmul", "cpu", "the model codes categorical or imputed columns "
+                                   "before its linear layer"))
+    elif spec.kind == "linear":
         w, b = linear_coefficients(load_module(bundle))
         wt = np.ascontiguousarray(w.numpy().T, dtype=np.float32)
         b32 = b.numpy().astype(np.float32)

@@ -154,7 +154,7 @@ def _rows(bundle: Bundle, n: int) -> np.ndarray:
     from torchport.export.verify import random_rows, training_record
     record = training_record(bundle.manifest)
     x = random_rows(len(bundle.manifest.features), n, np.random.default_rng(0),
-                    record.feature_stats if record else None)
+                    record.feature_stats if record else None, bundle.manifest.encoding)
     return np.ascontiguousarray(x, dtype=np.float32)
 
 

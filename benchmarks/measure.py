@@ -125,7 +125,7 @@ def bench_bundle(built: BundleBackends, batch_sizes: tuple[int, ...], plan: Plan
     manifest = built.bundle.manifest
     record = training_record(manifest)
     rows_all = random_rows(len(manifest.features), max(batch_sizes), np.random.default_rng(0),
-                           record.feature_stats if record else None)
+                           record.feature_stats if record else None, manifest.encoding)
     rows_all = np.ascontiguousarray(rows_all, dtype=np.float32)
     results = []
     for n in batch_sizes:

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from torchport.export.aoti import compile_package
+from torchport.export.encoded import Encoded
 from torchport.export.exported import export_program, save_program
 from torchport.export.formats import DEFAULT_OPSET, EXPORTER, INPUT_NAME, OUTPUT_NAME, TORCHSCRIPT_TOOL, \
     export_onnx, export_torchscript, save_checkpoint, torchport_version, versions
@@ -32,6 +33,7 @@ from torchport.export.verify import Golden, verify_with_golden
 from torchport.runtime.bundle import AOTI_CUDA_FILE, AOTI_FILE, CHECKPOINT_FILE, EXPORTED_FILE, GOLDEN_FILE, \
     LARGE_BATCH_FILE, MANIFEST, ONNX_FILE, TORCHSCRIPT_FILE, Bundle, FileEntry, FileWriter, GoldenCases, Manifest, \
     ParityReport, Precision, TensorSpec, golden_json
+from torchport.runtime.encoding import Encoding
 from torchport.runtime.errors import Fix, InputError, ParityError
 from torchport.runtime.intervals import IntervalRecord
 from torchport.runtime.files import discard_dir, naming, publish_dir, staging_dir, write_json
@@ -79,7 +81,7 @@ def write_bundle(module: nn.Module | torch.export.ExportedProgram, spec: ModelSp
                  tolerance: Tolerance = Tolerance(), report: ReportWriter | None = None,
                  formats: Iterable[str] = DEFAULT_FORMATS, aoti_cpu: str = "native",
                  publish_failed: bool = False, precision: Precision | None = None,
-                 intervals: IntervalRecord | None = None) -> Manifest:
+                 intervals: IntervalRecord | None = None, encoding: Encoding | None = None) -> Manifest:
     """Export ``module`` into the bundle directory ``out``, verified; returns its manifest. The graphs take,
     compute and answer in ``module``'s dtype (float32, or float64 where ``precision`` says why). With ``force`` an
     existing bundle is replaced once the new one is complete. ``formats``: the model formats to write
@@ -92,7 +94,8 @@ def write_bundle(module: nn.Module | torch.export.ExportedProgram, spec: ModelSp
     (replacing an older one there); with ``publish_failed`` it is published, its manifest marked failed.
     A ModuleSpec bundle (a module torchport did not define) always holds model.pt2, its torch-side source;
     ``module`` may then be that ExportedProgram (re-exporting such a bundle), which every format is written
-    from as it is."""
+    from as it is. ``encoding``: the categorical and imputed columns ``module`` (an ``Encoded``) takes, recorded
+    in the manifest."""
     out = Path(out)
     formats = check_formats(formats)
     if isinstance(spec, ModuleSpec) and "exported" not in formats:
@@ -106,7 +109,8 @@ def write_bundle(module: nn.Module | torch.export.ExportedProgram, spec: ModelSp
         try:
             manifest = write_files(stage, module, spec, list(feature_names), list(target_names), training, opset,
                                    large_batch_graph, report, formats, aoti_cpu, program)
-            manifest = replace(manifest, precision=precision or _given(manifest), intervals=intervals)
+            manifest = replace(manifest, precision=precision or _given(manifest), intervals=intervals,
+                               encoding=encoding)
             reference = module if isinstance(spec, ModuleSpec) else None
             parity, golden = verify_with_golden(Bundle(stage, manifest), verify_inputs, tolerance=tolerance,
                                                 module=reference)
@@ -288,8 +292,10 @@ def write_from_regressor(reg: Regressor, data: Dataset, out: str | os.PathLike, 
     record = record or TrainingRecord.from_fit(reg, data, fit)
     intervals = intervals or interval_record(reg, data, fit)
     module, precision = choose_precision(reg, data)
-    return write_bundle(module, reg.spec_, data.feature_names, data.target_names, out, training=record,
-                        verify_inputs=data.X, precision=precision, intervals=intervals,
+    if data.encoding is not None:  # the coding of categorical and imputed columns, in front of the model
+        module = Encoded(data.encoding, module)
+    return write_bundle(module, reg.spec_, data.input_names, data.target_names, out, training=record,
+                        verify_inputs=data.inputs, precision=precision, intervals=intervals, encoding=data.encoding,
                         report=lambda stage: write_report(stage, reg, data, record, plots, intervals), **kwargs)
 
 

@@ -72,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"torchport export: note: {done}", file=sys.stderr)
     signed = [p for p in dict.fromkeys((args.bundle, out)) if (p / SIGNATURE_FILE).is_file()]
     record = training_record(m)
-    X, _ = training_rows(record)
+    X, _ = training_rows(record, m.encoding)
     formats = args.formats or held_formats(bundle)
     spec = model_spec(bundle)
     source = load_program(bundle.read(EXPORTED_FILE), str(bundle.path / EXPORTED_FILE)) \
@@ -82,7 +82,8 @@ def run(args: argparse.Namespace) -> int:
                            training=record, opset=args.opset, force=args.force, verify_inputs=X,
                            tolerance=tolerance(args), large_batch_graph=not args.no_large_batch_graph,
                            report=report_copier(bundle), formats=formats, aoti_cpu=args.aoti_cpu,
-                           publish_failed=args.publish_failed, precision=m.precision, intervals=m.intervals)
+                           publish_failed=args.publish_failed, precision=m.precision, intervals=m.intervals,
+                           encoding=m.encoding)
     except ParityFailed as e:
         print("\n".join([format_report(e.report), *notes_lines(e.report)]))
         raise

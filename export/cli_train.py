@@ -43,6 +43,7 @@ from pathlib import Path
 
 from torchport.export.format_choices import DEFAULT_FORMATS
 from torchport.runtime.bundle import MANIFEST, SIGNATURE_FILE
+from torchport.runtime.encoding import IMPUTE, ONE_HOT, TREATMENT
 from torchport.runtime.errors import Fix, InputError
 from torchport.runtime.files import MACHINE_ERRNOS, remove_leftovers
 from torchport.runtime.options import delimiter, names, number, whole_number, widths
@@ -60,6 +61,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "(required for files; the bundled datasets default to ntv_rich)")
     p.add_argument("--features", type=names, metavar="COLS",
                    help="feature columns, comma-separated (default: the dataset's, or every other column)")
+    p.add_argument("--categorical", type=names, metavar="COLS",
+                   help="feature columns to take as categorical even when they hold numbers (a column of text is "
+                        "categorical anyway): coded inside the bundle, treatment (dummy) coding against the first "
+                        "level for linear models, one-hot for mlp; the levels are recorded in the manifest")
+    p.add_argument("--impute", choices=IMPUTE,
+                   help="fill missing feature cells inside the bundle with the training statistic (a categorical "
+                        "column: its most frequent level); without it a missing cell is refused")
+    p.add_argument("--missing-indicator", action="store_true",
+                   help="with --impute: also give the model a 0/1 column for each feature that had missing cells")
     p.add_argument("--delimiter", type=delimiter, metavar="comma|semicolon|tab",
                    help="a CSV file's delimiter (default: read from its header, as `torchport predict` does)")
     p.add_argument("--model", default="linear", choices=MODEL_KINDS, help="linear (default) or mlp")
@@ -179,7 +189,7 @@ def _may_stream(args: argparse.Namespace) -> bool:
     """Whether the data is a file large enough to read in chunks for a linear model's exact fit (checked by its
     header now, as a read would check it; the settings decide once torch is loaded)."""
     if args.data in DATASET_NAMES or args.model != "linear" or args.val_fraction or args.calibration_fraction \
-            or args.resume:
+            or args.resume or args.categorical or args.impute:
         return False
     path = Path(args.data)
     if not path.is_file() or path.stat().st_size < STREAM_BYTES:
@@ -194,8 +204,14 @@ def _may_stream(args: argparse.Namespace) -> bool:
 def _load(args: argparse.Namespace, status: Status):
     from torchport.train.datasets import load_dataset
     status.set(f"reading {args.data}")
+    if args.missing_indicator and not args.impute:
+        raise InputError("--missing-indicator adds a column to imputed features; give --impute too",
+                         parameter="missing_indicator")
     return load_dataset(args.data, args.target, args.features, delimiter=args.delimiter,
-                        on_rows=lambda n: status.set(f"reading {args.data}: {n:,} rows"))
+                        on_rows=lambda n: status.set(f"reading {args.data}: {n:,} rows"),
+                        categorical=args.categorical or (), impute=args.impute,
+                        missing_indicator=args.missing_indicator,
+                        coding=TREATMENT if args.model == "linear" else ONE_HOT)
 
 
 def _refuse_existing(out: Path, force: bool) -> None:

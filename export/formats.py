@@ -172,6 +172,9 @@ def load_module(bundle: Bundle | str | Path) -> nn.Module:
     if not isinstance(state, dict) or not isinstance(state.get("state_dict"), dict):
         raise BundleError(f"{bundle.path / CHECKPOINT_FILE} holds no state_dict; re-export the bundle")
     module = build_model(spec).to(torch.float64 if bundle.manifest.dtype == "float64" else torch.float32)
+    if bundle.manifest.encoding is not None:
+        from torchport.export.encoded import Encoded
+        module = Encoded(bundle.manifest.encoding, module)
     try:
         module.load_state_dict(state["state_dict"])
     except RuntimeError as e:

@@ -26,7 +26,9 @@ TORCH_FORMATS = {"module": (CHECKPOINT_FILE, "cpu"), "torchscript": (TORCHSCRIPT
 class TorchModel:
     """One torch-side format of a bundle as a callable: ``model(x)`` / ``model.predict(x)`` take what
     ``Predictor.predict`` takes and answer the same kind. ``run`` is the bare call: a C-contiguous
-    (rows, features) array of the bundle's dtype (``dtype``: float32, or float64) in, (rows, targets) out."""
+    (rows, features) array of the bundle's dtype (``dtype``: float32, or float64) in, (rows, targets) out. A
+    bundle with categorical or imputed columns takes their cells as the Predictor does (strings mapped to level
+    codes, NaN where imputed); ``run`` takes the codes."""
 
     def __init__(self, bundle: Bundle, fmt: str, run: Callable[[np.ndarray], np.ndarray],
                  allow_nonfinite: bool = False):
@@ -34,14 +36,21 @@ class TorchModel:
         self.feature_names = list(bundle.manifest.features)
         self.target_names = list(bundle.manifest.targets)
         self.allow_nonfinite = allow_nonfinite
+        self.encoding = bundle.manifest.encoding
         self.dtype = np.dtype(bundle.manifest.dtype)
         self.run = run
 
     def predict(self, x: Any) -> Any:
         if isinstance(x, (list, tuple)) and len(x) == 0:
             return []
-        a = np.ascontiguousarray(as_matrix(x, self.feature_names), dtype=self.dtype)
-        if not self.allow_nonfinite and a.size and not finite(a):
+        columns = self.encoding.columns_of(x) if self.encoding is not None else None
+        if columns is not None:
+            a = self.encoding.codes(columns, dtype=self.dtype)[0]
+        else:
+            a = np.ascontiguousarray(as_matrix(x, self.feature_names), dtype=self.dtype)
+            if self.encoding is not None:
+                self.encoding.check_codes(a)
+        if self.encoding is None and not self.allow_nonfinite and a.size and not finite(a):
             refuse_nonfinite(a, self.feature_names)
         result = self.run(a) if len(a) else np.empty((0, len(self.target_names)), dtype=self.dtype)
         return answer_like(x, result, self.target_names)

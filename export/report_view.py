@@ -77,6 +77,8 @@ def summary(m: Manifest, record: TrainingRecord | None, spec: ModelSpec | Module
     task = f"{', '.join(m.targets)} ~ {', '.join(m.features)}"
     items: list[tuple[str, list]] = [("task", [f"regression: {task}"]),
                                      ("model", [model_text(spec), f" ({spec.n_features} -> {spec.n_targets})"])]
+    if m.encoding is not None:  # categorical and imputed columns, coded inside the graph
+        items.append(("encoding", [m.encoding.describe()]))
     if record is None:
         return items + [("training", ["no training record: the bundle was written from a module torchport "
                                       "did not train"])]

@@ -110,8 +110,11 @@ def bundle_lines(data: Dataset, manifest: Manifest, out: Path, asked_large_batch
     if manifest.dtype != "float32":  # a float32 bundle says nothing: the tutorial's summary stays as it was
         lines.append(f"precision: {manifest.dtype} inputs, weights and arithmetic in every format, as "
                      f"{manifest.precision.reason}")
+    if manifest.encoding is not None:
+        lines.append(f"encoding: {manifest.encoding.describe()} (inside every format; the runtimes take the "
+                     "levels as text)")
     lines.append(intervals_line(manifest))
-    if len(data.feature_names) == 1 and len(data.target_names) == 1:
+    if len(data.feature_names) == 1 and len(data.target_names) == 1 and data.encoding is None:
         predictor = Predictor(out, providers="auto", allow_failed_parity=True)
         onnx3 = float(predictor.predict(np.array([[3.0]], dtype=np.float32))[0, 0])
         lines.append(f"prediction at {data.feature_names[0]} = 3 through ONNX Runtime "

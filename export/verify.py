@@ -27,6 +27,7 @@ from torchport.export.parity import EPS32, EPS64, EPS_RATIO, REFERENCE, Toleranc
 from torchport.export.torch_calls import evaluating
 from torchport.runtime.bundle import AOTI_CUDA_FILE, AOTI_FILE, CHECKPOINT_FILE, EXPORTED_FILE, LARGE_BATCH_FILE, \
     ONNX_FILE, TORCHSCRIPT_FILE, Bundle, Manifest, ParityCase, ParityReport
+from torchport.runtime.encoding import CATEGORICAL, Encoding
 from torchport.runtime.errors import BundleError, DataError
 from torchport.runtime.golden import Golden
 from torchport.runtime.predictor import Predictor
@@ -57,23 +58,46 @@ def training_record(manifest: Manifest) -> TrainingRecord | None:
         raise BundleError(f"the manifest's training record is malformed: {e}; re-export the bundle") from None
 
 
-def training_rows(record: TrainingRecord | None) -> tuple[np.ndarray | None, str]:
-    """Re-load the training features a record names, if they are still what was trained on."""
+def training_rows(record: TrainingRecord | None, encoding: Encoding | None = None) -> tuple[np.ndarray | None, str]:
+    """Re-load the training features a record names, if they are still what was trained on (with an
+    encoding: the raw columns, encoded as recorded, as the graph takes them)."""
     if record is None:
         return None, "no training dataset recorded"
     d = record.dataset
     for where in (d.name, d.source):
         try:
-            data = load_dataset(where, d.targets, d.features)
+            if encoding is None:
+                data = load_dataset(where, d.targets, d.features)
+            else:
+                imputed = [c.impute for c in encoding.columns if c.impute]
+                data = load_dataset(where, d.targets, encoding.features, categorical=encoding.categorical,
+                                    impute=imputed[0] if imputed else None, coding=encoding.coding,
+                                    missing_indicator=any(c.indicator for c in encoding.columns))
         except (DataError, OSError):
             continue
         if data.fingerprint == d.fingerprint_sha256:
-            return data.X, f"{data.source} ({len(data.X)} rows)"
+            return data.inputs, f"{data.source} ({len(data.X)} rows)"
     return None, f"training data {d.source!r} not found unchanged; checked random rows only"
 
 
-def random_rows(n_features: int, rows: int, rng: np.random.Generator, stats: FeatureStats | None = None) -> np.ndarray:
-    """Rows spread around the training features (twice their spread), or standard normal without stats."""
+def random_rows(n_features: int, rows: int, rng: np.random.Generator, stats: FeatureStats | None = None,
+                encoding: Encoding | None = None) -> np.ndarray:
+    """Rows spread around the training features (twice their spread), or standard normal without stats. With
+    an encoding (whose ``stats`` are the design's): numeric columns so, categorical ones uniform over their
+    level codes, and about one cell in ten missing in each imputed column."""
+    if encoding is not None:
+        names = encoding.design_names()
+        out = np.empty((rows, n_features))
+        for j, column in enumerate(encoding.columns):
+            if column.kind == CATEGORICAL:
+                out[:, j] = rng.integers(0, len(column.levels), rows)
+            else:
+                k = names.index(column.name)
+                std = stats.std[k] if stats and stats.std[k] > 0 else 1.0
+                out[:, j] = rng.normal(stats.mean[k] if stats else 0.0, 2 * std, rows)
+            if column.impute is not None:
+                out[rng.random(rows) < 0.1, j] = np.nan
+        return out
     mean = np.asarray(stats.mean) if stats else np.zeros(n_features)
     std = np.where(np.asarray(stats.std) > 0, np.asarray(stats.std), 1.0) if stats else np.ones(n_features)
     return rng.normal(mean, 2 * std, size=(rows, n_features))
@@ -290,9 +314,9 @@ def verify_with_golden(bundle: str | os.PathLike | Bundle, X: np.ndarray | None 
     record = training_record(m)
     described = f"training data ({len(X)} rows)" if X is not None else None
     if X is None:
-        X, described = training_rows(record)
+        X, described = training_rows(record, m.encoding)
     rng = np.random.default_rng(seed)
     stats = record.feature_stats if record else None
     cases = ([("training data", X)] if X is not None else []) + \
-        [(f"random {k} rows", random_rows(len(m.features), k, rng, stats)) for k in RANDOM_BATCHES]
+        [(f"random {k} rows", random_rows(len(m.features), k, rng, stats, m.encoding)) for k in RANDOM_BATCHES]
     return run_cases(found, cases, len(m.targets), tolerance, described)

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from torchport.runtime.cpus import cpu_flags
+from torchport.runtime.encoding import Encoding
 from torchport.runtime.errors import BundleError, DataError, Fix, ParityError
 from torchport.runtime.intervals import IntervalRecord
 from torchport.runtime.jsonfields import FLAG, INT, NULL, NUMBER, TEXT, Flat, items, json_object, present, scalar, \
@@ -457,9 +458,11 @@ class Precision:
 
 
 def golden_json(inputs: Any, answers: Any, bound: Any, features: Any, targets: Any) -> dict:
-    """The content of golden.json: the rows (float32 values), their float64 answers, the bound per target."""
+    """The content of golden.json: the rows (float32 values; null for a missing cell an encoding imputes),
+    their float64 answers, the bound per target."""
     return {"format": "torchport.golden", "features": list(features), "targets": list(targets),
-            "bound": [float(b) for b in bound], "inputs": [[float(v) for v in row] for row in inputs],
+            "bound": [float(b) for b in bound],
+            "inputs": [[None if math.isnan(v) else float(v) for v in row] for row in inputs],  # None: a missing cell
             "answers": [[float(v) for v in row] for row in answers]}
 
 
@@ -481,6 +484,7 @@ class Manifest:
     golden: GoldenCases | None = None
     precision: Precision | None = None  # None: a bundle from before the precision was chosen (float32)
     intervals: IntervalRecord | None = None  # what prediction intervals need (None: bundles from before them)
+    encoding: Encoding | None = None  # categorical and imputed columns (None: every feature a plain number)
 
     def with_parity(self, parity: ParityReport) -> "Manifest":
         return replace(self, parity=parity)
@@ -504,7 +508,8 @@ class Manifest:
                 "parity": self.parity.to_json() if self.parity else None,
                 "golden": self.golden.to_json() if self.golden else None,
                 **({"precision": self.precision.to_json()} if self.precision else {}),
-                "intervals": self.intervals.to_json() if self.intervals else None}
+                "intervals": self.intervals.to_json() if self.intervals else None,
+                **({"encoding": self.encoding.to_json()} if self.encoding else {})}
 
     @classmethod
     def from_json(cls, obj: Any, where: str = MANIFEST) -> "Manifest":
@@ -556,13 +561,19 @@ class Manifest:
             if tensor.dtype not in DTYPES or tensor.dtype != (precision.dtype if precision else "float32"):
                 raise DataError(f"{where}: tensor {tensor.name!r} has dtype {tensor.dtype!r}; expected "
                                 f"{precision.dtype if precision else 'float32'} (the manifest's precision)")
+        encoding = present(obj, where, {"encoding": (dict, NULL)}).get("encoding")
+        encoding = Encoding.from_json(encoding, f"{where}.encoding") if encoding else None
+        if encoding is not None and tuple(encoding.features) != features:
+            raise DataError(f"{where}.encoding describes the columns {encoding.features}, not the features "
+                            f"{list(features)}")
+        design = len(encoding.design_names()) if encoding is not None else len(features)  # what intervals see
         intervals = present(obj, where, {"intervals": (dict, NULL)}).get("intervals")
-        intervals = IntervalRecord.from_json(intervals, f"{where}.intervals", len(features), len(targets)) \
+        intervals = IntervalRecord.from_json(intervals, f"{where}.intervals", design, len(targets)) \
             if intervals else None
         return cls(features, targets, tin, tout, files, json_object(v["model"], f"{where}.model"),
                    ExportRecord.from_json(v["export"], f"{where}.export"), v["training"],
                    ParityReport.from_json(parity, f"{where}.parity") if parity else None, v["created"] or "",
-                   golden=golden, precision=precision, intervals=intervals)
+                   golden=golden, precision=precision, intervals=intervals, encoding=encoding)
 
 
 def _migrate_v1(obj: dict) -> dict:

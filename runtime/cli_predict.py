@@ -8,7 +8,9 @@ The input's delimiter (comma, semicolon or tab) is read from its header, as `tor
 unless --delimiter gives it; the output is comma-separated for .csv/.txt and tab-separated for .tsv/.tab.
 Numbers use '.' as the decimal mark. An input that already has a `<target>_pred` column is refused. Parquet
 needs pyarrow (the `io` extra), which also makes CSV faster; without it, CSV/TSV go through Python's csv
-module with the same rules and the same output.
+module with the same rules and the same output. A bundle trained on categorical columns takes their levels
+as text (an unseen level is refused naming it, unless --unseen reference), and one trained with --impute
+takes empty cells (and NA, NaN, null) in its features.
 
 examples:
   torchport predict bundles/seed --input islands.csv --output scored.csv
@@ -23,6 +25,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from torchport.runtime.encoding import UNSEEN
 from torchport.runtime.errors import Fix, InputError
 from torchport.runtime.files import remove_leftovers
 from torchport.runtime.options import delimiter, positive_int
@@ -45,6 +48,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                                             "(default: the Predictor's rules)")
     p.add_argument("--interval", dest="level", type=float, metavar="L",
                    help="add each row's prediction interval at level L, in (0, 1), and its out_of_domain flag")
+    p.add_argument("--unseen", choices=UNSEEN, default="refuse",
+                   help="a categorical cell holding a level the model was not trained on: refuse (default: exit 2 "
+                        "naming the row, column and value) or reference (score it as the reference level and "
+                        "write 1 in an unseen_level column after the predictions)")
     p.add_argument("--force", action="store_true", help="replace an existing output file")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -57,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"{args.output} exists", parameter="output", fixes=(Fix({"force": True}, "to replace it"),))
     if args.output.resolve() == args.input.resolve():
         raise InputError("--output must differ from --input", parameter="output")
-    predictor = Predictor(args.bundle, providers=args.providers, plan=args.plan)
+    predictor = Predictor(args.bundle, providers=args.providers, plan=args.plan, unseen=args.unseen)
     for done in remove_leftovers(args.output):
         print(f"torchport predict: note: {done}", file=sys.stderr)
     n = score_file(predictor, args.input, args.output, args.chunk_rows,

@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 
+from torchport.runtime.encoding import design
 from torchport.runtime.inputs import answer_like, as_matrix, is_dataframe
 from torchport.runtime.intervals import check_level, domain_flags, half_widths, no_intervals, KINDS
 from torchport.runtime.errors import InputError
@@ -55,13 +56,23 @@ def predict_interval(predictor, x: Any, level: float = 0.95, kind: str = "predic
     if record is None:
         raise no_intervals(str(predictor.engine.source if manifest is None else predictor.engine.source.parent))
     features, targets = predictor.feature_names, predictor.target_names
-    raw = as_matrix(x, features) if not (isinstance(x, (list, tuple)) and len(x) == 0) \
-        else np.empty((0, len(features)))
-    X = np.asarray(raw, np.float64)
+    empty = isinstance(x, (list, tuple)) and len(x) == 0
+    encoding, unseen = predictor.encoding, None
+    if encoding is not None:  # categorical or imputed columns: intervals are of the model's design
+        codes, unseen = predictor.encode(x) if not empty else (np.empty((0, len(features))), np.zeros(0, bool))
+        X, names, feed = design(encoding, codes), tuple(encoding.design_names()), codes
+    else:
+        raw = as_matrix(x, features) if not empty else np.empty((0, len(features)))
+        X = feed = np.asarray(raw, np.float64)
+        names = tuple(features)
     half = half_widths(record, X, level, kind)
-    pred = predictor.predict(X) if len(X) else np.empty((0, len(targets)), np.float32)
+    pred = predictor.predict(feed) if len(X) else np.empty((0, len(targets)), np.float32)
     centre = np.asarray(pred, np.float64)
-    flags, reasons = domain_flags(record, X, tuple(features))
+    flags, reasons = domain_flags(record, X, names)
+    if unseen is not None and unseen.any():  # scored as the reference level (unseen="reference"): flagged
+        flags = flags | unseen
+        reasons = tuple("; ".join(filter(None, (r, "a level the model was not trained on, scored as the reference "
+                                                   "level" if u else ""))) for r, u in zip(reasons, unseen))
     about = (reasons, level, kind, tuple(targets))
     if is_dataframe(x):
         import pandas as pd

@@ -16,11 +16,21 @@ from torchport.runtime.bundle import LARGE_BATCH_FILE, MANIFEST, ONNX_FILE, Bund
 from torchport.runtime.golden import Golden, SelfCheck, load_golden, self_check
 from torchport.runtime.cpus import usable_cpus
 from torchport.runtime.device import DLPACK_CUDA, dlpack_device, run_on_device
+from torchport.runtime.encoding import UNSEEN, Encoding
 from torchport.runtime.engine import Engine
 from torchport.runtime.errors import BundleError, InputError, InputTypeError
 from torchport.runtime.inputs import answer_like, as_matrix, refuse_nonfinite
 from torchport.runtime.plan import Plan, machine_key
 from torchport.runtime.providers import CUDA, ProviderFallbackWarning, resolve_providers
+
+
+class UnseenLevelWarning(UserWarning):
+    """Rows whose categorical cell held a level the model was not trained on were scored as the reference
+    level (``unseen="reference"``); ``rows`` lists them (0-based)."""
+
+    def __init__(self, message: str, rows: list[int]):
+        super().__init__(message)
+        self.rows = rows
 
 
 _ndarray, _isfinite, _finite = np.ndarray, math.isfinite, hot_path.finite
@@ -58,14 +68,23 @@ class Predictor:
     graphs and their digests, sessions, slot pools and golden cases, for tools that measure or check them.
 
     ``trusted_keys`` (ed25519 public keys, or paths to PEM files of them): refuse a bundle unless its
-    ``manifest.sig`` is a signature by one of them (see ``torchport.runtime.signing``)."""
+    ``manifest.sig`` is a signature by one of them (see ``torchport.runtime.signing``).
+
+    A bundle with categorical or imputed columns (the manifest's ``encoding``) takes their cells as they
+    come: strings (DataFrame columns, lists of rows, object arrays) mapped to level codes, NaN or None where
+    the bundle imputes; a numeric array holds the codes themselves. An unseen level is refused naming the
+    column and value, or with ``unseen="reference"`` scored as the reference level, the rows named by an
+    UnseenLevelWarning (``encode`` gives the codes and the flags)."""
 
     def __init__(self, path: str | os.PathLike | Bundle, providers: str | list[str] = "auto",
                  sess_options: ort.SessionOptions | None = None, intra_op_threads: int | None = None,
                  large_batch_rows: int = hot_path.LARGE_ROWS, allow_nonfinite: bool = False,
                  allow_failed_parity: bool = False, trusted_keys: Any = None,
-                 plan: Plan | str | os.PathLike | None = None, precision: str = "f32"):
+                 plan: Plan | str | os.PathLike | None = None, precision: str = "f32", unseen: str = "refuse"):
         self.allow_nonfinite = allow_nonfinite
+        if unseen not in UNSEEN:
+            raise InputError(f"unseen must be one of {', '.join(UNSEEN)}; got {unseen!r}", parameter="unseen")
+        self.unseen = unseen
         large_bytes = golden = None
         self.signed_by: str | None = None  # the id of the trusted key that signed the bundle
         if isinstance(path, Bundle) or Path(path).is_dir():
@@ -131,6 +150,7 @@ class Predictor:
             warnings.warn("; ".join(notes) + f". Running on {', '.join(self.providers)}.",
                           ProviderFallbackWarning, stacklevel=2)
         self.feature_names, self.target_names = engine.feature_names, engine.target_names
+        self.encoding: Encoding | None = self.manifest.encoding if self.manifest is not None else None
         self.input_name, self.output_name = engine.input_name, engine.output_name
         self._run = engine.run
         self._plan_arg: Plan | str | None = None
@@ -183,7 +203,8 @@ class Predictor:
         if self.engine.custom:
             raise InputError("tune() needs the Predictor's own sessions; this one was made with sess_options",
                              parameter="sess_options")
-        plan = self.engine.held_to(measure_plan(self.engine, max_rows, seconds, check=not self.allow_nonfinite))
+        plan = self.engine.held_to(measure_plan(self.engine, max_rows, seconds,
+                                                check=not self.allow_nonfinite and self.encoding is None))
         self._use(plan)
         return plan
 
@@ -260,6 +281,16 @@ class Predictor:
         input, which is then filled and returned (when a NaN/inf row is refused, rows before it may already
         be written there). A CUDA array (DLPack) on a CUDA session is run where it
         lies and answered with an OrtValue on the GPU."""
+        if self.encoding is not None:
+            codes, _ = self.encode(x)
+            if out is not None and not isinstance(x, np.ndarray):
+                raise InputError("out is only accepted with numpy input", parameter="out")
+            rows = codes.shape[0]
+            if out is not None:
+                self._check_out(out, rows)
+            result = self._run(self.plan.regime(rows), codes, out, False, self._pools) if rows else \
+                np.empty((0, self.n_targets), dtype=self.dtype)
+            return answer_like(x, result, self.target_names)
         if type(x) is _ndarray and out is None:
             pool = self._pools.get(x.shape)  # found only for 2-D shapes of the model's width, <= SLOT_ROWS rows
             if pool is not None:
@@ -307,6 +338,23 @@ class Predictor:
         from torchport.runtime.interval_prediction import predict_interval
         return predict_interval(self, x, level, kind)
 
+    def encode(self, x: Any, first_row: int = 0) -> tuple[np.ndarray, np.ndarray]:
+        """The graph's input for ``x`` (codes of the model's dtype, NaN where a missing cell is imputed) and per
+        row whether an unseen level was scored as the reference level; InputError for a cell the bundle cannot
+        take."""
+        columns = self.encoding.columns_of(x)
+        if columns is None:
+            codes = np.ascontiguousarray(as_matrix(x, self.feature_names), dtype=self.dtype)
+            self.encoding.check_codes(codes, first_row)
+            return codes, np.zeros(len(codes), dtype=bool)
+        codes, flagged = self.encoding.codes(columns, unseen=self.unseen, first_row=first_row, dtype=self.dtype)
+        if flagged.any():
+            rows = [int(i) + first_row for i in np.flatnonzero(flagged)]
+            warnings.warn(UnseenLevelWarning(f"{len(rows)} row(s) held a level the model was not trained on and "
+                                             f"were scored as the reference level (rows {rows[:10]}"
+                                             f"{', ...' if len(rows) > 10 else ''})", rows), stacklevel=3)
+        return codes, flagged
+
     def self_check(self) -> SelfCheck:
         """Run the bundle's golden cases (rows kept at export with their float64 answers) through this
         Predictor, on its providers, as one batch and in batches of up to 64 rows, and through every other
@@ -320,7 +368,7 @@ class Predictor:
         golden = load_golden(self.engine.golden, self.feature_names, self.target_names, self.engine.dtype)
         if self.plan.bound:  # a reduced-precision plan: its answers are held to the bound recorded in it
             golden = Golden(golden.inputs, golden.answers, np.asarray(self.plan.bound, np.float64))
-        check = not self.allow_nonfinite
+        check = not self.allow_nonfinite and self.encoding is None  # imputed golden rows hold NaN
         regimes = [(regime.describe(), lambda x, r=regime: self._run(r, x, None, check, calm=False) if len(x) else
                     np.empty((0, self.n_targets), self.engine.dtype)) for regime in self.plan.regimes()]
         return self_check(self.predict, golden, self.target_names, self.providers, regimes)
@@ -344,7 +392,7 @@ def _check_reduced(engine: Engine) -> None:
 def _unpickle(model_bytes: bytes, source: str, names: tuple, providers, threads, large_rows,
               large_bytes: bytes | None = None, plan: dict | str | None = None, precision: str = "f32") -> Predictor:
     predictor = Predictor.__new__(Predictor)
-    predictor.signed_by = None
+    predictor.signed_by, predictor.unseen = None, "refuse"
     predictor.manifest, *_, predictor.allow_nonfinite, golden = names
     predictor._open(model_bytes, large_bytes, golden, Path(source), providers, None, threads, large_rows, precision)
     if plan is not None:

@@ -16,13 +16,18 @@ from torchport.runtime.files import atomic_write
 from torchport.runtime.predictor import Predictor
 
 
+UNSEEN_COLUMN = "unseen_level"  # 1 where an unseen level was scored as the reference level (unseen="reference")
+
+
 def score_file(predictor: Predictor, src: str | os.PathLike, dst: str | os.PathLike, chunk_rows: int = 65536,
                progress: bool = False, delimiter: str | None = None, interval: float | None = None) -> int:
     """Score ``src`` (CSV, TSV or Parquet, by suffix) into ``dst`` in chunks of ``chunk_rows`` rows; returns
     the number of rows scored. Uses pyarrow when it is installed, else Python's csv module (CSV/TSV only);
     ``progress`` shows a tqdm bar on stderr when tqdm is installed. ``delimiter`` (comma, semicolon or tab)
     is read from the input's header unless given; the output uses its own suffix's. ``interval``: a level
-    (0.9) adds each row's prediction interval and domain flag (``Predictor.predict_interval``)."""
+    (0.9) adds each row's prediction interval and domain flag (``Predictor.predict_interval``). A bundle with
+    categorical or imputed columns reads their cells as text (Parquet: as stored); with the Predictor's
+    ``unseen="reference"`` an ``unseen_level`` column (1 or 0) follows the predictions."""
     return _score(predictor, src, dst, chunk_rows, progress, tables.backend(), delimiter, interval)
 
 
@@ -54,6 +59,9 @@ def _score(predictor: Predictor, src: str | os.PathLike, dst: str | os.PathLike,
         def answer(x):
             r = predictor.predict_interval(x, interval)
             return np.column_stack([r.prediction, r.lower, r.upper, r.out_of_domain]).astype(np.float32)
+    flag = predictor.encoding is not None and predictor.unseen == "reference"
+    if flag:
+        predictions.append(UNSEEN_COLUMN)
     done = 0
     with backend.reader(src_format, chunk_rows) as reader:
         tables.check_columns(src, reader.columns, predictor.feature_names, predictions)
@@ -63,8 +71,15 @@ def _score(predictor: Predictor, src: str | os.PathLike, dst: str | os.PathLike,
             nonlocal done
             with backend.writer(tmp, dst_format, reader, predictions, predictor.dtype) as writer:
                 for chunk in reader.chunks():
-                    x = reader.features(chunk, predictor.feature_names, done + 1, predictor.dtype)
-                    writer.write(chunk, answer(x))
+                    if predictor.encoding is None:
+                        x = reader.features(chunk, predictor.feature_names, done + 1, predictor.dtype)
+                        writer.write(chunk, answer(x))
+                    else:
+                        x, unseen = predictor.encoding.codes(
+                            [reader.cells(chunk, name) for name in predictor.feature_names], unseen=predictor.unseen,
+                            first_row=done + 1, rows_are="data row, 1-based", dtype=predictor.dtype)
+                        y = answer(x)
+                        writer.write(chunk, np.column_stack([y, unseen.astype(y.dtype)]) if flag else y)
                     done += len(x)
                     if bar is not None:
                         bar.update(len(x))

@@ -296,6 +296,11 @@ class CsvReader(_Closing):
         _first_bad(self.path, out, names, first_row, cell)
         return out
 
+    def cells(self, chunk: list[list[str]], name: str) -> list[str]:
+        """One column's cells as read (text), for categorical and imputed columns."""
+        c = self.columns.index(name)
+        return [row[c] for row in chunk]
+
     def close(self) -> None:
         self._file.close()
 
@@ -379,6 +384,11 @@ class ArrowCsvReader(_Closing):
     def features(self, batch, names: list[str], first_row: int, dtype: type = np.float32) -> np.ndarray:
         return _arrow_features(self.path, batch, names, first_row, dtype)
 
+    def cells(self, batch, name: str) -> list:
+        """One column's cells as read (text; Parquet: its values, None for null), for categorical and imputed
+        columns."""
+        return batch.column(name).to_pylist()
+
     def close(self) -> None:
         self._source.close()
 
@@ -413,6 +423,11 @@ class ParquetReader(_Closing):
 
     def features(self, batch, names: list[str], first_row: int, dtype: type = np.float32) -> np.ndarray:
         return _arrow_features(self.path, batch, names, first_row, dtype)
+
+    def cells(self, batch, name: str) -> list:
+        """One column's cells as read (text; Parquet: its values, None for null), for categorical and imputed
+        columns."""
+        return batch.column(name).to_pylist()
 
     def close(self) -> None:
         self._file.close()
@@ -584,6 +599,14 @@ class TableChunks(_Closing):
             done += len(values)
             yield values
 
+    def cells(self) -> dict[str, list]:
+        """The chosen columns' cells as read, whole (instead of iterating float64 chunks)."""
+        out: dict[str, list] = {name: [] for name in self.names}
+        for chunk in self._reader.chunks():
+            for name in self.names:
+                out[name] += self._reader.cells(chunk, name)
+        return out
+
     def close(self) -> None:
         self._reader.close()
 
@@ -611,6 +634,14 @@ def table_chunks(path: str | Path, columns: Sequence[str] | Callable[[list[str]]
         reader.close()
         raise
     return TableChunks(reader, header, names)
+
+
+def read_cells(path: str | Path, columns: Sequence[str], *, delimiter: str | None = None,
+               parameter: str = "path", backend_name: str | None = None) -> dict[str, list]:
+    """The chosen columns' cells as read (CSV: text; Parquet: values, None for null), by the same rules as
+    ``read_table``: for tables with categorical columns and missing cells, which the caller interprets."""
+    with table_chunks(path, columns, delimiter=delimiter, parameter=parameter, backend_name=backend_name) as chunks:
+        return chunks.cells()
 
 
 def read_table(path: str | Path, columns: Sequence[str] | Callable[[list[str]], Sequence[str]], *,

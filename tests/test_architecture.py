@@ -24,11 +24,11 @@ ALLOWED = {"runtime": {"runtime"}, "train": {"train", "runtime"}, "export": {"ex
 NO_TORCH_IN = {"runtime"}
 # The torch-free, ONNX-Runtime-free foundation every package may import (train may import nothing else of the
 # runtime): errors, strict JSON, reading tables, atomic files and locks, option types, the bundle format,
-# the CPU facts the bundle format records, the intervals it keeps, the status line of long commands, and
-# lazily loaded package names.
+# the CPU facts the bundle format records, the intervals it keeps, the encoding of its categorical and missing
+# cells, the status line of long commands, and lazily loaded package names.
 FOUNDATION = {f"torchport.runtime.{name}" for name in
               ("errors", "jsonfields", "tables", "files", "locks", "options", "bundle", "cpus", "status",
-                             "lazy", "intervals")}
+                             "lazy", "intervals", "encoding")}
 # Public names that two packages both define, each meaning something different there (not a twin).
 SAME_NAME_OTHER_THING = {
     "add_arguments": "every command module's argparse hook (runtime.cli calls it)",

@@ -11,8 +11,10 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
+from torchport.runtime.encoding import Encoding, design
 from torchport.runtime.errors import DataError
-from torchport.runtime.tables import read_table
+from torchport.runtime.tables import read_cells, read_table
+from torchport.train.categorical import fit_encoding, is_text_column, needs_encoding
 
 CITATION = (
     "McMaster RT (2005). Factors influencing vascular plant diversity on 22 islands off the coast of "
@@ -34,7 +36,10 @@ def published_fit(name: str, features: Sequence[str], targets: Sequence[str]) ->
 class Dataset:
     """Float64 features and targets with their names and where they came from. ``recipe`` holds Regressor
     settings the data comes with (the tutorial's data: the tutorial's SGD), applied by `torchport train`
-    where the command line leaves them open."""
+    where the command line leaves them open. A table with categorical or imputed columns also has its
+    ``encoding`` and ``codes`` (the exported graph's input: one column per raw feature, level codes, NaN
+    where a cell was missing); ``X`` and ``feature_names`` are then the model's design (dummy columns,
+    missing cells filled), which the model's core is fitted on."""
 
     name: str
     source: str
@@ -43,6 +48,18 @@ class Dataset:
     feature_names: list[str]
     target_names: list[str]
     recipe: dict = field(default_factory=dict)
+    encoding: Encoding | None = None
+    codes: np.ndarray | None = None
+
+    @property
+    def inputs(self) -> np.ndarray:
+        """The rows as the exported graph takes them: the codes with an encoding, else ``X``."""
+        return self.X if self.codes is None else self.codes
+
+    @property
+    def input_names(self) -> list[str]:
+        """The exported graph's feature names: the raw columns with an encoding, else ``feature_names``."""
+        return self.feature_names if self.encoding is None else self.encoding.features
 
     @property
     def fingerprint(self) -> str:
@@ -141,9 +158,24 @@ def from_columns(columns: Mapping[str, np.ndarray], target: Sequence[str], featu
     return Dataset(name, source, X, y, features, target, dict(recipe or {}))
 
 
+def encoded(cells: Mapping[str, Sequence[Any]], targets: Mapping[str, np.ndarray], target: Sequence[str],
+            features: Sequence[str], name: str, source: str, **options: Any) -> Dataset:
+    """A Dataset of a table with categorical or imputed columns (``options``: ``fit_encoding``'s): its
+    encoding, the codes and the design; a plain Dataset when the encoding does nothing."""
+    encoding, codes = fit_encoding(cells, features, source, **options)
+    if not needs_encoding(encoding):
+        return from_columns({**targets, **{c: codes[:, j] for j, c in enumerate(features)}}, target, features,
+                            name, source)
+    data = from_columns({**targets, **dict(zip(encoding.design_names(), design(encoding, codes).T))}, target,
+                        encoding.design_names(), name, source)
+    return replace(data, encoding=encoding, codes=codes)
+
+
 def from_frame(frame: pd.DataFrame, target: Sequence[str], features: Sequence[str] | None,
-               name: str, source: str) -> Dataset:
-    """Pick the target and feature columns of a DataFrame by name and check they are finite numbers."""
+               name: str, source: str, **options: Any) -> Dataset:
+    """Pick the target and feature columns of a DataFrame by name and check they are finite numbers; text
+    columns (and those named in ``categorical``) are categorical, and ``impute`` fills missing cells
+    (``options``: ``fit_encoding``'s)."""
     columns = [str(c) for c in frame.columns]
     repeated = sorted({c for c in columns if columns.count(c) > 1})
     if repeated:
@@ -152,19 +184,28 @@ def from_frame(frame: pd.DataFrame, target: Sequence[str], features: Sequence[st
     target, features = select_columns(columns, target, features, source)
     if len(frame) == 0:
         raise DataError(f"{source}: no data rows")
+    text = [c for c in features if frame[c].dtype.kind not in "fiub" and is_text_column(frame[c].tolist())]
+    if options.get("categorical") or options.get("impute") or text:
+        cells = {c: frame[c].to_numpy(dtype=np.float64, na_value=np.nan) if frame[c].dtype.kind in "fiub"
+                 else frame[c].astype(object).tolist() for c in features}
+        return encoded(cells, {c: _numeric_column(frame, c, source) for c in target}, target, features, name,
+                       source, **options)
     return from_columns({c: _numeric_column(frame, c, source) for c in target + features}, target, features, name,
                         source)
 
 
 def load_dataset(name_or_path: str, target: Sequence[str] | None = None, features: Sequence[str] | None = None,
-                 *, delimiter: str | None = None, on_rows: Callable[[int], None] | None = None) -> Dataset:
+                 *, delimiter: str | None = None, on_rows: Callable[[int], None] | None = None,
+                 **options: Any) -> Dataset:
     """A bundled dataset by name, or a CSV/TSV/Parquet file by path, with target/features by column name (a
     bundled dataset's own by default; a file's features default to every other column). A file is read by
     the runtime's table reader, the one `torchport predict` uses (byte order mark, delimiter from the header
     unless ``delimiter`` is given, one-column files, repeated names refused, '.' decimals); ``on_rows(rows_read)``
-    follows a long read."""
+    follows a long read. A feature column of text (or one named in ``categorical``) is categorical, and
+    ``impute`` fills missing feature cells (``options``: ``fit_encoding``'s: categorical, impute,
+    missing_indicator, coding)."""
     if name_or_path in DATASETS:
-        return _bundled(name_or_path, target, features)
+        return _bundled(name_or_path, target, features, **options)
     path = Path(name_or_path)
     if path.suffix == "" and not path.exists():
         raise DataError(f"unknown dataset {name_or_path!r}; bundled datasets: {', '.join(DATASETS)}, "
@@ -178,16 +219,30 @@ def load_dataset(name_or_path: str, target: Sequence[str] | None = None, feature
         chosen["target"], chosen["features"] = select_columns(columns, target, features, str(path))
         return chosen["target"] + chosen["features"]
 
-    _, columns = read_table(path, pick, delimiter=delimiter, parameter="name_or_path", on_rows=on_rows)
+    try:
+        _, columns = read_table(path, pick if not options.get("categorical") and options.get("impute") is None
+                                else (lambda header: pick(header)[:len(chosen["target"])]),
+                                delimiter=delimiter, parameter="name_or_path", on_rows=on_rows)
+    except DataError:
+        if not chosen:
+            raise
+        cells = read_cells(path, chosen["features"], delimiter=delimiter, parameter="name_or_path")
+        if not any(is_text_column(cells[c]) for c in chosen["features"]):
+            raise  # no column of text: the cell refused is a mistake in a numeric column
+        _, columns = read_table(path, chosen["target"], delimiter=delimiter, parameter="name_or_path")
+        return encoded(cells, columns, chosen["target"], chosen["features"], path.stem, str(path), **options)
+    if len(columns) == len(chosen["target"]):  # categorical or impute asked for: the features as read
+        cells = read_cells(path, chosen["features"], delimiter=delimiter, parameter="name_or_path")
+        return encoded(cells, columns, chosen["target"], chosen["features"], path.stem, str(path), **options)
     return from_columns(columns, chosen["target"], chosen["features"], path.stem, str(path))
 
 
-def _bundled(name: str, target: Sequence[str] | None, features: Sequence[str] | None) -> Dataset:
+def _bundled(name: str, target: Sequence[str] | None, features: Sequence[str] | None, **options: Any) -> Dataset:
     """A bundled dataset with target/features by column name (the dataset's own by default)."""
     build, default_target, default_features, _ = DATASETS[name]
     frame = build()
     data = from_frame(frame, target or default_target, features or (None if target else default_features),
-                      name, f"bundled dataset {name}")
+                      name, f"bundled dataset {name}", **options)
     if name in RECIPES and data.target_names == default_target and data.feature_names == default_features:
         data = replace(data, recipe=dict(RECIPES[name]))
     return data

@@ -6,13 +6,16 @@
 // rows with onnxruntime-node (CPU) and prints one JSON array of predictions per input row.
 //
 //   node score.mjs BUNDLE_DIR [--interval LEVEL [--mean]] < rows.json
-// rows.json: [[3.0], [1.5]] (features in manifest order) or [{"area": 3.0}, ...] (matched by name).
+// rows.json: [[3.0], [1.5]] (features in manifest order) or [{"area": 3.0}, ...] (matched by name); a bundle
+// with categorical columns takes their levels as strings ([[3078.5, 2.8, "IBM"]]), and one with imputed
+// columns takes null there (../web/encoding.mjs maps them as the manifest's encoding says).
 // With --interval 0.9 it prints one JSON object instead: prediction, lower, upper (one array per row),
 // out_of_domain (one bool per row) and reasons (intervals.mjs; --mean: a linear model's interval for the mean).
 import { createHash } from "node:crypto";
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import * as ort from "onnxruntime-node";
+import { encodeRows, forIntervals } from "../web/encoding.mjs";
 import { intervalsOf } from "./intervals.mjs";
 
 function fail(message) {
@@ -32,7 +35,7 @@ function checkedFile(dir, manifest, name) {
 export async function selfCheck(dir, { manifest, session }) {
   if (!manifest.golden) return { checked: false, rows: 0 };  // a bundle from before golden cases
   const golden = JSON.parse(checkedFile(dir, manifest, manifest.golden.file).toString("utf8"));
-  const out = await predict({ manifest, session }, golden.inputs);
+  const out = await predict({ manifest, session }, golden.inputs, { codes: true });
   let worst = { share: 0 };
   out.forEach((row, i) => row.forEach((value, j) => {
     const error = Math.abs(value - golden.answers[i][j]);
@@ -70,7 +73,10 @@ export function dtypeOf(manifest) {
   return manifest.inputs[0].dtype === "float64" ? "float64" : "float32";
 }
 
-export function toMatrix(rows, features, dtype = "float32") {
+export function toMatrix(rows, features, dtype = "float32", manifest = null, codes = false) {
+  if (manifest && manifest.encoding) {  // categorical and imputed columns: ../web/encoding.mjs
+    return new ort.Tensor(dtype, encodeRows(manifest, rows, codes, dtype), [rows.length, features.length]);
+  }
   const size = rows.length * features.length;
   const data = dtype === "float64" ? new Float64Array(size) : new Float32Array(size);
   rows.forEach((row, i) => {
@@ -88,8 +94,8 @@ export function toMatrix(rows, features, dtype = "float32") {
   return new ort.Tensor(dtype, data, [rows.length, features.length]);
 }
 
-export async function predict({ manifest, session }, rows) {
-  const input = toMatrix(rows, manifest.features, dtypeOf(manifest));
+export async function predict({ manifest, session }, rows, { codes = false } = {}) {
+  const input = toMatrix(rows, manifest.features, dtypeOf(manifest), manifest, codes);
   const result = await session.run({ [manifest.inputs[0].name]: input });
   const out = result[manifest.outputs[0].name];
   const width = manifest.targets.length;
@@ -103,7 +109,8 @@ export function inOrder(rows, features) {
 
 export async function predictInterval(bundle, rows, level = 0.95, kind = "prediction") {
   const predictions = await predict(bundle, rows);
-  return intervalsOf(bundle.manifest, inOrder(rows, bundle.manifest.features), predictions, level, kind);
+  const seen = forIntervals(bundle.manifest, inOrder(rows, bundle.manifest.features));  // an encoding: the design
+  return intervalsOf(seen.manifest, seen.rows, predictions, level, kind);
 }
 
 async function main() {

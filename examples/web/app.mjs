@@ -4,10 +4,16 @@
 // cell keeps the exact answer (float32, or float64 for a float64 bundle) in its data-value (data-lower,
 // data-upper) attribute.
 import { loadBundle, predict } from "./bundle.mjs";
+import { forIntervals } from "./encoding.mjs";
 import { intervalsOf } from "./intervals.mjs";
 
 const LEVEL = 0.95;
-const withIntervals = (manifest, rows, answers) => (manifest.intervals ? intervalsOf(manifest, rows, answers, LEVEL) : null);
+// intervals of the model's design (with an encoding: ./encoding.mjs)
+const withIntervals = (manifest, rows, answers) => {
+  if (!manifest.intervals) return null;
+  const seen = forIntervals(manifest, rows);
+  return intervalsOf(seen.manifest, seen.rows, answers, LEVEL);
+};
 
 const $ = (id) => document.getElementById(id);
 const shown = (v) => (Number.isFinite(v) ? Number(v.toPrecision(6)).toString() : String(v));
@@ -33,6 +39,14 @@ function describe(manifest) {
   $("about").textContent = `${kind}${rows}; ${parity} at export`;
 }
 
+// A feature's column among the training statistics (which describe the model's design: with categorical
+// columns, one per dummy column), or -1.
+function statsColumn(manifest, name) {
+  return manifest.training ? manifest.training.dataset.features.indexOf(name) : -1;
+}
+
+const columnOf = (manifest, j) => (manifest.encoding ? manifest.encoding.columns[j] : null);
+
 function buildForm(manifest) {
   const stats = manifest.training ? manifest.training.feature_stats : null;
   const fields = $("fields");
@@ -40,11 +54,23 @@ function buildForm(manifest) {
     const id = `feature-${j}`;
     const row = element("div", { class: "field" });
     row.append(element("label", { for: id }, name));
-    const input = element("input", { id, name, type: "text", inputmode: "decimal", autocomplete: "off",
-                                     "data-feature": name, required: "" });
-    if (stats) input.value = shown(stats.mean[j]);
-    row.append(input);
-    if (stats) row.append(element("small", {}, `training data: ${shown(stats.min[j])} to ${shown(stats.max[j])}`));
+    const column = columnOf(manifest, j);
+    const at = statsColumn(manifest, name);
+    if (column && column.kind === "categorical") {  // one option per level the model was trained on
+      const select = element("select", { id, name, "data-feature": name });
+      column.levels.forEach((level) => select.append(element("option", { value: level }, level)));
+      row.append(select);
+      row.append(element("small", {}, `${column.levels.length} levels`));
+    } else {
+      const input = element("input", { id, name, type: "text", inputmode: "decimal", autocomplete: "off",
+                                       "data-feature": name, ...(column && column.impute ? {} : { required: "" }) });
+      if (stats && at >= 0) input.value = shown(stats.mean[at]);
+      row.append(input);
+      if (stats && at >= 0) {
+        const empty = column && column.impute ? `; empty: the training ${column.impute.replace("_", " ")}` : "";
+        row.append(element("small", {}, `training data: ${shown(stats.min[at])} to ${shown(stats.max[at])}${empty}`));
+      }
+    }
     fields.append(row);
   });
   const results = $("results");
@@ -64,6 +90,9 @@ function buildForm(manifest) {
 function formRow(manifest) {
   return manifest.features.map((name, j) => {
     const text = $(`feature-${j}`).value.trim();
+    const column = columnOf(manifest, j);
+    if (column && column.kind === "categorical") return text;
+    if (column && column.impute && text === "") return null;
     const value = Number(text);
     if (text === "" || !Number.isFinite(value)) throw new Error(`${name}: "${text}" is not a number`);
     return value;
@@ -108,13 +137,16 @@ async function predictForm(bundle) {
   }
 }
 
-// Rows as CSV (comma, semicolon, tab or spaces): a first line of feature names orders the columns by name,
-// otherwise the values are in the manifest's feature order.
-export function parseRows(text, features) {
+// Rows as CSV (comma, semicolon, tab or spaces; with categorical columns, whose levels may hold spaces, not
+// spaces): a first line of feature names orders the columns by name, otherwise the values are in the
+// manifest's feature order. Categorical cells stay text, and empty cells of imputed columns become null.
+export function parseRows(text, features, manifest = {}) {
   const lines = text.split(/\r?\n/).map((l) => l.trim()).filter((l) => l !== "");
-  const split = (line) => line.split(/[,;\t ]+/);
+  const split = (line) => line.split(manifest.encoding ? /[,;\t]/ : /[,;\t ]+/).map((cell) => cell.trim());
+  const header = (cells) => (manifest.encoding ? features.every((f) => cells.includes(f))
+                                               : cells.some((cell) => !Number.isFinite(Number(cell))));
   let order = features.map((_, j) => j);
-  if (lines.length && split(lines[0]).some((cell) => !Number.isFinite(Number(cell)))) {
+  if (lines.length && header(split(lines[0]))) {
     const names = split(lines.shift());
     order = features.map((f) => {
       const at = names.indexOf(f);
@@ -125,6 +157,9 @@ export function parseRows(text, features) {
   return lines.map((line, i) => {
     const cells = split(line);
     return order.map((at, j) => {
+      const column = columnOf(manifest, j);
+      if (column && column.kind === "categorical" && cells[at] !== undefined) return cells[at];
+      if (column && column.impute && cells[at] === "") return null;
       const value = Number(cells[at]);
       if (cells[at] === undefined || !Number.isFinite(value)) {
         throw new Error(`row ${i + 1}, ${features[j]}: "${cells[at] ?? ""}" is not a number`);
@@ -141,7 +176,7 @@ async function scoreRows(bundle) {
   error.hidden = true;
   table.replaceChildren();
   try {
-    const rows = parseRows($("batch-rows").value, manifest.features);
+    const rows = parseRows($("batch-rows").value, manifest.features, manifest);
     const answers = await predict(bundle, rows);
     const bands = withIntervals(manifest, rows, answers);
     const head = element("tr");
@@ -197,7 +232,10 @@ async function main() {
   $("form").addEventListener("input", () => inTurn(() => predictForm(bundle)));
   $("batch-form").addEventListener("submit", (event) => { event.preventDefault(); inTurn(() => scoreRows(bundle)); });
   $("batch-rows").placeholder = `${bundle.manifest.features.join(",")}\n` +
-    bundle.manifest.features.map(() => "1.5").join(",");
+    bundle.manifest.features.map((_, j) => {
+      const column = columnOf(bundle.manifest, j);
+      return column && column.kind === "categorical" ? column.levels[0] : "1.5";
+    }).join(",");
   status.hidden = true;
   $("model").hidden = false;
   await inTurn(() => predictForm(bundle));

@@ -2,6 +2,7 @@
 // sha256 against the manifest with Web Crypto, and run it with onnxruntime-web (the WebAssembly build,
 // served from the installed npm package at ./ort/).
 import * as ort from "./ort/ort.wasm.min.mjs";
+import { encodeRows } from "./encoding.mjs";
 
 ort.env.wasm.wasmPaths = new URL("./ort/", import.meta.url).href;
 // A plain static server gives no cross-origin isolation, so no shared memory for threads; one thread is
@@ -37,22 +38,13 @@ export async function loadBundle(base) {
   return { manifest, session, sha256: digest };
 }
 
-// rows: arrays of numbers in the manifest's feature order. Returns one array of target values per row
-// (answers in the model's dtype, the manifest's input dtype: float32, or float64 for a float64 bundle, as
-// JavaScript numbers).
+// rows: arrays in the manifest's feature order (numbers; a categorical column's level as text; null where
+// the bundle imputes: ./encoding.mjs). Returns one array of target values per row (answers in the model's
+// dtype, the manifest's input dtype: float32, or float64 for a float64 bundle, as JavaScript numbers).
 export async function predict({ manifest, session }, rows) {
   const width = manifest.features.length;
   const dtype = manifest.inputs[0].dtype === "float64" ? "float64" : "float32";
-  const data = dtype === "float64" ? new Float64Array(rows.length * width) : new Float32Array(rows.length * width);
-  rows.forEach((row, i) => {
-    if (row.length !== width) throw new Error(`row ${i + 1}: expected ${width} values, got ${row.length}`);
-    row.forEach((value, j) => {
-      if (!Number.isFinite(value)) {
-        throw new Error(`row ${i + 1}, ${manifest.features[j]}: expected a finite number, got ${value}`);
-      }
-      data[i * width + j] = value;
-    });
-  });
+  const data = encodeRows(manifest, rows, false, dtype);
   const input = new ort.Tensor(dtype, data, [rows.length, width]);
   const result = await session.run({ [manifest.inputs[0].name]: input });
   const out = result[manifest.outputs[0].name].data;

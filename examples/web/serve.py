@@ -19,7 +19,7 @@ from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 HERE = Path(__file__).resolve().parent
-PAGE_FILES = ("index.html", "app.mjs", "bundle.mjs", "style.css")
+PAGE_FILES = ("index.html", "app.mjs", "bundle.mjs", "encoding.mjs", "style.css")
 ORT_DIST = HERE / "node_modules" / "onnxruntime-web" / "dist"
 INTERVALS = HERE.parent / "node" / "intervals.mjs"  # prediction intervals, shared with the Node.js example
 # Content types the browser insists on: ES modules must be JavaScript, WebAssembly must be application/wasm

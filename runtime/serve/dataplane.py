@@ -9,13 +9,17 @@ from __future__ import annotations
 
 import asyncio
 import time
+from dataclasses import replace
 from importlib.metadata import PackageNotFoundError, version as package_version
 
 import numpy as np
 
+from torchport.runtime.encoding import design
 from torchport.runtime.serve import metrics
 from torchport.runtime.serve.control import Control
-from torchport.runtime.serve.inference import InferRequest, NotAllowed, ProtocolError, check_outputs, input_rows
+from torchport.runtime.serve.encoded_inputs import encoded_rows, metadata_inputs, unseen_policy
+from torchport.runtime.serve.inference import OUT_OF_DOMAIN, InferRequest, NotAllowed, ProtocolError, check_outputs, \
+    input_rows
 from torchport.runtime.serve.interval_outputs import OutputTensor, answer
 from torchport.runtime.serve.models import ServedModel
 from torchport.runtime.serve.registry import Registry, RepositoryError
@@ -87,7 +91,12 @@ class DataPlane:
 
     def model_metadata(self, name: str, version: str | None) -> dict:
         served = self.model(name, version)
-        return served.info.metadata(self.registry.versions(name))
+        meta = served.info.metadata(self.registry.versions(name))
+        encoding = served.predictor.encoding
+        if encoding is not None:  # one input per column (or the split layout its parameters describe)
+            meta["inputs"], layouts = metadata_inputs(encoding, served.info)
+            meta["parameters"] = {**meta["parameters"], **layouts}
+        return meta
 
     # --- inference ---------------------------------------------------------------------------------------
     async def infer(self, served: ServedModel, request: InferRequest, task: asyncio.Task | None = None) -> np.ndarray:
@@ -97,7 +106,9 @@ class DataPlane:
         the current one). ProtocolError: 400 for what the request got wrong, 503 at the limit, 504 past the
         time limit, 500 when the model itself failed."""
         info = served.info
-        rows = input_rows(request, info)
+        encoding = served.predictor.encoding
+        rows = input_rows(request, info) if encoding is None else \
+            encoded_rows(request.inputs, encoding, info, unseen_policy(request.parameters))[0]
         if request.outputs:
             check_outputs(request, info)
         if not len(rows):  # an empty batch is answered as the Predictor answers it
@@ -118,7 +129,13 @@ class DataPlane:
         """The outputs a request names when it names an interval output (``wants_intervals``), in its order,
         from the model's answer ``targets`` (serve/interval_outputs.py); ProtocolError 400 for what the
         intervals cannot give."""
-        return answer(request, served.info, input_rows(request, served.info), targets)
+        encoding = served.predictor.encoding
+        if encoding is None:
+            return answer(request, served.info, input_rows(request, served.info), targets)
+        codes, unseen = encoded_rows(request.inputs, encoding, served.info, unseen_policy(request.parameters))
+        made = answer(request, replace(served.info, feature_names=tuple(encoding.design_names())),
+                      design(encoding, codes), targets)  # intervals see the model's design
+        return [replace(t, values=t.values | unseen) if t.name == OUT_OF_DOMAIN else t for t in made]
 
     def finished(self, served: ServedModel, status: int, started_ns: int) -> None:
         """Count one inference request that reached ``served``, answered with ``status`` (HTTP's terms)."""

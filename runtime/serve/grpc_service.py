@@ -54,6 +54,8 @@ def decode_message(request: service_pb2.ModelInferRequest) -> InferRequest:
         elif tensor.datatype in _CONTENTS:
             field, dtype = _CONTENTS[tensor.datatype]
             data = np.asarray(getattr(tensor.contents, field), dtype=dtype)
+        elif tensor.datatype == "BYTES" and tensor.HasField("contents"):  # a categorical column's levels
+            data = list(tensor.contents.bytes_contents)
         else:
             data = None
         inputs.append(InputTensor(tensor.name, tensor.datatype, list(tensor.shape), data))
