@@ -119,3 +119,17 @@ def exact_fit_of_the_table(t: Table) -> dict:
     is): the best any float64 solver can be asked for."""
     X = [[Fraction(float(v)) for v in row] for row in t.X]
     return exact_fit(X, [Fraction(float(v)) for v in t.y], t.intercept)
+
+
+def float64_filip(folder: Path) -> tuple[Table, Path, dict]:
+    """NIST's Filip (which float32 cannot hold) through `torchport train`, ONNX only: its table, the bundle's
+    folder and its manifest, checked to be float64."""
+    from conftest import run_cli
+    t = table("filip")
+    out = folder / "filip"
+    proc = run_cli("train", "--data", str(t.csv(folder / "filip.csv")), "--target", "y", "--out", str(out),
+                   "--no-progress", "--no-plots", "--formats", "onnx")
+    assert proc.returncode == 0, proc.stderr
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["inputs"][0]["dtype"] == "float64"
+    return t, out, manifest

@@ -16,7 +16,7 @@ import pytest
 import conftest
 from browser import PHONE, browser, watch, web_server
 from conftest import run_cli
-from nist import table
+from nist import float64_filip
 from torchport.benchmarks.records import BenchReport
 from torchport.benchmarks.report import cells
 from torchport.runtime import Predictor
@@ -142,13 +142,7 @@ def test_the_web_example_equals_python_on_the_mlp(mlp_bundle, chromium, shots):
 def test_the_web_example_runs_a_float64_bundle_in_float64(chromium, shots, tmp_path):
     """NIST's Filip, which float32 cannot hold: onnxruntime-web is fed float64 rows, as the manifest says, and
     answers as Python's Predictor does, within the bundle's parity bound (float32 rows would be off by 0.39)."""
-    t = table("filip")
-    out = tmp_path / "filip"
-    proc = run_cli("train", "--data", str(t.csv(tmp_path / "filip.csv")), "--target", "y", "--out", str(out),
-                   "--no-progress", "--no-plots", "--formats", "onnx")
-    assert proc.returncode == 0, proc.stderr
-    manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["inputs"][0]["dtype"] == "float64"
+    t, out, manifest = float64_filip(tmp_path)
     csv = ",".join(t.features) + "\n" + "\n".join(",".join(repr(float(v)) for v in row) for row in t.X)
     with web_server(out) as url:
         w = watch(chromium, url)

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import ROOT, run_cli
-from nist import table
+from conftest import ROOT
+from nist import float64_filip
 from torchport.export import write_bundle
 from torchport.runtime import Predictor
 from torchport.train.models import ModelSpec, build_model
@@ -60,13 +60,7 @@ def test_node_refuses_a_tampered_model(seed_bundle, tmp_path):
 
 def test_node_scores_a_float64_bundle_in_float64(tmp_path):
     """NIST's Filip, which float32 cannot hold: the bundle takes and answers float64, and so does Node."""
-    t = table("filip")
-    out = tmp_path / "filip"
-    proc = run_cli("train", "--data", str(t.csv(tmp_path / "filip.csv")), "--target", "y", "--out", str(out),
-                   "--no-progress", "--no-plots", "--formats", "onnx")
-    assert proc.returncode == 0, proc.stderr
-    manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["inputs"][0]["dtype"] == "float64"
+    t, out, manifest = float64_filip(tmp_path)
     proc = score_with_node(out, t.X.tolist())  # its golden cases are checked in float64 too, else exit 2
     assert proc.returncode == 0, proc.stderr
     np.testing.assert_allclose(np.array(json.loads(proc.stdout)), Predictor(out).predict(t.X),
