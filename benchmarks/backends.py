@@ -1,5 +1,5 @@
-"""The ways to run a bundle that `torchport bench` compares, each as a callable from a float32 numpy batch
-(on the host) to a numpy result: numpy floors, torch eager, TorchScript, the ExportedProgram, the
+"""The ways to run a bundle that `torchport bench` compares, each as a callable from a numpy batch (on the
+host, in the bundle's dtype) to a numpy result: numpy floors, torch eager, TorchScript, the ExportedProgram, the
 AOTInductor package, plain ONNX Runtime, OpenVINO (f32 with each hint, and bf16, where installed), the
 Predictor. Every one is built from the bundle's files as
 checked against its manifest; a file this process cannot run is skipped with the reason."""
@@ -32,7 +32,7 @@ TORCH_SIDE = ("torch_eager", "torchscript", "exported", "aoti")
 
 @dataclass
 class Backend:
-    """One way to answer a batch: ``call(x)`` takes host float32 rows and returns host rows."""
+    """One way to answer a batch: ``call(x)`` takes host rows in the bundle's dtype and returns host rows."""
     id: str
     device: str
     call: Callable[[np.ndarray], np.ndarray]
@@ -166,9 +166,9 @@ def build_backends(bundle: str | os.PathLike | Bundle, devices: list[str], threa
                                    "before its linear layer"))
     elif spec.kind == "linear":
         w, b = linear_coefficients(load_module(bundle))
-        wt = np.ascontiguousarray(w.numpy().T, dtype=np.float32)
-        b32 = b.numpy().astype(np.float32)
-        out.backends.append(Backend("numpy_matmul", "cpu", lambda x: x @ wt + b32, f"numpy, {threads} BLAS threads"))
+        wt = np.ascontiguousarray(w.numpy().T, dtype=manifest.dtype)
+        bt = b.numpy().astype(manifest.dtype)
+        out.backends.append(Backend("numpy_matmul", "cpu", lambda x: x @ wt + bt, f"numpy, {threads} BLAS threads"))
     else:
         out.skipped.append(Skipped("numpy_matmul", "cpu", f"the model is {spec.kind}, not linear"))
     for device in devices:

@@ -155,7 +155,7 @@ def _rows(bundle: Bundle, n: int) -> np.ndarray:
     record = training_record(bundle.manifest)
     x = random_rows(len(bundle.manifest.features), n, np.random.default_rng(0),
                     record.feature_stats if record else None, bundle.manifest.encoding)
-    return np.ascontiguousarray(x, dtype=np.float32)
+    return np.ascontiguousarray(x, dtype=bundle.manifest.dtype)  # what the graphs take: float32 or float64
 
 
 def _cell(name: str, predictor: Backend, others: list[Backend], x: np.ndarray, budget: Budget) -> FastestCell:

@@ -126,7 +126,7 @@ def bench_bundle(built: BundleBackends, batch_sizes: tuple[int, ...], plan: Plan
     record = training_record(manifest)
     rows_all = random_rows(len(manifest.features), max(batch_sizes), np.random.default_rng(0),
                            record.feature_stats if record else None, manifest.encoding)
-    rows_all = np.ascontiguousarray(rows_all, dtype=np.float32)
+    rows_all = np.ascontiguousarray(rows_all, dtype=manifest.dtype)  # what the graphs take: float32 or float64
     results = []
     for n in batch_sizes:
         cell = _cell_rows(built, model_name, rows_all[:n], plan)

@@ -89,7 +89,7 @@ def measure(bundle: Bundle, sizes: list[int], seconds: float, tune_seconds: floa
     out: dict = {"plan": plan.describe(), "plan_measured_s": plan.measured_s, "sizes": {}}
     inputs = {}
     for n in sizes:
-        x = rng.normal(size=(n, rules.n_features)).astype(np.float32)
+        x = rng.normal(size=(n, rules.n_features)).astype(rules.dtype)  # what the graphs take
         expected = plain.run([name_out], {name_in: x})[0]
         assert agrees(rules, rules.predict(x), expected) and agrees(rules, tuned.predict(x), expected)
         inputs[n] = x

@@ -169,12 +169,13 @@ class Engine:
         return replace(plan, error=tuple(map(float, error)), bound=tuple(map(float, bound)))
 
     def calm(self, regime: Regime) -> Regime:
-        """What runs instead of a multi-threaded regime while other processes hold the cores its threads
-        need (``neighbours``): the same graph on one thread, so that no thread waits for a descheduled one."""
+        """What runs instead of a multi-threaded regime (intra-op threads, or chunks shared by several workers)
+        while other processes hold the cores its threads need (``neighbours``): the same graph on one thread,
+        its chunks one after another, so that no thread waits for a descheduled one."""
         calm = self._calm.get(regime)
         if calm is None:
             calm = self._calm[regime] = replace(self.whole(regime.graph, 1), chunk_rows=regime.chunk_rows,
-                                                chunk_from=regime.chunk_from, workers=regime.workers) \
+                                                chunk_from=regime.chunk_from) \
                 if not regime.openvino else self.whole(regime.graph, 1)
         return calm
 
@@ -330,7 +331,8 @@ class Engine:
                 finally:
                     pool.append(slot)
         matrix = np.ascontiguousarray(x, dtype=self.dtype)  # no copy when already of the dtype, C-contiguous
-        if regime.threads > 1 and calm and self.neighbours.crowded(regime.threads):
+        parallel = max(regime.threads, regime.workers)
+        if parallel > 1 and calm and self.neighbours.crowded(parallel):
             regime = self.calm(regime)
         runner = self.runners.get(regime) or self.runner(regime)
         return runner.run(matrix, out, self.check_rows if check else None)

@@ -273,3 +273,15 @@ def test_a_float64_bundles_intervals_keep_their_digits(filip):
         assert got.as_numpy("targets").dtype == np.float64
         for name, mine in zip(names, (ours.prediction, ours.lower, ours.upper)):
             np.testing.assert_array_equal(got.as_numpy(name), mine)
+
+
+def test_bench_runs_a_float64_bundle_in_float64(filip, tmp_path):
+    """Every backend of `torchport bench` is fed the bundle's dtype (plain ONNX Runtime refused float32 rows for a
+    float64 graph); OpenVINO's rows are skipped with the reason."""
+    bundle, _ = filip
+    proc = run_cli("bench", str(bundle), "--quick", "--batch-sizes", "1,64", "--out", str(tmp_path / "bench"))
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads((tmp_path / "bench" / "bench.json").read_text())
+    ran = {(r["backend"], r["batch_size"]) for r in report["results"]}
+    assert {("ort_plain", 1), ("ort_plain", 64), ("predictor", 64)} <= ran
+    assert "OpenVINO runs float32 graphs only" in proc.stdout
