@@ -90,3 +90,13 @@ def web_server(bundle: Path) -> Iterator[str]:
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+def score_batch(page, csv: str, rows: int) -> list[float]:
+    """Score ``csv`` (a header line of feature names, then rows) in the page's "Score several rows" box and
+    return the exact answers its ``rows`` table cells keep in their data-value attributes."""
+    page.click("#batch summary")
+    page.fill("#batch-rows", csv)
+    page.click("#batch-form button")
+    page.wait_for_function(f"document.querySelectorAll('td.answer').length === {rows}")
+    return [float(v) for v in page.eval_on_selector_all("td.answer", "els => els.map(e => e.dataset.value)")]

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 import conftest
-from browser import PHONE, browser, watch, web_server
+from browser import PHONE, browser, score_batch, watch, web_server
 from conftest import run_cli
 from nist import float64_filip
 from torchport.benchmarks.records import BenchReport
@@ -127,12 +127,7 @@ def test_the_web_example_equals_python_on_the_mlp(mlp_bundle, chromium, shots):
         w = watch(chromium, url)
         w.page.wait_for_selector(READY)
         assert [w.page.text_content(f"label[for=feature-{j}]") for j in range(3)] == manifest["features"]
-        w.page.click("#batch summary")
-        w.page.fill("#batch-rows", csv)
-        w.page.click("#batch-form button")
-        w.page.wait_for_function("document.querySelectorAll('td.answer').length === 100")
-        web = np.array([float(v) for v in w.page.eval_on_selector_all(
-            "td.answer", "els => els.map(e => e.dataset.value)")]).reshape(100, 1)
+        web = np.array(score_batch(w.page, csv, 100)).reshape(100, 1)
         w.shot(shots, "web-mlp")
     python = Predictor(mlp_bundle).predict(rows)
     assert np.all(np.abs(web - python) <= 1e-6 * np.maximum(1.0, np.abs(python)))
@@ -148,12 +143,7 @@ def test_the_web_example_runs_a_float64_bundle_in_float64(chromium, shots, tmp_p
         w = watch(chromium, url)
         w.page.wait_for_selector(READY)
         assert w.page.evaluate("document.body.dataset.state") == "ready", w.page.text_content("#load-error")
-        w.page.click("#batch summary")
-        w.page.fill("#batch-rows", csv)
-        w.page.click("#batch-form button")
-        w.page.wait_for_function(f"document.querySelectorAll('td.answer').length === {len(t.X)}")
-        web = np.array([float(v) for v in w.page.eval_on_selector_all(
-            "td.answer", "els => els.map(e => e.dataset.value)")]).reshape(-1, 1)
+        web = np.array(score_batch(w.page, csv, len(t.X))).reshape(-1, 1)
         w.shot(shots, "web-filip-float64")
     python = Predictor(out).predict(t.X)
     assert np.abs(web - python).max() <= manifest["golden"]["bound"][0]

@@ -273,7 +273,7 @@ def test_node_example_maps_levels_and_missing_cells_from_the_manifest(grunfeld_b
 def test_the_web_example_offers_the_levels_and_equals_python(grunfeld_bundle, tmp_path_factory):
     """examples/web: the firm is a list of the levels; the page's answers for typed rows and a pasted batch
     of string firms equal the Predictor's."""
-    from browser import browser, watch, web_server
+    from browser import browser, score_batch, watch, web_server
 
     frame = grunfeld.load_pandas().data.iloc[::11]
     csv = "firm,value,capital\n" + "\n".join(f"{r.firm},{r.value!r},{r.capital!r}" for r in frame.itertuples())
@@ -293,12 +293,7 @@ def test_the_web_example_offers_the_levels_and_equals_python(grunfeld_bundle, tm
         w.page.wait_for_function(
             "document.getElementById('interval-0').dataset.inputs === '[3078.5,2.8,\"IBM\"]'")
         band = [float(w.page.get_attribute("#interval-0", f"data-{b}")) for b in ("lower", "upper")]
-        w.page.click("#batch summary")
-        w.page.fill("#batch-rows", csv)
-        w.page.click("#batch-form button")
-        w.page.wait_for_function(f"document.querySelectorAll('td.answer').length === {len(frame)}")
-        web = np.array([float(v) for v in w.page.eval_on_selector_all(
-            "td.answer", "els => els.map(e => e.dataset.value)")]).reshape(-1, 1)
+        web = np.array(score_batch(w.page, csv, len(frame))).reshape(-1, 1)
     assert typed == pytest.approx(float(Predictor(grunfeld_bundle).predict([[3078.5, 2.8, "IBM"]])[0][0]), rel=1e-6)
     r = Predictor(grunfeld_bundle).predict_interval([[3078.5, 2.8, "IBM"]])  # intervals of the design, in JS too
     assert band == pytest.approx([r.lower[0][0], r.upper[0][0]], abs=1e-5 * abs(r.prediction[0][0]))
