@@ -230,7 +230,7 @@ class Engine:
         (on the CPU; elsewhere the batch runs whole)."""
         if not self._cpu():
             return Regime(graph, 1)
-        chunk = hot_path.cache_chunk_rows(self.widest)
+        chunk = hot_path.cache_chunk_rows(self.widest, self.dtype.itemsize)
         return Regime(graph, 1, chunk_rows=chunk, chunk_from=2 * chunk - 1, workers=self.intra_op_threads)
 
     def check_plan(self, plan: Plan) -> None:

@@ -30,7 +30,7 @@ LARGE_ROWS = 32768
 CHUNK_BYTES = 1 << 20
 CHUNK_FROM_BYTES = 8 << 20
 # Graphs without a large-batch graph (MLPs) run batches of at least two chunks as chunks of rows whose
-# widest intermediate (rows x widest layer, float32) takes about CACHE_BYTES, so that the layers' outputs
+# widest intermediate (rows x widest layer, in the graph's float32 or float64) takes about CACHE_BYTES, so that the layers' outputs
 # stay in each core's L2 cache; the chunks are shared out between the calling thread and helper threads,
 # each running a one-thread session. Chunks have at least MIN_CHUNK_ROWS rows.
 CACHE_BYTES = 512 << 10
@@ -48,10 +48,11 @@ def slot_rows(n_features: int, n_targets: int) -> int:
     return max(SLOT_ROWS, SLOT_BYTES // (4 * (n_features + n_targets)))
 
 
-def cache_chunk_rows(widest: int) -> int:
-    """Rows per chunk for a graph whose widest layer has ``widest`` values a row: the largest power of two
-    whose float32 intermediate fits in CACHE_BYTES, at least MIN_CHUNK_ROWS."""
-    rows = CACHE_BYTES // (4 * max(1, widest))
+def cache_chunk_rows(widest: int, itemsize: int = 4) -> int:
+    """Rows per chunk for a graph whose widest layer has ``widest`` values a row of ``itemsize`` bytes (4 for
+    float32, 8 for float64): the largest power of two whose intermediate fits in CACHE_BYTES, at least
+    MIN_CHUNK_ROWS."""
+    rows = CACHE_BYTES // (itemsize * max(1, widest))
     return max(MIN_CHUNK_ROWS, 1 << (rows.bit_length() - 1))
 
 

@@ -10,7 +10,7 @@ import numpy as np
 
 from torchport.runtime.engine import Engine
 from torchport.runtime.errors import InputError
-from torchport.runtime.hot_path import SLOT_ROWS, cache_chunk_rows
+from torchport.runtime.hot_path import SLOT_ROWS
 from torchport.runtime.openvino_runner import HINTS
 from torchport.runtime.plan import Plan, Regime, Timing, machine_key, steps_from_winners
 
@@ -39,7 +39,7 @@ def candidates(engine: Engine, rows: int) -> list[Regime]:
             if threads > 1:
                 out += [engine.whole(graph, threads), engine.whole(graph, threads, spin=True)]
                 chunks = engine.shared_chunks(graph)
-                if rows >= 2 * cache_chunk_rows(engine.widest) and chunks.chunk_rows:
+                if rows >= 2 * chunks.chunk_rows and chunks.chunk_rows:
                     out.append(chunks)
             out += [engine.openvino(graph, hint, p) for p in precisions for hint in HINTS]
     rules = engine.rules().regime(rows)

@@ -54,7 +54,7 @@ def test_every_size_answers_like_a_plain_session_on_model_onnx(mlp_bundle, rows)
 
 def test_shared_chunks_run_on_helper_threads_and_refuse_the_first_bad_row(mlp_bundle):
     p = Predictor(mlp_bundle, providers="cpu", intra_op_threads=2)
-    chunk = cache_chunk_rows(32)
+    chunk = cache_chunk_rows(32, p.engine.dtype.itemsize)
     x = _rows(16 * chunk)
     p.predict(x)
     regime = p.plan.regime(len(x))

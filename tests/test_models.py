@@ -2,12 +2,14 @@
 import json
 
 import numpy as np
+import onnxruntime as ort
 import pytest
 import torch
 
 from conftest import DATA, run_cli
 from torchport.export import load_module
 from torchport.runtime import Predictor
+from torchport.runtime.hot_path import cache_chunk_rows
 from torchport.train import ModelSpec, Regressor, SettingsError, exact_least_squares, load_dataset, r2_score
 from torchport.train.models import build_model
 
@@ -31,6 +33,16 @@ def test_mlp_acceptance_command(tmp_path, mlr):
     m = json.loads((out / "manifest.json").read_text())
     assert m["model"]["hidden"] == [32, 32] and m["training"]["optimizer"] == "adam"
     assert m["model"]["scale_features"] and m["model"]["scale_targets"]
+    # it nearly interpolates its 22 rows, beyond float32 (issue 26's bound): a float64 bundle, whose cache-sized
+    # chunks hold half a float32 graph's rows
+    assert m["precision"]["dtype"] == "float64"
+    p = Predictor(out, intra_op_threads=2)
+    x = np.resize(mlr.X, (5 * cache_chunk_rows(32, 8) + 3, 3))
+    regime = p.plan.regime(len(x))
+    assert regime.chunk_rows == cache_chunk_rows(32) // 2 and regime.workers == 2
+    plain = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
+    np.testing.assert_allclose(p.predict(x), plain.run(None, {plain.get_inputs()[0].name: x})[0],
+                               rtol=1e-10, atol=1e-10)
 
 
 def test_scaling_is_inside_the_exported_graph(tmp_path, mlr):
