@@ -196,8 +196,10 @@ def interval_table(m: Manifest) -> Table | None:
     iv = m.intervals
     if iv is None:
         return None
+    centre = "the exact fit's float64 answer" if iv.linear is not None and iv.linear.coef is not None else \
+        "the model's own prediction"
     how = ("exact t intervals of the linear model (from the least-squares fit's (X'X)^-1 and residual variance, "
-           "centred on the model's own prediction)" if iv.method == T_METHOD else
+           f"centred on {centre})" if iv.method == T_METHOD else
            f"split-conformal intervals from the absolute residuals of {iv.conformal.source}")
     cov = iv.coverage
     rows = tuple((t, Cell(cov.covered[j], ("intervals", "coverage", "covered", j), ".3f"),

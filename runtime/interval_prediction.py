@@ -1,5 +1,6 @@
 """``Predictor.predict_interval``: a prediction with its interval and a domain flag per row, from the ONNX
-Runtime answer and what the bundle keeps for intervals (``torchport.runtime.intervals``)."""
+Runtime answer and what the bundle keeps for intervals (``torchport.runtime.intervals``: the half-widths, and
+for a linear model solved exactly the float64 estimates its intervals are centred on)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -9,18 +10,20 @@ import numpy as np
 
 from torchport.runtime.encoding import design
 from torchport.runtime.inputs import answer_like, as_matrix, is_dataframe
-from torchport.runtime.intervals import check_level, domain_flags, half_widths, no_intervals, KINDS
+from torchport.runtime.intervals import check_level, centres, domain_flags, half_widths, no_intervals, KINDS
 from torchport.runtime.errors import InputError
 
 
 @dataclass(frozen=True)
 class PredictionInterval:
     """Predictions with their ``level`` intervals of ``kind`` ("prediction": where a new observation falls;
-    "mean": where the expected value lies, linear models only). ``prediction``, ``lower`` and ``upper`` are of
-    the kind ``predict`` answers (an array, a list, or a DataFrame with columns ``<target>``,
-    ``<target>_lower``, ``<target>_upper``); ``out_of_domain`` is one bool per row (an array, a list, or a
-    Series), ``reasons`` one string per row ("" for a row inside the training domain); ``targets`` the
-    target names."""
+    "mean": where the expected value lies, linear models only). ``prediction`` is the bundle's answer (what
+    ``predict`` gives); the interval is centred on a linear model's float64 exact fit where the bundle keeps
+    its estimates (within the bundle's parity bound of ``prediction``), else on ``prediction``.
+    ``prediction``, ``lower`` and ``upper`` are of the kind ``predict`` answers (an array, a list, or a
+    DataFrame with columns ``<target>``, ``<target>_lower``, ``<target>_upper``); ``out_of_domain`` is one
+    bool per row (an array, a list, or a Series), ``reasons`` one string per row ("" for a row inside the
+    training domain); ``targets`` the target names."""
     prediction: Any
     lower: Any
     upper: Any
@@ -67,7 +70,7 @@ def predict_interval(predictor, x: Any, level: float = 0.95, kind: str = "predic
         names = tuple(features)
     half = half_widths(record, X, level, kind)
     pred = predictor.predict(feed) if len(X) else np.empty((0, len(targets)), np.float32)
-    centre = np.asarray(pred, np.float64)
+    centre = centres(record, X, pred)
     flags, reasons = domain_flags(record, X, names)
     if unseen is not None and unseen.any():  # scored as the reference level (unseen="reference"): flagged
         flags = flags | unseen

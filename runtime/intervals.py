@@ -1,9 +1,10 @@
 """Prediction intervals and domain flags from what the bundle keeps (manifest field ``intervals``), with numpy
 alone: exact t intervals for linear models (from a factor W of the exact fit's (X_c'X_c)^-1 and the residual
-variance, as statsmodels' ``get_prediction(...).summary_frame`` gives them), split-conformal intervals for
-other models (from the sorted absolute residuals of held-out calibration rows), and per row whether it lies
-outside what the model was trained on, with the reason. The t quantile is computed here (the base install has
-no scipy): the regularized incomplete beta function by its continued fraction, inverted by bisection."""
+variance, as statsmodels' ``get_prediction(...).summary_frame`` gives them, centred on the exact fit's float64
+answer where the model was solved exactly), split-conformal intervals for other models (from the sorted
+absolute residuals of held-out calibration rows), and per row whether it lies outside what the model was
+trained on, with the reason. The t quantile is computed here (the base install has no scipy): the
+regularized incomplete beta function by its continued fraction, inverted by bisection."""
 from __future__ import annotations
 
 import math
@@ -61,26 +62,37 @@ class LinearIntervals:
     residual degrees of freedom, each target's residual variance (residual sum of squares / df), and the
     ``whitening`` factor W (features x features) of the exact fit: (X_c'X_c)^-1 = W W' for the centred
     training features X_c (uncentred without an intercept), from the inverse of its R factor, so that a row's
-    leverage is a sum of squares and keeps its digits on ill-conditioned designs (NIST's Filip)."""
+    leverage is a sum of squares and keeps its digits on ill-conditioned designs (NIST's Filip). For a model
+    solved exactly, ``coef`` (targets x features) and ``intercept`` (targets) are its float64 estimates, on
+    which its intervals are centred; None for any other fit (SGD's) and in bundles written before they were
+    kept, whose intervals are centred on the model's own answer."""
     fit_intercept: bool
     n_rows: int
     df_resid: int
     mean: tuple[float, ...]
     whitening: tuple[tuple[float, ...], ...]
     residual_variance: tuple[float, ...]
+    coef: tuple[tuple[float, ...], ...] | None = None
+    intercept: tuple[float, ...] | None = None
 
     def to_json(self) -> dict:
+        exact = {} if self.coef is None else {"coef": [list(r) for r in self.coef], "intercept": list(self.intercept)}
         return {"fit_intercept": self.fit_intercept, "n_rows": self.n_rows, "df_resid": self.df_resid,
                 "mean": list(self.mean), "whitening": [list(r) for r in self.whitening],
-                "residual_variance": list(self.residual_variance)}
+                "residual_variance": list(self.residual_variance), **exact}
 
     @classmethod
     def from_json(cls, obj: Any, where: str) -> "LinearIntervals":
         v = values(obj, where, {"fit_intercept": FLAG, "n_rows": INT, "df_resid": INT, "mean": (list,),
                                 "whitening": (list,), "residual_variance": (list,)})
+        exact = present(obj, where, {"coef": (list,), "intercept": (list,)})
+        if len(exact) == 1:
+            raise DataError(f"{where} must hold both 'coef' and 'intercept' (the exact fit's estimates) or neither")
         w = items(v["whitening"], f"{where}.whitening", _tuple)
+        coef = items(exact["coef"], f"{where}.coef", _tuple) if exact else None
+        intercept = _tuple(exact["intercept"], f"{where}.intercept") if exact else None
         return cls(v["fit_intercept"], v["n_rows"], v["df_resid"], _tuple(v["mean"], f"{where}.mean"), w,
-                   _tuple(v["residual_variance"], f"{where}.residual_variance"))
+                   _tuple(v["residual_variance"], f"{where}.residual_variance"), coef, intercept)
 
     def leverage(self, x: np.ndarray) -> np.ndarray:
         """x'(X'X)^-1 x per row (with the intercept's 1 in x): 1/n + |(x - mean) W|^2 with an intercept,
@@ -191,6 +203,10 @@ class IntervalRecord:
                     any(len(r) != f for r in self.linear.whitening) or self.linear.df_resid < 1:
                 raise DataError(f"{where}.linear must hold a {f} x {f} whitening factor, df_resid >= 1 and one "
                                 f"residual variance per target ({targets})")
+            coef = self.linear.coef
+            if coef is not None and (len(coef) != targets or any(len(r) != f for r in coef) or
+                                     len(self.linear.intercept) != targets):
+                raise DataError(f"{where}.linear.coef must be {targets} x {f} and intercept hold {targets} value(s)")
         if self.conformal and targets and (len(self.conformal.scores) != targets or
                                            len({len(s) for s in self.conformal.scores}) > 1):
             raise DataError(f"{where}.conformal must hold as many scores for each of the {targets} targets")
@@ -223,6 +239,22 @@ def half_widths(record: IntervalRecord, x: np.ndarray, level: float, kind: str =
                          "split-conformal prediction intervals", parameter="kind",
                          fixes=(Fix({"kind": "prediction"}, "intervals for a new observation"),))
     return np.broadcast_to(record.conformal.half_width(level), (rows, len(record.conformal.scores))).copy()
+
+
+def centres(record: IntervalRecord, x: np.ndarray, answers: np.ndarray) -> np.ndarray:
+    """(rows, targets) float64 centres of the intervals for raw features ``x`` (float64): for a linear model
+    solved exactly, its own float64 answer x coef' + intercept (the exported graph's float32 answer is this
+    rounded); for any other model, or a bundle that keeps no estimates, the model's ``answers``. Summed a
+    feature at a time from the intercept, as intervals.mjs sums it: the same bits whatever the rows' count or
+    memory layout (a matrix product's order of summation depends on both)."""
+    lin = record.linear
+    if lin is None or lin.coef is None:
+        return np.asarray(answers, np.float64)
+    coef = np.asarray(lin.coef, np.float64)
+    out = np.tile(np.asarray(lin.intercept, np.float64), (len(x), 1))
+    for j in range(coef.shape[1]):
+        out += x[:, j:j + 1] * coef[:, j]
+    return out
 
 
 def domain_flags(record: IntervalRecord, x: np.ndarray,

@@ -1,18 +1,20 @@
 """The Node.js example app (examples/node, onnxruntime-node) answers like Python's Predictor to 1e-6 (a float64
 bundle: within its parity bound), and its prediction intervals and domain flags (examples/node/intervals.mjs)
-like predict_interval to 1e-5."""
+like predict_interval to 1e-5 (an exact linear fit's bounds like statsmodels' to 1e-6 of the width)."""
 import json
 import shutil
 import subprocess
 
 import numpy as np
 import pytest
+import statsmodels.api as sm
 import torch
 
-from conftest import ROOT
+from conftest import ROOT, run_cli
 from nist import float64_filip
 from torchport.export import write_bundle
 from torchport.runtime import Predictor
+from torchport.train.datasets import load_dataset
 from torchport.train.models import ModelSpec, build_model
 
 APP = ROOT / "examples" / "node"
@@ -83,6 +85,32 @@ def test_node_intervals_equal_pythons(seed_bundle):
         for key in ("lower", "upper", "prediction"):
             np.testing.assert_allclose(np.array(ours[key]), getattr(expected, key), atol=1e-5, rtol=0)
         assert ours["out_of_domain"] == expected.out_of_domain.tolist() and ours["out_of_domain"][2]
+
+
+def test_node_centres_an_exact_fit_on_its_float64_estimates(tmp_path):
+    """plant_richness_mlr solved exactly: Node's bounds (centred in JavaScript on the estimates the manifest
+    keeps) equal statsmodels' to 1e-6 of the width, both kinds, two levels, and Python's to 1e-12 of it; its
+    prediction is the bundle's float32 answer, as Python's is."""
+    out = tmp_path / "mlr"
+    proc = run_cli("train", "--data", "plant_richness_mlr", "--no-plots", "--no-progress", "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    data = load_dataset("plant_richness_mlr")
+    rows = np.vstack([data.X, data.X.max(axis=0) * 10]).astype(np.float32).astype(np.float64)
+    fit = sm.OLS(data.y.ravel(), sm.add_constant(data.X)).fit()
+    p = Predictor(out)
+    for level, options in ((0.95, ()), (0.8, ()), (0.95, ("--mean",)), (0.8, ("--mean",))):
+        kind = "mean" if options else "obs"
+        frame = fit.get_prediction(sm.add_constant(rows, has_constant="add")).summary_frame(alpha=1 - level)
+        low, high = frame[f"{kind}_ci_lower"].to_numpy(), frame[f"{kind}_ci_upper"].to_numpy()
+        width = high - low
+        ours = _node_intervals(out, rows.tolist(), "--interval", str(level), *options)
+        lower, upper = np.array(ours["lower"])[:, 0], np.array(ours["upper"])[:, 0]
+        assert max(np.max(np.abs(lower - low) / width), np.max(np.abs(upper - high) / width)) < 1e-6
+        expected = p.predict_interval(rows, level, "mean" if options else "prediction")
+        assert np.max(np.abs(lower - expected.lower[:, 0]) / width) < 1e-12
+        assert np.max(np.abs(upper - expected.upper[:, 0]) / width) < 1e-12
+        np.testing.assert_allclose(np.array(ours["prediction"]), expected.prediction, rtol=1e-6)
+        assert ours["out_of_domain"] == expected.out_of_domain.tolist() and ours["out_of_domain"][-1]
 
 
 def test_node_conformal_intervals_equal_pythons(tmp_path):

@@ -1,20 +1,24 @@
 """Prediction intervals over the wire: a real `torchport serve` of the seed on 127.0.0.1, asked for the outputs
 lower, upper and out_of_domain by stock tritonclient (HTTP with binary output, gRPC) and plain JSON; the
 bounds equal Python's Predictor.predict_interval for the same float32 rows, at the request's interval_level
-and interval_kind; a request naming no outputs gets targets alone, as before; a model without intervals and a
-bad level are 400 / INVALID_ARGUMENT naming the problem."""
+and interval_kind (an exact linear fit's: statsmodels' to 1e-6 of the width, centred on its float64 fit); a
+request naming no outputs gets targets alone, as before; a model without intervals and a bad level are 400 /
+INVALID_ARGUMENT naming the problem."""
 from __future__ import annotations
 
 import json
 
 import numpy as np
 import pytest
+import statsmodels.api as sm
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
+from conftest import run_cli
 from servers import request, serving
 from torchport.runtime import Predictor
+from torchport.train.datasets import load_dataset
 
 ROWS = np.array([[0.5], [3.0], [4.4], [40.0]], np.float32)  # the last is 10x beyond the training range
 
@@ -110,3 +114,42 @@ def test_a_model_without_intervals_says_so(mlr_mlp_bundle):
         assert status == 400
         assert "unknown output 'lower'" in json.loads(raw)["error"]
         assert "keeps nothing to make intervals from" in json.loads(raw)["error"]
+
+
+def test_an_exact_fits_bounds_over_rest_and_grpc_equal_statsmodels(tmp_path):
+    """plant_richness_mlr solved exactly: REST (JSON) and gRPC bounds are centred on the float64 estimates the
+    bundle keeps, equal to Python's and to statsmodels' get_prediction to 1e-6 of the width (both kinds, two
+    levels); ``targets`` stays the model's float32 answer."""
+    out = tmp_path / "mlr"
+    proc = run_cli("train", "--data", "plant_richness_mlr", "--no-plots", "--no-progress", "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    data = load_dataset("plant_richness_mlr")
+    rows = data.X.astype(np.float32)
+    fit = sm.OLS(data.y.ravel(), sm.add_constant(data.X)).fit()
+    p = Predictor(out)
+    with serving(out, grpc=True) as server:
+        client = grpcclient.InferenceServerClient(server.grpc_url)
+        for level, kind in ((0.95, "prediction"), (0.8, "prediction"), (0.95, "mean"), (0.8, "mean")):
+            parameters = {"interval_level": level, "interval_kind": kind}
+            tensor = grpcclient.InferInput("features", list(rows.shape), "FP32")
+            tensor.set_data_from_numpy(rows)
+            got = client.infer("mlr", [tensor], outputs=_outputs(grpcclient, ["targets", "lower", "upper"]),
+                               parameters=parameters)
+            body = {"inputs": [{"name": "features", "shape": list(rows.shape), "datatype": "FP32",
+                                "data": rows.ravel().tolist()}],
+                    "outputs": [{"name": "lower"}, {"name": "upper"}], "parameters": parameters}
+            status, _, raw = request(server, "POST", "/v2/models/mlr/infer", json.dumps(body).encode())
+            assert status == 200, raw
+            rest = {o["name"]: np.array(o["data"]) for o in json.loads(raw)["outputs"]}
+            expected = p.predict_interval(rows.astype(np.float64), level, kind)
+            frame = fit.get_prediction(sm.add_constant(rows.astype(np.float64), has_constant="add")).summary_frame(
+                alpha=1 - level)
+            prefix = "obs" if kind == "prediction" else "mean"
+            low, high = frame[f"{prefix}_ci_lower"].to_numpy(), frame[f"{prefix}_ci_upper"].to_numpy()
+            for lower, upper in ((got.as_numpy("lower")[:, 0], got.as_numpy("upper")[:, 0]),
+                                 (rest["lower"], rest["upper"])):
+                np.testing.assert_array_equal(lower, expected.lower[:, 0])
+                np.testing.assert_array_equal(upper, expected.upper[:, 0])
+                assert max(np.max(np.abs(lower - low) / (high - low)), np.max(np.abs(upper - high) / (high - low))) \
+                    < 1e-6
+            np.testing.assert_array_equal(got.as_numpy("targets"), expected.prediction)

@@ -29,15 +29,20 @@ def calibration_rows(reg) -> tuple[np.ndarray, str]:
     return reg.val_rows_, "validation split"
 
 
-def linear_intervals(fit: LeastSquaresFit, mean: np.ndarray) -> LinearIntervals | None:
-    """The t intervals' record of a least-squares fit of rows whose features average ``mean``; None when the
-    fit has no whitening factor (collinear features) or no residual degrees of freedom."""
+def linear_intervals(fit: LeastSquaresFit, mean: np.ndarray, reg=None) -> LinearIntervals | None:
+    """The t intervals' record of a least-squares fit of rows whose features average ``mean``, with the float64
+    estimates of ``reg`` when it is a linear model solved exactly (its intervals are centred on them; any
+    other fit's on its own answer); None when the fit has no whitening factor (collinear features) or no
+    residual degrees of freedom."""
     df = fit.n_rows - fit.n_params
     if fit.whitening is None or df < 1:
         return None
+    exact = reg is not None and getattr(reg, "optimizer_", None) == "exact"
+    coef = tuple(tuple(float(v) for v in row) for row in np.atleast_2d(reg.coef_)) if exact else None
+    intercept = tuple(float(v) for v in np.atleast_1d(reg.intercept_)) if exact else None
     return LinearIntervals(fit.fit_intercept, fit.n_rows, df, tuple(float(v) for v in mean),
                            tuple(tuple(float(v) for v in row) for row in fit.whitening),
-                           tuple(float(v) / df for v in fit.residual_ss))
+                           tuple(float(v) / df for v in fit.residual_ss), coef, intercept)
 
 
 def interval_record(reg, data: Dataset, fit: LeastSquaresFit | None = None) -> IntervalRecord | None:
@@ -55,7 +60,7 @@ def _record(reg, data: Dataset, fit: LeastSquaresFit | None) -> IntervalRecord |
     if reg.spec_.kind == "linear":
         if fit is None or fit.whitening is None:
             fit = fit_least_squares(X, _targets(data.y[reg.train_rows_], len(X)), bool(reg.fit_intercept))
-        lin = linear_intervals(fit, X.mean(axis=0))
+        lin = linear_intervals(fit, X.mean(axis=0), reg)
         if lin is None:
             return None
         return IntervalRecord(T_METHOD, Domain(low, high, RANGE_MARGIN, float(lin.leverage(X).max())), linear=lin)

@@ -117,7 +117,7 @@ def fit_streamed(reg: Regressor, path: str | Path, target: Sequence[str] | None 
                                                                     sample_rows, on_rows)
     reg.fit_reduced(reduction)
     t = len(targets)
-    linear = linear_intervals(reduction.fit(), moments.mean[t:])
+    linear = linear_intervals(reduction.fit(), moments.mean[t:], reg)
     residual_ss = np.zeros(t)
     done, max_leverage = 0, 0.0
     with chunks(names) as second:

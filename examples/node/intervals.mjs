@@ -1,7 +1,8 @@
 // Prediction intervals and domain flags from a torchport bundle's manifest ("intervals"), in plain JavaScript
 // (Node.js and browsers: the web example serves this file too), as torchport.runtime.intervals computes them:
-// exact t intervals for a linear model from the exact fit's (X'X)^-1 and residual variance, split-conformal
-// intervals from the sorted absolute residuals of held-out calibration rows, and per row whether it lies
+// exact t intervals for a linear model from the exact fit's (X'X)^-1 and residual variance (centred on its
+// float64 estimates where the manifest keeps them, else on the model's answers), split-conformal intervals
+// from the sorted absolute residuals of held-out calibration rows, and per row whether it lies
 // outside the training domain, with the reason. The t quantile is computed here: the regularized incomplete
 // beta function by its continued fraction, inverted by bisection. See docs/intervals.md.
 
@@ -119,7 +120,17 @@ export function domainFlags(record, rows, features) {
   });
 }
 
-// predictions: one array of target values per row (the model's answers). Returns the intervals about them.
+// The intervals' centres (one array per row, one value per target): a linear model solved exactly keeps its
+// float64 estimates (linear.coef, linear.intercept) and is centred on x coef' + intercept, its own float64
+// answer; any other model (or a bundle without them) on its answers, the predictions.
+export function centres(record, rows, predictions) {
+  const lin = record.linear;
+  if (!lin || !lin.coef) return predictions;
+  return rows.map((row) => lin.coef.map((c, k) => row.reduce((s, v, j) => s + v * c[j], lin.intercept[k])));
+}
+
+// predictions: one array of target values per row (the model's answers, returned as prediction). Returns the
+// intervals about centres(...).
 export function intervalsOf(manifest, rows, predictions, level = 0.95, kind = "prediction") {
   if (!manifest.intervals) {
     throw new Error("this bundle keeps nothing to make intervals from (written before torchport kept them, or an " +
@@ -127,10 +138,11 @@ export function intervalsOf(manifest, rows, predictions, level = 0.95, kind = "p
   }
   const half = halfWidths(manifest.intervals, rows, level, kind);
   const domain = domainFlags(manifest.intervals, rows, manifest.features);
+  const centre = centres(manifest.intervals, rows, predictions);
   return {
     prediction: predictions,
-    lower: predictions.map((p, i) => p.map((v, k) => v - half[i][k])),
-    upper: predictions.map((p, i) => p.map((v, k) => v + half[i][k])),
+    lower: centre.map((p, i) => p.map((v, k) => v - half[i][k])),
+    upper: centre.map((p, i) => p.map((v, k) => v + half[i][k])),
     out_of_domain: domain.map((d) => d.flag),
     reasons: domain.map((d) => d.reason),
   };

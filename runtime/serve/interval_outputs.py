@@ -1,7 +1,9 @@
 """The outputs a request may name beside ``targets``: each row's prediction interval (``lower``, ``upper``,
 FP64) and domain flag (``out_of_domain``, BOOL), for models whose bundle keeps what intervals need, at the
 request's ``parameters`` ``interval_level`` (default 0.95) and ``interval_kind`` ("prediction", or "mean"
-for a linear model). The same numbers as ``Predictor.predict_interval`` for the rows the model saw (in its dtype)."""
+for a linear model), centred as ``Predictor.predict_interval``'s (a linear model solved exactly: on its float64
+fit; else on the model's answer). The same numbers as ``predict_interval`` for the rows the model saw (in its
+dtype)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -9,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from torchport.runtime.errors import TorchportError
-from torchport.runtime.intervals import domain_flags, half_widths, no_intervals
+from torchport.runtime.intervals import centres, domain_flags, half_widths, no_intervals
 from torchport.runtime.serve.inference import INTERVAL_OUTPUTS, LOWER, OUT_OF_DOMAIN, UPPER, InferRequest, \
     ModelInfo, ProtocolError
 
@@ -50,7 +52,7 @@ def answer(request: InferRequest, info: ModelInfo, rows, targets: np.ndarray) ->
         raise ProtocolError(400, f"model {info.name!r} gives no intervals: {no_intervals('its bundle').message}")
     level, kind = _parameters(request)
     x = np.asarray(rows, np.float64).reshape(-1, len(info.feature_names))
-    centre = np.asarray(targets, np.float64)
+    centre = centres(intervals, x, targets)
     try:
         half = half_widths(intervals, x, level, kind)
     except TorchportError as e:
