@@ -62,7 +62,8 @@ def predict_interval(predictor, x: Any, level: float = 0.95, kind: str = "predic
     empty = isinstance(x, (list, tuple)) and len(x) == 0
     encoding, unseen = predictor.encoding, None
     if encoding is not None:  # categorical or imputed columns: intervals are of the model's design
-        codes, unseen = predictor.encode(x) if not empty else (np.empty((0, len(features))), np.zeros(0, bool))
+        codes, unseen = predictor.encode(x, dtype=np.float64) if not empty else \
+            (np.empty((0, len(features))), np.zeros(0, bool))
         X, names, feed = design(encoding, codes), tuple(encoding.design_names()), codes
     else:
         raw = as_matrix(x, features) if not empty else np.empty((0, len(features)))

@@ -338,16 +338,18 @@ class Predictor:
         from torchport.runtime.interval_prediction import predict_interval
         return predict_interval(self, x, level, kind)
 
-    def encode(self, x: Any, first_row: int = 0) -> tuple[np.ndarray, np.ndarray]:
-        """The graph's input for ``x`` (codes of the model's dtype, NaN where a missing cell is imputed) and per
-        row whether an unseen level was scored as the reference level; InputError for a cell the bundle cannot
-        take."""
+    def encode(self, x: Any, first_row: int = 0, dtype: Any = None) -> tuple[np.ndarray, np.ndarray]:
+        """The graph's input for ``x`` (codes of ``dtype``, by default the model's; NaN where a missing cell is
+        imputed) and per row whether an unseen level was scored as the reference level; InputError for a cell
+        the bundle cannot take. Intervals ask for float64: the design they are centred on keeps the values'
+        digits."""
+        dtype = self.dtype if dtype is None else np.dtype(dtype)
         columns = self.encoding.columns_of(x)
         if columns is None:
-            codes = np.ascontiguousarray(as_matrix(x, self.feature_names), dtype=self.dtype)
+            codes = np.ascontiguousarray(as_matrix(x, self.feature_names), dtype=dtype)
             self.encoding.check_codes(codes, first_row)
             return codes, np.zeros(len(codes), dtype=bool)
-        codes, flagged = self.encoding.codes(columns, unseen=self.unseen, first_row=first_row, dtype=self.dtype)
+        codes, flagged = self.encoding.codes(columns, unseen=self.unseen, first_row=first_row, dtype=dtype)
         if flagged.any():
             rows = [int(i) + first_row for i in np.flatnonzero(flagged)]
             warnings.warn(UnseenLevelWarning(f"{len(rows)} row(s) held a level the model was not trained on and "
