@@ -37,8 +37,11 @@ class PredictionInterval:
         """One DataFrame: ``<target>``, ``<target>_lower``, ``<target>_upper`` per target, ``out_of_domain``
         and ``out_of_domain_reason`` (needs pandas)."""
         import pandas as pd
-        parts = [np.asarray(self.prediction, np.float64), np.asarray(self.lower), np.asarray(self.upper)]
-        index = getattr(self.prediction, "index", None)
+        width = len(self.targets)
+        parts = [np.asarray(self.prediction, np.float64).reshape(-1, width),
+                 np.asarray(self.lower, np.float64).reshape(-1, width),
+                 np.asarray(self.upper, np.float64).reshape(-1, width)]
+        index = self.prediction.index if is_dataframe(self.prediction) else None  # a list's .index is a method
         columns = {}
         for j, name in enumerate(self.targets):
             columns[name] = parts[0][:, j]
@@ -70,7 +73,7 @@ def predict_interval(predictor, x: Any, level: float = 0.95, kind: str = "predic
         X = feed = np.asarray(raw, np.float64)
         names = tuple(features)
     half = half_widths(record, X, level, kind)
-    pred = predictor.predict(feed) if len(X) else np.empty((0, len(targets)), np.float32)
+    pred = predictor.predict(feed)
     centre = centres(record, X, pred)
     flags, reasons = domain_flags(record, X, names)
     if unseen is not None and unseen.any():  # scored as the reference level (unseen="reference"): flagged

@@ -214,3 +214,31 @@ def test_the_web_example_shows_intervals_and_the_domain_flag(seed_bundle, chromi
     assert np.max(np.abs(web[:, 1] - expected.upper[:, 0])) <= 1e-5
     assert flags == expected.out_of_domain.tolist() and flags[2] and not flags[1]
     assert w.errors == []
+
+
+def test_an_interval_the_bundle_cannot_give_leaves_the_predictions_shown(chromium, shots, tmp_path):
+    """An MLP with 5 calibration rows (a quarter of 22 held out) cannot give a 95% conformal interval (it needs
+    19): the page still shows the form's prediction and the batch's answers, and says why there is no interval."""
+    out = tmp_path / "few"
+    proc = run_cli("train", "--data", "plant_richness_mlr", "--model", "mlp", "--epochs", "100", "--val-fraction",
+                   "0.25", "--out", str(out), "--no-progress", "--no-plots")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads((out / "manifest.json").read_text())["intervals"]["method"] == "conformal"
+    manifest = json.loads((out / "manifest.json").read_text())
+    rows = np.array(manifest["training"]["feature_stats"]["mean"], dtype=np.float64).reshape(1, 3)
+    with web_server(out) as url:
+        w = watch(chromium, url)
+        w.page.wait_for_selector(READY)
+        for j in range(3):
+            w.page.fill(f"#feature-{j}", repr(float(rows[0, j])))
+        w.page.wait_for_function("document.getElementById('prediction-0').dataset.value !== undefined")
+        form = float(w.page.get_attribute("#prediction-0", "data-value"))
+        assert "no 95% interval" in w.page.text_content("#form-error") and "calibration rows" in \
+            w.page.text_content("#form-error") and w.page.is_visible("#form-error")
+        csv = ",".join(manifest["features"]) + "\n" + ",".join(repr(float(v)) for v in rows[0])
+        batch = score_batch(w.page, csv, 1)
+        assert "no 95% interval" in w.page.text_content("#batch-error")
+        w.shot(shots, "web-mlp-no-interval")
+    python = float(Predictor(out).predict(rows)[0, 0])
+    assert abs(form - python) <= 1e-6 * max(1.0, abs(python)) and abs(batch[0] - python) <= 1e-6 * max(1.0, abs(python))
+    assert w.errors == []

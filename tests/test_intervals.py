@@ -114,6 +114,9 @@ def test_a_record_with_half_the_exact_estimates_is_refused(mlr_linear):
     short = {**record, "linear": {**record["linear"], "coef": [record["linear"]["coef"][0][:2]]}}
     with pytest.raises(DataError, match=r"intervals.linear.coef must be 1 x 3"):
         IntervalRecord.from_json(short, "intervals", features=3, targets=1)
+    mean = {**record, "linear": {**record["linear"], "mean": record["linear"]["mean"][:1]}}
+    with pytest.raises(DataError, match=r"intervals.linear must hold a mean of 3 values"):
+        IntervalRecord.from_json(mean, "intervals", features=3, targets=1)
 
 
 def test_seed_sgd_fit_has_the_exact_fits_widths_about_its_own_prediction(seed_bundle):
@@ -169,6 +172,20 @@ def test_dataframe_and_list_answers(mlr_linear):
     np.testing.assert_array_equal(table["ntv_rich_lower"].to_numpy(), as_array.lower.ravel())
     listed = p.predict_interval(data.X[:3].tolist(), 0.9)
     assert listed.out_of_domain == [False] * 3 and len(listed.lower) == 3
+    np.testing.assert_array_equal(listed.to_frame()["ntv_rich_lower"].to_numpy(), as_array.lower.ravel())
+    none = p.predict_interval([])
+    assert none.prediction == [] and none.out_of_domain == [] and len(none.to_frame()) == 0
+    empty = p.predict_interval(np.empty((0, 3)))
+    assert empty.lower.shape == (0, 1) and empty.prediction.dtype == p.dtype
+
+
+def test_a_nan_row_run_with_allow_nonfinite_is_flagged(mlr_linear):
+    path, data = mlr_linear
+    rows = np.vstack([data.X[:1], data.X[:1]])
+    rows[1, 1] = np.nan
+    r = Predictor(path, allow_nonfinite=True).predict_interval(rows)
+    assert list(r.out_of_domain) == [False, True]
+    assert r.reasons[1] == f"{data.feature_names[1]} is nan, not a finite number"
 
 
 def test_bad_arguments_say_what_to_give(seed_bundle, mlr_mlp_bundle):

@@ -76,8 +76,10 @@ def _node_intervals(bundle, rows, *options):
 
 def test_node_intervals_equal_pythons(seed_bundle):
     """examples/node/intervals.mjs (the t quantile computed in JavaScript) against predict_interval, both kinds,
-    with a row 10x beyond the training range."""
-    rows = [[0.5], [3.0], [44.0]] + np.random.default_rng(0).normal(2, 1, size=(50, 1)).tolist()
+    with a row 10x beyond the training range; the reasons read as Python's, large and small numbers in %g's
+    exponent form too."""
+    rows = [[0.5], [3.0], [44.0], [12345678.9], [-0.000012345]] + \
+        np.random.default_rng(0).normal(2, 1, size=(50, 1)).tolist()
     p = Predictor(seed_bundle)
     for level, options in ((0.9, ()), (0.8, ("--mean",))):
         ours = _node_intervals(seed_bundle, rows, "--interval", str(level), *options)
@@ -85,6 +87,7 @@ def test_node_intervals_equal_pythons(seed_bundle):
         for key in ("lower", "upper", "prediction"):
             np.testing.assert_allclose(np.array(ours[key]), getattr(expected, key), atol=1e-5, rtol=0)
         assert ours["out_of_domain"] == expected.out_of_domain.tolist() and ours["out_of_domain"][2]
+        assert ours["reasons"] == list(expected.reasons) and "1.23457e+07 above" in ours["reasons"][3]
 
 
 def test_node_centres_an_exact_fit_on_its_float64_estimates(tmp_path):
@@ -133,3 +136,17 @@ def test_node_conformal_intervals_equal_pythons(tmp_path):
     np.testing.assert_allclose(np.array(ours["upper"]) - np.array(ours["prediction"]),
                                expected.upper - np.asarray(expected.prediction, np.float64), rtol=1e-12)
     assert ours["out_of_domain"] == expected.out_of_domain.tolist() and ours["out_of_domain"][-1]
+
+
+@pytest.mark.parametrize("options, named", [
+    (["--interval=0.9"], '"--interval=0.9"'), (["--intreval", "0.9"], '"--intreval"'), (["--verbose"], '"--verbose"'),
+    (["--interval", "0.9", "--mean", "extra"], '"extra"'), (["--mean"], "--mean goes with --interval"),
+    (["--interval", "0.9", "--interval", "0.8"], "--interval is given twice")])
+def test_node_refuses_an_unknown_option_by_name(seed_bundle, options, named):
+    """score.mjs takes --interval LEVEL and --mean (with --interval) only: anything else is one usage line and
+    exit 2, not plain predictions as if the option had not been given."""
+    assert shutil.which("node"), "node is not installed: see README (make setup needs Node.js 18+)"
+    proc = subprocess.run(["node", str(APP / "score.mjs"), str(seed_bundle), *options], input="[[3.0]]",
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and proc.stdout == "", (proc.stdout, proc.stderr)
+    assert proc.stderr.count("\n") == 1 and proc.stderr.startswith("torchport-score: error: ") and named in proc.stderr

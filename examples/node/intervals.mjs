@@ -97,7 +97,20 @@ export function halfWidths(record, rows, level, kind = "prediction") {
   return rows.map(() => half.slice());
 }
 
-const g6 = (v) => Number(v.toPrecision(6)).toString();
+// Python's f"{v:.{digits}g}" (C's %g): fixed notation unless the exponent is below -4 or at least digits,
+// trailing zeros dropped; reasons read the same in every runtime.
+function formatG(v, digits) {
+  if (Number.isNaN(v)) return "nan";
+  if (!Number.isFinite(v)) return v > 0 ? "inf" : "-inf";
+  const [mantissa, exponent] = v.toExponential(digits - 1).split("e");
+  const e = Number(exponent);
+  if (e < -4 || e >= digits) {
+    const m = mantissa.includes(".") ? mantissa.replace(/0+$/, "").replace(/\.$/, "") : mantissa;
+    return `${m}e${e < 0 ? "-" : "+"}${String(Math.abs(e)).padStart(2, "0")}`;
+  }
+  return (Object.is(v, -0) ? "-" : "") + String(Number(v.toPrecision(digits)));
+}
+const g6 = (v) => formatG(v, 6);
 
 // Per row: { flag, reason } ("" when inside the training domain), worded as torchport words it.
 export function domainFlags(record, rows, features) {
@@ -114,7 +127,7 @@ export function domainFlags(record, rows, features) {
     });
     if (record.linear && maxLeverage !== null && maxLeverage !== undefined) {
       const h = leverage(record.linear, row);
-      if (h > maxLeverage * (1 + LEVERAGE_SLACK)) said.push(`leverage ${Number(h.toPrecision(4))} above the training rows' largest, ${Number(maxLeverage.toPrecision(4))}`);
+      if (h > maxLeverage * (1 + LEVERAGE_SLACK)) said.push(`leverage ${formatG(h, 4)} above the training rows' largest, ${formatG(maxLeverage, 4)}`);
     }
     return { flag: said.length > 0, reason: said.join("; ") };
   });

@@ -8,11 +8,17 @@ import { forIntervals } from "./encoding.mjs";
 import { intervalsOf } from "./intervals.mjs";
 
 const LEVEL = 0.95;
-// intervals of the model's design (with an encoding: ./encoding.mjs)
-const withIntervals = (manifest, rows, answers) => {
+// intervals of the model's design (with an encoding: ./encoding.mjs); null without them. An interval the bundle
+// cannot give (too few calibration rows for LEVEL) leaves the predictions shown and says why in ``where``.
+const withIntervals = (manifest, rows, answers, where) => {
   if (!manifest.intervals) return null;
-  const seen = forIntervals(manifest, rows);
-  return intervalsOf(seen.manifest, seen.rows, answers, LEVEL);
+  try {
+    const seen = forIntervals(manifest, rows);
+    return intervalsOf(seen.manifest, seen.rows, answers, LEVEL);
+  } catch (e) {
+    showError(where, `no ${LEVEL * 100}% interval: ${e.message}`);
+    return null;
+  }
 };
 
 const $ = (id) => document.getElementById(id);
@@ -109,7 +115,7 @@ async function predictForm(bundle) {
   try {
     const row = formRow(bundle.manifest);
     const answers = await predict(bundle, [row]);
-    const bands = withIntervals(bundle.manifest, [row], answers);
+    const bands = withIntervals(bundle.manifest, [row], answers, error);
     answers[0].forEach((v, k) => {
       const out = $(`prediction-${k}`);
       out.value = shown(v);
@@ -120,6 +126,10 @@ async function predictForm(bundle) {
         const [lower, upper] = [bands.lower[0][k], bands.upper[0][k]];
         band.value = `${shown(lower)} to ${shown(upper)}`;
         Object.assign(band.dataset, { lower: String(lower), upper: String(upper), inputs: JSON.stringify(row) });
+      } else if ($(`interval-${k}`)) {
+        const band = $(`interval-${k}`);
+        band.value = "";
+        for (const key of ["lower", "upper", "inputs"]) delete band.dataset[key];
       }
     });
     const domain = $("domain");
@@ -178,7 +188,7 @@ async function scoreRows(bundle) {
   try {
     const rows = parseRows($("batch-rows").value, manifest.features, manifest);
     const answers = await predict(bundle, rows);
-    const bands = withIntervals(manifest, rows, answers);
+    const bands = withIntervals(manifest, rows, answers, error);
     const head = element("tr");
     // the answers first, so that they show on a narrow screen before the table scrolls
     const bandColumns = bands ? [...manifest.targets.map((t) => `${t} ${LEVEL * 100}% interval`), "outside the training data"] : [];
