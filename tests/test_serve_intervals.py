@@ -1,6 +1,6 @@
 """Prediction intervals over the wire: a real `torchport serve` of the seed on 127.0.0.1, asked for the outputs
 lower, upper and out_of_domain by stock tritonclient (HTTP with binary output, gRPC) and plain JSON; the
-bounds equal Python's Predictor.predict_interval for the same float32 rows, at the request's interval_level
+bounds equal Python's Predictor.predict_interval for the same rows (FP32 or FP64, as sent), at the request's interval_level
 and interval_kind (an exact linear fit's: statsmodels' to 1e-6 of the width, centred on its float64 fit); a
 request naming no outputs gets targets alone, as before; a model without intervals and a bad level are 400 /
 INVALID_ARGUMENT naming the problem."""
@@ -153,3 +153,20 @@ def test_an_exact_fits_bounds_over_rest_and_grpc_equal_statsmodels(tmp_path):
                 assert max(np.max(np.abs(lower - low) / (high - low)), np.max(np.abs(upper - high) / (high - low))) \
                     < 1e-6
             np.testing.assert_array_equal(got.as_numpy("targets"), expected.prediction)
+        # FP64 rows (values float32 cannot hold): every encoding of the request gives Python's bounds on them
+        exact = p.predict_interval(data.X, 0.9)
+        tensor = grpcclient.InferInput("features", list(data.X.shape), "FP64")
+        tensor.set_data_from_numpy(data.X)
+        got = client.infer("mlr", [tensor], outputs=_outputs(grpcclient, ["lower", "upper"]),
+                           parameters={"interval_level": 0.9})
+        np.testing.assert_array_equal(got.as_numpy("lower")[:, 0], exact.lower[:, 0])
+        np.testing.assert_array_equal(got.as_numpy("upper")[:, 0], exact.upper[:, 0])
+        for data_field in (data.X.ravel().tolist(), data.X.tolist()):  # flat and nested JSON
+            body = {"inputs": [{"name": "features", "shape": list(data.X.shape), "datatype": "FP64",
+                                "data": data_field}],
+                    "outputs": [{"name": "lower"}, {"name": "upper"}], "parameters": {"interval_level": 0.9}}
+            status, _, raw = request(server, "POST", "/v2/models/mlr/infer", json.dumps(body).encode())
+            assert status == 200, raw
+            rest = {o["name"]: np.array(o["data"]) for o in json.loads(raw)["outputs"]}
+            np.testing.assert_array_equal(rest["lower"], exact.lower[:, 0])
+            np.testing.assert_array_equal(rest["upper"], exact.upper[:, 0])

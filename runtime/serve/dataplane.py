@@ -129,10 +129,11 @@ class DataPlane:
         """The outputs a request names when it names an interval output (``wants_intervals``), in its order,
         from the model's answer ``targets`` (serve/interval_outputs.py); ProtocolError 400 for what the
         intervals cannot give."""
-        encoding = served.predictor.encoding
+        encoding = served.predictor.encoding  # the rows read again, in float64: intervals keep the values as sent
         if encoding is None:
-            return answer(request, served.info, input_rows(request, served.info), targets)
-        codes, unseen = encoded_rows(request.inputs, encoding, served.info, unseen_policy(request.parameters))
+            return answer(request, served.info, input_rows(request, served.info, np.float64), targets)
+        codes, unseen = encoded_rows(request.inputs, encoding, served.info, unseen_policy(request.parameters),
+                                     np.float64)
         made = answer(request, replace(served.info, feature_names=tuple(encoding.design_names())),
                       design(encoding, codes), targets)  # intervals see the model's design
         return [replace(t, values=t.values | unseen) if t.name == OUT_OF_DOMAIN else t for t in made]

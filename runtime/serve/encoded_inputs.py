@@ -10,6 +10,7 @@ then scored as the reference level and the row flagged in the ``out_of_domain`` 
 from __future__ import annotations
 
 import struct
+from typing import Any
 
 import numpy as np
 
@@ -125,10 +126,10 @@ def unseen_policy(parameters: dict | None) -> str:
 
 
 def encoded_rows(inputs: list[InputTensor], encoding: Encoding, info: ModelInfo,
-                 unseen: str = "refuse") -> tuple[np.ndarray, np.ndarray]:
-    """The request's rows as the graph's input in the model's dtype (level codes, NaN where imputed), from
-    either layout, and per row whether an unseen level was scored as the reference level (``unseen``
-    "reference"); a ProtocolError 400 names what does not fit."""
+                 unseen: str = "refuse", dtype: Any = None) -> tuple[np.ndarray, np.ndarray]:
+    """The request's rows as the graph's input in ``dtype`` (default the model's; float64 for intervals) (level
+    codes, NaN where imputed), from either layout, and per row whether an unseen level was scored as the
+    reference level (``unseen`` "reference"); a ProtocolError 400 names what does not fit."""
     input_name, model = info.input_name, info.name
     names = [t.name for t in inputs]
     features = encoding.features
@@ -161,7 +162,8 @@ def encoded_rows(inputs: list[InputTensor], encoding: Encoding, info: ModelInfo,
     if len(set(rows_of.values())) > 1:
         raise _bad(f"the inputs hold different numbers of rows ({rows_of})")
     try:
-        codes, flagged = encoding.codes([columns[name] for name in features], dtype=info.dtype, unseen=unseen)
+        codes, flagged = encoding.codes([columns[name] for name in features],
+                                        dtype=info.dtype if dtype is None else dtype, unseen=unseen)
     except InputError as e:
         raise _bad(e.message + (f" (or send the parameter {UNSEEN_PARAMETER!r}: 'reference' to score it as the "
                                 "reference level, flagged out of domain)" if e.parameter == "unseen" else "")) from None

@@ -6,7 +6,7 @@ alone whatever it would have been batched with."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -166,10 +166,11 @@ def _plain(data: list, count: int, limit: float = FLOAT32_OVERFLOW) -> bool:
     return True
 
 
-def input_rows(request: InferRequest, info: ModelInfo) -> np.ndarray | list:
-    """The rows to score of ``request`` for the model ``info``: a (rows, n_features) array of its dtype, or for a
-    flat JSON list of plain numbers, its rows as lists (the batcher makes one array of many requests' rows).
-    A ProtocolError 400 names the first thing that does not fit the model."""
+def input_rows(request: InferRequest, info: ModelInfo, dtype: Any = None) -> np.ndarray | list:
+    """The rows to score of ``request`` for the model ``info``: a (rows, n_features) array of ``dtype`` (default
+    the model's; intervals ask for float64, the values as sent), or for a flat JSON list of plain numbers, its
+    rows as lists (the batcher makes one array of many requests' rows). A ProtocolError 400 names the first
+    thing that does not fit the model."""
     if len(request.inputs) != 1:
         raise _bad(f"'inputs' must hold exactly one tensor (the model's input {info.input_name!r})")
     tensor = request.inputs[0]
@@ -207,7 +208,7 @@ def input_rows(request: InferRequest, info: ModelInfo) -> np.ndarray | list:
         raise _bad(f"{where}: the data has {values.size} values but shape {shape} needs {count}")
     values = values.reshape(rows, n_features)
     _refuse_unusable(values, where, info)
-    return values.astype(info.dtype)
+    return values.astype(info.dtype if dtype is None else dtype)
 
 
 def check_outputs(request: InferRequest, info: ModelInfo) -> None:

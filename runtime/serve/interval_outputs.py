@@ -2,8 +2,8 @@
 FP64) and domain flag (``out_of_domain``, BOOL), for models whose bundle keeps what intervals need, at the
 request's ``parameters`` ``interval_level`` (default 0.95) and ``interval_kind`` ("prediction", or "mean"
 for a linear model), centred as ``Predictor.predict_interval``'s (a linear model solved exactly: on its float64
-fit; else on the model's answer). The same numbers as ``predict_interval`` for the rows the model saw (in its
-dtype)."""
+fit; else on the model's answer), from the rows as the request sent them (FP32 or FP64, read in float64): the
+same numbers as ``predict_interval`` for the same values."""
 from __future__ import annotations
 
 from dataclasses import dataclass
