@@ -29,6 +29,7 @@ from torchport.runtime.encoding import UNSEEN
 from torchport.runtime.errors import Fix, InputError
 from torchport.runtime.files import remove_leftovers
 from torchport.runtime.options import delimiter, positive_int
+from torchport.runtime.plan import Plan
 from torchport.runtime.predictor import Predictor
 from torchport.runtime.scoring import score_file
 
@@ -44,8 +45,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--delimiter", type=delimiter, metavar="comma|semicolon|tab",
                    help="the input's delimiter (default: read from its header)")
     p.add_argument("--chunk-rows", type=positive_int, default=65536, help="rows per chunk (default: 65536)")
-    p.add_argument("--plan", type=Path, help="a plan written by `torchport tune --out` on this machine "
-                                            "(default: the Predictor's rules)")
+    p.add_argument("--plan", type=Path, help="a plan written by `torchport tune --out` on this machine, run in "
+                                            "its precision (default: the Predictor's rules)")
     p.add_argument("--interval", dest="level", type=float, metavar="L",
                    help="add each row's prediction interval at level L, in (0, 1), and its out_of_domain flag")
     p.add_argument("--unseen", choices=UNSEEN, default="refuse",
@@ -64,7 +65,9 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"{args.output} exists", parameter="output", fixes=(Fix({"force": True}, "to replace it"),))
     if args.output.resolve() == args.input.resolve():
         raise InputError("--output must differ from --input", parameter="output")
-    predictor = Predictor(args.bundle, providers=args.providers, plan=args.plan, unseen=args.unseen)
+    plan = Plan.load(args.plan) if args.plan else None  # run in its precision: a bf16 plan as it was measured
+    predictor = Predictor(args.bundle, providers=args.providers, plan=plan, unseen=args.unseen,
+                          precision=plan.precision if plan else "f32")
     for done in remove_leftovers(args.output):
         print(f"torchport predict: note: {done}", file=sys.stderr)
     n = score_file(predictor, args.input, args.output, args.chunk_rows,

@@ -33,7 +33,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--precision", choices=["f32", "bf16"], default="f32",
                    help="bf16: let the plan run an MLP's larger batches in bf16 through OpenVINO (the openvino extra), "
                         "its error on the golden cases measured against float64 and recorded in the plan, which "
-                        "Predictor(bundle, plan=PATH, precision='bf16') takes (default: f32)")
+                        "Predictor(bundle, plan=PATH, precision='bf16') and `torchport predict --plan PATH` take (default: f32)")
 
 
 def run(args: argparse.Namespace) -> int:

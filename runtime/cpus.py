@@ -48,9 +48,9 @@ def cpu_flags() -> frozenset[str]:
 
 
 class Neighbours:
-    """How many CPUs other processes kept busy lately, from /proc/stat's busy time less this process's own
-    (os.times), measured over the time since the last look and looked at most every ``every_s`` seconds, so
-    that asking costs a clock read. A multi-threaded session whose threads would wait for a core another
+    """How many CPUs other processes kept busy lately, from /proc/stat's busy time of the CPUs this process
+    may run on (its affinity mask) less this process's own (os.times), measured over the time since the last
+    look and looked at most every ``every_s`` seconds, so that asking costs a clock read. A multi-threaded session whose threads would wait for a core another
     process holds (ONNX Runtime's threads spin, and split the work evenly up front) is then not used."""
 
     def __init__(self, every_s: float = 0.25):
@@ -65,14 +65,26 @@ class Neighbours:
         """(now, seconds of CPU time every process used, seconds this process used), or None off Linux."""
         try:
             with open("/proc/stat", "rb") as f:
-                fields = f.readline().split()[1:]
+                lines = [line.split() for line in f if line[:3] == b"cpu" and line[3:4].isdigit()]
         except OSError:
             return None
-        ticks = [int(v) for v in fields]
-        idle = ticks[3] + (ticks[4] if len(ticks) > 4 else 0)
-        busy = (sum(ticks[:8]) - idle) / self._tick  # user..steal; guest time is counted in user already
+        mine = self._mine()
+        busy = 0.0
+        for fields in lines:
+            if mine is None or int(fields[0][3:]) in mine:
+                ticks = [int(v) for v in fields[1:9]]
+                idle = ticks[3] + (ticks[4] if len(ticks) > 4 else 0)
+                busy += sum(ticks) - idle  # user..steal; guest time is counted in user already
+        busy /= self._tick
         own = os.times()
         return time.monotonic(), busy, own.user + own.system
+
+    @staticmethod
+    def _mine() -> set[int] | None:
+        try:
+            return os.sched_getaffinity(0)
+        except AttributeError:
+            return None
 
     def free(self) -> float:
         """CPUs of this process's share that no other process used over the last interval measured."""
@@ -89,4 +101,5 @@ class Neighbours:
     def crowded(self, threads: int) -> bool:
         """True when other processes left fewer than ``threads`` CPUs free, less a slack of a quarter of them
         (at least half a CPU): on 2 CPUs, when others took more than half of one."""
+        threads = min(threads, self.cpus)  # more threads than CPUs would never find enough free
         return self.free() < threads - max(0.5, threads / 4)

@@ -34,8 +34,8 @@ def _cudart() -> ctypes.CDLL:
 
 
 def run_on_device(session: ort.InferenceSession, input_name: str, output_name: str, x: Any,
-                  n_features: int, device_id: int) -> ort.OrtValue:
-    """Run ``session`` on the CUDA array ``x`` where it lies; the answer is an OrtValue on the same GPU
+                  n_features: int, device_id: int, dtype: str = "float32") -> ort.OrtValue:
+    """Run ``session`` on the CUDA array ``x`` (of the graph's ``dtype``) where it lies; the answer is an OrtValue on the same GPU
     (hand it to ``torch.from_dlpack`` or ``cupy.from_dlpack``).
 
     ONNX Runtime runs on its own CUDA stream and does not wait for the stream that produced ``x``, so the
@@ -44,10 +44,11 @@ def run_on_device(session: ort.InferenceSession, input_name: str, output_name: s
     shape = tuple(getattr(x, "shape", ()))
     if len(shape) != 2 or shape[1] != n_features:
         raise InputError(f"expected a 2-D device array of shape (rows, {n_features}); got shape {shape}")
-    dtype = str(getattr(x, "dtype", ""))
-    if "float32" not in dtype:
-        raise InputTypeError(f"device arrays must be float32 (got {dtype}); convert on the device first, "
-                        "for example x.float() in torch or x.astype('float32') in CuPy")
+    given = str(getattr(x, "dtype", ""))
+    if dtype not in given:  # the graph's dtype: float32, or float64 for a float64 bundle
+        torch_way = "x.float()" if dtype == "float32" else "x.double()"
+        raise InputTypeError(f"device arrays for this model must be {dtype} (got {given}); convert on the device "
+                             f"first, for example {torch_way} in torch or x.astype('{dtype}') in CuPy")
     capsule = x.__dlpack__(stream=LEGACY_DEFAULT_STREAM)
     if _cudart().cudaStreamSynchronize(ctypes.c_void_p(LEGACY_DEFAULT_STREAM)) != 0:
         raise RuntimeError("cudaStreamSynchronize failed while waiting for the input's producer")

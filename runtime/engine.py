@@ -171,12 +171,15 @@ class Engine:
     def calm(self, regime: Regime) -> Regime:
         """What runs instead of a multi-threaded regime (intra-op threads, or chunks shared by several workers)
         while other processes hold the cores its threads need (``neighbours``): the same graph on one thread,
-        its chunks one after another, so that no thread waits for a descheduled one."""
+        its chunks one after another, so that no thread waits for a descheduled one (a bf16 OpenVINO step: the
+        same step on one thread, so that its answers do not change with the load)."""
         calm = self._calm.get(regime)
         if calm is None:
-            calm = self._calm[regime] = replace(self.whole(regime.graph, 1), chunk_rows=regime.chunk_rows,
-                                                chunk_from=regime.chunk_from) \
-                if not regime.openvino else self.whole(regime.graph, 1)
+            if regime.openvino:  # a bf16 step stays bf16: answers must not change with the machine's load
+                calm = self.whole(regime.graph, 1) if regime.precision == "f32" else replace(regime, threads=1)
+            else:
+                calm = replace(self.whole(regime.graph, 1), chunk_rows=regime.chunk_rows, chunk_from=regime.chunk_from)
+            self._calm[regime] = calm
         return calm
 
     def rules(self) -> Plan:
@@ -242,6 +245,11 @@ class Engine:
                                              or regime.threads < 1)):
                 raise InputError(f"the plan's regime {regime.describe()!r} cannot run here: this Predictor runs "
                                  f"{', '.join(sorted(self.graphs))}", parameter="plan")
+            if regime.precision not in ("f32", plan.precision) or \
+                    (not regime.openvino and (regime.hint or regime.precision != "f32")):
+                raise InputError(f"the plan's regime {regime.describe()!r} does not agree with the plan's precision "
+                                 f"({plan.precision}): a reduced-precision step belongs to a plan that says so, run "
+                                 "by OpenVINO; measure a plan with `torchport tune`", parameter="plan")
 
     def drop_slots(self) -> None:
         """Forget every slot pool (a new plan binds fresh ones on first use)."""
@@ -294,7 +302,7 @@ class Engine:
         return runner
 
     def check_rows(self, a: np.ndarray, first_row: int = 0) -> None:
-        """Raise naming the first NaN/inf cell of ``a`` (float32, C-contiguous), rows counted from
+        """Raise naming the first NaN/inf cell of ``a`` (the graph's dtype, C-contiguous), rows counted from
         ``first_row``: one pass, a false alarm cleared by checking each element."""
         if a.size and not _finite(a):
             refuse_nonfinite(a, self.feature_names, first_row)
@@ -302,7 +310,7 @@ class Engine:
     def run(self, regime: Regime, x: np.ndarray, out: np.ndarray | None = None, check: bool = True,
             pools: dict | None = None, calm: bool = True) -> np.ndarray:
         """``x`` (rows >= 1, any numeric dtype and layout) run in ``regime``: through a pooled slot's bound
-        buffers (one copy in, which converts dtype and layout too) or zero-copy from float32 C-contiguous;
+        buffers (one copy in, which converts dtype and layout too) or zero-copy from the graph's dtype, C-contiguous;
         into ``out`` when given. ``check``: refuse NaN/inf rows first. ``pools``: where to record the slot
         pool used, by input shape, so that a caller's own fast path (Predictor.predict's) finds it.
         ``calm``: a multi-threaded regime runs on one thread while other processes hold the CPUs (False:

@@ -30,9 +30,9 @@ LARGE_ROWS = 32768
 CHUNK_BYTES = 1 << 20
 CHUNK_FROM_BYTES = 8 << 20
 # Graphs without a large-batch graph (MLPs) run batches of at least two chunks as chunks of rows whose
-# widest intermediate (rows x widest layer, in the graph's float32 or float64) takes about CACHE_BYTES, so that the layers' outputs
-# stay in each core's L2 cache; the chunks are shared out between the calling thread and helper threads,
-# each running a one-thread session. Chunks have at least MIN_CHUNK_ROWS rows.
+# widest intermediate (rows x widest layer, in the graph's float32 or float64) takes about CACHE_BYTES, so
+# that the layers' outputs stay in each core's L2 cache; the chunks are shared out between the calling thread
+# and helper threads, each running a one-thread session. Chunks have at least MIN_CHUNK_ROWS rows.
 CACHE_BYTES = 512 << 10
 MIN_CHUNK_ROWS = 256
 # An MLP batch below two chunks runs whole: on one thread, or on intra_op_threads from this much model
@@ -44,7 +44,7 @@ THREADS_FROM_WIDTH = 64
 
 
 def slot_rows(n_features: int, n_targets: int) -> int:
-    """The most rows a pooled slot holds: SLOT_BYTES of float32 input and answer, at least SLOT_ROWS."""
+    """The most rows a pooled slot holds: SLOT_BYTES of float32 input and answer (twice that for a float64 graph), at least SLOT_ROWS."""
     return max(SLOT_ROWS, SLOT_BYTES // (4 * (n_features + n_targets)))
 
 
@@ -57,7 +57,7 @@ def cache_chunk_rows(widest: int, itemsize: int = 4) -> int:
 
 
 def all_finite(a: np.ndarray) -> bool:
-    """True if no element of the C-contiguous float32 array ``a`` is NaN or infinite, in one BLAS pass: a
+    """True if no element of the C-contiguous float32 or float64 array ``a`` is NaN or infinite, in one BLAS pass: a
     sum of squares is finite only if every element is. False can be a false alarm (squares of finite values
     above 1.8e19 overflow): the caller then checks each element."""
     v = a.reshape(-1)
@@ -66,7 +66,7 @@ def all_finite(a: np.ndarray) -> bool:
 
 
 def finite(a: np.ndarray) -> bool:
-    """False if ``a`` (float32, C-contiguous) may hold NaN/inf, in one pass: the value itself for one, else
+    """False if ``a`` (float32 or float64, C-contiguous) may hold NaN/inf, in one pass: the value itself for one, else
     the BLAS pass of ``all_finite`` above (quicker than numpy's float64 sum at every size, docs/hot-path.md)."""
     if a.size == 1:
         return math.isfinite(a.item())
@@ -113,7 +113,7 @@ class Answers:
 
 
 class Runner:
-    """Runs one session on numpy arrays of any row count: rows in (float32, C-contiguous), answers into a
+    """Runs one session on numpy arrays of any row count: rows in (the session's float32 or float64, C-contiguous), answers into a
     given array or into new memory. Safe to share between threads. With ``chunk_rows`` (every torchport
     graph answers each row on its own), batches of more than ``chunk_from`` rows run chunk by chunk, each
     checked and run while it is in cache, into memory from ``answers``; with ``workers`` > 1 the chunks are
@@ -133,7 +133,7 @@ class Runner:
 
     def run(self, matrix: np.ndarray, out: np.ndarray | None = None,
             check: Callable[[np.ndarray, int], None] | None = None) -> np.ndarray:
-        """The model's answer for ``matrix`` (float32, C-contiguous), written into ``out`` when given.
+        """The model's answer for ``matrix`` (the session's dtype, C-contiguous), written into ``out`` when given.
         ``check(rows, first_row)`` sees every row before it is run and may raise; in chunks, rows of
         earlier chunks are then already written into ``out``. Without ``out`` an unchunked answer is
         memory ONNX Runtime allocates, which the returned array owns until it is freed (as a plain ``run``

@@ -190,6 +190,8 @@ class Predictor:
                 raise InputError(f"this plan was measured {what}, not on this machine ({here!r}) with this "
                                  "bundle's graphs; measure one here with `torchport tune BUNDLE --out PLAN` or "
                                  "plan='measure'", parameter="plan")
+        if plan.precision != "f32" and plan.precision == self.engine.precision:
+            plan = self.engine.held_to(plan)  # a reduced-precision plan's error is measured here, not read
         self._use(plan)
         self._plan_arg = plan
 
@@ -322,7 +324,7 @@ class Predictor:
                 raise InputError(f"the input is a CUDA array but this Predictor runs on {self.providers}; "
                                  "create it with providers='cuda' or pass a numpy array")
             return run_on_device(self.engine.first_session, self.input_name, self.output_name, x, self.n_features,
-                                 device[1])
+                                 device[1], str(self.dtype))
         if out is not None and not isinstance(x, np.ndarray):
             raise InputError("out is only accepted with numpy input", parameter="out")
         if isinstance(x, (list, tuple)) and len(x) == 0:
@@ -343,7 +345,7 @@ class Predictor:
         imputed) and per row whether an unseen level was scored as the reference level; InputError for a cell
         the bundle cannot take. Intervals ask for float64: the design they are centred on keeps the values'
         digits."""
-        dtype = self.dtype if dtype is None else np.dtype(dtype)
+        dtype = self.dtype if dtype is None else _code_dtype(dtype)
         columns = self.encoding.columns_of(x)
         if columns is None:
             codes = np.ascontiguousarray(as_matrix(x, self.feature_names), dtype=dtype)
@@ -400,3 +402,14 @@ def _unpickle(model_bytes: bytes, source: str, names: tuple, providers, threads,
     if plan is not None:
         predictor._take_plan(Plan.from_json(plan) if isinstance(plan, dict) else plan)
     return predictor
+
+
+def _code_dtype(dtype: Any) -> np.dtype:
+    """``dtype`` for ``Predictor.encode``: float32 or float64, else InputError naming what was given."""
+    try:
+        chosen = np.dtype(dtype)
+    except TypeError:  # not a dtype at all (np.dtype(None) would be float64: never compare with None)
+        chosen = np.dtype(object)
+    if chosen not in (np.dtype(np.float32), np.dtype(np.float64)):
+        raise InputError(f"dtype must be float32 or float64; got {dtype!r}", parameter="dtype")
+    return chosen

@@ -463,3 +463,35 @@ def test_serve_scores_an_unseen_firm_as_the_reference_when_asked_and_flags_it(gr
     reference = Predictor(grunfeld_bundle).predict([[value, capital, "American Steel"], [value, capital, "IBM"]])
     assert outputs["out_of_domain"] == [True, False]
     assert np.array_equal(np.asarray(outputs["targets"], np.float32), np.asarray(reference, np.float32)[:, 0])
+
+
+def test_encode_gives_codes_of_the_dtype_asked_and_refuses_others(grunfeld_bundle):
+    """Predictor.encode's codes: the model's dtype by default, float64 when asked (intervals keep the values'
+    digits that way); any other dtype is refused by name."""
+    predictor = Predictor(grunfeld_bundle)
+    rows = [[3078.5, 2.8, "IBM"], [1000.1, 0.3, "General Motors"]]
+    default, _ = predictor.encode(rows)
+    wide, _ = predictor.encode(rows, dtype=np.float64)
+    assert default.dtype == predictor.dtype and wide.dtype == np.float64
+    assert wide[0, 0] == 3078.5 and wide[1, 0] == 1000.1  # float64 keeps 1000.1; float32 would not
+    np.testing.assert_array_equal(default, wide.astype(predictor.dtype))
+    for bad in ("int8", "nonsense"):
+        with pytest.raises(InputError, match=f"dtype must be float32 or float64; got '{bad}'"):
+            predictor.encode(rows, dtype=bad)
+
+
+def test_encode_imputes_the_exact_fill_in_float64_and_still_runs_float32():
+    """The fill is kept in float64 and cast to the input's dtype: a float64 NaN gets the statistic itself
+    (float32 buffers rounded 1700000123.456 to 1700000128.0); a float32 input gets it rounded once."""
+    import torch
+    from torchport.export.encoded import Encode
+    from torchport.runtime.encoding import ColumnEncoding, Encoding
+    fill = 1700000123.456
+    encode = Encode(Encoding((ColumnEncoding("t", impute="mean", fill=fill),
+                              ColumnEncoding("g", kind="categorical", levels=("a", "b", "c"), reference="a"))))
+    wide = encode(torch.tensor([[float("nan"), 2.0], [5.0, 1.0]], dtype=torch.float64))
+    assert wide.dtype == torch.float64 and wide[0, 0].item() == fill and wide[1, 0].item() == 5.0
+    assert wide[:, 1:].tolist() == [[0.0, 1.0], [1.0, 0.0]]  # codes still match their levels in float64
+    narrow = encode(torch.tensor([[float("nan"), 2.0], [5.0, 1.0]], dtype=torch.float32))
+    assert narrow.dtype == torch.float32 and narrow[0, 0].item() == float(np.float32(fill))
+    assert narrow[:, 1:].tolist() == [[0.0, 1.0], [1.0, 0.0]]

@@ -4,6 +4,8 @@ missing, bf16 runs only when asked for with its error measured against float64 a
 multi-threaded regimes run on one thread while other processes hold the CPUs, and the bench's OpenVINO
 rows; the full tier runs the `fastest` benchmark's quick mode and renders the README table from its JSON."""
 import json
+import os
+import shutil
 import subprocess
 import sys
 import time
@@ -137,6 +139,18 @@ def test_bf16_only_when_asked_and_its_recorded_bound_holds(mlr_mlp_bundle, seed_
     with pytest.raises(InputError, match="precision='bf16'"):
         Predictor(mlr_mlp_bundle, providers="cpu", plan=path)
     assert Predictor(mlr_mlp_bundle, providers="cpu", plan=path, precision="bf16").plan.bound == plan.bound
+    # what a saved plan says of its error is measured again on load, not trusted
+    told = json.loads(path.read_text())
+    path.write_text(json.dumps({**told, "bound": [1.0], "error": [0.0]}))
+    again = Predictor(mlr_mlp_bundle, providers="cpu", plan=path, precision="bf16").plan
+    assert again.error == plan.error and again.bound == plan.bound
+    # a float32 plan with a bf16 step is refused, naming the step
+    (tmp_path / "mixed.plan.json").write_text(json.dumps(Plan(plan.steps).to_json()))  # precision f32
+    with pytest.raises(InputError, match=r"does not agree with the plan's precision \(f32\)"):
+        Predictor(mlr_mlp_bundle, providers="cpu", plan=tmp_path / "mixed.plan.json")
+    # under load a bf16 step stays bf16 (on one thread): the answers do not change with the load
+    bf16 = next(r for r in plan.regimes() if r.precision == "bf16")
+    assert p.engine.calm(bf16).precision == "bf16" and p.engine.calm(bf16).threads == 1
     with pytest.raises(InputError, match="has none"):
         Predictor(seed_bundle, precision="bf16")
     with pytest.raises(InputError, match="'f32' or 'bf16'"):
@@ -149,6 +163,12 @@ def test_torchport_tune_precision_bf16(mlr_mlp_bundle, tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "reduced precision (bf16), asked for" in proc.stdout
     assert Plan.load(tmp_path / "plan.json").precision == "bf16"
+    rows = tmp_path / "rows.csv"
+    rows.write_text("area,latitude,dist_mainland\n" + "\n".join(f"{i},{i * 10},{i * 3}" for i in range(1, 200)) + "\n")
+    scored = run_cli("predict", str(mlr_mlp_bundle), "-i", str(rows), "-o", str(tmp_path / "out.csv"), "--plan",
+                     str(tmp_path / "plan.json"))  # the plan's precision is taken from it
+    assert scored.returncode == 0, scored.stderr
+    assert len((tmp_path / "out.csv").read_text().splitlines()) == 200
 
 
 def test_multi_threaded_regimes_run_on_one_thread_while_the_cpus_are_taken(mlr_mlp_bundle):
@@ -172,6 +192,26 @@ def test_multi_threaded_regimes_run_on_one_thread_while_the_cpus_are_taken(mlr_m
         for proc in procs:
             proc.kill()
             proc.wait()
+
+
+def test_neighbours_count_only_the_cpus_this_process_may_use(tmp_path):
+    """A busy process on another CPU than this one's affinity mask leaves this one uncrowded; asking for more
+    threads than there are CPUs is judged by the CPUs there are."""
+    if not hasattr(os, "sched_setaffinity") or len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("needs Linux and two usable CPUs")
+    first, other = sorted(os.sched_getaffinity(0))[:2]
+    script = ("import os, time\nfrom torchport.runtime.cpus import Neighbours\n"
+              f"os.sched_setaffinity(0, {{{first}}})\n"
+              "n = Neighbours(every_s=0.5)\nn.free()\ntime.sleep(1.0)\nprint(n.cpus, n.crowded(1), n.crowded(4), round(n.busy_cpus, 2))")
+    busy = subprocess.Popen(["taskset", "-c", str(other), sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(0.3)
+        out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    finally:
+        busy.kill()
+        busy.wait()
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split()[:3] == ["1", "False", "False"], out.stdout
 
 
 def test_the_bench_openvino_rows(mlr_mlp_bundle):
@@ -215,3 +255,49 @@ def test_the_fastest_benchmark_quick_mode_writes_json_and_the_readme_table(seed_
     text = readme.read_text()
     assert "old" not in text and text.endswith(f"{README_END}\n\nafter\n")
     assert "| seed | " in text and "| mlr-mlp | " in text and "Beside one busy process" in text
+
+
+def test_the_fastest_benchmark_refuses_a_tampered_bundle_in_one_line(seed_bundle, tmp_path):
+    """A bundle the Predictor refuses (model.onnx not what the manifest hashed) ends the run with one error
+    line and exit 2, not a traceback."""
+    bad = tmp_path / "bad"
+    shutil.copytree(seed_bundle, bad)
+    data = bytearray((bad / "model.onnx").read_bytes())
+    data[-1] ^= 1
+    (bad / "model.onnx").write_bytes(bytes(data))
+    proc = subprocess.run([sys.executable, "-m", "torchport.benchmarks.fastest", "--quick", "--bundles", str(bad),
+                           "--json", str(tmp_path / "fastest.json")],
+                          capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(errors) == 1 and errors[0].startswith("fastest: error: ") and "model.onnx" in errors[0], proc.stderr
+    assert not (tmp_path / "fastest.json").exists()
+
+
+def test_the_bench_openvino_rows_are_skipped_with_the_reason_where_it_cannot_compile(seed_bundle, tmp_path):
+    """A model.onnx OpenVINO cannot convert (here an op of a domain it has no rule for, the manifest's sha256
+    and size made to match) gives Skipped rows naming why, not an exception out of the benchmark."""
+    import hashlib
+    from onnx import TensorProto, helper
+    from torchport.benchmarks.backends import BundleBackends, openvino_backends
+    copy = tmp_path / "unconvertible"
+    shutil.copytree(seed_bundle, copy)
+    node = helper.make_node("Frobnicate", ["features"], ["targets"], domain="com.torchport.test")
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("features", TensorProto.FLOAT, ["n", 1])],
+                              [helper.make_tensor_value_info("targets", TensorProto.FLOAT, ["n", 1])])
+    data = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17),
+                                                   helper.make_opsetid("com.torchport.test", 1)]).SerializeToString()
+    (copy / "model.onnx").write_bytes(data)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["files"]["model.onnx"].update(sha256=hashlib.sha256(data).hexdigest(), bytes=len(data))
+    (copy / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    bundle = Bundle.open(copy)
+    out = BundleBackends(bundle)
+    openvino_backends(bundle, 2, out)
+    assert out.backends == []
+    reasons = {s.backend: s.reason for s in out.skipped}
+    assert set(reasons) == {"openvino_latency", "openvino_throughput", "openvino_bf16"}
+    for backend in ("openvino_latency", "openvino_throughput"):
+        assert reasons[backend].startswith("openvino could not compile model.onnx: ")
+        assert "Frobnicate" in reasons[backend] and "\n" not in reasons[backend]
