@@ -116,10 +116,21 @@ def openvino_backends(bundle: Bundle, threads: int, out: BundleBackends) -> None
         if why is not None:
             out.skipped.append(Skipped(backend, "cpu", why))
             continue
-        runner = OpenVinoRunner(graph, hint, precision, threads)
+        try:
+            runner = OpenVinoRunner(graph, hint, precision, threads)
+        except Exception as e:  # openvino raises its own RuntimeError subclasses for a graph it cannot take
+            out.skipped.append(Skipped(backend, "cpu", f"openvino could not compile {ONNX_FILE}: {_said(e)}"))
+            continue
         out.backends.append(Backend(backend, "cpu", runner.run, f"openvino {version()}, INFERENCE_NUM_THREADS="
                                     f"{threads}, PERFORMANCE_HINT={hint}, INFERENCE_PRECISION_HINT={precision}",
                                     reduced=precision != "f32"))
+
+
+def _said(e: Exception) -> str:
+    """OpenVINO's message on one line, without the lines that only say where in its C++ it was raised."""
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    told = [line for line in lines if not line.startswith(("Exception from ", "Check '"))] or lines
+    return " ".join(told)[:300] or type(e).__name__
 
 
 def _float64(bundle: Bundle) -> Callable[[np.ndarray], np.ndarray] | None:

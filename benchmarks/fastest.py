@@ -306,12 +306,16 @@ def main(argv: list[str] | None = None) -> int:
     sizes = QUICK_SIZES if args.quick else SIZES
     threads = physical_cores()
     models, cells, busy = [], [], []
-    for bundle in bundles:
-        model, alone, beside = measure_model(bundle.path.name, bundle, sizes, budget, threads, seconds)
-        models.append(model)
-        cells += alone
-        busy += beside
-        print(f"measured {bundle.path.name}", file=sys.stderr)
+    try:  # a bundle the Predictor refuses, or a runtime answering it differently: one line, exit 2
+        for bundle in bundles:
+            model, alone, beside = measure_model(bundle.path.name, bundle, sizes, budget, threads, seconds)
+            models.append(model)
+            cells += alone
+            busy += beside
+            print(f"measured {bundle.path.name}", file=sys.stderr)
+    except (TorchportError, OSError, ValueError) as e:
+        print(f"fastest: error: {e}", file=sys.stderr)
+        return 2
     env = environment({"plain": "onnxruntime default", "predictor": "its rules", "openvino": threads}).to_json()
     cpu = env["cpu"]
     machine = f"{cpu['model']}, {cpu['usable_cpus']} usable CPUs"

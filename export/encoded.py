@@ -29,9 +29,10 @@ class Encode(nn.Module):
                 src.append(j), match.append(float("nan")), is_cat.append(False)
             if column.indicator:
                 src.append(n + j), match.append(float("nan")), is_cat.append(False)
-        self.register_buffer("fill", torch.tensor(fill, dtype=torch.float32), persistent=False)
+        # float64, cast to the input's dtype where used: a float64 bundle imputes the statistic's exact value
+        self.register_buffer("fill", torch.tensor(fill, dtype=torch.float64), persistent=False)
         self.register_buffer("src", torch.tensor(src, dtype=torch.long), persistent=False)
-        self.register_buffer("match", torch.tensor(match, dtype=torch.float32), persistent=False)
+        self.register_buffer("match", torch.tensor(match, dtype=torch.float64), persistent=False)
         self.register_buffer("is_cat", torch.tensor(is_cat, dtype=torch.bool), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

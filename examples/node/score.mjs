@@ -113,13 +113,37 @@ export async function predictInterval(bundle, rows, level = 0.95, kind = "predic
   return intervalsOf(seen.manifest, seen.rows, predictions, level, kind);
 }
 
+const USAGE = "usage: node score.mjs BUNDLE_DIR [--interval LEVEL [--mean]] < rows.json";
+
+// The options after BUNDLE_DIR: --interval LEVEL (once) and --mean (once, with --interval); anything else is
+// refused by name rather than ignored (a mistyped --intreval would otherwise print plain predictions).
+function parseOptions(options) {
+  let level = null;
+  let mean = false;
+  for (let i = 0; i < options.length; i++) {
+    const option = options[i];
+    if (option === "--interval" && level === null) {
+      const text = options[++i];
+      level = Number(text);
+      if (text === undefined || text.trim() === "" || !(level > 0 && level < 1)) {
+        fail(`--interval takes a level between 0 and 1 (0.9), got ${text === undefined ? "nothing" : JSON.stringify(text)}`);
+      }
+    } else if (option === "--mean" && !mean) {
+      mean = true;
+    } else if (option === "--interval" || option === "--mean") {
+      fail(`${option} is given twice; ${USAGE}`);
+    } else {
+      fail(`unknown option ${JSON.stringify(option)}; ${USAGE}`);
+    }
+  }
+  if (mean && level === null) fail(`--mean goes with --interval LEVEL; ${USAGE}`);
+  return { level, kind: mean ? "mean" : "prediction" };
+}
+
 async function main() {
   const [dir, ...options] = process.argv.slice(2);
-  if (!dir) fail("usage: node score.mjs BUNDLE_DIR [--interval LEVEL [--mean]] < rows.json");
-  const at = options.indexOf("--interval");
-  const level = at >= 0 ? Number(options[at + 1]) : null;
-  if (at >= 0 && !(level > 0 && level < 1)) fail(`--interval takes a level between 0 and 1 (0.9), got ${options[at + 1]}`);
-  const kind = options.includes("--mean") ? "mean" : "prediction";
+  if (!dir || dir.startsWith("--")) fail(USAGE);
+  const { level, kind } = parseOptions(options);
   let rows;
   try {
     rows = JSON.parse(readFileSync(0, "utf8"));
