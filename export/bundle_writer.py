@@ -29,9 +29,9 @@ from torchport.export.module_spec import ModuleSpec
 from torchport.export.parity import Tolerance, describe_worst
 from torchport.export.precision import choose_precision
 from torchport.export.torch_calls import evaluating
-from torchport.export.verify import Golden, verify_with_golden
+from torchport.export.verify import GRAPH_BACKENDS, Golden, verify_with_golden
 from torchport.runtime.bundle import AOTI_CUDA_FILE, AOTI_FILE, CHECKPOINT_FILE, EXPORTED_FILE, GOLDEN_FILE, \
-    LARGE_BATCH_FILE, MANIFEST, ONNX_FILE, TORCHSCRIPT_FILE, Bundle, FileEntry, FileWriter, GoldenCases, Manifest, \
+    LARGE_BATCH_FILE, MANIFEST, ONNX_FILE, THREADED_FILE, TORCHSCRIPT_FILE, Bundle, FileEntry, FileWriter, GoldenCases, Manifest, \
     ParityReport, Precision, TensorSpec, golden_json
 from torchport.runtime.encoding import Encoding
 from torchport.runtime.errors import Fix, InputError, ParityError
@@ -114,10 +114,17 @@ def write_bundle(module: nn.Module | torch.export.ExportedProgram, spec: ModelSp
             reference = module if isinstance(spec, ModuleSpec) else None
             parity, golden = verify_with_golden(Bundle(stage, manifest), verify_inputs, tolerance=tolerance,
                                                 module=reference)
-            if _only_the_large_batch_graph_fails(parity):  # a variant that fails parity is not shipped
-                (stage / LARGE_BATCH_FILE).unlink()
-                files = {k: v for k, v in manifest.files.items() if k != LARGE_BATCH_FILE}
-                manifest = replace(manifest, files=files, export=replace(manifest.export, large_batch_graph=None))
+            failing = _failing_variants(parity)
+            if failing:  # a rewritten graph that fails parity is not shipped
+                for name in failing:
+                    (stage / name).unlink(missing_ok=True)
+                files = {k: v for k, v in manifest.files.items() if k not in failing}
+                export = manifest.export
+                if LARGE_BATCH_FILE in failing:
+                    export = replace(export, large_batch_graph=None)
+                if THREADED_FILE in failing:
+                    export = replace(export, threaded_graph=None)
+                manifest = replace(manifest, files=files, export=export)
                 parity, golden = verify_with_golden(Bundle(stage, manifest), verify_inputs, tolerance=tolerance,
                                                     module=reference)
             manifest = add_html_report(Bundle(stage, _with_golden(stage, manifest, golden).with_parity(parity)))
@@ -192,8 +199,10 @@ def write_files(stage: Path, module: nn.Module, spec: ModelSpec | ModuleSpec, fe
         program = export_program(module, len(features), dtype=dtype)
     traced = files.step()
     export = export_onnx(program, stage / ONNX_FILE, opset, features, targets,
-                         large_batch_path=stage / LARGE_BATCH_FILE if large_batch_graph else None)
-    files.add([ONNX_FILE, *([LARGE_BATCH_FILE] if export.large_batch_graph else [])], EXPORTER, versions(), "any",
+                         large_batch_path=stage / LARGE_BATCH_FILE if large_batch_graph else None,
+                         threaded_path=stage / THREADED_FILE if large_batch_graph else None)
+    variants = [g.file for g in (export.large_batch_graph, export.threaded_graph) if g]
+    files.add([ONNX_FILE, *variants], EXPORTER, versions(), "any",
               seconds=traced + files.step())
     not_written: dict[str, str] = {}
     if "torchscript" in formats:
@@ -242,13 +251,19 @@ def module_dtype(module: nn.Module) -> torch.dtype:
     return tensor.dtype if tensor is not None and tensor.dtype in _DTYPE_NAMES else torch.float32
 
 
-def _only_the_large_batch_graph_fails(parity) -> bool:
-    """True when model.onnx passes and every failing pair is the large-batch graph's (on its own, or run by
-    the Predictor): the rewrite's float32 rounding (folded scaling) is what fell outside the tolerance."""
-    failing = [p for p in parity.pairs if not p.passed]
+def _failing_variants(parity) -> list[str]:
+    """The rewritten graphs to leave out, when model.onnx passes and every failing pair is a rewritten
+    graph's (on its own, or run by the Predictor): the rewrite's float32 rounding (folded scaling) is what
+    fell outside the tolerance; when the Predictor (which may run either) fails, both. Empty when model.onnx
+    fails too, or nothing does."""
+    failing = {p.candidate for p in parity.pairs if not p.passed}
     model_ok = any(p.candidate == "onnxruntime_model" and p.passed for p in parity.pairs)
-    return bool(failing) and model_ok and not parity.problems and \
-        all(p.candidate in ("onnxruntime", "onnxruntime_large_batch") for p in failing)
+    by_backend = {backend: name for name, backend in GRAPH_BACKENDS.items() if name != ONNX_FILE}
+    if not failing or not model_ok or parity.problems or not failing <= {"onnxruntime", *by_backend}:
+        return []
+    if "onnxruntime" in failing:
+        return list(by_backend.values())
+    return [by_backend[c] for c in sorted(failing) if c in by_backend]
 
 
 def describe_module(module: nn.Module, n_features: int) -> ModuleSpec:

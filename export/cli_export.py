@@ -24,7 +24,7 @@ import sys
 from pathlib import Path
 
 from torchport.export.bundle_writer import ParityFailed, report_copier, write_bundle
-from torchport.export.cli_options import add_export_options, add_formats_options, formats_lines, large_batch_line, \
+from torchport.export.cli_options import add_export_options, add_formats_options, formats_lines, graph_lines, \
     notes_lines, tolerance
 from torchport.export.exported import load_program
 from torchport.export.formats import load_module, model_spec
@@ -89,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
         raise
     print("\n".join([format_report(new.parity), *notes_lines(new.parity)]))
     print(f"bundle: {out}/ (opset {new.export.opset})")
-    print(large_batch_line(new, not args.no_large_batch_graph))
+    print("\n".join(graph_lines(new, not args.no_large_batch_graph)))
     print("\n".join(formats_lines(new)))
     if signed:  # a signature covers one manifest's bytes: the new bundle has a new manifest
         print(f"torchport export: note: {signed[0]} was signed; the bundle written at {out} is not (its manifest "

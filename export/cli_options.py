@@ -10,12 +10,14 @@ from torchport.runtime.bundle import AOTI_CUDA_FILE, FORMAT_FILES, Manifest, Par
 from torchport.runtime.errors import TorchportError
 from torchport.runtime.options import positive_float, positive_int
 
-NO_LARGE_BATCH_GRAPH_HELP = ("do not write model.large_batch.onnx. By default, when the model has a linear layer "
-                             "with a single input (as the one-feature linear model's) or scaling, the bundle also "
-                             "holds the same model with that layer as Mul+Add instead of Gemm and the scaling "
-                             "folded into the first and last layers' weights, verified like model.onnx; the "
-                             "Predictor runs it for batches of more than 64 rows (every batch when only the "
-                             "scaling was folded) and model.onnx for the others")
+NO_LARGE_BATCH_GRAPH_HELP = ("do not write model.large_batch.onnx nor model.threaded.onnx. By default, when the "
+                             "model has a linear layer with a single input (as the one-feature linear model's) or "
+                             "scaling, the bundle also holds the same model with that layer as Mul+Add instead of "
+                             "Gemm and the scaling folded into the first and last layers' weights, verified like "
+                             "model.onnx; the Predictor runs it for batches of more than 64 rows (every batch "
+                             "when only the scaling was folded) and model.onnx for the others. An MLP with relu "
+                             "also gets model.threaded.onnx, that graph with its hidden layers' biases carried in "
+                             "a column of ones (also verified), which the Predictor runs on several threads")
 
 
 PARITY_HELP = ("By default each exported copy must answer within {multiple:g} times float32 torch's own error "
@@ -72,15 +74,21 @@ def tolerance(args: argparse.Namespace) -> Tolerance:
     return Tolerance(atol=args.atol, rtol=args.rtol)
 
 
-def large_batch_line(manifest: Manifest, asked: bool) -> str:
-    """Whether the bundle holds the large-batch graph, and why not."""
-    graph = manifest.export.large_batch_graph
+def graph_lines(manifest: Manifest, asked: bool) -> list[str]:
+    """Whether the bundle holds the large-batch graph (and why not), and its threaded graph if any."""
+    graph, threaded = manifest.export.large_batch_graph, manifest.export.threaded_graph
     if graph:
         sizes = "batches of more than 64 rows" if "gemm_k1_to_mul_add" in graph.rewrites else "every batch"
-        return f"large-batch graph: {graph.file} (ops {', '.join(graph.ops)}), run by the Predictor for {sizes}"
-    why = ("the model has no linear layer with a single input and no scaling, or the rewritten graph failed "
-           "parity" if asked else "--no-large-batch-graph")
-    return f"large-batch graph: none ({why}); every batch runs model.onnx"
+        lines = [f"large-batch graph: {graph.file} (ops {', '.join(graph.ops)}), run by the Predictor for {sizes}"]
+    else:
+        why = ("the model has no linear layer with a single input and no scaling, or the rewritten graph failed "
+               "parity" if asked else "--no-large-batch-graph")
+        lines = [f"large-batch graph: none ({why}); every batch runs model.onnx"]
+    if threaded:
+        lines.append(f"threaded graph: {threaded.file} (ops {', '.join(threaded.ops)}; "
+                     f"{threaded.rewrites.get('fold_hidden_biases', 0)} hidden biases in a ones column), run by the "
+                     "Predictor where ONNX Runtime runs a batch on several threads")
+    return lines
 
 
 def formats_lines(manifest: Manifest) -> list[str]:

@@ -2,8 +2,8 @@
 of 1, 2, 7, 1001, 4096 and 40000 rows through the torch module (from the checkpoint; for a module
 torchport did not define, its ExportedProgram), and every format the bundle holds: TorchScript, the
 ExportedProgram (model.pt2), the AOTInductor packages (model.aoti.pt2, and model.aoti.cuda.pt2 where a
-GPU is usable) and ONNX Runtime (the Predictor, and in a two-graph bundle model.onnx and
-model.large_batch.onnx each on its own); compare each with the same module run in float64 and record the
+GPU is usable) and ONNX Runtime (the Predictor, and in a bundle with rewritten graphs model.onnx,
+model.large_batch.onnx and model.threaded.onnx each on its own); compare each with the same module run in float64 and record the
 results in the manifest (and in report/index.html, which is rewritten with them). A file this machine
 cannot run (TorchScript the installed torch cannot load, a package compiled for a CPU, GPU or torch it does
 not have) is left out with a note. Exit status 1 when a copy is further from the float64 answers than

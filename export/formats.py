@@ -18,7 +18,7 @@ from torch import nn
 from torchport.export.exported import load_program
 from torchport.export.module_spec import ModuleSpec, is_module_spec
 from torchport.export.opsets import DEFAULT_OPSET, MIN_OPSET
-from torchport.export.optimize import fold_scaling, gemm_k1_to_mul_add
+from torchport.export.optimize import fold_hidden_biases, fold_scaling, gemm_k1_to_mul_add
 from torchport.export.torch_calls import ExportError, evaluating, export_error, first_line, quiet_torch
 from torchport.runtime.bundle import CHECKPOINT_FILE, EXPORTED_FILE, ExportRecord, GraphRewrite, Bundle
 from torchport.runtime.errors import BundleError, DataError, InputError
@@ -68,11 +68,14 @@ def _write_checked(model: onnx.ModelProto, path: Path) -> None:
 
 
 def export_onnx(program: torch.export.ExportedProgram, path: Path, opset: int, feature_names: list[str],
-                target_names: list[str], large_batch_path: Path | None = None) -> ExportRecord:
+                target_names: list[str], large_batch_path: Path | None = None,
+                threaded_path: Path | None = None) -> ExportRecord:
     """Export ``program`` (rows x features -> rows x targets, dynamic batch) to ``path``. With
     ``large_batch_path``, a copy with the scaling folded into the first and last Gemm and every Gemm with
-    inner dimension 1 as Mul+Add (optimize.py) is written there too, when either applies. Both pass
-    onnx.checker with strict shape inference."""
+    inner dimension 1 as Mul+Add (optimize.py) is written there too, when either applies; with
+    ``threaded_path``, that copy with the hidden layers' biases carried in a ones column (for runs on
+    several threads), when the model has Gemm+Relu layers. All pass onnx.checker with strict shape
+    inference."""
     check_opset(opset)
     try:
         with quiet_torch():
@@ -93,7 +96,7 @@ def export_onnx(program: torch.export.ExportedProgram, path: Path, opset: int, f
     if opsets.get("ai.onnx") != opset:
         raise ExportError(f"torch {torch.__version__} could not write opset {opset} (it wrote "
                           f"{opsets.get('ai.onnx')}); choose an opset from 18 to {newest_opset()}")
-    large = None
+    large = threaded = None
     if large_batch_path is not None:
         rewritten_model = onnx.ModelProto()
         rewritten_model.CopyFrom(model)
@@ -104,8 +107,12 @@ def export_onnx(program: torch.export.ExportedProgram, path: Path, opset: int, f
             _write_checked(rewritten_model, large_batch_path)
             large = GraphRewrite(large_batch_path.name, rewrites,
                                  tuple(sorted({n.op_type for n in rewritten_model.graph.node})))
+        if threaded_path is not None and (folded := fold_hidden_biases(rewritten_model)):
+            _write_checked(rewritten_model, threaded_path)
+            threaded = GraphRewrite(threaded_path.name, {**rewrites, "fold_hidden_biases": folded},
+                                    tuple(sorted({n.op_type for n in rewritten_model.graph.node})))
     return ExportRecord(opset, opsets, EXPORTER, tuple(sorted({n.op_type for n in model.graph.node})), large,
-                        versions())
+                        versions(), threaded_graph=threaded)
 
 
 def export_torchscript(module: nn.Module, path: Path) -> str | None:

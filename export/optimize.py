@@ -4,7 +4,9 @@ ONNX Runtime's Gemm kernel is compute-bound when the inner dimension is 1 (the s
 model), while an elementwise Mul then Add with [1, n] constants runs near memory speed; and it runs the
 broadcast Sub/Div/Mul/Add of the feature and target scaling slowly, while folded into the first and last
 Gemm they cost nothing. The exporter writes the rewritten copy as the bundle's model.large_batch.onnx
-(docs/hot-path.md has the figures); verify checks it against torch like model.onnx."""
+(docs/hot-path.md has the figures); verify checks it against torch like model.onnx. An MLP's copy with
+its hidden biases carried in a ones column (fold_hidden_biases) is model.threaded.onnx, for runs on
+several threads."""
 from __future__ import annotations
 
 import numpy as np
@@ -172,6 +174,73 @@ def fold_scaling(model: onnx.ModelProto) -> int:
     if removed:
         _prune(graph)
     return removed
+
+
+def _relu_after(graph: onnx.GraphProto, node: onnx.NodeProto) -> onnx.NodeProto | None:
+    """The Relu that is the only consumer of ``node``'s output, or None."""
+    after = _consumers(graph, node.output[0])
+    return after[0] if len(after) == 1 and after[0].op_type == "Relu" else None
+
+
+def fold_hidden_biases(model: onnx.ModelProto) -> int:
+    """Carry a column of ones through the hidden layers so each hidden Gemm's bias becomes one more row of
+    its weights: ``Relu(Gemm(a, W, b))`` -> ``Relu(MatMul([a, 1], [[W], [b]]))``, the ones column made by a
+    Pad of the input (first layer) or by one more output unit of the layer before (weights 0, bias 1:
+    Relu(1) = 1); in place. ONNX Runtime's Gemm copies the bias into the output and applies a fused Relu
+    on one thread, serial work that held back its two-thread runs of wide layers; a MatMul and a Relu
+    both run on every thread. The last Gemm (no Relu after it) keeps its bias. Returns the Gemms rewritten."""
+    graph = model.graph
+    inits = {i.name: i for i in graph.initializer}
+    widened: dict[str, onnx.NodeProto] = {}  # a Relu's output -> the layer that gives it the ones column
+    rewritten = 0
+    for node in list(graph.node):
+        relu = _relu_after(graph, node) if _plain_gemm(node, inits) else None
+        if relu is None:
+            continue
+        a = node.input[0]
+        made_by = next((n for n in graph.node if a in n.output), None)
+        if a not in widened and made_by is not None and made_by.op_type == "Relu":
+            continue  # a hidden layer whose layer before was not folded: its input is not padded (a copy)
+        w, b = _gemm_weights(node, inits)
+        dtype = _stored(node, inits)
+        if a in widened:
+            _widen(graph, inits, widened[a])
+        else:
+            pads, one = f"{node.output[0]}_ones_pads", f"{node.output[0]}_ones_value"
+            graph.initializer.extend([numpy_helper.from_array(np.array([0, 0, 0, 1], np.int64), pads),
+                                      numpy_helper.from_array(np.array(1, dtype=dtype), one)])
+            padded = f"{a}_with_ones"
+            graph.node.insert(list(graph.node).index(node),
+                              helper.make_node("Pad", [a, pads, one], [padded], name=f"{node.name}_ones"))
+            a = padded
+        product = f"{node.output[0]}_with_bias"
+        graph.initializer.append(numpy_helper.from_array(np.ascontiguousarray(np.vstack([w, b]), dtype=dtype),
+                                                         product))
+        inits[product] = graph.initializer[-1]
+        matmul = helper.make_node("MatMul", [a, product], [node.output[0]], name=f"{node.name}_matmul")
+        graph.node.insert(list(graph.node).index(node), matmul)
+        graph.node.remove(node)
+        nxt = _consumers(graph, relu.output[0])
+        if len(nxt) == 1 and _plain_gemm(nxt[0], inits) and _relu_after(graph, nxt[0]) is not None:
+            widened[relu.output[0]] = matmul
+        rewritten += 1
+    if rewritten:
+        _prune(graph)
+    return rewritten
+
+
+def _widen(graph: onnx.GraphProto, inits: dict, matmul: onnx.NodeProto) -> None:
+    """Give a folded layer (MatMul over [a, 1]) one more output unit that is always 1: a last column of
+    weights that is 0 but for the ones row. Its outputs' recorded shapes are dropped (they changed)."""
+    stored = inits[matmul.input[1]]
+    w = numpy_helper.to_array(stored)
+    column = np.zeros((w.shape[0], 1), w.dtype)
+    column[-1, 0] = 1
+    stored.CopyFrom(numpy_helper.from_array(np.ascontiguousarray(np.hstack([w, column])), stored.name))
+    changed = {matmul.output[0], *(n.output[0] for n in _consumers(graph, matmul.output[0]))}
+    keep = [v for v in graph.value_info if v.name not in changed]
+    del graph.value_info[:]
+    graph.value_info.extend(keep)
 
 
 def _prune(graph: onnx.GraphProto) -> None:

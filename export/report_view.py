@@ -23,6 +23,7 @@ PLOT_CAPTIONS = {"regression.png": "data and the fitted line", "predicted_vs_obs
                  "residuals against fitted values"}
 FILE_ROLES = {"model.onnx": "the model for ONNX Runtime (raw features in, targets out)",
               "model.large_batch.onnx": "the same model rewritten for speed (Mul+Add, scaling folded in)",
+              "model.threaded.onnx": "the large-batch graph with hidden biases in a ones column, for several threads",
               "model.torchscript.pt": "the same model as TorchScript", "checkpoint.pt": "the torch weights",
               "model.pt2": "the same model as a torch.export ExportedProgram",
               "model.aoti.pt2": "the same model compiled by AOTInductor for the CPU",

@@ -8,7 +8,7 @@ from typing import Callable
 
 import numpy as np
 
-from torchport.export.cli_options import formats_lines, large_batch_line, notes_lines
+from torchport.export.cli_options import formats_lines, graph_lines, notes_lines
 from torchport.export.parity import format_report
 from torchport.runtime.bundle import Manifest, ParityReport
 from torchport.runtime.intervals import T_METHOD
@@ -105,7 +105,7 @@ def bundle_lines(data: Dataset, manifest: Manifest, out: Path, asked_large_batch
     report = sorted(name.split("/", 1)[1] for name in manifest.files if "/" in name)
     files = [n for n in manifest.files if "/" not in n] + ["manifest.json"]
     lines.append(f"bundle: {out}/ ({', '.join(files)}" + (f"; report/: {', '.join(report)})" if report else ")"))
-    lines.append(large_batch_line(manifest, asked_large_batch))
+    lines += graph_lines(manifest, asked_large_batch)
     lines += formats_lines(manifest)
     if manifest.dtype != "float32":  # a float32 bundle says nothing: the tutorial's summary stays as it was
         lines.append(f"precision: {manifest.dtype} inputs, weights and arithmetic in every format, as "

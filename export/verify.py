@@ -26,7 +26,7 @@ from torchport.export.loading import module_runner
 from torchport.export.parity import EPS32, EPS64, EPS_RATIO, REFERENCE, Tolerance, column_errors, compare_all
 from torchport.export.torch_calls import evaluating
 from torchport.runtime.bundle import AOTI_CUDA_FILE, AOTI_FILE, CHECKPOINT_FILE, EXPORTED_FILE, LARGE_BATCH_FILE, \
-    ONNX_FILE, TORCHSCRIPT_FILE, Bundle, Manifest, ParityCase, ParityReport
+    ONNX_FILE, THREADED_FILE, TORCHSCRIPT_FILE, Bundle, Manifest, ParityCase, ParityReport
 from torchport.runtime.encoding import CATEGORICAL, Encoding
 from torchport.runtime.errors import BundleError, DataError
 from torchport.runtime.golden import Golden
@@ -40,7 +40,8 @@ from torchport.train.record import FeatureStats, TrainingRecord
 RANDOM_BATCHES = (1, 2, 7, 1001, 4096, 40000)
 # In a bundle with two graphs the Predictor runs model.onnx only up to 64 rows (an MLP's folded graph: not
 # at all), so each graph also runs every case on its own (a plain session), against the float64 answers.
-GRAPH_BACKENDS = {ONNX_FILE: "onnxruntime_model", LARGE_BATCH_FILE: "onnxruntime_large_batch"}
+GRAPH_BACKENDS = {ONNX_FILE: "onnxruntime_model", LARGE_BATCH_FILE: "onnxruntime_large_batch",
+                  THREADED_FILE: "onnxruntime_threaded"}
 GOLDEN_ROWS = 256  # rows kept as golden cases: up to half from the training rows, the rest from random batches
 # float32 torch's rounding is measured on at least this many rows: fewer (a one-row check) are joined by
 # copies jittered by 1e-3 of their value, which round like them, so that one lucky row cannot set the scale.
@@ -223,8 +224,8 @@ def bundle_backends(bundle: Bundle, module: nn.Module | None = None) -> Backends
     out.providers = predictor.providers
     out.backends["onnxruntime"] = predictor.predict
     out.problems = check_names(predictor.engine.first_session, features, targets, m.input.name, m.output.name)
-    if bundle.has(LARGE_BATCH_FILE):
-        for name, backend in GRAPH_BACKENDS.items():
+    if bundle.has(LARGE_BATCH_FILE) or bundle.has(THREADED_FILE):
+        for name, backend in [(n, b) for n, b in GRAPH_BACKENDS.items() if bundle.has(n)]:
             session = graph_session(bundle.read(name), str(bundle.path / name))
             found = check_names(session, features, targets, m.input.name, m.output.name, name)
             if found:  # a graph with other input/output names cannot be run by name: reported, not run

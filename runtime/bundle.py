@@ -30,6 +30,7 @@ FORMAT_VERSION = 2
 MANIFEST = "manifest.json"
 ONNX_FILE = "model.onnx"
 LARGE_BATCH_FILE = "model.large_batch.onnx"
+THREADED_FILE = "model.threaded.onnx"  # the large-batch graph for multi-threaded ONNX Runtime runs
 TORCHSCRIPT_FILE = "model.torchscript.pt"
 EXPORTED_FILE = "model.pt2"
 AOTI_FILE = "model.aoti.pt2"
@@ -224,7 +225,8 @@ class FileEntry:
 
 @dataclass(frozen=True)
 class GraphRewrite:
-    """A second ONNX graph of the same function, rewritten for large batches (``model.large_batch.onnx``)."""
+    """Another ONNX graph of the same function, rewritten for large batches (``model.large_batch.onnx``) or
+    for runs on several threads (``model.threaded.onnx``)."""
     file: str
     rewrites: dict[str, int]
     ops: tuple[str, ...]
@@ -243,7 +245,8 @@ class GraphRewrite:
 class ExportRecord:
     """How the model files were written: ONNX opset and exporter, the graph's op types, the large-batch
     graph if any, the versions of the tools, the model formats the bundle holds (``FORMAT_FILES``' names)
-    and those asked for but not written, with why (bundles from before formats were chosen lack both)."""
+    and those asked for but not written, with why (bundles from before formats were chosen lack both), and
+    the threaded graph if any (bundles from before it lack it)."""
     opset: int
     opset_imports: dict[str, int]
     exporter: str
@@ -252,19 +255,22 @@ class ExportRecord:
     versions: dict[str, str]
     formats: tuple[str, ...] = ()
     not_written: dict[str, str] = field(default_factory=dict)
+    threaded_graph: GraphRewrite | None = None
 
     def to_json(self) -> dict:
         return {"opset": self.opset, "opset_imports": dict(self.opset_imports), "exporter": self.exporter,
                 "ops": list(self.ops),
                 "large_batch_graph": self.large_batch_graph.to_json() if self.large_batch_graph else None,
-                "versions": dict(self.versions), "formats": list(self.formats), "not_written": dict(self.not_written)}
+                "versions": dict(self.versions), "formats": list(self.formats), "not_written": dict(self.not_written),
+                "threaded_graph": self.threaded_graph.to_json() if self.threaded_graph else None}
 
     @classmethod
     def from_json(cls, obj: Any, where: str) -> "ExportRecord":
         v = values(obj, where, {"opset": INT, "opset_imports": (dict,), "exporter": TEXT, "ops": (list,),
                                 "large_batch_graph": (dict, NULL), "versions": (dict,)})
-        later = values(obj, where, {k: kinds for k, kinds in (("formats", (list,)), ("not_written", (dict,)))
-                                    if k in obj})
+        later = values(obj, where, {k: kinds for k, kinds in (("formats", (list,)), ("not_written", (dict,)),
+                                                              ("threaded_graph", (dict, NULL))) if k in obj})
+        threaded = later.get("threaded_graph")
         large = v["large_batch_graph"]
         imports = v["opset_imports"]
         not_written = later.get("not_written", {})
@@ -273,7 +279,8 @@ class ExportRecord:
                    GraphRewrite.from_json(large, f"{where}.large_batch_graph") if large else None,
                    values(v["versions"], f"{where}.versions", {k: TEXT for k in v["versions"]}),
                    items(later.get("formats", []), f"{where}.formats", scalar(TEXT)),
-                   values(not_written, f"{where}.not_written", {k: TEXT for k in not_written}))
+                   values(not_written, f"{where}.not_written", {k: TEXT for k in not_written}),
+                   GraphRewrite.from_json(threaded, f"{where}.threaded_graph") if threaded else None)
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ import numpy as np
 import onnxruntime as ort
 
 from torchport.runtime import hot_path
-from torchport.runtime.bundle import LARGE_BATCH_FILE, ONNX_FILE, Manifest, sha256_bytes
+from torchport.runtime.bundle import LARGE_BATCH_FILE, ONNX_FILE, THREADED_FILE, Manifest, sha256_bytes
 from torchport.runtime.errors import BundleError, InputError
 from torchport.runtime.hot_path import SLOT_ROWS
 from torchport.runtime.inputs import refuse_nonfinite
@@ -32,7 +32,8 @@ _finite = hot_path.finite
 
 class Engine:
     """Runs numpy batches of one model in a given ``Regime``, making each session, slot pool and runner on
-    first use. ``graphs`` maps file names (``model.onnx``, and ``model.large_batch.onnx`` when there is one)
+    first use. ``graphs`` maps file names (``model.onnx``, and ``model.large_batch.onnx`` and
+    ``model.threaded.onnx`` when there are)
     to their checked bytes; ``providers`` are the ONNX Runtime providers asked for; ``sess_options`` replaces
     every session with one on ``model.onnx`` built from the caller's options. Names come from ``manifest``,
     else from the graph's torchport metadata, else x0.., y0..; every session's inputs and outputs are checked
@@ -53,8 +54,8 @@ class Engine:
         self.manifest, self.golden, self.custom = manifest, golden, sess_options is not None
         self.intra_op_threads, self.large_batch_rows = intra_op_threads, large_batch_rows
         self.precision = precision
-        if manifest is None and LARGE_BATCH_FILE in self.graphs:
-            raise BundleError(f"{LARGE_BATCH_FILE} is run only from a bundle: give its manifest")
+        if manifest is None and (LARGE_BATCH_FILE in self.graphs or THREADED_FILE in self.graphs):
+            raise BundleError(f"{LARGE_BATCH_FILE} and {THREADED_FILE} are run only from a bundle: give its manifest")
         # what the graphs take and answer: float32, or float64 where the manifest's precision says so
         self.dtype = np.dtype(manifest.dtype if manifest is not None else np.float32)
         if manifest is not None:
@@ -178,7 +179,8 @@ class Engine:
             if regime.openvino:  # a bf16 step stays bf16: answers must not change with the machine's load
                 calm = self.whole(regime.graph, 1) if regime.precision == "f32" else replace(regime, threads=1)
             else:
-                calm = replace(self.whole(regime.graph, 1), chunk_rows=regime.chunk_rows, chunk_from=regime.chunk_from)
+                calm = replace(self.whole(self.one_thread(regime.graph), 1), chunk_rows=regime.chunk_rows,
+                               chunk_from=regime.chunk_from)
             self._calm[regime] = calm
         return calm
 
@@ -195,15 +197,18 @@ class Engine:
             chunks = self.shared_chunks(large)
             chunks_from = chunks.chunk_from + 1 if chunks.chunk_rows else math.inf
             per_row = self.flops_per_row()
+            threaded = self.threaded() == THREADED_FILE
             threaded_from = math.ceil(hot_path.THREADS_FROM_FLOP / per_row) if per_row and self._cpu() \
-                and threads > 1 and self.widest >= hot_path.THREADS_FROM_WIDTH else math.inf
+                and threads > 1 and (self.widest >= hot_path.THREADS_FROM_WIDTH or threaded) else math.inf
+            if threaded and threaded_from < math.inf and chunks.chunk_rows:
+                chunks_from = max(chunks_from, hot_path.THREADED_CHUNKS * chunks.chunk_rows + 1)
             bound_to = min(self.slot_rows, threaded_from - 1, chunks_from - 1)
             if bound_to > SLOT_ROWS and large != first:
                 steps.append(Step(SLOT_ROWS + 1, Regime(large, 1, bound=True)))
             if max(bound_to, SLOT_ROWS) + 1 < min(threaded_from, chunks_from):
                 steps.append(Step(max(bound_to, SLOT_ROWS) + 1, Regime(large, 1)))
             if max(threaded_from, SLOT_ROWS + 1) < chunks_from:
-                steps.append(Step(max(threaded_from, SLOT_ROWS + 1), Regime(large, threads, spin=True)))
+                steps.append(Step(max(threaded_from, SLOT_ROWS + 1), Regime(self.threaded(), threads, spin=True)))
             if chunks_from < math.inf:
                 steps.append(Step(max(chunks_from, SLOT_ROWS + 1), chunks))
             if self.precision == "bf16":  # asked for: every batch past the small ones runs in bf16
@@ -218,6 +223,22 @@ class Engine:
             steps.append(Step(bound_to + 1, self.whole(large, 1)))
         steps.append(Step(large_from, self.whole(large, threads, spin=threads > 1)))
         return Plan(merged(steps))
+
+    def threaded(self) -> str:
+        """The graph ONNX Runtime runs a whole batch of on several threads: ``model.threaded.onnx`` where the
+        bundle has it (its MatMuls and Relus run on every thread; a Gemm's bias copy and fused Relu run on
+        one), else the large-batch graph, else ``model.onnx``."""
+        for graph in (THREADED_FILE, LARGE_BATCH_FILE):
+            if graph in self.graphs:
+                return graph
+        return ONNX_FILE
+
+    def one_thread(self, graph: str) -> str:
+        """The graph that runs ``graph``'s batches on one thread: the large-batch graph for the threaded one
+        (on one thread its Pad and unfused Relus only add work), else ``graph`` itself."""
+        if graph == THREADED_FILE:
+            return LARGE_BATCH_FILE if LARGE_BATCH_FILE in self.graphs else ONNX_FILE
+        return graph
 
     def whole(self, graph: str, threads: int, spin: bool = False) -> Regime:
         """A zero-copy regime on ``graph``; a linear model's large-batch graph on the CPU runs inputs over

@@ -38,9 +38,14 @@ MIN_CHUNK_ROWS = 256
 # An MLP batch below two chunks runs whole: on one thread, or on intra_op_threads from this much model
 # arithmetic per call on (about 40 µs of one core of the development machine: less does not pay for waking
 # the session's threads), if a layer has at least THREADS_FROM_WIDTH units (ONNX Runtime's two-thread runs
-# of the 3-32-32-1 MLP were no quicker than one thread's at 2,048-8,192 rows; the 16-128-128-4 MLP's were).
+# of the 3-32-32-1 MLP were no quicker than one thread's at 2,048-8,192 rows; the 16-128-128-4 MLP's were)
+# or the bundle has the threaded graph (model.threaded.onnx, whose layers run on every thread: the
+# 3-32-32-1 MLP's two-thread runs of it were quicker than its shared chunks at 4,096 rows). With that graph,
+# a batch runs whole on the threads up to THREADED_CHUNKS cache-sized chunks' rows (both reference MLPs'
+# whole runs were quicker than the chunks at 4,096 rows and even at 8,192), chunk by chunk above.
 THREADS_FROM_FLOP = 4_000_000
 THREADS_FROM_WIDTH = 64
+THREADED_CHUNKS = 4
 
 
 def slot_rows(n_features: int, n_targets: int) -> int:

@@ -11,7 +11,7 @@ import numpy as np
 import onnxruntime as ort
 
 from torchport.runtime import hot_path
-from torchport.runtime.bundle import LARGE_BATCH_FILE, MANIFEST, ONNX_FILE, Bundle, Manifest, read_bounded, \
+from torchport.runtime.bundle import LARGE_BATCH_FILE, MANIFEST, ONNX_FILE, THREADED_FILE, Bundle, Manifest, read_bounded, \
     refuse_failed_parity
 from torchport.runtime.golden import Golden, SelfCheck, load_golden, self_check
 from torchport.runtime.cpus import usable_cpus
@@ -49,7 +49,8 @@ class Predictor:
     graph from 65 rows, from ``large_batch_rows`` rows on a session using ``intra_op_threads`` (default:
     every core), inputs over 8 MiB in 1 MiB chunks; for MLPs (whose large-batch graph has the scaling folded
     into the weights and runs every size) smaller batches whole, on one thread, or on ``intra_op_threads``
-    from 4 MFLOP of arithmetic a call when a layer has 64 units or more, and batches of two cache-sized
+    from 4 MFLOP of arithmetic a call when a layer has 64 units or more (``model.threaded.onnx``, the graph
+    whose hidden biases ride in a column of ones, where the bundle has one), and batches of two cache-sized
     chunks or more chunk by chunk on the one-thread session, shared out between the calling thread and
     ``intra_op_threads - 1`` helpers.
     ``plan="measure"`` (or ``tune()``) measures those regimes and the others on this machine and keeps the
@@ -85,7 +86,8 @@ class Predictor:
         if unseen not in UNSEEN:
             raise InputError(f"unseen must be one of {', '.join(UNSEEN)}; got {unseen!r}", parameter="unseen")
         self.unseen = unseen
-        large_bytes = golden = None
+        golden = None
+        variants: dict[str, bytes] = {}  # the rewritten graphs the bundle holds, by file name
         self.signed_by: str | None = None  # the id of the trusted key that signed the bundle
         if isinstance(path, Bundle) or Path(path).is_dir():
             bundle = path if isinstance(path, Bundle) else Bundle.open(path)
@@ -98,8 +100,7 @@ class Predictor:
             if bundle.manifest.golden is not None:
                 golden = bundle.read(bundle.manifest.golden.file)
             model_bytes = bundle.read(ONNX_FILE)
-            if bundle.has(LARGE_BATCH_FILE):
-                large_bytes = bundle.read(LARGE_BATCH_FILE)
+            variants = {name: bundle.read(name) for name in (LARGE_BATCH_FILE, THREADED_FILE) if bundle.has(name)}
             source = bundle.path / ONNX_FILE
         elif Path(path).is_file():
             if trusted_keys is not None:
@@ -111,12 +112,12 @@ class Predictor:
         else:
             raise BundleError(f"{path} does not exist; give a bundle directory (with {MANIFEST}) "
                               "or an .onnx file")
-        self._open(model_bytes, large_bytes, golden, source, providers, sess_options, intra_op_threads,
+        self._open(model_bytes, variants, golden, source, providers, sess_options, intra_op_threads,
                    large_batch_rows, precision)
         if plan is not None:
             self._take_plan(plan)
 
-    def _open(self, model_bytes: bytes, large_bytes: bytes | None, golden: bytes | None, source: Path,
+    def _open(self, model_bytes: bytes, variants: dict[str, bytes], golden: bytes | None, source: Path,
               providers: str | list[str], sess_options: ort.SessionOptions | None, intra_op_threads: int | None,
               large_batch_rows: int, precision: str = "f32") -> None:
         """Build the engine (its first session) and the plan's state from the graphs' bytes (also used when
@@ -133,8 +134,8 @@ class Predictor:
         self.intra_op_threads = intra_op_threads or usable_cpus()
         self.large_batch_rows = large_batch_rows
         graphs = {ONNX_FILE: model_bytes}
-        if large_bytes is not None and sess_options is None:
-            graphs[LARGE_BATCH_FILE] = large_bytes
+        if sess_options is None:
+            graphs.update(variants)
         self.large_batch_graph = LARGE_BATCH_FILE in graphs
         requested, notes = resolve_providers(providers)
         self.engine = engine = Engine(graphs, source, requested, manifest=self.manifest, golden=golden,
@@ -223,7 +224,7 @@ class Predictor:
                  self.allow_nonfinite, engine.golden)
         plan = self._plan_arg.to_json() if isinstance(self._plan_arg, Plan) else self._plan_arg
         return _unpickle, (engine.graphs[ONNX_FILE], str(engine.source), names, providers, threads, large_rows,
-                           engine.graphs.get(LARGE_BATCH_FILE), plan, precision)
+                           {k: v for k, v in engine.graphs.items() if k != ONNX_FILE}, plan, precision)
 
     def _new_slot(self, rows: int) -> tuple:
         """A fresh slot for predict's fast path, whose pool for ``rows`` rows was empty."""
@@ -394,11 +395,13 @@ def _check_reduced(engine: Engine) -> None:
 
 
 def _unpickle(model_bytes: bytes, source: str, names: tuple, providers, threads, large_rows,
-              large_bytes: bytes | None = None, plan: dict | str | None = None, precision: str = "f32") -> Predictor:
+              variants: dict[str, bytes] | None = None, plan: dict | str | None = None,
+              precision: str = "f32") -> Predictor:
     predictor = Predictor.__new__(Predictor)
     predictor.signed_by, predictor.unseen = None, "refuse"
     predictor.manifest, *_, predictor.allow_nonfinite, golden = names
-    predictor._open(model_bytes, large_bytes, golden, Path(source), providers, None, threads, large_rows, precision)
+    predictor._open(model_bytes, variants or {}, golden, Path(source), providers, None, threads, large_rows,
+                    precision)
     if plan is not None:
         predictor._take_plan(Plan.from_json(plan) if isinstance(plan, dict) else plan)
     return predictor

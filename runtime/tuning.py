@@ -8,6 +8,7 @@ import math
 import time
 import numpy as np
 
+from torchport.runtime.bundle import THREADED_FILE
 from torchport.runtime.engine import Engine
 from torchport.runtime.errors import InputError
 from torchport.runtime.hot_path import SLOT_ROWS
@@ -25,13 +26,17 @@ DROP_AFTER = 2.5  # from 4096 rows on, a regime this many times slower than the 
 
 def candidates(engine: Engine, rows: int) -> list[Regime]:
     """The regimes that can run ``rows`` rows: for each graph file, bound buffers (small batches), zero-copy
-    on one thread and on ``intra_op_threads`` (its threads spinning or not), cache-sized chunks shared by
+    on one thread and on ``intra_op_threads`` (its threads spinning or not; the threaded graph only so), cache-sized chunks shared by
     the threads (two chunks or more), and where OpenVINO can run the graph, OpenVINO with each performance
     hint (in bf16 too for a plan asked for bf16); the rules' regime among them."""
     threads = engine.intra_op_threads
     precisions = [p for p in dict.fromkeys(("f32", engine.precision)) if engine.openvino_unavailable(p) is None]
     out: list[Regime] = []
     for graph in engine.graphs:
+        if graph == THREADED_FILE:  # written for ONNX Runtime's runs on several threads: measured there only
+            if rows > SLOT_ROWS and threads > 1:
+                out += [engine.whole(graph, threads), engine.whole(graph, threads, spin=True)]
+            continue
         if rows <= engine.slot_rows:
             out.append(Regime(graph, 1, bound=True))
         if rows > SLOT_ROWS:

@@ -10,7 +10,8 @@ import pytest
 from conftest import run_cli
 from torchport.runtime import Predictor
 from torchport.runtime.errors import InputError
-from torchport.runtime.hot_path import cache_chunk_rows
+from torchport.runtime.hot_path import THREADED_CHUNKS, cache_chunk_rows
+from torchport.runtime.plan import Regime
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +59,9 @@ def test_shared_chunks_run_on_helper_threads_and_refuse_the_first_bad_row(mlp_bu
     x = _rows(16 * chunk)
     p.predict(x)
     regime = p.plan.regime(len(x))
-    assert regime == p.plan.regime(2 * chunk) and regime.chunk_rows == chunk and regime.workers == 2
+    # chunks past THREADED_CHUNKS of them (below, the threaded graph runs the batch whole on both threads)
+    assert regime == p.plan.regime(THREADED_CHUNKS * chunk + 1) and regime.chunk_rows == chunk and regime.workers == 2
+    assert p.plan.regime(THREADED_CHUNKS * chunk) == Regime("model.threaded.onnx", 2, spin=True)
     assert p.engine.runners[regime]._helpers is not None  # the helper threads took part
     for bad in ([15 * chunk + 5], [3 * chunk + 1, 12 * chunk]):
         y = x.copy()

@@ -43,11 +43,12 @@ def test_the_seeds_rules(seed_bundle):
 def test_a_measured_plan_answers_within_the_bound_and_checks_every_regime(mlp_bundle):
     p = Predictor(mlp_bundle, providers="cpu", intra_op_threads=2)
     rules = p.plan
-    # the rules: bound buffers while a slot holds 16 KiB, then one thread whole (32 units a layer: narrower
-    # than the 64 that threads pay for), shared cache-sized chunks from two chunks on
+    # the rules: bound buffers while a slot holds 16 KiB, then one thread whole, the threaded graph on both
+    # threads from 4 MFLOP a call (1,737 rows of 2,304 FLOP), shared cache-sized chunks past four chunks
     assert rules.regime(slot_rows(3, 1)) == Regime("model.large_batch.onnx", 1, bound=True)
-    assert rules.regime(slot_rows(3, 1) + 1) == rules.regime(8191) == Regime("model.large_batch.onnx", 1)
-    assert rules.regime(8192) == Regime("model.large_batch.onnx", 1, chunk_rows=4096, chunk_from=8191, workers=2)
+    assert rules.regime(slot_rows(3, 1) + 1) == rules.regime(1736) == Regime("model.large_batch.onnx", 1)
+    assert rules.regime(1737) == rules.regime(16384) == Regime("model.threaded.onnx", 2, spin=True)
+    assert rules.regime(16385) == Regime("model.large_batch.onnx", 1, chunk_rows=4096, chunk_from=8191, workers=2)
     x = np.random.default_rng(0).normal([2, 0, 500], [1, 20, 300], size=(9000, 3)).astype(np.float32)
     before = {n: p.predict(x[:n]) for n in (1, 64, 300, 1500, 9000)}
     plan = p.tune(max_rows=4096, seconds=0.5)
@@ -64,7 +65,8 @@ def test_a_measured_plan_answers_within_the_bound_and_checks_every_regime(mlp_bu
         assert here[chosen] <= here[rules.regime(n)]
         before_n = chosen
     graphs = {r.graph for t in plan.timings for r in [t.regime]}
-    assert graphs == {"model.onnx", "model.large_batch.onnx"}  # both graph files were measured
+    assert graphs == {"model.onnx", "model.large_batch.onnx", "model.threaded.onnx"}  # every graph file was measured
+    assert {t.regime.threads for t in plan.timings if t.regime.graph == "model.threaded.onnx"} == {2}
     for n, old in before.items():  # another graph rounds differently: float32 rounding apart
         np.testing.assert_allclose(p.predict(x[:n]), old, rtol=1e-5, atol=1e-5)
     check = p.self_check()  # the golden cases through every regime of the plan
