@@ -10,7 +10,7 @@ import re
 from pathlib import Path
 
 from torchport.export.html_report import REPORT_HTML
-from torchport.runtime.bundle import LARGE_BATCH_FILE, MANIFEST, ONNX_FILE, TORCHSCRIPT_FILE, Bundle, refuse_failed_parity
+from torchport.runtime.bundle import LARGE_BATCH_FILE, MANIFEST, ONNX_FILE, THREADED_FILE, TORCHSCRIPT_FILE, Bundle, refuse_failed_parity
 from torchport.runtime.errors import Fix, InputError
 from torchport.runtime.files import staged_dir, write_text
 from torchport.runtime.signing import SIGNATURE_FILE
@@ -85,8 +85,9 @@ def write_triton_repository(bundle: Bundle | str | os.PathLike, repo: str | os.P
                          "it, or it was not asked for); re-export the bundle with formats that include torchscript",
                          parameter="libtorch")
     files = {ONNX_FILE: bundle.read(ONNX_FILE)}  # checked before anything is written
-    if bundle.has(LARGE_BATCH_FILE):
-        files[LARGE_BATCH_FILE] = bundle.read(LARGE_BATCH_FILE)
+    for variant in (LARGE_BATCH_FILE, THREADED_FILE):  # the graphs `torchport serve` runs from this version too
+        if bundle.has(variant):
+            files[variant] = bundle.read(variant)
     if bundle.has(REPORT_HTML):  # the served version's report, checked like the model
         files[REPORT_HTML] = bundle.read(REPORT_HTML)
     if manifest.golden is not None:  # the golden cases `torchport serve` runs on loading, checked like the model

@@ -8,6 +8,7 @@ from tritonclient.grpc import model_config_pb2
 
 from conftest import run_cli
 from torchport.export import write_bundle
+from torchport.runtime import Predictor
 from torchport.runtime.bundle import sha256_file
 from torchport.train.models import ModelSpec, build_model
 
@@ -32,6 +33,9 @@ def check_entry(repo, name, bundle):
     assert (repo / name / "1" / "manifest.json").read_bytes() == (bundle / "manifest.json").read_bytes()
     if "report/index.html" in manifest["files"]:  # and its report, as the bundle has it
         assert sha256_file(repo / name / "1" / "report" / "index.html") == manifest["files"]["report/index.html"]["sha256"]
+    for variant in ("model.large_batch.onnx", "model.threaded.onnx"):  # and the graphs serve runs from it
+        if variant in manifest["files"]:
+            assert sha256_file(repo / name / "1" / variant) == manifest["files"][variant]["sha256"]
     if manifest.get("golden"):  # and the golden cases serve runs on loading
         golden = manifest["golden"]["file"]
         assert sha256_file(repo / name / "1" / golden) == manifest["files"][golden]["sha256"]
@@ -74,6 +78,10 @@ def test_mlp_with_several_features_and_targets(tmp_path):
                    "--max-queue-delay-us", "250")
     assert proc.returncode == 0, proc.stderr
     check_entry(repo, "richness", bundle)
+    # the version directory opens as the bundle it came from, its threaded graph included
+    served = Predictor(repo / "richness" / "1", providers="cpu", intra_op_threads=2)
+    assert set(served.engine.graphs) == {"model.onnx", "model.large_batch.onnx", "model.threaded.onnx"}
+    assert served.self_check().checked
 
 
 def test_the_check_can_fail(tmp_path):
