@@ -209,15 +209,15 @@ def fold_hidden_biases(model: onnx.ModelProto) -> int:
             pads, one = f"{node.output[0]}_ones_pads", f"{node.output[0]}_ones_value"
             graph.initializer.extend([numpy_helper.from_array(np.array([0, 0, 0, 1], np.int64), pads),
                                       numpy_helper.from_array(np.array(1, dtype=dtype), one)])
-            padded = f"{a}_with_ones"
+            padded = f"{node.output[0]}_input_with_ones"  # one per layer: two layers may read the same input
             graph.node.insert(list(graph.node).index(node),
-                              helper.make_node("Pad", [a, pads, one], [padded], name=f"{node.name}_ones"))
+                              helper.make_node("Pad", [a, pads, one], [padded], name=f"{node.output[0]}_ones"))
             a = padded
         product = f"{node.output[0]}_with_bias"
         graph.initializer.append(numpy_helper.from_array(np.ascontiguousarray(np.vstack([w, b]), dtype=dtype),
                                                          product))
         inits[product] = graph.initializer[-1]
-        matmul = helper.make_node("MatMul", [a, product], [node.output[0]], name=f"{node.name}_matmul")
+        matmul = helper.make_node("MatMul", [a, product], [node.output[0]], name=f"{node.output[0]}_matmul")
         graph.node.insert(list(graph.node).index(node), matmul)
         graph.node.remove(node)
         nxt = _consumers(graph, relu.output[0])

@@ -77,7 +77,7 @@ class Engine:
         self.slot_sets: dict[Regime, hot_path.Slots] = {}
         self.runners: dict[Regime, hot_path.Runner] = {}
         self.neighbours = Neighbours()
-        self._calm: dict[Regime, Regime] = {}
+        self._calm: dict[tuple[Regime, bool], Regime] = {}
         self._lock = threading.Lock()
 
     def source_of(self, graph: str) -> Path:
@@ -169,19 +169,26 @@ class Engine:
         bound = np.maximum(golden.bound, BF16_MARGIN * error)
         return replace(plan, error=tuple(map(float, error)), bound=tuple(map(float, bound)))
 
-    def calm(self, regime: Regime) -> Regime:
+    def calm(self, regime: Regime, rows: int = 0) -> Regime:
         """What runs instead of a multi-threaded regime (intra-op threads, or chunks shared by several workers)
         while other processes hold the cores its threads need (``neighbours``): the same graph on one thread,
         its chunks one after another, so that no thread waits for a descheduled one (a bf16 OpenVINO step: the
-        same step on one thread, so that its answers do not change with the load)."""
-        calm = self._calm.get(regime)
+        same step on one thread, so that its answers do not change with the load). The threaded graph's
+        batches of ``rows`` from hot_path.CALM_THREADS_FROM_FLOP of arithmetic keep its threads, not spinning:
+        a thread that sleeps while it waits gives its core back, and its short parallel parts kept the batch
+        quicker than one thread beside busy processes."""
+        threads_kept = regime.graph == THREADED_FILE and not regime.openvino and (self.flops_per_row() or 0) * rows \
+            >= hot_path.CALM_THREADS_FROM_FLOP
+        calm = self._calm.get((regime, threads_kept))
         if calm is None:
             if regime.openvino:  # a bf16 step stays bf16: answers must not change with the machine's load
                 calm = self.whole(regime.graph, 1) if regime.precision == "f32" else replace(regime, threads=1)
+            elif threads_kept:
+                calm = replace(regime, spin=False)
             else:
                 calm = replace(self.whole(self.one_thread(regime.graph), 1), chunk_rows=regime.chunk_rows,
                                chunk_from=regime.chunk_from)
-            self._calm[regime] = calm
+            self._calm[regime, threads_kept] = calm
         return calm
 
     def rules(self) -> Plan:
@@ -362,7 +369,7 @@ class Engine:
         matrix = np.ascontiguousarray(x, dtype=self.dtype)  # no copy when already of the dtype, C-contiguous
         parallel = max(regime.threads, regime.workers)
         if parallel > 1 and calm and self.neighbours.crowded(parallel):
-            regime = self.calm(regime)
+            regime = self.calm(regime, rows)
         runner = self.runners.get(regime) or self.runner(regime)
         return runner.run(matrix, out, self.check_rows if check else None)
 

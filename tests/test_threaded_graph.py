@@ -4,6 +4,7 @@ Runtime, checked against torch."""
 import json
 import pickle
 import shutil
+import time
 
 import numpy as np
 import onnx
@@ -18,7 +19,9 @@ from torchport.export.exported import export_program
 from torchport.export.formats import export_onnx
 from torchport.runtime import Predictor
 from torchport.runtime.bundle import LARGE_BATCH_FILE, THREADED_FILE, Bundle
-from torchport.runtime.hot_path import THREADED_CHUNKS, cache_chunk_rows
+from torchport.benchmarks.under_load import busy_processes
+from torchport.runtime.cpus import Neighbours, usable_cpus
+from torchport.runtime.hot_path import CALM_THREADS_FROM_FLOP, THREADED_CHUNKS, cache_chunk_rows
 from torchport.runtime.plan import Regime
 
 
@@ -71,6 +74,28 @@ def test_a_float64_graph_keeps_float64(tmp_path):
     np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-12)
 
 
+class TwoHeads(nn.Module):
+    """Two Relu layers that read the same input (each gets its own ones column), then one output layer."""
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.out = nn.Linear(3, 8), nn.Linear(3, 8), nn.Linear(16, 1)
+
+    def forward(self, x):
+        return self.out(torch.cat([torch.relu(self.a(x)), torch.relu(self.b(x))], dim=1))
+
+
+def test_two_layers_on_one_input_each_get_their_own_ones(tmp_path):
+    torch.manual_seed(2)
+    module = TwoHeads().eval()
+    record, paths = _export(module, 3, tmp_path)
+    assert record.threaded_graph.rewrites == {"fold_hidden_biases": 2}
+    assert [n.op_type for n in onnx.load(str(paths[THREADED_FILE])).graph.node].count("Pad") == 2
+    x = np.random.default_rng(3).normal(0, 2, size=(500, 3)).astype(np.float32)
+    with torch.no_grad():
+        expected = module(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(_run(paths[THREADED_FILE], x, 2), expected, rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("layers", [
     [nn.Linear(3, 16), nn.Tanh(), nn.Linear(16, 1)],  # tanh(1) is not 1: no ones column can pass through it
     [nn.Linear(3, 1)],  # no hidden layer
@@ -99,8 +124,8 @@ def test_the_checked_in_mlp_holds_it_verified_and_runs_it_on_two_threads(mlr_mlp
     assert (THREADED_FILE, 2, True) in p.engine.sessions  # the threaded graph's own two-thread session ran it
     np.testing.assert_allclose(threaded, large, rtol=1e-5, atol=1e-5)  # float32 rounding apart
     np.testing.assert_allclose(p.predict(x), threaded, rtol=0, atol=0)
-    # beside busy neighbours the step runs on one thread, on the large-batch graph (unfused Relus cost there)
-    assert p.engine.calm(regime) == Regime(LARGE_BATCH_FILE, 1)
+    # beside busy neighbours a small step runs on one thread, on the large-batch graph (unfused Relus cost there)
+    assert p.engine.calm(regime, 4096) == Regime(LARGE_BATCH_FILE, 1)
     check = p.self_check()
     assert check.checked and check.of_bound <= 1
     again = pickle.loads(pickle.dumps(p))
@@ -126,3 +151,27 @@ def test_a_bundle_from_before_runs_without_it(mlr_mlp_bundle, tmp_path):
     assert {r.graph for r in p.plan.regimes()} == {LARGE_BATCH_FILE}  # 32 units: no threads without it
     x = np.random.default_rng(0).normal([2, 0, 500], [1, 20, 300], size=(5000, 3)).astype(np.float32)
     np.testing.assert_allclose(p.predict(x), Predictor(mlr_mlp_bundle, providers="cpu").predict(x), rtol=1e-5, atol=1e-5)
+
+
+def test_beside_busy_processes_large_batches_keep_the_threads_without_spinning(mlr_mlp_bundle):
+    p = Predictor(mlr_mlp_bundle, providers="cpu", intra_op_threads=2)
+    regime = p.plan.regime(16000)
+    assert regime == Regime(THREADED_FILE, 2, spin=True)
+    big = -(-CALM_THREADS_FROM_FLOP // p.engine.flops_per_row())  # 13,889 rows of 2,304 FLOP
+    procs = busy_processes(usable_cpus())
+    try:
+        neighbours = Neighbours(every_s=1.0)
+        neighbours.free()
+        time.sleep(1.1)
+        assert neighbours.crowded(2)
+        p.engine.neighbours = neighbours
+        x = np.random.default_rng(0).normal([2, 0, 500], [1, 20, 300], size=(big, 3)).astype(np.float32)
+        answer = p.predict(x)
+        assert Regime(THREADED_FILE, 2) in p.engine.runners and regime not in p.engine.runners
+        np.testing.assert_array_equal(answer, p.engine.run(regime, x, calm=False))  # the same graph's answers
+        p.predict(x[:big - 1])  # less arithmetic: one thread, on the large-batch graph
+        assert Regime(LARGE_BATCH_FILE, 1) in p.engine.runners
+    finally:
+        for proc in procs:
+            proc.kill()
+            proc.wait()
