@@ -114,8 +114,7 @@ def write_bundle(module: nn.Module | torch.export.ExportedProgram, spec: ModelSp
             reference = module if isinstance(spec, ModuleSpec) else None
             parity, golden = verify_with_golden(Bundle(stage, manifest), verify_inputs, tolerance=tolerance,
                                                 module=reference)
-            failing = _failing_variants(parity)
-            if failing:  # a rewritten graph that fails parity is not shipped
+            while failing := _failing_variants(parity, manifest.files):  # a rewritten graph failing parity is left out
                 for name in failing:
                     (stage / name).unlink(missing_ok=True)
                 files = {k: v for k, v in manifest.files.items() if k not in failing}
@@ -251,19 +250,18 @@ def module_dtype(module: nn.Module) -> torch.dtype:
     return tensor.dtype if tensor is not None and tensor.dtype in _DTYPE_NAMES else torch.float32
 
 
-def _failing_variants(parity) -> list[str]:
+def _failing_variants(parity, present) -> list[str]:
     """The rewritten graphs to leave out, when model.onnx passes and every failing pair is a rewritten
     graph's (on its own, or run by the Predictor): the rewrite's float32 rounding (folded scaling) is what
-    fell outside the tolerance; when the Predictor (which may run either) fails, both. Empty when model.onnx
-    fails too, or nothing does."""
+    fell outside the tolerance. Those whose own pairs failed; when only the Predictor (which may run either)
+    fails, every one ``present`` lists. Empty when model.onnx fails too, or nothing does."""
     failing = {p.candidate for p in parity.pairs if not p.passed}
     model_ok = any(p.candidate == "onnxruntime_model" and p.passed for p in parity.pairs)
     by_backend = {backend: name for name, backend in GRAPH_BACKENDS.items() if name != ONNX_FILE}
     if not failing or not model_ok or parity.problems or not failing <= {"onnxruntime", *by_backend}:
         return []
-    if "onnxruntime" in failing:
-        return list(by_backend.values())
-    return [by_backend[c] for c in sorted(failing) if c in by_backend]
+    own = [by_backend[c] for c in sorted(failing) if c in by_backend and by_backend[c] in present]
+    return own or [name for name in by_backend.values() if name in present]
 
 
 def describe_module(module: nn.Module, n_features: int) -> ModuleSpec:

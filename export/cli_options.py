@@ -83,7 +83,8 @@ def graph_lines(manifest: Manifest, asked: bool) -> list[str]:
     else:
         why = ("the model has no linear layer with a single input and no scaling, or the rewritten graph failed "
                "parity" if asked else "--no-large-batch-graph")
-        lines = [f"large-batch graph: none ({why}); every batch runs model.onnx"]
+        runs = "one-thread runs use model.onnx" if threaded else "every batch runs model.onnx"
+        lines = [f"large-batch graph: none ({why}); {runs}"]
     if threaded:
         lines.append(f"threaded graph: {threaded.file} (ops {', '.join(threaded.ops)}; "
                      f"{threaded.rewrites.get('fold_hidden_biases', 0)} hidden biases in a ones column), run by the "

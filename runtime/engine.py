@@ -207,7 +207,7 @@ class Engine:
             threaded = self.threaded() == THREADED_FILE
             threaded_from = math.ceil(hot_path.THREADS_FROM_FLOP / per_row) if per_row and self._cpu() \
                 and threads > 1 and (self.widest >= hot_path.THREADS_FROM_WIDTH or threaded) else math.inf
-            if threaded and threaded_from < math.inf and chunks.chunk_rows:
+            if threaded and threaded_from < chunks_from and chunks.chunk_rows:  # whole on the threads for longer
                 chunks_from = max(chunks_from, hot_path.THREADED_CHUNKS * chunks.chunk_rows + 1)
             bound_to = min(self.slot_rows, threaded_from - 1, chunks_from - 1)
             if bound_to > SLOT_ROWS and large != first:

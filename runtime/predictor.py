@@ -49,15 +49,16 @@ class Predictor:
     graph from 65 rows, from ``large_batch_rows`` rows on a session using ``intra_op_threads`` (default:
     every core), inputs over 8 MiB in 1 MiB chunks; for MLPs (whose large-batch graph has the scaling folded
     into the weights and runs every size) smaller batches whole, on one thread, or on ``intra_op_threads``
-    from 4 MFLOP of arithmetic a call when a layer has 64 units or more (``model.threaded.onnx``, the graph
-    whose hidden biases ride in a column of ones, where the bundle has one), and batches of two cache-sized
-    chunks or more chunk by chunk on the one-thread session, shared out between the calling thread and
-    ``intra_op_threads - 1`` helpers.
+    from 4 MFLOP of arithmetic a call when a layer has 64 units or more or the bundle has
+    ``model.threaded.onnx`` (the graph whose hidden biases ride in a column of ones, which those runs then
+    use), and batches of two cache-sized chunks or more (past four with the threaded graph) chunk by chunk
+    on the one-thread session, shared out between the calling thread and ``intra_op_threads - 1`` helpers.
     ``plan="measure"`` (or ``tune()``) measures those regimes and the others on this machine and keeps the
     fastest for each size; a saved plan (a path, or a ``Plan``) is taken only on the machine and graphs it
     was measured on. With the ``openvino`` extra, a measured plan may run steps through OpenVINO (float32
     graphs on the CPU; where openvino is missing ONNX Runtime runs them and the plan's description says so).
-    A multi-threaded step runs on one thread while other processes hold the CPUs its threads need.
+    A multi-threaded step runs on one thread while other processes hold the CPUs its threads need (the
+    threaded graph's batches of 32 MFLOP or more keep their threads there, not spinning).
     ``precision="bf16"`` (asked for, never chosen otherwise) runs an MLP's batches past 64 rows in bf16
     through OpenVINO; the plan records their error on the golden cases against float64 and the bound that
     ``self_check`` then holds answers to. Sessions other than the first are made on first use. ``sess_options`` replaces them
@@ -395,11 +396,13 @@ def _check_reduced(engine: Engine) -> None:
 
 
 def _unpickle(model_bytes: bytes, source: str, names: tuple, providers, threads, large_rows,
-              variants: dict[str, bytes] | None = None, plan: dict | str | None = None,
+              variants: dict[str, bytes] | bytes | None = None, plan: dict | str | None = None,
               precision: str = "f32") -> Predictor:
     predictor = Predictor.__new__(Predictor)
     predictor.signed_by, predictor.unseen = None, "refuse"
     predictor.manifest, *_, predictor.allow_nonfinite, golden = names
+    if isinstance(variants, bytes):  # pickled before the threaded graph: the large-batch graph's bytes
+        variants = {LARGE_BATCH_FILE: variants}
     predictor._open(model_bytes, variants or {}, golden, Path(source), providers, None, threads, large_rows,
                     precision)
     if plan is not None:

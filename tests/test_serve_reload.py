@@ -168,6 +168,10 @@ def test_workers_all_load_unload_and_count(seed_bundle):
     with serving(seed_bundle, "--workers", "2", "--model-control-mode", "explicit", "--load-model", "seed",
                  grpc=True) as server:
         _wait(lambda: len(set(re.findall(r"\[worker (\d+)\]: loaded seed", server.log))) == 2, "both workers loading")
+        # a worker loads its models before its event loop starts its control socket: on a loaded machine the
+        # other's /metrics could gather before that (one worker reporting, nothing to log); wait for both
+        _wait(lambda: metric(request(server, "GET", "/metrics")[2].decode(), "torchport_workers_reporting") == 2,
+              "both workers answering each other")
         assert all(infer_json(server, [[float(i)]])[0] == 200 for i in range(1, 20))  # a new connection each
         client = grpcclient.InferenceServerClient(server.grpc_url)  # gRPC in every worker, on one port
         tensor = grpcclient.InferInput("features", [1, 1], "FP32")

@@ -14,11 +14,12 @@ import torch
 from torch import nn
 
 from conftest import manifest_pair
+from torchport.export.bundle_writer import _failing_variants
 from torchport.export.cli_options import graph_lines
 from torchport.export.exported import export_program
 from torchport.export.formats import export_onnx
 from torchport.runtime import Predictor
-from torchport.runtime.bundle import LARGE_BATCH_FILE, THREADED_FILE, Bundle
+from torchport.runtime.bundle import LARGE_BATCH_FILE, THREADED_FILE, Bundle, ParityReport
 from torchport.benchmarks.under_load import busy_processes
 from torchport.runtime.cpus import Neighbours, usable_cpus
 from torchport.runtime.hot_path import CALM_THREADS_FROM_FLOP, THREADED_CHUNKS, cache_chunk_rows
@@ -175,3 +176,37 @@ def test_beside_busy_processes_large_batches_keep_the_threads_without_spinning(m
         for proc in procs:
             proc.kill()
             proc.wait()
+
+
+def test_a_graph_failing_parity_is_left_out_alone(mlr_mlp_bundle):
+    """Which rewritten graphs the exporter leaves out of a bundle (then verifies it again without them)."""
+    manifest = json.loads((mlr_mlp_bundle / "manifest.json").read_text())
+    present = {name: {} for name in ("model.onnx", LARGE_BATCH_FILE, THREADED_FILE)}
+
+    def failing(*candidates: str, files=present) -> list[str]:
+        obj = json.loads(json.dumps(manifest["parity"]))
+        for p in obj["pairs"]:
+            if p["candidate"] in candidates:
+                p["passed"] = False
+        return _failing_variants(ParityReport.from_json(obj, "parity"), files)
+
+    assert failing() == []
+    assert failing("onnxruntime_threaded", "onnxruntime") == [THREADED_FILE]  # the large-batch graph passed: kept
+    assert failing("onnxruntime_large_batch") == [LARGE_BATCH_FILE]
+    assert failing("onnxruntime") == [LARGE_BATCH_FILE, THREADED_FILE]  # only the Predictor: every variant
+    assert failing("onnxruntime", files={"model.onnx": {}, LARGE_BATCH_FILE: {}}) == [LARGE_BATCH_FILE]
+    assert failing("onnxruntime", files={"model.onnx": {}}) == []  # nothing left to leave out
+    assert failing("onnxruntime_threaded", "onnxruntime_model") == []  # model.onnx fails too: not the rewrite
+
+
+def test_shared_chunks_start_where_they_did_when_no_threaded_step_comes_first(mlr_mlp_bundle, tmp_path):
+    """A 3-32-1 MLP (256 FLOP a row) reaches 4 MFLOP only at 15,625 rows, past its two 4,096-row chunks:
+    its chunks start at two chunks, as without the threaded graph."""
+    small = tmp_path / "small"
+    shutil.copytree(mlr_mlp_bundle, small)
+    manifest = json.loads((small / "manifest.json").read_text())
+    manifest["model"]["hidden"] = [32]  # the rules read the model's shape from the manifest
+    (small / "manifest.json").write_text(json.dumps(manifest))
+    plan = Predictor(small, providers="cpu", intra_op_threads=2).plan
+    assert plan.regime(8192) == Regime(LARGE_BATCH_FILE, 1, chunk_rows=4096, chunk_from=8191, workers=2)
+    assert all(r.graph != THREADED_FILE for r in plan.regimes())
