@@ -408,5 +408,9 @@ class Engine:
                               f"disagree with the manifest ({self.output_name!r}, {len(self.target_names)} targets)")
         expected = _ORT_TYPES.get(self.dtype)
         if inputs[0].type != expected or outputs[0].type != expected:
+            if self.manifest is None:  # a bare .onnx file: its own input type chose the dtype
+                raise BundleError(f"{source}: the graph takes {inputs[0].type} and answers {outputs[0].type}; "
+                                  "torchport runs graphs that take and answer float32 (tensor(float)) or float64 "
+                                  "(tensor(double)): export the model in one of them")
             raise BundleError(f"{source}: the graph takes {inputs[0].type} and answers {outputs[0].type}; the "
                               f"manifest says {self.dtype} ({expected}); re-export the bundle")

@@ -83,6 +83,23 @@ def test_bare_onnx_file_reads_names_from_metadata(seed_bundle):
     assert p.predict([[3.0]]) == Predictor(seed_bundle).predict([[3.0]])
 
 
+def test_a_bare_float16_onnx_file_is_refused_naming_what_runs(tmp_path):
+    """A bare .onnx file has no manifest: the error names the dtypes torchport runs, not a manifest."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+    graph = helper.make_graph([helper.make_node("Gemm", ["features", "W", "b"], ["targets"])], "g",
+                              [helper.make_tensor_value_info("features", TensorProto.FLOAT16, ["batch", 2])],
+                              [helper.make_tensor_value_info("targets", TensorProto.FLOAT16, ["batch", 1])],
+                              [numpy_helper.from_array(np.ones((2, 1), np.float16), "W"),
+                               numpy_helper.from_array(np.zeros(1, np.float16), "b")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, tmp_path / "half.onnx")
+    with pytest.raises(BundleError, match=r"takes tensor\(float16\) .*float32 \(tensor\(float\)\) or float64") as e:
+        Predictor(tmp_path / "half.onnx")
+    assert "manifest" not in str(e.value)
+
+
 @pytest.mark.parametrize("damage, message", [
     (lambda b: (b / "model.onnx").unlink(), r"model\.onnx is missing"),
     (lambda b: (b / "manifest.json").unlink(), r"manifest\.json is missing"),
