@@ -210,3 +210,28 @@ def test_shared_chunks_start_where_they_did_when_no_threaded_step_comes_first(ml
     plan = Predictor(small, providers="cpu", intra_op_threads=2).plan
     assert plan.regime(8192) == Regime(LARGE_BATCH_FILE, 1, chunk_rows=4096, chunk_from=8191, workers=2)
     assert all(r.graph != THREADED_FILE for r in plan.regimes())
+
+
+def test_an_mlp_on_diabetes_answers_like_torch_on_the_threaded_graph(tmp_path):
+    """scikit-learn's diabetes table (442 rows, 10 features), a 64-64 MLP: the bundle holds the threaded graph,
+    verified, and the Predictor's two-thread step on it answers like the fitted torch model and like the
+    large-batch graph on one thread."""
+    from sklearn.datasets import load_diabetes
+    from torchport.export.bundle_writer import write_from_regressor
+    from torchport.train.datasets import Dataset
+    from torchport.train.estimator import Regressor
+    X, y = load_diabetes(return_X_y=True)
+    names = ["age", "sex", "bmi", "bp", "s1", "s2", "s3", "s4", "s5", "s6"]
+    reg = Regressor(model="mlp", hidden=(64, 64), epochs=30, seed=0).fit(X, y.reshape(-1, 1))
+    manifest = write_from_regressor(reg, Dataset("diabetes", "sklearn", X, y.reshape(-1, 1), names, ["progression"]),
+                                    tmp_path / "diabetes", plots=False)
+    assert manifest.export.threaded_graph.rewrites["fold_hidden_biases"] == 2
+    assert {p.candidate for p in manifest.parity.pairs if p.passed} >= {"onnxruntime_threaded", "onnxruntime"}
+    p = Predictor(tmp_path / "diabetes", providers="cpu", intra_op_threads=2)
+    rows = np.tile(X, (10, 1))  # 4,420 rows: the threaded step's range (from 417 rows of 9,600 FLOP)
+    assert p.plan.regime(len(rows)) == Regime(THREADED_FILE, 2, spin=True)
+    got = p.engine.run(p.plan.regime(len(rows)), rows, calm=False)
+    scale = np.abs(y).max()
+    np.testing.assert_allclose(got, reg.predict(rows), rtol=0, atol=1e-5 * scale)
+    one_thread = p.engine.run(Regime(LARGE_BATCH_FILE, 1), rows, calm=False)
+    np.testing.assert_allclose(got, one_thread, rtol=0, atol=1e-5 * scale)
